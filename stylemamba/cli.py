@@ -1,0 +1,227 @@
+"""``python -m stylemamba``: train a style, stylise images or video, inspect a style file, evaluate, benchmark."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("stylemamba")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="dtype of the frozen networks; auto = bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse",
+                   help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
+
+
+def frozen_dtype(args) -> torch.dtype:
+    return DTYPES.get(args.dtype, torch.float32)
+
+
+def amp_mode(args) -> str:
+    return {"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[args.dtype]
+
+
+def load_perceptual(args, device):
+    """VGG19 features (content loss) and LPIPS, or None with a warning when no weights are given."""
+    from .perceptual import LPIPSLoss, VGGFeatures
+
+    vgg = VGGFeatures.from_safetensors(args.vgg).to(device) if args.vgg else None
+    lp = None
+    if args.lpips != "off":
+        lp = LPIPSLoss(net=args.lpips, backbone_path=args.lpips_backbone).to(device)
+    return vgg, lp
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .encoders import load_text_image_encoder
+    from .image_io import list_images, load_image
+    from .style_file import save_style
+    from .train import TrainConfig, TrainingCancelled, train_style
+    from .vae import load_vae
+
+    device = pick_device(args.device)
+    cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
+    for name in ("epochs", "steps_per_epoch", "lr", "resolution", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    cfg.amp = amp_mode(args)
+    cfg.__post_init__()
+    files = [f for src in args.content for f in list_images(src)]
+    content = [load_image(f) for f in files]
+    vae = load_vae(args.vae, device=device)
+    text = load_text_image_encoder(args.text_model, device=device)
+    vgg, lp = load_perceptual(args, device)
+    total = cfg.epochs * cfg.steps_per_epoch
+    bar = tqdm(total=total, desc="training style", unit="step", disable=args.quiet)
+
+    def on_step(info):
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in info.losses.items() if k in ("total", "dir", "vgg")})
+
+    t0 = time.perf_counter()
+    try:
+        result = train_style(vae, text, content, args.prompt, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
+                             device=device, on_step=on_step)
+    except KeyboardInterrupt:
+        bar.close()
+        print("cancelled: no style written", file=sys.stderr)
+        return 130
+    except TrainingCancelled:
+        bar.close()
+        return 130
+    bar.close()
+    if args.name:
+        result.style.metadata["name"] = args.name
+    info = save_style(result.style, args.out)
+    print(json.dumps({"style": info["path"], "bytes": info["bytes"], "train_seconds": round(result.seconds, 3),
+                      "wall_seconds": round(time.perf_counter() - t0, 3), "steps": result.steps,
+                      "final_losses": result.history[-1] if result.history else {}}, indent=2))
+    return 0
+
+
+def cmd_stylize(args) -> int:
+    from tqdm import tqdm
+
+    from .image_io import VIDEO_SUFFIXES, list_images, load_image, load_mask, read_video, save_image, write_video
+    from .style_file import load_style
+    from .stylize import MixedStyle, stylize
+    from .vae import load_vae
+
+    device = pick_device(args.device)
+    vae = load_vae(args.vae, device=device)
+    styles = [load_style(p) for p in args.style]
+    mixer = MixedStyle(vae, styles, args.weights, args.strength)
+    mask = load_mask(args.mask) if args.mask else None
+    out = Path(args.output)
+    src = Path(args.input)
+    kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, amp=amp_mode(args))
+    if src.suffix.lower() in VIDEO_SUFFIXES:
+        frames, fps = read_video(src, args.max_frames)
+        bar = tqdm(total=len(frames), desc="stylising frames", unit="frame", disable=args.quiet)
+        result = stylize(frames, vae, mixer, on_batch=lambda done, total: bar.update(done - bar.n), **kw)
+        bar.close()
+        path = write_video(result, out if out.suffix else out / (src.stem + "_styled.mp4"), fps)
+        print(json.dumps({"video": str(path), "frames": len(frames)}))
+        return 0
+    files = list_images(src)
+    written = []
+    for f in tqdm(files, desc="stylising", unit="image", disable=args.quiet or len(files) == 1):
+        image = load_image(f, keep_alpha=True)
+        y = stylize(image, vae, mixer, **kw)
+        target = out if (out.suffix and len(files) == 1) else out / (f.stem + "_styled.png")
+        written.append(str(save_image(y, target)))
+    print(json.dumps({"images": written}, indent=2))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .style_file import describe_style
+
+    info = describe_style(args.style)
+    if not args.full:
+        info.pop("recipe", None)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_tiny_models(args) -> int:
+    from .tiny_models import build_tiny_models
+
+    paths = build_tiny_models(args.out, seed=args.seed)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stylemamba", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a style from text prompt(s) on content image(s)")
+    add_common(p)
+    p.add_argument("--prompt", action="append", required=True, help="style prompt; repeat to mix several")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per --prompt (multiple-style transfer)")
+    p.add_argument("--content", nargs="+", required=True, help="content image file(s) or folder(s)")
+    p.add_argument("--text-model", default="google/siglip-base-patch16-224",
+                   help="SigLIP or CLIP: Hugging Face id or local folder")
+    p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
+    p.add_argument("--lpips", default="vgg", choices=["vgg", "alex", "off"], help="LPIPS backbone, or off")
+    p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
+    p.add_argument("--out", required=True, help="where to write the style (.safetensors)")
+    p.add_argument("--name", help="a display name stored in the style file")
+    p.add_argument("--config", help="JSON file with TrainConfig fields (recipe, loss, fusion)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("stylize", help="stylise an image, a folder of images or a video with trained style(s)")
+    add_common(p)
+    p.add_argument("--style", action="append", required=True, help="style file; repeat to mix several")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per --style")
+    p.add_argument("--strength", type=float, default=1.0, help="0 = VAE reconstruction, 1 = full style")
+    p.add_argument("--input", required=True, help="image file, folder of images, or video file")
+    p.add_argument("--output", required=True, help="output file (single image) or folder")
+    p.add_argument("--mask", help="grayscale mask image: white = stylise, black = keep")
+    p.add_argument("--tile-size", type=int, default=1024, help="run the VAE in tiles above this size (pixels)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-frames", type=int, help="video: stop after this many frames")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_stylize)
+
+    p = sub.add_parser("info", help="what a style file holds")
+    p.add_argument("style")
+    p.add_argument("--full", action="store_true", help="include the full training recipe")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_models)
+
+    for module_name in ("evaluate", "bench"):
+        try:
+            module = __import__(f"stylemamba.{module_name}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError as exc:
+        print(f"error: out of GPU memory ({exc}). Lower --resolution, --batch-size or --tile-size, or use --device cpu",
+              file=sys.stderr)
+        return 3

@@ -1,0 +1,145 @@
+"""F_T and F_I: the SigLIP (or CLIP) text and image towers, frozen, with a differentiable image path.
+
+The losses need gradients through the image tower, so images are resized and normalised in torch
+(never through PIL or a processor that rounds to uint8, which would give zero gradient). SigLIP and
+CLIP sit behind one interface so the paper's Table 4 ablation is a change of model name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vae import ModelFileError
+
+log = logging.getLogger("stylemamba")
+
+DEFAULT_SIGLIP = "google/siglip-base-patch16-224"
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+
+# Fallbacks when a folder has no preprocessor_config.json.
+_NORMALISATION = {
+    "siglip": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "clip": ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
+}
+_TEXT_LENGTH = {"siglip": 64, "clip": 77}
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 4.x returns a tensor, 5.x a ModelOutput whose pooler_output is the projection."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+class TextImageEncoder(nn.Module):
+    """A frozen image-text model (``SiglipModel`` or ``CLIPModel``) with L2-normalised embeddings."""
+
+    def __init__(self, model: nn.Module, tokenizer, kind: str, image_size: int,
+                 mean: list[float], std: list[float], name: str = ""):
+        super().__init__()
+        if kind not in _NORMALISATION:
+            raise ValueError(f"unknown text-image model kind {kind!r}; expected 'siglip' or 'clip'")
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.image_size = int(image_size)
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def embed_dim(self) -> int:
+        cfg = self.model.config
+        if self.kind == "clip":
+            return int(cfg.projection_dim)
+        return int(cfg.text_config.hidden_size)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (N, D) L2-normalised text embeddings. Empty prompts are refused."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if not prompts or bad:
+            raise ValueError("empty style prompt: write what the style should look like, e.g. \"Van Gogh's starry night\"")
+        length = _TEXT_LENGTH[self.kind]
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                             return_tensors="pt")
+        kwargs = {"input_ids": tok["input_ids"].to(self.device)}
+        if self.kind == "clip" and "attention_mask" in tok:
+            kwargs["attention_mask"] = tok["attention_mask"].to(self.device)
+        emb = _features(self.model.get_text_features(**kwargs)).float()
+        return F.normalize(emb, dim=-1)
+
+    def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
+        """Differentiable resize (antialiased bicubic) to the tower's size and normalisation."""
+        if x01.shape[-2:] != (self.image_size, self.image_size):
+            x01 = F.interpolate(x01, size=(self.image_size, self.image_size), mode="bicubic",
+                                align_corners=False, antialias=True)
+        return (x01 - self.mean.to(x01.dtype)) / self.std.to(x01.dtype)
+
+    def encode_image(self, x01: torch.Tensor) -> torch.Tensor:
+        """Images (B,3,H,W) in [0,1] -> (B, D) L2-normalised embeddings, differentiable w.r.t. the pixels."""
+        if x01.dim() != 4 or x01.shape[1] != 3:
+            raise ValueError(f"encode_image expects (B,3,H,W) images; got {tuple(x01.shape)}")
+        pixels = self.preprocess(x01)
+        emb = _features(self.model.get_image_features(pixel_values=pixels)).float()
+        return F.normalize(emb, dim=-1)
+
+
+def _read_preprocessor(folder: Path, kind: str) -> tuple[int | None, list[float], list[float]]:
+    mean, std = _NORMALISATION[kind]
+    cfg_path = folder / "preprocessor_config.json"
+    if not cfg_path.is_file():
+        return None, mean, std
+    cfg = json.loads(cfg_path.read_text())
+    size = cfg.get("crop_size") or cfg.get("size")
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge")
+    return (int(size) if size else None), cfg.get("image_mean", mean), cfg.get("image_std", std)
+
+
+def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: str | torch.device | None = None,
+                            dtype: torch.dtype | None = None) -> TextImageEncoder:
+    """Load SigLIP or CLIP (chosen by the folder's config) from a local folder or a Hugging Face id.
+
+    A folder must hold what a hub snapshot holds: config.json, model.safetensors, tokenizer files,
+    preprocessor_config.json. Only safetensors weights are read.
+    """
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
+
+    src = str(name_or_path)
+    path = Path(src).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelFileError(f"{path} is a file; a SigLIP/CLIP model is a folder (config.json, model.safetensors, "
+                             "tokenizer and preprocessor files), e.g. a download of google/siglip-base-patch16-224")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelFileError(f"model folder {path} has no config.json: download all files of "
+                             f"{DEFAULT_SIGLIP} into that folder")
+    if not path.is_dir() and src.count("/") != 1:
+        raise ModelFileError(f"text-image model not found: '{src}' is neither a folder nor a Hugging Face id "
+                             f"like {DEFAULT_SIGLIP}")
+    try:
+        config = AutoConfig.from_pretrained(src)
+        kind = config.model_type
+        if kind not in ("siglip", "clip"):
+            raise ValueError(f"{src} is a '{kind}' model; StyleMamba needs a SigLIP or CLIP model (e.g. {DEFAULT_SIGLIP})")
+        cls = SiglipModel if kind == "siglip" else CLIPModel
+        model = cls.from_pretrained(src, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except OSError as exc:
+        raise ModelFileError(
+            f"could not load the text-image model '{src}' ({exc}). Offline? Download https://huggingface.co/{src} "
+            "(all files) into ComfyUI/models/siglip/<name>/ or any folder, and pass that folder."
+        ) from exc
+    size, mean, std = _read_preprocessor(path, kind) if path.is_dir() else (None, *_NORMALISATION[kind])
+    size = size or int(model.config.vision_config.image_size)
+    enc = TextImageEncoder(model, tokenizer, kind, size, mean, std, name=path.name if path.is_dir() else src)
+    return enc.to(device=device or "cpu", dtype=dtype or torch.float32)

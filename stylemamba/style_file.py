@@ -1,0 +1,152 @@
+"""A trained style as one shareable ``.safetensors`` file.
+
+A style is what training changes: the fusion module's weights, the decoder as a *delta* on top of
+the base VAE's decoder, and the style embedding e_t it was trained with (so stylising needs no
+text model). Metadata (prompts, recipe, fusion config, base-VAE fingerprint, versions) travels in
+the safetensors header as JSON. Only safetensors is read: a style file is never unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .vae import SDVAE, fingerprints_match
+
+FORMAT = "stylemamba.style"
+FORMAT_VERSION = 1
+EXTENSION = ".safetensors"
+
+
+class StyleFileError(ValueError):
+    """A style file is corrupt, foreign or made for another VAE; the message says what to do."""
+
+
+@dataclass
+class Style:
+    """A trained style held in memory (CPU tensors)."""
+
+    fusion_config: dict[str, Any]
+    fusion_state: dict[str, torch.Tensor]
+    decoder_delta: dict[str, torch.Tensor]
+    embedding: torch.Tensor  # (D,) the style conditioning e_t
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or ", ".join(self.metadata.get("prompts", [])) or "style")
+
+    def check_vae(self, vae: SDVAE) -> None:
+        """Refuse to apply the decoder delta to a VAE other than the one the style was trained on."""
+        base = self.metadata.get("base_vae")
+        if base and not fingerprints_match(base, vae.identity):
+            raise StyleFileError(
+                f"style '{self.name}' was trained on another VAE ({self.metadata.get('base_vae_name') or 'unknown'}, "
+                f"fingerprint {base.get('arch')}); the connected VAE '{vae.name}' has fingerprint "
+                f"{vae.identity.get('arch')}. Connect the VAE the style was trained with, or train the style again."
+            )
+
+
+def safe_style_filename(name: str) -> str:
+    """A file name with no folders, no path escapes and the .safetensors extension."""
+    base = os.path.basename(str(name).replace("\\", "/")).strip()
+    if base.lower().endswith(EXTENSION):
+        base = base[: -len(EXTENSION)]
+    base = re.sub(r"[^A-Za-z0-9._ -]+", "_", base).strip(" .") or "style"
+    return base[:120] + EXTENSION
+
+
+def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """Write ``style`` to ``path`` (a .safetensors file); returns {'path', 'bytes'}.
+
+    The decoder delta is stored in ``delta_dtype`` (fp16 by default: the delta is small in magnitude,
+    so fp16 keeps it to ~1e-3 relative while halving the file; pass torch.float32 for an exact copy).
+    The file is written to a temporary name and renamed, so a crash never leaves a half file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != EXTENSION:
+        path = path.with_suffix(EXTENSION)
+    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
+    for k, v in style.fusion_state.items():
+        tensors["fusion." + k] = v.detach().float().cpu().contiguous()
+    for k, v in style.decoder_delta.items():
+        tensors["decoder_delta." + k] = v.detach().to(delta_dtype).cpu().contiguous()
+    meta = dict(style.metadata)
+    meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, library_version=__version__,
+                fusion=style.fusion_config, delta_dtype=str(delta_dtype).replace("torch.", ""))
+    header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": FORMAT}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return {"path": str(path), "bytes": path.stat().st_size}
+
+
+def read_style_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a style file, without loading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"style file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            keys = list(f.keys())
+    except Exception as exc:
+        raise StyleFileError(f"{path.name} is not a readable .safetensors file ({exc}); it may be truncated or "
+                             "corrupt: copy or download it again") from exc
+    if "stylemamba" not in header:
+        what = "a VAE" if any(k.startswith(("encoder.", "decoder.")) for k in keys) else \
+               "a LoRA" if any("lora" in k for k in keys) else "some other model"
+        raise StyleFileError(f"{path.name} is not a StyleMamba style file (it looks like {what}); "
+                             "load it with the matching loader, or pick a style trained with StyleMamba")
+    try:
+        meta = json.loads(header["stylemamba"])
+    except json.JSONDecodeError as exc:
+        raise StyleFileError(f"{path.name}: style metadata is damaged ({exc}); train or download the style again") from exc
+    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise StyleFileError(f"{path.name}: style format {meta.get('format')} v{meta.get('format_version')} is newer than "
+                             f"this StyleMamba ({__version__}) understands; update the node pack")
+    return meta
+
+
+def load_style(path: str | Path) -> Style:
+    """Read a style file; corrupt, truncated or foreign files raise :class:`StyleFileError`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_style_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise StyleFileError(f"{path.name}: could not read the style weights ({exc}); the file is damaged") from exc
+    if "embedding" not in tensors:
+        raise StyleFileError(f"{path.name}: style file has no embedding tensor; it is damaged")
+    fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")}
+    delta = {k[len("decoder_delta."):]: v.float() for k, v in tensors.items() if k.startswith("decoder_delta.")}
+    meta["file"] = path.name
+    return Style(meta.get("fusion", {}), fusion, delta, tensors["embedding"].float(), meta)
+
+
+def describe_style(path: str | Path) -> dict[str, Any]:
+    """What a style file holds, for ``stylemamba info`` and the UI."""
+    from safetensors import safe_open
+
+    meta = read_style_metadata(path)
+    counts: dict[str, int] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            group = k.split(".", 1)[0]
+            counts[group] = counts.get(group, 0) + int(torch.Size(f.get_slice(k).get_shape()).numel())
+    return {"file": str(path), "bytes": Path(path).stat().st_size, "parameters": counts, **meta}

@@ -1,0 +1,51 @@
+"""`python -m stylemamba train` then `stylize` then `info`, end to end on the tiny models, as a user runs them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from small import small_config
+from stylemamba.image_io import load_image, save_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "stylemamba", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_train_stylize_info(tmp_path, tiny_models, photo):
+    content = save_image(photo[0], tmp_path / "content.png")
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps(small_config(epochs=2).to_dict()))
+    style = tmp_path / "styles" / "starry.safetensors"
+    out = run("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
+              "--vgg", tiny_models["vgg19"], "--prompt", "Van Gogh's starry night", "--content", content,
+              "--config", cfg, "--out", style, "--quiet")
+    report = json.loads(out.stdout)
+    assert Path(report["style"]) == style and style.stat().st_size == report["bytes"]
+    assert report["steps"] == 2 and "total" in report["final_losses"]
+
+    big = tmp_path / "odd.png"
+    save_image(load_image(content)[0][:, :40, :56], big)
+    run("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", style, "--input", big,
+        "--output", tmp_path / "out.png", "--strength", "0.8", "--quiet")
+    assert load_image(tmp_path / "out.png").shape == (1, 3, 40, 56)
+
+    info = json.loads(run("info", style).stdout)
+    assert info["prompts"] == ["Van Gogh's starry night"] and info["bytes"] == style.stat().st_size
+
+
+def test_clear_errors_for_missing_files(tmp_path, tiny_models):
+    proc = run("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", tmp_path / "none.safetensors",
+               "--input", tmp_path, "--output", tmp_path / "o", ok=False)
+    assert proc.returncode == 2 and "none.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("info", tiny_models["vae_ldm"], ok=False)
+    assert proc.returncode == 2 and "not a StyleMamba style file" in proc.stderr

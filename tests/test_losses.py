@@ -1,0 +1,323 @@
+"""Losses of stylemamba.losses against values computed by hand on tiny tensors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stylemamba.losses import (
+    LossConfig,
+    alpha_shift,
+    apply_mask,
+    content_loss,
+    directional_loss,
+    masked_directional_loss,
+    n_masked_patches,
+    patch_directional_loss,
+    patch_mask,
+    random_crops,
+    second_order_gate,
+    second_order_loss,
+    style_loss,
+    total_loss,
+    total_variation,
+)
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """skimage's astronaut, 64x64, (1, 3, 64, 64) in [0, 1]."""
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
+    return F.interpolate(img, size=(64, 64), mode="area")
+
+
+# ----- directional ---------------------------------------------------------------------------
+def test_directional_loss_by_hand():
+    img = t([[1, 0, 0], [0, 0, 1]])
+    src = t([[0, 1, 0], [1, 0, 0]])
+    text_dir = t([[1, -1, 0], [0, 1, 0]])
+    # row 0: img - src = (1,-1,0) parallel to text_dir -> 0; row 1: (-1,0,1) orthogonal -> 1
+    assert directional_loss(img, src, text_dir).item() == pytest.approx(0.5)
+    # opposite direction -> 2
+    assert directional_loss(img[:1], src[:1], -text_dir[:1]).item() == pytest.approx(2.0)
+    # a (D,) text direction broadcasts
+    assert directional_loss(img[:1], src[:1], text_dir[0]).item() == pytest.approx(0.0)
+
+
+def test_directional_loss_matches_numpy_and_has_gradient():
+    rng = np.random.default_rng(0)
+    a, b, d = (rng.normal(size=(4, 5)) for _ in range(3))
+    expected = np.mean(1 - np.sum((a - b) * d, 1) / (np.linalg.norm(a - b, axis=1) * np.linalg.norm(d, axis=1)))
+    img = torch.tensor(a, requires_grad=True)
+    loss = directional_loss(img, torch.tensor(b), torch.tensor(d))
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    loss.backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+
+
+def test_patch_loss_threshold_zeroes_low_crops():
+    src = t([[0, 0, 1]])
+    text_dir = t([[1, 0, 0]])
+    # crop directions with cos 0.5, 0 and -1 against text_dir -> losses 0.5, 1, 2
+    dirs = t([[1, math.sqrt(3), 0], [0, 1, 0], [-1, 0, 0]])
+    crops = src + dirs
+    assert patch_directional_loss(crops, src, text_dir, threshold=0.7).item() == pytest.approx(1.0)  # (0+1+2)/3
+    assert patch_directional_loss(crops, src, text_dir, threshold=0.4).item() == pytest.approx(3.5 / 3)
+    assert patch_directional_loss(crops, src, text_dir, threshold=2.5).item() == pytest.approx(0.0)
+
+
+def test_patch_loss_routes_crops_to_their_image():
+    # 2 images x 2 crops, image-major; image 1 uses a different source and direction
+    src = t([[0, 0, 1], [0, 1, 0]])
+    text_dir = t([[1, 0, 0], [0, 0, 1]])
+    crops = t([[1, 0, 1], [-1, 0, 1], [0, 1, 1], [0, 1, -1]])
+    # losses: img0: (1,0,0)->0, (-1,0,0)->2 ; img1: (0,0,1)->0, (0,0,-1)->2
+    assert patch_directional_loss(crops, src, text_dir, threshold=0.7).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="multiple"):
+        patch_directional_loss(crops[:3], src, text_dir)
+
+
+def test_masked_directional_forms():
+    src = t([[0, 0, 1]])
+    masked = src + t([[3, 4, 0]])
+    text_dir = t([[0, 0, 2]])
+    directional = masked_directional_loss(masked, src, text_dir)
+    eq3 = masked_directional_loss(masked, src, text_dir, form="eq3")
+    assert directional.item() == pytest.approx(1.0)  # orthogonal
+    assert eq3.item() == pytest.approx(5.0 / 2.0)  # ||(3,4,0)|| / ||(0,0,2)||
+    assert math.isfinite(directional.item()) and math.isfinite(eq3.item())
+    assert directional.item() != pytest.approx(eq3.item())
+    # the raw text direction's length is used when given (text_dir may be normalised)
+    raw = masked_directional_loss(masked, src, t([[0, 0, 1]]), form="eq3", text_dir_raw=t([[0, 0, 10]]))
+    assert raw.item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="directional.*eq3"):
+        masked_directional_loss(masked, src, text_dir, form="l2")
+
+
+# ----- second order --------------------------------------------------------------------------
+def test_second_order_loss_by_hand():
+    img = t([[1, 0, 0]]).requires_grad_(True)
+    prev = t([[0, 1, 0]]).requires_grad_(True)
+    src = t([[0, 0, 1]])
+    text_dir = t([[1, 1, 0]])
+    alpha, beta = 2.0, 0.5
+    # ||img - prev||^2 = 2, ||text_dir||^2 = 2, ||prev - src|| = sqrt(2)
+    expected = alpha * (1 - math.exp(-beta * math.sqrt(2))) * 2.0 / 2.0
+    loss = second_order_loss(img, prev, src, text_dir, alpha=alpha, beta=beta)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    assert img.grad.abs().sum() > 0
+    assert prev.grad is None  # Y(i) is detached inside
+
+
+def test_second_order_loss_batch_mean():
+    img = t([[1, 0, 0], [0, 0, 0]])
+    prev = t([[0, 1, 0], [0, 0, 0]])  # row 1: no change -> 0
+    src = t([[0, 0, 1], [0, 0, 1]])
+    text_dir = t([[1, 1, 0], [1, 0, 0]])
+    row0 = (1 - math.exp(-math.sqrt(2))) * 2.0 / 2.0
+    assert second_order_loss(img, prev, src, text_dir).item() == pytest.approx(row0 / 2)
+
+
+def test_alpha_shift_limits():
+    prev = t([[0, 1, 0]])
+    src = t([[0, 0, 1]])
+    assert alpha_shift(prev, src, alpha=3.0, beta=1e6).item() == pytest.approx(3.0)  # beta -> inf: alpha
+    assert alpha_shift(prev, src, alpha=3.0, beta=1e-9).item() == pytest.approx(0.0, abs=1e-8)
+    assert alpha_shift(src, src, alpha=3.0, beta=5.0).item() == 0.0  # no shift yet: weight 0
+    assert alpha_shift(prev, src, alpha=1.0, beta=1.0).item() == pytest.approx(1 - math.exp(-math.sqrt(2)))
+
+
+@pytest.mark.parametrize(
+    "epoch, dir_value, expected",
+    [(0, 0.5, 0.0), (5, 0.5, 1.0), (7, 0.5, 0.0), (10, 0.5, 1.0),
+     (0, 0.95, 0.0), (5, 0.95, 0.0), (7, 0.95, 0.0), (10, 0.95, 0.0)],
+)
+def test_second_order_gate(epoch, dir_value, expected):
+    dir_loss = torch.tensor(dir_value, requires_grad=True) * 1.0
+    gate = second_order_gate(dir_loss, epoch, theta=0.9, interval=5)
+    assert isinstance(gate, torch.Tensor) and not gate.requires_grad
+    assert gate.item() == expected
+
+
+def test_second_order_gate_bad_interval():
+    with pytest.raises(ValueError, match="interval"):
+        second_order_gate(torch.tensor(0.1), 5, theta=0.9, interval=0)
+
+
+# ----- masks ---------------------------------------------------------------------------------
+def _patch_grid(mask, patch):
+    """(B, gh, gw) values at each patch's top-left pixel, after checking patches are constant."""
+    b, _, h, w = mask.shape
+    grid = mask[:, 0, ::patch, ::patch]
+    up = grid.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, :h, :w]
+    assert torch.equal(up, mask[:, 0]), "mask is not constant inside each patch"
+    return grid
+
+
+@pytest.mark.parametrize(
+    "h, w, patch, n_patches",
+    [(32, 32, 16, 4), (64, 48, 16, 12), (48, 80, 8, 60), (256, 256, 16, 256), (40, 40, 16, 9)],
+)
+def test_patch_mask_masks_exactly_half(h, w, patch, n_patches):
+    mask = patch_mask(3, h, w, patch=patch, ratio=0.5, generator=torch.Generator().manual_seed(1))
+    assert mask.shape == (3, 1, h, w) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    grid = _patch_grid(mask, patch)
+    assert grid[0].numel() == n_patches
+    expected = math.floor(0.5 * n_patches + 0.5)  # 40x40 with 16: 9 patches (partial ones count) -> 5
+    assert grid.flatten(1).sum(1).tolist() == [expected] * 3
+    assert n_masked_patches(n_patches, 0.5) == expected
+
+
+def test_patch_mask_other_ratio_and_randomness():
+    mask = patch_mask(4, 64, 64, patch=16, ratio=0.25, generator=torch.Generator().manual_seed(0))
+    grid = _patch_grid(mask, 16)
+    assert grid.flatten(1).sum(1).tolist() == [4.0] * 4
+    # different per image of the batch, per seed and per call; reproducible with a seed
+    assert not torch.equal(grid[0], grid[1])
+    a = patch_mask(2, 64, 64, generator=torch.Generator().manual_seed(7))
+    b = patch_mask(2, 64, 64, generator=torch.Generator().manual_seed(7))
+    c = patch_mask(2, 64, 64, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    g = torch.Generator().manual_seed(3)
+    assert not torch.equal(patch_mask(2, 64, 64, generator=g), patch_mask(2, 64, 64, generator=g))
+    with pytest.raises(ValueError, match="ratio"):
+        patch_mask(1, 32, 32, ratio=1.5)
+
+
+def test_apply_mask(photo):
+    mask = patch_mask(1, 64, 64, patch=16, ratio=0.5, generator=torch.Generator().manual_seed(0))
+    out = apply_mask(photo, mask, fill=0.5)
+    keep = mask.expand_as(photo) == 0
+    assert torch.equal(out[keep], photo[keep])
+    assert torch.all(out[~keep] == 0.5)
+    assert (out[~keep].numel()) == photo.numel() // 2
+
+
+# ----- crops ---------------------------------------------------------------------------------
+def test_random_crops_without_perspective_equal_image_slices(photo):
+    images = torch.cat([photo, photo.flip(-1)])
+    crops, boxes = random_crops(images, 6, 24, 24, perspective=0.0,
+                                generator=torch.Generator().manual_seed(0), return_boxes=True)
+    assert crops.shape == (12, 3, 24, 24) and boxes.shape == (12, 4)
+    assert torch.all(boxes[:, :2] >= 0) and torch.all(boxes[:, 2:] <= 64)
+    assert torch.all(boxes[:, 2:] - boxes[:, :2] == 24)
+    for i in range(12):  # crops of image 0 first, then image 1
+        x0, y0, x1, y1 = boxes[i].tolist()
+        torch.testing.assert_close(crops[i], images[i // 6, :, y0:y1, x0:x1], atol=1e-5, rtol=0)
+    assert len({tuple(b) for b in boxes.tolist()}) > 1
+
+
+def test_random_crops_perspective_stays_inside_its_box():
+    h, w, size = 48, 64, 20
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    ramp = torch.stack([xs, ys, torch.ones_like(xs)])[None].repeat(2, 1, 1, 1)
+    crops, boxes = random_crops(ramp, 16, size, 32, perspective=0.5,
+                                generator=torch.Generator().manual_seed(2), return_boxes=True)
+    assert crops.shape == (32, 3, 32, 32)
+    filled = 0
+    for i in range(32):
+        x0, y0, x1, y1 = boxes[i].tolist()
+        assert 0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h
+        valid = crops[i, 2] > 0.999
+        filled += int((crops[i, 2] == 0).sum())
+        assert valid.float().mean() > 0.2  # corners move inwards by at most a quarter of the side
+        cx, cy = crops[i, 0][valid], crops[i, 1][valid]
+        assert cx.min() >= x0 - 0.5 - 1e-4 and cx.max() <= x1 - 0.5 + 1e-4
+        assert cy.min() >= y0 - 0.5 - 1e-4 and cy.max() <= y1 - 0.5 + 1e-4
+        assert crops[i, 2, 16, 16] > 0.999  # the centre always survives the distortion
+    assert filled > 0  # perspective leaves fill=0 corners
+
+
+def test_random_crops_gradient_seed_and_errors(photo):
+    x = photo.clone().requires_grad_(True)
+    crops = random_crops(x, 4, 32, 48, perspective=0.5, generator=torch.Generator().manual_seed(0))
+    crops.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    a = random_crops(photo, 4, 32, 48, generator=torch.Generator().manual_seed(5))
+    b = random_crops(photo, 4, 32, 48, generator=torch.Generator().manual_seed(5))
+    c = random_crops(photo, 4, 32, 48, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="crop_size"):
+        random_crops(photo, 4, 65, 32)
+
+
+# ----- content and prior ---------------------------------------------------------------------
+def test_content_loss_by_hand():
+    y = [torch.ones(1, 2, 2, 2), torch.full((1, 1, 3, 3), 2.0)]
+    x = [torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 3, 3)]
+    assert content_loss(y, x).item() == pytest.approx((1.0 + 4.0) / 2)
+    assert content_loss(x, x).item() == 0.0
+    with pytest.raises(ValueError, match="layers"):
+        content_loss(y, x[:1])
+
+
+def test_total_variation_by_hand():
+    img = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    # horizontal (-1,-1): sqrt 2; vertical (-2,-2): sqrt 8; diagonals 1 and 3
+    assert total_variation(img).item() == pytest.approx(math.sqrt(2) + math.sqrt(8) + 1 + 3)
+    assert total_variation(img, form="l1").item() == pytest.approx(1.0 + 2.0)
+    assert total_variation(torch.full((1, 3, 4, 4), 0.3)).item() == 0.0
+    with pytest.raises(ValueError, match="clipstyler"):
+        total_variation(img, form="l2")
+
+
+# ----- config and combination ----------------------------------------------------------------
+def test_loss_config_defaults_schedule_and_roundtrip():
+    cfg = LossConfig()
+    assert (cfg.dir, cfg.patch, cfg.md, cfg.so, cfg.lpips) == (500.0, 9000.0, 500.0, 500.0, 150.0)
+    assert [cfg.content_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0]
+    assert cfg.weights(3)["vgg"] == 9000.0 and cfg.weights(5)["vgg"] == 150.0
+    assert LossConfig(use_patch=False).weights(0)["patch"] == 0.0
+    assert cfg.crop_size_for(512, 512) == 128 and cfg.crop_size_for(256, 384) == 64
+    assert LossConfig(crop_fraction=None).crop_size_for(96, 200) == 96
+    again = LossConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown keys.*mask_ratoi"):
+        LossConfig.from_dict({"mask_ratoi": 0.5})
+
+
+@pytest.mark.parametrize(
+    "field, value, text",
+    [("mask_ratio", 1.0, r"mask_ratio.*\(0, 1\)"), ("mask_ratio", 0.0, "mask_ratio"),
+     ("n_crops", 0, r"n_crops.*>= 1"), ("dir", -1.0, r"dir.*\[0, inf\)"), ("so_beta", 0.0, "so_beta"),
+     ("md_form", "eq4", "md_form.*eq3"), ("crop_perspective", 1.5, "crop_perspective"),
+     ("patch_threshold", 3.0, "patch_threshold"), ("so_interval", 0, "so_interval"),
+     ("source_prompt", "  ", "source_prompt"), ("n_crops", 2.5, "n_crops")],
+)
+def test_loss_config_validation_names_the_field(field, value, text):
+    with pytest.raises(ValueError, match=text):
+        LossConfig(**{field: value})
+
+
+def test_style_loss_and_total_loss():
+    cfg = LossConfig(md_form="directional", so_theta=0.9, so_interval=5)
+    img = t([[1, 0, 0]])
+    src = t([[0, 1, 0]])
+    text_dir = t([[1, -1, 0]])  # dir loss 0 -> gate open on gated epochs
+    crops = t([[1, 0, 0], [0, 0, 1]])
+    masked = t([[0, 0, 1]])
+    prev = t([[0, 0, 1]])
+    terms = style_loss(img, src, text_dir, cfg, epoch=5, crop_embs=crops, masked_emb=masked, prev_img_emb=prev)
+    assert set(terms) == {"dir", "patch", "md", "so", "so_gate"}
+    assert terms["so_gate"].item() == 1.0
+    w = cfg.weights(5)
+    expected = sum(w[k] * terms[k] for k in ("dir", "patch", "md", "so"))
+    torch.testing.assert_close(total_loss(terms, w), expected)
+    closed = style_loss(img, src, text_dir, cfg, epoch=6, crop_embs=crops, masked_emb=masked, prev_img_emb=prev)
+    expected_closed = sum(w[k] * closed[k] for k in ("dir", "patch", "md"))
+    assert closed["so"].item() > 0
+    torch.testing.assert_close(total_loss(closed, w), expected_closed)
+    only_dir = style_loss(img, src, text_dir, LossConfig(use_patch=False), epoch=0, crop_embs=crops)
+    assert set(only_dir) == {"dir"}
+    with pytest.raises(ValueError, match="no weight.*lpips"):
+        total_loss({"dir": terms["dir"], "lpips": terms["dir"]}, {"dir": 1.0})

@@ -1,0 +1,86 @@
+"""Style files: round trip, metadata, and every bad file gives a clear error."""
+import json
+
+import pytest
+from conftest import load_photo
+import torch
+from safetensors.torch import save_file
+
+from small import small_config
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.style_file import (StyleFileError, describe_style, load_style, read_style_metadata,
+                                   safe_style_filename, save_style)
+from stylemamba.stylize import stylize
+from stylemamba.train import train_style
+from stylemamba.vae import load_vae
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models):
+    photo = load_photo()
+    vae = load_vae(tiny_models["vae"])
+    text = load_text_image_encoder(tiny_models["siglip"])
+    return vae, train_style(vae, text, photo, "Van Gogh's starry night", small_config(epochs=3)).style
+
+
+def test_save_load_gives_identical_outputs(tmp_path, trained, photo):
+    vae, style = trained
+    info = save_style(style, tmp_path / "starry", delta_dtype=torch.float32)
+    assert info["path"].endswith("starry.safetensors") and info["bytes"] > 0
+    loaded = load_style(info["path"])
+    assert torch.equal(stylize(photo, vae, loaded), stylize(photo, vae, style))
+
+
+def test_fp16_delta_is_close_and_smaller(tmp_path, trained, photo):
+    vae, style = trained
+    full = save_style(style, tmp_path / "a", delta_dtype=torch.float32)
+    half = save_style(style, tmp_path / "b")
+    assert half["bytes"] < full["bytes"]
+    ref = stylize(photo, vae, style)
+    err = (stylize(photo, vae, load_style(half["path"])) - ref).abs().max()
+    assert err < 2e-3, err
+
+
+def test_metadata_says_what_the_style_is(tmp_path, trained):
+    vae, style = trained
+    path = save_style(style, tmp_path / "s.safetensors")["path"]
+    meta = read_style_metadata(path)
+    assert meta["prompts"] == ["Van Gogh's starry night"]
+    assert meta["source_prompt"] == "a plain photo"
+    assert meta["fusion"]["kind"] == "mamba" and meta["recipe"]["epochs"] == 3
+    assert meta["base_vae"]["arch"] == vae.identity["arch"]
+    assert meta["library_version"] and meta["created_at"] and meta["format_version"] == 1
+    info = describe_style(path)
+    assert info["bytes"] > 0 and info["parameters"]["decoder_delta"] > 0 and info["parameters"]["fusion"] > 0
+    json.dumps(info, default=str)
+
+
+def test_foreign_truncated_and_other_vae_files_are_refused(tmp_path, trained, tiny_models, photo):
+    vae, style = trained
+    good = save_style(style, tmp_path / "good")["path"]
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(open(good, "rb").read()[:5000])
+    with pytest.raises(StyleFileError, match="truncated or corrupt"):
+        load_style(cut)
+    with pytest.raises(StyleFileError, match="not a StyleMamba style file.*a VAE"):
+        load_style(tiny_models["vae_ldm"])
+    lora = tmp_path / "lora.safetensors"
+    save_file({"unet.lora_down.weight": torch.zeros(2)}, str(lora))
+    with pytest.raises(StyleFileError, match="looks like a LoRA"):
+        load_style(lora)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_style(tmp_path / "missing.safetensors")
+    other = load_vae(tiny_models["vae"])
+    with torch.no_grad():
+        for p in other.decoder.parameters():
+            p.add_(0.5)
+    with pytest.raises(StyleFileError, match="trained on another VAE"):
+        stylize(photo, other, load_style(good))
+
+
+def test_file_names_are_sanitised():
+    assert safe_style_filename("../../etc/passwd") == "passwd.safetensors"
+    assert safe_style_filename("C:\\x\\my style.safetensors") == "my style.safetensors"
+    assert safe_style_filename("<|>") == "_.safetensors"
+    assert safe_style_filename("") == "style.safetensors"
+    assert "/" not in safe_style_filename("a/b/c")

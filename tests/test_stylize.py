@@ -1,0 +1,104 @@
+"""Stylising: any size and channel count, masks, strength, mixing, tiles, batches."""
+import pytest
+from conftest import load_photo
+import torch
+
+from small import small_config
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.stylize import MixedStyle, stylize
+from stylemamba.train import train_style
+from stylemamba.vae import load_vae
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models):
+    photo = load_photo()
+    vae = load_vae(tiny_models["vae"])
+    text = load_text_image_encoder(tiny_models["siglip"])
+    cfg = small_config(epochs=3, lr=3e-3)
+    a = train_style(vae, text, photo, "fire", cfg).style
+    b = train_style(vae, text, photo, "ice", small_config(epochs=3, lr=3e-3, seed=1)).style
+    return vae, a, b
+
+
+def test_any_size_is_kept(setup, photo):
+    vae, a, _ = setup
+    x = torch.nn.functional.interpolate(photo, size=(37, 53))
+    y = stylize(x, vae, a)
+    assert y.shape == (1, 3, 37, 53) and y.min() >= 0 and y.max() <= 1
+
+
+def test_channels(setup, photo):
+    vae, a, _ = setup
+    rgba = torch.cat([photo, torch.rand(1, 1, 64, 64)], 1)
+    out = stylize(rgba, vae, a)
+    assert out.shape == (1, 4, 64, 64)
+    torch.testing.assert_close(out[:, 3], rgba[:, 3])
+    torch.testing.assert_close(out[:, :3], stylize(photo, vae, a))
+    gray = photo.mean(1, keepdim=True)
+    assert stylize(gray, vae, a).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="5 channels"):
+        stylize(torch.rand(1, 5, 64, 64), vae, a)
+    with pytest.raises(ValueError, match="at least 8x8"):
+        stylize(torch.rand(1, 3, 4, 64), vae, a)
+
+
+def test_strength_zero_is_reconstruction_and_one_is_the_style(setup, photo):
+    vae, a, _ = setup
+    torch.testing.assert_close(stylize(photo, vae, a, strength=0.0), vae.reconstruct(photo), atol=1e-5, rtol=1e-5)
+    full, half = stylize(photo, vae, a, strength=1.0), stylize(photo, vae, a, strength=0.5)
+    assert not torch.allclose(full, half)
+    with pytest.raises(ValueError, match="outside"):
+        stylize(photo, vae, a, strength=1.5)
+
+
+def test_mask_keeps_original_pixels_outside(setup, photo):
+    vae, a, _ = setup
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    y = stylize(photo, vae, a, mask=mask)
+    torch.testing.assert_close(y[..., :16, :], photo[..., :16, :])
+    torch.testing.assert_close(y[..., 16:48, 16:48], stylize(photo, vae, a)[..., 16:48, 16:48])
+    with pytest.raises(ValueError, match="resize the mask"):
+        stylize(photo, vae, a, mask=torch.ones(1, 32, 32))
+
+
+def test_mixing_two_styles(setup, photo):
+    vae, a, b = setup
+    only_a = stylize(photo, vae, [a, b], weights=[1.0, 0.0])
+    torch.testing.assert_close(only_a, stylize(photo, vae, a), atol=1e-5, rtol=1e-5)
+    mix = stylize(photo, vae, [a, b], weights=[0.5, 0.5])
+    assert not torch.allclose(mix, only_a) and not torch.allclose(mix, stylize(photo, vae, b))
+    with pytest.raises(ValueError, match="style weights"):
+        MixedStyle(vae, [a, b], [1.0])
+
+
+def test_batches_match_single_images(setup, photo_batch):
+    vae, a, _ = setup
+    batch = stylize(photo_batch, vae, a, batch_size=2)
+    singles = torch.cat([stylize(photo_batch[i:i + 1], vae, a) for i in range(2)])
+    torch.testing.assert_close(batch, singles, atol=1e-5, rtol=1e-5)
+
+
+def test_tiles_have_no_visible_seams(setup):
+    vae, a, _ = setup
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
+    img = torch.nn.functional.interpolate(img, size=(256, 256), antialias=True, mode="bilinear")
+    whole = stylize(img, vae, a, tile_size=1024)
+    tiled = stylize(img, vae, a, tile_size=128, tile_overlap=64)
+    assert tiled.shape == whole.shape
+    # tiles see less context, so the result differs a little from the untiled one ...
+    assert (tiled - whole).abs().mean() < 0.04
+    # ... but without seams: the pixel-to-pixel jumps across columns/rows match the untiled image's
+    for dim in (-1, -2):
+        jumps_tiled = tiled.diff(dim=dim).abs().mean(dim=(0, 1, 2 if dim == -1 else 3))
+        jumps_whole = whole.diff(dim=dim).abs().mean(dim=(0, 1, 2 if dim == -1 else 3))
+        assert (jumps_tiled - jumps_whole).abs().max() < 0.05
+    # a deliberately naive tiling (no overlap, no shared statistics) does show the seam this test looks for
+    from stylemamba import stylize as mod
+    naive = torch.cat([mod.stylize(img[..., :, :128], vae, a), mod.stylize(img[..., :, 128:], vae, a)], dim=-1)
+    jumps_naive = naive.diff(dim=-1).abs().mean(dim=(0, 1, 2))
+    jumps_whole = whole.diff(dim=-1).abs().mean(dim=(0, 1, 2))
+    assert (jumps_naive - jumps_whole).abs().max() >= 0.05

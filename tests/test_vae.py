@@ -1,0 +1,87 @@
+"""SD-VAE loading (HF folder, single LDM file, wrapped object), encoding and the trainable decoder copy."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from stylemamba.vae import ModelFileError, SDVAE, fingerprints_match, load_vae
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_models):
+    return load_vae(tiny_models["vae"])
+
+
+def test_folder_and_single_file_give_the_same_model(tiny_models, vae, photo):
+    single = load_vae(tiny_models["vae_ldm"])
+    z1, z2 = vae.encode(photo), single.encode(photo)
+    assert z1.shape == (1, 4, photo.shape[-2] // 8, photo.shape[-1] // 8)
+    torch.testing.assert_close(z1, z2)
+    torch.testing.assert_close(vae.reconstruct(photo), single.reconstruct(photo))
+    assert vae.identity["arch"] == single.identity["arch"]
+
+
+def test_wrapping_an_ldm_style_object_shares_modules(tiny_models, vae, photo):
+    from diffusers import AutoencoderKL
+
+    ae = AutoencoderKL.from_pretrained(str(tiny_models["vae"]))
+    wrapped = SDVAE.from_ldm(ae, scaling_factor=vae.scaling_factor)
+    assert wrapped.decoder is ae.decoder and wrapped.encoder is ae.encoder
+    torch.testing.assert_close(wrapped.encode(photo), vae.encode(photo))
+    with pytest.raises(TypeError, match="not an SD-style autoencoder"):
+        SDVAE.from_ldm(torch.nn.Linear(2, 2))
+
+
+def test_latent_scaling_lives_in_encode_and_decoder(vae, photo):
+    raw = vae.quant_conv(vae.encoder(photo * 2 - 1))[:, :4]
+    torch.testing.assert_close(vae.encode(photo), raw * vae.scaling_factor)
+    dec = vae.make_decoder()
+    expected = (vae.decoder(vae.post_quant_conv(raw)) + 1) / 2
+    torch.testing.assert_close(dec(raw * vae.scaling_factor), expected)
+
+
+def test_trainable_decoder_is_a_copy(vae, photo):
+    before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    dec = vae.make_decoder()
+    assert all(p.requires_grad for p in dec.parameters())
+    assert not any(p.requires_grad for p in vae.parameters())
+    opt = torch.optim.SGD(dec.parameters(), lr=0.1)
+    dec(vae.encode(photo)).mean().backward()
+    opt.step()
+    for k, v in vae.decoder.state_dict().items():
+        assert torch.equal(v, before[k]), f"base decoder weight {k} changed"
+    assert not torch.equal(dec.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+
+
+def test_fingerprint_tolerates_half_precision_but_not_other_weights(tiny_models, vae):
+    half = load_vae(tiny_models["vae"], dtype=torch.float16)
+    assert fingerprints_match(vae.identity, half.identity)
+    other = load_vae(tiny_models["vae"])
+    with torch.no_grad():
+        for p in other.decoder.parameters():
+            p.mul_(1.5)
+    other._identity = None
+    assert not fingerprints_match(vae.identity, other.identity)
+
+
+def test_bad_inputs_have_clear_errors(tmp_path, vae, photo):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        vae.encode(photo[..., :60, :61])
+    with pytest.raises(ValueError, match=r"\(B,3,H,W\)"):
+        vae.encode(photo[:, :1])
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(ModelFileError, match="nope.safetensors"):
+        load_vae(missing)
+    with pytest.raises(ModelFileError, match="config.json"):
+        load_vae(tmp_path)
+    pickled = tmp_path / "vae.ckpt"
+    pickled.write_bytes(b"not really")
+    with pytest.raises(ValueError, match="pickled"):
+        load_vae(pickled)
+    foreign = tmp_path / "lora.safetensors"
+    save_file({"lora_up.weight": torch.zeros(2, 2)}, str(foreign))
+    with pytest.raises(ValueError, match="not an SD-VAE file"):
+        load_vae(foreign)
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(foreign.read_bytes()[:20])
+    with pytest.raises(ModelFileError, match="could not read VAE file"):
+        load_vae(truncated)
