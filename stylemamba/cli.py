@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,17 +80,32 @@ def cmd_train(args) -> int:
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in info.losses.items() if k in ("total", "dir", "vgg")})
 
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop after the current step and keep what was trained
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     t0 = time.perf_counter()
     try:
         result = train_style(vae, text, content, args.prompt, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
-                             device=device, on_step=on_step)
-    except KeyboardInterrupt:
+                             device=device, on_step=on_step, should_stop=lambda: stop["asked"])
+    except TrainingCancelled as cancelled:
         bar.close()
-        print("cancelled: no style written", file=sys.stderr)
+        if cancelled.partial is None:
+            print("cancelled before the first step: no style written", file=sys.stderr)
+            return 130
+        out = Path(args.out)
+        partial_path = out.with_name(out.stem + "-partial.safetensors")
+        info = save_style(cancelled.partial.style, partial_path)
+        print(f"cancelled after {cancelled.partial.steps} steps: partial style saved to {info['path']}",
+              file=sys.stderr)
         return 130
-    except TrainingCancelled:
-        bar.close()
-        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     bar.close()
     if args.name:
         result.style.metadata["name"] = args.name
@@ -221,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except torch.cuda.OutOfMemoryError as exc:
-        print(f"error: out of GPU memory ({exc}). Lower --resolution, --batch-size or --tile-size, or use --device cpu",
-              file=sys.stderr)
+    except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)
+        if not isinstance(exc, MemoryError) and "out of memory" not in str(exc):
+            raise
+        print(f"error: {exc}. Lower --resolution, --batch-size or --tile-size, or use --device cpu", file=sys.stderr)
         return 3

@@ -215,8 +215,21 @@ def _prepare_mask(mask: torch.Tensor | None, b: int, h: int, w: int, device) -> 
     return m.clamp(0, 1).to(device)
 
 
+def stylize(images: torch.Tensor, vae: SDVAE, styles, *args, **kwargs) -> torch.Tensor:
+    """Stylise images; see :func:`stylize_images`. Out of memory becomes an error that says what to lower."""
+    try:
+        return stylize_images(images, vae, styles, *args, **kwargs)
+    except torch.cuda.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise MemoryError(
+            f"out of GPU memory stylising {tuple(images.shape)} images: lower batch_size (now "
+            f"{kwargs.get('batch_size', 4)}) or tile_size (now {kwargs.get('tile_size', 1024)}), e.g. tile_size=512"
+        ) from exc
+
+
 @torch.no_grad()
-def stylize(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[Style] | MixedStyle,
+def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[Style] | MixedStyle,
             weights: Sequence[float] | None = None, strength: float = 1.0, mask: torch.Tensor | None = None,
             tile_size: int = 1024, tile_overlap: int = 128, batch_size: int = 4, amp: str = "auto",
             on_batch=None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from . import losses as L
 from .encoders import TextImageEncoder
 from .fusion import FusionConfig, build_fusion
 from .model import StyleMamba
+from .speed import COMPILE_MODES, compile_callable, compile_module_
 from .style_file import Style
 from .vae import SDVAE
 
@@ -40,6 +41,10 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
     channels_last: bool = True
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, ~30% slower
+    # "off" | a torch.compile mode ("default", "max-autotune-no-cudagraphs"): compiles the decoder and the
+    # image tower (stylemamba/speed.py); the first style in a process pays the compilation
+    compile: str = "off"
     preview_every: int = 0  # steps between preview images in the progress callback (0 = none)
     loss: L.LossConfig = field(default_factory=L.LossConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -52,7 +57,8 @@ class TrainConfig:
         checks = [("epochs", self.epochs >= 1, ">= 1"), ("steps_per_epoch", self.steps_per_epoch >= 1, ">= 1"),
                   ("lr", self.lr > 0, "> 0"), ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
                   "a multiple of 8, >= 64"), ("amp", self.amp in ("auto", "bf16", "fp16", "off"),
-                  "one of auto, bf16, fp16, off")]
+                  "one of auto, bf16, fp16, off"), ("compile", self.compile in COMPILE_MODES,
+                  f"one of {', '.join(COMPILE_MODES)}")]
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
@@ -91,6 +97,10 @@ class TrainResult:
     seconds: float
     steps: int
     cancelled: bool = False
+
+
+class OutOfMemory(RuntimeError):
+    """Training or stylising ran out of (GPU) memory; the message says what to lower."""
 
 
 class TrainingCancelled(Exception):
@@ -187,7 +197,18 @@ class StyleTrainer:
         self.model = StyleMamba(vae, build_fusion(fcfg).to(self.device), vae.make_decoder())
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
+        if self.cfg.gradient_checkpointing:
+            if hasattr(self.model.decoder.decoder, "gradient_checkpointing"):
+                self.model.decoder.decoder.gradient_checkpointing = True
+            else:
+                log.warning("this decoder (%s) has no gradient checkpointing; training without it",
+                            type(self.model.decoder.decoder).__name__)
+        compile_module_(self.model.decoder, self.cfg.compile)  # in place: state-dict keys unchanged
+        self._encode_image = compile_callable(text.encode_image, self.cfg.compile)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
+        self.scaler = scaler_cls(enabled=self.cfg.amp == "fp16" and self.device.type == "cuda")
         self.prev_emb: torch.Tensor | None = None
         self.history: list[dict[str, torch.Tensor]] = []
 
@@ -216,7 +237,7 @@ class StyleTrainer:
                 z_img = L.apply_mask(y, mask, fill=lc.mask_fill)
                 views.append(F.interpolate(z_img, size=(size, size), mode="bicubic", align_corners=False,
                                            antialias=True))
-            emb = enc.encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched SigLIP call
+            emb = self._encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched SigLIP call
             emb_y, rest = emb[:b], emb[b:]
             terms: dict[str, torch.Tensor] = {}
             terms["dir"] = L.directional_loss(emb_y, self.emb_x, self.text_dir)
@@ -239,8 +260,9 @@ class StyleTrainer:
                 terms["tv"] = L.total_variation(y, form=lc.tv_form)
             total = L.total_loss(terms, lc.weights(epoch))
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt.step()
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self._last_emb = emb_y.detach().float()
         terms = {k: v.detach().float() for k, v in terms.items()}
         terms["total"] = total.detach().float()
@@ -303,10 +325,21 @@ def train_style(vae: SDVAE, text: TextImageEncoder, content, prompts, config: Tr
                 on_step: Callable[[StepInfo], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train a style from prompt(s) on content image(s). See :class:`TrainConfig` for the recipe."""
-    trainer = StyleTrainer(vae, text, content, prompts, config, prompt_weights, vgg, lpips, device)
+    trainer = None
     try:
+        trainer = StyleTrainer(vae, text, content, prompts, config, prompt_weights, vgg, lpips, device)
         return trainer.run(on_step, should_stop)
+    except torch.cuda.OutOfMemoryError as exc:
+        cfg = config or TrainConfig()
+        raise OutOfMemory(
+            f"out of memory while training at {cfg.resolution}x{cfg.resolution} with {cfg.loss.n_crops} crops "
+            f"on {len(content) if isinstance(content, (list, tuple)) else content.shape[0]} content image(s). "
+            "Lower the resolution (e.g. 384), the number of crops or content images, or enable gradient "
+            "checkpointing; close other GPU work and retry."
+        ) from exc
     finally:
-        del trainer.opt
-        if trainer.device.type == "cuda":
+        if trainer is not None:
+            trainer.opt = None
+            trainer.model = None
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -6,7 +6,7 @@ from small import small_config
 from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
 from stylemamba.stylize import stylize
-from stylemamba.train import StyleTrainer, TrainingCancelled, prepare_content, train_style
+from stylemamba.train import OutOfMemory, StyleTrainer, TrainingCancelled, prepare_content, train_style
 from stylemamba.vae import load_vae
 
 
@@ -116,3 +116,14 @@ def test_prepare_content_handles_sizes_and_channels():
     out = prepare_content(imgs, 64)
     assert out.shape == (3, 3, 64, 64)
     torch.testing.assert_close(out[1, 0], out[1, 1])  # gray expanded to RGB
+
+
+def test_out_of_memory_says_what_to_lower(parts, photo, monkeypatch):
+    vae, text, _, _ = parts
+
+    def oom(self, epoch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(StyleTrainer, "step", oom)
+    with pytest.raises(OutOfMemory, match="Lower the resolution"):
+        train_style(vae, text, photo, "x", small_config(epochs=1))
