@@ -169,6 +169,47 @@ def cmd_tiny_models(args) -> int:
     return 0
 
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def cmd_demo(args) -> int:
+    """Train a style and stylise two photos end to end. Without --vae/--text-model it builds tiny
+    random-weight models first, so it runs offline in seconds: it shows the pipeline works, not art."""
+    from .encoders import load_text_image_encoder
+    from .image_io import load_image, save_image
+    from .perceptual import LPIPSLoss, VGGFeatures
+    from .style_file import save_style
+    from .stylize import stylize
+    from .train import TrainConfig, train_style
+    from .vae import load_vae
+
+    out = Path(args.out)
+    device = pick_device(args.device)
+    cfg = TrainConfig(resolution=args.resolution, epochs=args.epochs)
+    if args.vae is None or args.text_model is None:
+        from .tiny_models import build_tiny_models
+
+        tiny = build_tiny_models(out / "tiny-models")
+        args.vae, args.text_model = args.vae or tiny["vae"], args.text_model or tiny["siglip"]
+        args.vgg = args.vgg or tiny["vgg19"]
+        cfg.fusion.width, cfg.fusion.depth, cfg.loss.n_crops = 64, 2, 8
+        cfg.resolution = min(cfg.resolution, 64)
+        args.lpips = "off"  # the real-size LPIPS network would dominate a tiny CPU run
+        print("using tiny random-weight models (offline demo: the output shows the pipeline, not a real style)")
+    vae = load_vae(args.vae, device=device)
+    text = load_text_image_encoder(args.text_model, device=device)
+    vgg = VGGFeatures.from_safetensors(args.vgg).to(device) if args.vgg else None
+    photos = [load_image(ASSETS / "astronaut.png"), load_image(ASSETS / "chelsea.png")]
+    lpips = None if args.lpips == "off" else LPIPSLoss(net=args.lpips, backbone_path=args.lpips_backbone).to(device)
+    result = train_style(vae, text, photos[:1], args.prompt, cfg, vgg=vgg, lpips=lpips, device=device)
+    info = save_style(result.style, out / "demo-style.safetensors")
+    written = [str(save_image(stylize(p, vae, result.style)[0], out / f"stylized-{i}.png")) for i, p in enumerate(photos)]
+    print(json.dumps({"style": info["path"], "style_bytes": info["bytes"], "train_seconds": round(result.seconds, 2),
+                      "steps": result.steps, "first_loss": result.history[0]["total"],
+                      "last_loss": result.history[-1]["total"], "stylized": written}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stylemamba", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -213,6 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("style")
     p.add_argument("--full", action="store_true", help="include the full training recipe")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="train a style and stylise two photos (offline with tiny models by default)")
+    p.add_argument("--out", default="out/demo", help="output folder")
+    p.add_argument("--prompt", default="Van Gogh's starry night")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--vae", help="real SD VAE (default: tiny offline model)")
+    p.add_argument("--text-model", help="real SigLIP/CLIP folder or id (default: tiny offline model)")
+    p.add_argument("--vgg", help="VGG19 features .safetensors")
+    p.add_argument("--lpips", default="vgg", choices=["vgg", "alex", "off"], help="LPIPS backbone, or off")
+    p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=20)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")
     p.add_argument("out")
