@@ -49,3 +49,11 @@ def test_clear_errors_for_missing_files(tmp_path, tiny_models):
     assert proc.returncode == 2 and "none.safetensors" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("info", tiny_models["vae_ldm"], ok=False)
     assert proc.returncode == 2 and "not a StyleMamba style file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path):
+    out = run("demo", "--out", tmp_path / "demo", "--device", "cpu", "--epochs", "2")
+    report = json.loads(out.stdout[out.stdout.index("{"):])
+    assert report["steps"] == 2 and len(report["stylized"]) == 2
+    assert load_image(report["stylized"][1]).shape == (1, 3, 226, 300)  # any size, kept
