@@ -1,0 +1,178 @@
+"""`python -m stylemamba eval` end to end on the tiny models: outputs, resume, styles by metadata, skips."""
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from small import small_config
+from stylemamba import cli
+from stylemamba.baselines.clipstyler import StyleUNet
+from stylemamba.evaluate import read_prompts, run_evaluation
+from stylemamba.image_io import save_image
+from stylemamba.metrics import count_parameters
+from stylemamba.perceptual import LPIPSLoss
+
+PROMPTS = ["an oil painting by Van Gogh", "ukiyo-e woodblock print"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_models):
+    """Two real photos (not square: the centre crop is exercised), a prompts file, small recipes, metric weights."""
+    from conftest import load_photo
+
+    root = tmp_path_factory.mktemp("eval")
+    for name in ("astronaut", "chelsea"):
+        save_image(load_photo(name, (64, 80))[0], root / "content" / f"{name}.png")
+    (root / "prompts.txt").write_text("# style prompts\n" + "\n".join(PROMPTS) + "\n\n")
+    (root / "recipe.json").write_text(json.dumps(small_config(epochs=2).to_dict()))
+    (root / "clipstyler.json").write_text(json.dumps({"steps": 2, "n_crops": 2, "base_channels": 4}))
+    lp = LPIPSLoss(net="alex")  # a random backbone written as a user's backbone file would be
+    save_file({k: v.contiguous() for k, v in lp.model.state_dict().items() if k.startswith("net.")},
+              str(root / "lpips_alex.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    save_file({"weight": torch.randn(1, 32, generator=gen), "bias": torch.zeros(1)}, str(root / "head.safetensors"))
+    return root
+
+
+def eval_args(setup, tiny_models, out, *extra):
+    return ["eval", "--device", "cpu", "--content", str(setup / "content"), "--prompts", str(setup / "prompts.txt"),
+            "--config", str(setup / "recipe.json"), "--clipstyler-config", str(setup / "clipstyler.json"),
+            "--vae", str(tiny_models["vae"]), "--train-text-model", str(tiny_models["siglip"]),
+            "--eval-text-model", str(tiny_models["siglip"]), "--eval-text-model", str(tiny_models["clip"]),
+            "--vgg", str(tiny_models["vgg19"]), "--lpips-net", "alex",
+            "--lpips-backbone", str(setup / "lpips_alex.safetensors"),
+            "--aesthetic-head", str(setup / "head.safetensors"), "--aesthetic-clip", str(tiny_models["clip"]),
+            "--resolution", "64", "--thumb", "48", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(setup, tiny_models):
+    out = setup / "out"
+    # one training image and one epoch keep it fast; they also exercise --train-content and --epochs
+    assert cli.main(eval_args(setup, tiny_models, out, "--method", "both", "--epochs", "1", "--train-content",
+                              str(setup / "content" / "astronaut.png"))) == 0
+    return out
+
+
+def test_eval_writes_every_output(first_run, capsys):
+    out = first_run
+    report = json.loads((out / "results.json").read_text())
+    cols = ["style_siglip", "style_clip", "ssim_lum", "ssim_rgb", "vgg", "lpips", "aesthetic"]
+    assert report["columns"] == ["method", "image", "prompt", *cols, "train_s", "infer_s", "params"]
+    rows = report["rows"]
+    assert len(rows) == 8 and {(r["method"], r["image"], r["prompt"]) for r in rows} == {
+        (m, i, p) for m in ("stylemamba", "clipstyler") for i in ("astronaut.png", "chelsea.png") for p in PROMPTS}
+    for r in rows:
+        assert all(isinstance(r[c], float) for c in cols + ["train_s", "infer_s"]), r
+        assert -1 <= r["style_siglip"] <= 1 and -1 <= r["ssim_lum"] <= 1 and r["vgg"] >= 0 and r["lpips"] >= 0
+        assert (out / r["output"]).is_file() and Image.open(out / r["output"]).size == (64, 64)
+    sm = [r for r in rows if r["method"] == "stylemamba"]
+    cs = [r for r in rows if r["method"] == "clipstyler"]
+    # one style per prompt: its training time is shared by the images; CLIPstyler pays per image
+    assert len({r["train_s"] for r in sm}) == 2 and all(r["train_s"] == r["infer_s"] for r in cs)
+    info = report["models"]["stylemamba"]["styles"][PROMPTS[0]]
+    assert sm[0]["params"] == info["params_fusion"] + info["params_decoder"] > 0
+    assert cs[0]["params"] == count_parameters(StyleUNet(base_channels=4))
+    # scales and models are stated; Table 4: each method's training model is named, the other is held out
+    assert "raw cosine" in report["scales"]["style_clip"] and "luminance" in report["scales"]["ssim_lum"]
+    assert report["models"]["stylemamba"]["used_for_training_column"] == ["style_siglip"]
+    assert report["models"]["clipstyler"]["used_for_training_column"] == ["style_clip"]
+    assert any(s["what"].startswith("aesthetic") and "not ViT-L/14" in s["why"] for s in report["skipped"])
+    recipe = report["config"]["stylemamba"]
+    assert recipe["recipe"]["epochs"] == 1 and recipe["recipe"]["resolution"] == 64
+    assert [p.endswith("astronaut.png") for p in recipe["train_content"]] == [True]
+    assert report["config"]["clipstyler"]["config"]["steps"] == 2
+    assert set(report["averages"]) == {"stylemamba", "clipstyler"}
+    assert report["averages"]["clipstyler"]["pairs"] == 4
+    # CSV: the 8 rows and one mean row per method
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 10 and [t["image"] for t in table[-2:]] == ["(mean)", "(mean)"]
+    assert float(table[-1]["ssim_lum"]) == pytest.approx(report["averages"]["clipstyler"]["ssim_lum"])
+    # contact sheet: rows = 2 images x 2 methods, columns = content + 2 prompts
+    w, h = Image.open(out / "contact_sheet.png").size
+    assert w == 4 + 3 * (48 + 4) and h == 28 + 4 + 4 * (48 + 4)
+    assert len(list((out / "styles").glob("*.safetensors"))) == 2
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
+
+
+def test_resume_skips_done_pairs_and_reuses_styles(first_run, setup, tiny_models, capsys):
+    out = first_run
+    lines = (out / "results.jsonl").read_text().splitlines()
+    dropped = json.loads(lines[-1])  # as if the run had been interrupted before its last pair
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    styles_before = {p: p.stat().st_mtime_ns for p in (out / "styles").glob("*.safetensors")}
+    capsys.readouterr()
+    assert cli.main(eval_args(setup, tiny_models, out, "--method", "both", "--quiet", "--epochs", "1",
+                              "--train-content", str(setup / "content" / "astronaut.png"))) == 0
+    printed = capsys.readouterr().out
+    after = (out / "results.jsonl").read_text().splitlines()
+    assert len(after) == 8 and after[:7] == lines[:7]
+    redone = json.loads(after[-1])
+    assert (redone["method"], redone["image"], redone["prompt"]) == (dropped["method"], dropped["image"],
+                                                                     dropped["prompt"])
+    report = json.loads((out / "results.json").read_text())
+    skip = next(s for s in report["skipped"] if "--resume" in s["why"])
+    assert len(skip["pairs"]) == 7 and len(report["rows"]) == 8
+    assert {p: p.stat().st_mtime_ns for p in (out / "styles").glob("*.safetensors")} == styles_before
+    assert "Means" in printed and "style_siglip" in printed and "already in results.jsonl" in printed
+
+
+def test_styles_are_matched_to_prompts_by_metadata(first_run, setup, tiny_models, tmp_path):
+    library = tmp_path / "library"
+    library.mkdir()
+    for i, f in enumerate(sorted((first_run / "styles").glob("*.safetensors"))):
+        shutil.copy(f, library / f"style_{i}.safetensors")  # names say nothing: the metadata decides
+    report = run_evaluation([setup / "content" / "chelsea.png"], PROMPTS, tmp_path / "out", "stylemamba",
+                            vae=tiny_models["vae"], styles_dir=library, train_config=small_config(epochs=2),
+                            eval_text_models=[tiny_models["clip"]], resolution=64, device="cpu", progress=False,
+                            print_table=False)
+    styles = report["models"]["stylemamba"]["styles"]
+    assert {s["train_seconds_from"] for s in styles.values()} == {"style metadata"}
+    assert all(s["file"].startswith(str(library)) for s in styles.values())
+    assert not (tmp_path / "out" / "styles").exists()  # nothing was trained
+    assert len(report["rows"]) == 2 and all(r["train_s"] > 0 for r in report["rows"])
+    # the same style gives the same image as in the first run
+    first = json.loads((first_run / "results.json").read_text())["rows"]
+    ref = next(r for r in first if r["method"] == "stylemamba" and r["image"] == "chelsea.png"
+               and r["prompt"] == PROMPTS[0])
+    mine = next(r for r in report["rows"] if r["prompt"] == PROMPTS[0])
+    assert mine["ssim_lum"] == pytest.approx(ref["ssim_lum"], abs=1e-4)  # the file stores the delta in fp16
+    assert mine["style_clip"] == pytest.approx(ref["style_clip"], abs=1e-4)
+
+
+def test_missing_metric_weights_are_skipped_with_reasons(setup, tiny_models, tmp_path):
+    from stylemamba.baselines.clipstyler import ClipStylerConfig
+
+    report = run_evaluation([setup / "content" / "astronaut.png"], PROMPTS[:1], tmp_path / "out", "clipstyler",
+                            clipstyler_config=ClipStylerConfig(steps=1, n_crops=2, base_channels=4),
+                            clipstyler_text_model=tiny_models["clip"], resolution=32, device="cpu", progress=False,
+                            print_table=False)
+    # no evaluation model given: the style score falls back on the training model, and says so
+    assert report["columns"] == ["method", "image", "prompt", "style_clip", "ssim_lum", "ssim_rgb", "train_s",
+                                 "infer_s", "params"]
+    why = {s["what"].split(" (")[0]: s["why"] for s in report["skipped"]}
+    assert "--vgg" in why["vgg"] and "--lpips-backbone" in why["lpips"]
+    assert "sa_0_4_vit_l_14_linear.pth" in why["aesthetic"]
+    assert "training model only" in why["style score with a model not used for training"]
+    assert "Skipped:" in report["table"] and "aesthetic" in report["table"]
+
+
+def test_bad_inputs_are_explained(setup, tiny_models, tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(p)
+    with pytest.raises(FileNotFoundError, match="prompts file"):
+        read_prompts(tmp_path / "none.txt")
+    with pytest.raises(ValueError, match="repeated"):
+        run_evaluation([setup / "content"], ["a", "a"], tmp_path / "o", device="cpu")
+    with pytest.raises(ValueError, match="unknown method"):
+        run_evaluation([setup / "content"], ["a"], tmp_path / "o", "vangogh", device="cpu")
+    code = cli.main(["eval", "--device", "cpu", "--content", str(tmp_path / "missing"), "--prompts",
+                     str(setup / "prompts.txt"), "--out", str(tmp_path / "o")])
+    assert code == 2
