@@ -42,8 +42,9 @@ class TrainConfig:
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
     channels_last: bool = True
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, ~30% slower
-    # "off" | a torch.compile mode ("default", "max-autotune-no-cudagraphs"): compiles the decoder and the
-    # image tower (stylemamba/speed.py); the first style in a process pays the compilation
+    # "off" | a torch.compile mode ("default", "max-autotune-no-cudagraphs"): compiles the decoder and the image
+    # tower (stylemamba/speed.py); on an H200 the step drops from 109 to 68 ms, but the first style in a
+    # process pays ~55 s of compilation (docs/BENCHMARK.md)
     compile: str = "off"
     preview_every: int = 0  # steps between preview images in the progress callback (0 = none)
     loss: L.LossConfig = field(default_factory=L.LossConfig)
@@ -203,9 +204,13 @@ class StyleTrainer:
             else:
                 log.warning("this decoder (%s) has no gradient checkpointing; training without it",
                             type(self.model.decoder.decoder).__name__)
-        compile_module_(self.model.decoder, self.cfg.compile)  # in place: state-dict keys unchanged
+        # torch.compile (speed.py) of the two networks where it paid on an H200 (docs/BENCHMARK.md): the
+        # decoder in place (state-dict keys unchanged) and the shared image tower through a wrapper
+        compile_module_(self.model.decoder, self.cfg.compile)
         self._encode_image = compile_callable(text.encode_image, self.cfg.compile)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        # the fused Adam kernel: one launch for all parameters (0.6 ms instead of 1.8 ms per step on an H200)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
+                                    fused=True if self.device.type == "cuda" else None)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
         self.scaler = scaler_cls(enabled=self.cfg.amp == "fp16" and self.device.type == "cuda")

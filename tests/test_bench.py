@@ -1,0 +1,201 @@
+"""The benchmark (``python -m stylemamba bench``) on the tiny models, its arithmetic, and the speed options.
+
+The GPU numbers come from a real run (docs/BENCHMARK.md); here we check that every measurement is
+produced and consistent, that the ratios and target checks are computed right, and that each
+speed-up computes what the plain path computes.
+"""
+import json
+
+import pytest
+import torch
+from small import small_config
+
+from stylemamba import bench, speed
+from stylemamba.cli import build_parser
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.perceptual import VGGFeatures
+from stylemamba.stylize import MixedStyle, stylize
+from stylemamba.train import StyleTrainer, prepare_content
+from stylemamba.vae import load_vae
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    # LPIPS is left out: its real-size VGG16 costs seconds per call on 2 cores; its timing code is the
+    # same as VGG's, which is covered.
+    return bench.Models(load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"]),
+                        load_text_image_encoder(tiny_models["clip"]), VGGFeatures.from_safetensors(tiny_models["vgg19"]),
+                        None, "tiny")
+
+
+def test_stats_and_rates():
+    assert bench.stats([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "n": 4}
+    assert bench.stats([])["median"] is None
+    assert bench.tflops(2e12, 1000.0) == 2.0  # 2 TFLOP in one second
+    assert bench.tflops(None, 5.0) is None
+    calls = []
+    ms = bench.time_device(lambda: calls.append(1), CPU, warmup=2, repeat=3)
+    assert len(ms) == 3 and len(calls) == 5 and all(m >= 0 for m in ms)
+
+
+def test_flop_count_of_a_matrix_product():
+    a, b = torch.randn(16, 32), torch.randn(32, 8)
+    assert bench.count_flops(lambda: a @ b) == 2 * 16 * 32 * 8
+
+
+def test_word_tokenizer_gives_ids_inside_the_vocabulary():
+    tok = bench.word_tokenizer(64)
+    ids = tok(["a watercolor painting", "zzz unknown"], padding="max_length", max_length=64, truncation=True,
+              return_tensors="pt")["input_ids"]
+    assert ids.shape == (2, 64) and int(ids.max()) < len(tok) < 32000
+    assert int(ids[0, 0]) != int(ids[1, 0])  # words map to different ids, unknown words to <unk>
+
+
+def _fake_report(step_ms, recipe_s, stylise_ms, per_image_s, chunked_ms, kernel_ms):
+    res = {"recipe_first_s": recipe_s + 30.0, "recipe_s": bench.stats([recipe_s]), "step_ms": bench.stats([step_ms]),
+           "step_flops": int(4e12), "train_peak_gb": 9.0,
+           "stylise": {"512_ms": bench.stats([stylise_ms]), "1024_ms": bench.stats([4 * stylise_ms]), "flops_512": int(1e12)},
+           "video": {"fps": 70.0},
+           "parts_ms": {"scan": {"chunked": {"fwd_bwd_ms": bench.stats([chunked_ms])},
+                                 "mamba_ssm": {"fwd_bwd_ms": bench.stats([kernel_ms])}}}}
+    return {"env": {"matmul_bf16_tflops": 800.0}, "models": "full", "sizes": {"stylise": [512, 1024]},
+            "results": {"stylemamba/off": res,
+                        "clipstyler": {"step_ms": bench.stats([20.0]), "step_flops": int(1e11),
+                                       "per_image_s": per_image_s, "per_image_estimate_s": 99.0}}}
+
+
+def test_summary_ratios_and_target_checks():
+    report = _fake_report(step_ms=40.0, recipe_s=1.0, stylise_ms=10.0, per_image_s=4.0, chunked_ms=3.0, kernel_ms=1.0)
+    s = bench.summarize(report)
+    # StyleMamba: 1 s + 100 x 10 ms = 2 s; CLIPstyler: 100 x 4 s = 400 s
+    assert s["hundred_images"]["stylemamba_s"] == pytest.approx(2.0)
+    assert s["hundred_images"]["clipstyler_s"] == pytest.approx(400.0)
+    assert s["hundred_images"]["ratio"] == pytest.approx(200.0)
+    assert s["hundred_images"]["stylemamba_first_style_s"] == pytest.approx(32.0)
+    assert s["scan"]["chunked_over_kernel"] == pytest.approx(3.0)
+    assert s["scan"]["chunked_share_of_step"] == pytest.approx(3.0 / 40.0, abs=1e-3)
+    t = s["targets"]
+    assert t["step_ms"]["met"] is True and t["recipe_s"]["met"] is True and t["video_fps"]["met"] is True
+    assert t["scan_vs_kernel"]["met"] is False  # 3x the kernel, the target is 2x
+    assert t["stylise_1024_ms"]["measured"] == 40.0 and t["stylise_1024_ms"]["met"] is True
+    # TFLOP/s: 4e12 FLOP in 40 ms = 100 TFLOP/s
+    assert report["results"]["stylemamba/off"]["step_tflops"] == pytest.approx(100.0)
+    slow = bench.summarize(_fake_report(80.0, 3.0, 30.0, 1.0, 1.0, 1.0))["targets"]
+    assert slow["step_ms"]["met"] is False and slow["recipe_s"]["met"] is False
+    assert slow["hundred_images_ratio"]["met"] is False  # 100 s against 3 + 3 s: 16.7x
+
+
+def test_tiny_models_give_no_target_verdicts():
+    report = _fake_report(40.0, 1.0, 10.0, 4.0, 3.0, 1.0)
+    report["models"] = "tiny"
+    assert all(v["met"] is None for v in bench.summarize(report)["targets"].values())
+
+
+def test_bench_subcommand_is_registered():
+    args = build_parser().parse_args(["bench", "--tiny", "--compile", "off", "default", "--variants", "mamba"])
+    assert args.func is bench.cmd_bench and args.tiny and args.compile == ["off", "default"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--compile", "turbo"])
+
+
+@pytest.mark.slow
+def test_tiny_bench_measures_everything(models, tmp_path):
+    sizes = bench.Sizes(tiny=True, video_frames=2, video_batch=2)
+    path = tmp_path / "bench.json"
+    report = bench.run_bench(models, sizes, CPU, ["off"], ["mamba", "clipstyler"], repeats=1, steps=1,
+                             json_path=path)
+    assert json.loads(path.read_text())["results"].keys() == report["results"].keys()
+    ours, cs = report["results"]["stylemamba/off"], report["results"]["clipstyler"]
+    assert ours["recipe_s"]["n"] == 1 and ours["recipe_s"]["median"] > 0 and ours["recipe_first_s"] > 0
+    assert ours["recipe_steps"] == 2 and ours["step_ms"]["median"] > 0
+    parts = ours["parts_ms"]
+    for part in ("fusion_fwd_bwd", "decoder_fwd_bwd", "views_crops_fwd_bwd", "siglip_fwd_bwd", "vgg_fwd_bwd",
+                 "optimizer"):
+        assert parts[part]["median"] > 0, part
+    assert parts["siglip_batch"] == 1 + 4 + 1  # the image, 4 crops, the masked image: one batched call
+    assert parts["scan"]["chunked"]["fwd_bwd_ms"]["median"] > 0
+    assert parts["scan"]["shape"] == {"batch": 2, "channels": 64, "state": 4, "length": 64}  # 2 scan directions
+    # a step does the decoder's forward and backward: it counts more FLOPs than the decoder forward alone
+    with torch.no_grad():
+        dec_flops = bench.count_flops(lambda: models.vae.reconstruct(torch.rand(1, 3, 64, 64)))
+    assert ours["step_flops"] > dec_flops > 0
+    assert ours["stylise"]["64_ms"]["median"] > 0 and ours["stylise"]["128_ms"]["median"] > 0
+    assert ours["stylise"]["flops_64"] > 0
+    assert ours["video"]["frames"] == 2 and ours["video"]["fps"] > 0
+    assert cs["recipe_steps"] == 3 and cs["per_image_s"] > 0 and cs["step_flops"] > 0
+    assert cs["per_image_estimate_s"] >= cs["setup_s"]
+    summary = report["summary"]
+    assert summary["hundred_images"]["clipstyler_s"] == pytest.approx(100 * cs["per_image_s"], rel=1e-3)
+    table = bench.format_table(report)
+    assert "stylemamba/off" in table and "clipstyler" in table and "(b) one training step" in table
+
+
+# ---------------------------------------------------------------------------------------------- speed options
+def test_compile_modes_are_checked():
+    with pytest.raises(ValueError, match="compile mode"):
+        speed.check_compile_mode("fastest")
+    def f(t):
+        return t + 1
+
+    assert speed.compile_callable(f, "off") is f
+
+
+@pytest.mark.slow
+def test_compiled_training_steps_match_the_plain_path(tiny_models, photo, monkeypatch):
+    # aot_eager traces the graphs and runs autograd through them as Inductor does, without a C++ build
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    vgg = VGGFeatures.from_safetensors(tiny_models["vgg19"])
+    out = {}
+    for mode in ("off", "default"):
+        cfg = small_config(epochs=2, compile=mode)
+        trainer = StyleTrainer(vae, text, photo, "oil painting", cfg, vgg=vgg)
+        terms = [trainer.step(0)[0]]
+        # the first step's gradients, from identical weights (later weights differ by Adam's sign noise
+        # on near-zero gradients, so comparing weights after several steps would test Adam, not compile)
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        terms.append(trainer.step(1)[0])
+        out[mode] = (terms, grads, trainer.result(0.0, 2).style.decoder_delta)
+        # the benchmark's per-part timing runs on the step's own (here compiled) networks
+        parts = bench.step_parts(trainer, CPU, repeat=1, scan=False, warmup=0)
+        assert parts["vgg_fwd_bwd"]["median"] > 0 and parts["decoder_fwd_bwd"]["median"] > 0
+    for i, (plain, compiled) in enumerate(zip(out["off"][0], out["default"][0])):
+        assert plain.keys() == compiled.keys() and "vgg" in plain
+        for k in plain:  # step 0 from identical weights; later steps after Adam updates (sign noise, see above)
+            torch.testing.assert_close(compiled[k], plain[k], rtol=1e-4 if i == 0 else 1e-2, atol=1e-5)
+    assert out["off"][1].keys() == out["default"][1].keys() and len(out["off"][1]) > 10
+    # per tensor, against the largest gradient (some are exactly zero in exact arithmetic, e.g. the
+    # attention's key bias, and are pure rounding noise in both paths)
+    scale = max(float(g.abs().max()) for g in out["off"][1].values())
+    for name, g in out["off"][1].items():
+        torch.testing.assert_close(out["default"][1][name], g, rtol=1e-3, atol=1e-4 * scale, msg=name)
+    assert out["off"][2].keys() == out["default"][2].keys()  # no _orig_mod. prefix in the saved style
+
+
+@pytest.mark.slow
+def test_inference_preparation_matches_the_plain_path(tiny_models, photo, monkeypatch):
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1))
+    trainer.step(0)
+    style = trainer.result(0.0, 1).style
+    x = prepare_content(photo, 64)
+    plain = stylize(x, vae, MixedStyle(vae, [style]))
+    fast_vae = load_vae(tiny_models["vae"])  # a second copy: compiling in place must not touch the first
+    mixer = speed.prepare_for_inference(fast_vae, MixedStyle(fast_vae, [style]), compile="default")
+    torch.testing.assert_close(stylize(x, fast_vae, mixer), plain, rtol=1e-4, atol=1e-5)
+    assert set(mixer.decoder.state_dict()) == set(MixedStyle(vae, [style]).decoder.state_dict())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Inductor + Triton)")
+def test_inductor_compiled_step_matches_eager_on_gpu(tiny_models, photo):
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    losses = {}
+    for mode in ("off", "default"):
+        trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=2, compile=mode, amp="off"))
+        losses[mode] = [trainer.step(e)[0]["total"] for e in range(2)]
+    for a, b in zip(losses["off"], losses["default"]):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
