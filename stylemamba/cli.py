@@ -67,6 +67,9 @@ def cmd_train(args) -> int:
         if value is not None:
             setattr(cfg, name, value)
     cfg.amp = amp_mode(args)
+    if args.compile:
+        cfg.compile = args.compile
+    cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
     cfg.__post_init__()
     files = [f for src in args.content for f in list_images(src)]
     content = [load_image(f) for f in files]
@@ -121,13 +124,14 @@ def cmd_stylize(args) -> int:
 
     from .image_io import VIDEO_SUFFIXES, list_images, load_image, load_mask, read_video, save_image, write_video
     from .style_file import load_style
+    from .speed import prepare_for_inference
     from .stylize import MixedStyle, stylize
     from .vae import load_vae
 
     device = pick_device(args.device)
     vae = load_vae(args.vae, device=device)
     styles = [load_style(p) for p in args.style]
-    mixer = MixedStyle(vae, styles, args.weights, args.strength)
+    mixer = prepare_for_inference(vae, MixedStyle(vae, styles, args.weights, args.strength), compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
     out = Path(args.output)
     src = Path(args.input)
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--resolution", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--compile", choices=["off", "default", "max-autotune-no-cudagraphs"],
+                   help="torch.compile the decoder and image tower (GPU; ~1 min once per process, then faster steps)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -247,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=1024, help="run the VAE in tiles above this size (pixels)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-frames", type=int, help="video: stop after this many frames")
+    p.add_argument("--compile", default="off", choices=["off", "default", "max-autotune-no-cudagraphs"],
+                   help="torch.compile the VAE encoder and the style's decoder (GPU; ~20 s per image size, "
+                        "then 3x faster: worth it for videos and folders of same-size images)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_stylize)
 

@@ -9,6 +9,7 @@ features), and all SigLIP inputs of a step go through the image tower in ONE bat
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from . import losses as L
 from .encoders import TextImageEncoder
@@ -199,8 +201,11 @@ class StyleTrainer:
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
         if self.cfg.gradient_checkpointing:
-            if hasattr(self.model.decoder.decoder, "gradient_checkpointing"):
-                self.model.decoder.decoder.gradient_checkpointing = True
+            dec = self.model.decoder.decoder
+            if hasattr(dec, "gradient_checkpointing"):  # diffusers' Decoder
+                dec.gradient_checkpointing = True
+                dec._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint,
+                                                                     use_reentrant=False)
             else:
                 log.warning("this decoder (%s) has no gradient checkpointing; training without it",
                             type(self.model.decoder.decoder).__name__)
