@@ -88,6 +88,9 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     save_file(tensors, str(tmp), metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a style file is meant to be shared
     os.replace(tmp, path)
     return {"path": str(path), "bytes": path.stat().st_size}
 

@@ -17,6 +17,7 @@ from torch import nn
 from .fusion import FusionConfig, build_fusion
 from .style_file import Style, StyleFileError
 from .vae import SDVAE, TrainableDecoder
+from .vae_layout import from_ldm
 
 log = logging.getLogger("stylemamba")
 
@@ -59,12 +60,13 @@ class MixedStyle(nn.Module):
         state = self.decoder.state_dict()
         with torch.no_grad():
             for style, w in zip(styles, self.weights):
-                missing = set(state) - set(style.decoder_delta)
-                if missing:
-                    raise StyleFileError(f"style '{style.name}' lacks decoder weights {sorted(missing)[:3]}...; "
-                                         "it was made for a different decoder")
+                try:  # deltas are stored with LDM names; this decoder may use diffusers names
+                    delta = from_ldm(style.decoder_delta, state)
+                except KeyError as exc:
+                    raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
+                                         "it was made for a different VAE") from exc
                 for k, v in state.items():
-                    v.add_(style.decoder_delta[k].to(v.device, v.dtype), alpha=self.strength * w)
+                    v.add_(delta[k].to(v.device, v.dtype), alpha=self.strength * w)
         self.to(device)
 
     def fuse(self, z: torch.Tensor) -> torch.Tensor:
@@ -247,8 +249,8 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[St
         raise ValueError(f"image is {h}x{w}; it must be at least 8x8 pixels")
     device = vae.device
     m = _prepare_mask(mask, b, h, w, device)
-    tile = max(64, (int(tile_size) // 8) * 8)
-    overlap = max(64, min((int(tile_overlap) // 8) * 8, tile // 2))  # < 64 px (8 latents) shows seams
+    tile = max(128, (int(tile_size) // 8) * 8)
+    overlap = min(max(64, (int(tile_overlap) // 8) * 8), tile // 2)  # < 64 px (8 latents) shows seams
     use_amp = device.type == "cuda" and amp != "off"
     outs = []
     for start in range(0, b, max(1, batch_size)):

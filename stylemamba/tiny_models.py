@@ -39,6 +39,8 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
+from .vae_layout import ldm_key, to_ldm
+
 PathLike = Union[str, Path]
 
 SD_SCALING_FACTOR = 0.18215
@@ -190,60 +192,14 @@ def _make_vae(config: Mapping, seed: int):
     return vae.eval()
 
 
-_RESNET_LEAF = {"conv_shortcut": "nin_shortcut"}
-_ATTN_LEAF = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-_TOP_LEAF = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "norm_out"}
-
-
-def _ldm_vae_key(key: str, num_levels: int) -> str:
-    """One diffusers AutoencoderKL key -> its LDM (CompVis) name. Raises KeyError if unknown."""
-    if key.split(".", 1)[0] in ("quant_conv", "post_quant_conv"):
-        return key
-    part, rest = key.split(".", 1)  # "encoder" | "decoder"
-    m = re.fullmatch(r"(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(weight|bias)", rest)
-    if m:
-        kind, level, j, layer, wb = m.groups()
-        level = int(level)
-        if kind == "up":  # LDM numbers decoder levels by resolution, diffusers by execution order
-            level = num_levels - 1 - level
-        return f"{part}.{kind}.{level}.block.{j}.{_RESNET_LEAF.get(layer, layer)}.{wb}"
-    m = re.fullmatch(r"(down|up)_blocks\.(\d+)\.(?:downsamplers|upsamplers)\.0\.conv\.(weight|bias)", rest)
-    if m:
-        kind, level, wb = m.groups()
-        level = int(level)
-        if kind == "up":
-            level = num_levels - 1 - level
-        return f"{part}.{kind}.{level}.{kind}sample.conv.{wb}"
-    m = re.fullmatch(r"mid_block\.resnets\.(\d+)\.(\w+)\.(weight|bias)", rest)
-    if m:
-        j, layer, wb = m.groups()
-        return f"{part}.mid.block_{int(j) + 1}.{_RESNET_LEAF.get(layer, layer)}.{wb}"
-    m = re.fullmatch(r"mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)", rest)
-    if m:
-        layer, wb = m.groups()
-        return f"{part}.mid.attn_1.{_ATTN_LEAF[layer]}.{wb}"
-    m = re.fullmatch(r"(conv_in|conv_out|conv_norm_out)\.(weight|bias)", rest)
-    if m:
-        layer, wb = m.groups()
-        return f"{part}.{_TOP_LEAF[layer]}.{wb}"
-    raise KeyError(f"no LDM name known for diffusers VAE key {key!r}")
-
-
 def diffusers_vae_to_ldm(state_dict: Mapping[str, torch.Tensor], num_levels: int) -> Dict[str, torch.Tensor]:
-    """Rename a diffusers ``AutoencoderKL`` state dict to the original LDM single-file layout.
-
-    LDM's mid-block attention uses 1x1 convolutions, so its q/k/v/proj_out weights are
-    ``(C, C, 1, 1)`` where diffusers has linear ``(C, C)``. ``num_levels`` = len(block_out_channels).
-    """
-    out: Dict[str, torch.Tensor] = {}
-    for key, tensor in state_dict.items():
-        new_key = _ldm_vae_key(key, num_levels)
-        if ".mid.attn_1." in new_key and new_key.endswith("weight") and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]
-        if new_key in out:
-            raise ValueError(f"two diffusers keys map to {new_key!r}")
-        out[new_key] = tensor.detach().contiguous().clone()
-    return out
+    """Rename a diffusers ``AutoencoderKL`` state dict to the original LDM single-file layout with the
+    library's :func:`stylemamba.vae_layout.ldm_key` (``num_levels`` = len(block_out_channels)); unknown
+    keys raise KeyError."""
+    renamed = {ldm_key(k, num_levels): v for k, v in state_dict.items()}
+    if len(renamed) != len(state_dict):
+        raise ValueError("two diffusers keys map to the same LDM key")
+    return {k: v.detach().contiguous().clone() for k, v in to_ldm(renamed).items()}
 
 
 def build_sd_vae_ldm_file(path: PathLike, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:

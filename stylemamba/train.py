@@ -25,7 +25,8 @@ from .fusion import FusionConfig, build_fusion
 from .model import StyleMamba
 from .speed import COMPILE_MODES, compile_callable, compile_module_
 from .style_file import Style
-from .vae import SDVAE
+from .vae import SDVAE, decoder_state
+from .vae_layout import to_ldm
 
 log = logging.getLogger("stylemamba")
 
@@ -306,9 +307,11 @@ class StyleTrainer:
 
     def result(self, seconds: float, steps: int, cancelled: bool = False) -> TrainResult:
         """Package the current weights as a :class:`Style` (CPU tensors; consistent after any whole step)."""
-        base = _base_decoder_state(self.vae)
+        base = decoder_state(self.vae.decoder, self.vae.post_quant_conv)
         trained = self.model.decoder.state_dict()
-        delta = {k: (trained[k].detach().float() - base[k].to(trained[k].device)).cpu() for k in trained}
+        # stored in the LDM key layout (vae_layout) so the style works on the same VAE however it was loaded
+        delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
+                        for k in trained})
         history = [{k: float(v) for k, v in h.items()} for h in self.history]
         meta = {
             "prompts": self.prompts, "prompt_weights": self.prompt_weights, "source_prompt": self.cfg.loss.source_prompt,
@@ -321,13 +324,6 @@ class StyleTrainer:
         fusion_state = {k: v.detach().float().cpu() for k, v in self.model.fusion.state_dict().items()}
         style = Style(self.fusion_cfg.to_dict(), fusion_state, delta, self.e_t.detach().float().cpu(), meta)
         return TrainResult(style, history, seconds, steps, cancelled)
-
-
-def _base_decoder_state(vae: SDVAE) -> dict[str, torch.Tensor]:
-    """The base decoder's state in TrainableDecoder's key layout, without copying the modules."""
-    out = {"post_quant_conv." + k: v.detach().float() for k, v in vae.post_quant_conv.state_dict().items()}
-    out.update({"decoder." + k: v.detach().float() for k, v in vae.decoder.state_dict().items()})
-    return out
 
 
 def train_style(vae: SDVAE, text: TextImageEncoder, content, prompts, config: TrainConfig | None = None,

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .vae_layout import to_ldm
+
 log = logging.getLogger("stylemamba")
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -32,17 +34,23 @@ def _identity_module(module: nn.Module | None) -> nn.Module:
     return nn.Identity() if module is None else module
 
 
+def decoder_state(decoder: nn.Module, post_quant_conv: nn.Module) -> dict[str, torch.Tensor]:
+    """The decoder's weights in TrainableDecoder's key layout (``post_quant_conv.*``, ``decoder.*``)."""
+    out = {"post_quant_conv." + k: v for k, v in post_quant_conv.state_dict().items()}
+    out.update({"decoder." + k: v for k, v in decoder.state_dict().items()})
+    return out
+
+
 def _fingerprint(decoder: nn.Module, post_quant_conv: nn.Module) -> dict[str, Any]:
-    """A dtype-independent fingerprint of the base decoder.
+    """A fingerprint of the base decoder that does not depend on dtype or key layout.
 
     A style stores its decoder as a *delta* on top of the base VAE's decoder, so applying it to
-    another VAE silently produces garbage. The fingerprint is the architecture (names and shapes,
-    hashed exactly) plus a few weight statistics compared with a tolerance, because ComfyUI may hold
-    the same VAE in fp16/bf16 while the style was trained from fp32.
+    another VAE silently produces garbage. The fingerprint is the architecture (LDM names and
+    shapes, hashed exactly) plus a few weight statistics compared with a tolerance, because ComfyUI
+    may hold the same VAE in fp16/bf16 and with LDM key names while the style was trained from an
+    fp32 diffusers copy.
     """
-    named = [("post_quant_conv." + k, v) for k, v in post_quant_conv.state_dict().items()]
-    named += [("decoder." + k, v) for k, v in decoder.state_dict().items()]
-    named = [(k, v) for k, v in named if v.is_floating_point()]
+    named = sorted((k, v) for k, v in to_ldm(decoder_state(decoder, post_quant_conv)).items() if v.is_floating_point())
     arch = hashlib.sha256("|".join(f"{k}:{tuple(v.shape)}" for k, v in named).encode()).hexdigest()[:16]
     weights = [(k, v) for k, v in named if k.endswith("weight") and v.dim() >= 2]
     picks = weights[:: max(1, len(weights) // 8)][:8]

@@ -27,6 +27,9 @@ def test_save_load_gives_identical_outputs(tmp_path, trained, photo):
     vae, style = trained
     info = save_style(style, tmp_path / "starry", delta_dtype=torch.float32)
     assert info["path"].endswith("starry.safetensors") and info["bytes"] > 0
+    import os
+    import stat
+    assert stat.S_IMODE(os.stat(info["path"]).st_mode) & 0o044, "style files are meant to be shared (readable)"
     loaded = load_style(info["path"])
     assert torch.equal(stylize(photo, vae, loaded), stylize(photo, vae, style))
 

@@ -26,6 +26,8 @@ def test_any_size_is_kept(setup, photo):
     x = torch.nn.functional.interpolate(photo, size=(37, 53))
     y = stylize(x, vae, a)
     assert y.shape == (1, 3, 37, 53) and y.min() >= 0 and y.max() <= 1
+    big = torch.nn.functional.interpolate(photo, size=(200, 136))
+    assert stylize(big, vae, a, tile_size=64).shape == (1, 3, 200, 136)  # tiny tile sizes are raised to 128
 
 
 def test_channels(setup, photo):
