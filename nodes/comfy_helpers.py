@@ -1,0 +1,267 @@
+"""The only module that touches ComfyUI (``comfy.*``, ``folder_paths``, ``server``).
+
+Every function degrades gracefully when ComfyUI is not importable (CI, scripts): model folders
+fall back to ``$STYLEMAMBA_MODELS_DIR`` (default ``~/.cache/stylemamba/models``), progress is a
+no-op, nothing is ever interrupted, and the device is CUDA when available. Imports of ComfyUI
+happen inside the functions, so importing this module never needs ComfyUI.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("stylemamba")
+
+# Model folders this pack registers (ComfyUI/models/<name>), with the file extensions listed.
+# "siglip" holds Hugging Face model FOLDERS (SigLIP or CLIP: config.json + model.safetensors + tokenizer).
+MODEL_FOLDERS: dict[str, set[str]] = {
+    "siglip": {".json"},  # entries are folders; the extension only keeps ComfyUI's own lists short
+    "stylemamba": {".safetensors"},
+    "perceptual": {".safetensors"},
+}
+
+
+class CancelledWithoutComfy(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException when ComfyUI is not there."""
+
+
+def comfy_available() -> bool:
+    try:
+        import comfy.model_management  # noqa: F401
+        import folder_paths  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ folders
+def _fallback_models_dir() -> Path:
+    return Path(os.environ.get("STYLEMAMBA_MODELS_DIR") or Path.home() / ".cache" / "stylemamba" / "models")
+
+
+def register_model_folders() -> None:
+    """Register models/siglip, models/stylemamba, models/perceptual (extra_model_paths.yaml entries are kept)."""
+    try:
+        import folder_paths
+    except Exception:
+        return
+    for name, exts in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, name)
+        folder_paths.add_model_folder_path(name, default)
+        paths, old_exts = folder_paths.folder_names_and_paths[name]
+        merged = set(old_exts) | exts if old_exts else set(exts)
+        folder_paths.folder_names_and_paths[name] = (paths, merged)
+
+
+def folder_paths_for(kind: str) -> list[str]:
+    """Every folder registered for ``kind`` (first = where new files are saved)."""
+    try:
+        import folder_paths
+    except Exception:
+        return [str(_fallback_models_dir() / kind)]
+    try:
+        return folder_paths.get_folder_paths(kind)
+    except KeyError:
+        register_model_folders()
+        return folder_paths.get_folder_paths(kind)
+
+
+def list_files(kind: str, extensions: tuple[str, ...] = (".safetensors",)) -> list[str]:
+    """Files (relative names, sub-folders allowed) in the folders registered for ``kind``."""
+    try:
+        import folder_paths
+        return [f for f in folder_paths.get_filename_list(kind) if f.lower().endswith(extensions)]
+    except Exception:
+        pass
+    out: set[str] = set()
+    for root in folder_paths_for(kind):
+        base = Path(root)
+        if base.is_dir():
+            out.update(str(p.relative_to(base)).replace(os.sep, "/") for p in base.rglob("*")
+                       if p.is_file() and p.name.lower().endswith(extensions))
+    return sorted(out)
+
+
+def list_model_dirs(kind: str) -> list[str]:
+    """Sub-folders holding a ``config.json`` (Hugging Face model snapshots), one or two levels deep."""
+    out: set[str] = set()
+    for root in folder_paths_for(kind):
+        base = Path(root)
+        if not base.is_dir():
+            continue
+        for cfg in list(base.glob("*/config.json")) + list(base.glob("*/*/config.json")):
+            out.add(str(cfg.parent.relative_to(base)).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def resolve(kind: str, name: str, is_dir: bool = False) -> Path:
+    """Full path of ``name`` inside the folders of ``kind``; refuses path escapes; clear error when absent."""
+    clean = str(name).replace("\\", "/")
+    if not clean or clean.startswith("/") or ".." in clean.split("/"):
+        raise ValueError(f"invalid {kind} name {name!r}: pick an entry of the list")
+    for root in folder_paths_for(kind):
+        candidate = Path(root) / clean
+        if candidate.is_dir() if is_dir else candidate.is_file():
+            return candidate
+    where = ", ".join(folder_paths_for(kind)) or f"models/{kind}"
+    what = "folder" if is_dir else "file"
+    raise FileNotFoundError(f"{kind} {what} '{name}' not found in {where}. Put it there (or pick another entry and "
+                            "press R in ComfyUI to refresh the lists)")
+
+
+def save_folder(kind: str) -> Path:
+    folder = Path(folder_paths_for(kind)[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# ------------------------------------------------------------------------------------ devices
+def torch_device() -> torch.device:
+    """The device ComfyUI computes on (respects --cpu, --cuda-device ...)."""
+    try:
+        import comfy.model_management as mm
+        return mm.get_torch_device()
+    except Exception:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle models wait (CPU): cached node outputs must not pin GPU memory between queues."""
+    return torch.device("cpu")
+
+
+def prepare_vae(vae: Any, memory_required: float = 0.0):
+    """ComfyUI's ``VAE`` (or anything with ``first_stage_model``, or an SDVAE) -> SDVAE on the compute device.
+
+    Asks ComfyUI to load the VAE fully onto its device first (freeing ``memory_required`` bytes for
+    what we allocate ourselves). The modules stay shared and unmodified; training copies the decoder.
+    """
+    from ..stylemamba.vae import SDVAE
+
+    if isinstance(vae, SDVAE):
+        return vae
+    if hasattr(vae, "throw_exception_if_invalid"):
+        vae.throw_exception_if_invalid()
+    model = getattr(vae, "first_stage_model", None)
+    if model is None:
+        raise TypeError("the 'vae' input is not a VAE: connect Load VAE (or the VAE output of a checkpoint loader)")
+    if getattr(vae, "latent_dim", 2) != 2:
+        raise TypeError("StyleMamba needs an image VAE (SD 1.x/2.x, SDXL, SD3, Flux); this one is a video/audio VAE")
+    patcher = getattr(vae, "patcher", None)
+    if patcher is not None:
+        try:
+            import comfy.model_management as mm
+            mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+        except ImportError:
+            pass
+    return SDVAE.from_ldm(model, name=getattr(vae, "name", "") or "ComfyUI VAE")
+
+
+def free_memory(memory_required: float, device: torch.device) -> None:
+    """Ask ComfyUI to unload cached models until ``memory_required`` bytes are free on ``device``."""
+    if device.type == "cpu":
+        return
+    try:
+        import comfy.model_management as mm
+        mm.free_memory(memory_required, device)
+    except ImportError:
+        pass
+
+
+def empty_cache() -> None:
+    """Give freed GPU memory back (ComfyUI's soft_empty_cache, or torch's)."""
+    gc.collect()
+    try:
+        import comfy.model_management as mm
+        mm.soft_empty_cache()
+    except ImportError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    try:
+        import comfy.model_management as mm
+        return isinstance(exc, mm.OOM_EXCEPTION)
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------------------------ progress / cancel
+def interrupted() -> bool:
+    """Whether the user pressed Cancel (does not reset the flag)."""
+    try:
+        import comfy.model_management as mm
+        return bool(mm.processing_interrupted())
+    except ImportError:
+        return False
+
+
+def raise_interrupted() -> None:
+    """Raise ComfyUI's own interrupt exception, so the UI shows the prompt as cancelled (not failed)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        raise CancelledWithoutComfy("cancelled") from None
+    mm.throw_exception_if_processing_interrupted()  # raises and resets the flag when it is set
+    raise mm.InterruptProcessingException()
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, CancelledWithoutComfy):
+        return True
+    try:
+        import comfy.model_management as mm
+        return isinstance(exc, mm.InterruptProcessingException)
+    except ImportError:
+        return False
+
+
+class Progress:
+    """ComfyUI's progress bar (with preview images) and the text line under a node; no-ops without ComfyUI.
+
+    Updating the bar also raises ComfyUI's interrupt exception when the user pressed Cancel.
+    """
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.total = max(1, int(total))
+        self.node_id = node_id
+        try:
+            import comfy.utils
+            self._bar = comfy.utils.ProgressBar(self.total, node_id=node_id)
+        except ImportError:
+            self._bar = None
+
+    def update(self, value: int, preview: torch.Tensor | None = None, max_size: int = 512) -> None:
+        """``preview``: (3,H,W) image in [0,1] shown on the node while it runs."""
+        if self._bar is None:
+            return
+        image = None
+        if preview is not None:
+            image = ("JPEG", tensor_to_pil(preview), max_size)
+        self._bar.update_absolute(int(value), self.total, image)
+
+    def text(self, message: str) -> None:
+        """Show ``message`` under the node (ComfyUI's progress text); also logged at debug level."""
+        log.debug("%s", message)
+        if self.node_id is None:
+            return
+        try:
+            from server import PromptServer
+            PromptServer.instance.send_progress_text(message, self.node_id)
+        except Exception:  # older ComfyUI without progress text, or no server (scripts)
+            pass
+
+
+def tensor_to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype("uint8")
+    return Image.fromarray(arr)

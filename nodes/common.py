@@ -1,0 +1,138 @@
+"""What the nodes pass between each other, and conversions between ComfyUI's and the library's layouts.
+
+ComfyUI images are ``(B,H,W,C)`` in [0,1], masks ``(B,H,W)``; the library uses ``(B,C,H,W)``.
+The custom socket types are plain strings (a public contract, like node ids and input names).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+CATEGORY = "StyleMamba"
+
+# Socket types (public contract: saved workflows refer to them).
+TEXT_MODEL = "STYLEMAMBA_TEXT_MODEL"
+CONDITIONING = "STYLEMAMBA_CONDITIONING"
+STYLE = "STYLEMAMBA_STYLE"
+PERCEPTUAL = "STYLEMAMBA_PERCEPTUAL"
+
+
+@dataclass(frozen=True)
+class StyleConditioning:
+    """Style prompt(s) with weights and the source prompt, encoded by one text model.
+
+    Several prompts come from mixing (the paper's multiple-style transfer); ``embeddings`` holds
+    one L2-normalised text embedding per prompt (CPU), ``source_embedding`` that of the source.
+    """
+
+    prompts: tuple[str, ...]
+    weights: tuple[float, ...]
+    source_prompt: str
+    text_model: str
+    embeddings: torch.Tensor
+    source_embedding: torch.Tensor
+
+    def describe(self) -> str:
+        parts = [f"{w:.2f} x '{p}'" for p, w in zip(self.prompts, self.weights)]
+        return " + ".join(parts) + f" (source '{self.source_prompt}', {self.text_model})"
+
+
+@dataclass(frozen=True)
+class StyleBlend:
+    """Several trained styles with weights (Mix Styles); the stylise nodes apply them together."""
+
+    styles: tuple[Any, ...]  # stylemamba.style_file.Style
+    weights: tuple[float, ...]
+
+
+@dataclass
+class PerceptualNets:
+    """The frozen networks of the content losses; either may be None (that loss term is skipped)."""
+
+    vgg: nn.Module | None = None
+    lpips: nn.Module | None = None
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def style_parts(value: Any) -> tuple[list[Any], list[float]]:
+    """A STYLEMAMBA_STYLE value (one Style or a StyleBlend) -> (styles, weights)."""
+    from ..stylemamba.style_file import Style
+
+    if isinstance(value, Style):
+        return [value], [1.0]
+    if isinstance(value, StyleBlend):
+        return list(value.styles), list(value.weights)
+    raise TypeError(f"expected a StyleMamba style (from Train, Load Style or Mix Styles), got {type(value).__name__}")
+
+
+def blend(parts_a: tuple[list, list[float]], parts_b: tuple[list, list[float]], mix: float
+          ) -> tuple[list, list[float]]:
+    """Weights of A scaled by (1 - mix), of B by mix; parts with zero weight are dropped."""
+    if not 0.0 <= float(mix) <= 1.0:
+        raise ValueError(f"blend {mix} must lie in [0, 1] (0 = only A, 1 = only B)")
+    items, weights = [], []
+    for (things, ws), scale in ((parts_a, 1.0 - mix), (parts_b, float(mix))):
+        total = float(sum(ws)) or 1.0
+        for thing, w in zip(things, ws):
+            if scale * w > 0:
+                items.append(thing)
+                weights.append(scale * w / total)
+    return items, weights
+
+
+# ------------------------------------------------------------------------------------ layouts
+def image_to_library(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE (B,H,W,C) -> (B,C,H,W) float, a fresh tensor (safe to use with autograd)."""
+    if not torch.is_tensor(images) or images.dim() not in (3, 4):
+        raise ValueError(f"expected an IMAGE batch (B,H,W,C); got {getattr(images, 'shape', type(images))}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"IMAGE has {images.shape[-1]} channels; expected 1, 3 or 4 (B,H,W,C layout)")
+    return images.detach().float().permute(0, 3, 1, 2).clone()
+
+
+def image_to_comfy(images: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) -> ComfyUI IMAGE (B,H,W,C) float32 on the CPU, contiguous."""
+    return images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).contiguous().cpu()
+
+
+def mask_for_images(mask: torch.Tensor | None, batch: int, height: int, width: int) -> torch.Tensor | None:
+    """ComfyUI MASK (H,W) / (B,H,W) -> (B',1,H,W) resized to the image (a mask editor's mask may differ in size)."""
+    if mask is None:
+        return None
+    m = mask.detach().float()
+    if m.dim() == 2:
+        m = m[None]
+    if m.dim() == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.dim() != 3:
+        raise ValueError(f"MASK must be (H,W) or (B,H,W); got {tuple(mask.shape)}")
+    if m.shape[0] not in (1, batch):
+        raise ValueError(f"the mask batch ({m.shape[0]}) must be 1 or match the image batch ({batch})")
+    m = m[:, None]
+    if m.shape[-2:] != (height, width):
+        m = torch.nn.functional.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
+    return m.clamp(0, 1)
+
+
+def without_inference_tensors(module: nn.Module | None) -> nn.Module | None:
+    """Replace parameters/buffers created under ``torch.inference_mode`` by normal copies, in place.
+
+    ComfyUI runs every node under inference mode; a network loaded there cannot take part in a
+    backward pass ("Inference tensors cannot be saved for backward"). Values are unchanged.
+    Call outside inference mode.
+    """
+    if module is None:
+        return None
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.is_inference():
+                sub._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in list(sub._buffers.items()):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.clone()
+    return module

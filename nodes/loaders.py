@@ -1,0 +1,283 @@
+"""Loader and saver nodes: SigLIP/CLIP text-image model, perceptual networks, style files."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from . import comfy_helpers as ch
+from .common import CATEGORY, PERCEPTUAL, STYLE, TEXT_MODEL, PerceptualNets, style_parts
+
+log = logging.getLogger("stylemamba")
+
+DEFAULT_SIGLIP_ID = "google/siglip-base-patch16-224"
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What a model folder needs (weights as safetensors only; tokenizer files of SigLIP or CLIP).
+_HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
+NONE = "none"
+
+
+def _offline_message(hf_id: str, folder: Path, why: str) -> str:
+    return (f"could not download '{hf_id}' ({why}). Download every file of https://huggingface.co/{hf_id} "
+            f"(config.json, model.safetensors, tokenizer and preprocessor files) into {folder}/ "
+            f"on a machine with internet, copy that folder here, then pick '{folder.name}' in model_name "
+            "and clear hf_id.")
+
+
+def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path:
+    """Hugging Face id -> a folder in models/siglip (downloaded once; reused when already there)."""
+    hf_id = hf_id.strip()
+    if not _HF_ID.match(hf_id) or ".." in hf_id:
+        raise ValueError(f"hf_id '{hf_id}' is not a Hugging Face model id like {DEFAULT_SIGLIP_ID}")
+    folder = ch.save_folder("siglip") / hf_id.split("/")[1]
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ImportError("downloading needs huggingface_hub: pip install huggingface_hub") from exc
+    tqdm_class = None
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        class _ComfyTqdm(tqdm):  # forwards snapshot_download's per-file progress to the node
+            def update(self, n=1):
+                out = super().update(n)
+                if self.total:
+                    progress.total = int(self.total)
+                    progress.update(int(self.n))
+                return out
+
+        tqdm_class = _ComfyTqdm
+    log.info("StyleMamba: downloading %s into %s", hf_id, folder)
+    try:
+        snapshot_download(repo_id=hf_id, local_dir=str(folder), allow_patterns=_HF_PATTERNS, tqdm_class=tqdm_class)
+    except Exception as exc:  # offline mode, no network, unknown repo, gated repo ...
+        raise RuntimeError(_offline_message(hf_id, folder, f"{type(exc).__name__}: {exc}")) from exc
+    if not (folder / "config.json").is_file():
+        raise RuntimeError(_offline_message(hf_id, folder, "the download has no config.json"))
+    return folder
+
+
+class StyleMambaLoadTextModel:
+    NODE_ID = "StyleMambaLoadTextModel"
+    DISPLAY_NAME = "StyleMamba Load SigLIP/CLIP"
+    REQUIRED_PACKAGES = ("transformers",)
+    DESCRIPTION = ("Loads the frozen image-text model that guides training (SigLIP as in the paper, or CLIP). "
+                   "Models are folders in ComfyUI/models/siglip/ (a Hugging Face snapshot: config.json, "
+                   "model.safetensors, tokenizer and preprocessor files).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (TEXT_MODEL,)
+    RETURN_NAMES = ("text_model",)
+    OUTPUT_TOOLTIPS = ("The text and image towers (kept on the CPU between runs; moved to the GPU while training).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (ch.list_model_dirs("siglip"), {
+                    "tooltip": "A model folder in ComfyUI/models/siglip/ (SigLIP or CLIP, chosen by its config.json), "
+                               "e.g. siglip-base-patch16-224 downloaded from google/siglip-base-patch16-224."}),
+                "hf_id": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Optional Hugging Face id (e.g. google/siglip-base-patch16-224). When set it is used "
+                               "instead of model_name: downloaded once into models/siglip/<name> (needs internet)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name, hf_id):
+        # Replaces ComfyUI's combo check so that an hf_id works while models/siglip is still empty.
+        if hf_id and hf_id.strip():
+            ok = _HF_ID.match(hf_id.strip()) and ".." not in hf_id
+            return True if ok else f"hf_id '{hf_id}' is not a Hugging Face id like {DEFAULT_SIGLIP_ID}"
+        if model_name in ch.list_model_dirs("siglip"):
+            return True
+        where = ", ".join(ch.folder_paths_for("siglip"))
+        return (f"SigLIP/CLIP folder '{model_name}' not found in {where}. Download {DEFAULT_SIGLIP_ID} "
+                f"(all files) into models/siglip/siglip-base-patch16-224/ and pick it, or set hf_id.")
+
+    def load(self, model_name, hf_id="", unique_id=None):
+        if hf_id and hf_id.strip():
+            folder = download_text_model(hf_id, ch.Progress(1, unique_id))
+        else:
+            folder = ch.resolve("siglip", model_name, is_dir=True)
+        return (load_text_model_folder(folder),)
+
+
+def load_text_model_folder(folder: Path):
+    """Load a SigLIP/CLIP folder on the CPU in fp32, outside inference mode (its tensors must support autograd)."""
+    from ..stylemamba.encoders import load_text_image_encoder
+
+    with torch.inference_mode(False):
+        try:
+            return load_text_image_encoder(str(folder), device=ch.offload_device(), dtype=torch.float32)
+        except ImportError as exc:
+            raise ImportError(f"loading {folder.name} needs a missing package: {' '.join(str(exc).split())} SigLIP's "
+                              "tokenizer needs sentencepiece and protobuf: pip install sentencepiece protobuf") from exc
+
+
+class StyleMambaLoadPerceptual:
+    NODE_ID = "StyleMambaLoadPerceptual"
+    DISPLAY_NAME = "StyleMamba Load VGG/LPIPS"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Loads the frozen networks of the content losses from ComfyUI/models/perceptual/: VGG19 features "
+                   "(VGG content loss) and the VGG16/AlexNet backbone of LPIPS, as .safetensors with torchvision's "
+                   "'features.N.weight' keys. 'none' skips that loss.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PERCEPTUAL,)
+    RETURN_NAMES = ("perceptual",)
+    OUTPUT_TOOLTIPS = ("VGG19 and/or LPIPS for the Train node's content losses.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = [NONE] + ch.list_files("perceptual")
+        return {
+            "required": {
+                "vgg19": (files, {
+                    "default": NONE,
+                    "tooltip": "torchvision VGG19 'features' weights (.safetensors) for the VGG content loss "
+                               "(conv4_2 + conv5_2, as CLIPstyler). 'none' skips the VGG loss."}),
+                "lpips_backbone": (files, {
+                    "default": NONE,
+                    "tooltip": "torchvision VGG16 (lpips_net=vgg) or AlexNet (lpips_net=alex) 'features' weights "
+                               "(.safetensors) for LPIPS; its linear heads ship with the lpips package. "
+                               "'none' skips the LPIPS loss."}),
+                "lpips_net": (["vgg", "alex"], {
+                    "default": "vgg", "tooltip": "Which LPIPS network the backbone file belongs to."}),
+            }
+        }
+
+    def load(self, vgg19, lpips_backbone, lpips_net):
+        from ..stylemamba.perceptual import LPIPSLoss, VGGFeatures
+
+        nets = PerceptualNets()
+        with torch.inference_mode(False):
+            if vgg19 != NONE:
+                nets.vgg = VGGFeatures.from_safetensors(ch.resolve("perceptual", vgg19))
+                nets.names["vgg"] = vgg19
+            if lpips_backbone != NONE:
+                try:
+                    nets.lpips = LPIPSLoss(net=lpips_net, backbone_path=ch.resolve("perceptual", lpips_backbone))
+                except ImportError as exc:
+                    raise ImportError("the LPIPS loss needs the lpips package: pip install lpips "
+                                      "(or set lpips_backbone to none)") from exc
+                nets.names["lpips"] = f"{lpips_net}:{lpips_backbone}"
+        if nets.vgg is None and nets.lpips is None:
+            log.warning("StyleMamba: no perceptual network chosen; the VGG and LPIPS content losses will be skipped")
+        return (nets,)
+
+
+class StyleMambaLoadStyle:
+    NODE_ID = "StyleMambaLoadStyle"
+    DISPLAY_NAME = "StyleMamba Load Style"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = "Loads a trained style (.safetensors) from ComfyUI/models/stylemamba/."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STYLE, "STRING")
+    RETURN_NAMES = ("style", "info")
+    OUTPUT_TOOLTIPS = ("The style, for Stylize / Mix Styles.",
+                       "What the file says about itself: prompts, training steps, text model, base VAE.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style_name": (ch.list_files("stylemamba"), {
+                    "tooltip": "A style file in ComfyUI/models/stylemamba/ (written by Save Style, or shared by "
+                               "someone who trained it with the same VAE)."}),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, style_name):
+        try:
+            st = ch.resolve("stylemamba", style_name).stat()
+            return f"{st.st_mtime_ns}-{st.st_size}"
+        except Exception:
+            return ""
+
+    def load(self, style_name):
+        from ..stylemamba.style_file import load_style
+
+        style = load_style(ch.resolve("stylemamba", style_name))  # StyleFileError says what is wrong
+        return (style, describe_style_metadata(style.metadata))
+
+
+def describe_style_metadata(meta: dict) -> str:
+    prompts = meta.get("prompts") or []
+    weights = meta.get("prompt_weights")
+    lines = [f"style: {meta.get('name') or meta.get('file') or 'unnamed'}",
+             "prompts: " + (", ".join(f"'{p}'" for p in prompts) or "?")]
+    if weights:
+        lines.append("prompt weights: " + ", ".join(f"{float(w):.2f}" for w in weights))
+    lines += [f"source prompt: '{meta.get('source_prompt', '')}'",
+              f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')})",
+              f"steps: {meta.get('steps', '?')}, trained in {meta.get('train_seconds', '?')} s"
+              + (" (cancelled early)" if meta.get("cancelled") else ""),
+              f"base VAE: {meta.get('base_vae_name', '?')}"]
+    return "\n".join(lines)
+
+
+class StyleMambaSaveStyle:
+    NODE_ID = "StyleMambaSaveStyle"
+    DISPLAY_NAME = "StyleMamba Save Style"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Saves a trained style as .safetensors (with its prompts and recipe as metadata) into "
+                   "ComfyUI/models/stylemamba/; never overwrites: a counter is added to the name.")
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("style_name",)
+    OUTPUT_TOOLTIPS = ("The saved file name, as Load Style lists it.",)
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style": (STYLE, {"tooltip": "The trained style (from Train). A mix of styles cannot be saved as one "
+                                             "file: save its parts."}),
+                "filename_prefix": ("STRING", {
+                    "default": "StyleMamba",
+                    "tooltip": "Name of the file; '_00001' etc. is appended. Only letters, digits, '.', '_', '-' "
+                               "and spaces are kept; folders are not allowed."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def save(self, style, filename_prefix, unique_id=None):
+        from ..stylemamba.style_file import safe_style_filename, save_style
+
+        styles, _ = style_parts(style)
+        if len(styles) != 1:
+            raise ValueError("this is a mix of styles; save each style before mixing (a mix is not one file)")
+        style = styles[0]
+        stem = safe_style_filename(filename_prefix)[: -len(".safetensors")]
+        folder = ch.save_folder("stylemamba")
+        path = next_free_path(folder, stem)
+        meta = dict(style.metadata)
+        meta.setdefault("name", stem)
+        info = save_style(dataclasses.replace(style, metadata=meta), path)
+        message = f"saved {path.name} ({info['bytes'] / 1e6:.1f} MB) in {folder}"
+        log.info("StyleMamba: %s", message)
+        ch.Progress(1, unique_id).text(message)
+        return {"ui": {"text": [path.name]}, "result": (path.name,)}
+
+
+def next_free_path(folder: Path, stem: str) -> Path:
+    """``folder/stem_00001.safetensors``, the first counter not taken (existing files are never overwritten)."""
+    counter = 1
+    while (folder / f"{stem}_{counter:05d}.safetensors").exists():
+        counter += 1
+    return folder / f"{stem}_{counter:05d}.safetensors"
+
+
+NODES = [StyleMambaLoadTextModel, StyleMambaLoadPerceptual, StyleMambaLoadStyle, StyleMambaSaveStyle]

@@ -1,0 +1,214 @@
+"""Applying styles: stylise images (any size, batches, video frames, masks), mix styles, latents."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import comfy_helpers as ch
+from .common import (
+    CATEGORY,
+    STYLE,
+    StyleBlend,
+    image_to_comfy,
+    image_to_library,
+    mask_for_images,
+    style_parts,
+)
+from .common import blend as blend_parts
+
+log = logging.getLogger("stylemamba")
+
+LATENT_BATCH = 4  # latents / images per VAE pass in the latent nodes
+
+
+def _oom_error(exc: BaseException, what: str) -> RuntimeError:
+    return RuntimeError(f"StyleMamba ran out of GPU memory while {what}. Lower tile_size (e.g. 512) or batch_size, "
+                        "or free other models.")
+
+
+class StyleMambaStylize:
+    NODE_ID = "StyleMambaStylize"
+    DISPLAY_NAME = "StyleMamba Stylize"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Applies a trained style (or a mix) to an image batch in one forward pass per image: VAE encoder, "
+                   "style fusion, trained decoder. Any size (large images go through the VAE in tiles), batches and "
+                   "video frames; an optional mask limits the style to a region.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The stylised images, same size and batch as the input.",)
+    FUNCTION = "stylize"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style": (STYLE, {"tooltip": "A style from Train, Load Style or Mix Styles."}),
+                "vae": ("VAE", {"tooltip": "The VAE the style was trained with (its decoder is the base of the style; "
+                                           "another VAE is refused)."}),
+                "images": ("IMAGE", {"tooltip": "Images or video frames (a batch) to stylise, any size."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "0 = the VAE's plain reconstruction, 1 = the full style."}),
+                "tile_size": ("INT", {"default": 1024, "min": 256, "max": 8192, "step": 64,
+                                      "tooltip": "Images larger than this (pixels per side) go through the VAE in "
+                                                 "overlapping tiles to save memory; the style stays global."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 256,
+                                       "tooltip": "Images per forward pass (lower it for long videos on small GPUs)."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional: where to stylise (1 = style, 0 = keep the original). Resized "
+                                             "to the image; one mask for all, or one per image."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None):
+        from ..stylemamba.stylize import MixedStyle
+        from ..stylemamba.stylize import stylize as run_stylize
+
+        styles, weights = style_parts(style)
+        x = image_to_library(images)
+        b, _, h, w = x.shape
+        m = mask_for_images(mask, b, h, w)
+        if m is not None and float(m.max()) == 0.0:
+            log.warning("StyleMamba Stylize: the mask is empty, nothing will be stylised (paint the area to "
+                        "stylise in the mask editor)")
+        sdvae = ch.prepare_vae(vae)
+        progress = ch.Progress(b, unique_id)
+        mixer = None
+        try:
+            mixer = MixedStyle(sdvae, styles, weights, float(strength))
+            out = run_stylize(x, sdvae, mixer, mask=m, tile_size=int(tile_size), batch_size=int(batch_size),
+                              on_batch=lambda done, total: progress.update(done))
+        except Exception as exc:
+            if ch.is_out_of_memory(exc):
+                raise _oom_error(exc, f"stylising {b} image(s) of {w}x{h}") from exc
+            raise
+        finally:
+            del mixer
+            ch.empty_cache()
+        return (image_to_comfy(out),)
+
+
+class StyleMambaMixStyles:
+    NODE_ID = "StyleMambaMixStyles"
+    DISPLAY_NAME = "StyleMamba Mix Styles"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Blends two trained styles (fusion outputs and decoder changes weighted); Stylize applies the "
+                   "blend. Mixes can be mixed again for three or more styles.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STYLE,)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("The blend, for Stylize or Stylize Latent.",)
+    FUNCTION = "mix"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style_a": (STYLE, {"tooltip": "First style (or mix)."}),
+                "style_b": (STYLE, {"tooltip": "Second style (or mix), trained with the same VAE."}),
+                "blend": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                    "tooltip": "Share of style B: 0 = only A, 0.5 = both equally, 1 = only B."}),
+            }
+        }
+
+    def mix(self, style_a, style_b, blend):
+        styles, weights = blend_parts(style_parts(style_a), style_parts(style_b), float(blend))
+        return (StyleBlend(tuple(styles), tuple(weights)),)
+
+
+class StyleMambaVAEEncode:
+    NODE_ID = "StyleMambaVAEEncode"
+    DISPLAY_NAME = "StyleMamba VAE Encode"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("The frozen encoder F_e of StyleMamba: images -> LATENT with ComfyUI's VAE (posterior mean, "
+                   "ComfyUI's unscaled latent convention; sides cropped to a multiple of 8 like VAE Encode). "
+                   "Feed it to Stylize Latent.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Latents of the images (1/8 of the size).",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("VAE", {"tooltip": "A Stable Diffusion VAE (Load VAE or a checkpoint's VAE)."}),
+                "images": ("IMAGE", {"tooltip": "Images to encode (sides are cropped to a multiple of 8)."}),
+            }
+        }
+
+    def encode(self, vae, images):
+        sdvae = ch.prepare_vae(vae)
+        x = image_to_library(images)[:, :3]
+        h, w = (x.shape[-2] // 8) * 8, (x.shape[-1] // 8) * 8
+        if h < 8 or w < 8:
+            raise ValueError(f"images of {x.shape[-1]}x{x.shape[-2]} are too small: at least 8x8 pixels")
+        top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+        x = x[:, :, top:top + h, left:left + w]
+        with torch.no_grad():
+            z = torch.cat([sdvae.encode(chunk.to(sdvae.device)).cpu() for chunk in x.split(LATENT_BATCH)])
+        return ({"samples": z / sdvae.scaling_factor},)
+
+
+class StyleMambaStylizeLatent:
+    NODE_ID = "StyleMambaStylizeLatent"
+    DISPLAY_NAME = "StyleMamba Stylize Latent"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Decodes a LATENT in a style: style fusion + the style's decoder instead of VAE Decode. Works on "
+                   "StyleMamba VAE Encode / VAE Encode latents and on a sampler's output (generate, then decode "
+                   "stylised), for the VAE the style was trained with.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The stylised images (8x the latent size).",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "style": (STYLE, {"tooltip": "A style from Train, Load Style or Mix Styles."}),
+                "vae": ("VAE", {"tooltip": "The VAE the style was trained with."}),
+                "samples": ("LATENT", {"tooltip": "Latents of that VAE (ComfyUI's usual unscaled latents)."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "0 = plain VAE decode, 1 = the full style."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def decode(self, style, vae, samples, strength, unique_id=None):
+        from ..stylemamba.stylize import MixedStyle
+
+        z = samples["samples"] if isinstance(samples, dict) else samples
+        styles, weights = style_parts(style)
+        sdvae = ch.prepare_vae(vae)
+        if z.dim() != 4 or z.shape[1] != sdvae.latent_channels:
+            raise ValueError(f"latent of shape {tuple(z.shape)} does not fit this VAE ({sdvae.latent_channels} "
+                             "channels, 2D): use latents made with the same VAE / model family")
+        progress = ch.Progress(z.shape[0], unique_id)
+        device = sdvae.device
+        use_amp = device.type == "cuda"
+        mixer, outs = None, []
+        try:
+            mixer = MixedStyle(sdvae, styles, weights, float(strength))
+            with torch.no_grad():
+                for chunk in z.split(LATENT_BATCH):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        y = mixer.decoder(mixer.fuse(chunk.to(device).float() * sdvae.scaling_factor))
+                    outs.append(y.float().clamp(0, 1).cpu())
+                    progress.update(sum(o.shape[0] for o in outs))
+        except Exception as exc:
+            if ch.is_out_of_memory(exc):
+                raise _oom_error(exc, f"decoding latents of shape {tuple(z.shape)}") from exc
+            raise
+        finally:
+            del mixer
+            ch.empty_cache()
+        return (image_to_comfy(torch.cat(outs)),)
+
+
+NODES = [StyleMambaStylize, StyleMambaMixStyles, StyleMambaVAEEncode, StyleMambaStylizeLatent]

@@ -1,0 +1,189 @@
+"""The training node: fits a style (fusion module + decoder copy) to a prompt on content images."""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from . import comfy_helpers as ch
+from .common import (
+    CATEGORY,
+    CONDITIONING,
+    PERCEPTUAL,
+    STYLE,
+    TEXT_MODEL,
+    PerceptualNets,
+    image_to_comfy,
+    image_to_library,
+    without_inference_tensors,
+)
+
+log = logging.getLogger("stylemamba")
+
+PRECISIONS = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "fp32": "off"}
+
+
+def _int(default, lo, hi, tip, step=1, **extra):
+    return ("INT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip, **extra})
+
+
+def _float(default, lo, hi, step, tip):
+    return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip})
+
+
+class StyleMambaTrain:
+    NODE_ID = "StyleMambaTrain"
+    DISPLAY_NAME = "StyleMamba Train Style"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Trains a style from a text prompt on your content image(s) (StyleMamba, arXiv 2405.05027): the "
+                   "VAE encoder is frozen, a Mamba style-fusion module and a copy of the VAE decoder are trained with "
+                   "the directional, masked-directional, second-order, VGG and LPIPS losses. The defaults are the "
+                   "paper's recipe (20 epochs, Adam 5e-4 halved at epoch 10, 512 px). The cached VAE is never "
+                   "modified. Cancel stops after the current step.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STYLE, "IMAGE")
+    RETURN_NAMES = ("style", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained style: connect it to Stylize and/or Save Style.",
+                       "Every loss term per step on a log scale.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("VAE", {"tooltip": "A Stable Diffusion VAE (Load VAE, e.g. vae-ft-mse-840000-ema-pruned, or a "
+                                           "checkpoint's VAE). Stylize must use the same VAE."}),
+                "text_model": (TEXT_MODEL, {"tooltip": "The SigLIP/CLIP model that encoded the conditioning."}),
+                "conditioning": (CONDITIONING, {"tooltip": "The style direction (Text Conditioning or Conditioning Mix)."}),
+                "images": ("IMAGE", {"tooltip": "Content image(s) to train on (a batch trains on all of them). They "
+                                                "are resized (short side) and centre-cropped to 'resolution'."}),
+                "epochs": _int(20, 1, 10000, "Training epochs (paper: 20). One epoch = steps_per_epoch optimisation "
+                                              "steps over the whole image batch with fresh random crops and masks."),
+                "steps_per_epoch": _int(1, 1, 1000, "Optimisation steps per epoch (1 = the paper's timing, "
+                                                     "~1 s per epoch on their GPU)."),
+                "learning_rate": _float(5e-4, 1e-6, 1.0, 1e-5, "Adam learning rate (paper: 5e-4)."),
+                "lr_decay_epoch": _int(10, 0, 10000, "From this epoch on the learning rate is halved (paper: 10)."),
+                "resolution": _int(512, 64, 4096, "Training size in pixels (square, multiple of 8; paper: 512). Lower "
+                                                  "it when the GPU runs out of memory; stylising works at any size.",
+                                   step=8),
+                "seed": _int(0, 0, 0xFFFFFFFF, "Random seed of the crops, masks and initial weights (same seed, same "
+                                               "inputs: same style).", control_after_generate=False),
+                "n_crops": _int(64, 1, 256, "Random crops per image for the patch directional loss (CLIPstyler: 64)."),
+                "crop_fraction": _float(0.25, 0.05, 1.0, 0.01, "Crop side as a fraction of the image side "
+                                                               "(0.25 = 128 px crops at 512 px)."),
+                "mask_ratio": _float(0.5, 0.05, 0.95, 0.05, "Share of 16x16 patches masked for the masked "
+                                                            "directional loss (paper: 50 %)."),
+                "so_interval": _int(5, 1, 1000, "The second-order loss applies every this many epochs (paper: 5)."),
+                "so_theta": _float(0.9, 0.0, 2.0, 0.01, "The second-order loss applies only while the directional "
+                                                        "loss is below this threshold."),
+                "dir_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the global directional loss L_dir (Eq. 2)."),
+                "patch_weight": _float(9000.0, 0.0, 1e6, 1.0, "Weight of the patch directional loss over the "
+                                                              "crops (0 turns it off)."),
+                "md_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the masked directional loss L_md (Eq. 3)."),
+                "so_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the second-order directional loss L_so "
+                                                          "(Eq. 4-5)."),
+                "vgg_weight_start": _float(9000.0, 0.0, 1e6, 1.0, "VGG content loss weight for the first epochs "
+                                                                  "(paper: 9000). Needs a VGG19 (Load VGG/LPIPS)."),
+                "vgg_weight_end": _float(150.0, 0.0, 1e6, 1.0, "VGG content loss weight after the switch epoch "
+                                                               "(paper: 150)."),
+                "vgg_weight_switch_epoch": _int(5, 0, 10000, "Epoch at which the VGG weight drops from start to "
+                                                             "end (paper: 5)."),
+                "lpips_weight": _float(150.0, 0.0, 1e6, 1.0, "Weight of the LPIPS content loss. Needs an LPIPS "
+                                                             "backbone (Load VGG/LPIPS)."),
+                "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Mixed precision on the GPU: auto = "
+                                                 "bf16 on CUDA, fp32 on the CPU."}),
+            },
+            "optional": {
+                "perceptual": (PERCEPTUAL, {"tooltip": "VGG19 / LPIPS networks (Load VGG/LPIPS). Without them the "
+                                                       "VGG and LPIPS content losses are skipped (said in the log)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, vae, text_model, conditioning, images, epochs, steps_per_epoch, learning_rate, lr_decay_epoch,
+              resolution, seed, n_crops, crop_fraction, mask_ratio, so_interval, so_theta, dir_weight,
+              patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
+              lpips_weight, precision, perceptual=None, unique_id=None):
+        from ..stylemamba.losses import LossConfig
+        from ..stylemamba.plots import loss_curve_image
+        from ..stylemamba.train import TrainConfig, TrainingCancelled, train_style
+
+        name = str(getattr(text_model, "name", "") or type(text_model).__name__)
+        if conditioning.text_model != name:
+            raise ValueError(f"the conditioning was encoded with '{conditioning.text_model}' but the text_model input "
+                             f"is '{name}': connect the same Load SigLIP/CLIP node to both")
+        total = int(epochs) * int(steps_per_epoch)
+        loss = LossConfig(dir=dir_weight, patch=patch_weight, md=md_weight, so=so_weight, lpips=lpips_weight,
+                          content_weight_start=vgg_weight_start, content_weight_end=vgg_weight_end,
+                          content_weight_switch_epoch=int(vgg_weight_switch_epoch), n_crops=int(n_crops),
+                          crop_fraction=float(crop_fraction), mask_ratio=float(mask_ratio),
+                          so_interval=int(so_interval), so_theta=float(so_theta), use_patch=patch_weight > 0,
+                          source_prompt=conditioning.source_prompt)
+        config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
+                             lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
+                             amp=PRECISIONS[precision], preview_every=max(1, total // 20), loss=loss)
+        nets = perceptual if perceptual is not None else PerceptualNets()
+        skipped = skipped_terms(nets, vgg_weight_start, vgg_weight_end, lpips_weight)
+        for message in skipped:
+            log.warning("StyleMamba Train: %s", message)
+
+        progress = ch.Progress(total, unique_id)
+        batch = int(images.shape[0]) if images.dim() == 4 else 1
+        sdvae = ch.prepare_vae(vae, memory_required=memory_estimate(batch, int(resolution), int(n_crops)))
+        device = sdvae.device
+        moved = [m for m in (text_model, nets.vgg, nets.lpips) if m is not None]
+        progress.text(f"training {total} steps on {device}" + ("; " + "; ".join(skipped) if skipped else ""))
+
+        def on_step(info):
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in info.losses.items())
+            progress.text(f"step {info.step}/{info.total_steps} (epoch {info.epoch + 1}) {info.seconds:.0f} s\n{shown}")
+            progress.update(info.step, info.preview)
+
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                content = image_to_library(images)[:, :3]
+                for module in moved:
+                    without_inference_tensors(module).to(device)
+                result = train_style(sdvae, text_model, content, list(conditioning.prompts), config,
+                                     prompt_weights=list(conditioning.weights), vgg=nets.vgg, lpips=nets.lpips,
+                                     device=device, on_step=on_step, should_stop=ch.interrupted)
+        except TrainingCancelled:
+            log.info("StyleMamba Train: cancelled by the user")
+            ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error
+        except Exception as exc:
+            if ch.is_out_of_memory(exc):
+                raise RuntimeError(
+                    f"StyleMamba Train ran out of GPU memory at resolution {resolution} with {batch} image(s) and "
+                    f"{n_crops} crops. Lower 'resolution' (e.g. 384 or 256), 'n_crops', or the number of content "
+                    "images, or close other models; the trained style works at any size afterwards.") from exc
+            raise
+        finally:
+            for module in moved:
+                module.to(ch.offload_device())
+            ch.empty_cache()
+        style = result.style
+        style.metadata.update(skipped_losses=skipped, perceptual=dict(nets.names), front_end="ComfyUI")
+        log.info("StyleMamba Train: %d steps in %.1f s (%s)", result.steps, time.perf_counter() - t0,
+                 conditioning.describe())
+        curve = loss_curve_image(result.history, title=f"StyleMamba: {', '.join(conditioning.prompts)}"[:80])
+        return (style, image_to_comfy(curve[None]))
+
+
+def skipped_terms(nets: PerceptualNets, vgg_start: float, vgg_end: float, lpips_weight: float) -> list[str]:
+    """Human-readable notes on content losses that cannot run (missing network)."""
+    out = []
+    if nets.vgg is None and (vgg_start > 0 or vgg_end > 0):
+        out.append("VGG content loss skipped: no VGG19 (connect Load VGG/LPIPS with a vgg19 file)")
+    if nets.lpips is None and lpips_weight > 0:
+        out.append("LPIPS loss skipped: no LPIPS backbone (connect Load VGG/LPIPS with an lpips_backbone file)")
+    return out
+
+
+def memory_estimate(batch: int, resolution: int, n_crops: int) -> float:
+    """Rough bytes a training run allocates outside ComfyUI's model manager (so it can unload other models)."""
+    return 1.5e9 + batch * (n_crops + 2) * 6e7 + batch * 4e9 * (resolution / 512) ** 2
+
+
+NODES = [StyleMambaTrain]

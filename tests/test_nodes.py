@@ -1,0 +1,443 @@
+"""The ComfyUI nodes without ComfyUI: declared interfaces, registration, and every node function on tiny models.
+
+The pack is imported the way ComfyUI imports it (a package from its folder's ``__init__.py``). ComfyUI's VAE
+is stood in for by an object whose ``first_stage_model`` is a real (tiny) diffusers AutoencoderKL, loaded
+under ``torch.inference_mode()`` as ComfyUI loads models; images arrive in ComfyUI's (B,H,W,C) layout.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "comfyui_stylemamba_node_tests"
+
+# Public contract: node ids and their input names IN ORDER (saved workflows store widget values by position).
+CONTRACT = {
+    "StyleMambaLoadTextModel": ["model_name", "hf_id"],
+    "StyleMambaTextConditioning": ["text_model", "style_prompt", "source_prompt"],
+    "StyleMambaConditioningMix": ["conditioning_a", "conditioning_b", "blend"],
+    "StyleMambaLoadPerceptual": ["vgg19", "lpips_backbone", "lpips_net"],
+    "StyleMambaTrain": ["vae", "text_model", "conditioning", "images", "epochs", "steps_per_epoch", "learning_rate",
+                        "lr_decay_epoch", "resolution", "seed", "n_crops", "crop_fraction", "mask_ratio", "so_interval",
+                        "so_theta", "dir_weight", "patch_weight", "md_weight", "so_weight", "vgg_weight_start",
+                        "vgg_weight_end", "vgg_weight_switch_epoch", "lpips_weight", "precision", "perceptual"],
+    "StyleMambaSaveStyle": ["style", "filename_prefix"],
+    "StyleMambaLoadStyle": ["style_name"],
+    "StyleMambaStylize": ["style", "vae", "images", "strength", "tile_size", "batch_size", "mask"],
+    "StyleMambaMixStyles": ["style_a", "style_b", "blend"],
+    "StyleMambaVAEEncode": ["vae", "images"],
+    "StyleMambaStylizeLatent": ["style", "vae", "samples", "strength"],
+}
+SOCKET_TYPES = {"STYLEMAMBA_TEXT_MODEL", "STYLEMAMBA_CONDITIONING", "STYLEMAMBA_STYLE", "STYLEMAMBA_PERCEPTUAL",
+                "VAE", "IMAGE", "MASK", "LATENT", "STRING"}
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, tiny_models):
+    """A models dir as users lay it out: siglip/<folder>, perceptual/<file>, stylemamba/ for styles."""
+    root = tmp_path_factory.mktemp("comfy_models")
+    shutil.copytree(tiny_models["siglip"], root / "siglip" / "tiny-siglip")
+    shutil.copytree(tiny_models["clip"], root / "siglip" / "tiny-clip")
+    (root / "perceptual").mkdir()
+    shutil.copy(tiny_models["vgg19"], root / "perceptual" / "vgg19_tiny.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pack(models_dir):
+    """Import the pack as ComfyUI does; model folders resolve to ``models_dir`` (no ComfyUI here)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STYLEMAMBA_MODELS_DIR", str(models_dir))
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    yield module
+    mp.undo()
+    for name in [n for n in sys.modules if n == PACK_NAME or n.startswith(PACK_NAME + ".")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def small_fusion(pack):
+    """Train-node runs on CPU-test size: the paper's recipe keeps its numbers, the fusion module is narrow."""
+    train_mod = importlib.import_module(PACK_NAME + ".stylemamba.train")
+    fusion_mod = importlib.import_module(PACK_NAME + ".stylemamba.fusion")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "TrainConfig", functools.partial(
+        train_mod.TrainConfig, fusion=fusion_mod.FusionConfig(width=32, depth=1, d_state=4)))
+    yield
+    mp.undo()
+
+
+class FakeComfyVAE:
+    """What the nodes use of ComfyUI's ``comfy.sd.VAE``: ``first_stage_model`` (modules with encoder/decoder)."""
+
+    def __init__(self, model):
+        self.first_stage_model = model
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_models):
+    from diffusers import AutoencoderKL
+
+    with torch.inference_mode():  # ComfyUI loads models inside inference mode
+        model = AutoencoderKL.from_pretrained(str(tiny_models["vae"])).eval()
+    return FakeComfyVAE(model)
+
+
+def comfy_images(photo: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3), created under inference mode like a LoadImage output."""
+    with torch.inference_mode():
+        return photo.permute(0, 2, 3, 1).contiguous().clone()
+
+
+@pytest.fixture(scope="module")
+def text_model(nodes, pack):
+    with torch.inference_mode():
+        return nodes["StyleMambaLoadTextModel"]().load("tiny-siglip", "")[0]
+
+
+def train_args(**overrides):
+    args = dict(epochs=2, steps_per_epoch=1, learning_rate=5e-4, lr_decay_epoch=1, resolution=64, seed=0, n_crops=2,
+                crop_fraction=0.5, mask_ratio=0.5, so_interval=1, so_theta=2.0, dir_weight=500.0, patch_weight=9000.0,
+                md_weight=500.0, so_weight=500.0, vgg_weight_start=9000.0, vgg_weight_end=150.0,
+                vgg_weight_switch_epoch=1, lpips_weight=150.0, precision="auto")
+    args.update(overrides)
+    return args
+
+
+@pytest.fixture(scope="module")
+def trained(nodes, vae, text_model, small_fusion):
+    """One style trained through the Train node (with VGG), shared by the save / load / stylise tests."""
+    from conftest import load_photo
+
+    before = {k: v.clone() for k, v in vae.first_stage_model.decoder.state_dict().items()}
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "oil painting", "a plain photo")[0]
+        perceptual = nodes["StyleMambaLoadPerceptual"]().load("vgg19_tiny.safetensors", "none", "vgg")[0]
+        images = comfy_images(torch.cat([load_photo("astronaut", (48, 56)), load_photo("chelsea", (48, 56))]))
+        style, curve = nodes["StyleMambaTrain"]().train(vae, text_model, cond, images, perceptual=perceptual,
+                                                        **train_args())
+    return {"style": style, "curve": curve, "decoder_before": before}
+
+
+# ---------------------------------------------------------------------------------------------------- interface
+def test_registered_nodes_and_input_names_are_the_public_contract(nodes):
+    assert sorted(nodes) == sorted(CONTRACT)
+    for node_id, names in CONTRACT.items():
+        it = nodes[node_id].INPUT_TYPES()
+        assert list(it.get("required", {})) + list(it.get("optional", {})) == names, node_id
+
+
+@pytest.mark.parametrize("node_id", sorted(CONTRACT))
+def test_node_declaration_is_well_formed(nodes, pack, node_id):
+    cls = nodes[node_id]
+    assert node_id.startswith("StyleMamba") and cls.NODE_ID == node_id
+    assert cls.CATEGORY == "StyleMamba"
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("StyleMamba ")
+    assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 30
+    assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    assert set(cls.RETURN_TYPES) <= SOCKET_TYPES
+    it = cls.INPUT_TYPES()
+    assert set(it) <= {"required", "optional", "hidden"} and it["required"]
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    for cat in ("required", "optional"):
+        for name, spec in it.get(cat, {}).items():
+            assert isinstance(spec, tuple) and 1 <= len(spec) <= 2, (name, spec)
+            kind, opts = spec[0], spec[1]
+            assert isinstance(opts.get("tooltip"), str) and len(opts["tooltip"]) > 10, f"{node_id}.{name}: tooltip"
+            assert name in params, f"{node_id}.{cls.FUNCTION} does not accept {name}"
+            if cat == "optional":
+                assert params[name].default is None
+            if isinstance(kind, list):
+                assert "default" not in opts or opts["default"] in kind, (name, opts)
+            elif kind in ("INT", "FLOAT"):
+                assert opts["min"] <= opts["default"] <= opts["max"], name
+                assert isinstance(opts["default"], int if kind == "INT" else float), name
+            elif kind not in ("STRING", "BOOLEAN"):
+                assert kind in SOCKET_TYPES, (name, kind)
+    for name in it.get("hidden", {}):
+        assert name in params
+    required_params = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty]
+    assert set(required_params) <= set(it["required"])
+
+
+def test_train_widget_defaults_are_the_paper_recipe(nodes):
+    req = nodes["StyleMambaTrain"].INPUT_TYPES()["required"]
+    defaults = {k: v[1]["default"] for k, v in req.items() if len(v) > 1 and "default" in v[1]}
+    assert defaults["epochs"] == 20 and defaults["learning_rate"] == 5e-4 and defaults["lr_decay_epoch"] == 10
+    assert defaults["resolution"] == 512 and defaults["mask_ratio"] == 0.5 and defaults["so_interval"] == 5
+    assert (defaults["vgg_weight_start"], defaults["vgg_weight_end"], defaults["vgg_weight_switch_epoch"]) == (9000, 150, 5)
+    assert req["seed"][1]["control_after_generate"] is False  # re-queueing must not retrain with a new seed
+
+
+# ---------------------------------------------------------------------------------------------------- registration
+def test_a_missing_package_disables_only_the_node_that_needs_it(pack, caplog):
+    nodes_pkg = sys.modules[PACK_NAME + ".nodes"]
+    with caplog.at_level(logging.WARNING, logger="stylemamba"):
+        classes, names = nodes_pkg.build_mappings(available=lambda name: name not in ("transformers", "lpips"))
+    assert "StyleMambaLoadTextModel" not in classes and "StyleMambaLoadTextModel" not in names
+    assert set(classes) == set(CONTRACT) - {"StyleMambaLoadTextModel"}
+    assert "pip install transformers" in caplog.text and "pip install lpips" in caplog.text
+
+
+def test_a_node_module_that_fails_to_import_is_skipped(pack, monkeypatch, caplog):
+    nodes_pkg = sys.modules[PACK_NAME + ".nodes"]
+    real = importlib.import_module
+
+    def failing(name, package=None):
+        if name == ".train_node":
+            raise ImportError("No module named 'fake_dependency'")
+        return real(name, package)
+
+    monkeypatch.setattr(nodes_pkg.importlib, "import_module", failing)
+    with caplog.at_level(logging.ERROR, logger="stylemamba"):
+        classes, _ = nodes_pkg.build_mappings()
+    assert "StyleMambaTrain" not in classes and "StyleMambaStylize" in classes
+    assert "fake_dependency" in caplog.text
+
+
+def test_comfy_helpers_degrade_without_comfyui(pack, models_dir):
+    ch = sys.modules[PACK_NAME + ".nodes.comfy_helpers"]
+    assert not ch.comfy_available()
+    assert ch.interrupted() is False
+    ch.Progress(3, "7").update(1, torch.rand(3, 8, 8))  # no-op, no error
+    ch.Progress(3, "7").text("hello")
+    assert ch.list_model_dirs("siglip") == ["tiny-clip", "tiny-siglip"]
+    assert ch.list_files("perceptual") == ["vgg19_tiny.safetensors"]
+    assert ch.resolve("siglip", "tiny-siglip", is_dir=True) == models_dir / "siglip" / "tiny-siglip"
+    with pytest.raises(ValueError, match="invalid"):
+        ch.resolve("perceptual", "../siglip/tiny-siglip/config.json")
+    with pytest.raises(FileNotFoundError, match="not found in"):
+        ch.resolve("perceptual", "vgg19.safetensors")
+    with pytest.raises(ch.CancelledWithoutComfy):
+        ch.raise_interrupted()
+    with pytest.raises(TypeError, match="not a VAE"):
+        ch.prepare_vae(object())
+
+
+# ---------------------------------------------------------------------------------------------------- loaders
+def test_load_text_model_lists_and_loads_siglip_and_clip(nodes, text_model):
+    node = nodes["StyleMambaLoadTextModel"]
+    assert node.INPUT_TYPES()["required"]["model_name"][0] == ["tiny-clip", "tiny-siglip"]
+    assert text_model.kind == "siglip" and text_model.device.type == "cpu"
+    assert not any(t.is_inference() for t in list(text_model.parameters()) + list(text_model.buffers()))
+    with torch.inference_mode():
+        clip = node().load("tiny-clip", "")[0]
+    assert clip.kind == "clip"
+    assert node.VALIDATE_INPUTS("tiny-siglip", "") is True
+    assert node.VALIDATE_INPUTS("anything", "google/siglip-base-patch16-224") is True
+    message = node.VALIDATE_INPUTS("siglip-base-patch16-224", "")
+    assert "not found" in message and "google/siglip-base-patch16-224" in message
+    assert "not a Hugging Face id" in node.VALIDATE_INPUTS("x", "../../etc")
+
+
+def test_hf_id_offline_gives_a_clear_message(nodes, models_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError) as info:
+        nodes["StyleMambaLoadTextModel"]().load("tiny-siglip", "google/siglip-base-patch16-224")
+    message = str(info.value)
+    assert "https://huggingface.co/google/siglip-base-patch16-224" in message
+    assert str(models_dir / "siglip" / "siglip-base-patch16-224") in message
+
+
+def test_load_perceptual(nodes):
+    node = nodes["StyleMambaLoadPerceptual"]()
+    with torch.inference_mode():
+        none = node.load("none", "none", "vgg")[0]
+        vgg = node.load("vgg19_tiny.safetensors", "none", "vgg")[0]
+    assert none.vgg is None and none.lpips is None
+    assert vgg.vgg is not None and vgg.lpips is None and vgg.names == {"vgg": "vgg19_tiny.safetensors"}
+    assert not any(p.is_inference() for p in vgg.vgg.parameters())
+    assert nodes["StyleMambaLoadPerceptual"].INPUT_TYPES()["required"]["vgg19"][0] == ["none", "vgg19_tiny.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------------- conditioning
+def test_text_conditioning_and_mix(nodes, text_model):
+    enc, mix = nodes["StyleMambaTextConditioning"](), nodes["StyleMambaConditioningMix"]()
+    with torch.inference_mode():
+        a = enc.encode(text_model, "oil   painting\n", "a plain photo")[0]
+        b = enc.encode(text_model, "pop art", "a plain photo")[0]
+        ab = mix.mix(a, b, 0.25)[0]
+        only_a = mix.mix(a, b, 0.0)[0]
+        abb = mix.mix(ab, b, 0.5)[0]
+    assert a.prompts == ("oil painting",) and a.embeddings.shape == (1, text_model.embed_dim)
+    assert torch.allclose(a.embeddings.norm(dim=-1), torch.ones(1), atol=1e-5)
+    assert ab.prompts == ("oil painting", "pop art") and ab.weights == pytest.approx((0.75, 0.25))
+    assert only_a.prompts == ("oil painting",)
+    assert abb.prompts == ("oil painting", "pop art", "pop art")
+    assert abb.weights == pytest.approx((0.375, 0.125, 0.5))
+    assert torch.equal(abb.embeddings[2], b.embeddings[0])
+    with pytest.raises(ValueError, match="different source prompts"):
+        mix.mix(a, enc.encode(text_model, "pop art", "a photo")[0], 0.5)
+    with pytest.raises(ValueError, match="style_prompt is empty"):
+        enc.encode(text_model, "  \n", "a plain photo")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def test_train_node_outputs_a_style_and_a_loss_curve(trained, vae, text_model):
+    style, curve = trained["style"], trained["curve"]
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.dtype == torch.float32
+    assert 0.0 <= float(curve.min()) and float(curve.max()) <= 1.0 and float(curve.std()) > 0.01
+    assert style.metadata["prompts"] == ["oil painting"] and style.metadata["steps"] == 2
+    assert style.metadata["perceptual"] == {"vgg": "vgg19_tiny.safetensors"}
+    assert style.metadata["skipped_losses"] == [
+        "LPIPS loss skipped: no LPIPS backbone (connect Load VGG/LPIPS with an lpips_backbone file)"]
+    assert "vgg" in style.metadata["final_losses"]
+    assert max(float(d.abs().max()) for d in style.decoder_delta.values()) > 0  # the decoder copy was trained
+    after = vae.first_stage_model.decoder.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in trained["decoder_before"].items())  # shared VAE untouched
+    assert text_model.device.type == "cpu"  # moved back after training
+
+
+def test_train_node_refuses_a_conditioning_of_another_text_model(nodes, vae, text_model, photo):
+    with torch.inference_mode():
+        clip = nodes["StyleMambaLoadTextModel"]().load("tiny-clip", "")[0]
+        cond = nodes["StyleMambaTextConditioning"]().encode(clip, "pop art", "a plain photo")[0]
+        with pytest.raises(ValueError, match="same Load SigLIP/CLIP node"):
+            nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo), **train_args())
+
+
+def test_train_node_cancel_raises_the_interrupt(nodes, pack, vae, text_model, photo, small_fusion, monkeypatch):
+    ch = sys.modules[PACK_NAME + ".nodes.comfy_helpers"]
+    calls = []
+
+    def interrupted():
+        calls.append(1)
+        return len(calls) > 1  # the user presses Cancel during the first step
+
+    monkeypatch.setattr(ch, "interrupted", interrupted)
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+        with pytest.raises(ch.CancelledWithoutComfy):
+            nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo),
+                                             **train_args(epochs=5, n_crops=1))
+    assert len(calls) == 2  # stopped before the second step
+
+
+def test_train_node_turns_out_of_memory_into_advice(nodes, pack, vae, text_model, photo, monkeypatch):
+    train_mod = importlib.import_module(PACK_NAME + ".stylemamba.train")
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_mod, "train_style", oom)
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+        with pytest.raises(RuntimeError, match="Lower 'resolution'"):
+            nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo), **train_args())
+
+
+# ---------------------------------------------------------------------------------------------------- style files
+def test_save_style_sanitises_the_name_and_never_overwrites(nodes, trained, models_dir):
+    save = nodes["StyleMambaSaveStyle"]()
+    first = save.save(trained["style"], "../../outside/My Style!")
+    second = save.save(trained["style"], "../../outside/My Style!")
+    assert first["result"] == ("My Style__00001.safetensors",)
+    assert second["result"] == ("My Style__00002.safetensors",)
+    folder = models_dir / "stylemamba"
+    assert (folder / "My Style__00001.safetensors").is_file() and (folder / "My Style__00002.safetensors").is_file()
+    assert not (models_dir.parent / "outside").exists()
+    assert "My Style__00002.safetensors" in nodes["StyleMambaLoadStyle"].INPUT_TYPES()["required"]["style_name"][0]
+
+
+def test_load_style_round_trip_and_clear_errors(nodes, trained, models_dir):
+    from safetensors.torch import save_file
+
+    name = nodes["StyleMambaSaveStyle"]().save(trained["style"], "roundtrip")["result"][0]
+    load = nodes["StyleMambaLoadStyle"]()
+    style, info = load.load(name)
+    assert style.metadata["prompts"] == ["oil painting"] and "prompts: 'oil painting'" in info
+    assert torch.allclose(style.embedding, trained["style"].embedding)
+    assert nodes["StyleMambaLoadStyle"].IS_CHANGED(name) != ""
+    folder = models_dir / "stylemamba"
+    (folder / "broken.safetensors").write_bytes(b"\x00\x01 not a safetensors file")
+    save_file({"encoder.conv_in.weight": torch.zeros(2, 3, 3, 3)}, str(folder / "a_vae.safetensors"))
+    style_file = importlib.import_module(PACK_NAME + ".stylemamba.style_file")
+    with pytest.raises(style_file.StyleFileError, match="corrupt"):
+        load.load("broken.safetensors")
+    with pytest.raises(style_file.StyleFileError, match="not a StyleMamba style file .*a VAE"):
+        load.load("a_vae.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------- stylise
+def test_stylize_any_size_batch_with_mask_and_strength(nodes, trained, vae, photo_loader):
+    stylize = nodes["StyleMambaStylize"]()
+    images = comfy_images(torch.cat([photo_loader("astronaut", (44, 60)), photo_loader("coffee", (44, 60))]))
+    with torch.inference_mode():
+        out = stylize.stylize(trained["style"], vae, images, 1.0, 1024, 1)[0]
+        mask = torch.zeros(1, 22, 30)
+        mask[:, :, 15:] = 1.0  # right half, at half resolution: the node resizes masks to the image
+        masked = stylize.stylize(trained["style"], vae, images, 1.0, 1024, 4, mask=mask)[0]
+        recon = stylize.stylize(trained["style"], vae, images, 0.0, 1024, 4)[0]
+        wide = comfy_images(photo_loader("rocket", (40, 296)))
+        tiled = stylize.stylize(trained["style"], vae, wide, 1.0, 256, 4)[0]  # wider than a tile: tiled VAE
+    assert out.shape == images.shape == masked.shape and out.dtype == torch.float32
+    assert float((out - images).abs().mean()) > 1e-3
+    assert torch.allclose(masked[:, :, :28], images[:, :, :28], atol=1e-5)  # left of the mask: original pixels
+    assert torch.allclose(masked[:, :, 32:], out[:, :, 32:], atol=1e-4)  # inside: the style
+    assert not torch.allclose(recon, out, atol=1e-3)
+    assert tiled.shape == wide.shape and bool(torch.isfinite(tiled).all())
+    assert float((tiled - wide).abs().mean()) > 1e-3
+
+
+def test_mix_styles_and_stylize_latent(nodes, trained, vae, photo):
+    other = trained["style"].__class__(trained["style"].fusion_config, trained["style"].fusion_state,
+                                       {k: -v for k, v in trained["style"].decoder_delta.items()},
+                                       trained["style"].embedding, dict(trained["style"].metadata))
+    images = comfy_images(photo)
+    with torch.inference_mode():
+        mixed = nodes["StyleMambaMixStyles"]().mix(trained["style"], other, 0.5)[0]
+        only_a = nodes["StyleMambaMixStyles"]().mix(trained["style"], other, 0.0)[0]
+        out_a = nodes["StyleMambaStylize"]().stylize(trained["style"], vae, images, 1.0, 1024, 4)[0]
+        out_only_a = nodes["StyleMambaStylize"]().stylize(only_a, vae, images, 1.0, 1024, 4)[0]
+        out_mix = nodes["StyleMambaStylize"]().stylize(mixed, vae, images, 1.0, 1024, 4)[0]
+        latent = nodes["StyleMambaVAEEncode"]().encode(vae, images)[0]
+        from_latent = nodes["StyleMambaStylizeLatent"]().decode(trained["style"], vae, latent, 1.0)[0]
+    assert mixed.weights == (0.5, 0.5) and only_a.weights == (1.0,)
+    assert torch.allclose(out_only_a, out_a, atol=1e-5)
+    assert not torch.allclose(out_mix, out_a, atol=1e-3)
+    assert latent["samples"].shape == (1, 4, 8, 8)
+    assert from_latent.shape == images.shape
+    assert torch.allclose(from_latent, out_a, atol=2e-3)  # same path as Stylize for sizes that are multiples of 8
+    with pytest.raises(ValueError, match="mix of styles"):
+        nodes["StyleMambaSaveStyle"]().save(mixed, "mix")
+    with pytest.raises(ValueError, match="does not fit this VAE"):
+        nodes["StyleMambaStylizeLatent"]().decode(trained["style"], vae, {"samples": torch.zeros(1, 16, 8, 8)}, 1.0)
+
+
+def test_loss_curve_image_draws_every_term_and_survives_edge_cases(pack):
+    plots = importlib.import_module(PACK_NAME + ".stylemamba.plots")
+    blank = plots.loss_curve_image([])
+    single = plots.loss_curve_image([{"total": 5.0, "so": 0.0}])
+    curve = plots.loss_curve_image([{"total": 1e4 / (i + 1), "dir": 0.7, "so": 0.0} for i in range(30)],
+                                   width=320, height=200)
+    assert blank.shape == single.shape == (3, 360, 640) and curve.shape == (3, 200, 320)
+    assert 0.0 <= float(curve.min()) and float(curve.max()) <= 1.0
+    assert not torch.equal(blank, single)
+
+    def has_colour(img, rgb):
+        target = torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1) / 255.0
+        return bool(((img - target).abs().amax(dim=0) < 0.02).any())
+
+    colours = plots._COLOURS
+    assert has_colour(curve, colours[0]) and has_colour(curve, colours[1]) and has_colour(curve, colours[2])
+    assert not has_colour(blank, colours[0])
