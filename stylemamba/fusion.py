@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options import from_options
 from .ssm import BACKENDS, MambaMixer
 
 KINDS = ("mamba", "cross_attention")
@@ -71,11 +72,7 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FusionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FusionConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return from_options(cls, d, "FusionConfig")
 
 
 # ----------------------------------------------------------------------------- 2D scan orders

@@ -20,6 +20,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .options import from_options
+
 Tensor = torch.Tensor
 
 _EPS = 1e-12
@@ -474,11 +476,7 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LossConfig":
         """Build from a mapping; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"LossConfig.from_dict: unknown keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**dict(data))
+        return from_options(cls, data, "LossConfig")
 
 
 def _check_real(name: str, value: Any, low: float, high: float, text: str,

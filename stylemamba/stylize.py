@@ -16,7 +16,7 @@ from torch import nn
 
 from .fusion import FusionConfig, build_fusion
 from .style_file import Style, StyleFileError
-from .vae import SDVAE, TrainableDecoder
+from .vae import SDVAE
 from .vae_layout import from_ldm
 
 log = logging.getLogger("stylemamba")

@@ -23,6 +23,7 @@ from . import losses as L
 from .encoders import TextImageEncoder
 from .fusion import FusionConfig, build_fusion
 from .model import StyleMamba
+from .options import from_options
 from .speed import COMPILE_MODES, compile_callable, compile_module_
 from .style_file import Style
 from .vae import SDVAE, decoder_state
@@ -75,11 +76,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
+        return from_options(cls, d, "training")
 
 
 @dataclass

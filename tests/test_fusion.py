@@ -143,7 +143,7 @@ def test_config_round_trip_and_validation():
     d = json.loads(json.dumps(cfg.to_dict()))
     assert FusionConfig.from_dict(d) == cfg
     assert FusionConfig.from_dict({}) == FusionConfig()
-    with pytest.raises(ValueError, match="unknown FusionConfig keys"):
+    with pytest.raises(ValueError, match="unknown FusionConfig option"):
         FusionConfig.from_dict(dict(d, colour="red"))
     for bad in (dict(kind="transformer"), dict(scan="zigzag"), dict(backend="triton"), dict(width=0),
                 dict(kind="cross_attention", width=30, heads=8)):

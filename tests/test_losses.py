@@ -282,7 +282,7 @@ def test_loss_config_defaults_schedule_and_roundtrip():
     assert LossConfig(crop_fraction=None).crop_size_for(96, 200) == 96
     again = LossConfig.from_dict(cfg.to_dict())
     assert again == cfg
-    with pytest.raises(ValueError, match="unknown keys.*mask_ratoi"):
+    with pytest.raises(ValueError, match="unknown LossConfig option.*mask_ratoi"):
         LossConfig.from_dict({"mask_ratoi": 0.5})
 
 

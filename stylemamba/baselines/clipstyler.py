@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import losses as L
+from ..options import from_options
 
 log = logging.getLogger("stylemamba")
 
@@ -106,10 +107,7 @@ class ClipStylerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipStylerConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown CLIPstyler option(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return from_options(cls, d, "CLIPstyler")
 
 
 # ---------------------------------------------------------------------------------------------- the U-Net
