@@ -193,6 +193,33 @@ def random_crops(
     perspective: float = 0.5,
     generator: Optional[torch.Generator] = None,
     return_boxes: bool = False,
+):
+    """Random (perspective-distorted) crops of every image, resized to ``out_size`` (CLIPstyler's patches).
+
+    See :func:`_random_crops`. Coordinates and the bilinear sampling run in fp32 with autocast off:
+    under bf16 autocast the homography and the sampling grid would lose up to half a pixel, and
+    neighbouring output pixels would collapse onto the same source positions. The crops come back in
+    the images' dtype.
+    """
+    dtype = images.dtype
+    with torch.autocast(images.device.type, enabled=False):
+        result = _random_crops(images.float() if dtype in (torch.float16, torch.bfloat16) else images, n_crops,
+                               crop_size, out_size, perspective=perspective, generator=generator,
+                               return_boxes=return_boxes)
+    if return_boxes:
+        crops, boxes = result
+        return crops.to(dtype), boxes
+    return result.to(dtype)
+
+
+def _random_crops(
+    images: Tensor,
+    n_crops: int,
+    crop_size: int,
+    out_size: int,
+    perspective: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+    return_boxes: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """CLIPstyler's crop augmentation: RandomCrop -> RandomPerspective(fill=0, p=1) -> Resize.
 

@@ -321,3 +321,15 @@ def test_style_loss_and_total_loss():
     assert set(only_dir) == {"dir"}
     with pytest.raises(ValueError, match="no weight.*lpips"):
         total_loss({"dir": terms["dir"], "lpips": terms["dir"]}, {"dir": 1.0})
+
+
+def test_random_crops_keep_full_precision_coordinates_under_bf16_autocast():
+    """Under bf16 autocast the crops must sample the same positions as in fp32 (only pixel values round)."""
+    from conftest import load_photo
+
+    img = load_photo("astronaut", 128)
+    ref = random_crops(img, 4, 64, 96, perspective=0.5, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = random_crops(img.bfloat16(), 4, 64, 96, perspective=0.5, generator=torch.Generator().manual_seed(3))
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.02  # bf16 rounding of values only, no shifted sampling positions
