@@ -23,7 +23,10 @@ LATENT_BATCH = 4  # latents / images per VAE pass in the latent nodes
 
 
 def _oom_error(exc: BaseException, what: str) -> RuntimeError:
-    return RuntimeError(f"StyleMamba ran out of GPU memory while {what}. Lower tile_size (e.g. 512) or batch_size, "
+    """An OOM error with advice; still torch's OOM type, so ComfyUI unloads its cached models on it."""
+    from ..stylemamba.errors import OutOfMemory
+
+    return OutOfMemory(f"StyleMamba ran out of GPU memory while {what}. Lower tile_size (e.g. 512) or batch_size, "
                         "or free other models.")
 
 

@@ -105,6 +105,7 @@ class StyleMambaTrain:
               resolution, seed, n_crops, crop_fraction, mask_ratio, so_interval, so_theta, dir_weight,
               patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
               lpips_weight, precision, perceptual=None, unique_id=None):
+        from ..stylemamba.errors import OutOfMemory
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
         from ..stylemamba.train import TrainConfig, TrainingCancelled, train_style
@@ -153,8 +154,8 @@ class StyleMambaTrain:
             log.info("StyleMamba Train: cancelled by the user")
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error
         except Exception as exc:
-            if ch.is_out_of_memory(exc):
-                raise RuntimeError(
+            if ch.is_out_of_memory(exc):  # still torch's OOM type, so ComfyUI unloads its cached models
+                raise OutOfMemory(
                     f"StyleMamba Train ran out of GPU memory at resolution {resolution} with {batch} image(s) and "
                     f"{n_crops} crops. Lower 'resolution' (e.g. 384 or 256), 'n_crops', or the number of content "
                     "images, or close other models; the trained style works at any size afterwards.") from exc

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import OutOfMemory
 from .fusion import FusionConfig, build_fusion
 from .style_file import Style, StyleFileError
 from .vae import SDVAE
@@ -45,8 +46,8 @@ class MixedStyle(nn.Module):
         self.__dict__["vae"] = vae
         device = vae.device
         self.fusions = nn.ModuleList()
-        embeddings = []
-        for style in styles:
+        self.ratios = []  # style's latent scaling / this VAE's (styles remember the factor they were trained with)
+        for i, style in enumerate(styles):
             style.check_vae(vae)
             fusion = build_fusion(FusionConfig.from_dict(style.fusion_config))
             try:
@@ -54,8 +55,10 @@ class MixedStyle(nn.Module):
             except RuntimeError as exc:
                 raise StyleFileError(f"style '{style.name}': fusion weights do not match its config ({exc})") from exc
             self.fusions.append(fusion.eval().requires_grad_(False))
-            embeddings.append(style.embedding)
-        self.register_buffer("embeddings", torch.stack(embeddings), persistent=False)
+            # one buffer per style: styles trained with SigLIP and with CLIP have different embedding sizes
+            self.register_buffer(f"embedding_{i}", style.embedding.float(), persistent=False)
+            trained_scale = float(style.metadata.get("scaling_factor") or vae.scaling_factor)
+            self.ratios.append(trained_scale / vae.scaling_factor)
         self.decoder = vae.make_decoder().eval().requires_grad_(False)
         state = self.decoder.state_dict()
         with torch.no_grad():
@@ -70,10 +73,12 @@ class MixedStyle(nn.Module):
         self.to(device)
 
     def fuse(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> fused latent; each style sees the latent at the scaling it was trained with."""
         out = z
-        for fusion, emb, w in zip(self.fusions, self.embeddings, self.weights):
-            cond = emb.to(z.dtype).expand(z.shape[0], -1)
-            out = out + (self.strength * w) * (fusion(z, cond) - z)
+        for i, (fusion, w, ratio) in enumerate(zip(self.fusions, self.weights, self.ratios)):
+            cond = getattr(self, f"embedding_{i}").to(z.dtype).expand(z.shape[0], -1)
+            zi = z * ratio
+            out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
         return out
 
 
@@ -224,7 +229,7 @@ def stylize(images: torch.Tensor, vae: SDVAE, styles, *args, **kwargs) -> torch.
     except torch.cuda.OutOfMemoryError as exc:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise MemoryError(
+        raise OutOfMemory(
             f"out of GPU memory stylising {tuple(images.shape)} images: lower batch_size (now "
             f"{kwargs.get('batch_size', 4)}) or tile_size (now {kwargs.get('tile_size', 1024)}), e.g. tile_size=512"
         ) from exc

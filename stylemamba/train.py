@@ -21,6 +21,7 @@ import torch.utils.checkpoint
 
 from . import losses as L
 from .encoders import TextImageEncoder
+from .errors import OutOfMemory
 from .fusion import FusionConfig, build_fusion
 from .model import StyleMamba
 from .options import from_options
@@ -100,10 +101,6 @@ class TrainResult:
     cancelled: bool = False
 
 
-class OutOfMemory(RuntimeError):
-    """Training or stylising ran out of (GPU) memory; the message says what to lower."""
-
-
 class TrainingCancelled(Exception):
     """Raised when ``should_stop`` asks to stop; ``partial`` holds the usable style of the last finished step."""
 
@@ -169,14 +166,21 @@ class StyleTrainer:
         self.cfg = config or TrainConfig()
         self.device = torch.device(device) if device is not None else vae.device
         self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
+        for what, dev in (("VAE", vae.device), ("text model", text.device)):
+            if dev.type != self.device.type:
+                raise ValueError(f"the {what} is on {dev} but training was asked to run on {self.device}: "
+                                 f"move it first (e.g. .to('{self.device}')) or pass device={str(dev)!r}")
         self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.prompt_weights = prompt_weights
         lc = self.cfg.loss
         vgg_on = lc.content_weight_start > 0 or lc.content_weight_end > 0
+        self.skipped_losses = []  # recorded in the style's metadata
         if vgg_on and vgg is None:
             log.warning("no VGG network given: the VGG content loss is skipped")
+            self.skipped_losses.append("vgg")
         if lc.lpips > 0 and lpips is None:
             log.warning("no LPIPS network given: the LPIPS loss is skipped")
+            self.skipped_losses.append("lpips")
 
         torch.manual_seed(self.cfg.seed)
         self.gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
@@ -314,6 +318,7 @@ class StyleTrainer:
             "prompts": self.prompts, "prompt_weights": self.prompt_weights, "source_prompt": self.cfg.loss.source_prompt,
             "text_model": getattr(self.text, "name", ""), "text_model_kind": getattr(self.text, "kind", ""),
             "recipe": self.cfg.to_dict(), "base_vae": self.vae.identity, "base_vae_name": self.vae.name,
+            "scaling_factor": self.vae.scaling_factor, "losses_skipped": self.skipped_losses,
             "train_seconds": round(seconds, 3), "steps": steps, "cancelled": cancelled,
             "content_images": int(self.x.shape[0]),
             "final_losses": history[-1] if history else {},

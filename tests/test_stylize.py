@@ -104,3 +104,28 @@ def test_tiles_have_no_visible_seams(setup):
     jumps_naive = naive.diff(dim=-1).abs().mean(dim=(0, 1, 2))
     jumps_whole = whole.diff(dim=-1).abs().mean(dim=(0, 1, 2))
     assert (jumps_naive - jumps_whole).abs().max() >= 0.05
+
+
+def test_styles_with_different_embedding_sizes_mix(setup, photo):
+    """SigLIP-base styles carry 768-d embeddings, CLIP ViT-B/32 styles 512-d; both must mix."""
+    from stylemamba.fusion import FusionConfig, build_fusion
+    from stylemamba.style_file import Style
+    from stylemamba.vae_layout import to_ldm
+    from stylemamba.vae import decoder_state
+
+    vae, a, _ = setup
+    cfg = FusionConfig(text_dim=a.embedding.numel() // 2, width=32, depth=1, d_state=4)
+    zero_delta = {k: torch.zeros_like(v) for k, v in to_ldm(decoder_state(vae.decoder, vae.post_quant_conv)).items()}
+    other = Style(cfg.to_dict(), build_fusion(cfg).state_dict(), zero_delta, torch.randn(cfg.text_dim),
+                  dict(a.metadata))
+    assert other.embedding.shape != a.embedding.shape
+    out = stylize(photo, vae, [a, other], weights=[0.5, 0.5])
+    # the untrained style is the identity, so the mix is style a at half strength
+    torch.testing.assert_close(out, stylize(photo, vae, a, strength=0.5), atol=1e-5, rtol=1e-4)
+
+
+def test_a_style_remembers_its_latent_scaling(setup, tiny_models, photo):
+    vae, a, _ = setup
+    assert a.metadata["scaling_factor"] == vae.scaling_factor
+    other = load_vae(tiny_models["vae"], scaling_factor=0.13025)  # same VAE, loaded with another convention
+    torch.testing.assert_close(stylize(photo, other, a), stylize(photo, vae, a), atol=1e-5, rtol=1e-4)
