@@ -152,6 +152,10 @@ def prepare_vae(vae: Any, memory_required: float = 0.0):
         raise TypeError("the 'vae' input is not a VAE: connect Load VAE (or the VAE output of a checkpoint loader)")
     if getattr(vae, "latent_dim", 2) != 2:
         raise TypeError("StyleMamba needs an image VAE (SD 1.x/2.x, SDXL, SD3, Flux); this one is a video/audio VAE")
+    ratio = getattr(vae, "downscale_ratio", 8)
+    if ratio != 8:
+        raise TypeError(f"StyleMamba needs a VAE that shrinks images 8x (SD 1.x/2.x, SDXL, SD3, Flux); this one "
+                        f"shrinks them {ratio}x. Connect an SD-style VAE.")
     patcher = getattr(vae, "patcher", None)
     if patcher is not None:
         try:

@@ -184,6 +184,7 @@ class StyleMambaStylizeLatent:
         }
 
     def decode(self, style, vae, samples, strength, unique_id=None):
+        from ..stylemamba.precision import autocast
         from ..stylemamba.stylize import MixedStyle
 
         z = samples["samples"] if isinstance(samples, dict) else samples
@@ -194,13 +195,12 @@ class StyleMambaStylizeLatent:
                              "channels, 2D): use latents made with the same VAE / model family")
         progress = ch.Progress(z.shape[0], unique_id)
         device = sdvae.device
-        use_amp = device.type == "cuda"
         mixer, outs = None, []
         try:
             mixer = MixedStyle(sdvae, styles, weights, float(strength))
             with torch.no_grad():
                 for chunk in z.split(LATENT_BATCH):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    with autocast(device):
                         y = mixer.decoder(mixer.fuse(chunk.to(device).float() * sdvae.scaling_factor))
                     outs.append(y.float().clamp(0, 1).cpu())
                     progress.update(sum(o.shape[0] for o in outs))

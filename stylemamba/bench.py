@@ -303,12 +303,12 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
     """Each part of a training step, forward + backward, timed alone with the step's shapes (ms)."""
     from . import losses as L
     from .ssm import MambaMixer, available_backends
-    from .train import _autocast
+    from .precision import autocast
 
     tr, lc = trainer, trainer.cfg.loss
 
     def ac():
-        return _autocast(device, tr.cfg.amp)
+        return autocast(device, tr.cfg.amp)
 
     def params_free():
         tr.opt.zero_grad(set_to_none=True)

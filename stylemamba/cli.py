@@ -26,18 +26,15 @@ def pick_device(name: str) -> torch.device:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="dtype of the frozen networks; auto = bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision (autocast): auto = bf16 on CUDA (fp16 on pre-Ampere GPUs), fp32 on CPU; "
+                        "for train, default: the --config recipe's, else auto")
     p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse",
                    help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
 
 
-def frozen_dtype(args) -> torch.dtype:
-    return DTYPES.get(args.dtype, torch.float32)
-
-
-def amp_mode(args) -> str:
-    return {"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[args.dtype]
+def amp_mode(args, default: str = "auto") -> str:
+    return {"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[args.dtype] if args.dtype else default
 
 
 def load_perceptual(args, device):
@@ -46,8 +43,11 @@ def load_perceptual(args, device):
 
     vgg = VGGFeatures.from_safetensors(args.vgg).to(device) if args.vgg else None
     lp = None
-    if args.lpips != "off":
-        lp = LPIPSLoss(net=args.lpips, backbone_path=args.lpips_backbone).to(device)
+    if args.lpips == "auto" and not args.lpips_backbone:
+        log.warning("LPIPS loss off: no --lpips-backbone given (an LPIPS with a random backbone would be wrong)")
+    elif args.lpips != "off":
+        net = "vgg" if args.lpips == "auto" else args.lpips
+        lp = LPIPSLoss(net=net, backbone_path=args.lpips_backbone).to(device)
     return vgg, lp
 
 
@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    cfg.amp = amp_mode(args)
+    cfg.amp = amp_mode(args, default=cfg.amp)
     if args.compile:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
@@ -181,7 +181,6 @@ def cmd_demo(args) -> int:
     random-weight models first, so it runs offline in seconds: it shows the pipeline works, not art."""
     from .encoders import load_text_image_encoder
     from .image_io import load_image, save_image
-    from .perceptual import LPIPSLoss, VGGFeatures
     from .style_file import save_style
     from .stylize import stylize
     from .train import TrainConfig, train_style
@@ -202,9 +201,8 @@ def cmd_demo(args) -> int:
         print("using tiny random-weight models (offline demo: the output shows the pipeline, not a real style)")
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
-    vgg = VGGFeatures.from_safetensors(args.vgg).to(device) if args.vgg else None
+    vgg, lpips = load_perceptual(args, device)
     photos = [load_image(ASSETS / "astronaut.png"), load_image(ASSETS / "chelsea.png")]
-    lpips = None if args.lpips == "off" else LPIPSLoss(net=args.lpips, backbone_path=args.lpips_backbone).to(device)
     result = train_style(vae, text, photos[:1], args.prompt, cfg, vgg=vgg, lpips=lpips, device=device)
     info = save_style(result.style, out / "demo-style.safetensors")
     written = [str(save_image(stylize(p, vae, result.style)[0], out / f"stylized-{i}.png")) for i, p in enumerate(photos)]
@@ -227,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", default="google/siglip-base-patch16-224",
                    help="SigLIP or CLIP: Hugging Face id or local folder")
     p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
-    p.add_argument("--lpips", default="vgg", choices=["vgg", "alex", "off"], help="LPIPS backbone, or off")
+    p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
+                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
     p.add_argument("--out", required=True, help="where to write the style (.safetensors)")
     p.add_argument("--name", help="a display name stored in the style file")
@@ -272,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", help="real SD VAE (default: tiny offline model)")
     p.add_argument("--text-model", help="real SigLIP/CLIP folder or id (default: tiny offline model)")
     p.add_argument("--vgg", help="VGG19 features .safetensors")
-    p.add_argument("--lpips", default="vgg", choices=["vgg", "alex", "off"], help="LPIPS backbone, or off")
+    p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
+                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--epochs", type=int, default=20)

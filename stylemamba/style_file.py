@@ -118,9 +118,17 @@ def read_style_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(header["stylemamba"])
     except json.JSONDecodeError as exc:
         raise StyleFileError(f"{path.name}: style metadata is damaged ({exc}); train or download the style again") from exc
-    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise StyleFileError(f"{path.name}: style format {meta.get('format')} v{meta.get('format_version')} is newer than "
-                             f"this StyleMamba ({__version__}) understands; update the node pack")
+    if meta.get("format") != FORMAT:
+        raise StyleFileError(f"{path.name}: metadata format {meta.get('format')!r} is not a StyleMamba style; "
+                             "pick a style trained with StyleMamba")
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise StyleFileError(f"{path.name}: style metadata is damaged (format_version "
+                             f"{meta.get('format_version')!r}); train or download the style again") from None
+    if version > FORMAT_VERSION:
+        raise StyleFileError(f"{path.name}: style format v{version} is newer than this StyleMamba ({__version__}) "
+                             "understands; update the node pack")
     return meta
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import OutOfMemory
 from .fusion import FusionConfig, build_fusion
+from .precision import autocast
 from .style_file import Style, StyleFileError
 from .vae import SDVAE
 from .vae_layout import from_ldm
@@ -256,12 +257,11 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[St
     m = _prepare_mask(mask, b, h, w, device)
     tile = max(128, (int(tile_size) // 8) * 8)
     overlap = min(max(64, (int(tile_overlap) // 8) * 8), tile // 2)  # < 64 px (8 latents) shows seams
-    use_amp = device.type == "cuda" and amp != "off"
     outs = []
     for start in range(0, b, max(1, batch_size)):
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
         xp, (oh, ow) = _pad8(x)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(device, amp):
             if max(xp.shape[-2:]) > tile:
                 z = _tiled(vae.encode, vae.encoder, xp, tile, overlap, 1 / 8, vae.latent_channels, 8)
             else:

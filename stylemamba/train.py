@@ -25,6 +25,7 @@ from .errors import OutOfMemory
 from .fusion import FusionConfig, build_fusion
 from .model import StyleMamba
 from .options import from_options
+from .precision import autocast, autocast_dtype
 from .speed import COMPILE_MODES, compile_callable, compile_module_
 from .style_file import Style
 from .vae import SDVAE, decoder_state
@@ -44,7 +45,7 @@ class TrainConfig:
     lr_decay: float = 0.5
     resolution: int = 512  # content images are resized (short side) and centre-cropped to this square
     seed: int = 0
-    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, fp16 on pre-Ampere GPUs, off on CPU) | "bf16" | "fp16" | "off"
     channels_last: bool = True
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, ~30% slower
     # "off" | a torch.compile mode ("default", "max-autotune-no-cudagraphs"): compiles the decoder and the image
@@ -149,13 +150,6 @@ def style_direction(text: TextImageEncoder, prompts: list[str] | str, weights: l
     return e_t, e_src, e_t - e_src
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 class StyleTrainer:
     """Holds everything a training run needs; ``run()`` executes it. Usable once."""
 
@@ -189,7 +183,7 @@ class StyleTrainer:
             self.e_t, self.e_src, self.text_dir_raw = style_direction(text, self.prompts, prompt_weights,
                                                                       lc.source_prompt)
             self.z = vae.encode(self.x)
-            with _autocast(self.device, self.cfg.amp):
+            with autocast(self.device, self.cfg.amp):
                 self.emb_x = text.encode_image(self.x).float()
                 self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and vgg_on) else None
         b = self.x.shape[0]
@@ -220,7 +214,7 @@ class StyleTrainer:
                                     fused=True if self.device.type == "cuda" else None)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
-        self.scaler = scaler_cls(enabled=self.cfg.amp == "fp16" and self.device.type == "cuda")
+        self.scaler = scaler_cls(enabled=autocast_dtype(self.device, self.cfg.amp) == torch.float16)
         self.prev_emb: torch.Tensor | None = None
         self.history: list[dict[str, torch.Tensor]] = []
 
@@ -233,7 +227,7 @@ class StyleTrainer:
         lc, enc = self.cfg.loss, self.text
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(epoch)
-        with _autocast(self.device, self.cfg.amp):
+        with autocast(self.device, self.cfg.amp):
             y = self.model.decode(self.z, self.cond)
             b, size = y.shape[0], enc.image_size
             views = [F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)]

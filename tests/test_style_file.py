@@ -71,6 +71,14 @@ def test_foreign_truncated_and_other_vae_files_are_refused(tmp_path, trained, ti
     save_file({"unet.lora_down.weight": torch.zeros(2)}, str(lora))
     with pytest.raises(StyleFileError, match="looks like a LoRA"):
         load_style(lora)
+    odd = tmp_path / "odd.safetensors"
+    save_file({"embedding": torch.zeros(2)}, str(odd), metadata={"stylemamba": json.dumps({"format": "x"})})
+    with pytest.raises(StyleFileError, match="not a StyleMamba style"):
+        load_style(odd)
+    save_file({"embedding": torch.zeros(2)}, str(odd),
+              metadata={"stylemamba": json.dumps({"format": "stylemamba.style", "format_version": "one"})})
+    with pytest.raises(StyleFileError, match="damaged"):
+        load_style(odd)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_style(tmp_path / "missing.safetensors")
     other = load_vae(tiny_models["vae"])

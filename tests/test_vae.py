@@ -53,12 +53,12 @@ def test_trainable_decoder_is_a_copy(vae, photo):
 
 
 def test_fingerprint_tolerates_half_precision_but_not_other_weights(tiny_models, vae):
-    half = load_vae(tiny_models["vae"], dtype=torch.float16)
-    assert fingerprints_match(vae.identity, half.identity)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert fingerprints_match(vae.identity, load_vae(tiny_models["vae"], dtype=dtype).identity)
     other = load_vae(tiny_models["vae"])
     with torch.no_grad():
         for p in other.decoder.parameters():
-            p.mul_(1.5)
+            p.mul_(1.02)  # a decoder 2 % away (e.g. a fine-tune of the same VAE) is another base
     other._identity = None
     assert not fingerprints_match(vae.identity, other.identity)
 
