@@ -84,15 +84,17 @@ def blend(parts_a: tuple[list, list[float]], parts_b: tuple[list, list[float]], 
 
 
 # ------------------------------------------------------------------------------------ layouts
-def image_to_library(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE (B,H,W,C) -> (B,C,H,W) float, a fresh tensor (safe to use with autograd)."""
+def image_to_library(images: torch.Tensor, copy: bool = True) -> torch.Tensor:
+    """ComfyUI IMAGE (B,H,W,C) -> (B,C,H,W) float: a fresh tensor (safe to use with autograd), or with
+    ``copy=False`` a view (stylising only reads it, batch by batch: a long video is not held twice)."""
     if not torch.is_tensor(images) or images.dim() not in (3, 4):
         raise ValueError(f"expected an IMAGE batch (B,H,W,C); got {getattr(images, 'shape', type(images))}")
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.shape[-1] not in (1, 3, 4):
         raise ValueError(f"IMAGE has {images.shape[-1]} channels; expected 1, 3 or 4 (B,H,W,C layout)")
-    return images.detach().float().permute(0, 3, 1, 2).clone()
+    view = images.detach().permute(0, 3, 1, 2)
+    return view.float().clone() if copy else view
 
 
 def image_to_comfy(images: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ from .common import blend as blend_parts
 log = logging.getLogger("stylemamba")
 
 LATENT_BATCH = 4  # latents / images per VAE pass in the latent nodes
+# memory to ask ComfyUI for before stylising: 5.7 GB peak at 1024x1024 (H200, bf16, docs/BENCHMARK.md)
+STYLIZE_BYTES_PER_PIXEL = 6e9 / (1024 * 1024)
+DECODER_COPY_BYTES = 4 * 50e6  # the style's fp32 decoder (about 50 M parameters for SD VAEs)
 
 
 def _oom_error(exc: BaseException, what: str) -> RuntimeError:
@@ -71,13 +74,16 @@ class StyleMambaStylize:
         from ..stylemamba.stylize import stylize as run_stylize
 
         styles, weights = style_parts(style)
-        x = image_to_library(images)
+        x = image_to_library(images, copy=False)
         b, _, h, w = x.shape
         m = mask_for_images(mask, b, h, w)
         if m is not None and float(m.max()) == 0.0:
             log.warning("StyleMamba Stylize: the mask is empty, nothing will be stylised (paint the area to "
                         "stylise in the mask editor)")
-        sdvae = ch.prepare_vae(vae)
+        side = int(tile_size)
+        pixels = min(int(batch_size), b) * min(h, side) * min(w, side)
+        # ask ComfyUI to make room (it unloads cached models): the style's decoder copy and the activations
+        sdvae = ch.prepare_vae(vae, memory_required=STYLIZE_BYTES_PER_PIXEL * pixels + DECODER_COPY_BYTES)
         progress = ch.Progress(b, unique_id)
         mixer = None
         try:
