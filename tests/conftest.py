@@ -113,3 +113,16 @@ def _fixed_seeds_and_untouched_photos():
             img.grad = None
             img.data = pristine.clone()  # repair it for the tests that follow
             pytest.fail("this test modified a shared photo fixture in place; use photo.clone()")
+
+
+def import_pack(name: str):
+    """Import the node pack the way ComfyUI does: a package from the repository root's __init__.py."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import import_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui_stylemamba_node_tests"
@@ -58,12 +59,7 @@ def pack(models_dir):
     """Import the pack as ComfyUI does; model folders resolve to ``models_dir`` (no ComfyUI here)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("STYLEMAMBA_MODELS_DIR", str(models_dir))
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield import_pack(PACK_NAME)
     mp.undo()
     for name in [n for n in sys.modules if n == PACK_NAME or n.startswith(PACK_NAME + ".")]:
         del sys.modules[name]

@@ -4,12 +4,12 @@ tests/data/comfy_core_nodes.json (trimmed from /object_info of a real ComfyUI 0.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = ROOT / "workflows"
@@ -30,12 +30,7 @@ def load_pack():
     """Import the pack the way ComfyUI does (a package from its folder's __init__.py)."""
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_pack(PACK_NAME)
 
 
 def _spec_entry(value, machine_dependent: bool) -> dict:
