@@ -245,19 +245,13 @@ class StyleTrainer:
                                            antialias=True))
             emb = self._encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched SigLIP call
             emb_y, rest = emb[:b], emb[b:]
-            terms: dict[str, torch.Tensor] = {}
-            terms["dir"] = L.directional_loss(emb_y, self.emb_x, self.text_dir)
-            if n_crops:
-                terms["patch"] = L.patch_directional_loss(rest[: b * n_crops], self.emb_x,
-                                                          self.text_dir, threshold=lc.patch_threshold)
-                rest = rest[b * n_crops:]
-            if lc.md > 0:
-                terms["md"] = L.masked_directional_loss(rest[:b], self.emb_x, self.text_dir, form=lc.md_form,
-                                                        text_dir_raw=self.text_dir_raw)
-            if lc.so > 0 and self.prev_emb is not None:
-                gate = L.second_order_gate(terms["dir"], epoch, lc.so_theta, lc.so_interval)
-                terms["so"] = gate * L.second_order_loss(emb_y, self.prev_emb, self.emb_x, self.text_dir_raw,
-                                                         alpha=lc.so_alpha, beta=lc.so_beta)
+            crop_embs = rest[: b * n_crops] if n_crops else None
+            masked_emb = rest[b * n_crops: b * n_crops + b] if lc.md > 0 else None
+            prev = self.prev_emb if lc.so > 0 else None
+            terms = L.style_loss(emb_y, self.emb_x, self.text_dir, lc, epoch, crop_embs=crop_embs,
+                                 masked_emb=masked_emb, prev_img_emb=prev, text_dir_raw=self.text_dir_raw)
+            if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
+                terms["so"] = terms.pop("so_gate") * terms["so"]
             if self.feats_x is not None:
                 terms["vgg"] = L.content_loss(self.vgg(y), self.feats_x)
             if self.lpips is not None and lc.lpips > 0:

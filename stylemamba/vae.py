@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -279,7 +278,3 @@ def load_vae(source: str | Path = DEFAULT_VAE, device: str | torch.device | None
     if scaling_factor is not None:
         wrapped.scaling_factor = float(scaling_factor)
     return wrapped.to(device=device or "cpu", dtype=dtype or torch.float32)
-
-
-def describe_identity(identity: dict[str, Any]) -> str:
-    return json.dumps(identity, sort_keys=True)
