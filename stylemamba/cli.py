@@ -166,7 +166,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_tiny_models(args) -> int:
-    from .tiny_models import build_tiny_models
+    from .testing.tiny_models import build_tiny_models
 
     paths = build_tiny_models(args.out, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -190,7 +190,7 @@ def cmd_demo(args) -> int:
     device = pick_device(args.device)
     cfg = TrainConfig(resolution=args.resolution, epochs=args.epochs)
     if args.vae is None or args.text_model is None:
-        from .tiny_models import build_tiny_models
+        from .testing.tiny_models import build_tiny_models
 
         tiny = build_tiny_models(out / "tiny-models")
         args.vae, args.text_model = args.vae or tiny["vae"], args.text_model or tiny["siglip"]
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module_name in ("evaluate", "bench"):
         try:
-            module = __import__(f"stylemamba.{module_name}", fromlist=["add_parser"])
+            module = __import__(f"stylemamba.experiments.{module_name}", fromlist=["add_parser"])
         except ImportError:
             continue
         module.add_parser(sub)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from small import small_config
 
-from stylemamba import bench, speed
+from stylemamba import speed
+from stylemamba.experiments import bench
 from stylemamba.cli import build_parser
 from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import VGGFeatures

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from stylemamba.baselines.clipstyler import (ClipStylerConfig, ClipStylerRun, StyleUNet, finish_output,
+from stylemamba.experiments.baselines.clipstyler import (ClipStylerConfig, ClipStylerRun, StyleUNet, finish_output,
                                              stylize_clipstyler)
 from stylemamba.encoders import load_text_image_encoder
-from stylemamba.metrics import count_parameters
+from stylemamba.experiments.metrics import count_parameters
 from stylemamba.perceptual import VGGFeatures
 
 

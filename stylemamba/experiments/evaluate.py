@@ -81,7 +81,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _content_files(sources: Sequence[str | Path]) -> list[Path]:
-    from .image_io import list_images
+    from ..image_io import list_images
 
     files = [f for src in sources for f in list_images(src)]
     names = [f.name for f in files]
@@ -237,7 +237,7 @@ class _Session:
 
     def text_model(self, path) -> Any:
         """A SigLIP/CLIP model, loaded once per path."""
-        from .encoders import load_text_image_encoder
+        from ..encoders import load_text_image_encoder
 
         key = str(path)
         if key not in self._text:
@@ -246,8 +246,8 @@ class _Session:
 
     def content_image(self, name: str) -> torch.Tensor:
         """The content image, resized (short side) and centre-cropped to the resolution, as both methods see it."""
-        from .image_io import load_image
-        from .train import prepare_content
+        from ..image_io import load_image
+        from ..train import prepare_content
 
         if name not in self._content:
             self._content[name] = prepare_content(load_image(self.files[self.names.index(name)]), self.resolution)
@@ -256,7 +256,7 @@ class _Session:
     def finish_pair(self, method: str, name: str, prompt: str, x: torch.Tensor, y: torch.Tensor,
                     **fields: Any) -> dict[str, Any]:
         """Measure, save the image, append the row to results.jsonl (flushed: an interruption loses nothing)."""
-        from .image_io import save_image
+        from ..image_io import save_image
 
         rel = Path("images") / method / f"{Path(name).stem}__{slug(prompt)}.png"
         save_image(y, self.out / rel)
@@ -305,8 +305,8 @@ def run_evaluation(
     both methods and for the metrics (default: the recipe's, 512). Returns what ``results.json`` holds.
     """
     from .baselines.clipstyler import ClipStylerConfig
-    from .cli import pick_device
-    from .train import TrainConfig
+    from ..cli import pick_device
+    from ..train import TrainConfig
 
     methods = list(METHODS) if method == "both" else [method]
     if any(m not in METHODS for m in methods):
@@ -328,7 +328,7 @@ def run_evaluation(
     t_start = time.perf_counter()
 
     # ------------------------------------------------------------------ frozen measuring networks
-    from .perceptual import LPIPSLoss, VGGFeatures
+    from ..perceptual import LPIPSLoss, VGGFeatures
 
     eval_paths = list(dict.fromkeys(str(p) for p in eval_text_models))
     if not eval_paths:  # fall back on the training model(s): a biased but useful score
@@ -520,11 +520,11 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
     """Train (or load) one style per prompt, then stylise and measure every pending pair."""
     from tqdm import tqdm
 
-    from .image_io import load_image
-    from .style_file import load_style, read_style_metadata, save_style
-    from .stylize import MixedStyle, stylize
-    from .train import train_style
-    from .vae import load_vae
+    from ..image_io import load_image
+    from ..style_file import load_style, read_style_metadata, save_style
+    from ..stylize import MixedStyle, stylize
+    from ..train import train_style
+    from ..vae import load_vae
 
     if vae_src is None:
         raise ValueError("StyleMamba needs the SD VAE: pass --vae (HF id, diffusers folder or .safetensors)")
@@ -630,8 +630,8 @@ def _run_clipstyler(session: _Session, todo, key, cfg, text, vgg_net) -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 def add_parser(subparsers) -> None:
     """Add the ``eval`` sub-command to ``python -m stylemamba``."""
-    from .encoders import DEFAULT_SIGLIP
-    from .vae import DEFAULT_VAE
+    from ..encoders import DEFAULT_SIGLIP
+    from ..vae import DEFAULT_VAE
 
     p = subparsers.add_parser(
         "eval", help="the paper's metrics (style score, SSIM, VGG, LPIPS, aesthetic, timing) for StyleMamba and CLIPstyler",
@@ -682,7 +682,7 @@ def add_parser(subparsers) -> None:
 def build_configs(args):
     """TrainConfig and ClipStylerConfig from the CLI arguments (JSON files, then overrides and ablations)."""
     from .baselines.clipstyler import ClipStylerConfig
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
     if args.epochs is not None:

@@ -4,7 +4,7 @@ Real architectures at full size with RANDOM weights (no model hub is needed; FLO
 time do not depend on the weights' values): the sd-vae-ft-mse ``AutoencoderKL``, SigLIP
 base-patch16-224, CLIP ViT-B/32 (the CLIPstyler baseline), VGG19 and LPIPS-VGG. Building the
 models is not timed; everything after it is. ``--tiny`` runs the same code on the tiny models of
-:mod:`stylemamba.tiny_models` at tiny sizes (the CPU test of this module).
+:mod:`stylemamba.testing.tiny_models` at tiny sizes (the CPU test of this module).
 
 What is measured (issue 4), per fusion variant (Mamba, cross-attention) and per speed setting
 (``--compile off`` = plain eager PyTorch, or a ``torch.compile`` mode):
@@ -22,7 +22,7 @@ What is measured (issue 4), per fusion variant (Mamba, cross-attention) and per 
     products, convolutions and attention; the selective scan's custom kernel is not counted)
     and the TFLOP/s achieved against the bf16 matrix peak measured in the same run.
 
-CLIPstyler (:mod:`stylemamba.baselines.clipstyler`) gets the same per-step, per-image and
+CLIPstyler (:mod:`stylemamba.experiments.baselines.clipstyler`) gets the same per-step, per-image and
 memory measurements; "100 new images with one style" is ``recipe + 100 x stylise`` for
 StyleMamba and ``100 x per-image optimisation`` for CLIPstyler (extrapolated from the measured
 per-image time). The selective scan is timed alone with every backend available.
@@ -184,7 +184,7 @@ def word_tokenizer(max_length: int):
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import PreTrainedTokenizerFast
 
-    from .tiny_models import style_corpus
+    from ..testing.tiny_models import style_corpus
 
     words = sorted({w for line in style_corpus() for w in line.lower().replace(".", " ").replace(",", " ").split()})
     vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2}
@@ -201,10 +201,10 @@ def build_full_models(device: torch.device, with_clip: bool = True) -> Models:
     from diffusers import AutoencoderKL
     from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
-    from .encoders import _NORMALISATION, TextImageEncoder
-    from .perceptual import LPIPSLoss, VGGFeatures
-    from .tiny_models import sd_vae_config
-    from .vae import SDVAE
+    from ..encoders import _NORMALISATION, TextImageEncoder
+    from ..perceptual import LPIPSLoss, VGGFeatures
+    from ..testing.tiny_models import sd_vae_config
+    from ..vae import SDVAE
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -231,10 +231,10 @@ def build_full_models(device: torch.device, with_clip: bool = True) -> Models:
 
 def build_tiny_bench_models(device: torch.device, folder: str | Path | None = None) -> Models:
     """The tiny models (built into ``folder`` or a temporary one) through the real loaders."""
-    from .encoders import load_text_image_encoder
-    from .perceptual import LPIPSLoss, VGGFeatures
-    from .tiny_models import build_tiny_models
-    from .vae import load_vae
+    from ..encoders import load_text_image_encoder
+    from ..perceptual import LPIPSLoss, VGGFeatures
+    from ..testing.tiny_models import build_tiny_models
+    from ..vae import load_vae
 
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="stylemamba_bench_"))
     paths = build_tiny_models(folder) if not (folder / "manifest.json").is_file() else {
@@ -262,9 +262,9 @@ class Sizes:
         self.part_repeat = 1 if tiny else 10  # timed calls of each step part / stylisation
 
     def train_config(self, kind: str = "mamba", compile: str = "off"):
-        from .fusion import FusionConfig
-        from .losses import LossConfig
-        from .train import TrainConfig
+        from ..fusion import FusionConfig
+        from ..losses import LossConfig
+        from ..train import TrainConfig
 
         if self.tiny:
             cfg = TrainConfig(epochs=2, resolution=64, lr_decay_epoch=2,
@@ -301,9 +301,9 @@ def content_images(n: int, size: int, device: torch.device, seed: int = 0) -> to
 # ---------------------------------------------------------------------------------------------- StyleMamba
 def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: int = 2) -> dict[str, Any]:
     """Each part of a training step, forward + backward, timed alone with the step's shapes (ms)."""
-    from . import losses as L
-    from .ssm import MambaMixer, available_backends
-    from .precision import autocast
+    from .. import losses as L
+    from ..ssm import MambaMixer, available_backends
+    from ..precision import autocast
 
     tr, lc = trainer, trainer.cfg.loss
 
@@ -349,7 +349,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
 
     parts["decoder_fwd_bwd"] = stats(time_device(decoder_fb, device, warmup=warmup, repeat=repeat))
     if device.type == "cuda":
-        from .speed import enable_cudnn_autotune
+        from ..speed import enable_cudnn_autotune
 
         before = enable_cudnn_autotune(not torch.backends.cudnn.benchmark)
         key = "decoder_fwd_bwd[cudnn.benchmark=%s]" % ("on" if torch.backends.cudnn.benchmark else "off")
@@ -428,7 +428,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
 
 def scan_bench(trainer, device: torch.device, repeat: int, warmup: int = 2) -> dict[str, Any]:
     """The selective scan alone at the fusion's shapes (bf16 inputs as under autocast), fwd and fwd+bwd."""
-    from .ssm import available_backends, selective_scan
+    from ..ssm import available_backends, selective_scan
 
     fc = trainer.fusion_cfg
     n_dirs = {"forward": 1, "bidirectional": 2, "cross": 4}[fc.scan]
@@ -472,8 +472,8 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
                      repeats: int, steps: int, full_parts: bool, res: dict[str, Any] | None = None,
                      progress: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """(a)-(f) for one fusion variant under one speed setting, filled into ``res`` as measured."""
-    from .stylize import MixedStyle, stylize
-    from .train import StyleTrainer, train_style
+    from ..stylize import MixedStyle, stylize
+    from ..train import StyleTrainer, train_style
 
     res = {} if res is None else res
     res.update(fusion=kind, compile=compile)
@@ -529,7 +529,7 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
         torch.cuda.empty_cache()
 
     # (c) stylise latency, (d) video, (e) memory
-    from .speed import prepare_for_inference
+    from ..speed import prepare_for_inference
 
     mixer = MixedStyle(models.vae, [style])
     prepare_for_inference(models.vae, mixer, compile=compile)
@@ -662,7 +662,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         env["cpu"] = platform.processor() or platform.machine()
         env["threads"] = torch.get_num_threads()
-    from .ssm import available_backends
+    from ..ssm import available_backends
 
     env["scan_backends"] = available_backends()
     return env
@@ -844,7 +844,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    from .cli import pick_device
+    from ..cli import pick_device
 
     device = pick_device(args.device)
     sizes = Sizes(args.tiny, args.video_frames, args.video_batch)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses as L
-from ..options import from_options
+from ... import losses as L
+from ...options import from_options
 
 log = logging.getLogger("stylemamba")
 
@@ -209,7 +209,7 @@ class ClipStylerRun:
     def __init__(self, image: torch.Tensor, prompt: str, text_encoder, vgg: nn.Module | None = None,
                  config: ClipStylerConfig | None = None, source_prompt: str = "a Photo",
                  device: torch.device | str | None = None):
-        from ..train import prepare_content
+        from ...train import prepare_content
 
         self.cfg = cfg = config or ClipStylerConfig()
         self.device = torch.device(device) if device is not None else text_encoder.device
@@ -292,7 +292,7 @@ class ClipStylerRun:
         ``on_step(StepInfo)`` (see :class:`stylemamba.train.StepInfo`) after each step; it turns the
         losses into floats, i.e. syncs with the GPU, so leave it None when timing.
         """
-        from ..train import StepInfo
+        from ...train import StepInfo
 
         t0 = time.perf_counter()
         for i in range(self.cfg.steps):
