@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from ..stylemamba.precision import PRECISIONS
 from . import comfy_helpers as ch
 from .common import (
     CATEGORY,
@@ -20,8 +21,6 @@ from .common import (
 )
 
 log = logging.getLogger("stylemamba")
-
-PRECISIONS = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "fp32": "off"}
 
 
 def _int(default, lo, hi, tip, step=1, **extra):
@@ -123,7 +122,7 @@ class StyleMambaTrain:
                           source_prompt=conditioning.source_prompt)
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
                              lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
-                             amp=PRECISIONS[precision], preview_every=max(1, total // 20), loss=loss)
+                             precision=precision, preview_every=max(1, total // 20), loss=loss)
         nets = perceptual if perceptual is not None else PerceptualNets()
         skipped = skipped_terms(nets, vgg_weight_start, vgg_weight_end, lpips_weight)
         for message in skipped:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .precision import PRECISIONS
+
 log = logging.getLogger("stylemamba")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(name: str) -> torch.device:
@@ -26,15 +27,11 @@ def pick_device(name: str) -> torch.device:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision (autocast): auto = bf16 on CUDA (fp16 on pre-Ampere GPUs), fp32 on CPU; "
-                        "for train, default: the --config recipe's, else auto")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS,
+                   help="arithmetic precision (autocast): auto = bf16 on CUDA (fp16 on pre-Ampere GPUs), fp32 on CPU; "
+                        "for train, default: the --config recipe's, else auto (--dtype: the 0.1.0 name)")
     p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse",
                    help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
-
-
-def amp_mode(args, default: str = "auto") -> str:
-    return {"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[args.dtype] if args.dtype else default
 
 
 def load_perceptual(args, device):
@@ -66,7 +63,7 @@ def cmd_train(args) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    cfg.amp = amp_mode(args, default=cfg.amp)
+    cfg.precision = args.precision or cfg.precision
     if args.compile:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
@@ -135,7 +132,7 @@ def cmd_stylize(args) -> int:
     mask = load_mask(args.mask) if args.mask else None
     out = Path(args.output)
     src = Path(args.input)
-    kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, amp=amp_mode(args))
+    kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
     if src.suffix.lower() in VIDEO_SUFFIXES:
         frames, fps = read_video(src, args.max_frames)
         bar = tqdm(total=len(frames), desc="stylising frames", unit="frame", disable=args.quiet)

@@ -239,7 +239,7 @@ def stylize(images: torch.Tensor, vae: SDVAE, styles, *args, **kwargs) -> torch.
 @torch.no_grad()
 def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[Style] | MixedStyle,
             weights: Sequence[float] | None = None, strength: float = 1.0, mask: torch.Tensor | None = None,
-            tile_size: int = 1024, tile_overlap: int = 128, batch_size: int = 4, amp: str = "auto",
+            tile_size: int = 1024, tile_overlap: int = 128, batch_size: int = 4, precision: str = "auto",
             on_batch=None) -> torch.Tensor:
     """Stylise (B,C,H,W) images in [0,1]; returns the same layout (RGBA keeps its alpha, gray becomes RGB).
 
@@ -261,7 +261,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[St
     for start in range(0, b, max(1, batch_size)):
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
         xp, (oh, ow) = _pad8(x)
-        with autocast(device, amp):
+        with autocast(device, precision):
             if max(xp.shape[-2:]) > tile:
                 z = _tiled(vae.encode, vae.encoder, xp, tile, overlap, 1 / 8, vae.latent_channels, 8)
             else:

@@ -196,7 +196,7 @@ def test_inductor_compiled_step_matches_eager_on_gpu(tiny_models, photo):
     text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
     losses = {}
     for mode in ("off", "default"):
-        trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=2, compile=mode, amp="off"))
+        trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=2, compile=mode, precision="fp32"))
         losses[mode] = [trainer.step(e)[0]["total"] for e in range(2)]
     for a, b in zip(losses["off"], losses["default"]):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)

@@ -308,7 +308,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
     tr, lc = trainer, trainer.cfg.loss
 
     def ac():
-        return autocast(device, tr.cfg.amp)
+        return autocast(device, tr.cfg.precision)
 
     def params_free():
         tr.opt.zero_grad(set_to_none=True)

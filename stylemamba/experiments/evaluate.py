@@ -547,7 +547,6 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
     cache_dir = session.out / "styles"
     pending_prompts = [p for p in prompts if any(k[2] == p for k in todo)]
     train_images = None
-    amp = "auto"
     for prompt in tqdm(pending_prompts, desc="StyleMamba styles", unit="style", **bar_kw):
         cached = cache_dir / f"{slug(prompt)}-{key}.safetensors"
         if prompt in library:
@@ -583,12 +582,12 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
                                   "params_fusion": M.count_parameters(mixer.fusions[0]),
                                   "params_decoder": M.count_parameters(mixer.decoder)}
         if dev.type == "cuda":  # warm-up (kernel selection) outside the timed calls
-            stylize(session.content_image(todo[0][1]), vae, mixer, amp=amp)
+            stylize(session.content_image(todo[0][1]), vae, mixer)
         for _, name, p in [k for k in todo if k[2] == prompt]:
             x = session.content_image(name)
             _sync(dev)
             t0 = time.perf_counter()
-            y = stylize(x, vae, mixer, amp=amp)
+            y = stylize(x, vae, mixer)
             _sync(dev)
             session.finish_pair("stylemamba", name, p, x, y, train_s=float(train_s) if train_s is not None else None,
                                 infer_s=time.perf_counter() - t0, params=params, style=source, config_key=key)
