@@ -122,13 +122,15 @@ def cmd_stylize(args) -> int:
     from .image_io import VIDEO_SUFFIXES, list_images, load_image, load_mask, read_video, save_image, write_video
     from .style_file import load_style
     from .speed import prepare_for_inference
-    from .stylize import MixedStyle, stylize
+    from .style_model import StyleModel
+    from .stylize import stylize
     from .vae import load_vae
 
     device = pick_device(args.device)
     vae = load_vae(args.vae, device=device)
     styles = [load_style(p) for p in args.style]
-    mixer = prepare_for_inference(vae, MixedStyle(vae, styles, args.weights, args.strength), compile=args.compile)
+    model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength),
+                                  compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
     out = Path(args.output)
     src = Path(args.input)
@@ -136,7 +138,7 @@ def cmd_stylize(args) -> int:
     if src.suffix.lower() in VIDEO_SUFFIXES:
         frames, fps = read_video(src, args.max_frames)
         bar = tqdm(total=len(frames), desc="stylising frames", unit="frame", disable=args.quiet)
-        result = stylize(frames, vae, mixer, on_batch=lambda done, total: bar.update(done - bar.n), **kw)
+        result = stylize(frames, vae, model, on_batch=lambda done, total: bar.update(done - bar.n), **kw)
         bar.close()
         path = write_video(result, out if out.suffix else out / (src.stem + "_styled.mp4"), fps)
         print(json.dumps({"video": str(path), "frames": len(frames)}))
@@ -145,7 +147,7 @@ def cmd_stylize(args) -> int:
     written = []
     for f in tqdm(files, desc="stylising", unit="image", disable=args.quiet or len(files) == 1):
         image = load_image(f, keep_alpha=True)
-        y = stylize(image, vae, mixer, **kw)
+        y = stylize(image, vae, model, **kw)
         target = out if (out.suffix and len(files) == 1) else out / (f.stem + "_styled.png")
         written.append(str(save_image(y, target)))
     print(json.dumps({"images": written}, indent=2))

@@ -15,7 +15,8 @@ from stylemamba.experiments import bench
 from stylemamba.cli import build_parser
 from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import VGGFeatures
-from stylemamba.stylize import MixedStyle, stylize
+from stylemamba.style_model import StyleModel
+from stylemamba.stylize import stylize
 from stylemamba.train import StyleTrainer, prepare_content
 from stylemamba.vae import load_vae
 
@@ -183,11 +184,11 @@ def test_inference_preparation_matches_the_plain_path(tiny_models, photo, monkey
     trainer.step(0)
     style = trainer.result(0.0, 1).style
     x = prepare_content(photo, 64)
-    plain = stylize(x, vae, MixedStyle(vae, [style]))
+    plain = stylize(x, vae, StyleModel.from_styles(vae, [style]))
     fast_vae = load_vae(tiny_models["vae"])  # a second copy: compiling in place must not touch the first
-    mixer = speed.prepare_for_inference(fast_vae, MixedStyle(fast_vae, [style]), compile="default")
-    torch.testing.assert_close(stylize(x, fast_vae, mixer), plain, rtol=1e-4, atol=1e-5)
-    assert set(mixer.decoder.state_dict()) == set(MixedStyle(vae, [style]).decoder.state_dict())
+    model = speed.prepare_for_inference(fast_vae, StyleModel.from_styles(fast_vae, [style]), compile="default")
+    torch.testing.assert_close(stylize(x, fast_vae, model), plain, rtol=1e-4, atol=1e-5)
+    assert set(model.decoder.state_dict()) == set(StyleModel.from_styles(vae, [style]).decoder.state_dict())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Inductor + Triton)")

@@ -6,7 +6,8 @@ from small import small_config
 from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
 from stylemamba.stylize import stylize
-from stylemamba.train import OutOfMemory, StyleTrainer, TrainingCancelled, prepare_content, train_style
+from stylemamba.errors import OutOfMemory
+from stylemamba.train import StyleTrainer, TrainingCancelled, prepare_content, train_style
 from stylemamba.vae import load_vae
 
 
@@ -125,7 +126,7 @@ def test_out_of_memory_says_what_to_lower(parts, photo, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(StyleTrainer, "step", oom)
-    with pytest.raises(OutOfMemory, match="Lower the resolution"):
+    with pytest.raises(OutOfMemory, match=r"Lower TrainConfig.resolution \(e.g. 384"):
         train_style(vae, text, photo, "x", small_config(epochs=1))
 
 

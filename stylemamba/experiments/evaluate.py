@@ -522,7 +522,8 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
 
     from ..image_io import load_image
     from ..style_file import load_style, read_style_metadata, save_style
-    from ..stylize import MixedStyle, stylize
+    from ..style_model import StyleModel
+    from ..stylize import stylize
     from ..train import train_style
     from ..vae import load_vae
 
@@ -575,23 +576,23 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
             style = result.style
             save_style(style, cached)
             source, train_s, train_s_from = str(cached), result.seconds, "measured"
-        mixer = MixedStyle(vae, [style])
-        params = M.count_parameters(mixer.fusions[0]) + M.count_parameters(mixer.decoder)
+        model = StyleModel.from_styles(vae, [style])
+        params = M.count_parameters(model.fusion) + M.count_parameters(model.decoder)
         info["styles"][prompt] = {"file": source, "train_seconds_from": train_s_from,
                                   "fusion": style.fusion_config.get("kind"), "text_model": style.metadata.get("text_model"),
-                                  "params_fusion": M.count_parameters(mixer.fusions[0]),
-                                  "params_decoder": M.count_parameters(mixer.decoder)}
+                                  "params_fusion": M.count_parameters(model.fusion),
+                                  "params_decoder": M.count_parameters(model.decoder)}
         if dev.type == "cuda":  # warm-up (kernel selection) outside the timed calls
-            stylize(session.content_image(todo[0][1]), vae, mixer)
+            stylize(session.content_image(todo[0][1]), vae, model)
         for _, name, p in [k for k in todo if k[2] == prompt]:
             x = session.content_image(name)
             _sync(dev)
             t0 = time.perf_counter()
-            y = stylize(x, vae, mixer)
+            y = stylize(x, vae, model)
             _sync(dev)
             session.finish_pair("stylemamba", name, p, x, y, train_s=float(train_s) if train_s is not None else None,
                                 infer_s=time.perf_counter() - t0, params=params, style=source, config_key=key)
-        del mixer
+        del model
     if library:
         unused = sorted(set(library) - set(prompts))
         if unused:
