@@ -57,7 +57,7 @@ with torch.inference_mode():
                      "peak_GiB": round(torch.cuda.max_memory_allocated() * GB, 2),
                      "allocated_after_minus_baseline_MiB": round((torch.cuda.memory_allocated() - base) / 2**20, 1),
                      "reserved_after_GiB": round(torch.cuda.memory_reserved() * GB, 2),
-                     "final_losses": style.metadata["final_losses"], "skipped": style.metadata["skipped_losses"],
+                     "final_losses": style.metadata["final_losses"], "skipped": style.metadata["losses_skipped"],
                      "curve": list(curve.shape), "text_model_device": str(text.device)})
     out["train_runs"] = runs
     st = []

@@ -113,10 +113,10 @@ class StyleMambaTrain:
         conditioning.check_text_model(text_model)
         total = int(epochs) * int(steps_per_epoch)
         loss = LossConfig(dir=dir_weight, patch=patch_weight, md=md_weight, so=so_weight, lpips=lpips_weight,
-                          content_weight_start=vgg_weight_start, content_weight_end=vgg_weight_end,
-                          content_weight_switch_epoch=int(vgg_weight_switch_epoch), n_crops=int(n_crops),
+                          vgg_weight_start=vgg_weight_start, vgg_weight_end=vgg_weight_end,
+                          vgg_weight_switch_epoch=int(vgg_weight_switch_epoch), n_crops=int(n_crops),
                           crop_fraction=float(crop_fraction), mask_ratio=float(mask_ratio),
-                          so_interval=int(so_interval), so_theta=float(so_theta), use_patch=patch_weight > 0)
+                          so_interval=int(so_interval), so_theta=float(so_theta))
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
                              lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
                              precision=precision, preview_every=max(1, total // 20), loss=loss)

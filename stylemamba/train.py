@@ -150,7 +150,7 @@ def skipped_losses(loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch
     front ends call it to say so before training starts.
     """
     out = []
-    if (loss.content_weight_start > 0 or loss.content_weight_end > 0) and vgg is None:
+    if loss.uses_vgg and vgg is None:
         out.append("vgg")
     if loss.lpips > 0 and lpips is None:
         out.append("lpips")
@@ -254,8 +254,7 @@ class StyleTrainer:
             self.z = vae.encode(self.x)
             with autocast(self.device, self.cfg.precision):
                 self.emb_x = text.encode_image(self.x).float()
-                vgg_on = lc.content_weight_start > 0 or lc.content_weight_end > 0
-                self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and vgg_on) else None
+                self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and lc.uses_vgg) else None
         # e_t - e_src, raw: the cosine losses normalise it, the norm-ratio losses need its length
         self.text_dir = self.direction.direction.to(self.device).expand(self.x.shape[0], -1)
         self.model = StyleModel.for_training(vae, self.cfg.fusion, self.direction.e_t)

@@ -11,9 +11,9 @@ import torch
 from small import small_config
 
 from stylemamba import speed
-from stylemamba.experiments import bench
 from stylemamba.cli import build_parser
 from stylemamba.encoders import load_text_image_encoder
+from stylemamba.experiments import bench
 from stylemamba.perceptual import VGGFeatures
 from stylemamba.style_model import StyleModel
 from stylemamba.stylize import stylize

@@ -12,8 +12,8 @@ from small import small_config
 from stylemamba import cli
 from stylemamba.experiments.baselines.clipstyler import StyleUNet
 from stylemamba.experiments.evaluate import read_prompts, run_evaluation
-from stylemamba.image_io import save_image
 from stylemamba.experiments.metrics import count_parameters
+from stylemamba.image_io import save_image
 from stylemamba.perceptual import LPIPSLoss
 
 PROMPTS = ["an oil painting by Van Gogh", "ukiyo-e woodblock print"]

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from stylemamba.fusion import (SCANS, FusionConfig, ScanMambaMixer, build_fusion, count_parameters,
-                               scan_permutations)
+from stylemamba.experiments.metrics import count_parameters
+from stylemamba.fusion import SCANS, FusionConfig, ScanMambaMixer, build_fusion, scan_permutations
 from stylemamba.ssm import MambaMixer
 
 

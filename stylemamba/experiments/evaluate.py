@@ -700,7 +700,7 @@ def build_configs(args):
     if args.no_lpips:
         cfg.loss.lpips = 0.0
     if args.no_patch:
-        cfg.loss.use_patch = False
+        cfg.loss.patch = 0.0
     cfg.__post_init__()
     cfg.fusion.__post_init__()
     cfg.loss.__post_init__()

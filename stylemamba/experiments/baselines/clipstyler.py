@@ -97,11 +97,6 @@ class ClipStylerConfig:
             if not ok:
                 raise ValueError(f"ClipStylerConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
 
-    def crop_size_for(self, height: int, width: int) -> int:
-        short = min(int(height), int(width))
-        size = round(self.crop_fraction * short) if self.crop_fraction is not None else self.crop_size
-        return max(1, min(short, int(size)))
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["templates"] = list(self.templates)
@@ -258,7 +253,7 @@ class ClipStylerRun:
             size = enc.image_size
             views = [F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)]
             if cfg.n_crops and cfg.patch_weight > 0:
-                crop = cfg.crop_size_for(*self.out_hw)
+                crop = L.crop_size_for(*self.out_hw, cfg.crop_fraction, cfg.crop_size)
                 views.append(L.random_crops(y[..., :self.out_hw[0], :self.out_hw[1]], cfg.n_crops, crop, size,
                                             perspective=cfg.crop_perspective, generator=self.gen))
             emb = enc.encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched CLIP call
