@@ -15,6 +15,11 @@ from .precision import PRECISIONS
 
 log = logging.getLogger("stylemamba")
 
+# The CLI's names for the knobs the library's out-of-memory advice names (stylemamba.errors).
+OOM_NAMES = {"resolution": "--resolution", "n_crops": "loss.n_crops in the --config recipe",
+             "images": "the number of --content images", "gradient_checkpointing": "--gradient-checkpointing",
+             "batch_size": "--batch-size", "tile_size": "--tile-size", "device": "--device cpu"}
+
 
 
 def pick_device(name: str) -> torch.device:
@@ -301,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)
-        if not isinstance(exc, MemoryError) and "out of memory" not in str(exc):
+        if not isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) and "out of memory" not in str(exc):
             raise
-        print(f"error: {exc}. Lower --resolution, --batch-size or --tile-size, or use --device cpu", file=sys.stderr)
+        from .errors import OutOfMemory, out_of_memory
+
+        oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
+        print(f"error: {oom.advice(OOM_NAMES)}", file=sys.stderr)
         return 3
