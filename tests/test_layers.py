@@ -69,3 +69,33 @@ def test_the_core_never_imports_experiments_or_testing(path):
 def test_the_library_never_imports_comfyui(path):
     bad = sorted(m for m in imported_modules(path) if m.split(".")[0] in COMFY)
     assert not bad, f"{module_name(path)} imports {bad}: only nodes/ may import ComfyUI"
+
+
+# The layers of docs/DESIGN.md, top to bottom: a module imports only its own layer and those below.
+LAYERS = [
+    ("front ends", {"stylemamba.cli", "stylemamba.__main__"}),
+    ("jobs", {"stylemamba.train", "stylemamba.stylize"}),
+    ("model", {"stylemamba.style_model", "stylemamba.direction", "stylemamba.style_file", "stylemamba.losses",
+               "stylemamba.perceptual"}),
+    ("parts", {"stylemamba.fusion", "stylemamba.ssm", "stylemamba.encoders", "stylemamba.vae",
+               "stylemamba.vae_layout"}),
+    ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
+                "stylemamba.speed", "stylemamba.image_io", "stylemamba.plots"}),
+]
+
+
+def layer_of(name: str) -> int | None:
+    return next((i for i, (_, names) in enumerate(LAYERS) if name in names), None)
+
+
+def test_every_module_of_the_core_has_a_layer():
+    missing = [module_name(p) for p in core_modules() if module_name(p) != "stylemamba" and
+               layer_of(module_name(p)) is None]
+    assert not missing, f"place {missing} in a layer (LAYERS here and the picture in docs/DESIGN.md)"
+
+
+@pytest.mark.parametrize("path", [p for p in core_modules() if module_name(p) != "stylemamba"], ids=module_name)
+def test_a_module_imports_only_its_layer_and_those_below(path):
+    own = layer_of(module_name(path))
+    upward = sorted(m for m in imported_modules(path) if (layer_of(m) is not None and layer_of(m) < own))
+    assert not upward, f"{module_name(path)} ({LAYERS[own][0]}) imports {upward} from a layer above it"
