@@ -22,6 +22,7 @@ from stylemamba import ssm  # noqa: E402  (does not import triton)
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 SMALL = dict(block_d=2, chunk=16, num_warps=1)  # several chunks even at tiny lengths
+SMALL_RB = dict(block_d=2, chunk=16, num_warps=1, unroll=2, rev_buf=True)  # the other backward, unrolled
 
 
 def selective_scan_triton(*args, fwd_config=None, bwd_config=None, infer_config=None, **kw):
@@ -52,11 +53,12 @@ def rel_err(a, ref):
     return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
 
 
-def grads_of(fn, inputs, used, cot_seed=1):
+def grads_of(fn, inputs, used, cot_seed=1, cot_dtype=torch.float32):
+    """Output and gradients for a fixed cotangent (rounded to ``cot_dtype``, the same for both sides)."""
     leaves = {k: (v.clone().requires_grad_() if k in used else v) for k, v in inputs.items()}
     y = fn(leaves)
     cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(cot_seed), dtype=torch.float64)
-    grads = torch.autograd.grad(y, [leaves[k] for k in used], cot.to(y.dtype))
+    grads = torch.autograd.grad(y, [leaves[k] for k in used], cot.to(cot_dtype).to(y.dtype))
     return y.detach(), dict(zip(used, grads))
 
 
@@ -75,21 +77,21 @@ def compare(inputs, *, io_dtype=torch.float32, with_optional=True, softplus=True
     def seq(t):
         return ssm.selective_scan(**t, delta_softplus=softplus, backend="sequential")
 
-    y, g = grads_of(tri, rounded, used)
-    y_ref, g_ref = grads_of(seq, ref_inputs, used)
+    y, g = grads_of(tri, rounded, used, cot_dtype=io_dtype)
+    y_ref, g_ref = grads_of(seq, ref_inputs, used, cot_dtype=io_dtype)
     errs = {"y": rel_err(y, y_ref)}
     errs.update({k: rel_err(g[k], g_ref[k]) for k in used})
     dtypes_ok = y.dtype == rounded["u"].dtype and all(g[k].dtype == rounded[k].dtype for k in used)
     return errs, {"dtypes_ok": dtypes_ok}
 
 
-def case_lengths(length):
-    return lambda: compare(make_inputs(2, 3, 4, length, seed=length))
+def case_lengths(length, cfg=SMALL, b=1, d=2):
+    return lambda: compare(make_inputs(b, d, 4, length, seed=length), cfg=cfg)
 
 
 def case_state16_channels_not_multiple():
-    # 5 channels in blocks of 4, 16 states, chunk 32: the last channel block is partly padding
-    return compare(make_inputs(1, 5, 16, 50, seed=3), cfg=dict(block_d=4, chunk=32, num_warps=2))
+    # 5 channels in blocks of 4, 16 states (3 passes of the state loop unrolled by 6), chunk 32
+    return compare(make_inputs(1, 5, 16, 50, seed=3), cfg=dict(block_d=4, chunk=32, num_warps=2, unroll=6))
 
 
 def case_state3_no_optional_no_softplus():
@@ -99,18 +101,18 @@ def case_state3_no_optional_no_softplus():
 
 
 def case_long_default_config():
-    # a few thousand tokens through the shipped tile (64-token chunks), channels fewer than a block
-    return compare(make_inputs(1, 2, 4, 2000, seed=5, delta_scale=2.0), cfg=None)
+    # a few thousand tokens through the shipped tiles (several chunks, the last one partial)
+    return compare(make_inputs(1, 2, 3, 2000, seed=5, delta_scale=2.0), cfg=None)
 
 
-def case_strong_decay():
+def case_strong_decay(cfg):
     # decay e^-100 per step next to tiny steps: finite, and exact against the reference
-    t = make_inputs(1, 2, 8, 300, seed=7, delta_scale=6.0, delta_shift=2.0, a_scale=8.0)
-    return compare(t)
+    t = make_inputs(1, 2, 4, 160, seed=7, delta_scale=6.0, delta_shift=2.0, a_scale=8.0)
+    return lambda: compare(t, cfg=cfg)
 
 
 def case_bf16():
-    return compare(make_inputs(2, 3, 4, 100, seed=8), io_dtype=torch.bfloat16)
+    return compare(make_inputs(2, 2, 4, 60, seed=8), io_dtype=torch.bfloat16, cfg=SMALL_RB)
 
 
 def case_only_some_grads():
@@ -139,13 +141,15 @@ def case_no_grad_forward():
     """Without gradients the forward runs its own tile and stores no states: same output."""
     t = {k: v.float() for k, v in make_inputs(2, 3, 4, 70, seed=11).items()}
     with torch.no_grad():
-        y0 = selective_scan_triton(**t, infer_config=dict(block_d=1, chunk=32, num_warps=1))
+        y0 = selective_scan_triton(**t, infer_config=dict(block_d=1, chunk=32, num_warps=1, unroll=3))
     y_ref = ssm.selective_scan(**{k: v.double() for k, v in t.items()}, backend="sequential")
     return {"y": rel_err(y0, y_ref)}, {}
 
 
 def case_mixer():
-    """A MambaMixer with backend 'triton' against 'sequential' in fp64: output and every parameter's gradient."""
+    """A MambaMixer with backend 'triton' against 'sequential' in fp64: output and every parameter's gradient
+    (tiles from the environment variable, as a user would override them: one program of 8 channels)."""
+    os.environ["STYLEMAMBA_SCAN_TILES"] = json.dumps({"fwd": [8, 32, 1, 2], "bwd": [8, 32, 1, 1, True]})
     torch.manual_seed(0)
     m = ssm.MambaMixer(8, d_state=4, d_conv=3, expand=1)  # 8 channels: two programs of the shipped tile
     x = torch.randn(1, 23, 8)
@@ -156,6 +160,7 @@ def case_mixer():
         y = mm(x.to(dtype))
         (y * torch.cos(y)).sum().backward()
         out[backend] = (y.detach(), {k: p.grad.clone() for k, p in mm.named_parameters()})
+    del os.environ["STYLEMAMBA_SCAN_TILES"]
     errs = {"y": rel_err(out["triton"][0], out["sequential"][0])}
     errs.update({k: rel_err(v, out["sequential"][1][k]) for k, v in out["triton"][1].items()})
     nonzero = all(v.abs().max() > 0 for v in out["sequential"][1].values())
@@ -163,18 +168,24 @@ def case_mixer():
 
 
 def case_self_check():
-    """The self-check that "auto" runs before picking Triton passes (here on the interpreter)."""
+    """The self-check that "auto" runs before picking Triton passes (here on the interpreter, with
+    small tiles so that it stays quick: its length is the chunk + 44 tokens)."""
+    os.environ["STYLEMAMBA_SCAN_TILES"] = json.dumps({"fwd": [4, 16, 1, 4], "bwd": [4, 16, 1, 2, True]})
     ok = ssm.triton_works("cpu")
+    del os.environ["STYLEMAMBA_SCAN_TILES"]
     return {}, {"triton_works": ok, "resolve_triton": ssm.resolve_backend("triton", "cpu") == "triton"}
 
 
 CASES = {
-    "fp32_len1": (case_lengths(1), 1e-4), "fp32_len37": (case_lengths(37), 1e-4),
+    "fp32_len1": (case_lengths(1), 1e-4), "fp32_len37_batch2_ch3": (case_lengths(37, b=2, d=3), 1e-4),
     "fp32_len64": (case_lengths(64), 1e-4), "fp32_len130": (case_lengths(130), 1e-4),
+    "fp32_len1_rev_buf": (case_lengths(1, SMALL_RB), 1e-4), "fp32_len37_rev_buf": (case_lengths(37, SMALL_RB), 1e-4),
+    "fp32_len130_rev_buf": (case_lengths(130, SMALL_RB), 1e-4),
     "fp32_state16_channels_not_multiple": (case_state16_channels_not_multiple, 1e-4),
     "fp32_state3_no_optional_no_softplus": (case_state3_no_optional_no_softplus, 1e-4),
     "fp32_len2000_default_config": (case_long_default_config, 1e-4),
-    "fp32_strong_decay": (case_strong_decay, 1e-4),
+    "fp32_strong_decay": (case_strong_decay(SMALL), 1e-4),
+    "fp32_strong_decay_rev_buf": (case_strong_decay(SMALL_RB), 1e-4),
     "bf16": (case_bf16, 2e-2),
     "only_some_grads": (case_only_some_grads, 1e-4),
     "strided_like_mixer": (case_strided_like_mixer, 1e-4),

@@ -58,10 +58,12 @@ def cuda_inputs(b, d, n, length, dtype=torch.float32, seed=0):
     return {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v.float()).cuda() for k, v in t.items()}
 
 
-def fwd_bwd(inputs, backend, used=NAMES, **kw):
+def fwd_bwd(inputs, backend, used=NAMES, cot_dtype=torch.float32, **kw):
+    """Output and gradients for a fixed cotangent (rounded to ``cot_dtype``: the same on both sides)."""
     leaves = {k: (v.clone().requires_grad_() if k in used else v) for k, v in inputs.items()}
     y = selective_scan(**leaves, delta_softplus=True, backend=backend, **kw)
-    cot = torch.sin(torch.arange(y.numel(), device=y.device, dtype=torch.float32)).view_as(y).to(y.dtype)
+    cot = torch.sin(torch.arange(y.numel(), device=y.device, dtype=torch.float32)).view_as(y)
+    cot = cot.to(cot_dtype).to(y.dtype)
     grads = torch.autograd.grad(y, [leaves[k] for k in used], cot)
     return y.detach(), dict(zip(used, grads))
 
@@ -88,9 +90,9 @@ def test_cuda_triton_fp32_at_fusion_shapes(b, length, tol):
 @cuda
 def test_cuda_triton_bf16_at_fusion_shape():
     t = cuda_inputs(2, 512, 16, 4096, dtype=torch.bfloat16, seed=1)
-    y, g = fwd_bwd(t, "triton")
+    y, g = fwd_bwd(t, "triton", cot_dtype=torch.bfloat16)
     assert y.dtype == torch.bfloat16 and all(g[k].dtype == t[k].dtype for k in NAMES)
-    errs = errors((y, g), fwd_bwd({k: v.double() for k, v in t.items()}, "chunked"))
+    errs = errors((y, g), fwd_bwd({k: v.double() for k, v in t.items()}, "chunked", cot_dtype=torch.bfloat16))
     print("bf16", errs)
     assert all(e < 2e-2 for e in errs.values()), errs
 
@@ -102,6 +104,28 @@ def test_cuda_triton_lengths(length):
     ref_backend = "sequential" if length <= 1000 else "chunked"
     errs = errors(fwd_bwd(t, "triton"), fwd_bwd({k: v.double() for k, v in t.items()}, ref_backend))
     assert all(e < 1e-4 for e in errs.values()), errs
+
+
+@cuda
+@pytest.mark.parametrize("rev_buf", [False, True])
+def test_cuda_both_backward_time_reversals(rev_buf):
+    """The backward kernel reverses time either by a reversed scan or through a buffer (a tile
+    option the sweep picks between): both exact at the 512 px shape."""
+    from stylemamba import scan_triton as st
+
+    cfg = st.configs()
+    bwd = st.KernelConfig(cfg["bwd"].block_d, cfg["fwd"].chunk, cfg["bwd"].num_warps, 1, rev_buf)
+    t = cuda_inputs(2, 512, 16, 4096, seed=5)
+    tri = fwd_bwd(t, "triton")  # through selective_scan (the configured tiles) for the output
+    leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
+    y = st.selective_scan_triton(**leaves, fwd_config=cfg["fwd"], bwd_config=bwd)
+    cot = torch.sin(torch.arange(y.numel(), device=y.device, dtype=torch.float32)).view_as(y)
+    g = dict(zip(NAMES, torch.autograd.grad(y, list(leaves.values()), cot)))
+    ref = fwd_bwd({k: v.double() for k, v in t.items()}, "chunked")
+    errs = errors((y.detach(), g), ref)
+    print("rev_buf", rev_buf, errs)
+    assert all(e < 1e-4 for e in errs.values()), errs
+    assert scan_triton_cases.rel_err(tri[0], ref[0]) < 1e-4
 
 
 @cuda
