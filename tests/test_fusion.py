@@ -145,7 +145,7 @@ def test_config_round_trip_and_validation():
     assert FusionConfig.from_dict({}) == FusionConfig()
     with pytest.raises(ValueError, match="unknown FusionConfig option"):
         FusionConfig.from_dict(dict(d, colour="red"))
-    for bad in (dict(kind="transformer"), dict(scan="zigzag"), dict(backend="triton"), dict(width=0),
+    for bad in (dict(kind="transformer"), dict(scan="zigzag"), dict(backend="cuda_graph"), dict(width=0),
                 dict(kind="cross_attention", width=30, heads=8)):
         with pytest.raises(ValueError):
             FusionConfig(**bad)
