@@ -77,7 +77,7 @@ LAYERS = [
     ("jobs", {"stylemamba.train", "stylemamba.stylize"}),
     ("model", {"stylemamba.style_model", "stylemamba.direction", "stylemamba.style_file", "stylemamba.losses",
                "stylemamba.perceptual"}),
-    ("parts", {"stylemamba.fusion", "stylemamba.ssm", "stylemamba.encoders", "stylemamba.vae",
+    ("parts", {"stylemamba.fusion", "stylemamba.ssm", "stylemamba.scan_triton", "stylemamba.encoders", "stylemamba.vae",
                "stylemamba.vae_layout"}),
     ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
                 "stylemamba.speed", "stylemamba.image_io", "stylemamba.plots"}),
