@@ -5,6 +5,7 @@ import logging
 
 import torch
 
+from . import caches
 from . import comfy_helpers as ch
 from .common import (
     CATEGORY,
@@ -66,11 +67,10 @@ class StyleMambaStylize:
                 "mask": ("MASK", {"tooltip": "Optional: where to stylise (1 = style, 0 = keep the original). Resized "
                                              "to the image; one mask for all, or one per image."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
-    def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None):
-        from ..stylemamba.stylize import MixedStyle
+    def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None, prompt=None):
         from ..stylemamba.stylize import stylize as run_stylize
 
         styles, weights = style_parts(style)
@@ -78,16 +78,16 @@ class StyleMambaStylize:
         b, _, h, w = x.shape
         m = mask_for_images(mask, b, h, w)
         if m is not None and float(m.max()) == 0.0:
-            log.warning("StyleMamba Stylize: the mask is empty, nothing will be stylised (paint the area to "
+            log.warning("Stylize: the mask is empty, nothing will be stylised (paint the area to "
                         "stylise in the mask editor)")
         side = int(tile_size)
-        pixels = min(int(batch_size), b) * min(h, side) * min(w, side)
+        activations = STYLIZE_BYTES_PER_PIXEL * min(int(batch_size), b) * min(h, side) * min(w, side)
         # ask ComfyUI to make room (it unloads cached models): the style's decoder copy and the activations
-        sdvae = ch.prepare_vae(vae, memory_required=STYLIZE_BYTES_PER_PIXEL * pixels + DECODER_COPY_BYTES)
+        sdvae = ch.prepare_vae(vae, memory_required=activations + DECODER_COPY_BYTES,
+                               name=ch.linked_file_name(prompt, unique_id, "vae"))
         progress = ch.Progress(b, unique_id)
-        mixer = None
         try:
-            mixer = MixedStyle(sdvae, styles, weights, float(strength))
+            mixer, _ = caches.style_model(sdvae, vae, styles, weights, float(strength), activations)
             out = run_stylize(x, sdvae, mixer, mask=m, tile_size=int(tile_size), batch_size=int(batch_size),
                               on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
@@ -95,7 +95,6 @@ class StyleMambaStylize:
                 raise _oom_error(exc, f"stylising {b} image(s) of {w}x{h}") from exc
             raise
         finally:
-            del mixer
             ch.empty_cache()
         return (image_to_comfy(out),)
 
@@ -186,24 +185,23 @@ class StyleMambaStylizeLatent:
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                        "tooltip": "0 = plain VAE decode, 1 = the full style."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
-    def decode(self, style, vae, samples, strength, unique_id=None):
+    def decode(self, style, vae, samples, strength, unique_id=None, prompt=None):
         from ..stylemamba.precision import autocast
-        from ..stylemamba.stylize import MixedStyle
 
         z = samples["samples"] if isinstance(samples, dict) else samples
         styles, weights = style_parts(style)
-        sdvae = ch.prepare_vae(vae)
+        sdvae = ch.prepare_vae(vae, memory_required=DECODER_COPY_BYTES, name=ch.linked_file_name(prompt, unique_id, "vae"))
         if z.dim() != 4 or z.shape[1] != sdvae.latent_channels:
             raise ValueError(f"latent of shape {tuple(z.shape)} does not fit this VAE ({sdvae.latent_channels} "
                              "channels, 2D): use latents made with the same VAE / model family")
         progress = ch.Progress(z.shape[0], unique_id)
         device = sdvae.device
-        mixer, outs = None, []
+        outs = []
         try:
-            mixer = MixedStyle(sdvae, styles, weights, float(strength))
+            mixer, _ = caches.style_model(sdvae, vae, styles, weights, float(strength))
             with torch.no_grad():
                 for chunk in z.split(LATENT_BATCH):
                     with autocast(device):
@@ -215,7 +213,6 @@ class StyleMambaStylizeLatent:
                 raise _oom_error(exc, f"decoding latents of shape {tuple(z.shape)}") from exc
             raise
         finally:
-            del mixer
             ch.empty_cache()
         return (image_to_comfy(torch.cat(outs)),)
 
