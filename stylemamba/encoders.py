@@ -175,7 +175,12 @@ def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: s
         if kind not in ("siglip", "clip"):
             raise ValueError(f"{src} is a '{kind}' model; StyleMamba needs a SigLIP or CLIP model (e.g. {DEFAULT_SIGLIP})")
         cls = SiglipModel if kind == "siglip" else CLIPModel
-        model = cls.from_pretrained(src, use_safetensors=True)
+        model, loading = cls.from_pretrained(src, use_safetensors=True, output_loading_info=True)
+        missing = sorted(k for k in loading.get("missing_keys", ()) if not k.endswith("position_ids"))
+        if missing or loading.get("mismatched_keys"):
+            # an error, not a warning: randomly initialised weights would train a meaningless style
+            raise ModelFileError(f"{src}: the weights do not fit the {kind} config (missing {missing[:3]}, mismatched "
+                                 f"{sorted(loading.get('mismatched_keys') or [])[:3]}); download the model again")
         tokenizer = AutoTokenizer.from_pretrained(src)
     except OSError as exc:
         raise ModelFileError(

@@ -7,10 +7,12 @@ the safetensors header as JSON. Only safetensors is read: a style file is never 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,12 @@ from typing import Any
 import torch
 
 from . import __version__
-from .vae import SDVAE, fingerprints_match
+from .vae import SDVAE, fingerprints_match, weights_id
 
 FORMAT = "stylemamba.style"
 FORMAT_VERSION = 1
 EXTENSION = ".safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
 
 class StyleFileError(ValueError):
@@ -47,20 +50,74 @@ class Style:
         """Refuse to apply the decoder delta to a VAE other than the one the style was trained on."""
         base = self.metadata.get("base_vae")
         if base and not fingerprints_match(base, vae.identity):
+            trained_on = describe_vae(self.metadata.get("base_vae_name"), base)
+            connected = describe_vae(vae.name, vae.identity)
             raise StyleFileError(
-                f"style '{self.name}' was trained on another VAE ({self.metadata.get('base_vae_name') or 'unknown'}, "
-                f"fingerprint {base.get('arch')}); the connected VAE '{vae.name}' has fingerprint "
-                f"{vae.identity.get('arch')}. Connect the VAE the style was trained with, or train the style again."
+                f"style '{self.name}' was trained on the VAE {trained_on}, but the connected VAE is {connected}. "
+                "Connect the VAE the style was trained with, or train the style again with this VAE."
             )
+
+    def digest(self) -> str:
+        """SHA-256 of the tensors as a style file stores them (fp16 decoder delta): equal digests, same style.
+
+        Computed once per object (a style is not changed after it is made)."""
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            cached = self.__dict__["_digest"] = tensor_digest(style_tensors(self))
+        return cached
+
+
+def describe_vae(name: str | None, identity: dict[str, Any]) -> str:
+    """'vae-ft-mse.safetensors (weights 3f2a9c01b7de)': the file name when known and the weight fingerprint."""
+    weights = weights_id(identity)
+    name = str(name or "").strip()
+    return f"'{name}' (weights {weights})" if name else f"with weights {weights} (file name unknown)"
 
 
 def safe_style_filename(name: str) -> str:
-    """A file name with no folders, no path escapes and the .safetensors extension."""
+    """A file name with no folders, no path escapes and the .safetensors extension.
+
+    Letters and digits of every script are kept (a Japanese or accented name stays readable); only
+    characters that are unsafe in file names on some system (path separators, ``<>:"|?*``, control
+    characters) become ``_``, and names Windows reserves (``CON``, ``NUL``, ``COM1`` ...) get a ``_``.
+    """
     base = os.path.basename(str(name).replace("\\", "/")).strip()
+    base = unicodedata.normalize("NFC", base)
     if base.lower().endswith(EXTENSION):
         base = base[: -len(EXTENSION)]
-    base = re.sub(r"[^A-Za-z0-9._ -]+", "_", base).strip(" .") or "style"
+    base = "".join(c if (c.isalnum() or c in " ._-()[]+,&'!#@=~") else "_" for c in base)
+    base = re.sub(r"_{2,}", "_", base).strip(" .") or "style"
+    if base.split(".")[0].upper() in _WINDOWS_RESERVED:
+        base = "_" + base
     return base[:120] + EXTENSION
+
+
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def style_path(path: str | Path) -> Path:
+    """Where :func:`save_style` writes ``path`` (the .safetensors extension is added when missing)."""
+    path = Path(path)
+    return path if path.suffix == EXTENSION else path.with_suffix(EXTENSION)
+
+
+def style_tensors(style: Style, delta_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The tensors of a style file, by name (what :func:`save_style` writes)."""
+    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
+    for k, v in style.fusion_state.items():
+        tensors["fusion." + k] = v.detach().float().cpu().contiguous()
+    for k, v in style.decoder_delta.items():
+        tensors["decoder_delta." + k] = v.detach().to(delta_dtype).cpu().contiguous()
+    return tensors
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
@@ -72,18 +129,14 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.suffix != EXTENSION:
-        path = path.with_suffix(EXTENSION)
-    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
-    for k, v in style.fusion_state.items():
-        tensors["fusion." + k] = v.detach().float().cpu().contiguous()
-    for k, v in style.decoder_delta.items():
-        tensors["decoder_delta." + k] = v.detach().to(delta_dtype).cpu().contiguous()
+    path = style_path(path)
+    tensors = style_tensors(style, delta_dtype)
     meta = dict(style.metadata)
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, library_version=__version__,
-                fusion=style.fusion_config, delta_dtype=str(delta_dtype).replace("torch.", ""))
+                fusion=style.fusion_config, delta_dtype=str(delta_dtype).replace("torch.", ""),
+                tensor_sha256=tensor_digest(tensors))
+    meta.pop("file", None)
     header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": FORMAT}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -95,6 +148,17 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
+def refuse_pickle(path: Path) -> None:
+    """A pickled file (torch.save, .ckpt/.pt/.pth/.bin) is refused before anything reads it."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    zipped_or_pickled = head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
+    if path.suffix.lower() in PICKLE_SUFFIXES or zipped_or_pickled:
+        raise StyleFileError(f"{path.name} is a pickled PyTorch file: pickled files are not loaded (unpickling can "
+                             "run any code). A StyleMamba style is a .safetensors file; pick one made by "
+                             "StyleMamba's train command or Save Style node")
+
+
 def read_style_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a style file, without loading its tensors."""
     from safetensors import safe_open
@@ -102,6 +166,7 @@ def read_style_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"style file not found: {path}")
+    refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -175,7 +240,7 @@ def style_summary(meta: dict[str, Any]) -> str:
               f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')})",
               f"steps: {meta.get('steps', '?')}, trained in {meta.get('train_seconds', '?')} s"
               + (" (cancelled early)" if meta.get("cancelled") else ""),
-              f"base VAE: {meta.get('base_vae_name', '?')}"]
+              f"base VAE: {describe_vae(meta.get('base_vae_name'), meta.get('base_vae') or {})}"]
     if meta.get("losses_skipped"):
         lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
     return "\n".join(lines)

@@ -28,7 +28,24 @@ def test_any_size_is_kept(setup, photo):
     y = stylize(x, vae, a)
     assert y.shape == (1, 3, 37, 53) and y.min() >= 0 and y.max() <= 1
     big = torch.nn.functional.interpolate(photo, size=(200, 136))
-    assert stylize(big, vae, a, tile_size=64).shape == (1, 3, 200, 136)  # tiny tile sizes are raised to 128
+    assert stylize(big, vae, a, tile_size=128).shape == (1, 3, 200, 136)  # tiled
+    for bad in (0, 64, 130):  # validated, never silently changed (a clamp to 128 used to show seams)
+        with pytest.raises(ValueError, match=f"tile_size {bad} is invalid"):
+            stylize(big, vae, a, tile_size=bad)
+    with pytest.raises(ValueError, match="batch_size 0 is invalid"):
+        stylize(big, vae, a, batch_size=0)
+
+
+def test_nan_or_infinite_pixels_are_an_error(setup, photo_batch):
+    vae, a, _ = setup
+    bad = photo_batch.clone()
+    bad[1, 2, 10, 10] = float("inf")
+    with pytest.raises(ValueError, match="image 1 has 1 NaN or infinite pixel value"):
+        stylize(bad, vae, a, batch_size=1)
+    bad[1, 2, 10, 10] = float("nan")
+    from stylemamba.train import prepare_content
+    with pytest.raises(ValueError, match="content image 1 has 1 NaN"):
+        prepare_content(bad, 64)
 
 
 def test_channels(setup, photo):
