@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import OrderedDict
 from typing import Any, Hashable
 
 import torch
 
 from . import comfy_helpers as ch
+
+log = logging.getLogger("stylemamba")
 
 TRAINED_STYLES = 4  # a style is ~200 MB of CPU memory (fp32 decoder delta of an SD VAE)
 STYLE_MODELS = 2  # a built style is a full fp32 decoder on the GPU (~200 MB for SD VAEs)
@@ -91,13 +94,17 @@ def style_model(sdvae, vae, styles: list, weights: list[float], strength: float,
     """
     from ..stylemamba.style_model import StyleModel
 
-    key = (tuple(s.digest() for s in styles), tuple(round(float(w), 8) for w in weights), round(float(strength), 8),
+    key = (tuple(s.digest(exact=True) for s in styles), tuple(round(float(w), 8) for w in weights), round(float(strength), 8),
            vae_key(sdvae))
     entry = style_models.get(key)
     reused = entry is not None
     if entry is None:
+        for style in styles:  # a refused VAE must not evict a good entry
+            style.check_vae(sdvae)
         style_models.make_room()
         model = StyleModel.from_styles(sdvae, styles, weights, float(strength))
+        log.info("Stylize: built the decoder of %s at strength %g (kept for later calls)",
+                 " + ".join(f"'{s.name}'" for s in styles), strength)
         entry = (model, ch.managed_model(model, sdvae.device))
         style_models.put(key, entry)
     model, patcher = entry

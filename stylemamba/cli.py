@@ -225,6 +225,9 @@ def cmd_stylize(args) -> int:
     from .vae import load_vae
     from .video import VIDEO_SUFFIXES, require_av, stylize_video
 
+    for p in args.style:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"style file not found: {p}")
     at_least("--batch-size", args.batch_size, 1)
     at_least("--max-frames", args.max_frames, 1)
     check_tile_size(args.tile_size)

@@ -6,6 +6,7 @@ whose console prints bare messages) and drops any prefix a message already carri
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -72,3 +73,30 @@ def setup_cli_logging(verbose: bool = False) -> None:
     install_prefix("stylemamba:")
     if not verbose:
         quiet_third_party_warnings()
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """While loading a model: transformers' and diffusers' warnings and progress bars off, then restored.
+
+    Used inside ComfyUI too, where the process-wide settings are not ours to change for good. Safe because
+    the loaders check for missing weights themselves (an error, not a warning).
+    """
+    saved = []
+    for name in ("transformers", "diffusers"):
+        try:
+            lib = __import__(f"{name}.utils.logging", fromlist=["get_verbosity"])
+        except ImportError:
+            continue
+        bars = getattr(lib, "is_progress_bar_enabled", lambda: None)()
+        saved.append((lib, lib.get_verbosity(), bars))
+        lib.set_verbosity_error()
+        if bars:
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()

@@ -57,13 +57,16 @@ class Style:
                 "Connect the VAE the style was trained with, or train the style again with this VAE."
             )
 
-    def digest(self) -> str:
-        """SHA-256 of the tensors as a style file stores them (fp16 decoder delta): equal digests, same style.
+    def digest(self, exact: bool = False) -> str:
+        """SHA-256 of the style's tensors: as a style file stores them (fp16 decoder delta; equal digests, same
+        file), or with ``exact`` as held in memory (what a built style computes with).
 
         Computed once per object (a style is not changed after it is made)."""
-        cached = self.__dict__.get("_digest")
+        name = "_digest_exact" if exact else "_digest"
+        cached = self.__dict__.get(name)
         if cached is None:
-            cached = self.__dict__["_digest"] = tensor_digest(style_tensors(self))
+            tensors = style_tensors(self, delta_dtype=None if exact else torch.float16)
+            cached = self.__dict__[name] = tensor_digest(tensors)
         return cached
 
 
@@ -101,13 +104,14 @@ def style_path(path: str | Path) -> Path:
     return path if path.suffix == EXTENSION else path.with_suffix(EXTENSION)
 
 
-def style_tensors(style: Style, delta_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """The tensors of a style file, by name (what :func:`save_style` writes)."""
+def style_tensors(style: Style, delta_dtype: torch.dtype | None = torch.float16) -> dict[str, torch.Tensor]:
+    """The tensors of a style file, by name (what :func:`save_style` writes; ``delta_dtype`` None keeps the
+    decoder delta's own dtype)."""
     tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
     for k, v in style.fusion_state.items():
         tensors["fusion." + k] = v.detach().float().cpu().contiguous()
     for k, v in style.decoder_delta.items():
-        tensors["decoder_delta." + k] = v.detach().to(delta_dtype).cpu().contiguous()
+        tensors["decoder_delta." + k] = v.detach().to(delta_dtype or v.dtype).cpu().contiguous()
     return tensors
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .logs import quiet_loading
 from .vae_layout import to_ldm
 
 log = logging.getLogger("stylemamba")
@@ -270,7 +271,8 @@ def _load_single_file(path: Path) -> nn.Module:
     if any(k.startswith("encoder.down_blocks.") for k in sd):  # already diffusers layout
         raise ValueError(f"{path} holds diffusers-layout keys; load its folder (with config.json) instead")
     config = _ldm_config_from_state_dict(sd, meta)
-    vae = AutoencoderKL(**config)
+    with quiet_loading():
+        vae = AutoencoderKL(**config)
     converted = convert_ldm_vae_checkpoint(sd, vae.config)
     missing, unexpected = vae.load_state_dict(converted, strict=False)
     if missing:
@@ -307,12 +309,14 @@ def load_vae(source: str | Path = DEFAULT_VAE, device: str | torch.device | None
         if not (path / "config.json").is_file():
             raise ModelFileError(f"VAE folder {path} has no config.json: expected a diffusers AutoencoderKL folder "
                                  "(config.json + diffusion_pytorch_model.safetensors)")
-        vae = _checked(AutoencoderKL.from_pretrained(str(path), use_safetensors=True, output_loading_info=True), src)
+        with quiet_loading():
+            vae = _checked(AutoencoderKL.from_pretrained(str(path), use_safetensors=True, output_loading_info=True), src)
     elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise ValueError(f"{path}: pickled checkpoints are not loaded (unsafe); convert it to .safetensors")
     elif src.count("/") == 1 and not path.exists():
         try:
-            vae = _checked(AutoencoderKL.from_pretrained(src, use_safetensors=True, output_loading_info=True), src)
+            with quiet_loading():
+                vae = _checked(AutoencoderKL.from_pretrained(src, use_safetensors=True, output_loading_info=True), src)
         except OSError as exc:
             raise ModelFileError(
                 f"could not load VAE '{src}' from the Hugging Face hub ({exc.__class__.__name__}). Offline? Download "

@@ -80,6 +80,20 @@ def test_stylize_refuses_an_existing_output_unless_overwrite(tiny_models, style_
     assert proc.returncode == 0, proc.stderr
     assert load_image(target).shape == (1, 3, 40, 56)
     assert f"stylemamba: wrote {target}" in proc.stderr  # says what was written where
+    # one prefix, and nothing from the libraries underneath (loading chatter, progress bars)
+    assert proc.stderr.splitlines() and all(line.startswith("stylemamba: ") for line in proc.stderr.splitlines())
+
+
+def test_loading_models_in_a_host_process_is_quiet_and_restores_its_settings(tiny_models):
+    code = ("import transformers.utils.logging as t\n"
+            "from stylemamba.encoders import load_text_image_encoder\nfrom stylemamba.vae import load_vae\n"
+            f"load_text_image_encoder({str(tiny_models['siglip'])!r}); load_vae({str(tiny_models['vae'])!r})\n"
+            f"load_vae({str(tiny_models['vae_ldm'])!r})\n"
+            "print(t.get_verbosity(), t.is_progress_bar_enabled())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # before: config warnings, "Loading weights" bars
+    assert proc.stdout.split() == ["30", "True"]  # a host (ComfyUI) keeps its own verbosity and progress bars
 
 
 def test_folder_input_needs_a_folder_output(tiny_models, style_file, photos, tmp_path):
