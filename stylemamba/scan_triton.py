@@ -113,6 +113,30 @@ def _softplus(x):
 
 
 @triton.jit
+def _per_channel(ptr, offs_d, md, PRESENT: tl.constexpr):
+    """An optional per-channel fp32 vector (D, delta_bias), zeros when absent."""
+    if PRESENT:
+        v = tl.load(ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros(offs_d.shape, dtype=tl.float32)
+    return v
+
+
+@triton.jit
+def _step_sizes(dt_ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The step sizes of a tile: ``(delta + bias, softplus(delta + bias))`` in fp32, 0 where masked
+    (padding then leaves the state unchanged: a = 1, x = 0)."""
+    raw = tl.load(dt_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return raw, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, states_ptr,
     n_ch, length, n_state,
@@ -125,10 +149,8 @@ def _scan_fwd_kernel(
     offs_d = pid_d * BD + tl.arange(0, BD)
     tloc = tl.arange(0, T)
     md = offs_d < n_ch
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    Dv = _per_channel(D_ptr, offs_d, md, HAS_D)
+    bias = _per_channel(bias_ptr, offs_d, md, HAS_BIAS)
     u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
     dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
     B_base = B_ptr + pid_b * s_B_b
@@ -144,12 +166,7 @@ def _scan_fwd_kernel(
         mt = offs_t < length
         m2 = md[:, None] & mt[None, :]
         u = tl.load(u_base + offs_t[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(dt_base + offs_t[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)  # padding: a = 1, x = 0 (the state passes through unchanged)
+        _, dt = _step_sizes(dt_base + offs_t[None, :], m2, bias, HAS_BIAS, SOFTPLUS)
         xd = dt * u
         if HAS_D:
             y = Dv[:, None] * u
@@ -203,10 +220,8 @@ def _scan_bwd_kernel(
     tloc = tl.arange(0, T)
     rloc = T - 1 - tloc
     md = offs_d < n_ch
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+    Dv = _per_channel(D_ptr, offs_d, md, HAS_D)
+    bias = _per_channel(bias_ptr, offs_d, md, HAS_BIAS)
     u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
     dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
     dy_base = dy_ptr + pid_b * s_dy_b + offs_d[:, None] * s_dy_d
@@ -236,28 +251,13 @@ def _scan_bwd_kernel(
         m2 = md[:, None] & mt[None, :]
         m2n = md[:, None] & (offs + 1 < length)[None, :]
         u = tl.load(u_base + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_base + offs[None, :], mask=m2, other=0.0).to(tl.float32)
-        dtn = tl.load(dt_base + offs[None, :] + 1, mask=m2n, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias[:, None]
-            dtn = dtn + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-            dtn = _softplus(dtn)
-        else:
-            dt = dt_raw
-        dt = tl.where(m2, dt, 0.0)
-        dtn = tl.where(m2n, dtn, 0.0)  # past the end: a = 1, and g there is 0
+        dt_raw, dt = _step_sizes(dt_base + offs[None, :], m2, bias, HAS_BIAS, SOFTPLUS)
+        _, dtn = _step_sizes(dt_base + offs[None, :] + 1, m2n, bias, HAS_BIAS, SOFTPLUS)  # past the end: a = 1
         xd = dt * u
         if REV_BUF:  # the time-order copies the state recomputation needs
             mf = md[:, None] & (offs_f < length)[None, :]
             u_f = tl.load(u_base + offs_f[None, :], mask=mf, other=0.0).to(tl.float32)
-            dt_f = tl.load(dt_base + offs_f[None, :], mask=mf, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt_f = dt_f + bias[:, None]
-            if SOFTPLUS:
-                dt_f = _softplus(dt_f)
-            dt_f = tl.where(mf, dt_f, 0.0)
+            _, dt_f = _step_sizes(dt_base + offs_f[None, :], mf, bias, HAS_BIAS, SOFTPLUS)
             xd_f = dt_f * u_f
         dy = tl.load(dy_base + offs[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
