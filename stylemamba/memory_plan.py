@@ -181,7 +181,7 @@ def parse_plan(value: str | Mapping[str, Any]) -> str | MemoryPlan:
     except (TypeError, ValueError):
         raise ValueError(f"memory_plan {value!r} is not understood: use {rule}") from None
     if micro < 0 or chunk < 0:
-        raise ValueError(f"memory_plan {value!r}: micro_batch and view_chunk must be >= 0 (0 = all at once)")
+        raise ValueError(f"memory_plan {value!r}: micro_batch and view_chunk must be >= 0 (0 = all at once); use {rule}")
     return MemoryPlan(micro, chunk, bool(ckpt), "explicit (TrainConfig.memory_plan)")
 
 
