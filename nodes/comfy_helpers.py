@@ -229,6 +229,18 @@ def free_memory(memory_required: float, device: torch.device) -> None:
         pass
 
 
+def free_memory_now(device: torch.device) -> float | None:
+    """Bytes free on ``device`` as ComfyUI counts them (its cache included), for training's memory plan; None
+    on CPU or without ComfyUI (the library then asks torch)."""
+    if device.type == "cpu":
+        return None
+    try:
+        import comfy.model_management as mm
+        return float(mm.get_free_memory(device))
+    except ImportError:
+        return None
+
+
 def empty_cache() -> None:
     """Give freed GPU memory back (ComfyUI's soft_empty_cache, or torch's)."""
     gc.collect()

@@ -168,7 +168,8 @@ class StyleMambaTrain:
                 for module in moved:
                     without_inference_tensors(module).to(device)
                 result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
-                                     lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted)
+                                     lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
+                                     free_memory=ch.free_memory_now(device))
         except TrainingCancelled:
             log.info("Train: cancelled by the user")
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error
