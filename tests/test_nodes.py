@@ -537,9 +537,14 @@ def test_vae_mismatch_names_the_vae_files_from_the_workflow(nodes, pack, trained
               "9": {"class_type": "StyleMambaStylize", "inputs": {"vae": ["3", 0]}}}
     style = dataclasses.replace(trained["style"], metadata={**trained["style"].metadata,
                                                             "base_vae_name": "vae-ft-mse.safetensors"})
+    caches = sys.modules[PACK_NAME + ".nodes.caches"]
+    with torch.inference_mode():
+        nodes["StyleMambaStylize"]().stylize(style, vae, comfy_images(photo), 1.0, 1024, 4)  # a good entry
+    kept = list(caches.style_models.entries)
     with torch.inference_mode(), pytest.raises(ValueError) as info:
         nodes["StyleMambaStylize"]().stylize(style, FakeComfyVAE(model), comfy_images(photo), 1.0, 1024, 4,
                                              unique_id="9", prompt=prompt)
+    assert list(caches.style_models.entries) == kept  # the refused VAE evicted nothing
     message = str(info.value)
     assert "'vae-ft-mse.safetensors' (weights " in message and "'tuned-vae.safetensors' (weights " in message
     ids = [part.split(")")[0] for part in message.split("(weights ")[1:]]
