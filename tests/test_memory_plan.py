@@ -154,3 +154,26 @@ def test_choose_plan_without_a_limit_or_without_room():
     assert (tiny.micro_batch, tiny.view_chunk, tiny.checkpointing) == (1, 8, True)
     assert tiny.reason.startswith("nothing fits")
     assert choose_plan(6 * GB, Recipe(4), micro_batching=False).micro_batch == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_cap(tiny_models, photo_batch):
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    runs = {}
+    for plan in ("fast", SAVING):
+        trainer = StyleTrainer(vae, text, photo_batch, "pop art", small_config(memory_plan=plan, precision="fp32"))
+        runs[plan] = [trainer.step(e)[0] for e in range(3) if trainer.end_epoch() is None]
+    for a, b in zip(*runs.values()):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    try:
+        torch.cuda.set_per_process_memory_fraction(4e9 / total, device)
+        free = mp.free_training_memory(device)
+        assert 0 < free <= 4e9 - torch.cuda.memory_allocated(device) + 1
+        plan = choose_plan(free, Recipe(1))  # a 4 GB card: must save memory
+        assert plan.checkpointing and plan.view_chunk
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
