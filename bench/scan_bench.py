@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stylemamba import ssm  # noqa: E402
-from stylemamba.bench import stats, sync, time_device  # noqa: E402
+from stylemamba.experiments.bench import stats, sync, time_device  # noqa: E402
 from stylemamba.fusion import FusionConfig  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
