@@ -92,7 +92,8 @@ def test_mixing_two_styles(setup, photo):
     torch.testing.assert_close(only_a, stylize(photo, vae, a), atol=1e-5, rtol=1e-5)
     # a 50/50 mix is the weighted sum of both styles, in the fusion (z + sum w_i (f_i(z) - z)) and in the decoder
     # (base + sum w_i delta_i); that it lands between them in the picture is test_proof.py's row "mix: Mix Styles"
-    mixer, ma, mb = MixedStyle(vae, [a, b], [0.5, 0.5]), MixedStyle(vae, [a]), MixedStyle(vae, [b])
+    mixer, ma, mb = (StyleModel.from_styles(vae, [a, b], [0.5, 0.5]), StyleModel.from_styles(vae, [a]),
+                     StyleModel.from_styles(vae, [b]))
     z = vae.encode(photo)
     torch.testing.assert_close(mixer.fuse(z), 0.5 * ma.fuse(z) + 0.5 * mb.fuse(z), atol=1e-5, rtol=1e-5)
     da, db, dm = ma.decoder.state_dict(), mb.decoder.state_dict(), mixer.decoder.state_dict()
