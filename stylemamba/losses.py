@@ -27,6 +27,10 @@ Tensor = torch.Tensor
 _EPS = 1e-12
 MD_FORMS = ("directional", "eq3")
 TV_FORMS = ("clipstyler", "l1")
+SO_FORMS = ("eq4", "directional")
+REFERENCES = ("full", "same")
+MASK_PATCH_UNITS = ("pixels", "tower")
+CONTENT_REDUCTIONS = ("mean", "sum")
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,7 +53,8 @@ def directional_loss(img_emb: Tensor, src_img_emb: Tensor, text_dir: Tensor) -> 
 
 
 def patch_directional_loss(
-    crop_embs: Tensor, src_img_emb: Tensor, text_dir: Tensor, threshold: float = 0.7
+    crop_embs: Tensor, src_img_emb: Tensor, text_dir: Tensor, threshold: float = 0.7,
+    src_crop_embs: Optional[Tensor] = None,
 ) -> Tensor:
     """CLIPstyler's patch-wise directional loss (``loss_patch``, its Eq. 4 with threshold).
 
@@ -59,6 +64,11 @@ def patch_directional_loss(
     loss keeps working on the others), then the mean is taken over ALL crops (zeros included),
     as CLIPstyler does. ``torch.where`` keeps it sync-free.
     src_img_emb, text_dir: ``(B, D)`` (or ``(D,)`` for text_dir).
+
+    ``src_crop_embs`` ``(B * n, D)``, when given, replaces ``F_I(X)_b`` row by row: the embedding of
+    the SAME crop of the content image (``LossConfig.crop_reference="same"``). A crop upsampled to the
+    tower's input is not a small copy of the whole picture (less high-frequency energy, other colours);
+    against the whole content image every crop shows that difference as a "style" change.
     """
     n_rows = crop_embs.shape[0]
     batch = src_img_emb.shape[0]
@@ -70,7 +80,13 @@ def patch_directional_loss(
     n = n_rows // batch
     if text_dir.dim() == 1:
         text_dir = text_dir.expand(batch, -1)
-    src = src_img_emb.repeat_interleave(n, dim=0)
+    if src_crop_embs is not None:
+        if src_crop_embs.shape != crop_embs.shape:
+            raise ValueError(f"patch_directional_loss: src_crop_embs has shape {tuple(src_crop_embs.shape)}, "
+                             f"expected the crops' shape {tuple(crop_embs.shape)}")
+        src = src_crop_embs
+    else:
+        src = src_img_emb.repeat_interleave(n, dim=0)
     direction = text_dir.repeat_interleave(n, dim=0)
     per_crop = _cosine_distance(crop_embs - src, direction)
     per_crop = torch.where(per_crop < threshold, torch.zeros_like(per_crop), per_crop)
@@ -137,6 +153,26 @@ def second_order_loss(
     num = (img_emb - prev).pow(2).sum(dim=-1)
     den = text_dir.expand_as(img_emb).pow(2).sum(dim=-1).clamp_min(_EPS)
     return (weight * num / den).mean()
+
+
+def second_order_directional_loss(
+    img_emb: Tensor,
+    prev_img_emb: Tensor,
+    src_img_emb: Tensor,
+    text_dir: Tensor,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> Tensor:
+    """Second-order loss as a push, ``so_form="directional"`` (issue 9; docs/METHOD_CHOICES.md).
+
+    ``mean_b alpha_shift_b * [1 - cos(F_I(Y(i+1))_b - F_I(Y(i))_b, e_t - e_src)]``: the step from the
+    previous epoch's output must point along the text direction, so every epoch keeps moving the
+    picture the prompt's way (a momentum-like term) instead of being held near ``Y(i)``, which is what
+    Eq. 4 read as a squared distance does. ``alpha_shift`` (Eq. 5) weights it as in the paper.
+    """
+    prev = prev_img_emb.detach()
+    weight = alpha_shift(prev, src_img_emb, alpha, beta)
+    return (weight * _cosine_distance(img_emb - prev, text_dir.expand_as(img_emb))).mean()
 
 
 def second_order_gate(dir_loss: Tensor, epoch: int, theta: float, interval: int) -> Tensor:
@@ -368,18 +404,28 @@ def apply_mask(images: Tensor, mask: Tensor, fill: float = 0.5) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # content and prior losses
 # --------------------------------------------------------------------------------------------
-def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor]) -> Tensor:
-    """VGG content loss ``L_vgg``: mean over layers of the MSE between feature maps of Y and X.
+def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction: str = "mean") -> Tensor:
+    """VGG content loss ``L_vgg``: the MSE between feature maps of Y and X, over layers.
 
-    CLIPstyler SUMS the MSE of conv4_2 and conv5_2 (so its value is twice ours with those two
-    layers); we average so the weight does not depend on the number of layers.
+    ``reduction="mean"`` averages the layers (the weight does not depend on their number);
+    ``"sum"`` adds them as CLIPstyler does with conv4_2 + conv5_2 (twice the mean with two layers),
+    which is the scale its 9000 / 150 content weights were set for.
     """
+    if reduction not in CONTENT_REDUCTIONS:
+        raise ValueError(f"content_loss: unknown reduction {reduction!r}; valid: {CONTENT_REDUCTIONS}")
     if len(feats_y) != len(feats_x) or len(feats_y) == 0:
         raise ValueError(
             f"content_loss: need the same non-zero number of layers, got {len(feats_y)} and {len(feats_x)}"
         )
     total = sum(F.mse_loss(fy, fx) for fy, fx in zip(feats_y, feats_x))
-    return total / len(feats_y)
+    return total if reduction == "sum" else total / len(feats_y)
+
+
+def range_penalty(images: Tensor) -> Tensor:
+    """Mean squared distance of the pixels from [0, 1] (0 inside): pulls the decoder's raw output
+    back into the range that stylising clamps to, so the losses cannot earn with pixels that users
+    never see (issue 9)."""
+    return (F.relu(images - 1.0).pow(2) + F.relu(-images).pow(2)).mean()
 
 
 def total_variation(images: Tensor, form: str = "clipstyler") -> Tensor:
@@ -419,6 +465,15 @@ class LossConfig:
     ``content_weight_end`` from then on. ``crop_size`` is in pixels at 512 px; when
     ``crop_fraction`` is set the crop side is ``crop_fraction * min(H, W)`` instead (0.25 gives
     128 at 512 px). ``so_theta=0.9`` is ours: SigLIP / CLIP directional losses start near 1.0.
+
+    Choices measured in docs/METHOD_CHOICES.md (issue 9): ``so_form`` ("eq4": Eq. 4 as a squared
+    distance to the previous epoch's output; "directional": the step from it must follow the text
+    direction), ``crop_reference`` / ``mask_reference`` ("full": crops and the masked image are
+    compared with the whole content image, as CLIPstyler; "same": with the same crop / the same mask
+    of the content image), ``mask_patch_units`` ("pixels": ``mask_patch`` pixels of the training
+    image; "tower": pixels of the image tower's input, i.e. its token grid for a ViT with that patch
+    size), ``clamp_output`` (the losses see the output clamped to [0, 1], as users get it),
+    ``range_weight`` (weight of :func:`range_penalty`) and ``content_reduction`` of the VGG layers.
     """
 
     dir: float = 500.0
@@ -445,10 +500,18 @@ class LossConfig:
     so_beta: float = 1.0
     so_theta: float = 0.9
     so_interval: int = 5
+    so_form: str = "eq4"
+    crop_reference: str = "full"
+    mask_reference: str = "full"
+    mask_patch_units: str = "pixels"
+    clamp_output: bool = False
+    range_weight: float = 0.0
+    content_reduction: str = "mean"
     source_prompt: str = "a plain photo"
 
     def __post_init__(self) -> None:
-        for name in ("dir", "patch", "md", "so", "lpips", "content_weight_start", "content_weight_end", "tv"):
+        for name in ("dir", "patch", "md", "so", "lpips", "content_weight_start", "content_weight_end", "tv",
+                     "range_weight"):
             _check_real(name, getattr(self, name), 0.0, math.inf, "[0, inf)")
         _check_int(name="content_weight_switch_epoch", value=self.content_weight_switch_epoch, low=0)
         _check_int(name="n_crops", value=self.n_crops, low=1)
@@ -464,8 +527,13 @@ class LossConfig:
         _check_real("so_alpha", self.so_alpha, 0.0, math.inf, "[0, inf)")
         _check_real("so_beta", self.so_beta, 0.0, math.inf, "(0, inf)", open_low=True)
         _check_real("so_theta", self.so_theta, 0.0, 2.0, "[0, 2] (1 - cos lies in [0, 2])")
-        if not isinstance(self.use_patch, bool):
-            raise ValueError(f"LossConfig.use_patch must be a bool, got {self.use_patch!r}")
+        for name in ("use_patch", "clamp_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LossConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name, valid in (("so_form", SO_FORMS), ("crop_reference", REFERENCES), ("mask_reference", REFERENCES),
+                            ("mask_patch_units", MASK_PATCH_UNITS), ("content_reduction", CONTENT_REDUCTIONS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"LossConfig.{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.md_form not in MD_FORMS:
             raise ValueError(f"LossConfig.md_form must be one of {MD_FORMS}, got {self.md_form!r}")
         if self.tv_form not in TV_FORMS:
@@ -489,7 +557,14 @@ class LossConfig:
             "lpips": float(self.lpips),
             "vgg": self.content_weight(epoch),
             "tv": float(self.tv),
+            "range": float(self.range_weight),
         }
+
+    def mask_patch_for(self, height: int, tower_size: int) -> int:
+        """Mask patch side in training-image pixels (see ``mask_patch_units``), at least 1."""
+        if self.mask_patch_units == "pixels":
+            return int(self.mask_patch)
+        return max(1, int(round(self.mask_patch * int(height) / int(tower_size))))
 
     def crop_size_for(self, height: int, width: int) -> int:
         """Crop side in pixels for an image of ``height x width`` (see class docstring)."""
@@ -533,6 +608,8 @@ def style_loss(
     masked_emb: Optional[Tensor] = None,
     prev_img_emb: Optional[Tensor] = None,
     text_dir_raw: Optional[Tensor] = None,
+    src_crop_embs: Optional[Tensor] = None,
+    src_masked_emb: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """Unweighted style terms of ``L_style = L_dir + L_md + I(L_dir < theta) * L_so`` (+ patch).
 
@@ -541,14 +618,19 @@ def style_loss(
     ``cfg.use_patch``; ``"md"`` when ``masked_emb`` is given; ``"so"`` and ``"so_gate"`` (0./1.,
     :func:`second_order_gate`) when ``prev_img_emb`` is given. Combine with :func:`total_loss`.
     ``text_dir`` is the raw ``e_t - e_src``; ``text_dir_raw`` only matters for ``md_form="eq3"``.
+    ``src_crop_embs`` / ``src_masked_emb``: embeddings of the same crops / the same mask of the content
+    image (``crop_reference`` / ``mask_reference`` = "same"); without them the whole content image is
+    the reference.
     """
     terms: Dict[str, Tensor] = {"dir": directional_loss(img_emb, src_img_emb, text_dir)}
     if crop_embs is not None and cfg.use_patch:
-        terms["patch"] = patch_directional_loss(crop_embs, src_img_emb, text_dir, cfg.patch_threshold)
+        terms["patch"] = patch_directional_loss(crop_embs, src_img_emb, text_dir, cfg.patch_threshold, src_crop_embs)
     if masked_emb is not None:
-        terms["md"] = masked_directional_loss(masked_emb, src_img_emb, text_dir, cfg.md_form, text_dir_raw)
+        src_masked = src_img_emb if src_masked_emb is None else src_masked_emb
+        terms["md"] = masked_directional_loss(masked_emb, src_masked, text_dir, cfg.md_form, text_dir_raw)
     if prev_img_emb is not None:
-        terms["so"] = second_order_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta)
+        so_loss = second_order_loss if cfg.so_form == "eq4" else second_order_directional_loss
+        terms["so"] = so_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta)
         terms["so_gate"] = second_order_gate(terms["dir"], epoch, cfg.so_theta, cfg.so_interval)
     return terms
 
