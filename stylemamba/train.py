@@ -21,6 +21,7 @@ import torch.utils.checkpoint
 
 from . import losses as L
 from .encoders import TextImageEncoder
+from .decoder_parts import check_part, restrict_training
 from .errors import OutOfMemory
 from .fusion import FusionConfig, build_fusion
 from .model import StyleMamba
@@ -53,6 +54,8 @@ class TrainConfig:
     # process pays ~55 s of compilation (docs/BENCHMARK.md)
     compile: str = "off"
     preview_every: int = 0  # steps between preview images in the progress callback (0 = none)
+    # the part of the decoder a style trains and stores (decoder_parts.py): "all", "none", "top1".."top3"
+    train_decoder: str = "all"
     loss: L.LossConfig = field(default_factory=L.LossConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
@@ -66,6 +69,7 @@ class TrainConfig:
                   "a multiple of 8, >= 64"), ("amp", self.amp in ("auto", "bf16", "fp16", "off"),
                   "one of auto, bf16, fp16, off"), ("compile", self.compile in COMPILE_MODES,
                   f"one of {', '.join(COMPILE_MODES)}")]
+        check_part(self.train_decoder)
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
@@ -150,6 +154,49 @@ def style_direction(text: TextImageEncoder, prompts: list[str] | str, weights: l
     return e_t, e_src, e_t - e_src
 
 
+@dataclass
+class TowerViews:
+    """The image-tower inputs of one step: Y's global view, crops and masked view in one batch (``of_y``),
+    and the matching crops / masked view of the content image X (``of_x``) when a reference is "same"."""
+
+    of_y: torch.Tensor
+    of_x: torch.Tensor | None
+    n_crops: int
+    masked: bool
+
+
+def tower_views(y: torch.Tensor, x: torch.Tensor, lc: L.LossConfig, size: int,
+                gen: torch.Generator | None) -> TowerViews:
+    """Build the views of a step for an image tower of input ``size``: global view of Y, then ``n_crops``
+    crops per image (patch loss), then Y with 50 % of its patches masked (masked loss).
+
+    With ``crop_reference="same"`` the crops of X use the same boxes and perspective as Y's (Y and X are
+    cropped as one 6-channel picture); with ``mask_reference="same"`` X gets the same mask.
+    """
+    b = y.shape[0]
+    resize = functools.partial(F.interpolate, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    of_y, of_x = [resize(y)], []
+    n_crops = 0
+    if lc.use_patch and lc.patch > 0:
+        crop = lc.crop_size_for(y.shape[-2], y.shape[-1])
+        same = lc.crop_reference == "same"
+        both = torch.cat([y, x.to(y.dtype)], dim=1) if same else y
+        crops = L.random_crops(both, lc.n_crops, crop, size, perspective=lc.crop_perspective, generator=gen)
+        of_y.append(crops[:, :3])
+        if same:
+            of_x.append(crops[:, 3:])
+        n_crops = lc.n_crops
+    masked = lc.md > 0
+    if masked:
+        mask = L.patch_mask(b, y.shape[-2], y.shape[-1], patch=lc.mask_patch_for(y.shape[-2], size),
+                            ratio=lc.mask_ratio, generator=gen, device=y.device)
+        of_y.append(resize(L.apply_mask(y, mask, fill=lc.mask_fill)))
+        if lc.mask_reference == "same":
+            of_x.append(resize(L.apply_mask(x.to(y.dtype), mask, fill=lc.mask_fill)))
+    cat = lambda views: torch.cat([v.to(y.dtype) for v in views])  # noqa: E731
+    return TowerViews(cat(of_y), cat(of_x).detach() if of_x else None, n_crops, masked)
+
+
 class StyleTrainer:
     """Holds everything a training run needs; ``run()`` executes it. Usable once."""
 
@@ -194,6 +241,7 @@ class StyleTrainer:
         fcfg.latent_channels = int(self.z.shape[1])
         self.fusion_cfg = fcfg
         self.model = StyleMamba(vae, build_fusion(fcfg).to(self.device), vae.make_decoder())
+        self.trained_decoder = set(restrict_training(self.model.decoder, self.cfg.train_decoder))
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
         if self.cfg.gradient_checkpointing:
@@ -210,7 +258,7 @@ class StyleTrainer:
         compile_module_(self.model.decoder, self.cfg.compile)
         self._encode_image = compile_callable(text.encode_image, self.cfg.compile)
         # the fused Adam kernel: one launch for all parameters (0.6 ms instead of 1.8 ms per step on an H200)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr,
                                     fused=True if self.device.type == "cuda" else None)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
@@ -224,49 +272,57 @@ class StyleTrainer:
 
     def step(self, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One optimisation step; returns the detached loss terms and the output Y (no host sync)."""
-        lc, enc = self.cfg.loss, self.text
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(epoch)
         with autocast(self.device, self.cfg.amp):
             y = self.model.decode(self.z, self.cond)
-            b, size = y.shape[0], enc.image_size
-            views = [F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)]
-            n_crops = 0
-            if lc.use_patch and lc.patch > 0:
-                crop = lc.crop_size_for(y.shape[-2], y.shape[-1])
-                crops = L.random_crops(y, lc.n_crops, crop, size, perspective=lc.crop_perspective, generator=self.gen)
-                views.append(crops)
-                n_crops = lc.n_crops
-            if lc.md > 0:
-                mask = L.patch_mask(b, y.shape[-2], y.shape[-1], patch=lc.mask_patch, ratio=lc.mask_ratio,
-                                    generator=self.gen, device=y.device)
-                z_img = L.apply_mask(y, mask, fill=lc.mask_fill)
-                views.append(F.interpolate(z_img, size=(size, size), mode="bicubic", align_corners=False,
-                                           antialias=True))
-            emb = self._encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched SigLIP call
-            emb_y, rest = emb[:b], emb[b:]
-            crop_embs = rest[: b * n_crops] if n_crops else None
-            masked_emb = rest[b * n_crops: b * n_crops + b] if lc.md > 0 else None
-            prev = self.prev_emb if lc.so > 0 else None
-            terms = L.style_loss(emb_y, self.emb_x, self.text_dir, lc, epoch, crop_embs=crop_embs,
-                                 masked_emb=masked_emb, prev_img_emb=prev, text_dir_raw=self.text_dir_raw)
-            if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
-                terms["so"] = terms.pop("so_gate") * terms["so"]
-            if self.feats_x is not None:
-                terms["vgg"] = L.content_loss(self.vgg(y), self.feats_x)
-            if self.lpips is not None and lc.lpips > 0:
-                terms["lpips"] = self.lpips(y, self.x)
-            if lc.tv > 0:
-                terms["tv"] = L.total_variation(y, form=lc.tv_form)
-            total = L.total_loss(terms, lc.weights(epoch))
+            terms = self.loss_terms(y, epoch)
+            total = L.total_loss(terms, self.cfg.loss.weights(epoch))
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self._last_emb = emb_y.detach().float()
         terms = {k: v.detach().float() for k, v in terms.items()}
         terms["total"] = total.detach().float()
         return terms, y.detach()
+
+    def loss_terms(self, y_raw: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms of a step on the decoder's raw output ``y_raw`` (see :func:`total_loss`).
+
+        The one place where the output is clamped (``clamp_output``: the losses see what stylising gives
+        users) and penalised for leaving [0, 1] (``range_weight``).
+        """
+        lc, b = self.cfg.loss, y_raw.shape[0]
+        y = y_raw.clamp(0, 1) if lc.clamp_output else y_raw
+        views = tower_views(y, self.x, lc, self.text.image_size, self.gen)
+        emb = self._encode_image(views.of_y)  # one batched SigLIP call
+        emb_y, rest = emb[:b], emb[b:]
+        ref = None
+        if views.of_x is not None:  # the same crops / mask of the content image: references, no gradient
+            with torch.no_grad():
+                ref = self._encode_image(views.of_x).float()
+        n = b * views.n_crops
+        crop_embs = rest[:n] if views.n_crops else None
+        masked_emb = rest[n:n + b] if views.masked else None
+        same_crop = ref is not None and views.n_crops and lc.crop_reference == "same"
+        same_mask = ref is not None and views.masked and lc.mask_reference == "same"
+        prev = self.prev_emb if lc.so > 0 else None
+        terms = L.style_loss(emb_y, self.emb_x, self.text_dir, lc, epoch, crop_embs=crop_embs,
+                             masked_emb=masked_emb, prev_img_emb=prev, text_dir_raw=self.text_dir_raw,
+                             src_crop_embs=ref[:n] if same_crop else None,
+                             src_masked_emb=ref[-b:] if same_mask else None)
+        if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
+            terms["so"] = terms.pop("so_gate") * terms["so"]
+        if self.feats_x is not None:
+            terms["vgg"] = L.content_loss(self.vgg(y), self.feats_x, lc.content_reduction)
+        if self.lpips is not None and lc.lpips > 0:
+            terms["lpips"] = self.lpips(y, self.x)
+        if lc.tv > 0:
+            terms["tv"] = L.total_variation(y, form=lc.tv_form)
+        if lc.range_weight > 0:
+            terms["range"] = L.range_penalty(y_raw)
+        self._last_emb = emb_y.detach().float()
+        return terms
 
     # ------------------------------------------------------------------ the loop
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
@@ -298,6 +354,8 @@ class StyleTrainer:
         """Package the current weights as a :class:`Style` (CPU tensors; consistent after any whole step)."""
         base = decoder_state(self.vae.decoder, self.vae.post_quant_conv)
         trained = self.model.decoder.state_dict()
+        if self.cfg.train_decoder != "all":  # the trained part only (decoder_parts.py); the rest is unchanged
+            trained = {k: v for k, v in trained.items() if k in self.trained_decoder}
         # stored in the LDM key layout (vae_layout) so the style works on the same VAE however it was loaded
         delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
                         for k in trained})

@@ -81,13 +81,18 @@ def to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def from_ldm(ldm: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_ldm(ldm: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+             missing_ok: bool = False) -> dict[str, torch.Tensor]:
     """LDM-named tensors -> the keys and shapes of ``target`` (a state dict in either layout).
 
-    Raises KeyError listing the target keys the LDM dict lacks.
+    Raises KeyError listing the target keys the LDM dict lacks, unless ``missing_ok`` (then those keys
+    are left out of the result); LDM names that are not in ``target`` are always an error.
     """
     names = ldm_names(target)
     missing = [k for k, n in names.items() if n not in ldm]
-    if missing:
+    if missing and not missing_ok:
         raise KeyError(f"{len(missing)} weights missing, e.g. {missing[:3]}")
-    return {k: ldm[n].reshape(target[k].shape) for k, n in names.items()}
+    unknown = sorted(set(ldm) - set(names.values()))
+    if unknown and missing_ok:
+        raise KeyError(f"{len(unknown)} weights this decoder does not have, e.g. {unknown[:3]}")
+    return {k: ldm[n].reshape(target[k].shape) for k, n in names.items() if n in ldm}

@@ -145,3 +145,59 @@ def test_gradient_checkpointing_gives_the_same_training(parts, photo):
         trainer.model.decoder.decoder.mid_block.register_forward_pre_hook(lambda *a: calls.append(1))
         trainer.step(0)
         assert len(calls) == expected
+
+
+# ----- issue 9 options: views of the content image, clamped output, partial decoder -----------
+def test_same_crop_and_same_mask_views_of_the_content_image(photo_batch):
+    from stylemamba.losses import LossConfig, random_crops
+    from stylemamba.train import tower_views
+
+    y = torch.rand(2, 3, 64, 64)
+    x = photo_batch
+    lc = LossConfig(n_crops=3, crop_fraction=0.5, crop_reference="same", mask_reference="same", mask_patch=16)
+    views = tower_views(y, x, lc, 32, torch.Generator().manual_seed(4))
+    full = tower_views(y, x, LossConfig(n_crops=3, crop_fraction=0.5), 32, torch.Generator().manual_seed(4))
+    assert views.n_crops == 3 and views.masked and views.of_y.shape == (2 + 6 + 2, 3, 32, 32)
+    # Y's views do not depend on the reference (same boxes, same masks: the random numbers are the same)
+    torch.testing.assert_close(views.of_y, full.of_y)
+    assert full.of_x is None
+    # X's crops are the crops of X with the same boxes and perspective as Y's
+    expected = random_crops(x, 3, 32, 32, perspective=lc.crop_perspective, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(views.of_x[:6], expected)
+    # X's masked view has its grey patches exactly where Y's has them
+    y_grey = (views.of_y[-2:] - 0.5).abs().amax(1) < 1e-6
+    x_grey = (views.of_x[-2:] - 0.5).abs().amax(1) < 1e-6
+    assert y_grey.float().mean() > 0.3 and bool((y_grey <= x_grey).all())
+
+
+def test_clamped_output_and_range_penalty(parts, photo):
+    vae, text, _, _ = parts
+    trainer = StyleTrainer(vae, text, photo, "fire", small_config(loss=dict(clamp_output=True, range_weight=10.0)))
+    y = torch.linspace(-1, 2, 3 * 64 * 64).reshape(1, 3, 64, 64).requires_grad_(True)
+    terms = trainer.loss_terms(y, 0)
+    assert terms["range"].item() > 0
+    seen = []
+    trainer.vgg = lambda img: seen.append(img) or [img]
+    trainer.feats_x = [trainer.x]
+    trainer.loss_terms(y, 0)
+    assert float(seen[0].detach().min()) == 0.0 and float(seen[0].detach().max()) == 1.0  # the losses see it clamped
+    plain = StyleTrainer(vae, text, photo, "fire", small_config())
+    assert "range" not in plain.loss_terms(y, 0)
+
+
+def test_training_part_of_the_decoder_stores_that_part(parts, photo):
+    from stylemamba.decoder_parts import in_part
+
+    vae, text, _, _ = parts
+    full = train_style(vae, text, photo, "fire", small_config(epochs=2))
+    top = train_style(vae, text, photo, "fire", small_config(epochs=2, train_decoder="top1"))
+    none = train_style(vae, text, photo, "fire", small_config(epochs=2, train_decoder="none"))
+    assert set(top.style.decoder_delta) == {k for k in full.style.decoder_delta if in_part(k, "top1")}
+    assert 0 < len(top.style.decoder_delta) < len(full.style.decoder_delta) and none.style.decoder_delta == {}
+    assert any(float(d.abs().max()) > 0 for d in top.style.decoder_delta.values())
+    x = prepare_content(photo, 64)
+    for result in (top, none):  # a partial style stylises; without its fusion change it would be the reconstruction
+        out = stylize(x, vae, result.style)
+        assert out.shape == x.shape and (out - vae.reconstruct(x)).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="decoder part"):
+        small_config(train_decoder="top9")
