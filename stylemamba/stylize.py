@@ -24,18 +24,30 @@ from .vae_layout import from_ldm
 log = logging.getLogger("stylemamba")
 
 
-class MixedStyle(nn.Module):
-    """Several styles blended with weights and a global strength, as one fusion + one decoder.
+BLENDS = ("outputs", "weights")
 
-    Fusion: ``M = z + strength * sum_i w_i (f_i(z, e_i) - z)``. Decoder: ``base + strength * sum_i w_i delta_i``.
+
+class MixedStyle(nn.Module):
+    """Several styles blended with weights and a global strength: ``decoder(fuse(z))`` stylises a latent.
+
+    One style (either blend): fusion ``M = z + strength * (f(z, e) - z)``, decoder ``base + strength * delta``.
     Strength 0 is exactly the VAE reconstruction; one style at strength 1 is exactly that style.
+
+    Several styles, ``blend="outputs"`` (default, docs/METHOD_CHOICES.md): each style stylises the latent
+    at ``strength`` as above with its own fusion and decoder, and the pictures are averaged with the
+    weights, so a 50/50 mix lands halfway between the two styles (``fuse`` stacks the styles' latents on
+    the channel axis and ``decoder`` splits them). ``blend="weights"`` (0.1.0): ONE fusion
+    ``z + strength * sum_i w_i (f_i(z, e_i) - z)`` and ONE decoder ``base + strength * sum_i w_i delta_i``;
+    cheaper (one decoder pass) but not an interpolation of the styles' effects (issue 9).
     """
 
     def __init__(self, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
-                 strength: float = 1.0):
+                 strength: float = 1.0, blend: str = "outputs"):
         super().__init__()
         if not styles:
             raise ValueError("no style given: connect a trained or loaded style")
+        if blend not in BLENDS:
+            raise ValueError(f"blend={blend!r} is not a way to mix styles; choose one of {', '.join(BLENDS)}")
         weights = list(weights) if weights is not None else [1.0 / len(styles)] * len(styles) if len(styles) > 1 else [1.0]
         if len(weights) != len(styles) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"style weights {weights} must be {len(styles)} non-negative numbers with a positive sum")
@@ -60,27 +72,59 @@ class MixedStyle(nn.Module):
             self.register_buffer(f"embedding_{i}", style.embedding.float(), persistent=False)
             trained_scale = float(style.metadata.get("scaling_factor") or vae.scaling_factor)
             self.ratios.append(trained_scale / vae.scaling_factor)
-        self.decoder = vae.make_decoder().eval().requires_grad_(False)
-        state = self.decoder.state_dict()
+        self.blend = "weights" if len(styles) == 1 else blend
+        if self.blend == "weights":
+            self.decoder = self._decoder(vae, styles, self.weights)
+        else:
+            self.decoder = _OutputBlend([self._decoder(vae, [s], [1.0]) for s in styles], self.weights,
+                                        vae.latent_channels)
+        self.to(device)
+
+    def _decoder(self, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float]) -> nn.Module:
+        """The base decoder plus ``strength * sum_i w_i delta_i``."""
+        decoder = vae.make_decoder().eval().requires_grad_(False)
+        state = decoder.state_dict()
         with torch.no_grad():
-            for style, w in zip(styles, self.weights):
+            for style, w in zip(styles, weights):
+                # a style that trained part of the decoder (decoder_parts.py) stores that part only
+                partial = (style.metadata.get("recipe") or {}).get("train_decoder", "all") != "all"
                 try:  # deltas are stored with LDM names; this decoder may use diffusers names
-                    delta = from_ldm(style.decoder_delta, state)
+                    delta = from_ldm(style.decoder_delta, state, missing_ok=partial)
                 except KeyError as exc:
                     raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
                                          "it was made for a different VAE") from exc
-                for k, v in state.items():
-                    v.add_(delta[k].to(v.device, v.dtype), alpha=self.strength * w)
-        self.to(device)
+                for k, d in delta.items():
+                    state[k].add_(d.to(state[k].device, state[k].dtype), alpha=self.strength * w)
+        return decoder
 
     def fuse(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> fused latent; each style sees the latent at the scaling it was trained with."""
-        out = z
+        """Scaled latent -> fused latent; each style sees the latent at the scaling it was trained with.
+
+        ``blend="outputs"`` with several styles: each style's fused latent, stacked on the channel axis."""
+        out, stacked = z, []
         for i, (fusion, w, ratio) in enumerate(zip(self.fusions, self.weights, self.ratios)):
             cond = getattr(self, f"embedding_{i}").to(z.dtype).expand(z.shape[0], -1)
             zi = z * ratio
-            out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
-        return out
+            if self.blend == "outputs":
+                stacked.append(z + (self.strength / ratio) * (fusion(zi, cond) - zi))
+            else:
+                out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
+        return torch.cat(stacked, dim=1) if stacked else out
+
+
+class _OutputBlend(nn.Module):
+    """Decoders of several styles, each on its own fused latent (stacked on channels); pictures averaged."""
+
+    def __init__(self, decoders: Sequence[nn.Module], weights: Sequence[float], latent_channels: int):
+        super().__init__()
+        self.decoders = nn.ModuleList(decoders)
+        self.weights = list(weights)
+        self.latent_channels = int(latent_channels)
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        parts = stacked.split(self.latent_channels, dim=1)
+        # each picture clamped as it would be alone, so the mix lies between the styles' pictures
+        return sum(w * d(p).clamp(0, 1) for w, d, p in zip(self.weights, self.decoders, parts))
 
 
 def _as_rgb(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

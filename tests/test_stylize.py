@@ -65,14 +65,35 @@ def test_mask_keeps_original_pixels_outside(setup, photo):
         stylize(photo, vae, a, mask=torch.ones(1, 32, 32))
 
 
-def test_mixing_two_styles(setup, photo):
+@pytest.mark.parametrize("blend", ["outputs", "weights"])
+def test_mixing_two_styles(setup, photo, blend):
     vae, a, b = setup
-    only_a = stylize(photo, vae, [a, b], weights=[1.0, 0.0])
+    only_a = stylize(photo, vae, MixedStyle(vae, [a, b], [1.0, 0.0], blend=blend))
     torch.testing.assert_close(only_a, stylize(photo, vae, a), atol=1e-5, rtol=1e-5)
-    mix = stylize(photo, vae, [a, b], weights=[0.5, 0.5])
+    mix = stylize(photo, vae, MixedStyle(vae, [a, b], [0.5, 0.5], blend=blend))
     assert not torch.allclose(mix, only_a) and not torch.allclose(mix, stylize(photo, vae, b))
     with pytest.raises(ValueError, match="style weights"):
-        MixedStyle(vae, [a, b], [1.0])
+        MixedStyle(vae, [a, b], [1.0], blend=blend)
+
+
+def test_output_blend_interpolates_the_styles_pictures(setup, photo):
+    vae, a, b = setup
+    ya, yb = stylize(photo, vae, a, strength=0.6), stylize(photo, vae, b, strength=0.6)
+    mix = stylize(photo, vae, [a, b], weights=[0.3, 0.7], strength=0.6)  # blend="outputs" is the default
+    torch.testing.assert_close(mix, 0.3 * ya + 0.7 * yb, atol=1e-5, rtol=1e-5)
+    # the 0.1.0 weight-space blend is not that interpolation
+    old = stylize(photo, vae, MixedStyle(vae, [a, b], [0.3, 0.7], 0.6, blend="weights"))
+    assert (old - mix).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="blend"):
+        MixedStyle(vae, [a, b], blend="pixels")
+
+
+def test_one_style_is_the_same_with_either_blend(setup, photo):
+    vae, a, _ = setup
+    for strength in (0.0, 0.4, 1.0):
+        outs = [stylize(photo, vae, MixedStyle(vae, [a], strength=strength, blend=blend))
+                for blend in ("outputs", "weights")]
+        assert torch.equal(outs[0], outs[1])
 
 
 def test_batches_match_single_images(setup, photo_batch):
@@ -119,9 +140,13 @@ def test_styles_with_different_embedding_sizes_mix(setup, photo):
     other = Style(cfg.to_dict(), build_fusion(cfg).state_dict(), zero_delta, torch.randn(cfg.text_dim),
                   dict(a.metadata))
     assert other.embedding.shape != a.embedding.shape
-    out = stylize(photo, vae, [a, other], weights=[0.5, 0.5])
-    # the untrained style is the identity, so the mix is style a at half strength
+    out = stylize(photo, vae, MixedStyle(vae, [a, other], [0.5, 0.5], blend="weights"))
+    # the untrained style is the identity, so the weight-space mix is style a at half strength ...
     torch.testing.assert_close(out, stylize(photo, vae, a, strength=0.5), atol=1e-5, rtol=1e-4)
+    # ... and the output mix is halfway between style a's picture and the reconstruction
+    out = stylize(photo, vae, [a, other], weights=[0.5, 0.5])
+    expected = 0.5 * stylize(photo, vae, a) + 0.5 * vae.reconstruct(photo)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_a_style_remembers_its_latent_scaling(setup, tiny_models, photo):
