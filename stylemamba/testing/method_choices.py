@@ -1,0 +1,443 @@
+"""Measure the method's open choices (issue 9) on the image-text models of known meaning.
+
+Every figure is taken on HELD-OUT photos stylised by styles that the project's trainer trained on other
+photos, against the untrained style's output B (the VAE reconstruction):
+
+* ``cos``: cos(F_I(Y) - F_I(B), e_t - e_src), the held-out embedding change against the text direction;
+* ``proj``: the length of that change projected on the unit text direction;
+* ``prop``: the named property itself on the pixels (redness / blueness = chroma along the prompt's colour
+  direction, log of the high-frequency share of the luminance for texture prompts), change against B;
+* ``ssim``: luminance SSIM of Y against B (content kept);
+* ``oor``: share of the decoder's raw output pixels outside [0, 1] (what clamping hides), held-out photos;
+* ``ms``: training time per step on this machine; ``params``: trained parameters.
+
+``python -m stylemamba.testing.method_choices --vae VAE.safetensors [--seeds 0 1 2] [--items so patch ...]``
+prints one table per item and writes all rows to JSON (docs/METHOD_CHOICES.md quotes them). The VAE must
+reconstruct photos (the random tiny VAE does not); any SD-layout VAE file works.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..fusion import FusionConfig
+from ..losses import LossConfig
+from ..metrics import ssim
+from ..stylize import MixedStyle, stylize
+from ..train import StyleTrainer, TrainConfig
+from .known_models import KnownMeaningModel, chroma, colour_model, high_frequency_share, texture_model
+
+log = logging.getLogger("stylemamba")
+
+STYLE_PHOTOS = ("astronaut", "coffee")
+HELD_OUT_PHOTOS = ("chelsea", "rocket", "camera", "motorcycle")
+TEXTURE_PROMPTS = ("a pencil sketch", "a smooth painting")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def photo(name: str, size: int) -> torch.Tensor:
+    """A scikit-image photo as (1,3,size,size) in [0,1]: centre square, antialiased resize."""
+    import numpy as np
+    import skimage.data
+
+    arr = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    img = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)[None].float() / 255.0
+    h, w = img.shape[-2:]
+    s = min(h, w)
+    img = img[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def content_networks(seed: int = 0):
+    """VGG19 (widths / 16) and LPIPS (AlexNet) with RANDOM backbones: no pretrained weights exist here;
+    random convolutional features still respond to structure, which the content terms protect."""
+    from ..perceptual import LPIPSLoss, VGGFeatures
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vgg = VGGFeatures(widths=(4, 8, 16, 32, 32)).eval()
+        quiet = logging.getLogger("stylemamba.perceptual")
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            lpips = LPIPSLoss(net="alex")
+        finally:
+            quiet.setLevel(level)
+    return vgg, lpips
+
+
+# ------------------------------------------------------------------------------------------ figures
+def named_property(model: KnownMeaningModel, prompt: str, images: torch.Tensor) -> torch.Tensor:
+    """The property a prompt names, on the pixels, (B,): chroma along its colour direction and/or the signed
+    log high-frequency share of the luminance ("a smooth painting" counts smoothness up)."""
+    direction = model.vocabulary[" ".join(prompt.lower().split())]
+    value = torch.zeros(images.shape[0])
+    colour = [direction.get(a, 0.0) for a in ("red", "green", "blue")]
+    if any(colour):
+        value = value + chroma(images.float()) @ torch.tensor(colour)
+    if direction.get("texture", 0.0):
+        value = value + direction["texture"] * torch.log(high_frequency_share(images.float()) + 1e-4)
+    return value
+
+
+def figures(model: KnownMeaningModel, prompt: str, styled: torch.Tensor, base: torch.Tensor) -> Dict[str, float]:
+    """cos / proj along the prompt, property change and SSIM of held-out pictures against their untrained output."""
+    with torch.no_grad():
+        delta = model.encode_image(styled) - model.encode_image(base)
+    direction = model.direction(prompt).expand_as(delta)
+    return {"cos": float(F.cosine_similarity(delta, direction, dim=-1, eps=1e-12).mean()),
+            "proj": float((delta * F.normalize(direction, dim=-1)).sum(-1).mean()),
+            "prop": float((named_property(model, prompt, styled) - named_property(model, prompt, base)).mean()),
+            "ssim": float(ssim(base, styled).mean())}
+
+
+def out_of_range(vae, style, images: torch.Tensor) -> float:
+    """Share of the raw (unclamped) decoder output pixels outside [0, 1]."""
+    mixer = MixedStyle(vae, [style])
+    with torch.no_grad():
+        raw = mixer.decoder(mixer.fuse(vae.encode(images)))
+    return float(((raw < 0) | (raw > 1)).float().mean())
+
+
+# ------------------------------------------------------------------------------------------ the bench
+@dataclass
+class Setup:
+    """Sizes of the measurement: the paper's geometry scaled down (512 px / 128 px crops / 224 px tower
+    become ``resolution`` / resolution/4 crops / the known models' 64 px input)."""
+
+    resolution: int = 128
+    epochs: int = 20
+    n_crops: int = 16
+    fusion_width: int = 64
+    fusion_depth: int = 2
+    snapshots: Sequence[int] = (10,)  # also measure the style after these epochs (convergence)
+
+    def recipe(self, seed: int, **options) -> TrainConfig:
+        train = {k: options.pop(k) for k in list(options) if k in ("train_decoder", "epochs")}
+        loss = dict(n_crops=self.n_crops)
+        loss.update(options)
+        return TrainConfig(epochs=train.pop("epochs", self.epochs), resolution=self.resolution, seed=seed, amp="off",
+                           loss=LossConfig(**loss), **train,
+                           fusion=FusionConfig(width=self.fusion_width, depth=self.fusion_depth))
+
+
+class Bench:
+    """Trains styles (cached per prompt, seed and options) and measures them on held-out photos."""
+
+    def __init__(self, vae, setup: Optional[Setup] = None):
+        self.vae, self.setup = vae, setup or Setup()
+        r = self.setup.resolution
+        # the towers the trainer uses live on the VAE's device; the figures are taken on the CPU
+        self.towers = {"colour": colour_model().to(vae.device), "texture": texture_model().to(vae.device)}
+        self.models = {"colour": colour_model(), "texture": texture_model()}
+        self.content = torch.cat([photo(n, r) for n in STYLE_PHOTOS])
+        self.held_out = torch.cat([photo(n, r) for n in HELD_OUT_PHOTOS])
+        self.base = vae.reconstruct(self.held_out).cpu()
+        self.vgg, self.lpips = (net.to(vae.device) for net in content_networks(0))
+        self._cache: Dict[tuple, dict] = {}
+        self.on_row: Callable[[dict], None] = lambda row: None  # called after each measured row (saving)
+
+    def model_for(self, prompt: str, tower: bool = False) -> KnownMeaningModel:
+        return (self.towers if tower else self.models)["texture" if prompt in TEXTURE_PROMPTS else "colour"]
+
+    def train(self, prompts, seed: int, weights=None, grad_shares: Sequence[int] = (), **options) -> dict:
+        """Train once; returns {'style', 'snapshots' {epoch: style}, 'ms' per step, 'params', 'shares'}."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        key = (tuple(prompts), seed, tuple(weights or ()), tuple(grad_shares), tuple(sorted(options.items())))
+        if key in self._cache:
+            return self._cache[key]
+        cfg = self.setup.recipe(seed, **options)
+        trainer = StyleTrainer(self.vae, self.model_for(prompts[0], tower=True), self.content, prompts, cfg,
+                               prompt_weights=weights, vgg=self.vgg, lpips=self.lpips)
+        snapshots, shares, spent = {}, {}, [0.0]
+
+        def on_step(info):
+            t0 = time.perf_counter()
+            if info.step in self.setup.snapshots:
+                snapshots[info.step] = trainer.result(0.0, info.step).style
+            if info.step in grad_shares:
+                shares[info.step] = gradient_shares(trainer, info.epoch)
+            spent[0] += time.perf_counter() - t0
+
+        params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        result = trainer.run(on_step=on_step)
+        out = {"style": result.style, "snapshots": snapshots, "shares": shares, "params": params,
+               "ms": 1000 * (result.seconds - spent[0]) / result.steps}
+        self._cache[key] = out
+        return out
+
+    def apply(self, styles, weights=None, blend: str = "outputs", strength: float = 1.0) -> torch.Tensor:
+        styles = styles if isinstance(styles, (list, tuple)) else [styles]
+        return stylize(self.held_out, self.vae, MixedStyle(self.vae, styles, weights, strength, blend=blend))
+
+    def measure(self, prompt: str, seed: int, **options) -> Dict[str, float]:
+        """Train ``prompt`` with ``options`` and measure it (final and snapshot epochs) on the held-out photos."""
+        run = self.train(prompt, seed, **options)
+        model = self.model_for(prompt)
+        row = figures(model, prompt, self.apply(run["style"]), self.base)
+        row["oor"] = out_of_range(self.vae, run["style"], self.held_out)
+        for epoch, style in run["snapshots"].items():
+            row[f"prop@{epoch}"] = figures(model, prompt, self.apply(style), self.base)["prop"]
+        row.update(ms=run["ms"], params=run["params"])
+        return row
+
+
+def gradient_shares(trainer: StyleTrainer, epoch: int) -> Dict[str, float]:
+    """Each weighted loss term's share of the summed gradient norms over the trained parameters, at the
+    trainer's current weights (the random views are replayed, so training continues unchanged)."""
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    state = trainer.gen.get_state()
+    prev_last = getattr(trainer, "_last_emb", None)
+    y = trainer.model.decode(trainer.z, trainer.cond)
+    terms = trainer.loss_terms(y, epoch)
+    trainer.gen.set_state(state)
+    trainer._last_emb = prev_last
+    weights = trainer.cfg.loss.weights(epoch)
+    norms = {}
+    for name, value in terms.items():
+        if weights.get(name, 0.0) == 0.0 or not value.requires_grad:
+            continue
+        grads = torch.autograd.grad(weights[name] * value, params, retain_graph=True, allow_unused=True)
+        norms[name] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+    total = sum(norms.values()) or 1.0
+    return {k: v / total for k, v in norms.items()}
+
+
+# ------------------------------------------------------------------------------------------ the items
+PROMPTS = ("red", "a pencil sketch")
+# a reference bias helps one prompt and hurts its opposite: the reference items also train the opposite texture
+PROMPTS_BOTH_WAYS = ("red", "a pencil sketch", "a smooth painting")
+
+
+def averaged(rows: List[Dict[str, float]]) -> Dict[str, float]:
+    """Mean of each figure over seeds, with its spread (min/max) for the effect figures."""
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        out[k] = statistics.fmean(vals)
+        if k in ("prop", "cos", "ssim"):
+            out[k + "_min"], out[k + "_max"] = min(vals), max(vals)
+    return out
+
+
+def compare(bench: Bench, seeds: Sequence[int], variants: Dict[str, dict],
+            prompts: Sequence[str] = PROMPTS) -> List[dict]:
+    """Rows {item variant, prompt, figures averaged over seeds} for each variant and prompt."""
+    rows = []
+    for name, options in variants.items():
+        for prompt in prompts:
+            per_seed = [bench.measure(prompt, s, **options) for s in seeds]
+            rows.append({"variant": name, "prompt": prompt, "options": options, **averaged(per_seed)})
+            log.info("%-28s %-16s %s", name, prompt, _fmt(rows[-1]))
+            bench.on_row(rows[-1])
+    return rows
+
+
+def _fmt(row: dict) -> str:
+    keys = [k for k in ("prop", "prop@10", "cos", "proj", "ssim", "oor", "ms", "params") if k in row]
+    return "  ".join(f"{k} {row[k]:.4g}" for k in keys)
+
+
+def item_second_order(bench, seeds):
+    return compare(bench, seeds, {
+        "so off (so=0)": dict(so=0.0),
+        "eq4 (default, w 500)": {},
+        "eq4 w 5000": dict(so=5000.0),
+        "eq4 every epoch": dict(so_interval=1),
+        "directional every 5": dict(so_form="directional"),
+        "directional every epoch": dict(so_form="directional", so_interval=1),
+        # the gate L_dir < 0.9 rarely opens when the VAE's own reconstruction error is part of F(Y) - F(X)
+        "eq4 every epoch, gate open": dict(so_interval=1, so_theta=2.0),
+        "directional every 5, gate open": dict(so_form="directional", so_theta=2.0),
+        "directional every epoch, gate open": dict(so_form="directional", so_interval=1, so_theta=2.0),
+    })
+
+
+def item_patch(bench, seeds):
+    rows = compare(bench, seeds, {
+        "patch vs full X (default)": {},
+        "patch off": dict(use_patch=False),
+        "patch off, md off": dict(use_patch=False, md=0.0),
+        "md off": dict(md=0.0),
+        "patch vs same crop of X": dict(crop_reference="same"),
+        "same crop, patch w 500": dict(crop_reference="same", patch=500.0),
+        "full X, patch w 500": dict(patch=500.0),
+        "same crop, patch w 2000": dict(crop_reference="same", patch=2000.0),
+    }, PROMPTS_BOTH_WAYS)
+    for seed in seeds[:1]:  # where the gradient goes (first seed)
+        for prompt in PROMPTS:
+            for name, options in (("default", {}), ("same crop", dict(crop_reference="same"))):
+                run = bench.train(prompt, seed, grad_shares=(1, 5, 10, 20), **options)
+                rows.append({"variant": f"gradient shares: {name}", "prompt": prompt, "seed": seed,
+                             "shares": run["shares"]})
+                log.info("gradient shares %s %s: %s", name, prompt, run["shares"])
+    return rows
+
+
+def item_mask(bench, seeds):
+    return compare(bench, seeds, {
+        "md vs full X (default)": {},
+        "md off": dict(md=0.0),
+        "md vs same mask of X": dict(mask_reference="same"),
+        "same mask, tower-sized patches": dict(mask_reference="same", mask_patch_units="tower"),
+        "patch off: md full X": dict(use_patch=False),
+        "patch off: md same mask": dict(use_patch=False, mask_reference="same"),
+        "patch off: md off": dict(use_patch=False, md=0.0),
+    }, PROMPTS_BOTH_WAYS)
+
+
+def item_range(bench, seeds):
+    return compare(bench, seeds, {
+        "raw output (default)": {},
+        "losses see clamp": dict(clamp_output=True),
+        "range penalty 1e4": dict(range_weight=1e4),
+        "clamp + penalty 1e4": dict(clamp_output=True, range_weight=1e4),
+        "range penalty 1e6": dict(range_weight=1e6),
+        "clamp + penalty 1e6": dict(clamp_output=True, range_weight=1e6),
+    })
+
+
+def item_content(bench, seeds):
+    return compare(bench, seeds, {
+        "VGG mean, 9000/150 (default)": {},
+        "VGG sum, 9000/150": dict(content_reduction="sum"),
+        "VGG sum, 9000/1500": dict(content_reduction="sum", content_weight_end=1500.0),
+        "no VGG": dict(content_weight_start=0.0, content_weight_end=0.0),
+        # the random VGG's features are tiny: weights x 1e6 show what the term does once it has a gradient
+        "VGG mean, weights x 1e6": dict(content_weight_start=9e9, content_weight_end=1.5e8),
+    })
+
+
+def item_decoder(bench, seeds):
+    rows = compare(bench, seeds, {f"train_decoder={p}": dict(train_decoder=p)
+                                  for p in ("all", "top3", "top2", "top1", "none")})
+    rows.append({"variant": "full scale (sd-vae-ft-mse, fusion default)", **full_scale_sizes()})
+    return rows
+
+
+def item_mixing(bench, seeds):
+    rows = []
+    for a, b in (("red", "blue"), ("a pencil sketch", "a smooth painting")):
+        model = bench.model_for(a)
+        for blend in ("weights", "outputs"):
+            per_seed = []
+            for seed in seeds:
+                sa, sb = bench.train(a, seed)["style"], bench.train(b, seed)["style"]
+                ya, yb = bench.apply(sa), bench.apply(sb)
+                t0 = time.perf_counter()
+                mix = bench.apply([sa, sb], [0.5, 0.5], blend=blend)
+                seconds = time.perf_counter() - t0
+                pos = {}
+                for prop in (a, b):
+                    va, vb, vm = (float(named_property(model, prop, y).mean()) for y in (ya, yb, mix))
+                    pos[prop] = (vm - va) / (vb - va) if vb != va else float("nan")
+                per_seed.append({"position_" + k: v for k, v in pos.items()} | {"stylize_s": seconds})
+            rows.append({"variant": f"Mix Styles 50/50, blend={blend}", "prompt": f"{a} + {b}", **averaged(per_seed)})
+            log.info("mix %s %s+%s: %s", blend, a, b, rows[-1])
+        per_seed = []  # the same mix as ONE style trained on both prompts (Conditioning Mix), both crop references
+        for ref in ("full", "same"):
+            per_seed = []
+            for seed in seeds:
+                ya = bench.apply(bench.train(a, seed, crop_reference=ref)["style"])
+                yb = bench.apply(bench.train(b, seed, crop_reference=ref)["style"])
+                ym = bench.apply(bench.train([a, b], seed, weights=[0.5, 0.5], crop_reference=ref)["style"])
+                pos = {}
+                for prop in (a, b):
+                    va, vb, vm = (float(named_property(model, prop, y).mean()) for y in (ya, yb, ym))
+                    pos[prop] = (vm - va) / (vb - va) if vb != va else float("nan")
+                per_seed.append({"position_" + k: v for k, v in pos.items()})
+            rows.append({"variant": f"Conditioning Mix 50/50, crop_reference={ref}", "prompt": f"{a} + {b}",
+                         **averaged(per_seed)})
+            log.info("conditioning mix %s %s+%s: %s", ref, a, b, rows[-1])
+    return rows
+
+
+def full_scale_sizes(text_dim: int = 768) -> Dict[str, dict]:
+    """Trained parameters and style-file bytes (fp16 decoder delta + fp32 fusion) at full scale: the
+    sd-vae-ft-mse decoder architecture (random weights, CPU) and the default fusion module."""
+    from diffusers import AutoencoderKL
+
+    from ..decoder_parts import DECODER_PARTS, restrict_training
+    from ..fusion import build_fusion
+    from ..tiny_models import sd_vae_config
+    from ..vae import SDVAE
+
+    vae = SDVAE.from_diffusers(AutoencoderKL(**sd_vae_config()))
+    fusion = sum(p.numel() for p in build_fusion(FusionConfig(text_dim=text_dim)).parameters())
+    out = {}
+    for part in DECODER_PARTS:
+        dec = vae.make_decoder()
+        names = set(restrict_training(dec, part))
+        n = sum(p.numel() for k, p in dec.named_parameters() if k in names)
+        out[part] = {"decoder_params": n, "fusion_params": fusion, "trained_params": n + fusion,
+                     "file_MB": round((2 * n + 4 * fusion) / 1e6, 1)}
+    return {"sizes": out}
+
+
+CANDIDATE = dict(clamp_output=True, range_weight=1e6, crop_reference="same", mask_reference="same")
+
+
+def item_combined(bench, seeds):
+    """The candidate defaults together, against the paper's defaults."""
+    return compare(bench, seeds, {
+        "paper defaults": {},
+        "clamp + penalty 1e6": dict(clamp_output=True, range_weight=1e6),
+        "+ same crop / same mask": CANDIDATE,
+        "+ same refs, directional so every epoch": dict(CANDIDATE, so_form="directional", so_interval=1),
+        "+ same refs, patch w 2000": dict(CANDIDATE, patch=2000.0),
+        "+ same refs, train_decoder=top2": dict(CANDIDATE, train_decoder="top2"),
+    }, PROMPTS_BOTH_WAYS)
+
+
+ITEMS: Dict[str, Callable] = {"so": item_second_order, "patch": item_patch, "mask": item_mask, "range": item_range,
+                              "content": item_content, "decoder": item_decoder, "mixing": item_mixing,
+                              "combined": item_combined}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stylemamba.testing.method_choices", description=__doc__.split("\n\n")[0])
+    p.add_argument("--vae", required=True, help="an SD-layout VAE .safetensors that reconstructs photos")
+    p.add_argument("--items", nargs="+", default=list(ITEMS), choices=list(ITEMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--resolution", type=int, default=Setup.resolution)
+    p.add_argument("--epochs", type=int, default=Setup.epochs)
+    p.add_argument("--n-crops", type=int, default=Setup.n_crops)
+    p.add_argument("--fusion-width", type=int, default=Setup.fusion_width)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="method_choices.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    from ..vae import load_vae
+
+    t0 = time.perf_counter()
+    setup = Setup(resolution=args.resolution, epochs=args.epochs, n_crops=args.n_crops, fusion_width=args.fusion_width)
+    bench = Bench(load_vae(args.vae, device=args.device), setup)
+    results = {"setup": vars(args), "rows": {}, "partial": []}
+
+    def save(row=None):
+        if row is not None:
+            results["partial"].append(row)
+        results["seconds"] = round(time.perf_counter() - t0, 1)
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+
+    bench.on_row = save
+    for item in args.items:
+        results["rows"][item] = ITEMS[item](bench, args.seeds)
+        save()
+    log.info("done in %.0f s; rows in %s", time.perf_counter() - t0, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
