@@ -385,6 +385,24 @@ def full_scale_sizes(text_dim: int = 768) -> Dict[str, dict]:
     return {"sizes": out}
 
 
+# the paper's recipe (and this project's defaults before issue 9), for comparison with the current defaults
+PAPER = dict(patch=9000.0, so_form="eq4", so_interval=5, clamp_output=False, range_weight=0.0)
+
+
+def item_defaults(bench, seeds):
+    """The defaults chosen by issue 9 against the paper's recipe, and each change undone in turn."""
+    return compare(bench, seeds, {
+        "paper recipe (0.1.0 defaults)": PAPER,
+        "current defaults": {},
+        "defaults, patch w 9000": dict(patch=9000.0),
+        "defaults, second-order eq4 every 5": dict(so_form="eq4", so_interval=5),
+        "defaults, raw output": dict(clamp_output=False, range_weight=0.0),
+        "defaults, md off": dict(md=0.0),
+        "defaults, same crop / same mask": dict(crop_reference="same", mask_reference="same"),
+        "defaults, train_decoder=top3": dict(train_decoder="top3"),
+    }, PROMPTS_BOTH_WAYS + ("blue",))
+
+
 CANDIDATE = dict(clamp_output=True, range_weight=1e6, crop_reference="same", mask_reference="same")
 
 
@@ -402,12 +420,40 @@ def item_combined(bench, seeds):
 
 ITEMS: Dict[str, Callable] = {"so": item_second_order, "patch": item_patch, "mask": item_mask, "range": item_range,
                               "content": item_content, "decoder": item_decoder, "mixing": item_mixing,
-                              "combined": item_combined}
+                              "combined": item_combined, "defaults": item_defaults}
+
+
+def markdown(paths: Sequence[str]) -> str:
+    """Markdown tables (one per item) of result files written by this command."""
+    cols = [("prop", "property"), ("prop@10", "property @10"), ("cos", "cos"), ("ssim", "SSIM"), ("oor", "out of [0,1]"),
+            ("ms", "ms/step"), ("params", "trained params")]
+    out = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for item, rows in data["rows"].items():
+            out.append(f"\n#### {item} ({Path(path).name}, seeds {data['setup']['seeds']})\n")
+            table = [r for r in rows if "prop" in r]
+            if table:
+                out.append("| variant | prompt | " + " | ".join(c[1] for c in cols) + " |")
+                out.append("|---|---|" + "---|" * len(cols))
+                for r in table:
+                    cells = []
+                    for k, _ in cols:
+                        v = r.get(k)
+                        cells.append("" if v is None else f"{v:.0f}" if k in ("ms", "params") else
+                                     f"{v:.1%}" if k == "oor" else f"{v:.3f}")
+                    if "prop_min" in r:
+                        cells[0] += f" ({r['prop_min']:.3f}..{r['prop_max']:.3f})"
+                    out.append(f"| {r['variant']} | {r['prompt']} | " + " | ".join(cells) + " |")
+            for r in rows:
+                if "prop" not in r:
+                    out.append(f"* {json.dumps(r, default=lambda v: round(v, 4) if isinstance(v, float) else str(v))}")
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylemamba.testing.method_choices", description=__doc__.split("\n\n")[0])
-    p.add_argument("--vae", required=True, help="an SD-layout VAE .safetensors that reconstructs photos")
+    p.add_argument("--vae", help="an SD-layout VAE .safetensors that reconstructs photos")
     p.add_argument("--items", nargs="+", default=list(ITEMS), choices=list(ITEMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--resolution", type=int, default=Setup.resolution)
@@ -416,14 +462,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fusion-width", type=int, default=Setup.fusion_width)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="method_choices.json")
+    p.add_argument("--markdown", nargs="+", metavar="RESULTS.json", help="print these results as tables, train nothing")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     from ..vae import load_vae
 
+    if not args.vae:
+        p.error("--vae is required to measure")
     t0 = time.perf_counter()
     setup = Setup(resolution=args.resolution, epochs=args.epochs, n_crops=args.n_crops, fusion_width=args.fusion_width)
     bench = Bench(load_vae(args.vae, device=args.device), setup)
-    results = {"setup": vars(args), "rows": {}, "partial": []}
+    results = {"setup": vars(args), "defaults": LossConfig().to_dict(), "rows": {}, "partial": []}
 
     def save(row=None):
         if row is not None:
