@@ -74,12 +74,14 @@ class StyleMambaTrain:
                                                                "(0.25 = 128 px crops at 512 px)."),
                 "mask_ratio": _float(0.5, 0.05, 0.95, 0.05, "Share of 16x16 patches masked for the masked "
                                                             "directional loss (paper: 50 %)."),
-                "so_interval": _int(5, 1, 1000, "The second-order loss applies every this many epochs (paper: 5)."),
+                "so_interval": _int(1, 1, 1000, "The second-order loss applies every this many epochs (paper: 5; 1 "
+                                                 "since the measurements of docs/METHOD_CHOICES.md)."),
                 "so_theta": _float(0.9, 0.0, 2.0, 0.01, "The second-order loss applies only while the directional "
                                                         "loss is below this threshold."),
                 "dir_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the global directional loss L_dir (Eq. 2)."),
-                "patch_weight": _float(9000.0, 0.0, 1e6, 1.0, "Weight of the patch directional loss over the "
-                                                              "crops (0 turns it off)."),
+                "patch_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the patch directional loss over the "
+                                                             "crops (0 turns it off; CLIPstyler: 9000, which took "
+                                                             "most of the gradient: docs/METHOD_CHOICES.md)."),
                 "md_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the masked directional loss L_md (Eq. 3)."),
                 "so_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the second-order directional loss L_so "
                                                           "(Eq. 4-5)."),

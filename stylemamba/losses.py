@@ -139,40 +139,30 @@ def second_order_loss(
     text_dir: Tensor,
     alpha: float = 1.0,
     beta: float = 1.0,
+    form: str = "eq4",
 ) -> Tensor:
-    """Second-order directional loss ``L_so`` (paper Eq. 4-5, as fixed in METHOD.md).
+    """Second-order directional loss ``L_so`` (paper Eq. 4-5), weighted by ``alpha_shift`` (Eq. 5).
 
-    ``mean_b alpha_shift_b * ||F_I(Y(i+1))_b - F_I(Y(i))_b||^2 / ||e_t - e_src||_b^2``.
-    The paper divides two vectors element-wise inside the norm, which is ill-defined (and
-    explodes on near-zero components); we use the ratio of squared norms [choice]. ``Y(i)`` is
-    the previous epoch's output: ``prev_img_emb`` is detached here, so only ``Y(i+1)`` moves.
-    ``text_dir`` must be the raw direction ``e_t - e_src`` (its length matters).
+    ``Y(i)`` is the previous epoch's output: ``prev_img_emb`` is detached here, so only ``Y(i+1)`` moves.
+
+    * ``form="eq4"`` (the paper, as fixed in METHOD.md): ``mean_b alpha_shift_b * ||F_I(Y(i+1))_b -
+      F_I(Y(i))_b||^2 / ||e_t - e_src||_b^2``. The paper divides two vectors element-wise inside the
+      norm, which is ill-defined (and explodes on near-zero components); we use the ratio of squared
+      norms. ``text_dir`` must be the raw direction ``e_t - e_src`` (its length matters). Minimising a
+      distance to ``Y(i)`` holds the picture back: measured inert or braking (docs/METHOD_CHOICES.md).
+    * ``form="directional"`` (issue 9): ``mean_b alpha_shift_b * [1 - cos(F_I(Y(i+1))_b - F_I(Y(i))_b,
+      e_t - e_src)]``: the step from the previous epoch's output must point along the text direction,
+      so every epoch keeps moving the picture the prompt's way (a momentum-like push).
     """
+    if form not in SO_FORMS:
+        raise ValueError(f"second_order_loss: unknown form {form!r}; valid forms: {SO_FORMS}")
     prev = prev_img_emb.detach()
     weight = alpha_shift(prev, src_img_emb, alpha, beta)
+    if form == "directional":
+        return (weight * _cosine_distance(img_emb - prev, text_dir.expand_as(img_emb))).mean()
     num = (img_emb - prev).pow(2).sum(dim=-1)
     den = text_dir.expand_as(img_emb).pow(2).sum(dim=-1).clamp_min(_EPS)
     return (weight * num / den).mean()
-
-
-def second_order_directional_loss(
-    img_emb: Tensor,
-    prev_img_emb: Tensor,
-    src_img_emb: Tensor,
-    text_dir: Tensor,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-) -> Tensor:
-    """Second-order loss as a push, ``so_form="directional"`` (issue 9; docs/METHOD_CHOICES.md).
-
-    ``mean_b alpha_shift_b * [1 - cos(F_I(Y(i+1))_b - F_I(Y(i))_b, e_t - e_src)]``: the step from the
-    previous epoch's output must point along the text direction, so every epoch keeps moving the
-    picture the prompt's way (a momentum-like term) instead of being held near ``Y(i)``, which is what
-    Eq. 4 read as a squared distance does. ``alpha_shift`` (Eq. 5) weights it as in the paper.
-    """
-    prev = prev_img_emb.detach()
-    weight = alpha_shift(prev, src_img_emb, alpha, beta)
-    return (weight * _cosine_distance(img_emb - prev, text_dir.expand_as(img_emb))).mean()
 
 
 def second_order_gate(dir_loss: Tensor, epoch: int, theta: float, interval: int) -> Tensor:
@@ -477,7 +467,7 @@ class LossConfig:
     """
 
     dir: float = 500.0
-    patch: float = 9000.0
+    patch: float = 500.0  # CLIPstyler's 9000 took 57-87 % of the gradient (docs/METHOD_CHOICES.md)
     md: float = 500.0
     so: float = 500.0
     lpips: float = 150.0
@@ -499,13 +489,13 @@ class LossConfig:
     so_alpha: float = 1.0
     so_beta: float = 1.0
     so_theta: float = 0.9
-    so_interval: int = 5
-    so_form: str = "eq4"
+    so_interval: int = 1  # the paper's 5 with so_form="eq4"
+    so_form: str = "directional"
     crop_reference: str = "full"
     mask_reference: str = "full"
     mask_patch_units: str = "pixels"
-    clamp_output: bool = False
-    range_weight: float = 0.0
+    clamp_output: bool = True
+    range_weight: float = 1e6
     content_reduction: str = "mean"
     source_prompt: str = "a plain photo"
 
@@ -629,8 +619,8 @@ def style_loss(
         src_masked = src_img_emb if src_masked_emb is None else src_masked_emb
         terms["md"] = masked_directional_loss(masked_emb, src_masked, text_dir, cfg.md_form, text_dir_raw)
     if prev_img_emb is not None:
-        so_loss = second_order_loss if cfg.so_form == "eq4" else second_order_directional_loss
-        terms["so"] = so_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta)
+        terms["so"] = second_order_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta,
+                                        cfg.so_form)
         terms["so_gate"] = second_order_gate(terms["dir"], epoch, cfg.so_theta, cfg.so_interval)
     return terms
 

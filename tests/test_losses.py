@@ -19,7 +19,6 @@ from stylemamba.losses import (
     patch_mask,
     random_crops,
     range_penalty,
-    second_order_directional_loss,
     second_order_gate,
     second_order_loss,
     style_loss,
@@ -144,7 +143,7 @@ def test_second_order_loss_batch_mean():
     assert second_order_loss(img, prev, src, text_dir).item() == pytest.approx(row0 / 2)
 
 
-def test_second_order_directional_loss_by_hand():
+def test_second_order_loss_directional_form_by_hand():
     src = t([[1, 0, 0]])
     prev = t([[1, 1, 0]])  # ||prev - src|| = 1 -> alpha_shift = 2 * (1 - e^-1)
     text_dir = t([[0, 1, 0]])
@@ -153,12 +152,14 @@ def test_second_order_directional_loss_by_hand():
     across = prev + t([[0, 0, 0.1]])  # orthogonal step: 1 - cos = 1
     back = prev - t([[0, 0.1, 0]])  # backwards: 2
     for img, expected in ((along, 0.0), (across, weight), (back, 2 * weight)):
-        value = second_order_directional_loss(img, prev, src, text_dir, alpha=2.0, beta=1.0)
+        value = second_order_loss(img, prev, src, text_dir, alpha=2.0, beta=1.0, form="directional")
         assert value.item() == pytest.approx(expected)
     # unlike Eq. 4 (a squared distance to prev, smallest when nothing moves), a longer step along the
     # direction costs nothing more, and staying put is no optimum
     img = across.clone().requires_grad_(True)
-    second_order_directional_loss(img, prev, src, text_dir).backward()
+    second_order_loss(img, prev, src, text_dir, form="directional").backward()
+    with pytest.raises(ValueError, match="form"):
+        second_order_loss(img, prev, src, text_dir, form="ratio")
     assert img.grad[0, 1] < 0  # gradient descent raises the component along the direction
 
 
@@ -325,7 +326,10 @@ def test_total_variation_by_hand():
 # ----- config and combination ----------------------------------------------------------------
 def test_loss_config_defaults_schedule_and_roundtrip():
     cfg = LossConfig()
-    assert (cfg.dir, cfg.patch, cfg.md, cfg.so, cfg.lpips) == (500.0, 9000.0, 500.0, 500.0, 150.0)
+    assert (cfg.dir, cfg.patch, cfg.md, cfg.so, cfg.lpips) == (500.0, 500.0, 500.0, 500.0, 150.0)
+    # issue 9 (docs/METHOD_CHOICES.md): second-order as a push every epoch, losses on the clamped output
+    assert (cfg.so_form, cfg.so_interval, cfg.clamp_output, cfg.range_weight) == ("directional", 1, True, 1e6)
+    assert (cfg.crop_reference, cfg.mask_reference, cfg.content_reduction) == ("full", "full", "mean")
     assert [cfg.content_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0]
     assert cfg.weights(3)["vgg"] == 9000.0 and cfg.weights(5)["vgg"] == 150.0
     assert LossConfig(use_patch=False).weights(0)["patch"] == 0.0
@@ -387,7 +391,7 @@ def test_style_loss_options_of_issue_9():
                        prev_img_emb=t([[0, 1, 0]]), src_crop_embs=same_crops, src_masked_emb=same_mask)
     torch.testing.assert_close(terms["patch"], patch_directional_loss(crops, src, text_dir, 0.0, same_crops))
     torch.testing.assert_close(terms["md"], masked_directional_loss(masked, same_mask, text_dir))
-    torch.testing.assert_close(terms["so"], second_order_directional_loss(img, t([[0, 1, 0]]), src, text_dir))
+    torch.testing.assert_close(terms["so"], second_order_loss(img, t([[0, 1, 0]]), src, text_dir, form="directional"))
     assert LossConfig(range_weight=3.0).weights(0)["range"] == 3.0
     assert LossConfig().mask_patch_for(512, 224) == 16
     assert LossConfig(mask_patch_units="tower").mask_patch_for(512, 224) == 37  # 16 tower pixels at 512 px

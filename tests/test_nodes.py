@@ -176,11 +176,17 @@ def test_node_declaration_is_well_formed(nodes, pack, node_id):
     assert set(required_params) <= set(it["required"])
 
 
-def test_train_widget_defaults_are_the_paper_recipe(nodes):
+def test_train_widget_defaults_are_the_library_recipe(nodes):
+    from stylemamba.losses import LossConfig
+
     req = nodes["StyleMambaTrain"].INPUT_TYPES()["required"]
     defaults = {k: v[1]["default"] for k, v in req.items() if len(v) > 1 and "default" in v[1]}
     assert defaults["epochs"] == 20 and defaults["learning_rate"] == 5e-4 and defaults["lr_decay_epoch"] == 10
-    assert defaults["resolution"] == 512 and defaults["mask_ratio"] == 0.5 and defaults["so_interval"] == 5
+    assert defaults["resolution"] == 512 and defaults["mask_ratio"] == 0.5
+    # the widgets start at the library's defaults (issue 9 changed patch weight and second-order interval)
+    lc = LossConfig()
+    assert (defaults["so_interval"], defaults["patch_weight"]) == (lc.so_interval, lc.patch)
+    assert (defaults["dir_weight"], defaults["md_weight"], defaults["so_weight"]) == (lc.dir, lc.md, lc.so)
     assert (defaults["vgg_weight_start"], defaults["vgg_weight_end"], defaults["vgg_weight_switch_epoch"]) == (9000, 150, 5)
     assert req["seed"][1]["control_after_generate"] is False  # re-queueing must not retrain with a new seed
 

@@ -103,9 +103,15 @@ def test_batches_match_single_images(setup, photo_batch):
     torch.testing.assert_close(batch, singles, atol=1e-5, rtol=1e-5)
 
 
-def test_tiles_have_no_visible_seams(setup):
-    vae, a, _ = setup
+def test_tiles_have_no_visible_seams(setup, tiny_models):
+    vae, _, _ = setup
     from skimage import data
+
+    # a style made translation-consistent by the patch loss at CLIPstyler's weight 9000: this test is about the
+    # tiling machinery. With the default patch weight 500 a style leans more on global context and its tiles
+    # differ more from the whole picture (0.067 vs 0.026 mean here): docs/METHOD_CHOICES.md, "still open"
+    text = load_text_image_encoder(tiny_models["siglip"])
+    a = train_style(vae, text, load_photo(), "fire", small_config(epochs=3, lr=3e-3, loss=dict(patch=9000.0))).style
 
     img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
     img = torch.nn.functional.interpolate(img, size=(256, 256), antialias=True, mode="bilinear")

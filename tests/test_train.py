@@ -181,8 +181,11 @@ def test_clamped_output_and_range_penalty(parts, photo):
     trainer.feats_x = [trainer.x]
     trainer.loss_terms(y, 0)
     assert float(seen[0].detach().min()) == 0.0 and float(seen[0].detach().max()) == 1.0  # the losses see it clamped
-    plain = StyleTrainer(vae, text, photo, "fire", small_config())
-    assert "range" not in plain.loss_terms(y, 0)
+    raw = StyleTrainer(vae, text, photo, "fire", small_config(loss=dict(clamp_output=False, range_weight=0.0)))
+    seen.clear()
+    raw.vgg, raw.feats_x = trainer.vgg, trainer.feats_x
+    assert "range" not in raw.loss_terms(y, 0)
+    assert float(seen[0].detach().min()) == -1.0  # the paper's form: the losses see the raw output
 
 
 def test_training_part_of_the_decoder_stores_that_part(parts, photo):
