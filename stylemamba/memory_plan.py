@@ -11,7 +11,7 @@ Three ways to trade time for memory, all giving the gradient of the full batch (
 * ``checkpointing``: the decoder's activations are recomputed in backward.
 
 :func:`choose_plan` is a pure function of the free memory and the recipe; :func:`estimate_bytes` is
-its model, calibrated on the H200 figures of issue 11 (bf16, full-size networks, 512 px, 64 crops):
+its model, calibrated on measured H200 figures (bf16, full-size networks, 512 px, 64 crops):
 
 =============================  ========  ====================================================================
 constant                       value     source
@@ -33,8 +33,8 @@ tower's size, so their cost does not. Check: 4 images with checkpointing, 2.0 + 
 against 23.7 GB measured.
 
 Time model (relative; picks among plans that fit): a step of m images costs ``A + P * m`` with A = 0.73 s,
-P = 1.62 s per 20 steps (issue 11: 2.35 s for 1 image, 7.2 s for 4); decoder checkpointing x1.14 (3.36 /
-2.94 s, issue 11); tower chunks x1.07 (the tower's forward is recomputed: ~8 of 109 ms per step, a third of
+P = 1.62 s per 20 steps (measured on an H200: 2.35 s for 1 image, 7.2 s for 4); decoder checkpointing x1.14 (3.36 /
+2.94 s); tower chunks x1.07 (the tower's forward is recomputed: ~8 of 109 ms per step, a third of
 its 23.8 ms fwd+bwd in docs/BENCHMARK.md).
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ Pitfalls met while building them (they decide what the proof can and cannot show
   model's input size, which removes high frequencies: a crop's texture statistic is far below the
   full image's, so a crop embedding compared with the FULL content embedding (as the patch loss does)
   already "moves" towards "a smooth painting" and away from "a pencil sketch" without any change to
-  the picture. This biases the patch loss on texture prompts (issue 9).
+  the picture. This biases the patch loss on texture prompts (docs/KNOWN_MODELS.md).
 * **Unclamped pixels.** The losses see the decoder's raw output; these models are linear in the
   pixels, so pixels beyond [0, 1] earn chroma that clamping at inference removes. Measure the
   properties on the clamped, stylised picture (what users get), not on the training output.
