@@ -282,10 +282,11 @@ def test_text_conditioning_and_mix(nodes, text_model):
     assert only_a.prompts == ("oil painting",)
     assert abb.prompts == ("oil painting", "pop art", "pop art")
     assert abb.weights == pytest.approx((0.375, 0.125, 0.5))
-    # what training follows: the weighted, normalised prompt embeddings (train.style_direction); the node's
+    # what training follows when given the prompts as text (TextDirection.encode, as train_style does); the node's
     # embeddings must give the same direction, or they are dead data
-    train_mod = importlib.import_module(PACK_NAME + ".stylemamba.train")
-    e_t, e_src, _ = train_mod.style_direction(text_model, list(abb.prompts), list(abb.weights), abb.source_prompt)
+    direction_mod = importlib.import_module(PACK_NAME + ".stylemamba.direction")
+    encoded = direction_mod.TextDirection.encode(text_model, list(abb.prompts), list(abb.weights), abb.source_prompt)
+    e_t, e_src = encoded.e_t, encoded.e_src
     w = torch.tensor(abb.weights)[:, None]
     torch.testing.assert_close(torch.nn.functional.normalize((w * abb.embeddings).sum(0), dim=-1), e_t, atol=1e-5,
                                rtol=1e-5)
