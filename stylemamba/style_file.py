@@ -22,6 +22,8 @@ from .vae import SDVAE, fingerprints_match
 
 FORMAT = "stylemamba.style"
 FORMAT_VERSION = 1
+UNIVERSAL_FORMAT = "stylemamba.universal"  # a fusion module + decoder trained over a prompt bank (universal.py)
+UNIVERSAL_FORMAT_VERSION = 1
 EXTENSION = ".safetensors"
 
 
@@ -45,13 +47,63 @@ class Style:
 
     def check_vae(self, vae: SDVAE) -> None:
         """Refuse to apply the decoder delta to a VAE other than the one the style was trained on."""
-        base = self.metadata.get("base_vae")
-        if base and not fingerprints_match(base, vae.identity):
-            raise StyleFileError(
-                f"style '{self.name}' was trained on another VAE ({self.metadata.get('base_vae_name') or 'unknown'}, "
-                f"fingerprint {base.get('arch')}); the connected VAE '{vae.name}' has fingerprint "
-                f"{vae.identity.get('arch')}. Connect the VAE the style was trained with, or train the style again."
-            )
+        _check_vae(self.metadata, vae, f"style '{self.name}'", "train the style again")
+
+
+def _check_vae(meta: dict[str, Any], vae: SDVAE, what: str, otherwise: str) -> None:
+    base = meta.get("base_vae")
+    if base and not fingerprints_match(base, vae.identity):
+        raise StyleFileError(
+            f"{what} was trained on another VAE ({meta.get('base_vae_name') or 'unknown'}, fingerprint "
+            f"{base.get('arch')}); the connected VAE '{vae.name}' has fingerprint {vae.identity.get('arch')}. "
+            f"Connect the VAE it was trained with, or {otherwise}.")
+
+
+@dataclass
+class UniversalModel:
+    """A fusion module and decoder trained over a prompt bank (``universal.py``): a style for ANY prompt.
+
+    The fusion weights are shared by every prompt (the prompt enters as its embedding e_t through the
+    adaLN modulation), so a prompt's style is these weights with that prompt's e_t (:meth:`style`).
+    ``source_embedding``: e_src of the source prompt it was trained against; ``source_image_embedding``:
+    the mean image embedding of its training photos, where directions from a reference image start.
+    """
+
+    fusion_config: dict[str, Any]
+    fusion_state: dict[str, torch.Tensor]
+    decoder_delta: dict[str, torch.Tensor]
+    source_embedding: torch.Tensor  # (D,)
+    source_image_embedding: torch.Tensor  # (D,)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or self.metadata.get("file") or "universal model")
+
+    @property
+    def text_model(self) -> str:
+        return str(self.metadata.get("text_model", ""))
+
+    def check_vae(self, vae: SDVAE) -> None:
+        _check_vae(self.metadata, vae, f"universal model '{self.name}'", "train it again on this VAE")
+
+    def style(self, embedding: torch.Tensor, metadata: dict[str, Any] | None = None) -> Style:
+        """The style of one conditioning ``embedding`` e_t (D,): shared fusion weights, this model's decoder delta.
+
+        The tensors are shared with this model, not copied. ``metadata`` (prompts, source prompt...) is
+        recorded in the style beside the universal model's VAE fingerprint and latent scaling.
+        """
+        e = embedding.detach().float().cpu().reshape(-1)
+        dim = int(self.source_embedding.numel())
+        if e.numel() != dim:
+            raise StyleFileError(f"the conditioning has {e.numel()}-d embeddings but universal model '{self.name}' "
+                                 f"was trained on {dim}-d ones ({self.text_model or 'unknown text model'}): encode "
+                                 "the prompt with that text model")
+        keep = ("base_vae", "base_vae_name", "scaling_factor", "text_model", "text_model_kind", "source_prompt")
+        meta = {k: self.metadata[k] for k in keep if k in self.metadata}
+        meta.update(metadata or {})
+        meta.update(universal_model=self.name, steps=0, train_seconds=0.0)
+        return Style(self.fusion_config, self.fusion_state, self.decoder_delta, e, meta)
 
 
 def safe_style_filename(name: str) -> str:
@@ -70,21 +122,31 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     so fp16 keeps it to ~1e-3 relative while halving the file; pass torch.float32 for an exact copy).
     The file is written to a temporary name and renamed, so a crash never leaves a half file.
     """
+    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
+    tensors.update(_weights(style.fusion_state, style.decoder_delta, delta_dtype))
+    meta = {**style.metadata, "fusion": style.fusion_config}
+    return _write(tensors, meta, path, FORMAT, FORMAT_VERSION, delta_dtype)
+
+
+def _weights(fusion_state, decoder_delta, delta_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out = {"fusion." + k: v.detach().float().cpu().contiguous() for k, v in fusion_state.items()}
+    out.update({"decoder_delta." + k: v.detach().to(delta_dtype).cpu().contiguous() for k, v in decoder_delta.items()})
+    return out
+
+
+def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path, fmt: str, version: int,
+           delta_dtype: torch.dtype) -> dict[str, Any]:
+    """Write a StyleMamba weight file atomically (temporary name, then rename) and readable by others."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != EXTENSION:
         path = path.with_suffix(EXTENSION)
-    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
-    for k, v in style.fusion_state.items():
-        tensors["fusion." + k] = v.detach().float().cpu().contiguous()
-    for k, v in style.decoder_delta.items():
-        tensors["decoder_delta." + k] = v.detach().to(delta_dtype).cpu().contiguous()
-    meta = dict(style.metadata)
+    meta = dict(meta)
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION, library_version=__version__,
-                fusion=style.fusion_config, delta_dtype=str(delta_dtype).replace("torch.", ""))
-    header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": FORMAT}
+    meta.update(format=fmt, format_version=version, library_version=__version__,
+                delta_dtype=str(delta_dtype).replace("torch.", ""))
+    header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": fmt}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     save_file(tensors, str(tmp), metadata=header)
@@ -95,13 +157,16 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
-def read_style_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a style file, without loading its tensors."""
+def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
+    """The JSON metadata of a StyleMamba weight file of either kind, without loading its tensors.
+
+    ``kind`` ("style" or "universal model") only words the errors; the caller checks the format.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"style file not found: {path}")
+        raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -112,23 +177,34 @@ def read_style_metadata(path: str | Path) -> dict[str, Any]:
     if "stylemamba" not in header:
         what = "a VAE" if any(k.startswith(("encoder.", "decoder.")) for k in keys) else \
                "a LoRA" if any("lora" in k for k in keys) else "some other model"
-        raise StyleFileError(f"{path.name} is not a StyleMamba style file (it looks like {what}); "
-                             "load it with the matching loader, or pick a style trained with StyleMamba")
+        raise StyleFileError(f"{path.name} is not a StyleMamba {kind} file (it looks like {what}); "
+                             f"load it with the matching loader, or pick a {kind} trained with StyleMamba")
     try:
         meta = json.loads(header["stylemamba"])
     except json.JSONDecodeError as exc:
-        raise StyleFileError(f"{path.name}: style metadata is damaged ({exc}); train or download the style again") from exc
-    if meta.get("format") != FORMAT:
-        raise StyleFileError(f"{path.name}: metadata format {meta.get('format')!r} is not a StyleMamba style; "
-                             "pick a style trained with StyleMamba")
+        raise StyleFileError(f"{path.name}: {kind} metadata is damaged ({exc}); train or download it again") from exc
+    newest = {FORMAT: FORMAT_VERSION, UNIVERSAL_FORMAT: UNIVERSAL_FORMAT_VERSION}.get(meta.get("format"))
+    if newest is None:
+        raise StyleFileError(f"{path.name}: metadata format {meta.get('format')!r} is not a StyleMamba {kind}; "
+                             f"pick a {kind} trained with StyleMamba")
     try:
         version = int(meta.get("format_version", 0))
     except (TypeError, ValueError):
-        raise StyleFileError(f"{path.name}: style metadata is damaged (format_version "
-                             f"{meta.get('format_version')!r}); train or download the style again") from None
-    if version > FORMAT_VERSION:
-        raise StyleFileError(f"{path.name}: style format v{version} is newer than this StyleMamba ({__version__}) "
+        raise StyleFileError(f"{path.name}: {kind} metadata is damaged (format_version "
+                             f"{meta.get('format_version')!r}); train or download it again") from None
+    if version > newest:
+        raise StyleFileError(f"{path.name}: format v{version} is newer than this StyleMamba ({__version__}) "
                              "understands; update the node pack")
+    return meta
+
+
+def read_style_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a style file, without loading its tensors; a universal model is refused, saying what to do."""
+    meta = _read_metadata(path, "style")
+    if meta["format"] == UNIVERSAL_FORMAT:
+        raise StyleFileError(f"{Path(path).name} is a universal StyleMamba model (one model for any prompt), not a "
+                             "style: load it with Load Universal Model and make a style from it with Universal Style "
+                             "(a prompt or a reference image); on the command line: stylize --universal FILE --prompt")
     return meta
 
 
@@ -151,13 +227,59 @@ def load_style(path: str | Path) -> Style:
 
 
 def describe_style(path: str | Path) -> dict[str, Any]:
-    """What a style file holds, for ``stylemamba info`` and the UI."""
+    """What a style file (or a universal model file) holds, for ``stylemamba info`` and the UI."""
     from safetensors import safe_open
 
-    meta = read_style_metadata(path)
+    meta = _read_metadata(path, "style")  # either kind: `stylemamba info` describes universal models too
+    meta.pop("bank_prompts", None)  # a universal model's whole prompt list; its count stays in "bank_size"
     counts: dict[str, int] = {}
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():
             group = k.split(".", 1)[0]
             counts[group] = counts.get(group, 0) + int(torch.Size(f.get_slice(k).get_shape()).numel())
     return {"file": str(path), "bytes": Path(path).stat().st_size, "parameters": counts, **meta}
+
+
+def save_universal(model: UniversalModel, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """Write a universal model (same layout as a style, plus the source embeddings); returns {'path', 'bytes'}."""
+    tensors = _weights(model.fusion_state, model.decoder_delta, delta_dtype)
+    tensors["source_embedding"] = model.source_embedding.detach().float().cpu().contiguous()
+    tensors["source_image_embedding"] = model.source_image_embedding.detach().float().cpu().contiguous()
+    meta = {**model.metadata, "fusion": model.fusion_config, "kind": "universal"}
+    meta.pop("file", None)
+    return _write(tensors, meta, path, UNIVERSAL_FORMAT, UNIVERSAL_FORMAT_VERSION, delta_dtype)
+
+
+def read_universal_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a universal model file; a per-prompt style is refused, saying what to do."""
+    meta = _read_metadata(path, "universal model")
+    if meta["format"] == FORMAT:
+        prompts = ", ".join(f"'{p}'" for p in meta.get("prompts", [])) or "its prompt"
+        raise StyleFileError(f"{Path(path).name} is a style trained for {prompts}, not a universal model: load it "
+                             "with Load Style (command line: stylize --style FILE)")
+    return meta
+
+
+def load_universal(path: str | Path) -> UniversalModel:
+    """Read a universal model file; corrupt, foreign or per-prompt style files raise :class:`StyleFileError`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_universal_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise StyleFileError(f"{path.name}: could not read the weights ({exc}); the file is damaged") from exc
+    missing = [k for k in ("source_embedding", "source_image_embedding") if k not in tensors]
+    if missing:
+        raise StyleFileError(f"{path.name}: universal model file has no {', '.join(missing)}; it is damaged")
+    fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")}
+    delta = {k[len("decoder_delta."):]: v.float() for k, v in tensors.items() if k.startswith("decoder_delta.")}
+    meta["file"] = path.name
+    return UniversalModel(meta.get("fusion", {}), fusion, delta, tensors["source_embedding"].float(),
+                          tensors["source_image_embedding"].float(), meta)
+
+
+def file_kind(path: str | Path) -> str:
+    """"style" or "universal" for a StyleMamba weight file (e.g. to pick the loader); other files raise."""
+    return "universal" if _read_metadata(path, "style")["format"] == UNIVERSAL_FORMAT else "style"
