@@ -1,0 +1,529 @@
+"""Zero-shot styles: ONE fusion module and decoder trained over a prompt bank x an image set.
+
+The fusion module is conditioned on the style embedding e_t through adaLN (paper Eq. 1), so trained
+over many prompts it stylises with a prompt it never saw: encode the prompt, one forward pass (as
+FastCLIPstyler and TxST do, with StyleMamba's architecture). Each step draws a batch of (image,
+prompt) pairs that mixes prompts; row ``b`` is conditioned on its own e_t and judged against its
+own direction ``e_t - e_src`` by the per-style losses (directional, patch, masked, second-order,
+VGG / LPIPS content), which all take a per-row ``(B, D)`` direction.
+
+Distributed on ``torch.distributed`` (DDP; see :mod:`stylemamba.distributed`): the GLOBAL batch of a
+step is a function of (seed, step) only and rank r computes its slice, with the random crops and
+masks of each row seeded by (seed, step, row). So 1 process and N processes with the same global
+batch take the same steps (up to the order of floating-point sums), and a run resumed from a
+checkpoint on any number of processes continues exactly where it stopped: the checkpoint needs no
+sampler or RNG state, only the step. FSDP is not used: the trained parameters (fusion + a VAE
+decoder, ~55 M at full size) and their Adam state fit any training GPU many times over; the memory
+goes to activations, which sharding parameters would not reduce.
+
+Schedule: ``epochs`` x ``steps_per_epoch`` steps; the per-style recipe's epoch numbers (content
+weight switch at 5, lr halved at 10, second-order loss every 5) keep their meaning in epochs. The
+second-order loss compares the output with Y(i), the same batch through the weights at the start of
+the previous epoch (a snapshot kept for that epoch; with one step per epoch this is exactly the
+per-style trainer's rule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses as L
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, optimizer_from_tensors,
+                         save_checkpoint)
+from .distributed import Dist
+from .options import from_options
+from .precision import autocast, autocast_dtype
+from .prompt_bank import BankPrompt, PromptBank
+from .style_file import UniversalModel
+from .train import TrainConfig, prepare_content
+
+log = logging.getLogger("stylemamba")
+
+
+@dataclass
+class UniversalConfig(TrainConfig):
+    """The per-style recipe (losses, fusion, lr schedule in epochs) plus what a long, shared run needs."""
+
+    steps_per_epoch: int = 50
+    batch_size: int = 8  # GLOBAL (image, prompt) pairs per step, split evenly over the processes
+    checkpoint_every: int = 200  # steps between checkpoints (0: only at the end and on Ctrl-C)
+    keep_checkpoints: int = 2
+    log_every: int = 10  # steps between loss lines on rank 0
+    cache_images: int = 4096  # content latents / image embeddings kept per process (frozen, computed once)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, ok, rule in (("batch_size", self.batch_size >= 1, ">= 1"),
+                               ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+                               ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+                               ("log_every", self.log_every >= 1, ">= 1"),
+                               ("cache_images", self.cache_images >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"UniversalConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UniversalConfig:
+        return from_options(cls, d, "universal training")
+
+
+# ------------------------------------------------------------------------------------------ data
+def _seed(*parts: Any) -> int:
+    """A 63-bit seed from any values: independent streams for (seed, what, step, row)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+
+
+class PairSampler:
+    """The (image, prompt) pairs of each step: a function of (seed, step) only, the same for any world size.
+
+    Images are drawn as consecutive slices of a fresh permutation per pass over the image set (every
+    image equally often, like ``DistributedSampler``); prompts are drawn with replacement in
+    proportion to the bank's weights. Rank r of W takes rows ``[r*B/W, (r+1)*B/W)`` of the global batch B.
+    """
+
+    def __init__(self, n_images: int, prompt_weights: Sequence[float], batch_size: int, seed: int):
+        if n_images < 1:
+            raise ValueError("no content images: give at least one image to train on")
+        self.n_images, self.batch_size, self.seed = int(n_images), int(batch_size), int(seed)
+        self.weights = torch.tensor([float(w) for w in prompt_weights], dtype=torch.float64)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, cycle: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != cycle:
+            g = torch.Generator().manual_seed(_seed(self.seed, "images", cycle))
+            self._perm = (cycle, torch.randperm(self.n_images, generator=g))
+        return self._perm[1]
+
+    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image indices, prompt indices), each (B,) long, of ``step``."""
+        pos = step * self.batch_size + torch.arange(self.batch_size)
+        images = torch.stack([self._permutation(int(p) // self.n_images)[int(p) % self.n_images] for p in pos])
+        g = torch.Generator().manual_seed(_seed(self.seed, "prompts", step))
+        prompts = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
+        return images, prompts
+
+    def rows(self, rank: int, world_size: int) -> range:
+        if self.batch_size % world_size:
+            raise ValueError(f"batch size {self.batch_size} does not split evenly over {world_size} processes: use a "
+                             f"multiple of {world_size} (each process takes the same number of pairs)")
+        per = self.batch_size // world_size
+        return range(rank * per, (rank + 1) * per)
+
+
+class ImageSet:
+    """Content images (tensors or files), each resized and centre-cropped to the training resolution on access."""
+
+    def __init__(self, images: Sequence[torch.Tensor | str | Path] | torch.Tensor, resolution: int):
+        self.items = list(images.unbind(0)) if torch.is_tensor(images) and images.dim() == 4 else list(images)
+        if not self.items:
+            raise ValueError("no content images: give at least one image (file, folder or tensor) to train on")
+        self.resolution = int(resolution)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.items[i]
+        if not torch.is_tensor(item):
+            from .image_io import load_image
+
+            item = load_image(item)
+        return prepare_content(item, self.resolution)[0]
+
+    def fingerprint(self) -> str:
+        """Identifies the set for resuming (file names, or tensor shapes and sums)."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update((str(item) if not torch.is_tensor(item) else f"{tuple(item.shape)}:{float(item.double().sum()):.6e}")
+                     .encode())
+        return h.hexdigest()[:16]
+
+
+def encode_bank(text, prompts: Sequence[str], chunk: int = 64) -> torch.Tensor:
+    """(P, D) L2-normalised text embeddings of the prompts, encoded in chunks (banks can be large)."""
+    with torch.no_grad():
+        return torch.cat([text.encode_text(list(prompts[i:i + chunk])).float() for i in range(0, len(prompts), chunk)])
+
+
+# ------------------------------------------------------------------------------------------ model
+class UniversalNet(nn.Module):
+    """The trained part: fusion module + decoder, conditioned PER ROW (a different prompt for each image)."""
+
+    def __init__(self, fusion: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.fusion = fusion
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B,C,h,w) and embeddings (B,D) -> raw (unclamped) images."""
+        return self.decoder(self.fusion(z, cond.to(z.dtype)))
+
+
+# ---- the coupling to the per-style trainer's internals lives in these three functions ------------
+def build_net(vae, fusion_cfg, text_dim: int) -> UniversalNet:
+    """A fresh fusion module (the identity at start) and a trainable copy of the VAE decoder."""
+    from .fusion import build_fusion
+
+    cfg = dataclasses.replace(fusion_cfg, text_dim=int(text_dim), latent_channels=int(vae.latent_channels))
+    return UniversalNet(build_fusion(cfg).to(vae.device), vae.make_decoder())
+
+
+def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators: Sequence[torch.Generator]):
+    """The image-tower inputs of a step, each row's crops and mask drawn from ITS generator (world-size free).
+
+    Returns (views (N,3,size,size), n_crops, masked): rows of whole images, then B*n_crops crops
+    (image-major), then B masked images, the layout ``losses.style_loss`` expects.
+    """
+    b = y.shape[0]
+    whole = F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    views, n_crops = [whole], 0
+    if lc.use_patch and lc.patch > 0:
+        crop = lc.crop_size_for(y.shape[-2], y.shape[-1])
+        views.append(torch.cat([L.random_crops(y[i:i + 1], lc.n_crops, crop, size, perspective=lc.crop_perspective,
+                                               generator=generators[i]) for i in range(b)]))
+        n_crops = lc.n_crops
+    if lc.md > 0:
+        masks = torch.cat([L.patch_mask(1, y.shape[-2], y.shape[-1], patch=lc.mask_patch, ratio=lc.mask_ratio,
+                                        generator=generators[i], device=y.device) for i in range(b)])
+        views.append(F.interpolate(L.apply_mask(y, masks, fill=lc.mask_fill), size=(size, size), mode="bicubic",
+                                   align_corners=False, antialias=True))
+    return torch.cat([v.to(y.dtype) for v in views]), n_crops, lc.md > 0
+
+
+def package(net: UniversalNet, vae, e_src: torch.Tensor, e_src_image: torch.Tensor,
+            metadata: dict[str, Any]) -> UniversalModel:
+    """The trained weights as a :class:`UniversalModel` (CPU; the decoder as a delta in the LDM layout)."""
+    from .vae import decoder_state
+    from .vae_layout import to_ldm
+
+    base = decoder_state(vae.decoder, vae.post_quant_conv)
+    trained = net.decoder.state_dict()
+    delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
+                    for k in trained})
+    fusion_state = {k: v.detach().float().cpu() for k, v in net.fusion.state_dict().items()}
+    meta = {"base_vae": vae.identity, "base_vae_name": vae.name, "scaling_factor": vae.scaling_factor, **metadata}
+    return UniversalModel(net.fusion.config.to_dict(), fusion_state, delta, e_src.detach().float().cpu(),
+                          e_src_image.detach().float().cpu(), meta)
+# ------------------------------------------------------------------------------------------------
+
+
+_SNAPSHOTS = {"so_snapshot.": "snapshot", "so_next_snapshot.": "next_snapshot"}  # checkpoint key prefixes
+
+
+@dataclass
+class LogLine:
+    """What rank 0 reports every ``log_every`` steps: the global mean of each loss term over those steps."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    losses: dict[str, float]
+    seconds: float
+    pairs_per_second: float
+
+
+@dataclass
+class UniversalResult:
+    model: UniversalModel
+    history: list[dict[str, float]]  # one LogLine's losses per log interval (global means)
+    steps: int
+    seconds: float
+    cancelled: bool = False
+    checkpoint: Path | None = None
+
+
+class UniversalTrainer:
+    """Everything a universal training run needs on one process; ``run()`` executes it (usable once)."""
+
+    def __init__(self, vae, text, images: ImageSet | Sequence | torch.Tensor, bank: PromptBank | Sequence[str],
+                 config: UniversalConfig | None = None, vgg: nn.Module | None = None, lpips: nn.Module | None = None,
+                 dist: Dist | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False):
+        self.cfg = config or UniversalConfig()
+        self.dist = dist or Dist(device=vae.device)
+        self.device = self.dist.device
+        for what, dev in (("VAE", vae.device), ("text model", text.device)):
+            if dev.type != self.device.type:
+                raise ValueError(f"the {what} is on {dev} but this process trains on {self.device}: move it first")
+        self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
+        self.images = images if isinstance(images, ImageSet) else ImageSet(images, self.cfg.resolution)
+        if self.images.resolution != self.cfg.resolution:
+            raise ValueError(f"the image set is prepared at {self.images.resolution} px but the recipe trains at "
+                             f"{self.cfg.resolution} px")
+        self.bank = bank if isinstance(bank, PromptBank) else PromptBank(
+            tuple(BankPrompt(" ".join(str(p).split()), line=i + 1) for i, p in enumerate(bank)), "<prompts>")
+        lc = self.cfg.loss
+        self.vgg_on = lc.content_weight_start > 0 or lc.content_weight_end > 0
+        self.skipped_losses = [n for n, missing in (("vgg", self.vgg_on and vgg is None),
+                                                    ("lpips", lc.lpips > 0 and lpips is None)) if missing]
+        for name in self.skipped_losses:
+            log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
+        self.sampler = PairSampler(len(self.images), self.bank.weights, self.cfg.batch_size, self.cfg.seed)
+        self.rows = self.sampler.rows(self.dist.rank, self.dist.world_size)
+
+        torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.prompt_emb = encode_bank(text, self.bank.texts).to(self.device)
+        self.e_src = text.encode_text([lc.source_prompt])[0].float().to(self.device)
+        self.net = build_net(vae, self.cfg.fusion, self.prompt_emb.shape[-1])
+        if self.cfg.channels_last and self.device.type == "cuda":
+            self.net.decoder.to(memory_format=torch.channels_last)
+        self.names = [n for n, _ in self.net.named_parameters()]
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr,
+                                    fused=True if self.device.type == "cuda" else None)
+        scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
+        self.scaler = scaler_cls(enabled=autocast_dtype(self.device, self.cfg.amp) == torch.float16)
+        self.ddp = self.net
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None, broadcast_buffers=False)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.e_src_image = self._source_image_embedding()
+        # second-order loss: the weights at the start of the previous epoch (used in this epoch), and those at
+        # the start of this epoch (used in the next one); kept only around epochs where the loss applies
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.next_snapshot: dict[str, torch.Tensor] | None = None
+        self.step_index = 0
+        self.history: list[dict[str, float]] = []
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._prepare_checkpoints(resume)
+
+    # ------------------------------------------------------------------ frozen inputs
+    def _frozen(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image i: pixels, its latent z and its image embedding F_I(X) (the last two cached)."""
+        x = self.images[i].to(self.device)[None]
+        if i not in self._cache:
+            with torch.no_grad(), autocast(self.device, self.cfg.amp):
+                z, emb = self.vae.encode(x), self.text.encode_image(x).float()
+            if len(self._cache) < self.cfg.cache_images:
+                self._cache[i] = (z, emb)
+            return x, z, emb
+        return (x, *self._cache[i])
+
+    def _source_image_embedding(self, limit: int = 256) -> torch.Tensor:
+        """Mean image embedding of (up to ``limit``) training photos: where reference-image directions start."""
+        embs = [self._frozen(i)[2] for i in range(min(limit, len(self.images)))]
+        return F.normalize(torch.cat(embs).mean(0), dim=-1)
+
+    # ------------------------------------------------------------------ schedule
+    def epoch_of(self, step: int) -> int:
+        return step // self.cfg.steps_per_epoch
+
+    def lr_at(self, epoch: int) -> float:
+        return self.cfg.lr * (self.cfg.lr_decay if epoch >= self.cfg.lr_decay_epoch else 1.0)
+
+    def so_epoch(self, epoch: int) -> bool:
+        lc = self.cfg.loss
+        return lc.so > 0 and epoch >= lc.so_interval and epoch % lc.so_interval == 0
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step on this rank's rows of the global batch; returns detached local loss terms."""
+        cfg, lc, s = self.cfg, self.cfg.loss, self.step_index
+        epoch = self.epoch_of(s)
+        if s % cfg.steps_per_epoch == 0:
+            self.snapshot = self.next_snapshot if self.so_epoch(epoch) else None
+            self.next_snapshot = ({n: p.detach().clone() for n, p in self.net.named_parameters()}
+                                  if self.so_epoch(epoch + 1) else None)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(epoch)
+        img_idx, prompt_idx = self.sampler.global_batch(s)
+        rows = list(self.rows)
+        frozen = [self._frozen(int(img_idx[r])) for r in rows]
+        x = torch.cat([f[0] for f in frozen])
+        z = torch.cat([f[1] for f in frozen])
+        emb_x = torch.cat([f[2] for f in frozen])
+        e_t = self.prompt_emb[prompt_idx[rows]]
+        text_dir = e_t - self.e_src  # per row: each image is pushed along its own prompt's direction
+        gens = [torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, "views", s, r)) for r in rows]
+        with autocast(self.device, cfg.amp):
+            y = self.ddp(z, e_t)
+            views, n_crops, masked = step_views_per_row(y, lc, self.text.image_size, gens)
+            emb = self.text.encode_image(views)
+            b = y.shape[0]
+            emb_y = emb[:b]
+            crop_embs = emb[b:b + b * n_crops] if n_crops else None
+            masked_emb = emb[b + b * n_crops:] if masked else None
+            prev = self._previous_embedding(z, e_t) if self.so_epoch(epoch) and self.snapshot is not None else None
+            terms = L.style_loss(emb_y, emb_x, text_dir, lc, epoch, crop_embs=crop_embs, masked_emb=masked_emb,
+                                 prev_img_emb=prev)
+            if "so_gate" in terms:  # gate on the GLOBAL batch's directional loss, so every rank agrees
+                gate = L.second_order_gate(self.dist.mean(terms["dir"].detach()), epoch, lc.so_theta, lc.so_interval)
+                terms.pop("so_gate")
+                terms["so"] = gate * terms["so"]
+            if self.vgg is not None and self.vgg_on:
+                with torch.no_grad():
+                    feats_x = [f.detach() for f in self.vgg(x)]
+                terms["vgg"] = L.content_loss(self.vgg(y), feats_x)
+            if self.lpips is not None and lc.lpips > 0:
+                terms["lpips"] = self.lpips(y, x)
+            if lc.tv > 0:
+                terms["tv"] = L.total_variation(y, form=lc.tv_form)
+            total = L.total_loss(terms, lc.weights(epoch))
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()  # DDP averages the gradients over the ranks here
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step_index += 1
+        out = {k: v.detach().float() for k, v in terms.items()}
+        out["total"] = total.detach().float()
+        return out
+
+    def _previous_embedding(self, z: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """F_I(Y(i)): this batch through the snapshot weights (the previous epoch's model), no gradient."""
+        with torch.no_grad():
+            y = torch.func.functional_call(self.net, self.snapshot, (z, e_t))
+            size = self.text.image_size
+            return self.text.encode_image(F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False,
+                                                        antialias=True)).float()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, on_log: Callable[[LogLine], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> UniversalResult:
+        """Train to ``epochs * steps_per_epoch`` steps (from the resumed step), logging and checkpointing on rank 0.
+
+        ``should_stop`` is asked after every step on every rank; if it is true on ANY rank, all ranks stop
+        after that step, a checkpoint is written and the result says ``cancelled``.
+        """
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        first = self.step_index
+        acc: dict[str, torch.Tensor] = {}
+        n_acc, t_log = 0, time.perf_counter()
+        cancelled = False
+        while self.step_index < cfg.total_steps:
+            terms = self.step()
+            for k, v in terms.items():
+                acc[k] = acc.get(k, torch.zeros((), device=v.device)) + v
+            n_acc += 1
+            s = self.step_index
+            if s % cfg.log_every == 0 or s == cfg.total_steps:
+                self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0)
+                acc, n_acc, t_log = {}, 0, time.perf_counter()
+            stop = self.dist.any(bool(should_stop and should_stop()))
+            if stop and s < cfg.total_steps:
+                cancelled = True
+                break
+            if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < cfg.total_steps:
+                self.save_checkpoint()
+        if n_acc:
+            self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        path = self.save_checkpoint() if self.checkpoint_dir is not None and self.step_index > first else None
+        return UniversalResult(self.result(seconds, cancelled), list(self.history), self.step_index, seconds,
+                               cancelled, path)
+
+    def _log(self, acc, n, seconds, on_log, elapsed) -> None:
+        keys = sorted(acc)
+        mean = self.dist.mean(torch.stack([acc[k] for k in keys]) / n)  # global means (one all-reduce)
+        losses = {k: float(v) for k, v in zip(keys, mean.tolist())}
+        self.history.append({"step": self.step_index, **losses})
+        if not self.dist.is_main:
+            return
+        line = LogLine(self.step_index, self.cfg.total_steps, self.epoch_of(self.step_index - 1), losses, elapsed,
+                       n * self.cfg.batch_size / max(seconds, 1e-9))
+        if self.checkpoint_dir is not None:
+            with open(self.checkpoint_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(dataclasses.asdict(line)) + "\n")
+        if on_log is not None:
+            on_log(line)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (anything else would train a different model)."""
+        recipe = self.cfg.to_dict()
+        for free in ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "cache_images", "compile",
+                     "preview_every"):
+            recipe.pop(free)  # extending a run or changing its bookkeeping is fine
+        bank = hashlib.sha256(json.dumps([self.bank.texts, self.bank.weights]).encode()).hexdigest()[:16]
+        return {"recipe": recipe, "bank": bank, "images": self.images.fingerprint(),
+                "text_model": getattr(self.text, "name", ""), "base_vae": self.vae.identity.get("arch")}
+
+    def _prepare_checkpoints(self, resume: bool) -> None:
+        if self.checkpoint_dir is None:
+            if resume:
+                raise ValueError("resume asked for but no checkpoint directory given")
+            return
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is None:
+            if resume:
+                log.warning("no checkpoint in %s yet: starting from step 0", self.checkpoint_dir)
+            if self.dist.is_main:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            return
+        if not resume:
+            raise FileExistsError(f"{self.checkpoint_dir} already holds a run (checkpoint {latest.name}): pass --resume "
+                                  "to continue it, or choose an empty checkpoint directory")
+        self.load_checkpoint(latest)
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes the checkpoint of the current step; every rank waits for it. Returns its path on rank 0."""
+        path = None
+        if self.dist.is_main and self.checkpoint_dir is not None:
+            tensors = dict(self.net.state_dict())
+            for prefix, snap in _SNAPSHOTS.items():
+                tensors.update({prefix + k: v for k, v in (getattr(self, snap) or {}).items()})
+            state = {"identity": self._identity(), "history": self.history,
+                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                     "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+            path = save_checkpoint(self.checkpoint_dir, self.step_index, tensors, self.opt, self.names, state,
+                                   keep=self.cfg.keep_checkpoints)
+            log.info("checkpoint: %s", path)
+        self.dist.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        ck = load_checkpoint(path)
+        mine, theirs = self._identity(), ck.state.get("identity", {})
+        diff = sorted(k for k in mine if json.dumps(mine[k], sort_keys=True, default=str)
+                      != json.dumps(theirs.get(k), sort_keys=True, default=str))
+        if diff:
+            raise CheckpointError(f"checkpoint {ck.path} belongs to another run: its {', '.join(diff)} differ from this "
+                                  "one's. Resume with the same prompt bank, images, models and recipe (only the "
+                                  "number of epochs may grow), or start in an empty checkpoint directory")
+        weights = {k: v for k, v in ck.tensors.items() if not k.startswith(tuple(_SNAPSHOTS))}
+        self.net.load_state_dict(weights)
+        for prefix, snap in _SNAPSHOTS.items():
+            found = {k[len(prefix):]: v.to(self.device) for k, v in ck.tensors.items() if k.startswith(prefix)}
+            setattr(self, snap, found or None)
+        optimizer_from_tensors(self.opt, self.names, ck.optimizer_tensors, ck.optimizer_meta)
+        if ck.state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ck.state["scaler"])
+        self.step_index = ck.step
+        self.history = list(ck.state.get("history", []))
+        log.info("resumed from %s (step %d of %d)", ck.path, ck.step, self.cfg.total_steps)
+
+    # ------------------------------------------------------------------ the artefact
+    def result(self, seconds: float, cancelled: bool = False) -> UniversalModel:
+        meta = {"kind": "universal", "text_model": getattr(self.text, "name", ""),
+                "text_model_kind": getattr(self.text, "kind", ""), "source_prompt": self.cfg.loss.source_prompt,
+                "bank_size": len(self.bank), "bank_prompts": self.bank.texts, "bank_source": self.bank.source,
+                "content_images": len(self.images), "recipe": self.cfg.to_dict(), "steps": self.step_index,
+                "train_seconds": round(seconds, 3), "cancelled": cancelled, "world_size": self.dist.world_size,
+                "losses_skipped": self.skipped_losses, "final_losses": self.history[-1] if self.history else {}}
+        return package(self.net, self.vae, self.e_src, self.e_src_image, meta)
+
+
+def train_universal(vae, text, images, bank, config: UniversalConfig | None = None, vgg=None, lpips=None,
+                    dist: Dist | None = None, checkpoint_dir=None, resume: bool = False,
+                    on_log: Callable[[LogLine], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> UniversalResult:
+    """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job."""
+    trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
+    return trainer.run(on_log, should_stop)
