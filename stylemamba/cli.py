@@ -119,6 +119,73 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_universal(args) -> int:
+    """Universal model over a prompt bank x images; the same command under torchrun for many GPUs / nodes."""
+    from . import distributed
+    from .encoders import load_text_image_encoder
+    from .image_io import list_images
+    from .prompt_bank import load_prompt_bank
+    from .style_file import save_universal
+    from .universal import UniversalConfig, UniversalTrainer
+    from .vae import load_vae
+
+    dist = distributed.setup(args.device)
+    try:
+        cfg = UniversalConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else UniversalConfig()
+        for name in ("epochs", "steps_per_epoch", "batch_size", "lr", "resolution", "seed", "checkpoint_every",
+                     "log_every"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(cfg, name, value)
+        cfg.amp = amp_mode(args, default=cfg.amp)
+        cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
+        cfg.__post_init__()
+        out = Path(args.out)
+        if out.suffix != ".safetensors":
+            out = out.with_suffix(".safetensors")
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists: choose another --out, or pass --overwrite to replace it")
+        bank = load_prompt_bank(args.bank, tags=args.tags.split(",") if args.tags else None)
+        if args.hold_out:
+            bank = bank.without(args.hold_out)
+        files = [f for src in args.images for f in list_images(src)]
+        vae = load_vae(args.vae, device=dist.device)
+        text = load_text_image_encoder(args.text_model, device=dist.device)
+        vgg, lp = load_perceptual(args, dist.device)
+        if dist.is_main:
+            print(f"universal training: {len(bank)} prompts x {len(files)} images, {cfg.total_steps} steps of "
+                  f"{cfg.batch_size} pairs on {dist.world_size} process(es) ({dist.device})", file=sys.stderr)
+        trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
+                                   checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+
+        def on_log(line):
+            if not args.quiet:
+                shown = " ".join(f"{k} {v:.4g}" for k, v in line.losses.items())
+                print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
+                      f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
+
+        with distributed.StopRequest(announce=dist.is_main) as stop:
+            result = trainer.run(on_log, should_stop=lambda: stop.asked)
+        if not dist.is_main:
+            return 130 if result.cancelled else 0
+        if result.cancelled:
+            partial = out.with_name(out.stem + "-partial.safetensors")
+            save_universal(result.model, partial)
+            print(f"stopped after step {result.steps}: checkpoint {result.checkpoint}, partial model {partial}; "
+                  "continue with the same command and --resume", file=sys.stderr)
+            return 130
+        if args.name:
+            result.model.metadata["name"] = args.name
+        info = save_universal(result.model, out)
+        print(json.dumps({"universal_model": info["path"], "bytes": info["bytes"], "steps": result.steps,
+                          "seconds": round(result.seconds, 3), "processes": dist.world_size,
+                          "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                          "final_losses": result.history[-1] if result.history else {}}, indent=2))
+        return 0
+    finally:
+        distributed.shutdown(dist)
+
+
 def cmd_stylize(args) -> int:
     from tqdm import tqdm
 
@@ -241,6 +308,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-universal", help="train ONE model for any prompt over a prompt bank x images "
+                                               "(also under torchrun: many GPUs and nodes)")
+    add_common(p)
+    p.add_argument("--bank", help="prompt bank file (one prompt per line; see stylemamba/prompt_bank.py); "
+                                  "default: the shipped bank")
+    p.add_argument("--tags", help="only the bank's prompts with one of these comma-separated tags")
+    p.add_argument("--hold-out", nargs="+", help="bank prompts to leave out of training (to evaluate on)")
+    p.add_argument("--images", nargs="+", required=True, help="content image file(s) or folder(s)")
+    p.add_argument("--text-model", default="google/siglip-base-patch16-224",
+                   help="SigLIP or CLIP: Hugging Face id or local folder")
+    p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
+    p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
+                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
+    p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
+    p.add_argument("--out", required=True, help="where to write the universal model (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--name", help="a display name stored in the file")
+    p.add_argument("--checkpoint-dir", required=True,
+                   help="folder for resumable checkpoints and log.jsonl (must be empty unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir from its last checkpoint")
+    p.add_argument("--config", help="JSON file with UniversalConfig fields (recipe, loss, fusion, batch_size...)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int, help="(image, prompt) pairs per step over ALL processes")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: at the end and on Ctrl-C)")
+    p.add_argument("--log-every", type=int, help="steps between loss lines")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_universal)
 
     p = sub.add_parser("stylize", help="stylise an image, a folder of images or a video with trained style(s)")
     add_common(p)

@@ -290,7 +290,7 @@ class UniversalTrainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda"
-                                               else None, broadcast_buffers=False)
+                                               else None)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.e_src_image = self._source_image_embedding()
         # second-order loss: the weights at the start of the previous epoch (used in this epoch), and those at
