@@ -11,10 +11,10 @@ os.environ["STYLEMAMBA_MODELS_DIR"] = "/tmp/smmodels"
 spec = importlib.util.spec_from_file_location("smpack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
 pack = importlib.util.module_from_spec(spec); sys.modules["smpack"] = pack; spec.loader.exec_module(pack)
 M = pack.NODE_CLASS_MAPPINGS
-bench = importlib.import_module("smpack.stylemamba.bench")
+bench = importlib.import_module("smpack.stylemamba.experiments.bench")
 common = importlib.import_module("smpack.nodes.common")
 from diffusers import AutoencoderKL
-from smpack.stylemamba.tiny_models import sd_vae_config
+from smpack.stylemamba.testing.tiny_models import sd_vae_config
 SMOKE = os.environ.get("SMOKE") == "1"
 dev = torch.device("cpu" if SMOKE else "cuda")
 if SMOKE:
@@ -57,7 +57,7 @@ with torch.inference_mode():
                      "peak_GiB": round(torch.cuda.max_memory_allocated() * GB, 2),
                      "allocated_after_minus_baseline_MiB": round((torch.cuda.memory_allocated() - base) / 2**20, 1),
                      "reserved_after_GiB": round(torch.cuda.memory_reserved() * GB, 2),
-                     "final_losses": style.metadata["final_losses"], "skipped": style.metadata["skipped_losses"],
+                     "final_losses": style.metadata["final_losses"], "skipped": style.metadata["losses_skipped"],
                      "curve": list(curve.shape), "text_model_device": str(text.device)})
     out["train_runs"] = runs
     st = []

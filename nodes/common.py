@@ -14,30 +14,14 @@ from torch import nn
 CATEGORY = "StyleMamba"
 
 # Socket types (public contract: saved workflows refer to them).
-TEXT_MODEL = "STYLEMAMBA_TEXT_MODEL"
-CONDITIONING = "STYLEMAMBA_CONDITIONING"
+TEXT_MODEL = "STYLEMAMBA_TEXT_MODEL"  # an ImageTextModel (stylemamba.encoders): SigLIP or CLIP
+CONDITIONING = "STYLEMAMBA_CONDITIONING"  # a stylemamba.direction.TextDirection
 STYLE = "STYLEMAMBA_STYLE"
 PERCEPTUAL = "STYLEMAMBA_PERCEPTUAL"
 
-
-@dataclass(frozen=True)
-class StyleConditioning:
-    """Style prompt(s) with weights and the source prompt, encoded by one text model.
-
-    Several prompts come from mixing (the paper's multiple-style transfer); ``embeddings`` holds
-    one L2-normalised text embedding per prompt (CPU), ``source_embedding`` that of the source.
-    """
-
-    prompts: tuple[str, ...]
-    weights: tuple[float, ...]
-    source_prompt: str
-    text_model: str
-    embeddings: torch.Tensor
-    source_embedding: torch.Tensor
-
-    def describe(self) -> str:
-        parts = [f"{w:.2f} x '{p}'" for p, w in zip(self.prompts, self.weights)]
-        return " + ".join(parts) + f" (source '{self.source_prompt}', {self.text_model})"
+# The nodes' names for the knobs the library's out-of-memory advice names (stylemamba.errors).
+OOM_NAMES = {"resolution": "'resolution'", "n_crops": "'n_crops'", "images": "the number of content images",
+             "gradient_checkpointing": None, "batch_size": "'batch_size'", "tile_size": "'tile_size'", "device": None}
 
 
 @dataclass(frozen=True)
@@ -66,21 +50,6 @@ def style_parts(value: Any) -> tuple[list[Any], list[float]]:
     if isinstance(value, StyleBlend):
         return list(value.styles), list(value.weights)
     raise TypeError(f"expected a StyleMamba style (from Train, Load Style or Mix Styles), got {type(value).__name__}")
-
-
-def blend(parts_a: tuple[list, list[float]], parts_b: tuple[list, list[float]], mix: float
-          ) -> tuple[list, list[float]]:
-    """Weights of A scaled by (1 - mix), of B by mix; parts with zero weight are dropped."""
-    if not 0.0 <= float(mix) <= 1.0:
-        raise ValueError(f"blend {mix} must lie in [0, 1] (0 = only A, 1 = only B)")
-    items, weights = [], []
-    for (things, ws), scale in ((parts_a, 1.0 - mix), (parts_b, float(mix))):
-        total = float(sum(ws)) or 1.0
-        for thing, w in zip(things, ws):
-            if scale * w > 0:
-                items.append(thing)
-                weights.append(scale * w / total)
-    return items, weights
 
 
 # ------------------------------------------------------------------------------------ layouts

@@ -1,12 +1,12 @@
-"""Text conditioning nodes: a style prompt against a source prompt, and mixing several (multi-style)."""
+"""Text conditioning nodes: a style prompt against a source prompt, and mixing several (multi-style).
+
+The conditioning they output IS the library's :class:`~stylemamba.direction.TextDirection` (encoded once,
+here); the Train node hands it to training as it is.
+"""
 from __future__ import annotations
 
-import torch
-
-from .common import CATEGORY, CONDITIONING, TEXT_MODEL, StyleConditioning
-from .common import blend as blend_parts
-
-DEFAULT_SOURCE_PROMPT = "a plain photo"  # the paper's source text t_src (Sec. 3.2)
+from ..stylemamba.direction import DEFAULT_SOURCE_PROMPT, TextDirection
+from .common import CATEGORY, CONDITIONING, TEXT_MODEL
 
 
 class StyleMambaTextConditioning:
@@ -39,18 +39,7 @@ class StyleMambaTextConditioning:
         }
 
     def encode(self, text_model, style_prompt, source_prompt):
-        style_prompt, source_prompt = " ".join(style_prompt.split()), " ".join(source_prompt.split())
-        if not style_prompt:
-            raise ValueError("style_prompt is empty: write what the style should look like, e.g. 'pop art'")
-        if not source_prompt:
-            raise ValueError(f"source_prompt is empty: use '{DEFAULT_SOURCE_PROMPT}' unless you know better")
-        emb = text_model.encode_text([style_prompt, source_prompt]).float().cpu()
-        return (StyleConditioning((style_prompt,), (1.0,), source_prompt, _model_name(text_model),
-                                  emb[:1].clone(), emb[1].clone()),)
-
-
-def _model_name(text_model) -> str:
-    return str(getattr(text_model, "name", "") or type(text_model).__name__)
+        return (TextDirection.encode(text_model, [style_prompt], source_prompt=source_prompt),)
 
 
 class StyleMambaConditioningMix:
@@ -77,20 +66,7 @@ class StyleMambaConditioningMix:
         }
 
     def mix(self, conditioning_a, conditioning_b, blend):
-        a, b = conditioning_a, conditioning_b
-        if a.text_model != b.text_model:
-            raise ValueError(f"the two conditionings come from different text models ({a.text_model} and "
-                             f"{b.text_model}); encode both with the same Load SigLIP/CLIP node")
-        if a.source_prompt != b.source_prompt:
-            raise ValueError(f"the two conditionings use different source prompts ('{a.source_prompt}' and "
-                             f"'{b.source_prompt}'); give both Text Conditioning nodes the same source_prompt")
-        rows_a = (list(range(len(a.prompts))), list(a.weights))
-        rows_b = (list(range(len(a.prompts), len(a.prompts) + len(b.prompts))), list(b.weights))
-        rows, weights = blend_parts(rows_a, rows_b, blend)
-        prompts = list(a.prompts) + list(b.prompts)
-        emb = torch.cat([a.embeddings, b.embeddings])
-        return (StyleConditioning(tuple(prompts[i] for i in rows), tuple(weights), a.source_prompt, a.text_model,
-                                  emb[rows].clone(), a.source_embedding),)
+        return (TextDirection.mix(conditioning_a, conditioning_b, float(blend)),)
 
 
 NODES = [StyleMambaTextConditioning, StyleMambaConditioningMix]

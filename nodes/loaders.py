@@ -205,25 +205,10 @@ class StyleMambaLoadStyle:
             return ""
 
     def load(self, style_name):
-        from ..stylemamba.style_file import load_style
+        from ..stylemamba.style_file import load_style, style_summary
 
         style = load_style(ch.resolve("stylemamba", style_name))  # StyleFileError says what is wrong
-        return (style, describe_style_metadata(style.metadata))
-
-
-def describe_style_metadata(meta: dict) -> str:
-    prompts = meta.get("prompts") or []
-    weights = meta.get("prompt_weights")
-    lines = [f"style: {meta.get('name') or meta.get('file') or 'unnamed'}",
-             "prompts: " + (", ".join(f"'{p}'" for p in prompts) or "?")]
-    if weights:
-        lines.append("prompt weights: " + ", ".join(f"{float(w):.2f}" for w in weights))
-    lines += [f"source prompt: '{meta.get('source_prompt', '')}'",
-              f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')})",
-              f"steps: {meta.get('steps', '?')}, trained in {meta.get('train_seconds', '?')} s"
-              + (" (cancelled early)" if meta.get("cancelled") else ""),
-              f"base VAE: {meta.get('base_vae_name', '?')}"]
-    return "\n".join(lines)
+        return (style, style_summary(style.metadata))
 
 
 class StyleMambaSaveStyle:

@@ -1,13 +1,11 @@
 """Applying styles: stylise images (any size, batches, video frames, masks), mix styles, latents."""
 from __future__ import annotations
 
-import logging
-
-import torch
-
+from ..stylemamba.mixing import blend as blend_parts
 from . import comfy_helpers as ch
 from .common import (
     CATEGORY,
+    OOM_NAMES,
     STYLE,
     StyleBlend,
     image_to_comfy,
@@ -15,22 +13,8 @@ from .common import (
     mask_for_images,
     style_parts,
 )
-from .common import blend as blend_parts
-
-log = logging.getLogger("stylemamba")
 
 LATENT_BATCH = 4  # latents / images per VAE pass in the latent nodes
-# memory to ask ComfyUI for before stylising: 5.7 GB peak at 1024x1024 (H200, bf16, docs/BENCHMARK.md)
-STYLIZE_BYTES_PER_PIXEL = 6e9 / (1024 * 1024)
-DECODER_COPY_BYTES = 4 * 50e6  # the style's fp32 decoder (about 50 M parameters for SD VAEs)
-
-
-def _oom_error(exc: BaseException, what: str) -> RuntimeError:
-    """An OOM error with advice; still torch's OOM type, so ComfyUI unloads its cached models on it."""
-    from ..stylemamba.errors import OutOfMemory
-
-    return OutOfMemory(f"StyleMamba ran out of GPU memory while {what}. Lower tile_size (e.g. 512) or batch_size, "
-                        "or free other models.")
 
 
 class StyleMambaStylize:
@@ -70,32 +54,28 @@ class StyleMambaStylize:
         }
 
     def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None):
-        from ..stylemamba.stylize import MixedStyle
-        from ..stylemamba.stylize import stylize as run_stylize
+        from ..stylemamba.errors import stylizing_out_of_memory
+        from ..stylemamba.style_model import StyleModel
+        from ..stylemamba.stylize import memory_estimate, stylize_images
 
         styles, weights = style_parts(style)
         x = image_to_library(images, copy=False)
         b, _, h, w = x.shape
         m = mask_for_images(mask, b, h, w)
-        if m is not None and float(m.max()) == 0.0:
-            log.warning("StyleMamba Stylize: the mask is empty, nothing will be stylised (paint the area to "
-                        "stylise in the mask editor)")
-        side = int(tile_size)
-        pixels = min(int(batch_size), b) * min(h, side) * min(w, side)
         # ask ComfyUI to make room (it unloads cached models): the style's decoder copy and the activations
-        sdvae = ch.prepare_vae(vae, memory_required=STYLIZE_BYTES_PER_PIXEL * pixels + DECODER_COPY_BYTES)
+        sdvae = ch.prepare_vae(vae, memory_required=memory_estimate(min(int(batch_size), b), h, w, int(tile_size)))
         progress = ch.Progress(b, unique_id)
-        mixer = None
+        model = None
         try:
-            mixer = MixedStyle(sdvae, styles, weights, float(strength))
-            out = run_stylize(x, sdvae, mixer, mask=m, tile_size=int(tile_size), batch_size=int(batch_size),
-                              on_batch=lambda done, total: progress.update(done))
+            model = StyleModel.from_styles(sdvae, styles, weights, float(strength))
+            out = stylize_images(x, sdvae, model, mask=m, tile_size=int(tile_size), batch_size=int(batch_size),
+                                 on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
             if ch.is_out_of_memory(exc):
-                raise _oom_error(exc, f"stylising {b} image(s) of {w}x{h}") from exc
+                raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", batch_size, tile_size, OOM_NAMES) from exc
             raise
         finally:
-            del mixer
+            del model
             ch.empty_cache()
         return (image_to_comfy(out),)
 
@@ -151,16 +131,9 @@ class StyleMambaVAEEncode:
         }
 
     def encode(self, vae, images):
-        sdvae = ch.prepare_vae(vae)
-        x = image_to_library(images)[:, :3]
-        h, w = (x.shape[-2] // 8) * 8, (x.shape[-1] // 8) * 8
-        if h < 8 or w < 8:
-            raise ValueError(f"images of {x.shape[-1]}x{x.shape[-2]} are too small: at least 8x8 pixels")
-        top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-        x = x[:, :, top:top + h, left:left + w]
-        with torch.no_grad():
-            z = torch.cat([sdvae.encode(chunk.to(sdvae.device)).cpu() for chunk in x.split(LATENT_BATCH)])
-        return ({"samples": z / sdvae.scaling_factor},)
+        from ..stylemamba.stylize import encode_latents
+
+        return ({"samples": encode_latents(image_to_library(images), ch.prepare_vae(vae), LATENT_BATCH)},)
 
 
 class StyleMambaStylizeLatent:
@@ -190,34 +163,24 @@ class StyleMambaStylizeLatent:
         }
 
     def decode(self, style, vae, samples, strength, unique_id=None):
-        from ..stylemamba.precision import autocast
-        from ..stylemamba.stylize import MixedStyle
+        from ..stylemamba.errors import stylizing_out_of_memory
+        from ..stylemamba.stylize import stylize_latents
 
         z = samples["samples"] if isinstance(samples, dict) else samples
         styles, weights = style_parts(style)
         sdvae = ch.prepare_vae(vae)
-        if z.dim() != 4 or z.shape[1] != sdvae.latent_channels:
-            raise ValueError(f"latent of shape {tuple(z.shape)} does not fit this VAE ({sdvae.latent_channels} "
-                             "channels, 2D): use latents made with the same VAE / model family")
         progress = ch.Progress(z.shape[0], unique_id)
-        device = sdvae.device
-        mixer, outs = None, []
         try:
-            mixer = MixedStyle(sdvae, styles, weights, float(strength))
-            with torch.no_grad():
-                for chunk in z.split(LATENT_BATCH):
-                    with autocast(device):
-                        y = mixer.decoder(mixer.fuse(chunk.to(device).float() * sdvae.scaling_factor))
-                    outs.append(y.float().clamp(0, 1).cpu())
-                    progress.update(sum(o.shape[0] for o in outs))
+            out = stylize_latents(z, sdvae, styles, weights, float(strength), batch_size=LATENT_BATCH,
+                                  on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
             if ch.is_out_of_memory(exc):
-                raise _oom_error(exc, f"decoding latents of shape {tuple(z.shape)}") from exc
+                raise stylizing_out_of_memory(f"latents of shape {tuple(z.shape)}", LATENT_BATCH, 0,
+                                              {"batch_size": None, "tile_size": None}) from exc
             raise
         finally:
-            del mixer
             ch.empty_cache()
-        return (image_to_comfy(torch.cat(outs)),)
+        return (image_to_comfy(out),)
 
 
 NODES = [StyleMambaStylize, StyleMambaMixStyles, StyleMambaVAEEncode, StyleMambaStylizeLatent]

@@ -6,10 +6,12 @@ import time
 
 import torch
 
+from ..stylemamba.precision import PRECISIONS
 from . import comfy_helpers as ch
 from .common import (
     CATEGORY,
     CONDITIONING,
+    OOM_NAMES,
     PERCEPTUAL,
     STYLE,
     TEXT_MODEL,
@@ -20,8 +22,6 @@ from .common import (
 )
 
 log = logging.getLogger("stylemamba")
-
-PRECISIONS = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "fp32": "off"}
 
 
 def _int(default, lo, hi, tip, step=1, **extra):
@@ -105,29 +105,23 @@ class StyleMambaTrain:
               resolution, seed, n_crops, crop_fraction, mask_ratio, so_interval, so_theta, dir_weight,
               patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
               lpips_weight, precision, perceptual=None, unique_id=None):
-        from ..stylemamba.errors import OutOfMemory
+        from ..stylemamba.errors import training_out_of_memory
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
-        from ..stylemamba.train import TrainConfig, TrainingCancelled, train_style
+        from ..stylemamba.train import TrainConfig, TrainingCancelled, memory_estimate, skipped_losses, train_style
 
-        name = str(getattr(text_model, "name", "") or type(text_model).__name__)
-        if conditioning.text_model != name:
-            raise ValueError(f"the conditioning was encoded with '{conditioning.text_model}' but the text_model input "
-                             f"is '{name}': connect the same Load SigLIP/CLIP node to both")
+        conditioning.check_text_model(text_model)
         total = int(epochs) * int(steps_per_epoch)
         loss = LossConfig(dir=dir_weight, patch=patch_weight, md=md_weight, so=so_weight, lpips=lpips_weight,
-                          content_weight_start=vgg_weight_start, content_weight_end=vgg_weight_end,
-                          content_weight_switch_epoch=int(vgg_weight_switch_epoch), n_crops=int(n_crops),
+                          vgg_weight_start=vgg_weight_start, vgg_weight_end=vgg_weight_end,
+                          vgg_weight_switch_epoch=int(vgg_weight_switch_epoch), n_crops=int(n_crops),
                           crop_fraction=float(crop_fraction), mask_ratio=float(mask_ratio),
-                          so_interval=int(so_interval), so_theta=float(so_theta), use_patch=patch_weight > 0,
-                          source_prompt=conditioning.source_prompt)
+                          so_interval=int(so_interval), so_theta=float(so_theta))
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
                              lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
-                             amp=PRECISIONS[precision], preview_every=max(1, total // 20), loss=loss)
+                             precision=precision, preview_every=max(1, total // 20), loss=loss)
         nets = perceptual if perceptual is not None else PerceptualNets()
-        skipped = skipped_terms(nets, vgg_weight_start, vgg_weight_end, lpips_weight)
-        for message in skipped:
-            log.warning("StyleMamba Train: %s", message)
+        skipped = [SKIPPED[name] for name in skipped_losses(loss, nets.vgg, nets.lpips)]
 
         progress = ch.Progress(total, unique_id)
         batch = int(images.shape[0]) if images.dim() == 4 else 1
@@ -147,44 +141,30 @@ class StyleMambaTrain:
                 content = image_to_library(images)[:, :3]
                 for module in moved:
                     without_inference_tensors(module).to(device)
-                result = train_style(sdvae, text_model, content, list(conditioning.prompts), config,
-                                     prompt_weights=list(conditioning.weights), vgg=nets.vgg, lpips=nets.lpips,
-                                     device=device, on_step=on_step, should_stop=ch.interrupted)
+                result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
+                                     lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted)
         except TrainingCancelled:
             log.info("StyleMamba Train: cancelled by the user")
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error
         except Exception as exc:
             if ch.is_out_of_memory(exc):  # still torch's OOM type, so ComfyUI unloads its cached models
-                raise OutOfMemory(
-                    f"StyleMamba Train ran out of GPU memory at resolution {resolution} with {batch} image(s) and "
-                    f"{n_crops} crops. Lower 'resolution' (e.g. 384 or 256), 'n_crops', or the number of content "
-                    "images, or close other models; the trained style works at any size afterwards.") from exc
+                raise training_out_of_memory(resolution, n_crops, batch, OOM_NAMES) from exc
             raise
         finally:
             for module in moved:
                 module.to(ch.offload_device())
             ch.empty_cache()
         style = result.style
-        style.metadata.update(skipped_losses=skipped, perceptual=dict(nets.names), front_end="ComfyUI")
+        style.metadata.update(perceptual=dict(nets.names), front_end="ComfyUI")
         log.info("StyleMamba Train: %d steps in %.1f s (%s)", result.steps, time.perf_counter() - t0,
                  conditioning.describe())
         curve = loss_curve_image(result.history, title=f"StyleMamba: {', '.join(conditioning.prompts)}"[:80])
         return (style, image_to_comfy(curve[None]))
 
 
-def skipped_terms(nets: PerceptualNets, vgg_start: float, vgg_end: float, lpips_weight: float) -> list[str]:
-    """Human-readable notes on content losses that cannot run (missing network)."""
-    out = []
-    if nets.vgg is None and (vgg_start > 0 or vgg_end > 0):
-        out.append("VGG content loss skipped: no VGG19 (connect Load VGG/LPIPS with a vgg19 file)")
-    if nets.lpips is None and lpips_weight > 0:
-        out.append("LPIPS loss skipped: no LPIPS backbone (connect Load VGG/LPIPS with an lpips_backbone file)")
-    return out
-
-
-def memory_estimate(batch: int, resolution: int, n_crops: int) -> float:
-    """Rough bytes a training run allocates outside ComfyUI's model manager (so it can unload other models)."""
-    return 1.5e9 + batch * (n_crops + 2) * 6e7 + batch * 4e9 * (resolution / 512) ** 2
+# How the node tells what the library skipped (the library decides: stylemamba.train.skipped_losses).
+SKIPPED = {"vgg": "VGG content loss skipped: no VGG19 (connect Load VGG/LPIPS with a vgg19 file)",
+           "lpips": "LPIPS loss skipped: no LPIPS backbone (connect Load VGG/LPIPS with an lpips_backbone file)"}
 
 
 NODES = [StyleMambaTrain]

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import torch
 
+from .precision import PRECISIONS
+
 log = logging.getLogger("stylemamba")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The CLI's names for the knobs the library's out-of-memory advice names (stylemamba.errors).
+OOM_NAMES = {"resolution": "--resolution", "n_crops": "loss.n_crops in the --config recipe",
+             "images": "the number of --content images", "gradient_checkpointing": "--gradient-checkpointing",
+             "batch_size": "--batch-size", "tile_size": "--tile-size", "device": "--device cpu"}
+
 
 
 def pick_device(name: str) -> torch.device:
@@ -26,15 +32,11 @@ def pick_device(name: str) -> torch.device:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision (autocast): auto = bf16 on CUDA (fp16 on pre-Ampere GPUs), fp32 on CPU; "
-                        "for train, default: the --config recipe's, else auto")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS,
+                   help="arithmetic precision (autocast): auto = bf16 on CUDA (fp16 on pre-Ampere GPUs), fp32 on CPU; "
+                        "for train, default: the --config recipe's, else auto (--dtype: the 0.1.0 name)")
     p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse",
                    help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
-
-
-def amp_mode(args, default: str = "auto") -> str:
-    return {"auto": "auto", "fp32": "off", "bf16": "bf16", "fp16": "fp16"}[args.dtype] if args.dtype else default
 
 
 def load_perceptual(args, device):
@@ -66,7 +68,7 @@ def cmd_train(args) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    cfg.amp = amp_mode(args, default=cfg.amp)
+    cfg.precision = args.precision or cfg.precision
     if args.compile:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
@@ -137,7 +139,7 @@ def cmd_train_universal(args) -> int:
             value = getattr(args, name)
             if value is not None:
                 setattr(cfg, name, value)
-        cfg.amp = amp_mode(args, default=cfg.amp)
+        cfg.precision = args.precision or cfg.precision
         cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
         cfg.__post_init__()
         out = Path(args.out)
@@ -192,21 +194,23 @@ def cmd_stylize(args) -> int:
     from .image_io import VIDEO_SUFFIXES, list_images, load_image, load_mask, read_video, save_image, write_video
     from .style_file import load_style
     from .speed import prepare_for_inference
-    from .stylize import MixedStyle, stylize
+    from .style_model import StyleModel
+    from .stylize import stylize
     from .vae import load_vae
 
     device = pick_device(args.device)
     vae = load_vae(args.vae, device=device)
     styles = [load_style(p) for p in args.style]
-    mixer = prepare_for_inference(vae, MixedStyle(vae, styles, args.weights, args.strength), compile=args.compile)
+    model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength),
+                                  compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
     out = Path(args.output)
     src = Path(args.input)
-    kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, amp=amp_mode(args))
+    kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
     if src.suffix.lower() in VIDEO_SUFFIXES:
         frames, fps = read_video(src, args.max_frames)
         bar = tqdm(total=len(frames), desc="stylising frames", unit="frame", disable=args.quiet)
-        result = stylize(frames, vae, mixer, on_batch=lambda done, total: bar.update(done - bar.n), **kw)
+        result = stylize(frames, vae, model, on_batch=lambda done, total: bar.update(done - bar.n), **kw)
         bar.close()
         path = write_video(result, out if out.suffix else out / (src.stem + "_styled.mp4"), fps)
         print(json.dumps({"video": str(path), "frames": len(frames)}))
@@ -215,7 +219,7 @@ def cmd_stylize(args) -> int:
     written = []
     for f in tqdm(files, desc="stylising", unit="image", disable=args.quiet or len(files) == 1):
         image = load_image(f, keep_alpha=True)
-        y = stylize(image, vae, mixer, **kw)
+        y = stylize(image, vae, model, **kw)
         target = out if (out.suffix and len(files) == 1) else out / (f.stem + "_styled.png")
         written.append(str(save_image(y, target)))
     print(json.dumps({"images": written}, indent=2))
@@ -233,7 +237,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_tiny_models(args) -> int:
-    from .tiny_models import build_tiny_models
+    from .testing.tiny_models import build_tiny_models
 
     paths = build_tiny_models(args.out, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -257,7 +261,7 @@ def cmd_demo(args) -> int:
     device = pick_device(args.device)
     cfg = TrainConfig(resolution=args.resolution, epochs=args.epochs)
     if args.vae is None or args.text_model is None:
-        from .tiny_models import build_tiny_models
+        from .testing.tiny_models import build_tiny_models
 
         tiny = build_tiny_models(out / "tiny-models")
         args.vae, args.text_model = args.vae or tiny["vae"], args.text_model or tiny["siglip"]
@@ -385,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module_name in ("evaluate", "bench"):
         try:
-            module = __import__(f"stylemamba.{module_name}", fromlist=["add_parser"])
+            module = __import__(f"stylemamba.experiments.{module_name}", fromlist=["add_parser"])
         except ImportError:
             continue
         module.add_parser(sub)
@@ -402,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)
-        if not isinstance(exc, MemoryError) and "out of memory" not in str(exc):
+        if not isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) and "out of memory" not in str(exc):
             raise
-        print(f"error: {exc}. Lower --resolution, --batch-size or --tile-size, or use --device cpu", file=sys.stderr)
+        from .errors import OutOfMemory, out_of_memory
+
+        oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
+        print(f"error: {oom.advice(OOM_NAMES)}", file=sys.stderr)
         return 3

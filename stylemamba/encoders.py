@@ -1,14 +1,17 @@
 """F_T and F_I: the SigLIP (or CLIP) text and image towers, frozen, with a differentiable image path.
 
 The losses need gradients through the image tower, so images are resized and normalised in torch
-(never through PIL or a processor that rounds to uint8, which would give zero gradient). SigLIP and
-CLIP sit behind one interface so the paper's Table 4 ablation is a change of model name.
+(never through PIL or a processor that rounds to uint8, which would give zero gradient). Training,
+evaluation, metrics and the nodes accept any :class:`ImageTextModel`: SigLIP and CLIP
+(:class:`TextImageEncoder`, so the paper's Table 4 ablation is a change of model name) and the
+models of known meaning in ``stylemamba.testing`` plug in without touching internals.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,46 @@ _NORMALISATION = {
     "clip": ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
 }
 _TEXT_LENGTH = {"siglip": 64, "clip": 77}
+
+
+@runtime_checkable
+class ImageTextModel(Protocol):
+    """What the library needs of a frozen image-text model (F_T and F_I of the paper).
+
+    ``encode_text``: prompts -> ``(N, D)`` L2-normalised embeddings (no gradient needed).
+    ``encode_image``: ``(B,3,H,W)`` images in [0,1] -> ``(B, D)`` L2-normalised embeddings,
+    DIFFERENTIABLE w.r.t. the pixels (the losses back-propagate through it); any H, W.
+    ``image_size``: the side of the square views a training step builds for it (crops, masked image).
+    ``name``: recorded in style files; a direction is only used with the model that encoded it.
+    ``embed_dim``: D. ``device``: where its weights are. The nodes also move it with ``.to()``.
+    """
+
+    name: str
+    image_size: int
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor: ...
+
+    def encode_image(self, x01: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_image_text_model(model) -> None:
+    """Refuse, with the list of what is missing, an object that is not an :class:`ImageTextModel`."""
+    if not isinstance(model, ImageTextModel):
+        missing = [m for m in ("name", "image_size", "embed_dim", "device", "encode_text", "encode_image")
+                   if not hasattr(model, m)]
+        raise TypeError(f"{type(model).__name__} is not an image-text model: it lacks {', '.join(missing)} "
+                        "(load SigLIP or CLIP with load_text_image_encoder)")
+
+
+def model_name(model) -> str:
+    """The name a model is recorded under (its class name when it has none)."""
+    return str(getattr(model, "name", "") or type(model).__name__)
 
 
 def _features(out) -> torch.Tensor:

@@ -1,12 +1,90 @@
-"""Errors the library raises on purpose, with messages that say what to do."""
+"""Errors the library raises on purpose, and the one wording of the out-of-memory advice.
+
+Front ends name the same knob differently (Python's ``TrainConfig.resolution``, the Train node's
+input ``'resolution'``, the CLI's ``--resolution``): they pass their spelling of each knob (a name
+missing from it falls back to the library's; ``None`` leaves that knob out where a front end has
+no such option); what to lower and why is written once, here.
+"""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
+
+# How the library spells each knob the advice names (front ends pass their own names).
+LIBRARY_NAMES: dict[str, str | None] = {
+    "resolution": "TrainConfig.resolution",
+    "n_crops": "LossConfig.n_crops",
+    "images": "the number of content images",
+    "gradient_checkpointing": "TrainConfig.gradient_checkpointing",
+    "batch_size": "batch_size",
+    "tile_size": "tile_size",
+    "device": None,
+}
+
+
+def _lower(names: list[str]) -> str:
+    """". Lower a, b or c" (nothing when there is nothing this front end can lower)."""
+    if not names:
+        return ""
+    return ". Lower " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
+
+
+def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_images: int) -> str:
+    lower = [f"{n['resolution']} (e.g. 384 or 256)"] + [n[k] for k in ("n_crops", "images") if n[k]]
+    text = (f"out of GPU memory while training at {resolution}x{resolution} with {n_crops} crops on {n_images} "
+            f"content image(s){_lower(lower)}")
+    if n["gradient_checkpointing"]:
+        text += f", or turn on {n['gradient_checkpointing']}"
+    return text + "; close other GPU work and retry. A trained style works at any image size afterwards."
+
+
+def _stylizing(n: Mapping[str, str | None], what: str, batch_size: int, tile_size: int) -> str:
+    lower = [f"{n['batch_size']} (now {batch_size})" if n["batch_size"] else None,
+             f"{n['tile_size']} (now {tile_size}, e.g. 512)" if n["tile_size"] else None]
+    text = f"out of GPU memory while stylising {what}{_lower([k for k in lower if k])}"
+    if n["device"]:
+        text += f", or use {n['device']}"
+    return text + "; close other GPU work and retry."
+
+
+def _other(n: Mapping[str, str | None], detail: str) -> str:
+    knobs = [n[k] for k in ("resolution", "batch_size", "tile_size") if n[k]]
+    text = f"out of memory ({detail}){_lower(knobs)}"
+    if n["device"]:
+        text += f", or use {n['device']}"
+    return text + "; close other GPU work and retry."
+
+
+_ADVICE = {"training": _training, "stylizing": _stylizing, "other": _other}
 
 
 class OutOfMemory(torch.cuda.OutOfMemoryError):
     """Ran out of (GPU) memory; the message says what to lower.
 
     A subclass of torch's own OOM error, so callers that react to OOM (ComfyUI unloads its cached
-    models on it) still do.
+    models on it) still do. ``advice(names)`` words the same advice with a front end's knob names.
     """
+
+    def __init__(self, job: str, facts: Mapping[str, Any], names: Mapping[str, str | None] | None = None):
+        self.job, self.facts = job, dict(facts)
+        super().__init__(self.advice(names))
+
+    def advice(self, names: Mapping[str, str | None] | None = None) -> str:
+        return _ADVICE[self.job]({**LIBRARY_NAMES, **(names or {})}, **self.facts)
+
+
+def training_out_of_memory(resolution: int, n_crops: int, n_images: int,
+                           names: Mapping[str, str | None] | None = None) -> OutOfMemory:
+    return OutOfMemory("training", {"resolution": int(resolution), "n_crops": int(n_crops),
+                                    "n_images": int(n_images)}, names)
+
+
+def stylizing_out_of_memory(what: str, batch_size: int, tile_size: int,
+                            names: Mapping[str, str | None] | None = None) -> OutOfMemory:
+    return OutOfMemory("stylizing", {"what": what, "batch_size": int(batch_size), "tile_size": int(tile_size)}, names)
+
+
+def out_of_memory(detail: str, names: Mapping[str, str | None] | None = None) -> OutOfMemory:
+    """Advice for an out-of-memory error that no job above turned into advice (e.g. while loading models)."""
+    return OutOfMemory("other", {"detail": detail}, names)

@@ -233,7 +233,3 @@ def build_fusion(cfg: FusionConfig) -> StyleFusion:
         cfg = FusionConfig.from_dict(cfg)
     return StyleFusion(cfg)
 
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (the paper's Table 2 reports model size)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

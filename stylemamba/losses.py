@@ -82,7 +82,6 @@ def masked_directional_loss(
     src_img_emb: Tensor,
     text_dir: Tensor,
     form: str = "directional",
-    text_dir_raw: Optional[Tensor] = None,
 ) -> Tensor:
     """Masked directional loss ``L_md`` (paper Eq. 3), on ``Z`` = Y with 50 % of patches masked.
 
@@ -90,16 +89,13 @@ def masked_directional_loss(
       e_t - e_src)]``, i.e. Eq. 2 on the masked image. The paper's ablation (Table 6) shows L_md
       RAISING the style score, which is what this style-pushing form does.
     * ``form="eq3"``: the paper's Eq. 3 literally, ``mean_b ||F_I(Z) - F_I(X)|| / ||e_t - e_src||``.
-      Minimising it pulls the masked image towards the content. The denominator is the length
-      of the UNnormalised text direction: it is taken from ``text_dir_raw`` when given (use this
-      when the ``text_dir`` you pass was normalised), else from ``text_dir`` itself (correct when
-      ``text_dir`` is the raw difference ``e_t - e_src``, as elsewhere in this module).
+      Minimising it pulls the masked image towards the content. The denominator is the length of
+      ``text_dir``, which must be the raw difference ``e_t - e_src`` (as everywhere in this module).
     """
     if form == "directional":
         return directional_loss(masked_emb, src_img_emb, text_dir)
     if form == "eq3":
-        raw = text_dir if text_dir_raw is None else text_dir_raw
-        raw = raw.expand_as(masked_emb)
+        raw = text_dir.expand_as(masked_emb)
         num = (masked_emb - src_img_emb).norm(dim=-1)
         den = raw.norm(dim=-1).clamp_min(_EPS)
         return (num / den).mean()
@@ -192,8 +188,7 @@ def random_crops(
     out_size: int,
     perspective: float = 0.5,
     generator: Optional[torch.Generator] = None,
-    return_boxes: bool = False,
-):
+) -> Tensor:
     """Random (perspective-distorted) crops of every image, resized to ``out_size`` (CLIPstyler's patches).
 
     See :func:`_random_crops`. Coordinates and the bilinear sampling run in fp32 with autocast off:
@@ -204,11 +199,7 @@ def random_crops(
     dtype = images.dtype
     with torch.autocast(images.device.type, enabled=False):
         result = _random_crops(images.float() if dtype in (torch.float16, torch.bfloat16) else images, n_crops,
-                               crop_size, out_size, perspective=perspective, generator=generator,
-                               return_boxes=return_boxes)
-    if return_boxes:
-        crops, boxes = result
-        return crops.to(dtype), boxes
+                               crop_size, out_size, perspective=perspective, generator=generator)
     return result.to(dtype)
 
 
@@ -219,8 +210,7 @@ def _random_crops(
     out_size: int,
     perspective: float = 0.5,
     generator: Optional[torch.Generator] = None,
-    return_boxes: bool = False,
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+) -> Tensor:
     """CLIPstyler's crop augmentation: RandomCrop -> RandomPerspective(fill=0, p=1) -> Resize.
 
     ``images`` ``(B, 3, H, W)`` -> ``(B * n_crops, 3, out_size, out_size)``, crops of image 0
@@ -238,8 +228,7 @@ def _random_crops(
     * Resize to ``out_size`` is the bilinear sampling itself (no antialiasing: fine for the
       usual up-sampling 128 -> 224, aliased when ``out_size`` is much smaller than the crop).
 
-    ``return_boxes=True`` also returns ``(B * n_crops, 4)`` long boxes ``(x0, y0, x1, y1)``
-    (x1, y1 exclusive) of the sampled crops. ``generator`` must live on ``images.device``.
+    ``generator`` must live on ``images.device``.
     """
     if images.dim() != 4:
         raise ValueError(f"random_crops: images must be (B, C, H, W), got shape {tuple(images.shape)}")
@@ -308,11 +297,7 @@ def _random_crops(
         .permute(0, 2, 1, 3, 4)
         .reshape(n_total, channels, out_size, out_size)
     )
-    if not return_boxes:
-        return out
-    tl = top_left.long()
-    boxes = torch.cat([tl, tl + crop_size], dim=1)
-    return out, boxes
+    return out
 
 
 def n_masked_patches(n_patches: int, ratio: float) -> int:
@@ -415,10 +400,13 @@ class LossConfig:
     Weights: ``dir`` / ``patch`` / ``md`` / ``so`` multiply the style terms (the paper's overall
     style weight ``a`` is folded into them), ``lpips`` is constant, and the VGG content weight
     follows a two-step schedule (paper Sec. 4.1: 9000, "reduced to 150 after 5 epochs"):
-    ``content_weight_start`` for epochs ``< content_weight_switch_epoch`` (epochs count from 0),
-    ``content_weight_end`` from then on. ``crop_size`` is in pixels at 512 px; when
-    ``crop_fraction`` is set the crop side is ``crop_fraction * min(H, W)`` instead (0.25 gives
-    128 at 512 px). ``so_theta=0.9`` is ours: SigLIP / CLIP directional losses start near 1.0.
+    ``vgg_weight_start`` for epochs ``< vgg_weight_switch_epoch`` (epochs count from 0),
+    ``vgg_weight_end`` from then on (the names of the Train node's inputs; the loss term is
+    ``"vgg"``). A weight of 0 turns its term off (``patch=0``: no crops are made). ``crop_size`` is
+    in pixels at 512 px; when ``crop_fraction`` is set the crop side is ``crop_fraction * min(H, W)``
+    instead (0.25 gives 128 at 512 px). ``so_theta=0.9`` is ours: SigLIP / CLIP directional losses
+    start near 1.0. ``source_prompt`` is the one prompts are encoded against when no
+    :class:`~stylemamba.direction.TextDirection` is given.
     """
 
     dir: float = 500.0
@@ -426,9 +414,9 @@ class LossConfig:
     md: float = 500.0
     so: float = 500.0
     lpips: float = 150.0
-    content_weight_start: float = 9000.0
-    content_weight_end: float = 150.0
-    content_weight_switch_epoch: int = 5
+    vgg_weight_start: float = 9000.0
+    vgg_weight_end: float = 150.0
+    vgg_weight_switch_epoch: int = 5
     tv: float = 0.0
     tv_form: str = "clipstyler"
     n_crops: int = 64
@@ -436,7 +424,6 @@ class LossConfig:
     crop_fraction: Optional[float] = 0.25
     crop_perspective: float = 0.5
     patch_threshold: float = 0.7
-    use_patch: bool = True
     mask_patch: int = 16
     mask_ratio: float = 0.5
     mask_fill: float = 0.5
@@ -448,9 +435,9 @@ class LossConfig:
     source_prompt: str = "a plain photo"
 
     def __post_init__(self) -> None:
-        for name in ("dir", "patch", "md", "so", "lpips", "content_weight_start", "content_weight_end", "tv"):
+        for name in ("dir", "patch", "md", "so", "lpips", "vgg_weight_start", "vgg_weight_end", "tv"):
             _check_real(name, getattr(self, name), 0.0, math.inf, "[0, inf)")
-        _check_int(name="content_weight_switch_epoch", value=self.content_weight_switch_epoch, low=0)
+        _check_int(name="vgg_weight_switch_epoch", value=self.vgg_weight_switch_epoch, low=0)
         _check_int(name="n_crops", value=self.n_crops, low=1)
         _check_int(name="crop_size", value=self.crop_size, low=1)
         _check_int(name="mask_patch", value=self.mask_patch, low=1)
@@ -464,8 +451,6 @@ class LossConfig:
         _check_real("so_alpha", self.so_alpha, 0.0, math.inf, "[0, inf)")
         _check_real("so_beta", self.so_beta, 0.0, math.inf, "(0, inf)", open_low=True)
         _check_real("so_theta", self.so_theta, 0.0, 2.0, "[0, 2] (1 - cos lies in [0, 2])")
-        if not isinstance(self.use_patch, bool):
-            raise ValueError(f"LossConfig.use_patch must be a bool, got {self.use_patch!r}")
         if self.md_form not in MD_FORMS:
             raise ValueError(f"LossConfig.md_form must be one of {MD_FORMS}, got {self.md_form!r}")
         if self.tv_form not in TV_FORMS:
@@ -473,37 +458,58 @@ class LossConfig:
         if not isinstance(self.source_prompt, str) or not self.source_prompt.strip():
             raise ValueError(f"LossConfig.source_prompt must be a non-empty string, got {self.source_prompt!r}")
 
-    def content_weight(self, epoch: int) -> float:
+    def vgg_weight(self, epoch: int) -> float:
         """VGG content weight at ``epoch`` (0-based): start before the switch epoch, end from it."""
-        if epoch < self.content_weight_switch_epoch:
-            return float(self.content_weight_start)
-        return float(self.content_weight_end)
+        if epoch < self.vgg_weight_switch_epoch:
+            return float(self.vgg_weight_start)
+        return float(self.vgg_weight_end)
+
+    @property
+    def uses_vgg(self) -> bool:
+        """Whether the VGG content loss has a non-zero weight at some epoch."""
+        return self.vgg_weight_start > 0 or self.vgg_weight_end > 0
 
     def weights(self, epoch: int) -> Dict[str, float]:
         """Weights for :func:`total_loss` at ``epoch``: dir, patch, md, so, lpips, vgg, tv."""
         return {
             "dir": float(self.dir),
-            "patch": float(self.patch) if self.use_patch else 0.0,
+            "patch": float(self.patch),
             "md": float(self.md),
             "so": float(self.so),
             "lpips": float(self.lpips),
-            "vgg": self.content_weight(epoch),
+            "vgg": self.vgg_weight(epoch),
             "tv": float(self.tv),
         }
 
     def crop_size_for(self, height: int, width: int) -> int:
         """Crop side in pixels for an image of ``height x width`` (see class docstring)."""
-        short = min(int(height), int(width))
-        size = int(round(self.crop_fraction * short)) if self.crop_fraction is not None else int(self.crop_size)
-        return max(1, min(short, size))
+        return crop_size_for(height, width, self.crop_fraction, self.crop_size)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LossConfig":
-        """Build from a mapping; unknown keys are an error (they are usually typos)."""
-        return from_options(cls, data, "LossConfig")
+        """Build from a mapping; unknown keys are an error (they are usually typos).
+
+        Recipes of version 0.1.0 (config files, style files) still read: ``content_weight_*`` are
+        ``vgg_weight_*``, and ``use_patch: false`` is ``patch: 0``.
+        """
+        data = dict(data)
+        if data.pop("use_patch", True) is False:
+            data["patch"] = 0.0
+        return from_options(cls, data, "LossConfig", renamed=OLD_NAMES)
+
+
+OLD_NAMES = {"content_weight_start": "vgg_weight_start", "content_weight_end": "vgg_weight_end",
+             "content_weight_switch_epoch": "vgg_weight_switch_epoch"}  # version 0.1.0's names
+
+
+def crop_size_for(height: int, width: int, crop_fraction: Optional[float], crop_size: int) -> int:
+    """Crop side in pixels: ``crop_fraction * min(H, W)`` when set, else ``crop_size``; within ``[1, min(H, W)]``."""
+    short = min(int(height), int(width))
+    size = int(round(crop_fraction * short)) if crop_fraction is not None else int(crop_size)
+    return max(1, min(short, size))
 
 
 def _check_real(name: str, value: Any, low: float, high: float, text: str,
@@ -532,21 +538,19 @@ def style_loss(
     crop_embs: Optional[Tensor] = None,
     masked_emb: Optional[Tensor] = None,
     prev_img_emb: Optional[Tensor] = None,
-    text_dir_raw: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """Unweighted style terms of ``L_style = L_dir + L_md + I(L_dir < theta) * L_so`` (+ patch).
 
     Returns a dict of tensors (not detached; turning them into floats for logging is the
-    caller's job): ``"dir"`` always; ``"patch"`` when ``crop_embs`` is given and
-    ``cfg.use_patch``; ``"md"`` when ``masked_emb`` is given; ``"so"`` and ``"so_gate"`` (0./1.,
-    :func:`second_order_gate`) when ``prev_img_emb`` is given. Combine with :func:`total_loss`.
-    ``text_dir`` is the raw ``e_t - e_src``; ``text_dir_raw`` only matters for ``md_form="eq3"``.
+    caller's job): ``"dir"`` always; ``"patch"`` when ``crop_embs`` is given; ``"md"`` when
+    ``masked_emb`` is given; ``"so"`` and ``"so_gate"`` (0./1., :func:`second_order_gate`) when
+    ``prev_img_emb`` is given. Combine with :func:`total_loss`. ``text_dir`` is the raw ``e_t - e_src``.
     """
     terms: Dict[str, Tensor] = {"dir": directional_loss(img_emb, src_img_emb, text_dir)}
-    if crop_embs is not None and cfg.use_patch:
+    if crop_embs is not None:
         terms["patch"] = patch_directional_loss(crop_embs, src_img_emb, text_dir, cfg.patch_threshold)
     if masked_emb is not None:
-        terms["md"] = masked_directional_loss(masked_emb, src_img_emb, text_dir, cfg.md_form, text_dir_raw)
+        terms["md"] = masked_directional_loss(masked_emb, src_img_emb, text_dir, cfg.md_form)
     if prev_img_emb is not None:
         terms["so"] = second_order_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta)
         terms["so_gate"] = second_order_gate(terms["dir"], epoch, cfg.so_theta, cfg.so_interval)

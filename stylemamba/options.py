@@ -7,10 +7,20 @@ from typing import Any, Mapping, TypeVar
 T = TypeVar("T")
 
 
-def from_options(cls: type[T], data: Mapping[str, Any], what: str) -> T:
-    """``cls(**data)``, refusing unknown keys (usually typos) with a message naming the valid ones."""
+def from_options(cls: type[T], data: Mapping[str, Any], what: str, renamed: Mapping[str, str] | None = None) -> T:
+    """``cls(**data)``, refusing unknown keys (usually typos) with a message naming the valid ones.
+
+    ``renamed`` maps option names of older versions to today's (config files and the recipes stored
+    in old style files keep loading); giving both the old and the new name is an error.
+    """
+    data = dict(data)
+    for old, new in (renamed or {}).items():
+        if old in data:
+            if new in data:
+                raise ValueError(f"{what} options {old!r} (the old name) and {new!r} are both given; keep {new!r}")
+            data[new] = data.pop(old)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown {what} option(s) {unknown}; valid: {sorted(known)}")
-    return cls(**dict(data))
+    return cls(**data)

@@ -67,9 +67,9 @@ def enable_cudnn_autotune(on: bool = True) -> bool:
     return previous
 
 
-def prepare_for_inference(vae, mixer, compile: str = "off", channels_last: bool = True,
+def prepare_for_inference(vae, model, compile: str = "off", channels_last: bool = True,
                           dynamic: bool | None = False):
-    """Speed up :func:`stylemamba.stylize.stylize` for ``mixer`` (a ``MixedStyle``): channels-last
+    """Speed up :func:`stylemamba.stylize.stylize` for ``model`` (a ``StyleModel``): channels-last
     weights for the VAE encoder and the style's decoder (what cuDNN's fast bf16 kernels read) and,
     when ``compile`` is a mode, ``torch.compile`` of both (in place). The fusion module stays eager:
     compiled around the mamba-ssm kernel's opaque call it ran twice as slow (graph breaks), and our
@@ -78,12 +78,12 @@ def prepare_for_inference(vae, mixer, compile: str = "off", channels_last: bool 
     The VAE encoder is SHARED (every style uses it; ComfyUI caches the VAE): compiling it changes
     nothing it computes, only how. ``dynamic=False`` (default) compiles once per image size (about
     20 s each on an H200): measured there, the static 512x512 graph ran in 15 ms where the
-    dynamic-shape graph (``dynamic=None`` after a second size) took 35 ms. Returns ``mixer``.
+    dynamic-shape graph (``dynamic=None`` after a second size) took 35 ms. Returns ``model``.
     """
     on_cuda = vae.device.type == "cuda"
     if channels_last and on_cuda:
         vae.encoder.to(memory_format=torch.channels_last)
-        mixer.decoder.to(memory_format=torch.channels_last)
+        model.decoder.to(memory_format=torch.channels_last)
     compile_module_(vae.encoder, compile, dynamic=dynamic)
-    compile_module_(mixer.decoder, compile, dynamic=dynamic)
-    return mixer
+    compile_module_(model.decoder, compile, dynamic=dynamic)
+    return model

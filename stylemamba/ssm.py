@@ -12,8 +12,16 @@ Backends (``selective_scan(..., backend=...)``):
 * ``"mamba_ssm"`` -- the compiled CUDA kernel of the mamba-ssm package (module ``selective_scan_cuda``),
   used only when it imports and the tensors live on CUDA. ``import mamba_ssm`` itself fails under
   transformers >= 5, so the bare extension is wrapped here in a small autograd Function.
-* ``"chunked"`` -- ours, plain PyTorch, no compiler needed (the default without the kernel).
+* ``"triton"`` -- ours, two Triton kernels (:mod:`stylemamba.scan_triton`): the default on CUDA
+  without mamba-ssm. Triton compiles at run time (no compiler to install: it ships its own), but
+  it may be missing or broken (Windows ComfyUI portable), so "auto" picks it only after it imported
+  and passed a small self-check on that device; any failure falls back to ``"chunked"``, logged.
+* ``"chunked"`` -- ours, plain PyTorch, no compiler needed (the default on the CPU, and on CUDA
+  without a working Triton).
 * ``"sequential"`` -- one step per token; the reference the tests compare against.
+
+"auto" picks, on CUDA: mamba-ssm if importable, else Triton if it works, else chunked; on the
+CPU: chunked. The active backend is logged once per (backend, device type).
 
 How ``"chunked"`` works and why. The state tensor ``(b,d,n,l)`` is large (268 MB in fp32 at
 b=2, d=512, n=16, l=4096), so autograd must never keep it. A custom autograd Function keeps only
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Optional
 
 import torch
@@ -40,7 +49,7 @@ from torch import nn
 
 logger = logging.getLogger("stylemamba")
 
-BACKENDS = ("auto", "mamba_ssm", "chunked", "sequential")
+BACKENDS = ("auto", "mamba_ssm", "triton", "chunked", "sequential")
 
 # Elements of one (T, K, b, d, n) work buffer of the chunked scan; the sequence is processed in
 # blocks so that a buffer never exceeds this (fp32: 512 MB). Peak transient memory is about 3
@@ -120,6 +129,115 @@ def _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         y = _KernelScan.apply(*args, bool(delta_softplus))
     else:
         y = _SCAN_FN(*args, delta_softplus=bool(delta_softplus))
+    return y.to(in_dtype)
+
+
+# ----------------------------------------------------------------------------- the Triton kernels
+_TRITON_SCAN = None  # the module stylemamba.scan_triton, once imported
+_TRITON_IMPORT_ERROR: Optional[str] = None
+_TRITON_OK: dict = {}  # device ("cuda:0", "cpu") -> passed the self-check there
+
+
+def _triton_interpreted() -> bool:
+    """True under ``TRITON_INTERPRET=1``: Triton then runs kernels on CPU tensors (slowly; for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _import_triton_scan():
+    """The module :mod:`stylemamba.scan_triton`, or None when triton does not import (logged once)."""
+    global _TRITON_SCAN, _TRITON_IMPORT_ERROR
+    if _TRITON_SCAN is None and _TRITON_IMPORT_ERROR is None:
+        try:
+            from . import scan_triton
+
+            _TRITON_SCAN = scan_triton
+        except Exception as exc:  # ImportError, or a broken install failing in any other way
+            _TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+            logger.info("stylemamba: triton is not importable (%s); the Triton selective scan is off",
+                        _TRITON_IMPORT_ERROR)
+    return _TRITON_SCAN
+
+
+def _device_key(dev: torch.device) -> str:
+    if dev.type == "cuda" and dev.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(dev)
+
+
+def _triton_self_check(dev: torch.device) -> Optional[str]:
+    """None when the Triton scan compiles, runs on ``dev`` and matches the chunked scan (output and
+    every gradient, a small problem crossing a chunk boundary); otherwise the reason."""
+    mod = _import_triton_scan()
+    if mod is None:
+        return f"triton does not import ({_TRITON_IMPORT_ERROR})"
+    try:
+        g = torch.Generator().manual_seed(0)
+        b, d, n, length = 1, 4, 16, mod.configs()["fwd"].chunk + 44  # two chunks
+
+        def r(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=g) * scale).to(dev)
+
+        inputs = dict(u=r(b, d, length), delta=r(b, d, length, scale=0.5), A=-torch.exp(r(d, n, scale=0.5)),
+                      B=r(b, n, length), C=r(b, n, length), D=r(d), z=r(b, d, length), delta_bias=r(d, scale=0.5))
+        results = []
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(dev.type, enabled=False):
+            for fn in (mod.selective_scan_triton, lambda **kw: selective_scan(**kw, backend="chunked")):
+                leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+                y = fn(**leaves, delta_softplus=True)
+                grads = torch.autograd.grad(y, list(leaves.values()), torch.cos(y.detach()))
+                results.append([y.detach(), *grads])
+        for name, a, ref in zip(("y",) + tuple(inputs), *results):
+            err = float((a.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6))
+            if not err < 1e-3:  # also catches NaN
+                return f"self-check mismatch against the chunked scan: {name} off by {err:.2e}"
+    except Exception as exc:  # compilation, launch, driver, ... anything
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def triton_works(device) -> bool:
+    """Whether the Triton scan passed its self-check on ``device`` (checked once per device, logged)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return False
+    if not (dev.type == "cuda" or (dev.type == "cpu" and _triton_interpreted())):
+        return False
+    key = _device_key(dev)
+    if key not in _TRITON_OK:
+        why = _triton_self_check(dev)
+        _TRITON_OK[key] = why is None
+        if why is not None and _TRITON_IMPORT_ERROR is None:
+            logger.warning("stylemamba: the Triton selective scan does not work on %s (%s); using the "
+                           "chunked PyTorch scan", key, why)
+    return _TRITON_OK[key]
+
+
+def _triton_failed(dev: torch.device, exc: BaseException) -> None:
+    _TRITON_OK[_device_key(dev)] = False
+    logger.warning("stylemamba: the Triton selective scan failed on %s (%s: %s); falling back to the chunked "
+                   "PyTorch scan for the rest of this process", dev, type(exc).__name__, exc)
+
+
+_EAGER: dict = {}
+
+
+def _eager(fn):
+    """``fn`` hidden from torch.compile (an opaque kernel call: it runs eagerly between graphs).
+    Wrapped on first use: ``torch.compiler.disable`` imports torch._dynamo, which imports triton."""
+    if fn not in _EAGER:
+        _EAGER[fn] = torch.compiler.disable(fn)
+    return _EAGER[fn]
+
+
+def _scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    mod = _import_triton_scan()
+    if mod is None:
+        raise RuntimeError(f"backend 'triton' needs the triton package ({_TRITON_IMPORT_ERROR})")
+    in_dtype = u.dtype
+    io_types = (torch.float32, torch.float16, torch.bfloat16)
+    if not all(t is None or t.dtype in io_types for t in (u, delta, B, C, z)):
+        u, delta, B, C, z = (None if t is None else t.float() for t in (u, delta, B, C, z))
+    y = mod.selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus=bool(delta_softplus))
     return y.to(in_dtype)
 
 
@@ -275,8 +393,11 @@ def _scan_sequential(u, delta, A, B, C):
 
 # ----------------------------------------------------------------------------- public API
 def available_backends() -> list[str]:
-    """Backends usable in this process (``"mamba_ssm"`` only with the kernel and a CUDA device)."""
+    """Backends usable in this process (``"mamba_ssm"`` only with the kernel and a CUDA device,
+    ``"triton"`` only with CUDA and a Triton that passed the self-check)."""
     out = ["chunked", "sequential"]
+    if torch.cuda.is_available() and triton_works("cuda"):
+        out.insert(0, "triton")
     if torch.cuda.is_available() and _load_kernel():
         out.insert(0, "mamba_ssm")
     return out
@@ -286,16 +407,29 @@ _LOGGED: set = set()
 
 
 def resolve_backend(name: str, device) -> str:
-    """Concrete backend for ``name`` on ``device``: "auto" -> "mamba_ssm" on CUDA when importable,
-    else "chunked". Logs the first use of each (backend, device type)."""
+    """Concrete backend for ``name`` on ``device``: "auto" -> on CUDA "mamba_ssm" when importable,
+    else "triton" when it works there, else "chunked"; on the CPU "chunked". Logs the first use of
+    each (backend, device type)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {name!r}; expected one of {BACKENDS}")
     dev = torch.device(device)
     if name == "auto":
-        name = "mamba_ssm" if dev.type == "cuda" and _load_kernel() else "chunked"
+        if dev.type == "cuda" and _load_kernel():
+            name = "mamba_ssm"
+        elif dev.type == "cuda" and triton_works(dev):
+            name = "triton"
+        else:
+            name = "chunked"
     elif name == "mamba_ssm" and not (dev.type == "cuda" and _load_kernel()):
         raise RuntimeError("selective-scan backend 'mamba_ssm' needs the compiled mamba-ssm kernel "
                            f"(module selective_scan_cuda) and a CUDA device (got {dev.type})")
+    elif name == "triton":
+        if not (dev.type == "cuda" or (dev.type == "cpu" and _triton_interpreted())):
+            raise RuntimeError(f"selective-scan backend 'triton' needs a CUDA device (got {dev.type}; on the CPU "
+                               "only under TRITON_INTERPRET=1, for tests); use 'chunked' or 'auto'")
+        if _import_triton_scan() is None:
+            raise RuntimeError(f"selective-scan backend 'triton' needs the triton package, which does not import "
+                               f"here ({_TRITON_IMPORT_ERROR}); use 'chunked' or 'auto'")
     key = (name, dev.type)
     if key not in _LOGGED:
         _LOGGED.add(key)
@@ -310,11 +444,24 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """Mamba-1 selective scan (see module docstring); returns y ``(b,d,l)`` in ``u``'s dtype.
 
     ``chunk_size`` / ``block_len`` tune the ``"chunked"`` backend (defaults: ``sqrt`` of the block,
-    blocks of at most ``CHUNKED_BLOCK_ELEMENTS`` state elements).
+    blocks of at most ``CHUNKED_BLOCK_ELEMENTS`` state elements). ``"mamba_ssm"`` and ``"triton"``
+    compute in fp32 whatever the inputs' dtype; ``"chunked"`` and ``"sequential"`` in fp32, or fp64
+    for fp64 inputs. Under "auto", a failing Triton call falls back to ``"chunked"`` (logged).
     """
+    requested = backend
     backend = resolve_backend(backend, u.device)
     if backend == "mamba_ssm":
         return _scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if backend == "triton":
+        try:
+            return _eager(_scan_triton)(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a shape or dtype the self-check did not compile, a driver problem, ...
+            if requested != "auto":
+                raise
+            _triton_failed(u.device, exc)
+            backend = resolve_backend("chunked", u.device)
     in_dtype = u.dtype
     cdt = torch.float64 if in_dtype == torch.float64 else torch.float32
     with torch.autocast(u.device.type, enabled=False):

@@ -240,6 +240,24 @@ def describe_style(path: str | Path) -> dict[str, Any]:
     return {"file": str(path), "bytes": Path(path).stat().st_size, "parameters": counts, **meta}
 
 
+def style_summary(meta: dict[str, Any]) -> str:
+    """A few lines saying what a style is (its metadata): prompts, source, text model, steps, base VAE."""
+    prompts = meta.get("prompts") or []
+    weights = meta.get("prompt_weights")
+    lines = [f"style: {meta.get('name') or meta.get('file') or 'unnamed'}",
+             "prompts: " + (", ".join(f"'{p}'" for p in prompts) or "?")]
+    if weights:
+        lines.append("prompt weights: " + ", ".join(f"{float(w):.2f}" for w in weights))
+    lines += [f"source prompt: '{meta.get('source_prompt', '')}'",
+              f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')})",
+              f"steps: {meta.get('steps', '?')}, trained in {meta.get('train_seconds', '?')} s"
+              + (" (cancelled early)" if meta.get("cancelled") else ""),
+              f"base VAE: {meta.get('base_vae_name', '?')}"]
+    if meta.get("losses_skipped"):
+        lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
+    return "\n".join(lines)
+
+
 def save_universal(model: UniversalModel, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Write a universal model (same layout as a style, plus the source embeddings); returns {'path', 'bytes'}."""
     tensors = _weights(model.fusion_state, model.decoder_delta, delta_dtype)

@@ -4,83 +4,27 @@ Any size (padded to a multiple of 8 and cropped back, never squashed to a square
 grayscale, batches and video frames, an optional mask, a strength, several styles mixed with
 weights, and tiled VAE passes for large images (the fusion still sees the whole latent, so the
 style is global; tiles only bound the VAE's memory and are blended with feathered weights).
+The forward pass itself is :class:`~stylemamba.style_model.StyleModel`'s; latents in and out
+(:func:`encode_latents`, :func:`stylize_latents`) serve the latent nodes.
 """
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import OutOfMemory
-from .fusion import FusionConfig, build_fusion
+from .errors import stylizing_out_of_memory
 from .precision import autocast
-from .style_file import Style, StyleFileError
+from .style_file import Style
+from .style_model import StyleModel
 from .vae import SDVAE
-from .vae_layout import from_ldm
+
+Styles = Style | Sequence[Style] | StyleModel
 
 log = logging.getLogger("stylemamba")
-
-
-class MixedStyle(nn.Module):
-    """Several styles blended with weights and a global strength, as one fusion + one decoder.
-
-    Fusion: ``M = z + strength * sum_i w_i (f_i(z, e_i) - z)``. Decoder: ``base + strength * sum_i w_i delta_i``.
-    Strength 0 is exactly the VAE reconstruction; one style at strength 1 is exactly that style.
-    """
-
-    def __init__(self, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
-                 strength: float = 1.0):
-        super().__init__()
-        if not styles:
-            raise ValueError("no style given: connect a trained or loaded style")
-        weights = list(weights) if weights is not None else [1.0 / len(styles)] * len(styles) if len(styles) > 1 else [1.0]
-        if len(weights) != len(styles) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"style weights {weights} must be {len(styles)} non-negative numbers with a positive sum")
-        if not 0.0 <= float(strength) <= 1.0:
-            raise ValueError(f"strength {strength} is outside [0, 1]")
-        total = float(sum(weights))
-        self.weights = [w / total for w in weights]
-        self.strength = float(strength)
-        self.__dict__["vae"] = vae
-        device = vae.device
-        self.fusions = nn.ModuleList()
-        self.ratios = []  # style's latent scaling / this VAE's (styles remember the factor they were trained with)
-        for i, style in enumerate(styles):
-            style.check_vae(vae)
-            fusion = build_fusion(FusionConfig.from_dict(style.fusion_config))
-            try:
-                fusion.load_state_dict(style.fusion_state)
-            except RuntimeError as exc:
-                raise StyleFileError(f"style '{style.name}': fusion weights do not match its config ({exc})") from exc
-            self.fusions.append(fusion.eval().requires_grad_(False))
-            # one buffer per style: styles trained with SigLIP and with CLIP have different embedding sizes
-            self.register_buffer(f"embedding_{i}", style.embedding.float(), persistent=False)
-            trained_scale = float(style.metadata.get("scaling_factor") or vae.scaling_factor)
-            self.ratios.append(trained_scale / vae.scaling_factor)
-        self.decoder = vae.make_decoder().eval().requires_grad_(False)
-        state = self.decoder.state_dict()
-        with torch.no_grad():
-            for style, w in zip(styles, self.weights):
-                try:  # deltas are stored with LDM names; this decoder may use diffusers names
-                    delta = from_ldm(style.decoder_delta, state)
-                except KeyError as exc:
-                    raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
-                                         "it was made for a different VAE") from exc
-                for k, v in state.items():
-                    v.add_(delta[k].to(v.device, v.dtype), alpha=self.strength * w)
-        self.to(device)
-
-    def fuse(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> fused latent; each style sees the latent at the scaling it was trained with."""
-        out = z
-        for i, (fusion, w, ratio) in enumerate(zip(self.fusions, self.weights, self.ratios)):
-            cond = getattr(self, f"embedding_{i}").to(z.dtype).expand(z.shape[0], -1)
-            zi = z * ratio
-            out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
-        return out
 
 
 def _as_rgb(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -223,54 +167,81 @@ def _prepare_mask(mask: torch.Tensor | None, b: int, h: int, w: int, device) -> 
     return m.clamp(0, 1).to(device)
 
 
-def stylize(images: torch.Tensor, vae: SDVAE, styles, *args, **kwargs) -> torch.Tensor:
+def as_style_model(vae: SDVAE, styles: Styles, weights: Sequence[float] | None = None,
+                strength: float | None = None) -> StyleModel:
+    """``styles`` as a :class:`StyleModel` on ``vae``: built from Style(s), or a built model as it is.
+
+    A built model has its weights and strength baked into its decoder (base + strength * sum w_i delta_i),
+    so giving them again is an error rather than silently ignored (applying them would mean rebuilding
+    from the styles, the cost a built model exists to avoid).
+    """
+    if isinstance(styles, StyleModel):
+        if weights is not None or strength is not None:
+            raise ValueError("weights and strength are built into a StyleModel (its .weights, .strength): pass the "
+                             "styles instead, or build the model with StyleModel.from_styles(vae, styles, weights, "
+                             "strength)")
+        return styles
+    return StyleModel.from_styles(vae, [styles] if isinstance(styles, Style) else list(styles), weights,
+                                  1.0 if strength is None else strength)
+
+
+def stylize(images: torch.Tensor, vae: SDVAE, styles: Styles, *args, **kwargs) -> torch.Tensor:
     """Stylise images; see :func:`stylize_images`. Out of memory becomes an error that says what to lower."""
     try:
         return stylize_images(images, vae, styles, *args, **kwargs)
     except torch.cuda.OutOfMemoryError as exc:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise OutOfMemory(
-            f"out of GPU memory stylising {tuple(images.shape)} images: lower batch_size (now "
-            f"{kwargs.get('batch_size', 4)}) or tile_size (now {kwargs.get('tile_size', 1024)}), e.g. tile_size=512"
-        ) from exc
+        raise stylizing_out_of_memory(f"{tuple(images.shape)} images", kwargs.get("batch_size", 4),
+                                      kwargs.get("tile_size", 1024)) from exc
+
+
+def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) -> float:
+    """Rough bytes stylising allocates on the GPU besides the VAE: the style's fp32 decoder copy (about
+    50 M parameters for SD VAEs) and the activations (5.7 GB peak at 1024x1024 on an H200 in bf16,
+    docs/BENCHMARK.md), for a front end to make room."""
+    pixels = batch_size * min(height, tile_size) * min(width, tile_size)
+    return 6e9 / (1024 * 1024) * pixels + 4 * 50e6
 
 
 @torch.no_grad()
-def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[Style] | MixedStyle,
-            weights: Sequence[float] | None = None, strength: float = 1.0, mask: torch.Tensor | None = None,
-            tile_size: int = 1024, tile_overlap: int = 128, batch_size: int = 4, amp: str = "auto",
-            on_batch=None) -> torch.Tensor:
+def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
+                   weights: Sequence[float] | None = None, strength: float | None = None,
+                   mask: torch.Tensor | None = None, tile_size: int = 1024, tile_overlap: int = 128,
+                   batch_size: int = 4, precision: str = "auto", on_batch=None) -> torch.Tensor:
     """Stylise (B,C,H,W) images in [0,1]; returns the same layout (RGBA keeps its alpha, gray becomes RGB).
 
-    ``mask`` (1 = stylise) keeps the original pixels outside it. Images larger than ``tile_size`` on a
-    side run the VAE in overlapping tiles (feathered over ``tile_overlap`` pixels). ``on_batch(done, total)``
-    reports progress.
+    ``styles``: a Style, several (mixed with ``weights``, default equal), or a built :class:`StyleModel`
+    (then ``weights``/``strength`` must be left out: see :func:`as_style_model`). ``strength``: 0 = the VAE's
+    reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
+    outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
+    over ``tile_overlap`` pixels). ``on_batch(done, total)`` reports progress.
     """
-    mixer = styles if isinstance(styles, MixedStyle) else MixedStyle(
-        vae, [styles] if isinstance(styles, Style) else list(styles), weights, strength)
+    model = as_style_model(vae, styles, weights, strength)
     rgb, alpha = _as_rgb(images)
     b, _, h, w = rgb.shape
     if h < 8 or w < 8:
         raise ValueError(f"image is {h}x{w}; it must be at least 8x8 pixels")
     device = vae.device
     m = _prepare_mask(mask, b, h, w, device)
+    if m is not None and float(m.max()) == 0.0:
+        log.warning("the mask is empty: nothing will be stylised (paint the area to stylise)")
     tile = max(128, (int(tile_size) // 8) * 8)
     overlap = min(max(64, (int(tile_overlap) // 8) * 8), tile // 2)  # < 64 px (8 latents) shows seams
     outs = []
     for start in range(0, b, max(1, batch_size)):
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
         xp, (oh, ow) = _pad8(x)
-        with autocast(device, amp):
+        with autocast(device, precision):
             if max(xp.shape[-2:]) > tile:
                 z = _tiled(vae.encode, vae.encoder, xp, tile, overlap, 1 / 8, vae.latent_channels, 8)
             else:
                 z = vae.encode(xp)
-            fused = mixer.fuse(z)
+            fused = model.fuse(z)
             if max(xp.shape[-2:]) > tile:
-                y = _tiled(mixer.decoder, mixer.decoder, fused, tile // 8, overlap // 8, 8, 3, 1)
+                y = _tiled(model.decoder, model.decoder, fused, tile // 8, overlap // 8, 8, 3, 1)
             else:
-                y = mixer.decoder(fused)
+                y = model.decoder(fused)
         y = y.float().clamp(0, 1)[:, :, :oh, :ow]
         if m is not None:
             mm = m if m.shape[0] == 1 else m[start:start + batch_size]
@@ -282,3 +253,45 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Style | Sequence[St
     if alpha is not None:
         out = torch.cat([out, alpha.float().cpu()], dim=1)
     return out.to(images.dtype) if images.is_floating_point() else out
+
+
+def _check_latents(z: torch.Tensor, vae: SDVAE) -> None:
+    if z.dim() != 4 or z.shape[1] != vae.latent_channels:
+        raise ValueError(f"latent of shape {tuple(z.shape)} does not fit this VAE ({vae.latent_channels} "
+                         "channels, 2D): use latents made with the same VAE / model family")
+
+
+@torch.no_grad()
+def encode_latents(images: torch.Tensor, vae: SDVAE, batch_size: int = 4) -> torch.Tensor:
+    """(B,3,H,W) images in [0,1] -> latents in the VAE's own (unscaled) space, as samplers pass them.
+
+    Sides are centre-cropped to a multiple of 8 (as ComfyUI's VAE Encode does); the posterior mean.
+    """
+    h, w = (images.shape[-2] // 8) * 8, (images.shape[-1] // 8) * 8
+    if h < 8 or w < 8:
+        raise ValueError(f"images of {images.shape[-1]}x{images.shape[-2]} are too small: at least 8x8 pixels")
+    top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
+    x = images[:, :3, top:top + h, left:left + w]
+    z = torch.cat([vae.encode(chunk.to(vae.device)).cpu() for chunk in x.split(max(1, batch_size))])
+    return z / vae.scaling_factor
+
+
+@torch.no_grad()
+def stylize_latents(latents: torch.Tensor, vae: SDVAE, styles: Styles, weights: Sequence[float] | None = None,
+                    strength: float | None = None, batch_size: int = 4, precision: str = "auto",
+                    on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Decode latents (the VAE's unscaled space, e.g. a sampler's output) in a style -> (B,3,8h,8w) in [0,1].
+
+    The same forward pass as :func:`stylize_images` after its encoder (no tiling). ``styles``,
+    ``weights``, ``strength`` as there.
+    """
+    _check_latents(latents, vae)
+    model = as_style_model(vae, styles, weights, strength)
+    outs, done = [], 0
+    for chunk in latents.split(max(1, batch_size)):
+        with autocast(vae.device, precision):
+            outs.append(model.output(chunk.to(vae.device).float() * vae.scaling_factor).cpu())
+        done += chunk.shape[0]
+        if on_batch is not None:
+            on_batch(done, latents.shape[0])
+    return torch.cat(outs)

@@ -3,33 +3,35 @@
 One *epoch* is one optimisation step over the whole content batch with fresh random crops and
 masks (METHOD.md: Table 2's 23 s for 20 epochs against CLIPstyler's 403 s for 200 iterations means
 about one step per epoch); ``steps_per_epoch`` scales that. Everything frozen is computed once
-before the loop (content latents, text direction, content image embeddings, content VGG
-features), and all SigLIP inputs of a step go through the image tower in ONE batched call.
+before the loop (content latents, content image embeddings, content VGG features; the text
+direction comes encoded, as a :class:`~stylemamba.direction.TextDirection`), and all image-tower
+inputs of a step (:func:`step_views`) go through the tower in ONE batched call. The forward pass is
+:class:`~stylemamba.style_model.StyleModel`'s, the same one Stylize runs.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from . import losses as L
-from .encoders import TextImageEncoder
-from .errors import OutOfMemory
-from .fusion import FusionConfig, build_fusion
-from .model import StyleMamba
+from .direction import TextDirection
+from .encoders import ImageTextModel, check_image_text_model
+from .errors import training_out_of_memory
+from .fusion import FusionConfig
 from .options import from_options
-from .precision import autocast, autocast_dtype
+from .precision import autocast, check_precision, grad_scaler
 from .speed import COMPILE_MODES, compile_callable, compile_module_
-from .style_file import Style
-from .vae import SDVAE, decoder_state
-from .vae_layout import to_ldm
+from .style_file import Style, UniversalModel
+from .style_model import StyleModel
+from .vae import SDVAE
 
 log = logging.getLogger("stylemamba")
 
@@ -45,7 +47,7 @@ class TrainConfig:
     lr_decay: float = 0.5
     resolution: int = 512  # content images are resized (short side) and centre-cropped to this square
     seed: int = 0
-    amp: str = "auto"  # "auto" (bf16 on CUDA, fp16 on pre-Ampere GPUs, off on CPU) | "bf16" | "fp16" | "off"
+    precision: str = "auto"  # "auto" (bf16 on CUDA, fp16 on pre-Ampere GPUs, fp32 on CPU) | "bf16" | "fp16" | "fp32"
     channels_last: bool = True
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, ~30% slower
     # "off" | a torch.compile mode ("default", "max-autotune-no-cudagraphs"): compiles the decoder and the image
@@ -61,10 +63,10 @@ class TrainConfig:
             self.loss = L.LossConfig.from_dict(self.loss)
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
+        self.precision = check_precision(self.precision)
         checks = [("epochs", self.epochs >= 1, ">= 1"), ("steps_per_epoch", self.steps_per_epoch >= 1, ">= 1"),
                   ("lr", self.lr > 0, "> 0"), ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
-                  "a multiple of 8, >= 64"), ("amp", self.amp in ("auto", "bf16", "fp16", "off"),
-                  "one of auto, bf16, fp16, off"), ("compile", self.compile in COMPILE_MODES,
+                  "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
                   f"one of {', '.join(COMPILE_MODES)}")]
         for name, ok, rule in checks:
             if not ok:
@@ -78,7 +80,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return from_options(cls, d, "training")
+        """Build from a mapping (a --config file, or the recipe of a style file); 0.1.0's ``amp`` is ``precision``."""
+        return from_options(cls, d, "training", renamed={"amp": "precision"})
 
 
 @dataclass
@@ -137,63 +140,130 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int) 
     return torch.stack(out)
 
 
-def style_direction(text: TextImageEncoder, prompts: list[str] | str, weights: list[float] | None,
-                    source_prompt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(e_t, e_src, raw direction e_t - e_src): several prompts are mixed with weights (multiple-style transfer)."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    emb = text.encode_text(prompts)
-    w = torch.tensor(weights if weights is not None else [1.0] * len(prompts), dtype=emb.dtype, device=emb.device)
-    if w.numel() != len(prompts) or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise ValueError(f"prompt weights {weights} must be {len(prompts)} non-negative numbers with a positive sum")
-    e_t = F.normalize((w[:, None] * emb).sum(0), dim=-1)
-    e_src = text.encode_text([source_prompt])[0]
-    return e_t, e_src, e_t - e_src
+Direction = TextDirection | str | Sequence[str]
+
+
+def skipped_losses(loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch.nn.Module | None) -> list[str]:
+    """The content losses that are weighted but cannot run for want of their network: "vgg", "lpips".
+
+    The trainer decides with this and records the result in the style's metadata (``losses_skipped``);
+    front ends call it to say so before training starts.
+    """
+    out = []
+    if loss.uses_vgg and vgg is None:
+        out.append("vgg")
+    if loss.lpips > 0 and lpips is None:
+        out.append("lpips")
+    return out
+
+
+def memory_estimate(n_images: int, resolution: int, n_crops: int) -> float:
+    """Rough bytes a training run allocates on the GPU besides the VAE (for a front end to make room)."""
+    return 1.5e9 + n_images * (n_crops + 2) * 6e7 + n_images * 4e9 * (resolution / 512) ** 2
+
+
+@dataclass
+class StepViews:
+    """What the image tower sees in one training step, as ONE batch (image-major within each kind).
+
+    Rows: the whole output Y resized to the tower's size (``batch`` rows), then ``n_crops`` random
+    perspective crops per image (patch directional loss), then Y with 50 % of its patches masked
+    (masked directional loss, Eq. 3), when those losses are on.
+    """
+
+    images: torch.Tensor
+    batch: int
+    n_crops: int
+    masked: bool
+
+    def split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The tower's embeddings of :attr:`images` -> (whole images, crops or None, masked images or None)."""
+        b, k = self.batch, self.batch * self.n_crops
+        crops = emb[b:b + k] if self.n_crops else None
+        masked = emb[b + k:b + k + b] if self.masked else None
+        return emb[:b], crops, masked
+
+
+def _resize(y: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def step_views(y: torch.Tensor, loss: L.LossConfig, image_size: int,
+               generator: torch.Generator | None = None) -> StepViews:
+    """The image-tower inputs a training step builds from its raw output ``y`` (B,3,H,W) (see :class:`StepViews`).
+
+    Crops and masks are drawn from ``generator`` (crops first, then masks), as the trainer does.
+    """
+    b = y.shape[0]
+    views = [_resize(y, image_size)]
+    n_crops = 0
+    if loss.patch > 0:
+        crop = loss.crop_size_for(y.shape[-2], y.shape[-1])
+        views.append(L.random_crops(y, loss.n_crops, crop, image_size, perspective=loss.crop_perspective,
+                                    generator=generator))
+        n_crops = loss.n_crops
+    if loss.md > 0:
+        mask = L.patch_mask(b, y.shape[-2], y.shape[-1], patch=loss.mask_patch, ratio=loss.mask_ratio,
+                            generator=generator, device=y.device)
+        views.append(_resize(L.apply_mask(y, mask, fill=loss.mask_fill), image_size))
+    return StepViews(torch.cat([v.to(y.dtype) for v in views]), b, n_crops, loss.md > 0)
+
+
+def _as_direction(text: ImageTextModel, direction: Direction, prompt_weights: list[float] | None,
+                  source_prompt: str) -> TextDirection:
+    if isinstance(direction, TextDirection):
+        if prompt_weights is not None:
+            raise ValueError("prompt_weights belong to the TextDirection: pass them to TextDirection.encode")
+        direction.check_text_model(text)
+        return direction
+    return TextDirection.encode(text, direction, prompt_weights, source_prompt)
 
 
 class StyleTrainer:
-    """Holds everything a training run needs; ``run()`` executes it. Usable once."""
+    """Holds everything a training run needs; ``run()`` executes it. Usable once.
 
-    def __init__(self, vae: SDVAE, text: TextImageEncoder, content: torch.Tensor | list[torch.Tensor],
-                 prompts: list[str] | str, config: TrainConfig | None = None,
+    ``direction``: a :class:`~stylemamba.direction.TextDirection` (used as it is), or prompt(s)
+    encoded here with ``text`` (``prompt_weights``, ``config.loss.source_prompt``).
+    """
+
+    def __init__(self, vae: SDVAE, text: ImageTextModel, content: torch.Tensor | list[torch.Tensor],
+                 direction: Direction, config: TrainConfig | None = None,
                  prompt_weights: list[float] | None = None, vgg: torch.nn.Module | None = None,
-                 lpips: torch.nn.Module | None = None, device: torch.device | str | None = None):
-        self.cfg = config or TrainConfig()
+                 lpips: torch.nn.Module | None = None, device: torch.device | str | None = None,
+                 start: Style | UniversalModel | None = None):
+        check_image_text_model(text)
+        config = config or TrainConfig()
         self.device = torch.device(device) if device is not None else vae.device
         self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
         for what, dev in (("VAE", vae.device), ("text model", text.device)):
             if dev.type != self.device.type:
                 raise ValueError(f"the {what} is on {dev} but training was asked to run on {self.device}: "
                                  f"move it first (e.g. .to('{self.device}')) or pass device={str(dev)!r}")
-        self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        self.prompt_weights = prompt_weights
+        self.direction = _as_direction(text, direction, prompt_weights, config.loss.source_prompt)
+        if isinstance(start, UniversalModel):  # fine-tuning: the universal model's style for this direction
+            start = start.style(self.direction.e_t, self.direction.metadata())
+        self.start = start
+        # the recipe recorded in the style names the source prompt the direction really used (and the
+        # architecture of the starting style's fusion module, when there is one)
+        fusion_cfg = FusionConfig.from_dict(start.fusion_config) if start is not None else config.fusion
+        self.cfg = dataclasses.replace(config, fusion=fusion_cfg, loss=dataclasses.replace(
+            config.loss, source_prompt=self.direction.source_prompt))
         lc = self.cfg.loss
-        vgg_on = lc.content_weight_start > 0 or lc.content_weight_end > 0
-        self.skipped_losses = []  # recorded in the style's metadata
-        if vgg_on and vgg is None:
-            log.warning("no VGG network given: the VGG content loss is skipped")
-            self.skipped_losses.append("vgg")
-        if lc.lpips > 0 and lpips is None:
-            log.warning("no LPIPS network given: the LPIPS loss is skipped")
-            self.skipped_losses.append("lpips")
+        self.skipped_losses = skipped_losses(lc, vgg, lpips)  # recorded in the style's metadata
+        for name in self.skipped_losses:
+            log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
 
         torch.manual_seed(self.cfg.seed)
         self.gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         with torch.no_grad():
             self.x = prepare_content(content, self.cfg.resolution).to(self.device)
-            self.e_t, self.e_src, self.text_dir_raw = style_direction(text, self.prompts, prompt_weights,
-                                                                      lc.source_prompt)
             self.z = vae.encode(self.x)
-            with autocast(self.device, self.cfg.amp):
+            with autocast(self.device, self.cfg.precision):
                 self.emb_x = text.encode_image(self.x).float()
-                self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and vgg_on) else None
-        b = self.x.shape[0]
-        self.text_dir = self.text_dir_raw.expand(b, -1)
-        self.cond = self.e_t.expand(b, -1)
-        fcfg = copy.deepcopy(self.cfg.fusion)
-        fcfg.text_dim = int(self.e_t.shape[-1])
-        fcfg.latent_channels = int(self.z.shape[1])
-        self.fusion_cfg = fcfg
-        self.model = StyleMamba(vae, build_fusion(fcfg).to(self.device), vae.make_decoder())
+                self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and lc.uses_vgg) else None
+        # e_t - e_src, raw: the cosine losses normalise it, the norm-ratio losses need its length
+        self.text_dir = self.direction.direction.to(self.device).expand(self.x.shape[0], -1)
+        self.model = StyleModel.for_training(vae, self.cfg.fusion, self.direction.e_t, start=start)
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
         if self.cfg.gradient_checkpointing:
@@ -208,14 +278,13 @@ class StyleTrainer:
         # torch.compile (speed.py) of the two networks where it paid on an H200 (docs/BENCHMARK.md): the
         # decoder in place (state-dict keys unchanged) and the shared image tower through a wrapper
         compile_module_(self.model.decoder, self.cfg.compile)
-        self._encode_image = compile_callable(text.encode_image, self.cfg.compile)
+        self.encode_image = compile_callable(text.encode_image, self.cfg.compile)  # the step's image tower
         # the fused Adam kernel: one launch for all parameters (0.6 ms instead of 1.8 ms per step on an H200)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
                                     fused=True if self.device.type == "cuda" else None)
-        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
-        scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
-        self.scaler = scaler_cls(enabled=autocast_dtype(self.device, self.cfg.amp) == torch.float16)
-        self.prev_emb: torch.Tensor | None = None
+        self.scaler = grad_scaler(self.device, self.cfg.precision)
+        self.prev_emb: torch.Tensor | None = None  # F_I(Y(i)) of the previous epoch (second-order loss)
+        self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ one step
@@ -223,33 +292,17 @@ class StyleTrainer:
         return self.cfg.lr * (self.cfg.lr_decay if epoch >= self.cfg.lr_decay_epoch else 1.0)
 
     def step(self, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One optimisation step; returns the detached loss terms and the output Y (no host sync)."""
-        lc, enc = self.cfg.loss, self.text
+        """One optimisation step; returns the detached loss terms and the raw output Y (no host sync)."""
+        lc = self.cfg.loss
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(epoch)
-        with autocast(self.device, self.cfg.amp):
-            y = self.model.decode(self.z, self.cond)
-            b, size = y.shape[0], enc.image_size
-            views = [F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)]
-            n_crops = 0
-            if lc.use_patch and lc.patch > 0:
-                crop = lc.crop_size_for(y.shape[-2], y.shape[-1])
-                crops = L.random_crops(y, lc.n_crops, crop, size, perspective=lc.crop_perspective, generator=self.gen)
-                views.append(crops)
-                n_crops = lc.n_crops
-            if lc.md > 0:
-                mask = L.patch_mask(b, y.shape[-2], y.shape[-1], patch=lc.mask_patch, ratio=lc.mask_ratio,
-                                    generator=self.gen, device=y.device)
-                z_img = L.apply_mask(y, mask, fill=lc.mask_fill)
-                views.append(F.interpolate(z_img, size=(size, size), mode="bicubic", align_corners=False,
-                                           antialias=True))
-            emb = self._encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched SigLIP call
-            emb_y, rest = emb[:b], emb[b:]
-            crop_embs = rest[: b * n_crops] if n_crops else None
-            masked_emb = rest[b * n_crops: b * n_crops + b] if lc.md > 0 else None
+        with autocast(self.device, self.cfg.precision):
+            y = self.model.raw_output(self.z)
+            views = step_views(y, lc, self.text.image_size, self.gen)
+            emb_y, crop_embs, masked_emb = views.split(self.encode_image(views.images))  # one batched call
             prev = self.prev_emb if lc.so > 0 else None
             terms = L.style_loss(emb_y, self.emb_x, self.text_dir, lc, epoch, crop_embs=crop_embs,
-                                 masked_emb=masked_emb, prev_img_emb=prev, text_dir_raw=self.text_dir_raw)
+                                 masked_emb=masked_emb, prev_img_emb=prev)
             if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
                 terms["so"] = terms.pop("so_gate") * terms["so"]
             if self.feats_x is not None:
@@ -263,10 +316,14 @@ class StyleTrainer:
         self.scaler.scale(total).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self._last_emb = emb_y.detach().float()
+        self.last_emb = emb_y.detach().float()
         terms = {k: v.detach().float() for k, v in terms.items()}
         terms["total"] = total.detach().float()
         return terms, y.detach()
+
+    def end_epoch(self) -> None:
+        """The last output becomes Y(i), the previous epoch's image of the second-order loss."""
+        self.prev_emb = self.last_emb
 
     # ------------------------------------------------------------------ the loop
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
@@ -289,50 +346,46 @@ class StyleTrainer:
                         preview = y[0].float().clamp(0, 1).cpu()
                     on_step(StepInfo(step, total_steps, epoch, {k: float(v) for k, v in terms.items()},
                                      time.perf_counter() - t0, preview))
-            self.prev_emb = self._last_emb  # Y(i) for the second-order loss of the next epoch
+            self.end_epoch()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self.result(time.perf_counter() - t0, step)
 
     def result(self, seconds: float, steps: int, cancelled: bool = False) -> TrainResult:
         """Package the current weights as a :class:`Style` (CPU tensors; consistent after any whole step)."""
-        base = decoder_state(self.vae.decoder, self.vae.post_quant_conv)
-        trained = self.model.decoder.state_dict()
-        # stored in the LDM key layout (vae_layout) so the style works on the same VAE however it was loaded
-        delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
-                        for k in trained})
         history = [{k: float(v) for k, v in h.items()} for h in self.history]
         meta = {
-            "prompts": self.prompts, "prompt_weights": self.prompt_weights, "source_prompt": self.cfg.loss.source_prompt,
-            "text_model": getattr(self.text, "name", ""), "text_model_kind": getattr(self.text, "kind", ""),
-            "recipe": self.cfg.to_dict(), "base_vae": self.vae.identity, "base_vae_name": self.vae.name,
-            "scaling_factor": self.vae.scaling_factor, "losses_skipped": self.skipped_losses,
+            **self.direction.metadata(), "text_model_kind": getattr(self.text, "kind", ""),
+            "recipe": self.cfg.to_dict(), "losses_skipped": self.skipped_losses,
             "train_seconds": round(seconds, 3), "steps": steps, "cancelled": cancelled,
-            "content_images": int(self.x.shape[0]),
-            "final_losses": history[-1] if history else {},
+            "content_images": int(self.x.shape[0]), "final_losses": history[-1] if history else {},
         }
-        fusion_state = {k: v.detach().float().cpu() for k, v in self.model.fusion.state_dict().items()}
-        style = Style(self.fusion_cfg.to_dict(), fusion_state, delta, self.e_t.detach().float().cpu(), meta)
-        return TrainResult(style, history, seconds, steps, cancelled)
+        if self.start is not None:
+            meta["started_from"] = self.start.metadata.get("universal_model") or self.start.name
+        return TrainResult(self.model.to_style(meta), history, seconds, steps, cancelled)
 
 
-def train_style(vae: SDVAE, text: TextImageEncoder, content, prompts, config: TrainConfig | None = None,
+def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction, config: TrainConfig | None = None,
                 prompt_weights: list[float] | None = None, vgg=None, lpips=None, device=None,
                 on_step: Callable[[StepInfo], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train a style from prompt(s) on content image(s). See :class:`TrainConfig` for the recipe."""
+                should_stop: Callable[[], bool] | None = None,
+                start: Style | UniversalModel | None = None) -> TrainResult:
+    """Train a style on content image(s). See :class:`TrainConfig` for the recipe.
+
+    ``direction``: a :class:`~stylemamba.direction.TextDirection` (e.g. from the Text Conditioning
+    node; not encoded again), or prompt(s) to encode with ``text`` (with ``prompt_weights``).
+    ``start``: fine-tune from a universal model (its style for this direction) or from a trained style,
+    instead of a fresh fusion module and the VAE's decoder (the recipe's fusion architecture is then
+    the starting style's).
+    """
     trainer = None
     try:
-        trainer = StyleTrainer(vae, text, content, prompts, config, prompt_weights, vgg, lpips, device)
+        trainer = StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device, start)
         return trainer.run(on_step, should_stop)
     except torch.cuda.OutOfMemoryError as exc:
         cfg = config or TrainConfig()
-        raise OutOfMemory(
-            f"out of memory while training at {cfg.resolution}x{cfg.resolution} with {cfg.loss.n_crops} crops "
-            f"on {len(content) if isinstance(content, (list, tuple)) else content.shape[0]} content image(s). "
-            "Lower the resolution (e.g. 384), the number of crops or content images, or enable gradient "
-            "checkpointing; close other GPU work and retry."
-        ) from exc
+        n_images = len(content) if isinstance(content, (list, tuple)) else content.shape[0] if content.dim() == 4 else 1
+        raise training_out_of_memory(cfg.resolution, cfg.loss.n_crops, n_images) from exc
     finally:
         if trainer is not None:
             trainer.opt = None

@@ -41,11 +41,13 @@ from . import losses as L
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, optimizer_from_tensors,
                          save_checkpoint)
 from .distributed import Dist
+from .encoders import check_image_text_model, model_name
 from .options import from_options
-from .precision import autocast, autocast_dtype
+from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank
 from .style_file import UniversalModel
-from .train import TrainConfig, prepare_content
+from .style_model import StyleModel
+from .train import TrainConfig, prepare_content, skipped_losses, step_views
 
 log = logging.getLogger("stylemamba")
 
@@ -77,7 +79,7 @@ class UniversalConfig(TrainConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UniversalConfig:
-        return from_options(cls, d, "universal training")
+        return from_options(cls, d, "universal training", renamed={"amp": "precision"})
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -161,64 +163,38 @@ def encode_bank(text, prompts: Sequence[str], chunk: int = 64) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ model
 class UniversalNet(nn.Module):
-    """The trained part: fusion module + decoder, conditioned PER ROW (a different prompt for each image)."""
+    """The trained part: a :class:`StyleModel` (fusion + decoder) conditioned PER ROW (each image its own prompt).
 
-    def __init__(self, fusion: nn.Module, decoder: nn.Module):
+    A module with a ``forward`` so DistributedDataParallel can wrap it; the forward pass itself is the
+    StyleModel's, the one Stylize runs.
+    """
+
+    def __init__(self, model: StyleModel):
         super().__init__()
-        self.fusion = fusion
-        self.decoder = decoder
+        self.model = model
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B,C,h,w) and embeddings (B,D) -> raw (unclamped) images."""
-        return self.decoder(self.fusion(z, cond.to(z.dtype)))
-
-
-# ---- the coupling to the per-style trainer's internals lives in these three functions ------------
-def build_net(vae, fusion_cfg, text_dim: int) -> UniversalNet:
-    """A fresh fusion module (the identity at start) and a trainable copy of the VAE decoder."""
-    from .fusion import build_fusion
-
-    cfg = dataclasses.replace(fusion_cfg, text_dim=int(text_dim), latent_channels=int(vae.latent_channels))
-    return UniversalNet(build_fusion(cfg).to(vae.device), vae.make_decoder())
+        return self.model.raw_output(z, cond)
 
 
 def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators: Sequence[torch.Generator]):
-    """The image-tower inputs of a step, each row's crops and mask drawn from ITS generator (world-size free).
+    """The trainer's :func:`~stylemamba.train.step_views` for each row with ITS generator (world-size free).
 
-    Returns (views (N,3,size,size), n_crops, masked): rows of whole images, then B*n_crops crops
-    (image-major), then B masked images, the layout ``losses.style_loss`` expects.
+    Returns (images for ONE tower call, split: embeddings -> (whole, crops or None, masked or None)) in the
+    layout ``losses.style_loss`` expects (crops image-major).
     """
-    b = y.shape[0]
-    whole = F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    views, n_crops = [whole], 0
-    if lc.use_patch and lc.patch > 0:
-        crop = lc.crop_size_for(y.shape[-2], y.shape[-1])
-        views.append(torch.cat([L.random_crops(y[i:i + 1], lc.n_crops, crop, size, perspective=lc.crop_perspective,
-                                               generator=generators[i]) for i in range(b)]))
-        n_crops = lc.n_crops
-    if lc.md > 0:
-        masks = torch.cat([L.patch_mask(1, y.shape[-2], y.shape[-1], patch=lc.mask_patch, ratio=lc.mask_ratio,
-                                        generator=generators[i], device=y.device) for i in range(b)])
-        views.append(F.interpolate(L.apply_mask(y, masks, fill=lc.mask_fill), size=(size, size), mode="bicubic",
-                                   align_corners=False, antialias=True))
-    return torch.cat([v.to(y.dtype) for v in views]), n_crops, lc.md > 0
+    per_row = [step_views(y[i:i + 1], lc, size, g) for i, g in enumerate(generators)]
+    sizes = [v.images.shape[0] for v in per_row]
 
+    def split(emb: torch.Tensor):
+        parts = [v.split(e) for v, e in zip(per_row, emb.split(sizes))]
+        whole = torch.cat([p[0] for p in parts])
+        crops = torch.cat([p[1] for p in parts]) if per_row[0].n_crops else None
+        masked = torch.cat([p[2] for p in parts]) if per_row[0].masked else None
+        return whole, crops, masked
 
-def package(net: UniversalNet, vae, e_src: torch.Tensor, e_src_image: torch.Tensor,
-            metadata: dict[str, Any]) -> UniversalModel:
-    """The trained weights as a :class:`UniversalModel` (CPU; the decoder as a delta in the LDM layout)."""
-    from .vae import decoder_state
-    from .vae_layout import to_ldm
-
-    base = decoder_state(vae.decoder, vae.post_quant_conv)
-    trained = net.decoder.state_dict()
-    delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
-                    for k in trained})
-    fusion_state = {k: v.detach().float().cpu() for k, v in net.fusion.state_dict().items()}
-    meta = {"base_vae": vae.identity, "base_vae_name": vae.name, "scaling_factor": vae.scaling_factor, **metadata}
-    return UniversalModel(net.fusion.config.to_dict(), fusion_state, delta, e_src.detach().float().cpu(),
-                          e_src_image.detach().float().cpu(), meta)
-# ------------------------------------------------------------------------------------------------
+    return torch.cat([v.images for v in per_row]), split
 
 
 _SNAPSHOTS = {"so_snapshot.": "snapshot", "so_next_snapshot.": "next_snapshot"}  # checkpoint key prefixes
@@ -252,6 +228,7 @@ class UniversalTrainer:
     def __init__(self, vae, text, images: ImageSet | Sequence | torch.Tensor, bank: PromptBank | Sequence[str],
                  config: UniversalConfig | None = None, vgg: nn.Module | None = None, lpips: nn.Module | None = None,
                  dist: Dist | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False):
+        check_image_text_model(text)
         self.cfg = config or UniversalConfig()
         self.dist = dist or Dist(device=vae.device)
         self.device = self.dist.device
@@ -266,9 +243,7 @@ class UniversalTrainer:
         self.bank = bank if isinstance(bank, PromptBank) else PromptBank(
             tuple(BankPrompt(" ".join(str(p).split()), line=i + 1) for i, p in enumerate(bank)), "<prompts>")
         lc = self.cfg.loss
-        self.vgg_on = lc.content_weight_start > 0 or lc.content_weight_end > 0
-        self.skipped_losses = [n for n, missing in (("vgg", self.vgg_on and vgg is None),
-                                                    ("lpips", lc.lpips > 0 and lpips is None)) if missing]
+        self.skipped_losses = skipped_losses(lc, vgg, lpips)
         for name in self.skipped_losses:
             log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
         self.sampler = PairSampler(len(self.images), self.bank.weights, self.cfg.batch_size, self.cfg.seed)
@@ -277,14 +252,13 @@ class UniversalTrainer:
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         self.prompt_emb = encode_bank(text, self.bank.texts).to(self.device)
         self.e_src = text.encode_text([lc.source_prompt])[0].float().to(self.device)
-        self.net = build_net(vae, self.cfg.fusion, self.prompt_emb.shape[-1])
+        self.net = UniversalNet(StyleModel.for_training(vae, self.cfg.fusion, self.e_src))
         if self.cfg.channels_last and self.device.type == "cuda":
-            self.net.decoder.to(memory_format=torch.channels_last)
+            self.net.model.decoder.to(memory_format=torch.channels_last)
         self.names = [n for n, _ in self.net.named_parameters()]
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr,
                                     fused=True if self.device.type == "cuda" else None)
-        scaler_cls = getattr(getattr(torch, "amp", None), "GradScaler", None) or torch.cuda.amp.GradScaler
-        self.scaler = scaler_cls(enabled=autocast_dtype(self.device, self.cfg.amp) == torch.float16)
+        self.scaler = grad_scaler(self.device, self.cfg.precision)
         self.ddp = self.net
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -307,7 +281,7 @@ class UniversalTrainer:
         """Image i: pixels, its latent z and its image embedding F_I(X) (the last two cached)."""
         x = self.images[i].to(self.device)[None]
         if i not in self._cache:
-            with torch.no_grad(), autocast(self.device, self.cfg.amp):
+            with torch.no_grad(), autocast(self.device, self.cfg.precision):
                 z, emb = self.vae.encode(x), self.text.encode_image(x).float()
             if len(self._cache) < self.cfg.cache_images:
                 self._cache[i] = (z, emb)
@@ -350,14 +324,10 @@ class UniversalTrainer:
         e_t = self.prompt_emb[prompt_idx[rows]]
         text_dir = e_t - self.e_src  # per row: each image is pushed along its own prompt's direction
         gens = [torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, "views", s, r)) for r in rows]
-        with autocast(self.device, cfg.amp):
+        with autocast(self.device, cfg.precision):
             y = self.ddp(z, e_t)
-            views, n_crops, masked = step_views_per_row(y, lc, self.text.image_size, gens)
-            emb = self.text.encode_image(views)
-            b = y.shape[0]
-            emb_y = emb[:b]
-            crop_embs = emb[b:b + b * n_crops] if n_crops else None
-            masked_emb = emb[b + b * n_crops:] if masked else None
+            views, split = step_views_per_row(y, lc, self.text.image_size, gens)
+            emb_y, crop_embs, masked_emb = split(self.text.encode_image(views))  # one batched tower call
             prev = self._previous_embedding(z, e_t) if self.so_epoch(epoch) and self.snapshot is not None else None
             terms = L.style_loss(emb_y, emb_x, text_dir, lc, epoch, crop_embs=crop_embs, masked_emb=masked_emb,
                                  prev_img_emb=prev)
@@ -365,7 +335,7 @@ class UniversalTrainer:
                 gate = L.second_order_gate(self.dist.mean(terms["dir"].detach()), epoch, lc.so_theta, lc.so_interval)
                 terms.pop("so_gate")
                 terms["so"] = gate * terms["so"]
-            if self.vgg is not None and self.vgg_on:
+            if self.vgg is not None and lc.uses_vgg:
                 with torch.no_grad():
                     feats_x = [f.detach() for f in self.vgg(x)]
                 terms["vgg"] = L.content_loss(self.vgg(y), feats_x)
@@ -453,7 +423,7 @@ class UniversalTrainer:
             recipe.pop(free)  # extending a run or changing its bookkeeping is fine
         bank = hashlib.sha256(json.dumps([self.bank.texts, self.bank.weights]).encode()).hexdigest()[:16]
         return {"recipe": recipe, "bank": bank, "images": self.images.fingerprint(),
-                "text_model": getattr(self.text, "name", ""), "base_vae": self.vae.identity.get("arch")}
+                "text_model": model_name(self.text), "base_vae": self.vae.identity.get("arch")}
 
     def _prepare_checkpoints(self, resume: bool) -> None:
         if self.checkpoint_dir is None:
@@ -511,13 +481,15 @@ class UniversalTrainer:
 
     # ------------------------------------------------------------------ the artefact
     def result(self, seconds: float, cancelled: bool = False) -> UniversalModel:
-        meta = {"kind": "universal", "text_model": getattr(self.text, "name", ""),
+        meta = {"kind": "universal", "text_model": model_name(self.text),
                 "text_model_kind": getattr(self.text, "kind", ""), "source_prompt": self.cfg.loss.source_prompt,
                 "bank_size": len(self.bank), "bank_prompts": self.bank.texts, "bank_source": self.bank.source,
                 "content_images": len(self.images), "recipe": self.cfg.to_dict(), "steps": self.step_index,
                 "train_seconds": round(seconds, 3), "cancelled": cancelled, "world_size": self.dist.world_size,
                 "losses_skipped": self.skipped_losses, "final_losses": self.history[-1] if self.history else {}}
-        return package(self.net, self.vae, self.e_src, self.e_src_image, meta)
+        style = self.net.model.to_style(meta)  # fusion weights and decoder delta, as a style stores them
+        return UniversalModel(style.fusion_config, style.fusion_state, style.decoder_delta, self.e_src.detach().cpu(),
+                              self.e_src_image.detach().float().cpu(), style.metadata)
 
 
 def train_universal(vae, text, images, bank, config: UniversalConfig | None = None, vgg=None, lpips=None,

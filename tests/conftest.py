@@ -1,7 +1,7 @@
 """Shared test fixtures: tiny real models built once per session, real photos, fixed seeds.
 
 Tests run offline on 2 CPU cores: no hub access (set before any Hugging Face import), two torch
-threads, and every model comes from ``stylemamba.tiny_models`` through the real loaders.
+threads, and every model comes from ``stylemamba.testing.tiny_models`` through the real loaders.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def load_photo(name: str = "astronaut", size: Size = 64) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Dict[str, Path]:
     """Paths of the tiny models (keys: vae, vae_ldm, siglip, clip, vgg19, manifest), built once."""
-    from stylemamba.tiny_models import build_tiny_models
+    from stylemamba.testing.tiny_models import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), seed=0)
 

@@ -10,11 +10,13 @@ import pytest
 import torch
 from small import small_config
 
-from stylemamba import bench, speed
+from stylemamba import speed
 from stylemamba.cli import build_parser
 from stylemamba.encoders import load_text_image_encoder
+from stylemamba.experiments import bench
 from stylemamba.perceptual import VGGFeatures
-from stylemamba.stylize import MixedStyle, stylize
+from stylemamba.style_model import StyleModel
+from stylemamba.stylize import stylize
 from stylemamba.train import StyleTrainer, prepare_content
 from stylemamba.vae import load_vae
 
@@ -182,11 +184,11 @@ def test_inference_preparation_matches_the_plain_path(tiny_models, photo, monkey
     trainer.step(0)
     style = trainer.result(0.0, 1).style
     x = prepare_content(photo, 64)
-    plain = stylize(x, vae, MixedStyle(vae, [style]))
+    plain = stylize(x, vae, StyleModel.from_styles(vae, [style]))
     fast_vae = load_vae(tiny_models["vae"])  # a second copy: compiling in place must not touch the first
-    mixer = speed.prepare_for_inference(fast_vae, MixedStyle(fast_vae, [style]), compile="default")
-    torch.testing.assert_close(stylize(x, fast_vae, mixer), plain, rtol=1e-4, atol=1e-5)
-    assert set(mixer.decoder.state_dict()) == set(MixedStyle(vae, [style]).decoder.state_dict())
+    model = speed.prepare_for_inference(fast_vae, StyleModel.from_styles(fast_vae, [style]), compile="default")
+    torch.testing.assert_close(stylize(x, fast_vae, model), plain, rtol=1e-4, atol=1e-5)
+    assert set(model.decoder.state_dict()) == set(StyleModel.from_styles(vae, [style]).decoder.state_dict())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Inductor + Triton)")
@@ -195,7 +197,7 @@ def test_inductor_compiled_step_matches_eager_on_gpu(tiny_models, photo):
     text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
     losses = {}
     for mode in ("off", "default"):
-        trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=2, compile=mode, amp="off"))
+        trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=2, compile=mode, precision="fp32"))
         losses[mode] = [trainer.step(e)[0]["total"] for e in range(2)]
     for a, b in zip(losses["off"], losses["default"]):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)

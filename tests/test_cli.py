@@ -57,3 +57,17 @@ def test_demo_runs_offline(tmp_path):
     report = json.loads(out.stdout[out.stdout.index("{"):])
     assert report["steps"] == 2 and len(report["stylized"]) == 2
     assert load_image(report["stylized"][1]).shape == (1, 3, 226, 300)  # any size, kept
+
+
+def test_out_of_memory_advice_names_the_cli_flags(monkeypatch, capsys):
+    from stylemamba import cli
+    from stylemamba.errors import training_out_of_memory
+
+    def oom(args):
+        raise training_out_of_memory(512, 64, 2)
+
+    monkeypatch.setattr(cli, "cmd_info", oom)
+    assert cli.main(["info", "x.safetensors"]) == 3
+    err = capsys.readouterr().err
+    assert "Lower --resolution (e.g. 384 or 256), loss.n_crops in the --config recipe" in err
+    assert "--gradient-checkpointing" in err and "TrainConfig" not in err

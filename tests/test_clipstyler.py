@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from stylemamba.baselines.clipstyler import (ClipStylerConfig, ClipStylerRun, StyleUNet, finish_output,
-                                             stylize_clipstyler)
 from stylemamba.encoders import load_text_image_encoder
-from stylemamba.metrics import count_parameters
+from stylemamba.experiments.baselines.clipstyler import (ClipStylerConfig, ClipStylerRun, StyleUNet, finish_output,
+                                                         stylize_clipstyler)
+from stylemamba.experiments.metrics import count_parameters
+from stylemamba.losses import crop_size_for
 from stylemamba.perceptual import VGGFeatures
 
 
@@ -117,4 +118,4 @@ def test_config_validation():
         ClipStylerConfig.from_dict({"stpes": 3})
     cfg = ClipStylerConfig.from_dict(ClipStylerConfig(steps=7, templates=["a {} image"]).to_dict())
     assert cfg.steps == 7 and cfg.templates == ("a {} image",)
-    assert ClipStylerConfig().crop_size_for(512, 768) == 128
+    assert crop_size_for(512, 768, ClipStylerConfig().crop_fraction, ClipStylerConfig().crop_size) == 128

@@ -45,3 +45,50 @@ def test_bad_inputs(encoder, tmp_path, photo):
     f.write_bytes(b"x")
     with pytest.raises(ModelFileError, match="is a file"):
         load_text_image_encoder(f)
+
+
+class MeanColour(torch.nn.Module):
+    """An image-text model that is neither SigLIP nor CLIP, written only against the ImageTextModel protocol:
+    an image's embedding is its mean colour (plus a constant), a word's is the colour it names."""
+
+    name, image_size = "mean-colour", 16
+    COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "photo": (0.5, 0.5, 0.5)}
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bias", torch.full((1, 1), 0.1))
+
+    @property
+    def embed_dim(self):
+        return 4
+
+    @property
+    def device(self):
+        return self.bias.device
+
+    def encode_text(self, prompts):
+        rows = [[sum(v) for v in zip(*[self.COLOURS.get(w, (0.0, 0.0, 0.0)) for w in p.split()] or [(0, 0, 0)])]
+                for p in prompts]
+        return torch.nn.functional.normalize(torch.cat([torch.tensor(rows), self.bias.expand(len(rows), 1)], 1), dim=-1)
+
+    def encode_image(self, x01):
+        m = torch.nn.functional.interpolate(x01, size=(self.image_size,) * 2, mode="bilinear").mean((2, 3))
+        return torch.nn.functional.normalize(torch.cat([m, self.bias.expand(m.shape[0], 1)], 1), dim=-1)
+
+
+def test_any_image_text_model_plugs_in_through_the_protocol(tiny_models, photo):
+    from small import small_config
+    from stylemamba.encoders import ImageTextModel, check_image_text_model
+    from stylemamba.experiments.metrics import style_score
+    from stylemamba.train import train_style
+    from stylemamba.vae import load_vae
+
+    assert isinstance(load_text_image_encoder(tiny_models["siglip"]), ImageTextModel)
+    model = MeanColour()
+    assert isinstance(model, ImageTextModel)
+    result = train_style(load_vae(tiny_models["vae"]), model, photo, "red", small_config(epochs=2))
+    assert result.style.metadata["text_model"] == "mean-colour" and result.style.embedding.shape == (4,)
+    assert result.style.metadata["text_model_kind"] == ""  # only SigLIP/CLIP have a kind
+    assert style_score(model, photo, "red").shape == (1,)
+    with pytest.raises(TypeError, match="lacks name, image_size, embed_dim, device, encode_text, encode_image"):
+        check_image_text_model(torch.nn.Linear(2, 2))

@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 
 from small import small_config
 from stylemamba import cli
-from stylemamba.baselines.clipstyler import StyleUNet
-from stylemamba.evaluate import read_prompts, run_evaluation
+from stylemamba.experiments.baselines.clipstyler import StyleUNet
+from stylemamba.experiments.evaluate import read_prompts, run_evaluation
+from stylemamba.experiments.metrics import count_parameters
 from stylemamba.image_io import save_image
-from stylemamba.metrics import count_parameters
 from stylemamba.perceptual import LPIPSLoss
 
 PROMPTS = ["an oil painting by Van Gogh", "ukiyo-e woodblock print"]
@@ -146,7 +146,7 @@ def test_styles_are_matched_to_prompts_by_metadata(first_run, setup, tiny_models
 
 
 def test_missing_metric_weights_are_skipped_with_reasons(setup, tiny_models, tmp_path):
-    from stylemamba.baselines.clipstyler import ClipStylerConfig
+    from stylemamba.experiments.baselines.clipstyler import ClipStylerConfig
 
     report = run_evaluation([setup / "content" / "astronaut.png"], PROMPTS[:1], tmp_path / "out", "clipstyler",
                             clipstyler_config=ClipStylerConfig(steps=1, n_crops=2, base_channels=4),

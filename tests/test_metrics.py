@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage.metrics import structural_similarity
 
-from stylemamba import metrics as M
 from stylemamba.encoders import load_text_image_encoder
+from stylemamba.experiments import metrics as M
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
 
 

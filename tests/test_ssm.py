@@ -1,6 +1,7 @@
 """The selective scan backends agree with the sequential reference, outputs AND gradients."""
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -134,6 +135,68 @@ def test_backend_resolution():
         resolve_backend("mamba_ssm", "cpu")
     with pytest.raises(ValueError):
         MambaMixer(8, backend="nope")
+    if not ssm._triton_interpreted():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            resolve_backend("triton", "cpu")
+    assert "triton" in ssm.BACKENDS
+
+
+@pytest.mark.parametrize("kernel,triton_ok,expected", [
+    (True, True, "mamba_ssm"), (False, True, "triton"), (False, False, "chunked")])
+def test_auto_backend_order_on_cuda(monkeypatch, kernel, triton_ok, expected):
+    """On CUDA: mamba-ssm if importable, else Triton if it passed its self-check, else chunked."""
+    monkeypatch.setattr(ssm, "_load_kernel", lambda: kernel)
+    monkeypatch.setattr(ssm, "triton_works", lambda dev: triton_ok)
+    assert resolve_backend("auto", torch.device("cuda")) == expected
+    assert resolve_backend("auto", "cpu") == "chunked"  # the CPU always scans in PyTorch
+
+
+def test_triton_import_failure_falls_back(monkeypatch, caplog):
+    """No triton (Windows ComfyUI portable): logged once, never picked, a clear error when asked for."""
+    monkeypatch.setitem(sys.modules, "triton", None)  # ``import triton`` now raises ImportError
+    monkeypatch.delitem(sys.modules, "stylemamba.scan_triton", raising=False)
+    monkeypatch.setattr(ssm, "_TRITON_SCAN", None)
+    monkeypatch.setattr(ssm, "_TRITON_IMPORT_ERROR", None)
+    monkeypatch.setattr(ssm, "_TRITON_OK", {})
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # so that the CPU would otherwise qualify
+    with caplog.at_level(logging.INFO, logger="stylemamba"):
+        assert ssm._import_triton_scan() is None
+        assert ssm._import_triton_scan() is None
+        assert not ssm.triton_works("cpu")
+    assert "ImportError" in ssm._TRITON_IMPORT_ERROR or "ModuleNotFoundError" in ssm._TRITON_IMPORT_ERROR
+    assert sum("triton is not importable" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(RuntimeError, match="triton package"):
+        resolve_backend("triton", "cpu")
+
+
+def test_triton_failure_at_run_time_falls_back_to_chunked(monkeypatch, caplog):
+    """A Triton call that raises under "auto" is logged, answered by the chunked scan, and not retried."""
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("PTX assembly failed")
+
+    monkeypatch.setattr(ssm, "_scan_triton", broken)
+    monkeypatch.setattr(ssm, "_TRITON_OK", {})
+    real_resolve = ssm.resolve_backend
+
+    def resolve_as_on_cuda(name, dev):  # "auto" picks Triton until it failed (as on a CUDA device)
+        if name == "triton" or (name == "auto" and ssm._TRITON_OK.get(str(dev), True)):
+            return "triton"
+        return real_resolve("chunked" if name == "auto" else name, dev)
+
+    monkeypatch.setattr(ssm, "resolve_backend", resolve_as_on_cuda)
+    t = {k: v.detach() for k, v in make_inputs(2, 3, 4, 20, torch.float32).items()}
+    with caplog.at_level(logging.WARNING, logger="stylemamba"):
+        y = selective_scan(**t, backend="auto")
+        y2 = selective_scan(**t, backend="auto")
+    assert rel_err(y, selective_scan(**t, backend="sequential")) < 1e-5
+    assert torch.equal(y, y2) and len(calls) == 1
+    assert ssm._TRITON_OK == {"cpu": False}
+    assert any("PTX assembly failed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="PTX"):  # asked for by name: the error is not hidden
+        selective_scan(**t, backend="triton")
 
 
 def test_backend_logged_once(caplog):

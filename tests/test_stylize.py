@@ -5,7 +5,8 @@ import torch
 
 from small import small_config
 from stylemamba.encoders import load_text_image_encoder
-from stylemamba.stylize import MixedStyle, stylize
+from stylemamba.style_model import StyleModel
+from stylemamba.stylize import stylize
 from stylemamba.train import train_style
 from stylemamba.vae import load_vae
 
@@ -72,7 +73,7 @@ def test_mixing_two_styles(setup, photo):
     mix = stylize(photo, vae, [a, b], weights=[0.5, 0.5])
     assert not torch.allclose(mix, only_a) and not torch.allclose(mix, stylize(photo, vae, b))
     with pytest.raises(ValueError, match="style weights"):
-        MixedStyle(vae, [a, b], [1.0])
+        StyleModel.from_styles(vae, [a, b], [1.0])
 
 
 def test_batches_match_single_images(setup, photo_batch):

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stylemamba import tiny_models as tm
+from stylemamba.testing import tiny_models as tm
 
 EXPECTED_KEYS = {"vae", "vae_ldm", "siglip", "clip", "vgg19", "manifest"}
 VGG19_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]

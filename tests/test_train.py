@@ -6,7 +6,8 @@ from small import small_config
 from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
 from stylemamba.stylize import stylize
-from stylemamba.train import OutOfMemory, StyleTrainer, TrainingCancelled, prepare_content, train_style
+from stylemamba.errors import OutOfMemory
+from stylemamba.train import StyleTrainer, TrainingCancelled, prepare_content, train_style
 from stylemamba.vae import load_vae
 
 
@@ -32,7 +33,7 @@ def test_training_lowers_the_total_loss(parts, photo_batch):
     vae, text, vgg, lp = parts
     # constant weights (no content-weight switch) so the total is comparable from step to step
     cfg = small_config(epochs=12, lr=2e-3, lr_decay_epoch=100,
-                       loss=dict(content_weight_start=10.0, content_weight_end=10.0, patch=50.0, dir=50.0,
+                       loss=dict(vgg_weight_start=10.0, vgg_weight_end=10.0, patch=50.0, dir=50.0,
                                  md=50.0, so=0.0, lpips=10.0))
     result = train_style(vae, text, photo_batch, ["a watercolor painting"], cfg, vgg=vgg, lpips=lp)
     totals = [h["total"] for h in result.history]
@@ -125,7 +126,7 @@ def test_out_of_memory_says_what_to_lower(parts, photo, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(StyleTrainer, "step", oom)
-    with pytest.raises(OutOfMemory, match="Lower the resolution"):
+    with pytest.raises(OutOfMemory, match=r"Lower TrainConfig.resolution \(e.g. 384"):
         train_style(vae, text, photo, "x", small_config(epochs=1))
 
 
@@ -145,3 +146,18 @@ def test_gradient_checkpointing_gives_the_same_training(parts, photo):
         trainer.model.decoder.decoder.mid_block.register_forward_pre_hook(lambda *a: calls.append(1))
         trainer.step(0)
         assert len(calls) == expected
+
+
+def test_a_0_1_0_recipe_reads_with_todays_names():
+    from pathlib import Path
+
+    from stylemamba.style_file import read_style_metadata
+    from stylemamba.train import TrainConfig
+
+    recipe = read_style_metadata(Path(__file__).parent / "data" / "v0_1_0" / "style_v0_1_0.safetensors")["recipe"]
+    assert recipe["amp"] == "auto" and "content_weight_start" in recipe["loss"] and "use_patch" in recipe["loss"]
+    cfg = TrainConfig.from_dict(recipe)
+    assert cfg.precision == "auto" and cfg.epochs == recipe["epochs"]
+    assert (cfg.loss.vgg_weight_start, cfg.loss.vgg_weight_end) == (recipe["loss"]["content_weight_start"],
+                                                                     recipe["loss"]["content_weight_end"])
+    assert cfg.loss.patch == recipe["loss"]["patch"]

@@ -8,8 +8,9 @@ smooth. Written from the paper and from reading the authors' repository; no code
 shares our loss functions (:mod:`stylemamba.losses`) and the text-image interface
 (:class:`~stylemamba.encoders.TextImageEncoder`), so the real baseline is CLIP ViT-B/32 as in the
 paper while tests run on tiny models. Conventions as our trainer: the global view and all crops go
-through the image tower in ONE call, bf16 autocast on CUDA, no host syncs inside :meth:`ClipStylerRun.step`
-(the benchmark times it step by step beside :meth:`stylemamba.train.StyleTrainer.step`).
+through the image tower in ONE call, the shared autocast (:mod:`stylemamba.precision`: bf16, or fp16
+with loss scaling on older GPUs), no host syncs inside :meth:`ClipStylerRun.step` (the benchmark
+times it step by step beside :meth:`stylemamba.train.StyleTrainer.step`).
 
 Differences from the authors' script, on purpose: the crop side scales with the image
 (``crop_fraction``, 128 px at 512 px) so small test images work; content images are prepared like
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses as L
-from ..options import from_options
+from ... import losses as L
+from ...options import from_options
+from ...precision import autocast, check_precision, grad_scaler
 
 log = logging.getLogger("stylemamba")
 
@@ -70,10 +72,11 @@ class ClipStylerConfig:
     output_contrast: float = 1.5  # the script saves adjust_contrast(clamp(Y), 1.5) ...
     output_normalize: bool = True  # ... through save_image(normalize=True): min-max over the image
     seed: int = 0
-    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
+    precision: str = "auto"  # stylemamba.precision: "auto" (bf16 on CUDA, fp16 on pre-Ampere GPUs, fp32 on CPU) | ...
 
     def __post_init__(self):
         self.templates = tuple(self.templates) if self.templates else ("{}",)
+        self.precision = check_precision(self.precision)
         checks = [
             ("steps", self.steps >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
             ("lr_decay_step", self.lr_decay_step >= 0, ">= 0"), ("lr_decay", self.lr_decay > 0, "> 0"),
@@ -87,18 +90,12 @@ class ClipStylerConfig:
             ("base_channels", self.base_channels >= 1, ">= 1"),
             ("templates", all("{}" in t for t in self.templates), "strings that contain {}"),
             ("output_contrast", self.output_contrast > 0, "> 0"),
-            ("amp", self.amp in ("auto", "bf16", "fp16", "off"), "one of auto, bf16, fp16, off"),
         ]
         for name in ("patch_weight", "dir_weight", "content_weight", "tv_weight"):
             checks.append((name, getattr(self, name) >= 0, ">= 0"))
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"ClipStylerConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
-
-    def crop_size_for(self, height: int, width: int) -> int:
-        short = min(int(height), int(width))
-        size = round(self.crop_fraction * short) if self.crop_fraction is not None else self.crop_size
-        return max(1, min(short, int(size)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,7 +104,7 @@ class ClipStylerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipStylerConfig:
-        return from_options(cls, d, "CLIPstyler")
+        return from_options(cls, d, "CLIPstyler", renamed={"amp": "precision"})
 
 
 # ---------------------------------------------------------------------------------------------- the U-Net
@@ -168,12 +165,6 @@ class StyleUNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _autocast(device: torch.device, amp: str):
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
 @torch.no_grad()
 def template_embedding(encoder, text: str, templates: Sequence[str]) -> torch.Tensor:
     """Mean of the normalised embeddings of ``text`` in every template, renormalised: (D,)."""
@@ -209,7 +200,7 @@ class ClipStylerRun:
     def __init__(self, image: torch.Tensor, prompt: str, text_encoder, vgg: nn.Module | None = None,
                  config: ClipStylerConfig | None = None, source_prompt: str = "a Photo",
                  device: torch.device | str | None = None):
-        from ..train import prepare_content
+        from ...train import prepare_content
 
         self.cfg = cfg = config or ClipStylerConfig()
         self.device = torch.device(device) if device is not None else text_encoder.device
@@ -237,7 +228,7 @@ class ClipStylerRun:
             e_t = template_embedding(text_encoder, prompt, cfg.templates)
             e_src = template_embedding(text_encoder, source_prompt, cfg.templates)
             self.text_dir = (e_t - e_src).unsqueeze(0)
-            with _autocast(self.device, cfg.amp):
+            with autocast(self.device, cfg.precision):
                 self.emb_x = text_encoder.encode_image(self.x).float()
                 self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and cfg.content_weight > 0) \
                     else None
@@ -245,6 +236,7 @@ class ClipStylerRun:
         if self.device.type == "cuda":
             self.unet = self.unet.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         self.history: list[dict[str, torch.Tensor]] = []
         self.last: torch.Tensor | None = None
 
@@ -256,12 +248,12 @@ class ClipStylerRun:
         cfg, enc = self.cfg, self.text
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
-        with _autocast(self.device, cfg.amp):
+        with autocast(self.device, cfg.precision):
             y = self.unet(self.x)
             size = enc.image_size
             views = [F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)]
             if cfg.n_crops and cfg.patch_weight > 0:
-                crop = cfg.crop_size_for(*self.out_hw)
+                crop = L.crop_size_for(*self.out_hw, cfg.crop_fraction, cfg.crop_size)
                 views.append(L.random_crops(y[..., :self.out_hw[0], :self.out_hw[1]], cfg.n_crops, crop, size,
                                             perspective=cfg.crop_perspective, generator=self.gen))
             emb = enc.encode_image(torch.cat([v.to(y.dtype) for v in views]))  # one batched CLIP call
@@ -279,8 +271,9 @@ class ClipStylerRun:
                 weights["tv"] = cfg.tv_weight
             total = L.total_loss(terms, weights)
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt.step()
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         out = {k: v.detach().float() for k, v in terms.items()}
         out["total"] = total.detach().float()
         self.last = y.detach()
@@ -292,7 +285,7 @@ class ClipStylerRun:
         ``on_step(StepInfo)`` (see :class:`stylemamba.train.StepInfo`) after each step; it turns the
         losses into floats, i.e. syncs with the GPU, so leave it None when timing.
         """
-        from ..train import StepInfo
+        from ...train import StepInfo
 
         t0 = time.perf_counter()
         for i in range(self.cfg.steps):
@@ -310,7 +303,7 @@ class ClipStylerRun:
     @torch.no_grad()
     def output(self, finish: bool = True) -> torch.Tensor:
         """The current result (1,3,H,W) on the CPU, at the prepared content's size; ``finish`` as the script saves it."""
-        with _autocast(self.device, self.cfg.amp):
+        with autocast(self.device, self.cfg.precision):
             y = self.unet(self.x)
         y = y.float()[..., :self.out_hw[0], :self.out_hw[1]].cpu()
         return finish_output(y, self.cfg.output_contrast, self.cfg.output_normalize) if finish else y.clamp(0, 1)

@@ -4,7 +4,7 @@ Real architectures at full size with RANDOM weights (no model hub is needed; FLO
 time do not depend on the weights' values): the sd-vae-ft-mse ``AutoencoderKL``, SigLIP
 base-patch16-224, CLIP ViT-B/32 (the CLIPstyler baseline), VGG19 and LPIPS-VGG. Building the
 models is not timed; everything after it is. ``--tiny`` runs the same code on the tiny models of
-:mod:`stylemamba.tiny_models` at tiny sizes (the CPU test of this module).
+:mod:`stylemamba.testing.tiny_models` at tiny sizes (the CPU test of this module).
 
 What is measured (issue 4), per fusion variant (Mamba, cross-attention) and per speed setting
 (``--compile off`` = plain eager PyTorch, or a ``torch.compile`` mode):
@@ -22,7 +22,7 @@ What is measured (issue 4), per fusion variant (Mamba, cross-attention) and per 
     products, convolutions and attention; the selective scan's custom kernel is not counted)
     and the TFLOP/s achieved against the bf16 matrix peak measured in the same run.
 
-CLIPstyler (:mod:`stylemamba.baselines.clipstyler`) gets the same per-step, per-image and
+CLIPstyler (:mod:`stylemamba.experiments.baselines.clipstyler`) gets the same per-step, per-image and
 memory measurements; "100 new images with one style" is ``recipe + 100 x stylise`` for
 StyleMamba and ``100 x per-image optimisation`` for CLIPstyler (extrapolated from the measured
 per-image time). The selective scan is timed alone with every backend available.
@@ -184,7 +184,7 @@ def word_tokenizer(max_length: int):
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import PreTrainedTokenizerFast
 
-    from .tiny_models import style_corpus
+    from ..testing.tiny_models import style_corpus
 
     words = sorted({w for line in style_corpus() for w in line.lower().replace(".", " ").replace(",", " ").split()})
     vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2}
@@ -201,10 +201,10 @@ def build_full_models(device: torch.device, with_clip: bool = True) -> Models:
     from diffusers import AutoencoderKL
     from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
-    from .encoders import _NORMALISATION, TextImageEncoder
-    from .perceptual import LPIPSLoss, VGGFeatures
-    from .tiny_models import sd_vae_config
-    from .vae import SDVAE
+    from ..encoders import _NORMALISATION, TextImageEncoder
+    from ..perceptual import LPIPSLoss, VGGFeatures
+    from ..testing.tiny_models import sd_vae_config
+    from ..vae import SDVAE
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -231,10 +231,10 @@ def build_full_models(device: torch.device, with_clip: bool = True) -> Models:
 
 def build_tiny_bench_models(device: torch.device, folder: str | Path | None = None) -> Models:
     """The tiny models (built into ``folder`` or a temporary one) through the real loaders."""
-    from .encoders import load_text_image_encoder
-    from .perceptual import LPIPSLoss, VGGFeatures
-    from .tiny_models import build_tiny_models
-    from .vae import load_vae
+    from ..encoders import load_text_image_encoder
+    from ..perceptual import LPIPSLoss, VGGFeatures
+    from ..testing.tiny_models import build_tiny_models
+    from ..vae import load_vae
 
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="stylemamba_bench_"))
     paths = build_tiny_models(folder) if not (folder / "manifest.json").is_file() else {
@@ -262,9 +262,9 @@ class Sizes:
         self.part_repeat = 1 if tiny else 10  # timed calls of each step part / stylisation
 
     def train_config(self, kind: str = "mamba", compile: str = "off"):
-        from .fusion import FusionConfig
-        from .losses import LossConfig
-        from .train import TrainConfig
+        from ..fusion import FusionConfig
+        from ..losses import LossConfig
+        from ..train import TrainConfig
 
         if self.tiny:
             cfg = TrainConfig(epochs=2, resolution=64, lr_decay_epoch=2,
@@ -301,25 +301,26 @@ def content_images(n: int, size: int, device: torch.device, seed: int = 0) -> to
 # ---------------------------------------------------------------------------------------------- StyleMamba
 def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: int = 2) -> dict[str, Any]:
     """Each part of a training step, forward + backward, timed alone with the step's shapes (ms)."""
-    from . import losses as L
-    from .ssm import MambaMixer, available_backends
-    from .precision import autocast
+    from .. import losses as L
+    from ..precision import autocast
+    from ..ssm import MambaMixer, available_backends
+    from ..train import step_views
 
     tr, lc = trainer, trainer.cfg.loss
 
     def ac():
-        return autocast(device, tr.cfg.amp)
+        return autocast(device, tr.cfg.precision)
 
     def params_free():
         tr.opt.zero_grad(set_to_none=True)
 
     parts: dict[str, Any] = {}
-    z, cond = tr.z, tr.cond
+    z = tr.z
 
     def fusion_fb():
         params_free()
         with ac():
-            m = tr.model.fuse(z, cond)
+            m = tr.model.fuse(z)
         m.float().square().mean().backward()
 
     parts["fusion_fwd_bwd"] = stats(time_device(fusion_fb, device, warmup=warmup, repeat=repeat))
@@ -336,7 +337,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
         tr.model.fusion.set_backend(old)
 
     with torch.no_grad(), ac():
-        m0 = tr.model.fuse(z, cond).detach()
+        m0 = tr.model.fuse(z).detach()
     with ac():  # with grad enabled, as in the step (a compiled decoder would recompile for no_grad)
         y0 = tr.model.decoder(m0).detach()
     gy = torch.randn_like(y0)
@@ -349,7 +350,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
 
     parts["decoder_fwd_bwd"] = stats(time_device(decoder_fb, device, warmup=warmup, repeat=repeat))
     if device.type == "cuda":
-        from .speed import enable_cudnn_autotune
+        from ..speed import enable_cudnn_autotune
 
         before = enable_cudnn_autotune(not torch.backends.cudnn.benchmark)
         key = "decoder_fwd_bwd[cudnn.benchmark=%s]" % ("on" if torch.backends.cudnn.benchmark else "off")
@@ -357,20 +358,10 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
         enable_cudnn_autotune(before)
 
     enc = tr.text
-    encode = getattr(tr, "_encode_image", enc.encode_image)
+    encode = tr.encode_image  # the step's own image tower (compiled when the step's is)
 
-    def views(y):
-        b, size = y.shape[0], enc.image_size
-        out = [F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)]
-        if lc.use_patch and lc.patch > 0:
-            crop = lc.crop_size_for(y.shape[-2], y.shape[-1])
-            out.append(L.random_crops(y, lc.n_crops, crop, size, perspective=lc.crop_perspective, generator=tr.gen))
-        if lc.md > 0:
-            mask = L.patch_mask(b, y.shape[-2], y.shape[-1], patch=lc.mask_patch, ratio=lc.mask_ratio,
-                                generator=tr.gen, device=y.device)
-            z_img = L.apply_mask(y, mask, fill=lc.mask_fill)
-            out.append(F.interpolate(z_img, size=(size, size), mode="bicubic", align_corners=False, antialias=True))
-        return torch.cat([v.to(y.dtype) for v in out])
+    def views(y):  # what a step builds (train.step_views), with the step's generator
+        return step_views(y, lc, enc.image_size, tr.gen).images
 
     def crops_fb():
         y = y0.clone().requires_grad_(True)
@@ -390,9 +381,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
         emb.float().sum().backward()
 
     parts["siglip_fwd_bwd"] = stats(time_device(siglip_fb, device, warmup=warmup, repeat=repeat))
-    # the step's own (possibly compiled) networks; never `a or b` on modules: a compiled wrapper has no len()
-    vgg_net = tr._vgg if getattr(tr, "_vgg", None) is not None else tr.vgg
-    lpips_net = tr._lpips if getattr(tr, "_lpips", None) is not None else tr.lpips
+    vgg_net, lpips_net = tr.vgg, tr.lpips
     if tr.feats_x is not None:
         def vgg_fb():
             y = y0.clone().requires_grad_(True)
@@ -428,9 +417,9 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
 
 def scan_bench(trainer, device: torch.device, repeat: int, warmup: int = 2) -> dict[str, Any]:
     """The selective scan alone at the fusion's shapes (bf16 inputs as under autocast), fwd and fwd+bwd."""
-    from .ssm import available_backends, selective_scan
+    from ..ssm import available_backends, selective_scan
 
-    fc = trainer.fusion_cfg
+    fc = trainer.model.fusion.config
     n_dirs = {"forward": 1, "bidirectional": 2, "cross": 4}[fc.scan]
     b = int(trainer.z.shape[0]) * n_dirs
     d, n = fc.width * fc.expand, fc.d_state
@@ -472,8 +461,10 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
                      repeats: int, steps: int, full_parts: bool, res: dict[str, Any] | None = None,
                      progress: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """(a)-(f) for one fusion variant under one speed setting, filled into ``res`` as measured."""
-    from .stylize import MixedStyle, stylize
-    from .train import StyleTrainer, train_style
+    from ..style_model import StyleModel
+    from ..stylize import stylize
+    from .metrics import count_parameters
+    from ..train import StyleTrainer, train_style
 
     res = {} if res is None else res
     res.update(fusion=kind, compile=compile)
@@ -514,52 +505,51 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
         e = counter[0] % epochs
         counter[0] += 1
         trainer.step(e)
-        trainer.prev_emb = trainer._last_emb
+        trainer.end_epoch()
 
     res["step_ms"] = stats(time_device(one_step, device, warmup=sizes.warmup + 1, repeat=steps))
     res["syncs_per_step"] = count_syncs(one_step, device)
     if compile == "off":
         res["step_flops"] = count_flops(one_step)
     res["parts_ms"] = step_parts(trainer, device, repeat=sizes.part_repeat, scan=full_parts, warmup=sizes.warmup)
-    res["fusion_params"] = sum(p.numel() for p in trainer.model.fusion.parameters())
-    res["decoder_params"] = sum(p.numel() for p in trainer.model.decoder.parameters())
+    res["fusion_params"] = count_parameters(trainer.model.fusion)
+    res["decoder_params"] = count_parameters(trainer.model.decoder)
     progress()
     trainer = None  # free its memory before stylising
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
     # (c) stylise latency, (d) video, (e) memory
-    from .speed import prepare_for_inference
+    from ..speed import prepare_for_inference
 
-    mixer = MixedStyle(models.vae, [style])
-    prepare_for_inference(models.vae, mixer, compile=compile)
+    model = prepare_for_inference(models.vae, StyleModel.from_styles(models.vae, [style]), compile=compile)
     lat: dict[str, Any] = {}
     for size in sizes.stylise:
         img = content_images(1, size, device, seed=size)
         box = {}
         t_first = time.perf_counter()
-        stylize(img, models.vae, mixer)
+        stylize(img, models.vae, model)
         sync(device)
         lat[f"first_call_s_{size}"] = round(time.perf_counter() - t_first, 3)
         with peak_memory(device, box):
-            times, _ = time_wall(lambda img=img: stylize(img, models.vae, mixer), device, warmup=sizes.warmup,
+            times, _ = time_wall(lambda img=img: stylize(img, models.vae, model), device, warmup=sizes.warmup,
                                  repeat=sizes.part_repeat)
         lat[f"{size}_ms"] = stats([t * 1e3 for t in times])
         lat[f"peak_gb_{size}"] = box.get("peak_gb")
         progress()
         if compile == "off" and size == sizes.stylise[0]:
-            lat[f"flops_{size}"] = count_flops(lambda img=img: stylize(img, models.vae, mixer))
+            lat[f"flops_{size}"] = count_flops(lambda img=img: stylize(img, models.vae, model))
     res["stylise"] = lat
     progress()
     if full_parts or sizes.tiny:
         frames = content_images(sizes.video_frames, sizes.stylise[0], device, seed=7)
         bs = sizes.video_batch
-        stylize(frames[:bs], models.vae, mixer, batch_size=bs)  # warm-up / compile for this batch size
-        times, _ = time_wall(lambda: stylize(frames, models.vae, mixer, batch_size=bs), device, warmup=0,
+        stylize(frames[:bs], models.vae, model, batch_size=bs)  # warm-up / compile for this batch size
+        times, _ = time_wall(lambda: stylize(frames, models.vae, model, batch_size=bs), device, warmup=0,
                              repeat=1 if sizes.tiny else 3)
         res["video"] = {"frames": sizes.video_frames, "batch_size": bs, "size": sizes.stylise[0],
                         "seconds": stats(times), "fps": round(sizes.video_frames / statistics.median(times), 1)}
-    mixer = None
+    model = None
     return res
 
 
@@ -567,6 +557,7 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
 def bench_clipstyler(models: Models, sizes: Sizes, device: torch.device, steps: int, full_run: bool) -> dict[str, Any]:
     """Per-step and per-image cost of the CLIPstyler baseline (CLIP ViT-B/32, its 200-step recipe)."""
     from .baselines.clipstyler import ClipStylerRun, stylize_clipstyler
+    from .metrics import count_parameters
 
     cfg = sizes.clipstyler_config()
     x = content_images(1, sizes.train, device)
@@ -584,7 +575,7 @@ def bench_clipstyler(models: Models, sizes: Sizes, device: torch.device, steps: 
     res["step_ms"] = stats(time_device(one_step, device, warmup=sizes.warmup + 1, repeat=steps))
     res["syncs_per_step"] = count_syncs(one_step, device)
     res["step_flops"] = count_flops(one_step)
-    res["unet_params"] = sum(p.numel() for p in run.unet.parameters())
+    res["unet_params"] = count_parameters(run.unet)
     run = None
     est = res["setup_s"] + cfg.steps * res["step_ms"]["median"] / 1e3
     res["per_image_estimate_s"] = round(est, 3)
@@ -662,7 +653,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         env["cpu"] = platform.processor() or platform.machine()
         env["threads"] = torch.get_num_threads()
-    from .ssm import available_backends
+    from ..ssm import available_backends
 
     env["scan_backends"] = available_backends()
     return env
@@ -844,7 +835,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    from .cli import pick_device
+    from ..cli import pick_device
 
     device = pick_device(args.device)
     sizes = Sizes(args.tiny, args.video_frames, args.video_batch)

@@ -81,7 +81,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _content_files(sources: Sequence[str | Path]) -> list[Path]:
-    from .image_io import list_images
+    from ..image_io import list_images
 
     files = [f for src in sources for f in list_images(src)]
     names = [f.name for f in files]
@@ -237,7 +237,7 @@ class _Session:
 
     def text_model(self, path) -> Any:
         """A SigLIP/CLIP model, loaded once per path."""
-        from .encoders import load_text_image_encoder
+        from ..encoders import load_text_image_encoder
 
         key = str(path)
         if key not in self._text:
@@ -246,8 +246,8 @@ class _Session:
 
     def content_image(self, name: str) -> torch.Tensor:
         """The content image, resized (short side) and centre-cropped to the resolution, as both methods see it."""
-        from .image_io import load_image
-        from .train import prepare_content
+        from ..image_io import load_image
+        from ..train import prepare_content
 
         if name not in self._content:
             self._content[name] = prepare_content(load_image(self.files[self.names.index(name)]), self.resolution)
@@ -256,7 +256,7 @@ class _Session:
     def finish_pair(self, method: str, name: str, prompt: str, x: torch.Tensor, y: torch.Tensor,
                     **fields: Any) -> dict[str, Any]:
         """Measure, save the image, append the row to results.jsonl (flushed: an interruption loses nothing)."""
-        from .image_io import save_image
+        from ..image_io import save_image
 
         rel = Path("images") / method / f"{Path(name).stem}__{slug(prompt)}.png"
         save_image(y, self.out / rel)
@@ -305,8 +305,8 @@ def run_evaluation(
     both methods and for the metrics (default: the recipe's, 512). Returns what ``results.json`` holds.
     """
     from .baselines.clipstyler import ClipStylerConfig
-    from .cli import pick_device
-    from .train import TrainConfig
+    from ..cli import pick_device
+    from ..train import TrainConfig
 
     methods = list(METHODS) if method == "both" else [method]
     if any(m not in METHODS for m in methods):
@@ -328,7 +328,7 @@ def run_evaluation(
     t_start = time.perf_counter()
 
     # ------------------------------------------------------------------ frozen measuring networks
-    from .perceptual import LPIPSLoss, VGGFeatures
+    from ..perceptual import LPIPSLoss, VGGFeatures
 
     eval_paths = list(dict.fromkeys(str(p) for p in eval_text_models))
     if not eval_paths:  # fall back on the training model(s): a biased but useful score
@@ -520,11 +520,12 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
     """Train (or load) one style per prompt, then stylise and measure every pending pair."""
     from tqdm import tqdm
 
-    from .image_io import load_image
-    from .style_file import load_style, read_style_metadata, save_style
-    from .stylize import MixedStyle, stylize
-    from .train import train_style
-    from .vae import load_vae
+    from ..image_io import load_image
+    from ..style_file import load_style, read_style_metadata, save_style
+    from ..style_model import StyleModel
+    from ..stylize import stylize
+    from ..train import train_style
+    from ..vae import load_vae
 
     if vae_src is None:
         raise ValueError("StyleMamba needs the SD VAE: pass --vae (HF id, diffusers folder or .safetensors)")
@@ -547,7 +548,6 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
     cache_dir = session.out / "styles"
     pending_prompts = [p for p in prompts if any(k[2] == p for k in todo)]
     train_images = None
-    amp = "auto"
     for prompt in tqdm(pending_prompts, desc="StyleMamba styles", unit="style", **bar_kw):
         cached = cache_dir / f"{slug(prompt)}-{key}.safetensors"
         if prompt in library:
@@ -576,23 +576,23 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
             style = result.style
             save_style(style, cached)
             source, train_s, train_s_from = str(cached), result.seconds, "measured"
-        mixer = MixedStyle(vae, [style])
-        params = M.count_parameters(mixer.fusions[0]) + M.count_parameters(mixer.decoder)
+        model = StyleModel.from_styles(vae, [style])
+        params = M.count_parameters(model.fusion) + M.count_parameters(model.decoder)
         info["styles"][prompt] = {"file": source, "train_seconds_from": train_s_from,
                                   "fusion": style.fusion_config.get("kind"), "text_model": style.metadata.get("text_model"),
-                                  "params_fusion": M.count_parameters(mixer.fusions[0]),
-                                  "params_decoder": M.count_parameters(mixer.decoder)}
+                                  "params_fusion": M.count_parameters(model.fusion),
+                                  "params_decoder": M.count_parameters(model.decoder)}
         if dev.type == "cuda":  # warm-up (kernel selection) outside the timed calls
-            stylize(session.content_image(todo[0][1]), vae, mixer, amp=amp)
+            stylize(session.content_image(todo[0][1]), vae, model)
         for _, name, p in [k for k in todo if k[2] == prompt]:
             x = session.content_image(name)
             _sync(dev)
             t0 = time.perf_counter()
-            y = stylize(x, vae, mixer, amp=amp)
+            y = stylize(x, vae, model)
             _sync(dev)
             session.finish_pair("stylemamba", name, p, x, y, train_s=float(train_s) if train_s is not None else None,
                                 infer_s=time.perf_counter() - t0, params=params, style=source, config_key=key)
-        del mixer
+        del model
     if library:
         unused = sorted(set(library) - set(prompts))
         if unused:
@@ -630,8 +630,8 @@ def _run_clipstyler(session: _Session, todo, key, cfg, text, vgg_net) -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 def add_parser(subparsers) -> None:
     """Add the ``eval`` sub-command to ``python -m stylemamba``."""
-    from .encoders import DEFAULT_SIGLIP
-    from .vae import DEFAULT_VAE
+    from ..encoders import DEFAULT_SIGLIP
+    from ..vae import DEFAULT_VAE
 
     p = subparsers.add_parser(
         "eval", help="the paper's metrics (style score, SSIM, VGG, LPIPS, aesthetic, timing) for StyleMamba and CLIPstyler",
@@ -682,7 +682,7 @@ def add_parser(subparsers) -> None:
 def build_configs(args):
     """TrainConfig and ClipStylerConfig from the CLI arguments (JSON files, then overrides and ablations)."""
     from .baselines.clipstyler import ClipStylerConfig
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
     if args.epochs is not None:
@@ -700,7 +700,7 @@ def build_configs(args):
     if args.no_lpips:
         cfg.loss.lpips = 0.0
     if args.no_patch:
-        cfg.loss.use_patch = False
+        cfg.loss.patch = 0.0
     cfg.__post_init__()
     cfg.fusion.__post_init__()
     cfg.loss.__post_init__()

@@ -200,8 +200,8 @@ class AestheticScorer:
             return
         self.head = self._load_head(Path(head_path))
         if clip_encoder is None:
-            from .encoders import load_text_image_encoder
-            from .vae import ModelFileError
+            from ..encoders import load_text_image_encoder
+            from ..vae import ModelFileError
 
             try:
                 clip_encoder = load_text_image_encoder(clip_path, device=device)

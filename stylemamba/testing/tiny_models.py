@@ -23,7 +23,7 @@ Weights are random: these models check plumbing, shapes and formats, never visua
 weights) for what needs real sizes: GPU benchmarks and ComfyUI, whose VAE loader only accepts
 the full SD layout (it hard-codes 128 channels and 32 norm groups).
 
-Run ``python -m stylemamba.tiny_models OUT_DIR`` to build them.
+Run ``python -m stylemamba tiny-models OUT_DIR`` (or ``python -m stylemamba.testing.tiny_models``) to build them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
-from .vae_layout import ldm_key, to_ldm
+from ..vae_layout import ldm_key, to_ldm
 
 PathLike = Union[str, Path]
 

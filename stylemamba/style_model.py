@@ -1,0 +1,192 @@
+"""StyleModel: the forward pass of a style, the ONE used by training, Stylize and Stylize Latent.
+
+A style is a Style Fusion Module (paper Eq. 1) conditioned on its embedding ``e_t`` and a decoder
+``F_d`` (the VAE's decoder plus a trained delta). Several styles mix with weights and a global
+strength (the paper's multiple-style transfer)::
+
+    M = z + strength * sum_i w_i (f_i(z, e_i) - z)          # fused latent   (:meth:`StyleModel.fuse`)
+    F_d = base + strength * sum_i w_i delta_i                 # decoder weights (:meth:`StyleModel.from_styles`)
+    Y = F_d(M)                                                # raw output, not clamped (:meth:`raw_output`)
+
+Strength 0 is exactly the VAE's reconstruction; one style at strength 1 is exactly that style. The
+frozen VAE encoder ``F_e`` is shared and never part of the module tree. Training builds one trainable
+fusion and a trainable decoder copy (:meth:`StyleModel.for_training`) and packages them as a
+:class:`~stylemamba.style_file.Style` (:meth:`StyleModel.to_style`).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .fusion import FusionConfig, build_fusion
+from .mixing import normalise_weights
+from .style_file import Style, StyleFileError
+from .vae import SDVAE, TrainableDecoder, decoder_state
+from .vae_layout import from_ldm, to_ldm
+
+
+class StyleModel(nn.Module):
+    """Fusion module(s) + decoder + style embedding(s), with mixing weights and a strength.
+
+    Only the fusion modules and the decoder are in the module tree (``parameters()``, ``.to()``,
+    ``state_dict()``); the VAE is held aside: it is shared (ComfyUI caches it) and frozen.
+    ``ratios[i]``: style i's latent scaling over this VAE's (styles remember the factor they were
+    trained with, so the same VAE loaded with another convention gives the same pixels).
+    """
+
+    def __init__(self, vae: SDVAE, fusions: Sequence[nn.Module], embeddings: Sequence[torch.Tensor],
+                 decoder: TrainableDecoder, weights: Sequence[float] | None = None, strength: float = 1.0,
+                 ratios: Sequence[float] | None = None):
+        super().__init__()
+        if not fusions or len(embeddings) != len(fusions):
+            raise ValueError("a StyleModel needs one embedding per fusion module, and at least one")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength {strength} is outside [0, 1]")
+        self.__dict__["vae"] = vae  # not a submodule (see class docstring)
+        self.weights = normalise_weights(weights, len(fusions), "style")
+        self.strength = float(strength)
+        self.ratios = tuple(float(r) for r in ratios) if ratios is not None else (1.0,) * len(fusions)
+        self.fusions = nn.ModuleList(fusions)
+        self.decoder = decoder
+        for i, e in enumerate(embeddings):  # one buffer per style: SigLIP and CLIP embeddings differ in size
+            self.register_buffer(f"embedding_{i}", e.detach().float(), persistent=False)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def for_training(cls, vae: SDVAE, fusion: FusionConfig, embedding: torch.Tensor,
+                     start: Style | None = None) -> StyleModel:
+        """A style to train: a fresh fusion module (the identity) and a trainable copy of the VAE's decoder.
+
+        ``start``: begin from that style's weights instead (its fusion module, architecture included, and
+        its decoder delta), e.g. a universal model's style for the prompt (fine-tuning, universal.py).
+        """
+        device = vae.device
+        decoder = vae.make_decoder()
+        if start is None:
+            cfg = copy.deepcopy(fusion)
+            cfg.text_dim = int(embedding.numel())
+            cfg.latent_channels = int(vae.latent_channels)
+            return cls(vae, [build_fusion(cfg).to(device)], [embedding.to(device)], decoder)
+        start.check_vae(vae)
+        if float(start.metadata.get("scaling_factor") or vae.scaling_factor) != float(vae.scaling_factor):
+            raise StyleFileError(f"style '{start.name}' was trained with another latent scaling "
+                                 f"({start.metadata.get('scaling_factor')}) than this VAE's ({vae.scaling_factor}); "
+                                 "load the VAE as it was loaded for that style")
+        first = _frozen_fusion(start)
+        if first.config.text_dim != int(embedding.numel()):
+            raise StyleFileError(f"style '{start.name}' was trained on {first.config.text_dim}-d embeddings, the "
+                                 f"conditioning has {embedding.numel()}-d ones: use the text model it was trained with")
+        first.train().requires_grad_(True)
+        _add_deltas(decoder, [start], [1.0], 1.0)
+        return cls(vae, [first.to(device)], [embedding.to(device)], decoder)
+
+    @classmethod
+    def from_styles(cls, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
+                    strength: float = 1.0) -> StyleModel:
+        """Trained styles (frozen) on ``vae``: refuses styles made for another VAE or with damaged weights."""
+        styles = list(styles)
+        if not styles:
+            raise ValueError("no style given: connect a trained or loaded style")
+        weights = normalise_weights(weights, len(styles), "style")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength {strength} is outside [0, 1]")
+        fusions, embeddings, ratios = [], [], []
+        for style in styles:
+            style.check_vae(vae)
+            fusions.append(_frozen_fusion(style))
+            embeddings.append(style.embedding)
+            trained_scale = float(style.metadata.get("scaling_factor") or vae.scaling_factor)
+            ratios.append(trained_scale / vae.scaling_factor)
+        decoder = vae.make_decoder().eval().requires_grad_(False)
+        _add_deltas(decoder, styles, weights, strength)
+        return cls(vae, fusions, embeddings, decoder, weights, strength, ratios).to(vae.device)
+
+    # ------------------------------------------------------------------ the forward pass
+    @property
+    def fusion(self) -> nn.Module:
+        """The fusion module of a single style (training, diagnostics); an error for a mix."""
+        if len(self.fusions) != 1:
+            raise ValueError(f"this StyleModel mixes {len(self.fusions)} styles; use .fusions")
+        return self.fusions[0]
+
+    def embedding(self, i: int = 0) -> torch.Tensor:
+        """Style i's embedding ``e_t`` ``(D,)``."""
+        return getattr(self, f"embedding_{i}")
+
+    def encode(self, x01: torch.Tensor) -> torch.Tensor:
+        """Images (B,3,H,W) in [0,1], sides multiples of 8 -> the VAE's scaled latents (the frozen F_e)."""
+        return self.vae.encode(x01)
+
+    def fuse(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latent -> fused latent M (Eq. 1, mixed): the blend of the styles lives here and only here.
+
+        ``embeddings`` (B, D): condition each row on its own e_t instead of the stored one (a single style;
+        the universal model trains one fusion module over many prompts at once).
+        """
+        if embeddings is not None:
+            if len(self.fusions) != 1:
+                raise ValueError("per-row embeddings condition a single fusion module, not a mix of styles")
+            zi = z * self.ratios[0]
+            return z + (self.strength / self.ratios[0]) * (self.fusions[0](zi, embeddings.to(z.dtype)) - zi)
+        out = z
+        for i, (fusion, w, ratio) in enumerate(zip(self.fusions, self.weights, self.ratios)):
+            cond = self.embedding(i).to(z.dtype).expand(z.shape[0], -1)
+            zi = z * ratio
+            out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
+        return out
+
+    def raw_output(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latent -> the stylised image, NOT clamped (what the losses and diagnostics see)."""
+        return self.decoder(self.fuse(z, embeddings))
+
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> the stylised image in [0,1] (fp32)."""
+        return self.raw_output(z).float().clamp(0, 1)
+
+    # ------------------------------------------------------------------ packaging
+    def to_style(self, metadata: dict[str, Any] | None = None) -> Style:
+        """The current weights of a single style at full strength as a :class:`Style` (CPU tensors).
+
+        The decoder is stored as a delta on the base VAE's decoder, in the LDM key layout (vae_layout),
+        so the style works on the same VAE however it was loaded; the VAE's fingerprint and latent
+        scaling go into the metadata (checked when the style is applied).
+        """
+        if len(self.fusions) != 1 or self.strength != 1.0 or self.ratios != (1.0,):
+            raise ValueError("only a single style at full strength on its own VAE is one style file; "
+                             "save each style before mixing")
+        base = decoder_state(self.vae.decoder, self.vae.post_quant_conv)
+        trained = self.decoder.state_dict()
+        delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
+                        for k in trained})
+        fusion = self.fusion
+        state = {k: v.detach().float().cpu() for k, v in fusion.state_dict().items()}
+        meta = {"base_vae": self.vae.identity, "base_vae_name": self.vae.name,
+                "scaling_factor": self.vae.scaling_factor, **(metadata or {})}
+        return Style(fusion.config.to_dict(), state, delta, self.embedding(0).detach().float().cpu(), meta)
+
+
+def _frozen_fusion(style: Style) -> nn.Module:
+    """A style's fusion module with its weights, frozen (damaged weights are refused)."""
+    fusion = build_fusion(FusionConfig.from_dict(style.fusion_config))
+    try:
+        fusion.load_state_dict(style.fusion_state)
+    except RuntimeError as exc:
+        raise StyleFileError(f"style '{style.name}': fusion weights do not match its config ({exc})") from exc
+    return fusion.eval().requires_grad_(False)
+
+
+def _add_deltas(decoder: TrainableDecoder, styles: Sequence[Style], weights: Sequence[float], strength: float) -> None:
+    """Add ``strength * sum_i w_i delta_i`` to the decoder's weights in place."""
+    state = decoder.state_dict()
+    with torch.no_grad():
+        for style, w in zip(styles, weights):
+            try:  # deltas are stored with LDM names; this decoder may use diffusers names
+                delta = from_ldm(style.decoder_delta, state)
+            except KeyError as exc:
+                raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
+                                     "it was made for a different VAE") from exc
+            for k, v in state.items():
+                v.add_(delta[k].to(v.device, v.dtype), alpha=float(strength) * w)

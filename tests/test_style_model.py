@@ -1,0 +1,89 @@
+"""StyleModel: training and stylising run the same forward pass; the views of a step; latents in and out."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import load_photo
+from small import small_config
+from stylemamba import train
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.losses import LossConfig
+from stylemamba.style_model import StyleModel
+from stylemamba.stylize import encode_latents, stylize, stylize_latents
+from stylemamba.train import StyleTrainer, step_views
+from stylemamba.vae import load_vae
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models):
+    vae = load_vae(tiny_models["vae"])
+    trainer = StyleTrainer(vae, load_text_image_encoder(tiny_models["siglip"]), load_photo(), "fire",
+                           small_config(epochs=3, lr=3e-3))
+    result = trainer.run()
+    return vae, trainer, result.style
+
+
+def test_training_and_stylising_run_the_same_forward_pass(trained):
+    vae, trainer, style = trained
+    built = StyleModel.from_styles(vae, [style])
+    with torch.no_grad():
+        during_training = trainer.model.raw_output(trainer.z)
+        from_the_file = built.raw_output(trainer.z)
+    torch.testing.assert_close(from_the_file, during_training, atol=1e-5, rtol=1e-5)
+    assert (during_training - vae.reconstruct(trainer.x)).abs().mean() > 1e-3  # the style does something
+    assert torch.equal(built.output(trainer.z), from_the_file.float().clamp(0, 1))
+
+
+def test_weights_and_strength_are_built_into_a_model(trained, photo):
+    vae, _, style = trained
+    half = StyleModel.from_styles(vae, [style], strength=0.5)
+    torch.testing.assert_close(stylize(photo, vae, half), stylize(photo, vae, style, strength=0.5))
+    for kwargs in ({"strength": 0.5}, {"weights": [1.0]}):
+        with pytest.raises(ValueError, match="built into a StyleModel"):
+            stylize(photo, vae, half, **kwargs)
+
+
+def test_to_style_packages_a_single_style_only(trained):
+    vae, trainer, style = trained
+    again = trainer.model.to_style({"name": "again"})
+    assert again.metadata["name"] == "again" and again.metadata["base_vae"] == vae.identity
+    assert again.fusion_state.keys() == style.fusion_state.keys()
+    assert all(torch.equal(again.fusion_state[k], style.fusion_state[k]) for k in style.fusion_state)
+    with pytest.raises(ValueError, match="single style at full strength"):
+        StyleModel.from_styles(vae, [style, style]).to_style()
+    with pytest.raises(ValueError, match="mixes 2 styles"):
+        StyleModel.from_styles(vae, [style, style]).fusion
+
+
+def test_latents_in_and_out_match_stylising_images(trained, photo):
+    vae, _, style = trained
+    z = encode_latents(photo, vae)
+    assert z.shape == (1, 4, 8, 8)
+    torch.testing.assert_close(z * vae.scaling_factor, vae.encode(photo))  # the VAE's own (unscaled) space
+    seen = []
+    out = stylize_latents(z, vae, style, strength=0.7, on_batch=lambda done, total: seen.append((done, total)))
+    torch.testing.assert_close(out, stylize(photo, vae, style, strength=0.7), atol=1e-5, rtol=1e-4)
+    assert seen == [(1, 1)]
+    with pytest.raises(ValueError, match="does not fit this VAE"):
+        stylize_latents(torch.zeros(1, 16, 8, 8), vae, style)
+
+
+def test_step_views_are_what_the_image_tower_sees(trained, monkeypatch):
+    y = torch.rand(2, 3, 64, 64)
+    loss = LossConfig(n_crops=3, crop_fraction=0.5)
+    views = step_views(y, loss, 32, torch.Generator().manual_seed(0))
+    assert views.images.shape == (2 + 2 * 3 + 2, 3, 32, 32)
+    torch.testing.assert_close(views.images[:2], F.interpolate(y, size=(32, 32), mode="bicubic",
+                                                               align_corners=False, antialias=True))
+    whole, crops, masked = views.split(torch.arange(10.0)[:, None])
+    assert whole.flatten().tolist() == [0, 1] and crops.shape == (6, 1) and masked.flatten().tolist() == [8, 9]
+    again = step_views(y, loss, 32, torch.Generator().manual_seed(0))
+    assert torch.equal(again.images, views.images)  # crops and masks come from the generator only
+    bare = step_views(y, LossConfig(patch=0.0, md=0.0), 32)
+    assert bare.images.shape == (2, 3, 32, 32) and bare.split(torch.zeros(2, 1))[1:] == (None, None)
+    # and a training step builds its views with this very function
+    _, trainer, _ = trained
+    calls = []
+    monkeypatch.setattr(train, "step_views", lambda *a, **k: calls.append(1) or step_views(*a, **k))
+    trainer.step(0)
+    assert calls == [1]
