@@ -73,11 +73,29 @@ def cmd_train(args) -> int:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
     cfg.__post_init__()
+    if bool(args.prompt) == bool(args.reference):
+        raise ValueError("give the style as --prompt TEXT or as --reference PICTURE (exactly one of the two)")
     files = [f for src in args.content for f in list_images(src)]
     content = [load_image(f) for f in files]
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
     vgg, lp = load_perceptual(args, device)
+    direction = args.prompt
+    if args.reference:
+        from .direction import TextDirection
+        from .train import prepare_content
+
+        refs = [load_image(f) for src in args.reference for f in list_images(src)]
+        direction = TextDirection.from_reference(text, prepare_content(refs, cfg.resolution),
+                                                 source_images=prepare_content(content, cfg.resolution),
+                                                 source_prompt=cfg.loss.source_prompt,
+                                                 name="reference " + ", ".join(Path(r).name for r in args.reference))
+    start = None
+    if args.start_from:
+        from .style_file import file_kind, load_style, load_universal
+
+        start = load_universal(args.start_from) if file_kind(args.start_from) == "universal" else \
+            load_style(args.start_from)
     total = cfg.epochs * cfg.steps_per_epoch
     bar = tqdm(total=total, desc="training style", unit="step", disable=args.quiet)
 
@@ -96,8 +114,8 @@ def cmd_train(args) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     t0 = time.perf_counter()
     try:
-        result = train_style(vae, text, content, args.prompt, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
-                             device=device, on_step=on_step, should_stop=lambda: stop["asked"])
+        result = train_style(vae, text, content, direction, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
+                             device=device, on_step=on_step, should_stop=lambda: stop["asked"], start=start)
     except TrainingCancelled as cancelled:
         bar.close()
         if cancelled.partial is None:
@@ -192,7 +210,6 @@ def cmd_stylize(args) -> int:
     from tqdm import tqdm
 
     from .image_io import VIDEO_SUFFIXES, list_images, load_image, load_mask, read_video, save_image, write_video
-    from .style_file import load_style
     from .speed import prepare_for_inference
     from .style_model import StyleModel
     from .stylize import stylize
@@ -200,7 +217,7 @@ def cmd_stylize(args) -> int:
 
     device = pick_device(args.device)
     vae = load_vae(args.vae, device=device)
-    styles = [load_style(p) for p in args.style]
+    styles = styles_from_args(args, device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength),
                                   compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
@@ -224,6 +241,43 @@ def cmd_stylize(args) -> int:
         written.append(str(save_image(y, target)))
     print(json.dumps({"images": written}, indent=2))
     return 0
+
+
+def styles_from_args(args, device) -> list:
+    """--style files (styles, or universal models recognised by their kind) and --universal models made into
+    styles with each --prompt / --reference; all of them are mixed with --weights."""
+    from .encoders import load_text_image_encoder
+    from .image_io import load_image
+    from .style_file import file_kind, load_style, load_universal
+    from .universal import style_from_universal, universal_direction
+
+    universal_files, styles = list(args.universal or []), []
+    for path in args.style or []:
+        if file_kind(path) == "universal":
+            universal_files.append(path)
+        else:
+            styles.append(load_style(path))
+    if universal_files:
+        if not (args.prompt or args.reference):
+            raise ValueError("a universal model makes a style from a prompt or a reference image: add --prompt "
+                             "'a watercolor painting' (or --reference picture.png)")
+        text = None
+        for path in universal_files:
+            universal = load_universal(path)
+            name = args.text_model or universal.text_model
+            if text is None or text.name != name:
+                text = load_text_image_encoder(name, device=device)
+            for prompt in args.prompt or []:
+                styles.append(style_from_universal(universal, universal_direction(universal, text, prompt=prompt)))
+            for ref in args.reference or []:
+                direction = universal_direction(universal, text, reference=load_image(ref), name=f"reference {Path(ref).name}")
+                styles.append(style_from_universal(universal, direction))
+    elif args.prompt or args.reference:
+        raise ValueError("--prompt and --reference make a style from a universal model: give one with --universal "
+                         "FILE (trained with train-universal), or train a style with the train command")
+    if not styles:
+        raise ValueError("nothing to stylise with: give --style FILE (a trained style), or --universal FILE with --prompt")
+    return styles
 
 
 def cmd_info(args) -> int:
@@ -290,9 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a style from text prompt(s) on content image(s)")
     add_common(p)
-    p.add_argument("--prompt", action="append", required=True, help="style prompt; repeat to mix several")
+    p.add_argument("--prompt", action="append", help="style prompt; repeat to mix several")
+    p.add_argument("--reference", nargs="+", help="instead of --prompt: reference picture(s) (or a folder) whose style "
+                                                  "to learn, compared with the --content photos")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per --prompt (multiple-style transfer)")
     p.add_argument("--content", nargs="+", required=True, help="content image file(s) or folder(s)")
+    p.add_argument("--start-from", help="fine-tune from a universal model (train-universal) or a trained style "
+                                        "instead of starting from scratch: far fewer epochs reach the same loss")
     p.add_argument("--text-model", default="google/siglip-base-patch16-224",
                    help="SigLIP or CLIP: Hugging Face id or local folder")
     p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
@@ -348,8 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stylize", help="stylise an image, a folder of images or a video with trained style(s)")
     add_common(p)
-    p.add_argument("--style", action="append", required=True, help="style file; repeat to mix several")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per --style")
+    p.add_argument("--style", action="append", help="style file; repeat to mix several (a universal model file "
+                                                    "given here is used as --universal)")
+    p.add_argument("--universal", action="append", help="universal model file (train-universal): stylise with "
+                                                        "--prompt or --reference, no training")
+    p.add_argument("--prompt", action="append", help="with --universal: the style prompt; repeat to mix several")
+    p.add_argument("--reference", action="append", help="with --universal: a reference picture whose style to "
+                                                        "take; repeat to mix several")
+    p.add_argument("--text-model", help="with --universal: the SigLIP/CLIP it was trained with (default: the one "
+                                        "its file names)")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per style (--style files first, then each "
+                                                            "--prompt, then each --reference)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = VAE reconstruction, 1 = full style")
     p.add_argument("--input", required=True, help="image file, folder of images, or video file")
     p.add_argument("--output", required=True, help="output file (single image) or folder")
@@ -402,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)

@@ -40,12 +40,13 @@ from torch import nn
 from . import losses as L
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, optimizer_from_tensors,
                          save_checkpoint)
+from .direction import TextDirection
 from .distributed import Dist
 from .encoders import check_image_text_model, model_name
 from .options import from_options
 from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank
-from .style_file import UniversalModel
+from .style_file import Style, UniversalModel
 from .style_model import StyleModel
 from .train import TrainConfig, prepare_content, skipped_losses, step_views
 
@@ -499,3 +500,40 @@ def train_universal(vae, text, images, bank, config: UniversalConfig | None = No
     """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job."""
     trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
     return trainer.run(on_log, should_stop)
+
+
+# ------------------------------------------------------------------------------------------ using it
+def universal_direction(universal: UniversalModel, text, prompt: str | None = None,
+                        reference: torch.Tensor | None = None, name: str = "reference image") -> TextDirection:
+    """A conditioning for ``universal``: a prompt, or reference picture(s) compared with its training photos.
+
+    Encoded with ``text``, which must be the image-text model the universal model was trained with.
+    """
+    if (prompt is None) == (reference is None):
+        raise ValueError("give a style prompt or a reference image (exactly one) to make a style from the universal "
+                         "model")
+    source = str(universal.metadata.get("source_prompt") or "a plain photo")
+    if prompt is not None:
+        direction = TextDirection.encode(text, prompt, source_prompt=source)
+    else:
+        direction = TextDirection.from_reference(text, reference, source_image_embedding=universal.source_image_embedding,
+                                                 source_prompt=source, name=name)
+    _check_text_model(universal, direction)
+    return direction
+
+
+def style_from_universal(universal: UniversalModel, direction: TextDirection) -> Style:
+    """The style of ``direction`` (a prompt's or a reference image's): the universal model conditioned on its e_t.
+
+    Stylize, Mix Styles and Save Style take it like any trained style; the fusion weights and decoder delta are
+    the universal model's (shared, not copied), the embedding is ``direction.e_t``.
+    """
+    _check_text_model(universal, direction)
+    return universal.style(direction.e_t, {**direction.metadata(), "name": f"{direction.prompts[0]} (universal)"})
+
+
+def _check_text_model(universal: UniversalModel, direction: TextDirection) -> None:
+    if universal.text_model and direction.text_model != universal.text_model:
+        raise ValueError(f"universal model '{universal.name}' was trained with the text model '{universal.text_model}' "
+                         f"but the conditioning was encoded with '{direction.text_model}': encode the prompt with "
+                         "the model it was trained with (its embedding space is the only one it knows)")
