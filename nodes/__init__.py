@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("stylemamba")
 
-NODE_MODULES = ("loaders", "conditioning", "train_node", "stylize_nodes")
+NODE_MODULES = ("loaders", "conditioning", "train_node", "stylize_nodes", "universal_nodes")
 
 # import name -> pip name, for the log message
 PIP_NAMES = {"transformers": "transformers", "sentencepiece": "sentencepiece", "google.protobuf": "protobuf",

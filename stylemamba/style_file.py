@@ -258,6 +258,22 @@ def style_summary(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def universal_summary(meta: dict[str, Any]) -> str:
+    """A few lines saying what a universal model is (its metadata): bank, text model, source, training, base VAE."""
+    prompts = meta.get("bank_prompts") or []
+    shown = ", ".join(f"'{p}'" for p in prompts[:5]) + (f" ... ({len(prompts)} in all)" if len(prompts) > 5 else "")
+    lines = [f"universal model: {meta.get('name') or meta.get('file') or 'unnamed'}",
+             f"trained over {meta.get('bank_size', '?')} prompts x {meta.get('content_images', '?')} images"
+             + (f": {shown}" if shown else ""),
+             f"source prompt: '{meta.get('source_prompt', '')}'",
+             f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')}): encode prompts with it",
+             f"steps: {meta.get('steps', '?')} on {meta.get('world_size', '?')} process(es), "
+             f"{meta.get('train_seconds', '?')} s" + (" (stopped early)" if meta.get("cancelled") else ""),
+             f"base VAE: {meta.get('base_vae_name', '?')}"]
+    if meta.get("losses_skipped"):
+        lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
+    return "\n".join(lines)
+
 def save_universal(model: UniversalModel, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Write a universal model (same layout as a style, plus the source embeddings); returns {'path', 'bytes'}."""
     tensors = _weights(model.fusion_state, model.decoder_delta, delta_dtype)

@@ -533,7 +533,19 @@ def style_from_universal(universal: UniversalModel, direction: TextDirection) ->
 
 
 def _check_text_model(universal: UniversalModel, direction: TextDirection) -> None:
-    if universal.text_model and direction.text_model != universal.text_model:
+    """Refuse a conditioning from another image-text model (its embedding space is not the one trained on).
+
+    Names differ between a Hugging Face id and a local folder of the same model, so the test is what the
+    model computes where possible: the source prompt's embedding must be the one stored in the universal model.
+    """
+    source = str(universal.metadata.get("source_prompt") or "")
+    stored = universal.source_embedding.float().reshape(-1)
+    same = direction.embeddings.shape[1] == stored.numel()
+    if same and direction.source_prompt == source:
+        same = float(F.cosine_similarity(direction.e_src.float(), stored, dim=0)) > 0.999
+    elif same and universal.text_model:
+        same = direction.text_model.rstrip("/").split("/")[-1] == universal.text_model.rstrip("/").split("/")[-1]
+    if not same:
         raise ValueError(f"universal model '{universal.name}' was trained with the text model '{universal.text_model}' "
                          f"but the conditioning was encoded with '{direction.text_model}': encode the prompt with "
                          "the model it was trained with (its embedding space is the only one it knows)")
