@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_models)
 
-    for module_name in ("evaluate", "bench"):
+    for module_name in ("evaluate", "bench", "universal_bench"):
         try:
             module = __import__(f"stylemamba.experiments.{module_name}", fromlist=["add_parser"])
         except ImportError:

@@ -12,8 +12,8 @@ step is a function of (seed, step) only and rank r computes its slice, with the 
 masks of each row seeded by (seed, step, row). So 1 process and N processes with the same global
 batch take the same steps (up to the order of floating-point sums), and a run resumed from a
 checkpoint on any number of processes continues exactly where it stopped: the checkpoint needs no
-sampler or RNG state, only the step. FSDP is not used: the trained parameters (fusion + a VAE
-decoder, ~55 M at full size) and their Adam state fit any training GPU many times over; the memory
+sampler or RNG state, only the step. FSDP is not used: the trained parameters (a VAE decoder
+and the fusion module: 49.5 M + 4.1 M at full size) and their Adam state fit any training GPU many times over; the memory
 goes to activations, which sharding parameters would not reduce.
 
 Schedule: ``epochs`` x ``steps_per_epoch`` steps; the per-style recipe's epoch numbers (content
@@ -274,6 +274,9 @@ class UniversalTrainer:
         self.next_snapshot: dict[str, torch.Tensor] | None = None
         self.step_index = 0
         self.history: list[dict[str, float]] = []
+        # called with a phase name as each part of a step ends (inputs, forward, views+tower, losses, backward,
+        # optimizer): the benchmark's timer (bench-universal); None in training
+        self.on_phase: Callable[[str], None] | None = None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._prepare_checkpoints(resume)
 
@@ -325,10 +328,14 @@ class UniversalTrainer:
         e_t = self.prompt_emb[prompt_idx[rows]]
         text_dir = e_t - self.e_src  # per row: each image is pushed along its own prompt's direction
         gens = [torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, "views", s, r)) for r in rows]
+        mark = self.on_phase or (lambda name: None)
+        mark("inputs")
         with autocast(self.device, cfg.precision):
             y = self.ddp(z, e_t)
+            mark("forward")
             views, split = step_views_per_row(y, lc, self.text.image_size, gens)
             emb_y, crop_embs, masked_emb = split(self.text.encode_image(views))  # one batched tower call
+            mark("views+tower")
             prev = self._previous_embedding(z, e_t) if self.so_epoch(epoch) and self.snapshot is not None else None
             terms = L.style_loss(emb_y, emb_x, text_dir, lc, epoch, crop_embs=crop_embs, masked_emb=masked_emb,
                                  prev_img_emb=prev)
@@ -345,10 +352,13 @@ class UniversalTrainer:
             if lc.tv > 0:
                 terms["tv"] = L.total_variation(y, form=lc.tv_form)
             total = L.total_loss(terms, lc.weights(epoch))
+        mark("losses")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()  # DDP averages the gradients over the ranks here
+        mark("backward")
         self.scaler.step(self.opt)
         self.scaler.update()
+        mark("optimizer")
         self.step_index += 1
         out = {k: v.detach().float() for k, v in terms.items()}
         out["total"] = total.detach().float()
