@@ -63,6 +63,9 @@ class UniversalConfig(TrainConfig):
     keep_checkpoints: int = 2
     log_every: int = 10  # steps between loss lines on rank 0
     cache_images: int = 4096  # content latents / image embeddings kept per process (frozen, computed once)
+    # the decoder's learning rate as a share of lr (0: the VAE's decoder stays as it is and only the fusion module,
+    # the one part that sees the prompt, is trained)
+    decoder_lr_scale: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,7 +73,8 @@ class UniversalConfig(TrainConfig):
                                ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
                                ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
                                ("log_every", self.log_every >= 1, ">= 1"),
-                               ("cache_images", self.cache_images >= 0, ">= 0")):
+                               ("cache_images", self.cache_images >= 0, ">= 0"),
+                               ("decoder_lr_scale", self.decoder_lr_scale >= 0, ">= 0")):
             if not ok:
                 raise ValueError(f"UniversalConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
 
@@ -94,8 +98,8 @@ class PairSampler:
     """The (image, prompt) pairs of each step: a function of (seed, step) only, the same for any world size.
 
     Images are drawn as consecutive slices of a fresh permutation per pass over the image set (every
-    image equally often, like ``DistributedSampler``); prompts are drawn with replacement in
-    proportion to the bank's weights. Rank r of W takes rows ``[r*B/W, (r+1)*B/W)`` of the global batch B.
+    image equally often, like ``DistributedSampler``); prompts in proportion to the bank's weights,
+    stratified within each batch (see :meth:`global_batch`). Rank r of W takes rows ``[r*B/W, (r+1)*B/W)`` of the global batch B.
     """
 
     def __init__(self, n_images: int, prompt_weights: Sequence[float], batch_size: int, seed: int):
@@ -112,11 +116,21 @@ class PairSampler:
         return self._perm[1]
 
     def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image indices, prompt indices), each (B,) long, of ``step``."""
+        """(image indices, prompt indices), each (B,) long, of ``step``.
+
+        Prompts are drawn by systematic sampling over the weights (in a random order of the prompts): each prompt
+        appears floor or ceil of B x its share in every batch, so a batch of B >= P equal-weight prompts holds all
+        of them; no prompt dominates a step by chance, which would pull the shared weights towards it.
+        """
         pos = step * self.batch_size + torch.arange(self.batch_size)
         images = torch.stack([self._permutation(int(p) // self.n_images)[int(p) % self.n_images] for p in pos])
         g = torch.Generator().manual_seed(_seed(self.seed, "prompts", step))
-        prompts = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
+        order = torch.randperm(self.weights.numel(), generator=g)
+        cdf = torch.cumsum(self.weights[order], 0)
+        cdf = cdf / cdf[-1]
+        u = (torch.rand((), generator=g, dtype=torch.float64) + torch.arange(self.batch_size)) / self.batch_size
+        picked = order[torch.searchsorted(cdf, u).clamp_max(order.numel() - 1)]
+        prompts = picked[torch.randperm(self.batch_size, generator=g)]
         return images, prompts
 
     def rows(self, rank: int, world_size: int) -> range:
@@ -256,9 +270,14 @@ class UniversalTrainer:
         self.net = UniversalNet(StyleModel.for_training(vae, self.cfg.fusion, self.e_src))
         if self.cfg.channels_last and self.device.type == "cuda":
             self.net.model.decoder.to(memory_format=torch.channels_last)
-        self.names = [n for n, _ in self.net.named_parameters()]
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr,
-                                    fused=True if self.device.type == "cuda" else None)
+        if self.cfg.decoder_lr_scale == 0:
+            self.net.model.decoder.requires_grad_(False)
+        groups = [{"params": [p for p in self.net.model.fusions.parameters()], "lr_scale": 1.0}]
+        if self.cfg.decoder_lr_scale > 0:
+            groups.append({"params": list(self.net.model.decoder.parameters()), "lr_scale": self.cfg.decoder_lr_scale})
+        self.names = [n for prefix, mod in (("model.fusions", self.net.model.fusions), ("model.decoder", self.net.model.decoder))
+                      for n, p in mod.named_parameters(prefix=prefix) if p.requires_grad]  # in the optimizer's order
+        self.opt = torch.optim.Adam(groups, lr=self.cfg.lr, fused=True if self.device.type == "cuda" else None)
         self.scaler = grad_scaler(self.device, self.cfg.precision)
         self.ddp = self.net
         if self.dist.active:
@@ -318,7 +337,7 @@ class UniversalTrainer:
             self.next_snapshot = ({n: p.detach().clone() for n, p in self.net.named_parameters()}
                                   if self.so_epoch(epoch + 1) else None)
         for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(epoch)
+            group["lr"] = self.lr_at(epoch) * group["lr_scale"]
         img_idx, prompt_idx = self.sampler.global_batch(s)
         rows = list(self.rows)
         frozen = [self._frozen(int(img_idx[r])) for r in rows]

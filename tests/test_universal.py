@@ -142,3 +142,17 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(models, images, tm
     assert len(list_checkpoints(tmp_path / "b")) == 2  # keep_checkpoints
     with pytest.raises(CheckpointError, match="belongs to another run: its bank differ"):
         UniversalTrainer(vae, text, images, PROMPTS[:2], tiny_config(), checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_a_frozen_decoder_trains_only_the_fusion_module(models, images, tmp_path):
+    vae, text = models
+    trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(decoder_lr_scale=0.0),
+                               checkpoint_dir=tmp_path / "ck")
+    assert all(n.startswith("model.fusions.") for n in trainer.names)
+    result = trainer.run()
+    assert max(float(d.abs().max()) for d in result.model.decoder_delta.values()) == 0.0
+    before = UniversalTrainer(vae, text, images, PROMPTS, tiny_config()).net.model.fusion.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in result.model.fusion_state.items())
+    resumed = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(decoder_lr_scale=0.0),
+                               checkpoint_dir=tmp_path / "ck", resume=True)  # the optimizer state matches again
+    assert resumed.step_index == 4
