@@ -13,7 +13,7 @@ memory the forward+backward adds, the largest relative error of the output and o
 against a reference backend (mamba-ssm when present, else Triton, else chunked), and the ratios.
 
 ``--sweep`` first times the Triton kernels' tiles (channels per program, chunk length, warps,
-unrolling, how the backward pass reverses time) at the first shape, checks each against the
+unrolling of the state loop) at the first shape, checks each against the
 reference, and with ``--tiles-out`` writes the fastest for ``STYLEMAMBA_SCAN_TILES``
 (stylemamba/scan_triton.py ships the tiles this picked on an H200).
 """
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stylemamba import ssm  # noqa: E402
-from stylemamba.bench import stats, sync, time_device  # noqa: E402
+from stylemamba.experiments.bench import stats, sync, time_device  # noqa: E402
 from stylemamba.fusion import FusionConfig  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -95,7 +95,7 @@ def backends(device: torch.device, with_accelerated: bool) -> dict[str, Callable
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.double(), ref.double()
+    a, ref = a.detach().double(), ref.detach().double()
     return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
@@ -133,14 +133,12 @@ def measure(fn: Callable, inputs: dict, device: torch.device, repeat: int, warmu
 
 
 # ------------------------------------------------------------------------------------------ sweep
-# (block_d, chunk, num_warps, unroll) for the forward kernel (with and without stored states), and
-# (block_d, chunk, num_warps, unroll, rev_buf) for the backward kernel; about 8 tokens per thread,
-# spills excluded by compiling for sm_90 beforehand. Every backward chunk has a forward tile.
+# (block_d, chunk, num_warps, unroll) tiles for the forward kernel (with and without stored states)
+# and the backward kernel; about 8 tokens per thread, spills excluded by compiling for sm_90
+# beforehand. Every backward chunk has a forward tile.
 FWD_TILES = [(1, 128, 1, 2), (1, 256, 1, 1), (1, 256, 1, 2), (1, 256, 1, 4), (1, 512, 1, 2), (1, 512, 2, 2),
              (2, 256, 2, 2), (2, 512, 4, 2), (4, 256, 4, 2), (1, 1024, 4, 2), (1, 512, 4, 2)]
-BWD_TILES = [(1, 128, 1, 1, False), (1, 256, 1, 1, False), (1, 512, 2, 1, False), (2, 256, 2, 1, False),
-             (1, 1024, 4, 1, False), (1, 128, 1, 1, True), (1, 256, 1, 1, True), (1, 512, 2, 1, True),
-             (2, 256, 2, 1, True)]
+BWD_TILES = [(1, 128, 1, 1), (1, 256, 1, 1), (1, 512, 2, 1), (2, 256, 2, 1), (1, 1024, 4, 1)]
 
 
 def sweep_configs() -> list[tuple[str, tuple]]:

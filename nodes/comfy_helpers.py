@@ -29,6 +29,8 @@ MODEL_FOLDERS: dict[str, set[str]] = {
 class CancelledWithoutComfy(Exception):
     """Stands in for ComfyUI's InterruptProcessingException when ComfyUI is not there."""
 
+    KEEP_TYPE = True  # raised as it is by the nodes (nodes/__init__.py: shown_as_builtin)
+
 
 def comfy_available() -> bool:
     try:
@@ -135,11 +137,13 @@ def offload_device() -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_vae(vae: Any, memory_required: float = 0.0):
+def prepare_vae(vae: Any, memory_required: float = 0.0, name: str = "", load: bool = True):
     """ComfyUI's ``VAE`` (or anything with ``first_stage_model``, or an SDVAE) -> SDVAE on the compute device.
 
     Asks ComfyUI to load the VAE fully onto its device first (freeing ``memory_required`` bytes for
-    what we allocate ourselves). The modules stay shared and unmodified; training copies the decoder.
+    what we allocate ourselves; ``load=False`` only wraps it, e.g. to read its fingerprint). The
+    modules stay shared and unmodified; training copies the decoder. ``name`` (the VAE's file name,
+    see :func:`linked_file_name`) is what styles record and error messages show.
     """
     from ..stylemamba.vae import SDVAE
 
@@ -157,13 +161,61 @@ def prepare_vae(vae: Any, memory_required: float = 0.0):
         raise TypeError(f"StyleMamba needs a VAE that shrinks images 8x (SD 1.x/2.x, SDXL, SD3, Flux); this one "
                         f"shrinks them {ratio}x. Connect an SD-style VAE.")
     patcher = getattr(vae, "patcher", None)
-    if patcher is not None:
+    if patcher is not None and load:
         try:
             import comfy.model_management as mm
             mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
         except ImportError:
             pass
-    return SDVAE.from_ldm(model, name=getattr(vae, "name", "") or "ComfyUI VAE")
+    return SDVAE.from_ldm(model, name=name or getattr(vae, "name", "") or "")
+
+
+def managed_model(module: torch.nn.Module, device: torch.device):
+    """Hand ``module`` to ComfyUI's model management (a ``ModelPatcher``), or None without ComfyUI.
+
+    ComfyUI then counts its memory, moves it off the GPU when other models need the room, and drops
+    it when the last reference (our cache entry) goes.
+    """
+    try:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+    except ImportError:
+        return None
+    return comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=mm.unet_offload_device())
+
+
+def load_on_device(patchers: list, module: torch.nn.Module, device: torch.device, memory_required: float = 0.0) -> None:
+    """Make sure ``module`` (and the models of ``patchers``) sit on ``device``, through ComfyUI when it is there."""
+    patchers = [p for p in patchers if p is not None]
+    if patchers:
+        try:
+            import comfy.model_management as mm
+            mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+        except ImportError:
+            pass
+    module.to(device)  # a no-op when ComfyUI already loaded it there
+
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
+def linked_file_name(prompt: dict | None, unique_id: str | None, input_name: str) -> str:
+    """The model file behind input ``input_name`` of node ``unique_id``, read from the prompt (ComfyUI's
+    VAE object does not know its file): 'vae-ft-mse.safetensors' from Load VAE, 'x.safetensors
+    (checkpoint's VAE)' from a checkpoint loader, '' when the graph does not tell."""
+    try:
+        link = prompt[str(unique_id)]["inputs"][input_name]
+        source = prompt[str(link[0])]
+        inputs = source.get("inputs", {})
+    except (KeyError, IndexError, TypeError):
+        return ""
+    for key, suffix in (("vae_name", ""), ("ckpt_name", " (checkpoint's VAE)")):
+        if isinstance(inputs.get(key), str):
+            return inputs[key] + suffix
+    for value in inputs.values():
+        if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS):
+            return f"{value} ({source.get('class_type', 'node')})"
+    return ""
 
 
 def free_memory(memory_required: float, device: torch.device) -> None:
@@ -175,6 +227,18 @@ def free_memory(memory_required: float, device: torch.device) -> None:
         mm.free_memory(memory_required, device)
     except ImportError:
         pass
+
+
+def free_memory_now(device: torch.device) -> float | None:
+    """Bytes free on ``device`` as ComfyUI counts them (its cache included), for training's memory plan; None
+    on CPU or without ComfyUI (the library then asks torch)."""
+    if device.type == "cpu":
+        return None
+    try:
+        import comfy.model_management as mm
+        return float(mm.get_free_memory(device))
+    except ImportError:
+        return None
 
 
 def empty_cache() -> None:

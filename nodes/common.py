@@ -54,6 +54,13 @@ def style_parts(value: Any) -> tuple[list[Any], list[float]]:
 
 
 # ------------------------------------------------------------------------------------ layouts
+def check_finite(images: torch.Tensor) -> None:
+    """NaN/inf pixels (an upstream node failed, e.g. an fp16 VAE decode overflowed) are an error, not NaN output."""
+    from ..stylemamba.image_io import check_finite as check
+
+    check(images, "IMAGE batch item")
+
+
 def image_to_library(images: torch.Tensor, copy: bool = True) -> torch.Tensor:
     """ComfyUI IMAGE (B,H,W,C) -> (B,C,H,W) float: a fresh tensor (safe to use with autograd), or with
     ``copy=False`` a view (stylising only reads it, batch by batch: a long video is not held twice)."""
@@ -63,6 +70,7 @@ def image_to_library(images: torch.Tensor, copy: bool = True) -> torch.Tensor:
         images = images.unsqueeze(0)
     if images.shape[-1] not in (1, 3, 4):
         raise ValueError(f"IMAGE has {images.shape[-1]} channels; expected 1, 3 or 4 (B,H,W,C layout)")
+    check_finite(images)
     view = images.detach().permute(0, 3, 1, 2)
     return view.float().clone() if copy else view
 

@@ -52,7 +52,7 @@ def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path
                 return out
 
         tqdm_class = _ComfyTqdm
-    log.info("StyleMamba: downloading %s into %s", hf_id, folder)
+    log.info("downloading %s into %s", hf_id, folder)
     try:
         snapshot_download(repo_id=hf_id, local_dir=str(folder), allow_patterns=_HF_PATTERNS, tqdm_class=tqdm_class)
     except Exception as exc:  # offline mode, no network, unknown repo, gated repo ...
@@ -170,7 +170,7 @@ class StyleMambaLoadPerceptual:
                                       "(or set lpips_backbone to none)") from exc
                 nets.names["lpips"] = f"{lpips_net}:{lpips_backbone}"
         if nets.vgg is None and nets.lpips is None:
-            log.warning("StyleMamba: no perceptual network chosen; the VGG and LPIPS content losses will be skipped")
+            log.warning("no perceptual network chosen; the VGG and LPIPS content losses will be skipped")
         return (nets,)
 
 
@@ -251,12 +251,13 @@ class StyleMambaSaveStyle:
     DISPLAY_NAME = "StyleMamba Save Style"
     REQUIRED_PACKAGES = ()
     DESCRIPTION = ("Saves a trained style as .safetensors (with its prompts and recipe as metadata) into "
-                   "ComfyUI/models/stylemamba/; never overwrites: a counter is added to the name.")
+                   "ComfyUI/models/stylemamba/; never overwrites: a counter is added to the name. A style "
+                   "already saved (same weights) is not written again: its file name is returned.")
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("style_name",)
-    OUTPUT_TOOLTIPS = ("The saved file name, as Load Style lists it.",)
+    OUTPUT_TOOLTIPS = ("The saved file name (or that of the identical style already saved), as Load Style lists it.",)
     FUNCTION = "save"
 
     @classmethod
@@ -267,8 +268,9 @@ class StyleMambaSaveStyle:
                                              "file: save its parts."}),
                 "filename_prefix": ("STRING", {
                     "default": "StyleMamba",
-                    "tooltip": "Name of the file; '_00001' etc. is appended. Only letters, digits, '.', '_', '-' "
-                               "and spaces are kept; folders are not allowed."}),
+                    "tooltip": "Name of the file; '_00001' etc. is appended. Letters of any language, digits, "
+                               "spaces and common punctuation are kept; characters that are unsafe in file names "
+                               "(/ \\ : * ? \" < > |) become '_'; folders are not allowed."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -280,16 +282,39 @@ class StyleMambaSaveStyle:
         if len(styles) != 1:
             raise ValueError("this is a mix of styles; save each style before mixing (a mix is not one file)")
         style = styles[0]
-        stem = safe_style_filename(filename_prefix)[: -len(".safetensors")]
         folder = ch.save_folder("stylemamba")
+        same = find_identical_style(style.digest())
+        if same is not None:  # re-queueing a workflow must not write the same 100+ MB again
+            message = f"identical style already saved as {same}; nothing written"
+            log.info("%s", message)
+            ch.Progress(1, unique_id).text(message)
+            return {"ui": {"text": [message]}, "result": (same,)}
+        stem = safe_style_filename(filename_prefix)[: -len(".safetensors")]
         path = next_free_path(folder, stem)
         meta = dict(style.metadata)
         meta.setdefault("name", stem)
         info = save_style(dataclasses.replace(style, metadata=meta), path)
         message = f"saved {path.name} ({info['bytes'] / 1e6:.1f} MB) in {folder}"
-        log.info("StyleMamba: %s", message)
+        log.info("%s", message)
         ch.Progress(1, unique_id).text(message)
-        return {"ui": {"text": [path.name]}, "result": (path.name,)}
+        return {"ui": {"text": [message]}, "result": (path.name,)}
+
+
+def find_identical_style(digest: str) -> str | None:
+    """The name (as Load Style lists it) of a style file whose tensors have this digest, if one exists.
+
+    Only the headers are read: :func:`save_style` records the digest in the metadata.
+    """
+    from ..stylemamba.style_file import read_style_metadata
+
+    for name in ch.list_files("stylemamba"):
+        try:
+            meta = read_style_metadata(ch.resolve("stylemamba", name))
+        except Exception:  # a damaged or foreign file is not the same style
+            continue
+        if meta.get("tensor_sha256") == digest:
+            return name
+    return None
 
 
 def next_free_path(folder: Path, stem: str) -> Path:

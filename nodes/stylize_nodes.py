@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..stylemamba.mixing import blend as blend_parts
+from . import caches
 from . import comfy_helpers as ch
 from .common import (
     CATEGORY,
@@ -50,24 +51,23 @@ class StyleMambaStylize:
                 "mask": ("MASK", {"tooltip": "Optional: where to stylise (1 = style, 0 = keep the original). Resized "
                                              "to the image; one mask for all, or one per image."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
-    def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None):
+    def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None, prompt=None):
         from ..stylemamba.errors import stylizing_out_of_memory
-        from ..stylemamba.style_model import StyleModel
         from ..stylemamba.stylize import memory_estimate, stylize_images
 
         styles, weights = style_parts(style)
         x = image_to_library(images, copy=False)
         b, _, h, w = x.shape
         m = mask_for_images(mask, b, h, w)
+        activations = memory_estimate(min(int(batch_size), b), h, w, int(tile_size))
         # ask ComfyUI to make room (it unloads cached models): the style's decoder copy and the activations
-        sdvae = ch.prepare_vae(vae, memory_required=memory_estimate(min(int(batch_size), b), h, w, int(tile_size)))
+        sdvae = ch.prepare_vae(vae, memory_required=activations, name=ch.linked_file_name(prompt, unique_id, "vae"))
         progress = ch.Progress(b, unique_id)
-        model = None
         try:
-            model = StyleModel.from_styles(sdvae, styles, weights, float(strength))
+            model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength), activations)
             out = stylize_images(x, sdvae, model, mask=m, tile_size=int(tile_size), batch_size=int(batch_size),
                                  on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
@@ -75,7 +75,6 @@ class StyleMambaStylize:
                 raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", batch_size, tile_size, OOM_NAMES) from exc
             raise
         finally:
-            del model
             ch.empty_cache()
         return (image_to_comfy(out),)
 
@@ -159,19 +158,20 @@ class StyleMambaStylizeLatent:
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                        "tooltip": "0 = plain VAE decode, 1 = the full style."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
-    def decode(self, style, vae, samples, strength, unique_id=None):
+    def decode(self, style, vae, samples, strength, unique_id=None, prompt=None):
         from ..stylemamba.errors import stylizing_out_of_memory
         from ..stylemamba.stylize import stylize_latents
 
         z = samples["samples"] if isinstance(samples, dict) else samples
         styles, weights = style_parts(style)
-        sdvae = ch.prepare_vae(vae)
+        sdvae = ch.prepare_vae(vae, name=ch.linked_file_name(prompt, unique_id, "vae"))
         progress = ch.Progress(z.shape[0], unique_id)
         try:
-            out = stylize_latents(z, sdvae, styles, weights, float(strength), batch_size=LATENT_BATCH,
+            model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength))
+            out = stylize_latents(z, sdvae, model, batch_size=LATENT_BATCH,
                                   on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
             if ch.is_out_of_memory(exc):

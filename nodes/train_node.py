@@ -7,6 +7,7 @@ import time
 import torch
 
 from ..stylemamba.precision import PRECISIONS
+from . import caches
 from . import comfy_helpers as ch
 from .common import (
     CATEGORY,
@@ -22,6 +23,8 @@ from .common import (
 )
 
 log = logging.getLogger("stylemamba")
+
+PRESETS = ("paper", "cpu")  # stylemamba.train.PRESETS
 
 
 def _int(default, lo, hi, tip, step=1, **extra):
@@ -97,18 +100,24 @@ class StyleMambaTrain:
             "optional": {
                 "perceptual": (PERCEPTUAL, {"tooltip": "VGG19 / LPIPS networks (Load VGG/LPIPS). Without them the "
                                                        "VGG and LPIPS content losses are skipped (said in the log)."}),
+                "preset": (list(PRESETS), {
+                    "default": "paper",
+                    "tooltip": "paper = the widgets as set (defaults: the paper's recipe). cpu = a recipe a CPU trains "
+                               "in minutes: 256 px, 16 crops and a smaller fusion module (width 128, 2 blocks), "
+                               "overriding resolution and n_crops."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
 
     def train(self, vae, text_model, conditioning, images, epochs, steps_per_epoch, learning_rate, lr_decay_epoch,
               resolution, seed, n_crops, crop_fraction, mask_ratio, so_interval, so_theta, dir_weight,
               patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
-              lpips_weight, precision, perceptual=None, unique_id=None):
+              lpips_weight, precision, perceptual=None, preset=None, unique_id=None, prompt=None):
         from ..stylemamba.errors import training_out_of_memory
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
-        from ..stylemamba.train import TrainConfig, TrainingCancelled, memory_estimate, skipped_losses, train_style
+        from ..stylemamba.train import (TrainConfig, TrainingCancelled, apply_preset, memory_estimate,
+                                         skipped_losses, train_style)
 
         conditioning.check_text_model(text_model)
         total = int(epochs) * int(steps_per_epoch)
@@ -120,12 +129,29 @@ class StyleMambaTrain:
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
                              lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
                              precision=precision, preview_every=max(1, total // 20), loss=loss)
+        if preset and preset != "paper":
+            config = apply_preset(config, preset)
         nets = perceptual if perceptual is not None else PerceptualNets()
         skipped = [SKIPPED[name] for name in skipped_losses(loss, nets.vgg, nets.lpips)]
+        for message in skipped:
+            log.warning("Train: %s", message)
 
         progress = ch.Progress(total, unique_id)
-        batch = int(images.shape[0]) if images.dim() == 4 else 1
-        sdvae = ch.prepare_vae(vae, memory_required=memory_estimate(batch, int(resolution), int(n_crops)))
+        content = image_to_library(images, copy=False)[:, :3]
+        vae_name = ch.linked_file_name(prompt, unique_id, "vae")
+        key = caches.training_key(ch.prepare_vae(vae, name=vae_name, load=False), conditioning, content, config,
+                                  dict(nets.names), ch.torch_device().type)
+        cached = caches.trained_styles.get(key)
+        if cached is not None:  # ComfyUI only remembers the last prompt; this pack remembers the last few trainings
+            message = (f"identical training already done in this session ({cached[0].metadata.get('steps')} steps): "
+                       "reusing its style, not training again")
+            log.info("Train: %s", message)
+            progress.text(message)
+            progress.update(total)
+            return cached
+        batch = int(content.shape[0])
+        sdvae = ch.prepare_vae(vae, memory_required=memory_estimate(batch, config.resolution, config.loss.n_crops),
+                               name=vae_name)
         device = sdvae.device
         moved = [m for m in (text_model, nets.vgg, nets.lpips) if m is not None]
         progress.text(f"training {total} steps on {device}" + ("; " + "; ".join(skipped) if skipped else ""))
@@ -138,17 +164,18 @@ class StyleMambaTrain:
         t0 = time.perf_counter()
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                content = image_to_library(images)[:, :3]
+                content = content.float().clone()
                 for module in moved:
                     without_inference_tensors(module).to(device)
                 result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
-                                     lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted)
+                                     lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
+                                     free_memory=ch.free_memory_now(device))
         except TrainingCancelled:
-            log.info("StyleMamba Train: cancelled by the user")
+            log.info("Train: cancelled by the user")
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error
         except Exception as exc:
             if ch.is_out_of_memory(exc):  # still torch's OOM type, so ComfyUI unloads its cached models
-                raise training_out_of_memory(resolution, n_crops, batch, OOM_NAMES) from exc
+                raise training_out_of_memory(config.resolution, config.loss.n_crops, batch, OOM_NAMES) from exc
             raise
         finally:
             for module in moved:
@@ -156,10 +183,12 @@ class StyleMambaTrain:
             ch.empty_cache()
         style = result.style
         style.metadata.update(perceptual=dict(nets.names), front_end="ComfyUI")
-        log.info("StyleMamba Train: %d steps in %.1f s (%s)", result.steps, time.perf_counter() - t0,
+        log.info("Train: %d steps in %.1f s (%s)", result.steps, time.perf_counter() - t0,
                  conditioning.describe())
-        curve = loss_curve_image(result.history, title=f"StyleMamba: {', '.join(conditioning.prompts)}"[:80])
-        return (style, image_to_comfy(curve[None]))
+        curve = loss_curve_image(result.history, title=f"StyleMamba: {', '.join(conditioning.prompts)}")
+        output = (style, image_to_comfy(curve[None]))
+        caches.trained_styles.put(key, output)
+        return output
 
 
 # How the node tells what the library skipped (the library decides: stylemamba.train.skipped_losses).

@@ -2,4 +2,4 @@
 
 The library never imports ComfyUI; the ComfyUI nodes in ``nodes/`` are thin adapters over it.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ log = logging.getLogger("stylemamba")
 OOM_NAMES = {"resolution": "--resolution", "n_crops": "loss.n_crops in the --config recipe",
              "images": "the number of --content images", "gradient_checkpointing": "--gradient-checkpointing",
              "batch_size": "--batch-size", "tile_size": "--tile-size", "device": "--device cpu"}
+PRESET_NAMES = ("paper", "cpu")  # stylemamba.train.PRESETS (not imported here: the parser stays light)
 
 
 
@@ -26,8 +28,40 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return torch.device(name)
+        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu "
+                         "(or install a CUDA build of PyTorch)")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+
+
+def at_least(flag: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise ValueError(f"{flag} {value} is too small: it must be at least {low}")
+
+
+MIN_TILE = 256  # smaller tiles show seams with real SD VAEs (the overlap can no longer hide them)
+
+
+def check_tile_size(value: int) -> None:
+    if value < MIN_TILE or value % 8:
+        raise ValueError(f"--tile-size {value} is invalid: it must be a multiple of 8 and at least {MIN_TILE} "
+                         "(smaller tiles show seams); the default 1024 suits most GPUs, use 512 to save memory")
+
+
+def refuse_existing(path: Path, overwrite: bool, what: str = "output") -> None:
+    if path.exists() and not overwrite:
+        raise ValueError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another name")
+
+
+def refuse_inputs(targets: list[Path], inputs: list[Path]) -> None:
+    """Never write over an input file, --overwrite or not."""
+    resolved = {p.resolve() for p in inputs}
+    for t in targets:
+        if t.resolve() in resolved:
+            raise ValueError(f"--output {t} is an input file: StyleMamba never overwrites its inputs; "
+                             "choose another output name or folder")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -58,12 +92,22 @@ def cmd_train(args) -> int:
 
     from .encoders import load_text_image_encoder
     from .image_io import list_images, load_image
-    from .style_file import save_style
-    from .train import TrainConfig, TrainingCancelled, train_style
+    from .style_file import save_style, style_path
+    from .train import TrainConfig, TrainingCancelled, apply_preset, train_style
     from .vae import load_vae
 
+    if bool(args.prompt) == bool(args.reference):
+        raise ValueError("give the style as --prompt TEXT or as --reference PICTURE (exactly one of the two)")
+    out = style_path(args.out)
+    files = [f for src in args.content for f in list_images(src)]
+    refuse_inputs([out], files)
+    refuse_existing(out, args.overwrite, "style file")
+    for flag, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch)):
+        at_least(flag, value, 1)
     device = pick_device(args.device)
     cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
+    if args.preset:
+        cfg = apply_preset(cfg, args.preset)
     for name in ("epochs", "steps_per_epoch", "lr", "resolution", "seed"):
         value = getattr(args, name)
         if value is not None:
@@ -73,9 +117,6 @@ def cmd_train(args) -> int:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
     cfg.__post_init__()
-    if bool(args.prompt) == bool(args.reference):
-        raise ValueError("give the style as --prompt TEXT or as --reference PICTURE (exactly one of the two)")
-    files = [f for src in args.content for f in list_images(src)]
     content = [load_image(f) for f in files]
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
@@ -121,9 +162,7 @@ def cmd_train(args) -> int:
         if cancelled.partial is None:
             print("cancelled before the first step: no style written", file=sys.stderr)
             return 130
-        out = Path(args.out)
-        partial_path = out.with_name(out.stem + "-partial.safetensors")
-        info = save_style(cancelled.partial.style, partial_path)
+        info = save_style(cancelled.partial.style, free_path(out.with_name(out.stem + "-partial.safetensors")))
         print(f"cancelled after {cancelled.partial.steps} steps: partial style saved to {info['path']}",
               file=sys.stderr)
         return 130
@@ -132,7 +171,8 @@ def cmd_train(args) -> int:
     bar.close()
     if args.name:
         result.style.metadata["name"] = args.name
-    info = save_style(result.style, args.out)
+    info = save_style(result.style, out)
+    log.info("style written to %s (%.1f MB)", info["path"], info["bytes"] / 1e6)
     print(json.dumps({"style": info["path"], "bytes": info["bytes"], "train_seconds": round(result.seconds, 3),
                       "wall_seconds": round(time.perf_counter() - t0, 3), "steps": result.steps,
                       "final_losses": result.history[-1] if result.history else {}}, indent=2))
@@ -145,7 +185,7 @@ def cmd_train_universal(args) -> int:
     from .encoders import load_text_image_encoder
     from .image_io import list_images
     from .prompt_bank import load_prompt_bank
-    from .style_file import save_universal
+    from .style_file import save_universal, style_path
     from .universal import UniversalConfig, UniversalTrainer
     from .vae import load_vae
 
@@ -160,15 +200,13 @@ def cmd_train_universal(args) -> int:
         cfg.precision = args.precision or cfg.precision
         cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
         cfg.__post_init__()
-        out = Path(args.out)
-        if out.suffix != ".safetensors":
-            out = out.with_suffix(".safetensors")
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out} exists: choose another --out, or pass --overwrite to replace it")
+        out = style_path(args.out)
+        refuse_existing(out, args.overwrite, "universal model")
         bank = load_prompt_bank(args.bank, tags=args.tags.split(",") if args.tags else None)
         if args.hold_out:
             bank = bank.without(args.hold_out)
         files = [f for src in args.images for f in list_images(src)]
+        refuse_inputs([out], files)
         vae = load_vae(args.vae, device=dist.device)
         text = load_text_image_encoder(args.text_model, device=dist.device)
         vgg, lp = load_perceptual(args, dist.device)
@@ -206,39 +244,117 @@ def cmd_train_universal(args) -> int:
         distributed.shutdown(dist)
 
 
+def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> list[Path]:
+    """Where each stylised image goes; every problem is found before any work starts.
+
+    One image: ``--output`` is the file, or a folder (no image suffix) that gets ``<name>_styled.png``.
+    A folder of images: ``--output`` must be a folder (``<name>_styled.png`` for each).
+    """
+    from .image_io import IMAGE_SUFFIXES
+
+    looks_like_file = out.suffix.lower() in IMAGE_SUFFIXES
+    if src.is_dir():
+        if looks_like_file or out.is_file():
+            raise ValueError(f"--output {out} names a file, but --input {src} is a folder of {len(files)} image(s): "
+                             f"give a folder for the results, e.g. --output {out.with_suffix('')}")
+        targets = [out / (f.stem + "_styled.png") for f in files]
+    elif out.suffix and not looks_like_file:
+        raise ValueError(f"--output {out}: unknown image type {out.suffix!r}; use one of "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))}, or a folder")
+    else:
+        targets = [out if looks_like_file else out / (files[0].stem + "_styled.png")]
+    refuse_inputs(targets, files)
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        if len(targets) == 1:
+            refuse_existing(existing[0], overwrite)
+        raise ValueError(f"{len(existing)} of the {len(targets)} outputs already exist in {out} (e.g. "
+                         f"{existing[0].name}); pass --overwrite to replace them, or choose another --output folder")
+    return targets
+
+
+def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
+    from .video import OUTPUT_SUFFIXES
+
+    if out.suffix:
+        if out.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(f"--output {out}: a video is written as H.264 into {', '.join(sorted(OUTPUT_SUFFIXES))}; "
+                             "give such a file name, or a folder")
+        target = out
+    else:
+        target = out / (src.stem + "_styled.mp4")
+    refuse_inputs([target], [src])
+    refuse_existing(target, overwrite)
+    return target
+
+
+def refuse_alpha_loss(src: Path, target: Path, alpha: bool) -> None:
+    from .image_io import ALPHA_SUFFIXES
+
+    if alpha and target.suffix.lower() not in ALPHA_SUFFIXES:
+        raise ValueError(f"{src.name} has an alpha channel (transparency), which {target.suffix} cannot store: "
+                         f"write .png or .webp (e.g. --output {target.with_suffix('.png')}), or remove the alpha "
+                         "channel from the input first")
+
+
 def cmd_stylize(args) -> int:
     from tqdm import tqdm
 
-    from .image_io import VIDEO_SUFFIXES, list_images, load_image, load_mask, read_video, save_image, write_video
+    from .image_io import has_alpha, list_images, load_image, load_mask, save_image
     from .speed import prepare_for_inference
     from .style_model import StyleModel
     from .stylize import stylize
     from .vae import load_vae
+    from .video import VIDEO_SUFFIXES, require_av, stylize_video
 
+    for p in (args.style or []) + (args.universal or []):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"style file not found: {p}")
+    at_least("--batch-size", args.batch_size, 1)
+    at_least("--max-frames", args.max_frames, 1)
+    check_tile_size(args.tile_size)
+    out, src = Path(args.output), Path(args.input)
+    video = src.suffix.lower() in VIDEO_SUFFIXES
+    if video:
+        if not src.is_file():
+            raise FileNotFoundError(f"video not found: {src}")
+        require_av()
+        target = plan_video_output(src, out, args.overwrite)
+    else:
+        files = list_images(src)
+        targets = plan_outputs(src, files, out, args.overwrite)
+        if len(files) == 1:  # found before any model is loaded
+            refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
     device = pick_device(args.device)
+    styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
     vae = load_vae(args.vae, device=device)
-    styles = styles_from_args(args, device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength),
                                   compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
-    out = Path(args.output)
-    src = Path(args.input)
     kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
-    if src.suffix.lower() in VIDEO_SUFFIXES:
-        frames, fps = read_video(src, args.max_frames)
-        bar = tqdm(total=len(frames), desc="stylising frames", unit="frame", disable=args.quiet)
-        result = stylize(frames, vae, model, on_batch=lambda done, total: bar.update(done - bar.n), **kw)
+    if video:
+        bar = tqdm(desc="stylising frames", unit="frame", disable=args.quiet)
+
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        info = stylize_video(src, target, lambda frames: stylize(frames, vae, model, **kw), batch_size=args.batch_size,
+                             max_frames=args.max_frames, on_frames=progress)
         bar.close()
-        path = write_video(result, out if out.suffix else out / (src.stem + "_styled.mp4"), fps)
-        print(json.dumps({"video": str(path), "frames": len(frames)}))
+        log.info("wrote %s: %d frames %s at %g fps, H.264, audio: %s", info["path"], info["frames"], info["size"],
+                 info["fps"], info["audio"])
+        print(json.dumps({"video": info["path"], "frames": info["frames"], "audio": info["audio"]}))
         return 0
-    files = list_images(src)
     written = []
-    for f in tqdm(files, desc="stylising", unit="image", disable=args.quiet or len(files) == 1):
+    for f, target in tqdm(list(zip(files, targets)), desc="stylising", unit="image",
+                          disable=args.quiet or len(files) == 1):
         image = load_image(f, keep_alpha=True)
+        refuse_alpha_loss(f, target, image.shape[1] == 4)
         y = stylize(image, vae, model, **kw)
-        target = out if (out.suffix and len(files) == 1) else out / (f.stem + "_styled.png")
         written.append(str(save_image(y, target)))
+    where = written[0] if len(written) == 1 else f"{len(written)} images in {targets[0].parent}"
+    log.info("wrote %s", where)
     print(json.dumps({"images": written}, indent=2))
     return 0
 
@@ -281,11 +397,13 @@ def styles_from_args(args, device) -> list:
 
 
 def cmd_info(args) -> int:
-    from .style_file import describe_style
+    from .style_file import describe_style, describe_vae
 
     info = describe_style(args.style)
     if not args.full:
         info.pop("recipe", None)
+        if isinstance(info.get("base_vae"), dict):  # the fingerprint's numbers -> the id users compare
+            info["base_vae"] = describe_vae(info.pop("base_vae_name", None), info["base_vae"])
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -350,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="+", help="one weight per --prompt (multiple-style transfer)")
     p.add_argument("--content", nargs="+", required=True, help="content image file(s) or folder(s)")
     p.add_argument("--start-from", help="fine-tune from a universal model (train-universal) or a trained style "
-                                        "instead of starting from scratch: far fewer epochs reach the same loss")
+                                        "instead of starting from scratch")
     p.add_argument("--text-model", default="google/siglip-base-patch16-224",
                    help="SigLIP or CLIP: Hugging Face id or local folder")
     p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
@@ -358,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
     p.add_argument("--out", required=True, help="where to write the style (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
+    p.add_argument("--preset", choices=sorted(PRESET_NAMES),
+                   help="cpu: a recipe a CPU trains in minutes instead of hours (256 px, 16 crops, a fusion "
+                        "module of width 128 and 2 blocks); flags given with it still apply")
     p.add_argument("--name", help="a display name stored in the style file")
     p.add_argument("--config", help="JSON file with TrainConfig fields (recipe, loss, fusion)")
     p.add_argument("--epochs", type=int)
@@ -406,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stylize", help="stylise an image, a folder of images or a video with trained style(s)")
     add_common(p)
-    p.add_argument("--style", action="append", help="style file; repeat to mix several (a universal model file "
-                                                    "given here is used as --universal)")
+    p.add_argument("--style", action="append", help="style file; repeat to mix several (a universal model "
+                                                    "file given here is used as --universal)")
     p.add_argument("--universal", action="append", help="universal model file (train-universal): stylise with "
                                                         "--prompt or --reference, no training")
     p.add_argument("--prompt", action="append", help="with --universal: the style prompt; repeat to mix several")
@@ -419,10 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "--prompt, then each --reference)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = VAE reconstruction, 1 = full style")
     p.add_argument("--input", required=True, help="image file, folder of images, or video file")
-    p.add_argument("--output", required=True, help="output file (single image) or folder")
+    p.add_argument("--output", required=True,
+                   help="output file (one image: .png/.jpg/.webp ...; a video: .mp4/.mov/.mkv) or a folder "
+                        "(a folder of images always needs a folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
     p.add_argument("--mask", help="grayscale mask image: white = stylise, black = keep")
-    p.add_argument("--tile-size", type=int, default=1024, help="run the VAE in tiles above this size (pixels)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--tile-size", type=int, default=1024,
+                   help=f"run the VAE in tiles above this size (pixels; a multiple of 8, at least {MIN_TILE})")
+    p.add_argument("--batch-size", type=int, default=4, help="images or video frames per forward pass")
     p.add_argument("--max-frames", type=int, help="video: stop after this many frames")
     p.add_argument("--compile", default="off", choices=["off", "default", "max-autotune-no-cudagraphs"],
                    help="torch.compile the VAE encoder and the style's decoder (GPU; ~20 s per image size, "
@@ -464,13 +590,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .logs import setup_cli_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_cli_logging(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        # the reader went away (`stylemamba info x | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)
         if not isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) and "out of memory" not in str(exc):
@@ -478,5 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import OutOfMemory, out_of_memory
 
         oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
-        print(f"error: {oom.advice(OOM_NAMES)}", file=sys.stderr)
+        print(f"error: {one_line(oom.advice(OOM_NAMES))}", file=sys.stderr)
         return 3
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .logs import quiet_loading
 from .vae import ModelFileError
 
 log = logging.getLogger("stylemamba")
@@ -170,13 +171,21 @@ def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: s
         raise ModelFileError(f"text-image model not found: '{src}' is neither a folder nor a Hugging Face id "
                              f"like {DEFAULT_SIGLIP}")
     try:
-        config = AutoConfig.from_pretrained(src)
+        with quiet_loading():
+            config = AutoConfig.from_pretrained(src)
         kind = config.model_type
         if kind not in ("siglip", "clip"):
             raise ValueError(f"{src} is a '{kind}' model; StyleMamba needs a SigLIP or CLIP model (e.g. {DEFAULT_SIGLIP})")
         cls = SiglipModel if kind == "siglip" else CLIPModel
-        model = cls.from_pretrained(src, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        with quiet_loading():
+            model, loading = cls.from_pretrained(src, use_safetensors=True, output_loading_info=True)
+        missing = sorted(k for k in loading.get("missing_keys", ()) if not k.endswith("position_ids"))
+        if missing or loading.get("mismatched_keys"):
+            # an error, not a warning: randomly initialised weights would train a meaningless style
+            raise ModelFileError(f"{src}: the weights do not fit the {kind} config (missing {missing[:3]}, mismatched "
+                                 f"{sorted(loading.get('mismatched_keys') or [])[:3]}); download the model again")
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(src)
     except OSError as exc:
         raise ModelFileError(
             f"could not load the text-image model '{src}' ({exc}). Offline? Download https://huggingface.co/{src} "

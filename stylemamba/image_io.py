@@ -7,7 +7,22 @@ import numpy as np
 import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+ALPHA_SUFFIXES = IMAGE_SUFFIXES - {".jpg", ".jpeg"}  # formats that store an alpha channel
+
+
+def check_finite(images: torch.Tensor, what: str = "image", first: int = 0) -> None:
+    """Refuse NaN or infinite pixels in (B,...) images: they would silently give NaN results.
+
+    They come from an upstream step that failed (e.g. a VAE decode that overflowed in fp16).
+    Checked one image at a time, so a long video is never copied whole.
+    """
+    for i in range(images.shape[0]):
+        finite = torch.isfinite(images[i])
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(f"{what} {first + i} has {bad} NaN or infinite pixel value(s) out of "
+                             f"{images[i].numel()}: whatever made it produced invalid pixels (e.g. a VAE decode "
+                             "that overflowed in fp16); fix or replace that image")
 
 
 def load_image(path: str | Path, keep_alpha: bool = False) -> torch.Tensor:
@@ -20,11 +35,26 @@ def load_image(path: str | Path, keep_alpha: bool = False) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            mode = "RGBA" if keep_alpha and ("A" in im.getbands() or im.mode == "P") else "RGB"
+            mode = "RGBA" if keep_alpha and _alpha(im) else "RGB"
             arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path.name} is not a readable image ({exc}); use PNG, JPEG or WebP") from exc
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def _alpha(im) -> bool:
+    return "A" in im.getbands() or "transparency" in im.info  # a palette image may carry a transparent colour
+
+
+def has_alpha(path: str | Path) -> bool:
+    """Whether an image file has an alpha channel (read from its header; what ``load_image(keep_alpha=True)`` keeps)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return _alpha(im)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{Path(path).name} is not a readable image ({exc}); use PNG, JPEG or WebP") from exc
 
 
 def load_mask(path: str | Path) -> torch.Tensor:
@@ -42,8 +72,11 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
 
     if image.dim() == 4:
         image = image[0]
-    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path = Path(path)
+    if image.shape[0] == 4 and path.suffix.lower() not in ALPHA_SUFFIXES:
+        raise ValueError(f"{path.name}: {path.suffix} cannot store the alpha channel (transparency) of this "
+                         "image; save it as .png or .webp")
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save(path)
     return path
@@ -60,40 +93,3 @@ def list_images(source: str | Path) -> list[Path]:
     if not source.exists():
         raise FileNotFoundError(f"input not found: {source}")
     return [source]
-
-
-def read_video(path: str | Path, max_frames: int | None = None) -> tuple[torch.Tensor, float]:
-    """A video file -> ((T,3,H,W) in [0,1], fps). Needs OpenCV (the ``video`` extra)."""
-    try:
-        import cv2
-    except ImportError as exc:
-        raise ImportError("reading video needs OpenCV: pip install opencv-python-headless") from exc
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"could not open video {path}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 24.0
-    frames = []
-    while max_frames is None or len(frames) < max_frames:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(torch.from_numpy(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).permute(2, 0, 1))
-    cap.release()
-    if not frames:
-        raise ValueError(f"video {path} has no readable frames")
-    return torch.stack(frames).float() / 255.0, float(fps)
-
-
-def write_video(frames: torch.Tensor, path: str | Path, fps: float) -> Path:
-    """(T,3,H,W) in [0,1] -> an .mp4 file (OpenCV)."""
-    import cv2
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t, _, h, w = frames.shape
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in frames:
-        arr = (f.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        writer.write(cv2.cvtColor(arr, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path

@@ -242,8 +242,18 @@ def _random_crops(
         )
     if not 0.0 <= perspective <= 1.0:
         raise ValueError(f"random_crops: perspective must be in [0, 1], got {perspective}")
-    device = images.device
-    dtype = images.dtype if images.is_floating_point() else torch.float32
+    grid, valid = crop_grid(batch, height, width, n_crops, crop_size, out_size, perspective, generator,
+                            images.device, images.dtype if images.is_floating_point() else torch.float32)
+    return sample_crops(images, grid, valid)
+
+
+def crop_grid(batch: int, height: int, width: int, n_crops: int, crop_size: int, out_size: int,
+              perspective: float, generator: Optional[torch.Generator], device, dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """The random part of :func:`_random_crops`: ``grid_sample`` grid ``(B, n*out, out, 2)`` and valid mask or None.
+
+    Drawn without the images so a trainer can draw a whole batch's crops once and sample them image by
+    image (micro-batches give the same crops as one big batch). Row ``b`` belongs to image ``b``.
+    """
     coord_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     n_total = batch * n_crops
 
@@ -289,9 +299,20 @@ def _random_crops(
         [(2.0 * img_xy[..., 0] + 1.0) / width - 1.0, (2.0 * img_xy[..., 1] + 1.0) / height - 1.0], dim=-1
     )  # (N, P, 2)
     grid = grid.reshape(batch, n_crops * out_size, out_size, 2).to(dtype)
+    if valid is not None:
+        valid = valid.reshape(batch, 1, n_crops * out_size, out_size)
+    return grid, valid
+
+
+def sample_crops(images: Tensor, grid: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """Sample the crops of :func:`crop_grid` from ``images`` (same batch size) -> ``(B * n_crops, C, out, out)``."""
+    batch, channels = images.shape[:2]
+    out_size = grid.shape[2]
+    n_crops = grid.shape[1] // out_size
+    n_total = batch * n_crops
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if valid is not None:
-        out = out * valid.reshape(batch, 1, n_crops * out_size, out_size)
+        out = out * valid
     out = (
         out.reshape(batch, channels, n_crops, out_size, out_size)
         .permute(0, 2, 1, 3, 4)

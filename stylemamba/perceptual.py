@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stylemamba")
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -29,13 +29,15 @@ def loss_curve_image(history: Sequence[Mapping[str, float]], width: int = 640, h
     ``keys`` picks and orders the terms (default: every term that appears, ``total`` first).
     An empty history gives a blank plot that says so, never an error.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     width, height = max(160, int(width)), max(120, int(height))
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    draw.text((8, 4), title, fill=(0, 0, 0), font=font)
+    font = _font()
+    lines = title_lines(title, lambda text: draw.textlength(text, font=font), width - 16)
+    for i, line in enumerate(lines):
+        draw.text((8, 4 + 13 * i), line, fill=(0, 0, 0), font=font)
     if keys is None:
         seen: list[str] = []
         for row in history:
@@ -43,7 +45,7 @@ def loss_curve_image(history: Sequence[Mapping[str, float]], width: int = 640, h
         keys = (["total"] if "total" in seen else []) + [k for k in seen if k != "total"]
     series = {k: [float(row[k]) for row in history if k in row and math.isfinite(float(row[k]))] for k in keys}
     series = {k: v for k, v in series.items() if v}
-    left, right, top, bottom = 52, width - 124, 22, height - 26
+    left, right, top, bottom = 52, width - 124, 12 + 13 * len(lines), height - 26
     draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
     if not series:
         draw.text((left + 8, (top + bottom) // 2), "no training steps yet", fill=(120, 0, 0), font=font)
@@ -82,6 +84,38 @@ def loss_curve_image(history: Sequence[Mapping[str, float]], width: int = 640, h
         draw.line([(right + 8, legend_y + 6), (right + 22, legend_y + 6)], fill=colour, width=3)
         draw.text((right + 26, legend_y), f"{key} {series[key][-1]:.3g}", fill=(0, 0, 0), font=font)
     return _to_tensor(img)
+
+
+def _font():
+    """DejaVu Sans where the system has it (accented, Greek and Cyrillic prompts), else Pillow's own font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", 10)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def title_lines(title: str, measure, max_width: float, max_lines: int = 3) -> list[str]:
+    """``title`` wrapped at spaces into lines at most ``max_width`` wide (``measure(text)`` gives a width);
+    past ``max_lines`` the last line ends in an ellipsis. No word is cut off at the image border."""
+    lines: list[str] = []
+    for word in str(title).split():
+        if lines and measure(lines[-1] + " " + word) <= max_width:
+            lines[-1] += " " + word
+            continue
+        while measure(word) > max_width and len(word) > 1:  # a word wider than the image is split
+            cut = next(n for n in range(len(word) - 1, 0, -1) if measure(word[:n]) <= max_width or n == 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    lines = lines or [""]
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and measure(last + " …") > max_width:
+            last = last[:-1]
+        lines = lines[: max_lines - 1] + [last.rstrip() + " …"]
+    return lines
 
 
 def _to_tensor(img) -> torch.Tensor:

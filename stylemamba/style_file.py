@@ -1,4 +1,4 @@
-"""A trained style as one shareable ``.safetensors`` file.
+"""A trained style (and a universal model) as one shareable ``.safetensors`` file.
 
 A style is what training changes: the fusion module's weights, the decoder as a *delta* on top of
 the base VAE's decoder, and the style embedding e_t it was trained with (so stylising needs no
@@ -7,10 +7,12 @@ the safetensors header as JSON. Only safetensors is read: a style file is never 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,14 @@ from typing import Any
 import torch
 
 from . import __version__
-from .vae import SDVAE, fingerprints_match
+from .vae import SDVAE, fingerprints_match, weights_id
 
 FORMAT = "stylemamba.style"
 FORMAT_VERSION = 1
 UNIVERSAL_FORMAT = "stylemamba.universal"  # a fusion module + decoder trained over a prompt bank (universal.py)
 UNIVERSAL_FORMAT_VERSION = 1
 EXTENSION = ".safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
 
 class StyleFileError(ValueError):
@@ -47,16 +50,29 @@ class Style:
 
     def check_vae(self, vae: SDVAE) -> None:
         """Refuse to apply the decoder delta to a VAE other than the one the style was trained on."""
-        _check_vae(self.metadata, vae, f"style '{self.name}'", "train the style again")
+        _check_vae(self.metadata, vae, "style", self.name)
+
+    def digest(self, exact: bool = False) -> str:
+        """SHA-256 of the style's tensors: as a style file stores them (fp16 decoder delta; equal digests, same
+        file), or with ``exact`` as held in memory (what a built style computes with).
+
+        Computed once per object (a style is not changed after it is made)."""
+        name = "_digest_exact" if exact else "_digest"
+        cached = self.__dict__.get(name)
+        if cached is None:
+            tensors = style_tensors(self, delta_dtype=None if exact else torch.float16)
+            cached = self.__dict__[name] = tensor_digest(tensors)
+        return cached
 
 
-def _check_vae(meta: dict[str, Any], vae: SDVAE, what: str, otherwise: str) -> None:
+def _check_vae(meta: dict[str, Any], vae: SDVAE, kind: str, name: str) -> None:
     base = meta.get("base_vae")
     if base and not fingerprints_match(base, vae.identity):
-        raise StyleFileError(
-            f"{what} was trained on another VAE ({meta.get('base_vae_name') or 'unknown'}, fingerprint "
-            f"{base.get('arch')}); the connected VAE '{vae.name}' has fingerprint {vae.identity.get('arch')}. "
-            f"Connect the VAE it was trained with, or {otherwise}.")
+        trained_on = describe_vae(meta.get("base_vae_name"), base)
+        connected = describe_vae(vae.name, vae.identity)
+        raise StyleFileError(f"{kind} '{name}' was trained on the VAE {trained_on}, but the connected VAE is "
+                             f"{connected}. Connect the VAE the {kind} was trained with, or train the {kind} again "
+                             "with this VAE.")
 
 
 @dataclass
@@ -85,7 +101,7 @@ class UniversalModel:
         return str(self.metadata.get("text_model", ""))
 
     def check_vae(self, vae: SDVAE) -> None:
-        _check_vae(self.metadata, vae, f"universal model '{self.name}'", "train it again on this VAE")
+        _check_vae(self.metadata, vae, "universal model", self.name)
 
     def style(self, embedding: torch.Tensor, metadata: dict[str, Any] | None = None) -> Style:
         """The style of one conditioning ``embedding`` e_t (D,): shared fusion weights, this model's decoder delta.
@@ -106,13 +122,58 @@ class UniversalModel:
         return Style(self.fusion_config, self.fusion_state, self.decoder_delta, e, meta)
 
 
+def describe_vae(name: str | None, identity: dict[str, Any]) -> str:
+    """'vae-ft-mse.safetensors (weights 3f2a9c01b7de)': the file name when known and the weight fingerprint."""
+    weights = weights_id(identity)
+    name = str(name or "").strip()
+    return f"'{name}' (weights {weights})" if name else f"with weights {weights} (file name unknown)"
+
+
 def safe_style_filename(name: str) -> str:
-    """A file name with no folders, no path escapes and the .safetensors extension."""
+    """A file name with no folders, no path escapes and the .safetensors extension.
+
+    Letters and digits of every script are kept (a Japanese or accented name stays readable); only
+    characters that are unsafe in file names on some system (path separators, ``<>:"|?*``, control
+    characters) become ``_``, and names Windows reserves (``CON``, ``NUL``, ``COM1`` ...) get a ``_``.
+    """
     base = os.path.basename(str(name).replace("\\", "/")).strip()
+    base = unicodedata.normalize("NFC", base)
     if base.lower().endswith(EXTENSION):
         base = base[: -len(EXTENSION)]
-    base = re.sub(r"[^A-Za-z0-9._ -]+", "_", base).strip(" .") or "style"
+    base = "".join(c if (c.isalnum() or c in " ._-()[]+,&'!#@=~") else "_" for c in base)
+    base = re.sub(r"_{2,}", "_", base).strip(" .") or "style"
+    if base.split(".")[0].upper() in _WINDOWS_RESERVED:
+        base = "_" + base
     return base[:120] + EXTENSION
+
+
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def style_path(path: str | Path) -> Path:
+    """Where :func:`save_style` writes ``path`` (the .safetensors extension is added when missing)."""
+    path = Path(path)
+    return path if path.suffix == EXTENSION else path.with_suffix(EXTENSION)
+
+
+def style_tensors(style: Style, delta_dtype: torch.dtype | None = torch.float16) -> dict[str, torch.Tensor]:
+    """The tensors of a style file, by name (what :func:`save_style` writes; ``delta_dtype`` None keeps the
+    decoder delta's own dtype)."""
+    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
+    for k, v in style.fusion_state.items():
+        tensors["fusion." + k] = v.detach().float().cpu().contiguous()
+    for k, v in style.decoder_delta.items():
+        tensors["decoder_delta." + k] = v.detach().to(delta_dtype or v.dtype).cpu().contiguous()
+    return tensors
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
@@ -122,30 +183,22 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     so fp16 keeps it to ~1e-3 relative while halving the file; pass torch.float32 for an exact copy).
     The file is written to a temporary name and renamed, so a crash never leaves a half file.
     """
-    tensors: dict[str, torch.Tensor] = {"embedding": style.embedding.detach().float().cpu().contiguous()}
-    tensors.update(_weights(style.fusion_state, style.decoder_delta, delta_dtype))
-    meta = {**style.metadata, "fusion": style.fusion_config}
-    return _write(tensors, meta, path, FORMAT, FORMAT_VERSION, delta_dtype)
-
-
-def _weights(fusion_state, decoder_delta, delta_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    out = {"fusion." + k: v.detach().float().cpu().contiguous() for k, v in fusion_state.items()}
-    out.update({"decoder_delta." + k: v.detach().to(delta_dtype).cpu().contiguous() for k, v in decoder_delta.items()})
-    return out
+    tensors = style_tensors(style, delta_dtype)
+    return _write(tensors, {**style.metadata, "fusion": style.fusion_config}, path, FORMAT, FORMAT_VERSION,
+                  delta_dtype)
 
 
 def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path, fmt: str, version: int,
            delta_dtype: torch.dtype) -> dict[str, Any]:
-    """Write a StyleMamba weight file atomically (temporary name, then rename) and readable by others."""
+    """Write a StyleMamba weight file atomically (temporary name, then rename), readable by others."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.suffix != EXTENSION:
-        path = path.with_suffix(EXTENSION)
+    path = style_path(path)
     meta = dict(meta)
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta.update(format=fmt, format_version=version, library_version=__version__,
-                delta_dtype=str(delta_dtype).replace("torch.", ""))
+                delta_dtype=str(delta_dtype).replace("torch.", ""), tensor_sha256=tensor_digest(tensors))
+    meta.pop("file", None)
     header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": fmt}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -157,16 +210,28 @@ def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | P
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
+def refuse_pickle(path: Path) -> None:
+    """A pickled file (torch.save, .ckpt/.pt/.pth/.bin) is refused before anything reads it."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    zipped_or_pickled = head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
+    if path.suffix.lower() in PICKLE_SUFFIXES or zipped_or_pickled:
+        raise StyleFileError(f"{path.name} is a pickled PyTorch file: pickled files are not loaded (unpickling can "
+                             "run any code). A StyleMamba style is a .safetensors file; pick one made by "
+                             "StyleMamba's train command or Save Style node")
+
+
 def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
     """The JSON metadata of a StyleMamba weight file of either kind, without loading its tensors.
 
-    ``kind`` ("style" or "universal model") only words the errors; the caller checks the format.
+    ``kind`` ("style" or "universal model") only words the errors; the callers check the format.
     """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file not found: {path}")
+    refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -193,7 +258,7 @@ def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
         raise StyleFileError(f"{path.name}: {kind} metadata is damaged (format_version "
                              f"{meta.get('format_version')!r}); train or download it again") from None
     if version > newest:
-        raise StyleFileError(f"{path.name}: format v{version} is newer than this StyleMamba ({__version__}) "
+        raise StyleFileError(f"{path.name}: {kind} format v{version} is newer than this StyleMamba ({__version__}) "
                              "understands; update the node pack")
     return meta
 
@@ -252,7 +317,7 @@ def style_summary(meta: dict[str, Any]) -> str:
               f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')})",
               f"steps: {meta.get('steps', '?')}, trained in {meta.get('train_seconds', '?')} s"
               + (" (cancelled early)" if meta.get("cancelled") else ""),
-              f"base VAE: {meta.get('base_vae_name', '?')}"]
+              f"base VAE: {describe_vae(meta.get('base_vae_name'), meta.get('base_vae') or {})}"]
     if meta.get("losses_skipped"):
         lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
     return "\n".join(lines)
@@ -269,15 +334,16 @@ def universal_summary(meta: dict[str, Any]) -> str:
              f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')}): encode prompts with it",
              f"steps: {meta.get('steps', '?')} on {meta.get('world_size', '?')} process(es), "
              f"{meta.get('train_seconds', '?')} s" + (" (stopped early)" if meta.get("cancelled") else ""),
-             f"base VAE: {meta.get('base_vae_name', '?')}"]
+             f"base VAE: {describe_vae(meta.get('base_vae_name'), meta.get('base_vae') or {})}"]
     if meta.get("losses_skipped"):
         lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
     return "\n".join(lines)
 
+
 def save_universal(model: UniversalModel, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Write a universal model (same layout as a style, plus the source embeddings); returns {'path', 'bytes'}."""
-    tensors = _weights(model.fusion_state, model.decoder_delta, delta_dtype)
-    tensors["source_embedding"] = model.source_embedding.detach().float().cpu().contiguous()
+    tensors = style_tensors(model.style(model.source_embedding), delta_dtype)  # fusion.*, decoder_delta.*
+    tensors["source_embedding"] = tensors.pop("embedding")
     tensors["source_image_embedding"] = model.source_image_embedding.detach().float().cpu().contiguous()
     meta = {**model.metadata, "fusion": model.fusion_config, "kind": "universal"}
     meta.pop("file", None)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import stylizing_out_of_memory
+from .image_io import check_finite
 from .precision import autocast
 from .style_file import Style
 from .style_model import StyleModel
@@ -25,6 +26,9 @@ from .vae import SDVAE
 Styles = Style | Sequence[Style] | StyleModel
 
 log = logging.getLogger("stylemamba")
+
+MIN_TILE = 128  # the library's floor (two overlaps); the CLI and the node ask for >= 256, which real VAEs need
+MIN_OVERLAP = 64  # 8 latents: less shows seams
 
 
 def _as_rgb(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -161,7 +165,8 @@ def _prepare_mask(mask: torch.Tensor | None, b: int, h: int, w: int, device) -> 
     if m.dim() != 4 or m.shape[1] != 1:
         raise ValueError(f"mask must be (H,W), (B,H,W) or (B,1,H,W); got {tuple(mask.shape)}")
     if m.shape[-2:] != (h, w):
-        raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but the image is {h}x{w}; resize the mask to the image size")
+        raise ValueError(f"mask is {m.shape[-1]}x{m.shape[-2]} but the image is {w}x{h} (width x height); resize the "
+                         "mask to the image size")
     if m.shape[0] not in (1, b):
         raise ValueError(f"mask batch {m.shape[0]} does not match the image batch {b}; give one mask or one per image")
     return m.clamp(0, 1).to(device)
@@ -192,7 +197,8 @@ def stylize(images: torch.Tensor, vae: SDVAE, styles: Styles, *args, **kwargs) -
     except torch.cuda.OutOfMemoryError as exc:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise stylizing_out_of_memory(f"{tuple(images.shape)} images", kwargs.get("batch_size", 4),
+        raise stylizing_out_of_memory(
+            f"{images.shape[0] if images.dim() == 4 else 1} image(s) of {images.shape[-1]}x{images.shape[-2]}", kwargs.get("batch_size", 4),
                                       kwargs.get("tile_size", 1024)) from exc
 
 
@@ -207,7 +213,7 @@ def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) ->
 @torch.no_grad()
 def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
                    weights: Sequence[float] | None = None, strength: float | None = None,
-                   mask: torch.Tensor | None = None, tile_size: int = 1024, tile_overlap: int = 128,
+                   mask: torch.Tensor | None = None, tile_size: int = 1024, tile_overlap: int | None = None,
                    batch_size: int = 4, precision: str = "auto", on_batch=None) -> torch.Tensor:
     """Stylise (B,C,H,W) images in [0,1]; returns the same layout (RGBA keeps its alpha, gray becomes RGB).
 
@@ -215,21 +221,30 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     (then ``weights``/``strength`` must be left out: see :func:`as_style_model`). ``strength``: 0 = the VAE's
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
     outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
-    over ``tile_overlap`` pixels). ``on_batch(done, total)`` reports progress.
+    over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
+    real SD VAEs). ``on_batch(done, total)`` reports progress.
     """
     model = as_style_model(vae, styles, weights, strength)
     rgb, alpha = _as_rgb(images)
     b, _, h, w = rgb.shape
     if h < 8 or w < 8:
-        raise ValueError(f"image is {h}x{w}; it must be at least 8x8 pixels")
+        raise ValueError(f"image is {w}x{h} (width x height); it must be at least 8x8 pixels")
     device = vae.device
     m = _prepare_mask(mask, b, h, w, device)
     if m is not None and float(m.max()) == 0.0:
         log.warning("the mask is empty: nothing will be stylised (paint the area to stylise)")
-    tile = max(128, (int(tile_size) // 8) * 8)
-    overlap = min(max(64, (int(tile_overlap) // 8) * 8), tile // 2)  # < 64 px (8 latents) shows seams
+    tile, batch_size = int(tile_size), int(batch_size)
+    overlap = int(tile_overlap) if tile_overlap is not None else min(128, tile // 2 // 8 * 8)
+    if tile < MIN_TILE or tile % 8:
+        raise ValueError(f"tile_size {tile} is invalid: it must be a multiple of 8 and at least {MIN_TILE}")
+    if overlap < MIN_OVERLAP or overlap % 8 or overlap > tile // 2:
+        raise ValueError(f"tile_overlap {overlap} is invalid: a multiple of 8 from {MIN_OVERLAP} (less shows seams) "
+                         f"to half the tile size ({tile // 2})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} is invalid: it must be at least 1")
     outs = []
-    for start in range(0, b, max(1, batch_size)):
+    for start in range(0, b, batch_size):
+        check_finite(rgb[start:start + batch_size], "image", first=start)
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
         xp, (oh, ow) = _pad8(x)
         with autocast(device, precision):

@@ -6,7 +6,9 @@ about one step per epoch); ``steps_per_epoch`` scales that. Everything frozen is
 before the loop (content latents, content image embeddings, content VGG features; the text
 direction comes encoded, as a :class:`~stylemamba.direction.TextDirection`), and all image-tower
 inputs of a step (:func:`step_views`) go through the tower in ONE batched call. The forward pass is
-:class:`~stylemamba.style_model.StyleModel`'s, the same one Stylize runs.
+:class:`~stylemamba.style_model.StyleModel`'s, the same one Stylize runs. When memory is short, the
+step runs in micro-batches / tower chunks / with decoder checkpointing (:mod:`stylemamba.memory_plan`)
+and still takes the full batch's gradient.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
+from .image_io import check_finite
+from .memory_plan import MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option
 from .options import from_options
 from .precision import autocast, check_precision, grad_scaler
 from .speed import COMPILE_MODES, compile_callable, compile_module_
@@ -54,6 +58,9 @@ class TrainConfig:
     # tower (stylemamba/speed.py); on an H200 the step drops from 109 to 68 ms, but the first style in a
     # process pays ~55 s of compilation (docs/BENCHMARK.md)
     compile: str = "off"
+    # "auto": the fastest plan that fits the free GPU memory (stylemamba/memory_plan.py); "fast": no saving;
+    # or explicit, e.g. "micro_batch=1,view_chunk=16,checkpointing=on" (or the same as a mapping)
+    memory_plan: Any = "auto"
     preview_every: int = 0  # steps between preview images in the progress callback (0 = none)
     loss: L.LossConfig = field(default_factory=L.LossConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -64,6 +71,10 @@ class TrainConfig:
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
         self.precision = check_precision(self.precision)
+        try:
+            self.memory_plan = plan_to_option(parse_plan(self.memory_plan))
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig.{exc}") from None
         checks = [("epochs", self.epochs >= 1, ">= 1"), ("steps_per_epoch", self.steps_per_epoch >= 1, ">= 1"),
                   ("lr", self.lr > 0, "> 0"), ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
                   "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
@@ -82,6 +93,27 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a mapping (a --config file, or the recipe of a style file); 0.1.0's ``amp`` is ``precision``."""
         return from_options(cls, d, "training", renamed={"amp": "precision"})
+
+
+# Named recipes: "paper" is the paper's (the defaults); "cpu" trains in minutes on a CPU instead of hours
+# (fewer patch crops, a narrower and shallower fusion module, 256 px; one step costs about a tenth).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {"resolution": 256, "loss": {"n_crops": 16}, "fusion": {"width": 128, "depth": 2}},
+}
+
+
+def apply_preset(config: TrainConfig, name: str) -> TrainConfig:
+    """``config`` with the values of preset ``name`` (see :data:`PRESETS`) set over it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    d = config.to_dict()
+    for key, value in PRESETS[name].items():
+        if isinstance(value, dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return type(config).from_dict(d)
 
 
 @dataclass
@@ -125,13 +157,14 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int) 
         if im.dim() != 3 or im.shape[0] not in (1, 3, 4):
             raise ValueError(f"content image {i} has shape {tuple(im.shape)}; expected (3,H,W) RGB in [0,1]")
         im = im.float()
+        check_finite(im[None], "content image", first=i)
         if im.shape[0] == 1:
             im = im.expand(3, -1, -1)
         elif im.shape[0] == 4:
             im = im[:3]
         h, w = im.shape[-2:]
         if min(h, w) < 8:
-            raise ValueError(f"content image {i} is {h}x{w}; it must be at least 8 pixels on each side")
+            raise ValueError(f"content image {i} is {w}x{h} (width x height); it must be at least 8 pixels on each side")
         scale = resolution / min(h, w)
         nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
         im = F.interpolate(im[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]
@@ -188,24 +221,66 @@ def _resize(y: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
+@dataclass
+class ViewDraws:
+    """The random part of a step's views for a whole batch: crop grids (row b = image b) and patch masks.
+
+    Drawn once per step (crops first, then masks: the order :func:`~stylemamba.losses.random_crops` and
+    :func:`~stylemamba.losses.patch_mask` use) and sliced per micro-batch, so micro-batches see the crops
+    and masks one big batch would.
+    """
+
+    grid: torch.Tensor | None
+    valid: torch.Tensor | None
+    mask: torch.Tensor | None
+
+    @classmethod
+    def draw(cls, batch: int, y: torch.Tensor, loss: L.LossConfig, image_size: int,
+             generator: torch.Generator | None) -> ViewDraws:
+        h, w = y.shape[-2:]
+        grid = valid = mask = None
+        if loss.patch > 0:
+            # fp32 coordinates with autocast off, as random_crops does (bf16 would lose up to half a pixel)
+            dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+            with torch.autocast(y.device.type, enabled=False):
+                grid, valid = L.crop_grid(batch, h, w, loss.n_crops, loss.crop_size_for(h, w), image_size,
+                                          loss.crop_perspective, generator, y.device, dtype)
+        if loss.md > 0:
+            mask = L.patch_mask(batch, h, w, patch=loss.mask_patch, ratio=loss.mask_ratio, generator=generator,
+                                device=y.device)
+        return cls(grid, valid, mask)
+
+    def rows(self, start: int, end: int) -> ViewDraws:
+        def cut(t):
+            return None if t is None else t[start:end]
+        return ViewDraws(cut(self.grid), cut(self.valid), cut(self.mask))
+
+
+def _crops(y: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`~stylemamba.losses.sample_crops` in fp32 with autocast off, back in ``y``'s dtype (as random_crops)."""
+    dtype = y.dtype
+    with torch.autocast(y.device.type, enabled=False):
+        out = L.sample_crops(y.float() if dtype in (torch.float16, torch.bfloat16) else y, grid, valid)
+    return out.to(dtype)
+
+
 def step_views(y: torch.Tensor, loss: L.LossConfig, image_size: int,
-               generator: torch.Generator | None = None) -> StepViews:
+               generator: torch.Generator | None = None, draws: ViewDraws | None = None) -> StepViews:
     """The image-tower inputs a training step builds from its raw output ``y`` (B,3,H,W) (see :class:`StepViews`).
 
-    Crops and masks are drawn from ``generator`` (crops first, then masks), as the trainer does.
+    Crops and masks are drawn from ``generator`` (crops first, then masks), as the trainer does, unless
+    ``draws`` (for exactly these B images) is given.
     """
     b = y.shape[0]
+    if draws is None:
+        draws = ViewDraws.draw(b, y, loss, image_size, generator)
     views = [_resize(y, image_size)]
     n_crops = 0
     if loss.patch > 0:
-        crop = loss.crop_size_for(y.shape[-2], y.shape[-1])
-        views.append(L.random_crops(y, loss.n_crops, crop, image_size, perspective=loss.crop_perspective,
-                                    generator=generator))
+        views.append(_crops(y, draws.grid, draws.valid))
         n_crops = loss.n_crops
     if loss.md > 0:
-        mask = L.patch_mask(b, y.shape[-2], y.shape[-1], patch=loss.mask_patch, ratio=loss.mask_ratio,
-                            generator=generator, device=y.device)
-        views.append(_resize(L.apply_mask(y, mask, fill=loss.mask_fill), image_size))
+        views.append(_resize(L.apply_mask(y, draws.mask, fill=loss.mask_fill), image_size))
     return StepViews(torch.cat([v.to(y.dtype) for v in views]), b, n_crops, loss.md > 0)
 
 
@@ -230,7 +305,7 @@ class StyleTrainer:
                  direction: Direction, config: TrainConfig | None = None,
                  prompt_weights: list[float] | None = None, vgg: torch.nn.Module | None = None,
                  lpips: torch.nn.Module | None = None, device: torch.device | str | None = None,
-                 start: Style | UniversalModel | None = None):
+                 free_memory: float | None = None, start: Style | UniversalModel | None = None):
         check_image_text_model(text)
         config = config or TrainConfig()
         self.device = torch.device(device) if device is not None else vae.device
@@ -266,7 +341,9 @@ class StyleTrainer:
         self.model = StyleModel.for_training(vae, self.cfg.fusion, self.direction.e_t, start=start)
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
-        if self.cfg.gradient_checkpointing:
+        self.plan = self._plan(free_memory)
+        log.info("memory plan: %s (%s)", self.plan.describe(), self.plan.reason)
+        if self.plan.checkpointing:
             dec = self.model.decoder.decoder
             if hasattr(dec, "gradient_checkpointing"):  # diffusers' Decoder
                 dec.gradient_checkpointing = True
@@ -287,39 +364,113 @@ class StyleTrainer:
         self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
 
+    def _plan(self, free_memory: float | None) -> MemoryPlan:
+        """The memory plan of this run: TrainConfig.memory_plan, or chosen from the free memory ("auto")."""
+        cfg, b = self.cfg, self.x.shape[0]
+        # CLIPstyler's TV form is one norm over the whole batch: micro-batches cannot reproduce its gradient
+        splittable = not (cfg.loss.tv > 0 and cfg.loss.tv_form == "clipstyler")
+        option = parse_plan(cfg.memory_plan)
+        forced = cfg.gradient_checkpointing
+        if option == "fast":
+            return MemoryPlan(b, 0, forced, "TrainConfig.memory_plan='fast': no memory saving")
+        if option == "auto":
+            free = free_memory if free_memory is not None else free_training_memory(self.device)
+            return choose_plan(free, Recipe.of(b, cfg), splittable, True if forced else None)
+        micro = min(option.micro_batch or b, b)
+        if micro < b and not splittable:
+            raise ValueError(f"memory_plan micro_batch={micro} cannot be used with the 'clipstyler' total variation "
+                             "(one norm over the whole batch): set micro_batch to 0 (whole batch) or "
+                             "LossConfig.tv_form='l1'")
+        return MemoryPlan(micro, option.view_chunk, option.checkpointing or forced, option.reason)
+
     # ------------------------------------------------------------------ one step
     def lr_at(self, epoch: int) -> float:
         return self.cfg.lr * (self.cfg.lr_decay if epoch >= self.cfg.lr_decay_epoch else 1.0)
 
     def step(self, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One optimisation step; returns the detached loss terms and the raw output Y (no host sync)."""
+        """One optimisation step; returns the detached loss terms and the raw output Y (no host sync).
+
+        Under a plan with micro-batches each group's terms are scaled by its share of the batch (every
+        term is a mean over images, crops or pixels) and the gradients accumulate: the gradient, the
+        logged terms and Y are the whole batch's.
+        """
         lc = self.cfg.loss
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(epoch)
-        with autocast(self.device, self.cfg.precision):
-            y = self.model.raw_output(self.z)
-            views = step_views(y, lc, self.text.image_size, self.gen)
-            emb_y, crop_embs, masked_emb = views.split(self.encode_image(views.images))  # one batched call
-            prev = self.prev_emb if lc.so > 0 else None
-            terms = L.style_loss(emb_y, self.emb_x, self.text_dir, lc, epoch, crop_embs=crop_embs,
-                                 masked_emb=masked_emb, prev_img_emb=prev)
-            if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
-                terms["so"] = terms.pop("so_gate") * terms["so"]
-            if self.feats_x is not None:
-                terms["vgg"] = L.content_loss(self.vgg(y), self.feats_x)
-            if self.lpips is not None and lc.lpips > 0:
-                terms["lpips"] = self.lpips(y, self.x)
-            if lc.tv > 0:
-                terms["tv"] = L.total_variation(y, form=lc.tv_form)
-            total = L.total_loss(terms, lc.weights(epoch))
+        b = self.x.shape[0]
+        groups = [(s, min(s + self.plan.micro_batch, b)) for s in range(0, b, self.plan.micro_batch)]
+        gate = self._second_order_gate(epoch, groups) if len(groups) > 1 else None
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        draws, ys, embs, logged, total_sum = None, [], [], {}, None
+        for start, end in groups:
+            with autocast(self.device, self.cfg.precision):
+                y = self.model.raw_output(self.z[start:end])
+                if draws is None:
+                    draws = ViewDraws.draw(b, y, lc, self.text.image_size, self.gen)
+                views = step_views(y, lc, self.text.image_size, draws=draws.rows(start, end))
+                emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
+                terms = self._loss_terms(y, emb_y, crop_embs, masked_emb, epoch, start, end, gate)
+                if len(groups) > 1:
+                    terms = {k: v * ((end - start) / b) for k, v in terms.items()}
+                total = L.total_loss(terms, lc.weights(epoch))
+            self.scaler.scale(total).backward()
+            ys.append(y.detach())
+            embs.append(emb_y.detach().float())
+            for k, v in terms.items():
+                logged[k] = v.detach().float() if k not in logged else logged[k] + v.detach().float()
+            total_sum = total.detach().float() if total_sum is None else total_sum + total.detach().float()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.last_emb = emb_y.detach().float()
-        terms = {k: v.detach().float() for k, v in terms.items()}
-        terms["total"] = total.detach().float()
-        return terms, y.detach()
+        self.last_emb = embs[0] if len(embs) == 1 else torch.cat(embs)
+        logged["total"] = total_sum
+        return logged, ys[0] if len(ys) == 1 else torch.cat(ys)
+
+    def _image_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """The tower on a step's views: one call, or checkpointed chunks of ``plan.view_chunk`` views."""
+        chunk = self.plan.view_chunk
+        if not chunk or images.shape[0] <= chunk:
+            return self.encode_image(images)
+        return torch.cat([torch.utils.checkpoint.checkpoint(self.encode_image, part, use_reentrant=False)
+                          for part in images.split(chunk)])
+
+    def _loss_terms(self, y, emb_y, crop_embs, masked_emb, epoch: int, start: int, end: int,
+                    gate: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Unweighted terms of images ``start:end`` (means over them); ``gate``: the whole batch's L_so gate."""
+        lc = self.cfg.loss
+        prev = self.prev_emb[start:end] if (lc.so > 0 and self.prev_emb is not None) else None
+        terms = L.style_loss(emb_y, self.emb_x[start:end], self.text_dir[start:end], lc, epoch, crop_embs=crop_embs,
+                             masked_emb=masked_emb, prev_img_emb=prev)
+        if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
+            own = terms.pop("so_gate")
+            terms["so"] = (own if gate is None else gate) * terms["so"]
+        if self.feats_x is not None:
+            terms["vgg"] = L.content_loss(self.vgg(y), [f[start:end] for f in self.feats_x])
+        if self.lpips is not None and lc.lpips > 0:
+            terms["lpips"] = self.lpips(y, self.x[start:end])
+        if lc.tv > 0:
+            terms["tv"] = L.total_variation(y, form=lc.tv_form)
+        return terms
+
+    def _second_order_gate(self, epoch: int, groups: list[tuple[int, int]]) -> torch.Tensor | None:
+        """With micro-batches, the L_so gate I(L_dir < theta) of the WHOLE batch, known before any backward.
+
+        On the epochs where the gate can open it takes one gradient-free forward pass (decoder and the
+        whole-image view) per micro-batch; otherwise it is 0 and costs nothing.
+        """
+        lc = self.cfg.loss
+        if lc.so <= 0 or self.prev_emb is None:
+            return None
+        zero = torch.zeros((), device=self.device)
+        if not (epoch >= lc.so_interval and epoch % lc.so_interval == 0):
+            return L.second_order_gate(zero, epoch, lc.so_theta, lc.so_interval)
+        b, dir_loss = self.x.shape[0], zero
+        with torch.no_grad(), autocast(self.device, self.cfg.precision):
+            for start, end in groups:
+                y = self.model.raw_output(self.z[start:end])
+                emb = self.encode_image(_resize(y, self.text.image_size).to(y.dtype))
+                part = L.directional_loss(emb, self.emb_x[start:end], self.text_dir[start:end])
+                dir_loss = dir_loss + part.float() * ((end - start) / b)
+        return L.second_order_gate(dir_loss, epoch, lc.so_theta, lc.so_interval)
 
     def end_epoch(self) -> None:
         """The last output becomes Y(i), the previous epoch's image of the second-order loss."""
@@ -359,6 +510,7 @@ class StyleTrainer:
             "recipe": self.cfg.to_dict(), "losses_skipped": self.skipped_losses,
             "train_seconds": round(seconds, 3), "steps": steps, "cancelled": cancelled,
             "content_images": int(self.x.shape[0]), "final_losses": history[-1] if history else {},
+            "memory_plan": self.plan.to_dict(),
         }
         if self.start is not None:
             meta["started_from"] = self.start.metadata.get("universal_model") or self.start.name
@@ -368,19 +520,22 @@ class StyleTrainer:
 def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction, config: TrainConfig | None = None,
                 prompt_weights: list[float] | None = None, vgg=None, lpips=None, device=None,
                 on_step: Callable[[StepInfo], None] | None = None,
-                should_stop: Callable[[], bool] | None = None,
+                should_stop: Callable[[], bool] | None = None, free_memory: float | None = None,
                 start: Style | UniversalModel | None = None) -> TrainResult:
     """Train a style on content image(s). See :class:`TrainConfig` for the recipe.
 
     ``direction``: a :class:`~stylemamba.direction.TextDirection` (e.g. from the Text Conditioning
     node; not encoded again), or prompt(s) to encode with ``text`` (with ``prompt_weights``).
+    ``free_memory``: bytes free for training once the networks are on the device (a host's own count,
+    e.g. ComfyUI's); None measures it with torch. ``config.memory_plan`` "auto" plans with it.
     ``start``: fine-tune from a universal model (its style for this direction) or from a trained style,
     instead of a fresh fusion module and the VAE's decoder (the recipe's fusion architecture is then
     the starting style's).
     """
     trainer = None
     try:
-        trainer = StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device, start)
+        trainer = StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device,
+                               free_memory, start)
         return trainer.run(on_step, should_stop)
     except torch.cuda.OutOfMemoryError as exc:
         cfg = config or TrainConfig()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .logs import quiet_loading
 from .vae_layout import to_ldm
 
 log = logging.getLogger("stylemamba")
@@ -44,20 +46,32 @@ def _fingerprint(decoder: nn.Module, post_quant_conv: nn.Module) -> dict[str, An
     """A fingerprint of the base decoder that does not depend on dtype or key layout.
 
     A style stores its decoder as a *delta* on top of the base VAE's decoder, so applying it to
-    another VAE silently produces garbage. The fingerprint is the architecture (LDM names and
-    shapes, hashed exactly) plus a few weight statistics compared with a tolerance, because ComfyUI
-    may hold the same VAE in fp16/bf16 and with LDM key names while the style was trained from an
-    fp32 diffusers copy.
+    another VAE silently produces garbage. The fingerprint has three parts:
+
+    * ``arch``: the architecture (LDM names and shapes, hashed). It is the same for every SD VAE
+      (sd-vae-ft-mse, ft-ema, the original kl-f8, SDXL's), so it only tells families apart;
+    * ``values``: 4 weights at fixed positions in each of 16 tensors, compared with a tolerance that
+      admits fp16/bf16 storage (ComfyUI may hold the VAE in half precision) but not a fine-tune,
+      which moves individual weights;
+    * ``stats``: mean and mean |w| of the same 16 tensors (what older style files hold).
+
+    :func:`weights_id` turns it into a short id to show users.
     """
     named = sorted((k, v) for k, v in to_ldm(decoder_state(decoder, post_quant_conv)).items() if v.is_floating_point())
     arch = hashlib.sha256("|".join(f"{k}:{tuple(v.shape)}" for k, v in named).encode()).hexdigest()[:16]
     weights = [(k, v) for k, v in named if k.endswith("weight") and v.dim() >= 2]
     picks = weights[:: max(1, len(weights) // 16)][:16]
-    stats = []
+    stats, values = [], []
     for _, v in picks:
         v = v.detach().float().flatten()
         stats.append([round(float(v.mean()), 6), round(float(v.abs().mean()), 6)])
-    return {"arch": arch, "stats": stats, "params": int(sum(v.numel() for _, v in named))}
+        positions = sorted({(v.numel() * j) // 4 + (v.numel() // 7) for j in range(4)} & set(range(v.numel())))
+        values.append([float(v[i]) for i in positions])
+    return {"arch": arch, "stats": stats, "values": values, "params": int(sum(v.numel() for _, v in named))}
+
+
+# bf16 keeps 8 significant bits (relative error <= 2^-9 per rounding); twice that on both sides is 2^-7
+_VALUE_RTOL = 2.0 ** -7
 
 
 def fingerprints_match(a: dict[str, Any], b: dict[str, Any], rtol: float = 5e-3) -> bool:
@@ -68,7 +82,30 @@ def fingerprints_match(a: dict[str, Any], b: dict[str, Any], rtol: float = 5e-3)
         scale = max(aa, ab, 1e-8)
         if abs(aa - ab) > rtol * scale or abs(ma - mb) > rtol * scale:
             return False
+    if "values" in a and "values" in b:  # style files written before 0.2 have only the statistics
+        for (_, absmean), va, vb in zip(a["stats"], a["values"], b["values"]):
+            if len(va) != len(vb):
+                return False
+            for x, y in zip(va, vb):
+                if abs(x - y) > _VALUE_RTOL * max(abs(x), abs(y)) + 1e-3 * absmean:  # fp16 subnormals
+                    return False
     return True
+
+
+def weights_id(identity: dict[str, Any]) -> str:
+    """A 12-hex-digit id of a VAE's decoder weights, to show users.
+
+    Made from the sampled weights rounded to bf16 (which a copy held in fp16/bf16 shares with the fp32
+    original), so the same VAE shows the same id however ComfyUI holds it, and two VAEs that
+    :func:`fingerprints_match` tells apart show different ids. Older fingerprints (statistics only)
+    hash the statistics.
+    """
+    if identity.get("values"):
+        flat = torch.tensor([x for row in identity["values"] for x in row], dtype=torch.float32)
+        payload = flat.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    else:
+        payload = json.dumps([[float(f"{x:.4g}") for x in row] for row in identity.get("stats", [])]).encode()
+    return hashlib.sha256(str(identity.get("arch", "")).encode() + payload).hexdigest()[:12]
 
 
 class TrainableDecoder(nn.Module):
@@ -131,7 +168,7 @@ class SDVAE(nn.Module):
                 "module. Connect a Stable-Diffusion VAE (e.g. sd-vae-ft-mse) or load one with load_vae()."
             )
         return cls(autoencoder.encoder, getattr(autoencoder, "quant_conv", None), autoencoder.decoder,
-                   getattr(autoencoder, "post_quant_conv", None), scaling_factor, name or type(autoencoder).__name__)
+                   getattr(autoencoder, "post_quant_conv", None), scaling_factor, name)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -159,7 +196,7 @@ class SDVAE(nn.Module):
             raise ValueError(f"SDVAE.encode expects images of shape (B,3,H,W); got {tuple(x01.shape)}")
         if x01.shape[-1] % 8 or x01.shape[-2] % 8:
             raise ValueError(
-                f"image size {x01.shape[-2]}x{x01.shape[-1]} is not a multiple of 8; pad it first "
+                f"image size {x01.shape[-1]}x{x01.shape[-2]} (width x height) is not a multiple of 8; pad it first "
                 "(stylemamba.stylize pads and crops back automatically)"
             )
         p = next(self.encoder.parameters())
@@ -234,12 +271,23 @@ def _load_single_file(path: Path) -> nn.Module:
     if any(k.startswith("encoder.down_blocks.") for k in sd):  # already diffusers layout
         raise ValueError(f"{path} holds diffusers-layout keys; load its folder (with config.json) instead")
     config = _ldm_config_from_state_dict(sd, meta)
-    vae = AutoencoderKL(**config)
+    with quiet_loading():
+        vae = AutoencoderKL(**config)
     converted = convert_ldm_vae_checkpoint(sd, vae.config)
     missing, unexpected = vae.load_state_dict(converted, strict=False)
     if missing:
         raise ValueError(f"{path}: VAE weights missing after conversion: {missing[:5]}...")
     return vae
+
+
+def _checked(loaded, src: str) -> nn.Module:
+    """(model, loading info) -> model; weights missing from the files are an error (they would be random)."""
+    model, info = loaded
+    missing, mismatched = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ModelFileError(f"VAE {src}: the weights do not fit its config.json (missing {missing[:3]}, mismatched "
+                             f"{mismatched[:3]}); download the VAE again")
+    return model
 
 
 def load_vae(source: str | Path = DEFAULT_VAE, device: str | torch.device | None = None,
@@ -261,12 +309,14 @@ def load_vae(source: str | Path = DEFAULT_VAE, device: str | torch.device | None
         if not (path / "config.json").is_file():
             raise ModelFileError(f"VAE folder {path} has no config.json: expected a diffusers AutoencoderKL folder "
                                  "(config.json + diffusion_pytorch_model.safetensors)")
-        vae = AutoencoderKL.from_pretrained(str(path), use_safetensors=True)
+        with quiet_loading():
+            vae = _checked(AutoencoderKL.from_pretrained(str(path), use_safetensors=True, output_loading_info=True), src)
     elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise ValueError(f"{path}: pickled checkpoints are not loaded (unsafe); convert it to .safetensors")
     elif src.count("/") == 1 and not path.exists():
         try:
-            vae = AutoencoderKL.from_pretrained(src, use_safetensors=True)
+            with quiet_loading():
+                vae = _checked(AutoencoderKL.from_pretrained(src, use_safetensors=True, output_loading_info=True), src)
         except OSError as exc:
             raise ModelFileError(
                 f"could not load VAE '{src}' from the Hugging Face hub ({exc.__class__.__name__}). Offline? Download "

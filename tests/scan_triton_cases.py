@@ -22,7 +22,7 @@ from stylemamba import ssm  # noqa: E402  (does not import triton)
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 SMALL = dict(block_d=2, chunk=16, num_warps=1)  # several chunks even at tiny lengths
-SMALL_RB = dict(block_d=2, chunk=16, num_warps=1, unroll=2, rev_buf=True)  # the other backward, unrolled
+SMALL_U2 = dict(block_d=2, chunk=16, num_warps=1, unroll=2)  # the state loop unrolled by 2
 
 
 def selective_scan_triton(*args, fwd_config=None, bwd_config=None, infer_config=None, **kw):
@@ -47,10 +47,12 @@ def make_inputs(b, d, n, length, seed=0, delta_shift=0.0, delta_scale=1.0, a_sca
 
 
 def rel_err(a, ref):
+    """max |a - ref| / max |ref|, the denominator at least 1e-3 (as in test_ssm.py): a gradient that is
+    exactly 0 (dA at a single token) is compared in absolute terms, not against rounding noise."""
     a, ref = a.double(), ref.double()
     if not torch.isfinite(a).all():
         return float("inf")
-    return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+    return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-3))
 
 
 def grads_of(fn, inputs, used, cot_seed=1, cot_dtype=torch.float32):
@@ -112,7 +114,7 @@ def case_strong_decay(cfg):
 
 
 def case_bf16():
-    return compare(make_inputs(2, 2, 4, 60, seed=8), io_dtype=torch.bfloat16, cfg=SMALL_RB)
+    return compare(make_inputs(2, 2, 4, 60, seed=8), io_dtype=torch.bfloat16, cfg=SMALL_U2)
 
 
 def case_only_some_grads():
@@ -149,7 +151,7 @@ def case_no_grad_forward():
 def case_mixer():
     """A MambaMixer with backend 'triton' against 'sequential' in fp64: output and every parameter's gradient
     (tiles from the environment variable, as a user would override them: one program of 8 channels)."""
-    os.environ["STYLEMAMBA_SCAN_TILES"] = json.dumps({"fwd": [8, 32, 1, 2], "bwd": [8, 32, 1, 1, True]})
+    os.environ["STYLEMAMBA_SCAN_TILES"] = json.dumps({"fwd": [8, 32, 1, 2], "bwd": [8, 32, 1, 1]})
     torch.manual_seed(0)
     m = ssm.MambaMixer(8, d_state=4, d_conv=3, expand=1)  # 8 channels: two programs of the shipped tile
     x = torch.randn(1, 23, 8)
@@ -170,7 +172,7 @@ def case_mixer():
 def case_self_check():
     """The self-check that "auto" runs before picking Triton passes (here on the interpreter, with
     small tiles so that it stays quick: its length is the chunk + 44 tokens)."""
-    os.environ["STYLEMAMBA_SCAN_TILES"] = json.dumps({"fwd": [4, 16, 1, 4], "bwd": [4, 16, 1, 2, True]})
+    os.environ["STYLEMAMBA_SCAN_TILES"] = json.dumps({"fwd": [4, 16, 1, 4], "bwd": [4, 16, 1, 2]})
     ok = ssm.triton_works("cpu")
     del os.environ["STYLEMAMBA_SCAN_TILES"]
     return {}, {"triton_works": ok, "resolve_triton": ssm.resolve_backend("triton", "cpu") == "triton"}
@@ -179,13 +181,12 @@ def case_self_check():
 CASES = {
     "fp32_len1": (case_lengths(1), 1e-4), "fp32_len37_batch2_ch3": (case_lengths(37, b=2, d=3), 1e-4),
     "fp32_len64": (case_lengths(64), 1e-4), "fp32_len130": (case_lengths(130), 1e-4),
-    "fp32_len1_rev_buf": (case_lengths(1, SMALL_RB), 1e-4), "fp32_len37_rev_buf": (case_lengths(37, SMALL_RB), 1e-4),
-    "fp32_len130_rev_buf": (case_lengths(130, SMALL_RB), 1e-4),
+    "fp32_len37_unroll2": (case_lengths(37, SMALL_U2), 1e-4),
     "fp32_state16_channels_not_multiple": (case_state16_channels_not_multiple, 1e-4),
     "fp32_state3_no_optional_no_softplus": (case_state3_no_optional_no_softplus, 1e-4),
     "fp32_len2000_default_config": (case_long_default_config, 1e-4),
     "fp32_strong_decay": (case_strong_decay(SMALL), 1e-4),
-    "fp32_strong_decay_rev_buf": (case_strong_decay(SMALL_RB), 1e-4),
+    "fp32_strong_decay_unroll2": (case_strong_decay(SMALL_U2), 1e-4),
     "bf16": (case_bf16, 2e-2),
     "only_some_grads": (case_only_some_grads, 1e-4),
     "strided_like_mixer": (case_strided_like_mixer, 1e-4),

@@ -89,6 +89,13 @@ def test_summary_ratios_and_target_checks():
     assert slow["hundred_images_ratio"]["met"] is False  # 100 s against 3 + 3 s: 16.7x
 
 
+def test_the_full_size_table_prints_the_targets_without_issue_numbers():
+    report = _fake_report(step_ms=40.0, recipe_s=1.0, stylise_ms=10.0, per_image_s=4.0, chunked_ms=3.0, kernel_ms=1.0)
+    report["summary"] = bench.summarize(report)
+    table = bench.format_table(report)
+    assert "Targets: step_ms" in table and "issue" not in table.lower()
+
+
 def test_tiny_models_give_no_target_verdicts():
     report = _fake_report(40.0, 1.0, 10.0, 4.0, 3.0, 1.0)
     report["models"] = "tiny"
@@ -132,6 +139,7 @@ def test_tiny_bench_measures_everything(models, tmp_path):
     assert summary["hundred_images"]["clipstyler_s"] == pytest.approx(100 * cs["per_image_s"], rel=1e-3)
     table = bench.format_table(report)
     assert "stylemamba/off" in table and "clipstyler" in table and "(b) one training step" in table
+    assert "Targets" not in table and "issue" not in table.lower()  # 64 px figures are not compared with 512 px targets
 
 
 # ---------------------------------------------------------------------------------------------- speed options
@@ -201,3 +209,25 @@ def test_inductor_compiled_step_matches_eager_on_gpu(tiny_models, photo):
         losses[mode] = [trainer.step(e)[0]["total"] for e in range(2)]
     for a, b in zip(losses["off"], losses["default"]):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_memory_caps_option_runs_the_uncapped_rows_and_says_caps_need_cuda(models, tmp_path, monkeypatch):
+    args = build_parser().parse_args(["bench", "--tiny", "--memory-caps", "8,12", "--memory-caps-only"])
+    assert args.memory_caps == [8.0, 12.0] and args.memory_caps_only
+    for bad in ("8,x", "0", ""):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["bench", "--memory-caps", bad])
+    sizes = bench.Sizes(tiny=True)
+    path = tmp_path / "bench.json"
+    report = bench.run_bench(models, sizes, CPU, [], [], repeats=1, steps=1, json_path=path, memory_caps=[8.0],
+                             caps_repeats=1)
+    caps = json.loads(path.read_text())["memory_caps"]
+    assert [(r["cap_gb"], r["images"]) for r in caps["rows"]] == [(None, 1), (None, 4), (8.0, 1), (8.0, 4)]
+    for row in caps["rows"][:2]:
+        assert row["status"] == "pass" and row["recipe_s"]["n"] == 1 and row["recipe_s"]["median"] > 0
+        assert row["plan"]["micro_batch"] == row["images"] and row["plan"]["view_chunk"] == 0  # CPU: no limit known
+    for row in caps["rows"][2:]:
+        assert row["status"] == "not emulated" and "needs a CUDA device" in row["reason"]
+    table = bench.format_memory_caps(report["memory_caps"])
+    assert "| uncapped | 4 | pass |" in table and "| 8 GB | 1 | not emulated |" in table
+    assert "cannot be emulated on cpu" in table and report["results"] == {}

@@ -43,9 +43,10 @@ def test_train_stylize_info(tmp_path, tiny_models, photo):
     assert info["prompts"] == ["Van Gogh's starry night"] and info["bytes"] == style.stat().st_size
 
 
-def test_clear_errors_for_missing_files(tmp_path, tiny_models):
+def test_clear_errors_for_missing_files(tmp_path, tiny_models, photo):
+    save_image(photo[0], tmp_path / "in" / "photo.png")
     proc = run("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", tmp_path / "none.safetensors",
-               "--input", tmp_path, "--output", tmp_path / "o", ok=False)
+               "--input", tmp_path / "in", "--output", tmp_path / "o", ok=False)
     assert proc.returncode == 2 and "none.safetensors" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("info", tiny_models["vae_ldm"], ok=False)
     assert proc.returncode == 2 and "not a StyleMamba style file" in proc.stderr

@@ -6,6 +6,7 @@ under ``torch.inference_mode()`` as ComfyUI loads models; images arrive in Comfy
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -30,7 +31,7 @@ CONTRACT = {
     "StyleMambaTrain": ["vae", "text_model", "conditioning", "images", "epochs", "steps_per_epoch", "learning_rate",
                         "lr_decay_epoch", "resolution", "seed", "n_crops", "crop_fraction", "mask_ratio", "so_interval",
                         "so_theta", "dir_weight", "patch_weight", "md_weight", "so_weight", "vgg_weight_start",
-                        "vgg_weight_end", "vgg_weight_switch_epoch", "lpips_weight", "precision", "perceptual"],
+                        "vgg_weight_end", "vgg_weight_switch_epoch", "lpips_weight", "precision", "perceptual", "preset"],
     "StyleMambaSaveStyle": ["style", "filename_prefix"],
     "StyleMambaLoadStyle": ["style_name"],
     "StyleMambaStylize": ["style", "vae", "images", "strength", "tile_size", "batch_size", "mask"],
@@ -285,7 +286,15 @@ def test_text_conditioning_and_mix(nodes, text_model):
     assert only_a.prompts == ("oil painting",)
     assert abb.prompts == ("oil painting", "pop art", "pop art")
     assert abb.weights == pytest.approx((0.375, 0.125, 0.5))
-    assert torch.equal(abb.embeddings[2], b.embeddings[0])
+    # what training follows when given the prompts as text (train._as_direction encodes them); the node's
+    # embeddings must give the same direction, or they are dead data
+    train_mod = importlib.import_module(PACK_NAME + ".stylemamba.train")
+    encoded = train_mod._as_direction(text_model, list(abb.prompts), list(abb.weights), abb.source_prompt)
+    e_t, e_src = encoded.e_t, encoded.e_src
+    w = torch.tensor(abb.weights)[:, None]
+    torch.testing.assert_close(torch.nn.functional.normalize((w * abb.embeddings).sum(0), dim=-1), e_t, atol=1e-5,
+                               rtol=1e-5)
+    torch.testing.assert_close(abb.source_embedding, e_src, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="different source prompts"):
         mix.mix(a, enc.encode(text_model, "pop art", "a photo")[0], 0.5)
     with pytest.raises(ValueError, match="empty style prompt"):
@@ -347,16 +356,23 @@ def test_train_node_turns_out_of_memory_into_advice(nodes, pack, vae, text_model
 
 
 # ---------------------------------------------------------------------------------------------------- style files
-def test_save_style_sanitises_the_name_and_never_overwrites(nodes, trained, models_dir):
+def test_save_style_sanitises_the_name_never_overwrites_and_never_duplicates(nodes, trained, models_dir):
     save = nodes["StyleMambaSaveStyle"]()
-    first = save.save(trained["style"], "../../outside/My Style!")
-    second = save.save(trained["style"], "../../outside/My Style!")
-    assert first["result"] == ("My Style__00001.safetensors",)
-    assert second["result"] == ("My Style__00002.safetensors",)
+    style = trained["style"]
+    other = dataclasses.replace(style, embedding=style.embedding + 0.01)  # a different style
+    first = save.save(style, "../../outside/évil ünïcode 名前: a/b")
+    assert first["result"] == ("b_00001.safetensors",)  # folders are never taken from the name
+    first = save.save(other, "../../outside/évil ünïcode 名前")
+    assert first["result"] == ("évil ünïcode 名前_00001.safetensors",)  # Unicode letters are kept
+    again = save.save(other, "another name")  # the identical style is recognised on disk
+    assert again["result"] == first["result"] and "nothing written" in again["ui"]["text"][0]
+    second = save.save(dataclasses.replace(other, embedding=other.embedding + 0.01), "évil ünïcode 名前")
+    assert second["result"] == ("évil ünïcode 名前_00002.safetensors",)  # never overwritten: numbered
     folder = models_dir / "stylemamba"
-    assert (folder / "My Style__00001.safetensors").is_file() and (folder / "My Style__00002.safetensors").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["b_00001.safetensors", "évil ünïcode 名前_00001.safetensors",
+                                                        "évil ünïcode 名前_00002.safetensors"]
     assert not (models_dir.parent / "outside").exists()
-    assert "My Style__00002.safetensors" in nodes["StyleMambaLoadStyle"].INPUT_TYPES()["required"]["style_name"][0]
+    assert "évil ünïcode 名前_00002.safetensors" in nodes["StyleMambaLoadStyle"].INPUT_TYPES()["required"]["style_name"][0]
 
 
 def test_load_style_round_trip_and_clear_errors(nodes, trained, models_dir):
@@ -372,10 +388,33 @@ def test_load_style_round_trip_and_clear_errors(nodes, trained, models_dir):
     (folder / "broken.safetensors").write_bytes(b"\x00\x01 not a safetensors file")
     save_file({"encoder.conv_in.weight": torch.zeros(2, 3, 3, 3)}, str(folder / "a_vae.safetensors"))
     style_file = importlib.import_module(PACK_NAME + ".stylemamba.style_file")
-    with pytest.raises(style_file.StyleFileError, match="corrupt"):
+    # the node raises built-in types (ComfyUI shows "ValueError: ...", not our install path); the cause is kept
+    with pytest.raises(ValueError, match="corrupt") as info:
         load.load("broken.safetensors")
-    with pytest.raises(style_file.StyleFileError, match="not a StyleMamba style file .*a VAE"):
+    assert comfy_type_name(info.value) == "ValueError" and isinstance(info.value.__cause__, style_file.StyleFileError)
+    with pytest.raises(ValueError, match="not a StyleMamba style file .*a VAE") as info:
         load.load("a_vae.safetensors")
+    assert comfy_type_name(info.value) == "ValueError"
+
+
+def comfy_type_name(exc: BaseException) -> str:
+    """How ComfyUI's execution.py (full_type_name) names an exception type in the UI."""
+    klass = type(exc)
+    return klass.__qualname__ if klass.__module__ == "builtins" else klass.__module__ + "." + klass.__qualname__
+
+
+def test_node_errors_reach_comfyui_as_builtin_types_and_oom_stays_oom(pack):
+    nodes_pkg = sys.modules[PACK_NAME + ".nodes"]
+    errors = importlib.import_module(PACK_NAME + ".stylemamba.errors")
+    vae_mod = importlib.import_module(PACK_NAME + ".stylemamba.vae")
+    ch = sys.modules[PACK_NAME + ".nodes.comfy_helpers"]
+    shown = nodes_pkg.shown_as_builtin(vae_mod.ModelFileError("VAE file not found: x"))
+    assert comfy_type_name(shown) == "FileNotFoundError" and str(shown) == "VAE file not found: x"
+    ours = errors.stylizing_out_of_memory("1 image(s) of 64x64", 4, 1024)
+    oom = nodes_pkg.shown_as_builtin(ours)
+    assert type(oom) is torch.cuda.OutOfMemoryError and str(oom) == str(ours)  # ComfyUI unloads on it
+    for foreign in (RuntimeError("torch says"), ch.CancelledWithoutComfy("cancelled"), KeyError("k")):
+        assert nodes_pkg.shown_as_builtin(foreign) is foreign  # not ours, or ComfyUI's interrupt: unchanged
 
 
 # ---------------------------------------------------------------------------------------------------- stylise
@@ -391,12 +430,19 @@ def test_stylize_any_size_batch_with_mask_and_strength(nodes, trained, vae, phot
         wide = comfy_images(photo_loader("rocket", (40, 296)))
         tiled = stylize.stylize(trained["style"], vae, wide, 1.0, 256, 4)[0]  # wider than a tile: tiled VAE
     assert out.shape == images.shape == masked.shape and out.dtype == torch.float32
-    assert float((out - images).abs().mean()) > 1e-3
+    # the node gives the library's pixels (sizes that are not multiples of 8, batches, tiles, strength 0)
+    lib = importlib.import_module(PACK_NAME + ".stylemamba.stylize")
+    sdvae = sys.modules[PACK_NAME + ".nodes.comfy_helpers"].prepare_vae(vae)
+    x = images.permute(0, 3, 1, 2).clone()
+    torch.testing.assert_close(out, lib.stylize(x, sdvae, trained["style"]).permute(0, 2, 3, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recon, lib.stylize(x, sdvae, trained["style"], strength=0.0).permute(0, 2, 3, 1),
+                               atol=1e-5, rtol=1e-5)
+    assert float((out - recon).abs().max()) > 0.01  # the trained style changes the picture
     assert torch.allclose(masked[:, :, :28], images[:, :, :28], atol=1e-5)  # left of the mask: original pixels
     assert torch.allclose(masked[:, :, 32:], out[:, :, 32:], atol=1e-4)  # inside: the style
-    assert not torch.allclose(recon, out, atol=1e-3)
-    assert tiled.shape == wide.shape and bool(torch.isfinite(tiled).all())
-    assert float((tiled - wide).abs().mean()) > 1e-3
+    assert tiled.shape == wide.shape
+    torch.testing.assert_close(tiled, lib.stylize(wide.permute(0, 3, 1, 2).clone(), sdvae, trained["style"],
+                                                  tile_size=256).permute(0, 2, 3, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_mix_styles_and_stylize_latent(nodes, trained, vae, photo):
@@ -414,7 +460,11 @@ def test_mix_styles_and_stylize_latent(nodes, trained, vae, photo):
         from_latent = nodes["StyleMambaStylizeLatent"]().decode(trained["style"], vae, latent, 1.0)[0]
     assert mixed.weights == (0.5, 0.5) and only_a.weights == (1.0,)
     assert torch.allclose(out_only_a, out_a, atol=1e-5)
-    assert not torch.allclose(out_mix, out_a, atol=1e-3)
+    lib = importlib.import_module(PACK_NAME + ".stylemamba.stylize")
+    sdvae = sys.modules[PACK_NAME + ".nodes.comfy_helpers"].prepare_vae(vae)
+    expected = lib.stylize(photo, sdvae, [trained["style"], other], weights=[0.5, 0.5]).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out_mix, expected, atol=1e-5, rtol=1e-5)  # the node mixes as the library does
+    assert float((out_mix - out_a).abs().max()) > 0.01
     assert latent["samples"].shape == (1, 4, 8, 8)
     assert from_latent.shape == images.shape
     assert torch.allclose(from_latent, out_a, atol=2e-3)  # same path as Stylize for sizes that are multiples of 8
@@ -441,6 +491,134 @@ def test_loss_curve_image_draws_every_term_and_survives_edge_cases(pack):
     colours = plots._COLOURS
     assert has_colour(curve, colours[0]) and has_colour(curve, colours[1]) and has_colour(curve, colours[2])
     assert not has_colour(blank, colours[0])
+
+
+# ---------------------------------------------------------------------------------------------------- caches, names
+def test_stylize_reuses_the_built_style_across_calls(nodes, pack, trained, vae, photo, monkeypatch):
+    style_model_mod = importlib.import_module(PACK_NAME + ".stylemamba.style_model")
+    caches = sys.modules[PACK_NAME + ".nodes.caches"]
+    caches.style_models.clear()
+    built = []
+    real = style_model_mod.StyleModel.from_styles
+
+    def counting(*args, **kwargs):
+        built.append(args[2:] + tuple(kwargs.values()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(style_model_mod.StyleModel, "from_styles", staticmethod(counting))
+    images = comfy_images(photo)
+    node = nodes["StyleMambaStylize"]()
+    with torch.inference_mode():
+        first = node.stylize(trained["style"], vae, images, 0.8, 1024, 4)[0]
+        second = node.stylize(trained["style"], vae, images, 0.8, 1024, 4)[0]
+        assert len(built) == 1  # the second call reused the style's decoder
+        assert torch.equal(first, second)
+        latent = nodes["StyleMambaVAEEncode"]().encode(vae, images)[0]
+        nodes["StyleMambaStylizeLatent"]().decode(trained["style"], vae, latent, 0.8)
+        assert len(built) == 1  # Stylize Latent shares the cache
+        other = node.stylize(trained["style"], vae, images, 0.5, 1024, 4)[0]  # another strength: another model
+        assert len(built) == 2 and not torch.equal(other, first)
+        node.stylize(trained["style"], vae, images, 0.3, 1024, 4)
+        assert len(built) == 3 and len(caches.style_models.entries) == caches.STYLE_MODELS  # bounded
+        again = node.stylize(trained["style"], vae, images, 0.8, 1024, 4)[0]  # evicted: built again, same pixels
+    assert len(built) == 4 and torch.equal(again, first)
+
+
+def test_identical_training_is_not_repeated_after_another_prompt(nodes, pack, vae, text_model, small_fusion,
+                                                                  monkeypatch):
+    from conftest import load_photo
+
+    train_mod = importlib.import_module(PACK_NAME + ".stylemamba.train")
+    calls = []
+    real = train_mod.train_style
+    monkeypatch.setattr(train_mod, "train_style", lambda *a, **k: calls.append(1) or real(*a, **k))
+    node = nodes["StyleMambaTrain"]()
+
+    def train(seed, photo="astronaut"):
+        with torch.inference_mode():
+            cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+            images = comfy_images(load_photo(photo, (48, 56)))  # fresh tensors, as a new prompt brings
+            return node.train(vae, text_model, cond, images, **train_args(epochs=1, n_crops=1, seed=seed))
+
+    first = train(seed=7)
+    other = train(seed=8)  # another prompt runs in between (ComfyUI forgets the first result)
+    again = train(seed=7)
+    assert len(calls) == 2 and again[0] is first[0] and torch.equal(again[1], first[1])
+    assert other[0] is not first[0]
+    train(seed=7, photo="coffee")  # other content pixels: trained
+    assert len(calls) == 3
+
+
+def test_vae_mismatch_names_the_vae_files_from_the_workflow(nodes, pack, trained, vae, photo, tiny_models):
+    from diffusers import AutoencoderKL
+
+    with torch.inference_mode():
+        model = AutoencoderKL.from_pretrained(str(tiny_models["vae"])).eval()
+        for p in model.decoder.parameters():
+            p.add_(torch.randn_like(p) * float(p.abs().mean()) * 0.05)  # a fine-tune of the same architecture
+    prompt = {"3": {"class_type": "VAELoader", "inputs": {"vae_name": "tuned-vae.safetensors"}},
+              "9": {"class_type": "StyleMambaStylize", "inputs": {"vae": ["3", 0]}}}
+    style = dataclasses.replace(trained["style"], metadata={**trained["style"].metadata,
+                                                            "base_vae_name": "vae-ft-mse.safetensors"})
+    caches = sys.modules[PACK_NAME + ".nodes.caches"]
+    with torch.inference_mode():
+        nodes["StyleMambaStylize"]().stylize(style, vae, comfy_images(photo), 1.0, 1024, 4)  # a good entry
+    kept = list(caches.style_models.entries)
+    with torch.inference_mode(), pytest.raises(ValueError) as info:
+        nodes["StyleMambaStylize"]().stylize(style, FakeComfyVAE(model), comfy_images(photo), 1.0, 1024, 4,
+                                             unique_id="9", prompt=prompt)
+    assert list(caches.style_models.entries) == kept  # the refused VAE evicted nothing
+    message = str(info.value)
+    assert "'vae-ft-mse.safetensors' (weights " in message and "'tuned-vae.safetensors' (weights " in message
+    ids = [part.split(")")[0] for part in message.split("(weights ")[1:]]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    ch = sys.modules[PACK_NAME + ".nodes.comfy_helpers"]
+    ckpt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+            "2": {"class_type": "StyleMambaTrain", "inputs": {"vae": ["1", 2]}}}
+    assert ch.linked_file_name(ckpt, "2", "vae") == "sd15.safetensors (checkpoint's VAE)"
+    assert ch.linked_file_name(None, None, "vae") == "" and ch.linked_file_name(ckpt, "1", "vae") == ""
+
+
+def test_nan_pixels_are_an_error_in_the_nodes(nodes, trained, vae, text_model, photo):
+    bad = photo.clone()
+    bad[0, 1, 3, 5] = float("nan")
+    bad[0, 0, 7, 7] = float("inf")
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+        with pytest.raises(ValueError, match="2 NaN or infinite pixel value"):
+            nodes["StyleMambaStylize"]().stylize(trained["style"], vae, comfy_images(bad), 1.0, 1024, 4)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(bad), **train_args())
+
+
+def test_train_node_cpu_preset(nodes, pack, vae, text_model, photo, monkeypatch):
+    train_mod = importlib.import_module(PACK_NAME + ".stylemamba.train")
+    seen = {}
+
+    def capture(vae, text, content, prompts, config, **kwargs):
+        seen["config"] = config
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train_mod, "train_style", capture)
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+        with pytest.raises(RuntimeError, match="stop here"):
+            nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo), preset="cpu",
+                                             **train_args(resolution=512, n_crops=64))
+    cfg = seen["config"]
+    assert (cfg.resolution, cfg.loss.n_crops, cfg.fusion.width, cfg.fusion.depth) == (256, 16, 128, 2)
+    assert cfg.epochs == 2 and cfg.loss.mask_ratio == 0.5  # the rest of the recipe is the widgets'
+
+
+def test_loss_curve_title_is_wrapped_not_cut(pack):
+    plots = importlib.import_module(PACK_NAME + ".stylemamba.plots")
+    title = "StyleMamba: " + ", ".join(["Van Gogh's starry night with swirling blue sky"] * 3 + ["évil ünïcode"])
+    lines = plots.title_lines(title, lambda text: 6.0 * len(text), 624)
+    assert len(lines) == 2 and " ".join(lines) == title and all(6.0 * len(line) <= 624 for line in lines)
+    many = plots.title_lines("word " * 400, lambda text: 6.0 * len(text), 624)
+    assert len(many) == 3 and many[-1].endswith("…") and all(6.0 * len(line) <= 624 for line in many)
+    image = plots.loss_curve_image([{"total": 1.0}, {"total": 0.5}], title=title)
+    assert image.shape == (3, 360, 640)
 
 
 # ---------------------------------------------------------------------------------------------------- zero-shot

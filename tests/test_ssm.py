@@ -153,8 +153,11 @@ def test_auto_backend_order_on_cuda(monkeypatch, kernel, triton_ok, expected):
 
 def test_triton_import_failure_falls_back(monkeypatch, caplog):
     """No triton (Windows ComfyUI portable): logged once, never picked, a clear error when asked for."""
+    import stylemamba
+
     monkeypatch.setitem(sys.modules, "triton", None)  # ``import triton`` now raises ImportError
     monkeypatch.delitem(sys.modules, "stylemamba.scan_triton", raising=False)
+    monkeypatch.delattr(stylemamba, "scan_triton", raising=False)  # else ``from . import`` finds it there
     monkeypatch.setattr(ssm, "_TRITON_SCAN", None)
     monkeypatch.setattr(ssm, "_TRITON_IMPORT_ERROR", None)
     monkeypatch.setattr(ssm, "_TRITON_OK", {})

@@ -12,7 +12,7 @@ from stylemamba.style_file import (StyleFileError, describe_style, load_style, r
                                    safe_style_filename, save_style)
 from stylemamba.stylize import stylize
 from stylemamba.train import train_style
-from stylemamba.vae import load_vae
+from stylemamba.vae import load_vae, weights_id
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +85,26 @@ def test_foreign_truncated_and_other_vae_files_are_refused(tmp_path, trained, ti
     with torch.no_grad():
         for p in other.decoder.parameters():
             p.add_(0.5)
-    with pytest.raises(StyleFileError, match="trained on another VAE"):
+    other.name = "other-vae.safetensors"
+    with pytest.raises(StyleFileError) as info:
         stylize(photo, other, load_style(good))
+    message = str(info.value)
+    # the message names both VAEs by file name and by a weight id that differs (the architecture hash does not)
+    trained_id, connected_id = weights_id(vae.identity), weights_id(other.identity)
+    assert trained_id != connected_id and vae.identity["arch"] == other.identity["arch"]
+    assert f"'{vae.name}' (weights {trained_id})" in message
+    assert f"'other-vae.safetensors' (weights {connected_id})" in message
+    assert "Connect the VAE the style was trained with" in message
+
+
+def test_pickled_files_are_refused_as_pickles(tmp_path):
+    pickled = tmp_path / "style.ckpt"
+    torch.save({"embedding": torch.zeros(2)}, pickled)
+    renamed = tmp_path / "renamed.safetensors"  # a torch.save file given a safetensors name
+    renamed.write_bytes(pickled.read_bytes())
+    for path in (pickled, renamed):
+        with pytest.raises(StyleFileError, match="pickled files are not loaded"):
+            load_style(path)
 
 
 def test_file_names_are_sanitised():
@@ -95,3 +113,8 @@ def test_file_names_are_sanitised():
     assert safe_style_filename("<|>") == "_.safetensors"
     assert safe_style_filename("") == "style.safetensors"
     assert "/" not in safe_style_filename("a/b/c")
+    # letters of every script are kept; only unsafe characters are replaced
+    assert safe_style_filename("évil ünïcode 名前") == "évil ünïcode 名前.safetensors"
+    assert safe_style_filename('a<b>c:d"e|f?g*h') == "a_b_c_d_e_f_g_h.safetensors"
+    assert safe_style_filename("tab\there\x00") == "tab_here_.safetensors"
+    assert safe_style_filename("CON") == "_CON.safetensors"  # reserved on Windows

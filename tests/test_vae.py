@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stylemamba.vae import ModelFileError, SDVAE, fingerprints_match, load_vae
+from stylemamba.vae import ModelFileError, SDVAE, fingerprints_match, load_vae, weights_id
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,23 @@ def test_fingerprint_tolerates_half_precision_but_not_other_weights(tiny_models,
             p.mul_(1.02)  # a decoder 2 % away (e.g. a fine-tune of the same VAE) is another base
     other._identity = None
     assert not fingerprints_match(vae.identity, other.identity)
+
+
+def test_fingerprint_tells_a_fine_tune_apart_and_shows_a_weight_id(tiny_models, vae):
+    """A fine-tune moves single weights while keeping the statistics (what sd-vae-ft-mse is to kl-f8)."""
+    tuned = load_vae(tiny_models["vae"])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * float(p.abs().mean()) * 0.05)
+    tuned._identity = None
+    stats_only = [{k: v for k, v in f.items() if k != "values"} for f in (vae.identity, tuned.identity)]
+    assert fingerprints_match(*stats_only)  # the statistics alone (what 0.1 styles stored) cannot tell
+    assert not fingerprints_match(vae.identity, tuned.identity)
+    assert vae.identity["arch"] == tuned.identity["arch"]  # the hash the old message printed: the same
+    assert weights_id(vae.identity) != weights_id(tuned.identity)
+    assert weights_id(vae.identity) == weights_id(load_vae(tiny_models["vae"], dtype=torch.bfloat16).identity)
+    assert len(weights_id(vae.identity)) == 12 and weights_id(stats_only[0]) != weights_id(stats_only[1])
 
 
 def test_bad_inputs_have_clear_errors(tmp_path, vae, photo):

@@ -6,7 +6,7 @@ base-patch16-224, CLIP ViT-B/32 (the CLIPstyler baseline), VGG19 and LPIPS-VGG. 
 models is not timed; everything after it is. ``--tiny`` runs the same code on the tiny models of
 :mod:`stylemamba.testing.tiny_models` at tiny sizes (the CPU test of this module).
 
-What is measured (issue 4), per fusion variant (Mamba, cross-attention) and per speed setting
+What is measured, per fusion variant (Mamba, cross-attention) and per speed setting
 (``--compile off`` = plain eager PyTorch, or a ``torch.compile`` mode):
 
 (a) ``recipe``: the whole default recipe, from content tensors on the device to a ``Style`` on
@@ -52,7 +52,7 @@ log = logging.getLogger("stylemamba")
 PROMPT = "a watercolor painting with bold ink outlines"
 DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, vendor datasheets
 
-# Issue 4's targets on one H200 (None: no fixed number).
+# The speed and memory targets on one H200 (None: no fixed number); checked on the full-size run only.
 TARGETS = {
     "step_ms": 50.0, "recipe_s": 2.0, "stylise_512_ms": 20.0, "stylise_1024_ms": 80.0, "video_fps": 60.0,
     "train_peak_gb": 12.0, "hundred_images_ratio": 50.0, "scan_vs_kernel": 2.0,
@@ -553,6 +553,96 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
     return res
 
 
+# ---------------------------------------------------------------------------------------------- small GPUs
+def parse_caps(text: str) -> list[float]:
+    """``"8,12"`` -> [8.0, 12.0] (GB cards to emulate)."""
+    try:
+        caps = [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--memory-caps {text!r}: give card sizes in GB, e.g. 8,12") from None
+    if not caps or any(c <= 0 for c in caps):
+        raise argparse.ArgumentTypeError(f"--memory-caps {text!r}: give positive card sizes in GB, e.g. 8,12")
+    return caps
+
+
+def bench_memory_caps(models: Models, sizes: Sizes, device: torch.device, caps_gb: list[float],
+                      images: tuple[int, ...] = (1, 4), repeats: int = 2) -> dict[str, Any]:
+    """The default recipe (memory_plan "auto") on 1 and 4 content images, uncapped and on emulated small cards.
+
+    A card of C GB is emulated with ``torch.cuda.set_per_process_memory_fraction(C / total)``: the frozen
+    networks count against it, as on a real card (the CUDA context, ~0.5 GB on a real card, does not).
+    Each setting: one untimed warm-up run, then ``repeats`` timed runs (median). CPU: caps cannot be
+    emulated; the uncapped rows run and every capped row says so.
+    """
+    from ..train import train_style
+
+    out: dict[str, Any] = {"caps_gb": caps_gb, "images": list(images), "repeats": repeats, "rows": []}
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    if total is None:
+        out["note"] = (f"memory caps cannot be emulated on {device.type}: torch.cuda.set_per_process_memory_fraction "
+                       "needs a CUDA device; only the uncapped runs were measured")
+        log.warning("bench: %s", out["note"])
+    base: dict[int, float] = {}
+    for cap in [None, *caps_gb]:
+        for n in images:
+            row: dict[str, Any] = {"cap_gb": cap, "images": n}
+            out["rows"].append(row)
+            if cap is not None and total is None:
+                row.update(status="not emulated", reason=out["note"])
+                continue
+            if cap is not None and cap * 1e9 > total:
+                row.update(status="not emulated", reason=f"the card has only {total / 1e9:.1f} GB")
+                continue
+            x = content_images(n, sizes.train, device, seed=n)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.set_per_process_memory_fraction(1.0 if cap is None else cap * 1e9 / total, device)
+            try:
+                times, peak, result = [], None, None
+                for i in range(repeats + 1):
+                    box: dict = {}
+                    with peak_memory(device, box):
+                        t0 = time.perf_counter()
+                        result = train_style(models.vae, models.siglip, x, PROMPT, sizes.train_config(), vgg=models.vgg,
+                                             lpips=models.lpips, device=device)
+                        sync(device)
+                        seconds = time.perf_counter() - t0
+                    if i:
+                        times.append(seconds)
+                    peak = max(peak or 0.0, box.get("peak_gb") or 0.0) if box.get("peak_gb") is not None else None
+                row.update(status="pass", recipe_s=stats(times), peak_gb=peak,
+                           plan=result.style.metadata.get("memory_plan"))
+                if cap is None:
+                    base[n] = row["recipe_s"]["median"]
+                elif n in base:
+                    row["ratio_to_uncapped"] = round(row["recipe_s"]["median"] / base[n], 3)
+            except torch.cuda.OutOfMemoryError as exc:  # the library's OutOfMemory is one too
+                row.update(status="fail", reason=f"out of memory: {str(exc)[:300]}")
+            finally:
+                result = None
+                if device.type == "cuda":
+                    torch.cuda.set_per_process_memory_fraction(1.0, device)
+                    torch.cuda.empty_cache()
+            log.info("bench: memory cap %s GB, %d image(s): %s", cap, n, row.get("status"))
+    return out
+
+
+def format_memory_caps(section: dict[str, Any]) -> str:
+    """The emulated-small-GPU table: pass/fail, time per style, peak, ratio to the uncapped run."""
+    lines = ["| card | content images | result | per style (s) | x uncapped | peak (GB) | plan |", "|---|---|---|---|---|---|---|"]
+    for r in section["rows"]:
+        plan = r.get("plan") or {}
+        plan_text = (f"micro_batch {plan['micro_batch']}, view_chunk {plan['view_chunk'] or 'all'}, "
+                     f"checkpointing {'on' if plan['checkpointing'] else 'off'}") if plan else r.get("reason", "")
+        card = "uncapped" if r["cap_gb"] is None else f"{r['cap_gb']:g} GB"
+        lines.append(f"| {card} | {r['images']} | {r['status']} | {_fmt(r.get('recipe_s'))} | "
+                     f"{_fmt(r.get('ratio_to_uncapped'))} | {_fmt(r.get('peak_gb'))} | {plan_text} |")
+    if section.get("note"):
+        lines.append("")
+        lines.append(section["note"])
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- CLIPstyler
 def bench_clipstyler(models: Models, sizes: Sizes, device: torch.device, steps: int, full_run: bool) -> dict[str, Any]:
     """Per-step and per-image cost of the CLIPstyler baseline (CLIP ViT-B/32, its 200-step recipe)."""
@@ -592,8 +682,12 @@ def bench_clipstyler(models: Models, sizes: Sizes, device: torch.device, steps: 
 
 # ---------------------------------------------------------------------------------------------- the run
 def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes: list[str], variants: list[str],
-              repeats: int, steps: int, json_path: Path | None = None, clipstyler_full: bool = True) -> dict[str, Any]:
-    """All measurements; writes ``json_path`` after every section (a cut-short run keeps what it measured)."""
+              repeats: int, steps: int, json_path: Path | None = None, clipstyler_full: bool = True,
+              memory_caps: list[float] | None = None, caps_repeats: int = 2) -> dict[str, Any]:
+    """All measurements; writes ``json_path`` after every section (a cut-short run keeps what it measured).
+
+    ``memory_caps``: GB cards to emulate (:func:`bench_memory_caps`), measured first; ``variants`` may be
+    empty to measure only those."""
     report: dict[str, Any] = {"env": environment(device), "models": models.kind,
                               "sizes": {"train": sizes.train, "stylise": list(sizes.stylise),
                                         "video_frames": sizes.video_frames, "video_batch": sizes.video_batch},
@@ -606,6 +700,12 @@ def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes:
 
     report["env"]["matmul_bf16_tflops"] = matmul_peak_tflops(device)
     save()
+    if memory_caps:
+        log.info("bench: memory caps %s GB", memory_caps)
+        t0 = time.perf_counter()
+        report["memory_caps"] = bench_memory_caps(models, sizes, device, memory_caps, repeats=caps_repeats)
+        report["memory_caps"]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+        save()
     for i, mode in enumerate(compile_modes):
         for kind in [v for v in variants if v in ("mamba", "cross_attention")]:
             key = f"{'stylemamba' if kind == 'mamba' else 'cross_attention'}/{mode}"
@@ -800,9 +900,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"Selective scan fwd+bwd alone: chunked {sc['chunked_fwd_bwd_ms']} ms, mamba-ssm kernel "
                      f"{sc['mamba_ssm_fwd_bwd_ms']} ms (ratio {sc['chunked_over_kernel']}); share of the step: "
                      f"chunked {sc['chunked_share_of_step']}, kernel {sc['kernel_share_of_step']}")
-    if summary.get("targets"):
+    if summary.get("targets") and report.get("models") == "full":  # the targets are for the full-size run only
         lines.append("")
-        lines.append("Targets (issue 4): " + "; ".join(
+        lines.append("Targets: " + "; ".join(
             f"{k} {v['measured']} vs {v['target']} {'MET' if v['met'] else ('missed' if v['met'] is False else 'n/a')}"
             for k, v in summary["targets"].items()))
     env = report["env"]
@@ -830,6 +930,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-clipstyler-full-run", action="store_true",
                    help="estimate CLIPstyler's per-image time from its steps instead of running all of them")
     p.add_argument("--json", default="bench_results.json", help="where to write the results")
+    p.add_argument("--memory-caps", type=parse_caps, metavar="GB,GB",
+                   help="also run the default recipe (1 and 4 content images) on emulated cards of these sizes "
+                        "(e.g. 8,12) with torch.cuda.set_per_process_memory_fraction; CUDA only (on a CPU the "
+                        "capped rows say they were not emulated)")
+    p.add_argument("--memory-caps-only", action="store_true", help="with --memory-caps: measure nothing else")
+    p.add_argument("--caps-repeats", type=int, default=2, help="timed runs per memory-cap setting (after a warm-up)")
     p.set_defaults(func=cmd_bench)
     return p
 
@@ -838,19 +944,26 @@ def cmd_bench(args) -> int:
     from ..cli import pick_device
 
     device = pick_device(args.device)
+    if args.memory_caps_only and not args.memory_caps:
+        raise SystemExit("--memory-caps-only needs --memory-caps (e.g. --memory-caps 8,12)")
     sizes = Sizes(args.tiny, args.video_frames, args.video_batch)
     t0 = time.perf_counter()
     if args.tiny:
         models = build_tiny_bench_models(device, args.models_dir)
     else:
-        models = build_full_models(device, with_clip="clipstyler" in args.variants)
+        models = build_full_models(device, with_clip="clipstyler" in args.variants and not args.memory_caps_only)
     sync(device)
     log.info("bench: models built in %.1f s (not timed)", time.perf_counter() - t0)
-    report = run_bench(models, sizes, device, args.compile, args.variants,
+    report = run_bench(models, sizes, device, [] if args.memory_caps_only else args.compile,
+                       [] if args.memory_caps_only else args.variants,
                        repeats=args.repeats or (1 if args.tiny else 3), steps=args.steps or (3 if args.tiny else 20),
-                       json_path=Path(args.json), clipstyler_full=not args.no_clipstyler_full_run)
+                       json_path=Path(args.json), clipstyler_full=not args.no_clipstyler_full_run,
+                       memory_caps=args.memory_caps, caps_repeats=args.caps_repeats)
     report["command"] = "python -m stylemamba bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])
     Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-    print(format_table(report))
+    if report["results"]:
+        print(format_table(report))
+    if "memory_caps" in report:
+        print("\nEmulated small GPUs (default recipe, memory_plan auto):\n" + format_memory_caps(report["memory_caps"]))
     print(f"\nwritten: {args.json}")
     return 0

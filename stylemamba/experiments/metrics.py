@@ -64,7 +64,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, channel: str = "luminance", window: i
     if channel not in ("luminance", "rgb"):
         raise ValueError(f"ssim: channel must be 'luminance' or 'rgb', got {channel!r}")
     if min(x.shape[-2:]) < window:
-        raise ValueError(f"ssim: images of {x.shape[-2]}x{x.shape[-1]} are smaller than the {window}-pixel window")
+        raise ValueError(f"ssim: images of {x.shape[-1]}x{x.shape[-2]} (width x height) are smaller than the {window}-pixel window")
     x, y = x.double(), y.double()
     if channel == "luminance":
         x, y = luminance(x), luminance(y)

@@ -149,7 +149,7 @@ class StyleUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, use_sigmoid: bool = True) -> torch.Tensor:
         if x.shape[-1] % 8 or x.shape[-2] % 8:
-            raise ValueError(f"StyleUNet needs H and W multiples of 8; got {x.shape[-2]}x{x.shape[-1]}")
+            raise ValueError(f"StyleUNet needs H and W multiples of 8; got {x.shape[-1]}x{x.shape[-2]} (width x height)")
         stem = self.stem_block(self.stem(x))
         h, skips = stem, []
         for block, down in zip(self.down_blocks, self.downsample):

@@ -1,0 +1,102 @@
+"""One log prefix for every StyleMamba message, and quiet third-party warnings that tell users nothing.
+
+Every module logs to the ``stylemamba`` logger without a prefix of its own; :class:`OnePrefix`
+puts exactly one in front (``stylemamba:`` on the command line, ``StyleMamba:`` in ComfyUI,
+whose console prints bare messages) and drops any prefix a message already carries.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import warnings
+
+LOGGER = "stylemamba"
+_OLD_PREFIX = re.compile(r"^\s*(?:\[?stylemamba\]?:?\s+)+", re.IGNORECASE)
+
+# Warnings raised inside the libraries we call that are about their internals or future versions,
+# not about anything a StyleMamba user can change. (module regex, message regex)
+QUIET_WARNINGS = (
+    (r"(transformers|diffusers|huggingface_hub|torchvision|lpips|timm)(\.|$)", r".*deprecat.*"),
+    (r"(transformers|diffusers|huggingface_hub|torchvision|lpips)(\.|$)", r".*will be removed.*"),
+    (r"torchvision(\.|$)", r".*(pretrained|weights).*"),
+    (r"torch\.utils\.checkpoint", r".*use_reentrant.*"),
+    (r"torch(\.|$)", r".*TypedStorage is deprecated.*"),
+)
+
+
+class OnePrefix(logging.Filter):
+    """Rewrites each record of the ``stylemamba`` logger to start with ``prefix`` (once)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "_stylemamba_prefixed", False):
+            message = _OLD_PREFIX.sub("", str(record.msg))
+            if record.levelno >= logging.WARNING:
+                message = f"{record.levelname.lower()}: {message}"
+            record.msg = f"{self.prefix} {message}"
+            record._stylemamba_prefixed = True
+        return True
+
+
+def install_prefix(prefix: str) -> None:
+    """Put :class:`OnePrefix` on the ``stylemamba`` logger (replacing one installed before)."""
+    logger = logging.getLogger(LOGGER)
+    for f in [f for f in logger.filters if isinstance(f, OnePrefix)]:
+        logger.removeFilter(f)
+    logger.addFilter(OnePrefix(prefix))
+
+
+def quiet_third_party_warnings() -> None:
+    """Hide the third-party warnings listed in :data:`QUIET_WARNINGS`, and the advice and progress bars
+    diffusers / transformers / huggingface_hub print while loading (``pip install accelerate``, token-id
+    checks of a config, "Loading weights" bars). Their errors still show; a model whose weights do not
+    fit is an error of ours (encoders, vae). Environment variables the user set win.
+    """
+    for module, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def setup_cli_logging(verbose: bool = False) -> None:
+    """Command line: ``stylemamba: message`` (``stylemamba: warning: ...``) on stderr."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    logging.getLogger(LOGGER).setLevel(logging.DEBUG if verbose else logging.INFO)
+    install_prefix("stylemamba:")
+    if not verbose:
+        quiet_third_party_warnings()
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """While loading a model: transformers' and diffusers' warnings and progress bars off, then restored.
+
+    Used inside ComfyUI too, where the process-wide settings are not ours to change for good. Safe because
+    the loaders check for missing weights themselves (an error, not a warning).
+    """
+    saved = []
+    for name in ("transformers", "diffusers"):
+        try:
+            lib = __import__(f"{name}.utils.logging", fromlist=["get_verbosity"])
+        except ImportError:
+            continue
+        bars = getattr(lib, "is_progress_bar_enabled", lambda: None)()
+        saved.append((lib, lib.get_verbosity(), bars))
+        lib.set_verbosity_error()
+        if bars:
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()

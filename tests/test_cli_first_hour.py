@@ -1,0 +1,217 @@
+"""What a new user meets on the command line: nothing overwritten, one-line errors (exit code 2), videos.
+
+Every case runs ``python -m stylemamba`` in a subprocess, as a user types it.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from small import small_config
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.image_io import load_image, save_image
+from stylemamba.style_file import save_style
+from stylemamba.train import train_style
+from stylemamba.vae import load_vae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, python_prelude: str | None = None, **popen):
+    cmd = [sys.executable, "-m", "stylemamba", *map(str, args)]
+    if python_prelude:  # e.g. make `import av` fail, as on a machine without the video extra
+        cmd = [sys.executable, "-c", python_prelude + "\nimport sys\nfrom stylemamba.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, **popen)
+
+
+def one_line_error(proc, *needles):
+    """Exit code 2, no traceback, exactly one 'error:' line that contains every needle."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def style_file(tiny_models, tmp_path_factory, photo_loader):
+    folder = tmp_path_factory.mktemp("cli_style")
+    vae, text = load_vae(tiny_models["vae_ldm"]), load_text_image_encoder(tiny_models["siglip"])
+    style = train_style(vae, text, photo_loader(), "pop art", small_config(epochs=1)).style
+    return Path(save_style(style, folder / "pop.safetensors")["path"])
+
+
+@pytest.fixture
+def photos(tmp_path, photo_loader):
+    folder = tmp_path / "photos"
+    paths = [save_image(photo_loader(name, (40, 56))[0], folder / f"{name}.png") for name in ("astronaut", "coffee")]
+    return folder, paths
+
+
+def stylize_args(tiny_models, style_file, *rest):
+    return ("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", style_file, "--quiet", *rest)
+
+
+# ------------------------------------------------------------------------------------------ no data loss
+def test_stylize_never_writes_over_its_input(tiny_models, style_file, photos):
+    _, (photo, _) = photos
+    before = photo.read_bytes()
+    for extra in ((), ("--overwrite",)):
+        proc = run(*stylize_args(tiny_models, style_file, "--input", photo, "--output", photo, *extra))
+        one_line_error(proc, "is an input file", "never overwrites its inputs")
+    assert photo.read_bytes() == before
+
+
+def test_stylize_refuses_an_existing_output_unless_overwrite(tiny_models, style_file, photos, tmp_path):
+    _, (photo, _) = photos
+    target = tmp_path / "result.png"
+    target.write_bytes(b"the user's earlier result")
+    proc = run(*stylize_args(tiny_models, style_file, "--input", photo, "--output", target))
+    one_line_error(proc, "already exists", "--overwrite")
+    assert target.read_bytes() == b"the user's earlier result"
+    proc = run(*stylize_args(tiny_models, style_file, "--input", photo, "--output", target, "--overwrite"))
+    assert proc.returncode == 0, proc.stderr
+    assert load_image(target).shape == (1, 3, 40, 56)
+    assert f"stylemamba: wrote {target}" in proc.stderr  # says what was written where
+    # one prefix, and nothing from the libraries underneath (loading chatter, progress bars)
+    assert proc.stderr.splitlines() and all(line.startswith("stylemamba: ") for line in proc.stderr.splitlines())
+
+
+def test_loading_models_in_a_host_process_is_quiet_and_restores_its_settings(tiny_models):
+    code = ("import transformers.utils.logging as t\n"
+            "from stylemamba.encoders import load_text_image_encoder\nfrom stylemamba.vae import load_vae\n"
+            f"load_text_image_encoder({str(tiny_models['siglip'])!r}); load_vae({str(tiny_models['vae'])!r})\n"
+            f"load_vae({str(tiny_models['vae_ldm'])!r})\n"
+            "print(t.get_verbosity(), t.is_progress_bar_enabled())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # before: config warnings, "Loading weights" bars
+    assert proc.stdout.split() == ["30", "True"]  # a host (ComfyUI) keeps its own verbosity and progress bars
+
+
+def test_folder_input_needs_a_folder_output(tiny_models, style_file, photos, tmp_path):
+    folder, _ = photos
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", tmp_path / "o.png"))
+    one_line_error(proc, "names a file", "folder of 2 image(s)")
+    assert not (tmp_path / "o.png").exists()  # before: a DIRECTORY named o.png
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", tmp_path / "styled"))
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(proc.stdout)["images"]
+    assert sorted(Path(p).name for p in written) == ["astronaut_styled.png", "coffee_styled.png"]
+    assert f"stylemamba: wrote 2 images in {tmp_path / 'styled'}" in proc.stderr
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", tmp_path / "styled"))
+    one_line_error(proc, "2 of the 2 outputs already exist", "--overwrite")
+
+
+def test_train_refuses_to_overwrite_a_style(tiny_models, style_file, photos, tmp_path):
+    _, (photo, _) = photos
+    existing = tmp_path / "mine.safetensors"
+    existing.write_bytes(style_file.read_bytes())
+    # checked before anything is loaded or trained (no models are needed to be refused)
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no-model",
+               "--prompt", "pop art", "--content", photo, "--out", tmp_path / "mine")
+    one_line_error(proc, "mine.safetensors already exists", "--overwrite")
+    assert existing.read_bytes() == style_file.read_bytes()
+
+
+@pytest.mark.slow
+def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
+    _, (photo, _) = photos
+    out = tmp_path / "cpu.safetensors"
+    out.write_bytes(b"old")
+    proc = run("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
+               "--prompt", "pop art", "--content", photo, "--out", out, "--preset", "cpu", "--epochs", "1",
+               "--overwrite", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert f"stylemamba: style written to {out}" in proc.stderr
+    recipe = json.loads(run("info", out, "--full").stdout)["recipe"]
+    assert (recipe["resolution"], recipe["loss"]["n_crops"], recipe["fusion"]["width"], recipe["fusion"]["depth"]) == \
+        (256, 16, 128, 2)
+    assert recipe["epochs"] == 1  # flags given with the preset still apply
+
+
+# ------------------------------------------------------------------------------------------ one-line errors
+def test_rgba_result_to_jpeg_is_refused_before_work(tiny_models, style_file, tmp_path, photo_loader):
+    rgba = torch.cat([photo_loader()[0], torch.rand(1, 64, 64)])
+    src = save_image(rgba, tmp_path / "logo.png")
+    proc = run(*stylize_args(tiny_models, style_file, "--input", src, "--output", tmp_path / "logo.jpg"))
+    one_line_error(proc, "alpha channel", ".png or .webp")
+    assert not (tmp_path / "logo.jpg").exists()
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (("--batch-size", "0"), ("--batch-size 0", "at least 1")),
+    (("--tile-size", "0"), ("--tile-size 0", "at least 256")),
+    (("--tile-size", "100"), ("--tile-size 100", "multiple of 8")),
+    (("--device", "cuda"), ("no CUDA GPU", "--device cpu")),
+])
+def test_bad_numbers_and_devices(tiny_models, style_file, photos, tmp_path, flags, needles):
+    if flags[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _, (photo, _) = photos
+    proc = run(*stylize_args(tiny_models, style_file, "--input", photo, "--output", tmp_path / "x.png", *flags))
+    one_line_error(proc, *needles)
+
+
+def test_a_pickle_passed_as_style_is_named_as_such(tiny_models, photos, tmp_path):
+    _, (photo, _) = photos
+    pickled = tmp_path / "style.pt"
+    torch.save({"embedding": torch.zeros(3)}, pickled)
+    proc = run(*stylize_args(tiny_models, pickled, "--input", photo, "--output", tmp_path / "x.png"))
+    one_line_error(proc, "pickled files are not loaded")
+
+
+def test_video_without_the_video_extra(tiny_models, style_file, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)
+    proc = run(*stylize_args(tiny_models, style_file, "--input", clip, "--output", tmp_path / "out.mp4"),
+               python_prelude="import sys; sys.modules['av'] = None  # PyAV not installed")
+    one_line_error(proc, "video needs PyAV", "pip install 'stylemamba[video]'")
+
+
+def test_info_into_a_closed_pipe_has_no_traceback(style_file):
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written (`... | head -0`)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stylemamba", "info", str(style_file), "--full"], cwd=ROOT,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_info_shows_the_base_vae_by_name_and_weight_id(style_file, tiny_models):
+    info = json.loads(run("info", style_file).stdout)
+    vae = load_vae(tiny_models["vae_ldm"])
+    from stylemamba.vae import weights_id
+    assert info["base_vae"] == f"'vae_ldm.safetensors' (weights {weights_id(vae.identity)})"
+
+
+# ------------------------------------------------------------------------------------------ video
+@pytest.mark.slow
+def test_video_is_streamed_to_h264_with_its_audio(tiny_models, style_file, tmp_path):
+    av = pytest.importorskip("av")
+    from video_clip import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=20, audio="aac")
+    proc = run(*stylize_args(tiny_models, style_file, "--input", clip, "--output", tmp_path / "out.mp4",
+                             "--batch-size", "3"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report == {"video": str(tmp_path / "out.mp4"), "frames": 20, "audio": "aac (copied)"}
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        video, audio = out.streams.video[0], out.streams.audio[0]
+        assert video.codec_context.name == "h264" and (video.width, video.height) == (64, 48)
+        assert audio.codec_context.name == "aac"
+        frames = [f.to_ndarray(format="rgb24") for f in out.decode(video=0)]
+    assert len(frames) == 20
+    assert float(audio.duration * audio.time_base) == pytest.approx(20 / 24, abs=0.1)
+    proc = run(*stylize_args(tiny_models, style_file, "--input", clip, "--output", clip))
+    one_line_error(proc, "is an input file")

@@ -1,0 +1,179 @@
+"""Memory plans: the plan function and its calibration, the option, and that a saving plan trains like the fast one."""
+import logging
+
+import pytest
+import torch
+
+from small import small_config
+from stylemamba import memory_plan as mp
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.memory_plan import GB, MemoryPlan, Recipe, choose_plan, estimate_bytes, parse_plan
+from stylemamba.perceptual import LPIPSLoss, VGGFeatures
+from stylemamba.train import StyleTrainer, TrainConfig, train_style
+from stylemamba.vae import load_vae
+
+SAVING = "micro_batch=1,view_chunk=4,checkpointing=on"
+KEY_BIASES = ("to_k.bias", "k.bias", "key.bias")  # decoder attention key biases, in the style's (LDM) layout
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_models):
+    vae = load_vae(tiny_models["vae"])
+    text = load_text_image_encoder(tiny_models["siglip"])
+    vgg = VGGFeatures.from_safetensors(tiny_models["vgg19"])
+    torch.manual_seed(0)
+    lp = LPIPSLoss(net="vgg")
+    return vae, text, vgg, lp
+
+
+@pytest.fixture(scope="module")
+def three_photos(photo_batch):
+    return torch.cat([photo_batch, photo_batch[:1].flip(-1)])
+
+
+def recipe_config(plan: str, epochs: int = 3) -> TrainConfig:
+    # every loss on, the second-order gate open on epoch 2 (so the whole-batch gate pass runs)
+    return small_config(epochs=epochs, memory_plan=plan, loss=dict(so_interval=2, so_theta=2.0, lpips=10.0))
+
+
+def test_saving_plan_takes_the_whole_batch_gradient(parts, three_photos):
+    """Micro-batches of 1 + tower chunks of 4 views + decoder checkpointing: the accumulated gradient of every
+    step equals the full batch's (fp32: relative difference of the gradient's global norm < 1e-4; measured
+    5e-6 on steps 0-1 and 1.5e-5 on step 2, after Adam has turned rounding noise into parameter noise; terms
+    and Y within 1e-4)."""
+    vae, text, vgg, lp = parts
+    trainers = [StyleTrainer(vae, text, three_photos, "pop art", recipe_config(p), vgg=vgg, lpips=lp)
+                for p in ("fast", SAVING)]
+    assert (trainers[1].plan.micro_batch, trainers[1].plan.view_chunk, trainers[1].plan.checkpointing) == (1, 4, True)
+    for epoch in range(3):
+        steps = [t.step(epoch) for t in trainers]
+        grads = [{n: p.grad for n, p in t.model.named_parameters() if p.grad is not None} for t in trainers]
+        assert grads[0].keys() == grads[1].keys()
+        diff = sum(float((grads[0][n] - grads[1][n]).pow(2).sum()) for n in grads[0]) ** 0.5
+        norm = sum(float(g.pow(2).sum()) for g in grads[0].values()) ** 0.5
+        assert norm > 0 and diff / norm < 1e-4, (epoch, diff / norm)
+        (terms_a, y_a), (terms_b, y_b) = steps
+        assert terms_a.keys() == terms_b.keys()
+        for k in terms_a:
+            torch.testing.assert_close(terms_b[k], terms_a[k], rtol=1e-4, atol=1e-6, msg=f"term {k}, epoch {epoch}")
+        torch.testing.assert_close(y_b, y_a, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(trainers[1].last_emb, trainers[0].last_emb, rtol=1e-4, atol=1e-5)
+        for t in trainers:
+            t.end_epoch()
+    assert terms_a["so"] > 0  # the second-order term ran (gated open) on epoch 2
+
+
+def test_saving_plan_trains_the_same_style(parts, three_photos):
+    """Whole runs: losses within 1e-4 relative (measured up to 1.5e-5); parameters within 1 % of how far training moved
+    them (global norms), attention key biases left out: softmax ignores a shift of all keys, so their gradient is
+    zero in theory and rounding noise in practice, which Adam turns into lr-sized steps of either sign (with
+    them the two runs' decoders differ by 1.8 % of the distance trained)."""
+    vae, text, vgg, lp = parts
+    runs = [train_style(vae, text, three_photos, "pop art", recipe_config(p, epochs=5), vgg=vgg, lpips=lp)
+            for p in ("fast", "micro_batch=2,view_chunk=5")]
+    for ha, hb in zip(runs[0].history, runs[1].history):
+        assert ha.keys() == hb.keys()
+        for k in ha:
+            assert abs(ha[k] - hb[k]) <= 1e-4 * abs(ha[k]) + 1e-7, (k, ha[k], hb[k])
+    da, db = (r.style.decoder_delta for r in runs)
+    fair = [k for k in da if not k.endswith(KEY_BIASES)]
+    assert len(fair) < len(da)
+    moved = sum(float(da[k].float().pow(2).sum()) for k in fair) ** 0.5
+    apart = sum(float((da[k].float() - db[k].float()).pow(2).sum()) for k in fair) ** 0.5
+    assert moved > 0 and apart / moved < 1e-2, apart / moved
+    fa, fb = (r.style.fusion_state for r in runs)
+    for k in fa:
+        torch.testing.assert_close(fb[k], fa[k], rtol=1e-3, atol=1e-4)
+    assert runs[1].style.metadata["memory_plan"]["micro_batch"] == 2
+    assert runs[0].style.metadata["memory_plan"]["micro_batch"] == 3
+
+
+def test_default_plan_on_cpu_is_the_fast_one_and_is_logged(parts, photo, caplog):
+    vae, text, _, _ = parts
+    with caplog.at_level(logging.INFO, logger="stylemamba"):
+        trainer = StyleTrainer(vae, text, photo, "pop art", small_config())
+    assert trainer.plan.micro_batch == 1 and trainer.plan.view_chunk == 0 and not trainer.plan.checkpointing
+    assert "memory plan: micro_batch=1, view_chunk=all, checkpointing=off (no GPU memory limit known" in caplog.text
+    # a host's own free-memory count (the node passes ComfyUI's) drives "auto"
+    small = StyleTrainer(vae, text, photo, "pop art", small_config(resolution=512), free_memory=6 * GB)
+    assert small.plan.checkpointing and "6.0 GB are free" in small.plan.reason  # 7 views: chunks would not pay
+
+
+def test_explicit_plans_and_bad_options():
+    assert parse_plan("auto") == "auto" and parse_plan(" FAST ") == "fast"
+    plan = parse_plan("micro_batch=1, view_chunk=16, checkpointing=on")
+    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing) == (1, 16, True)
+    cfg = TrainConfig(memory_plan={"micro_batch": 2})
+    assert cfg.memory_plan == {"micro_batch": 2, "view_chunk": 0, "checkpointing": False}
+    assert TrainConfig.from_dict(cfg.to_dict()).memory_plan == cfg.memory_plan  # recipes round-trip
+    for bad, words in [("small", "is not understood"), ("micro_batch=x", "is not understood"),
+                       ("chunk=3", "unknown keys"), ("micro_batch=-1", ">= 0"), (7, "is not understood")]:
+        with pytest.raises(ValueError, match=words) as info:
+            TrainConfig(memory_plan=bad)
+        assert "TrainConfig.memory_plan" in str(info.value) and "micro_batch=1,view_chunk=16" in str(info.value)
+
+
+def test_batch_wide_total_variation_refuses_micro_batches(parts, photo_batch):
+    vae, text, _, _ = parts
+    cfg = small_config(memory_plan="micro_batch=1", loss=dict(tv=1.0))
+    with pytest.raises(ValueError, match="tv_form='l1'"):
+        StyleTrainer(vae, text, photo_batch, "pop art", cfg)
+    auto = StyleTrainer(vae, text, photo_batch, "pop art", small_config(resolution=512, loss=dict(tv=1.0)),
+                        free_memory=6 * GB)
+    assert auto.plan.micro_batch == 2  # "auto" keeps the whole batch and saves elsewhere
+
+
+# ------------------------------------------------------------------ the plan function and its calibration
+def test_estimate_reproduces_the_h200_figures_it_was_calibrated_on():
+    """Issue 11 (H200, 512 px, 64 crops; totals include the 2.0 GB of frozen networks)."""
+    one, four = Recipe(1), Recipe(4)
+    measured = [(MemoryPlan(1), one, 12.6), (MemoryPlan(1, 0, True), one, 8.2),
+                (MemoryPlan(4), four, 41.5), (MemoryPlan(4, 0, True), four, 23.7)]
+    for plan, recipe, gb in measured:
+        assert abs((estimate_bytes(plan, recipe) + mp.RESIDENT) / GB - gb) < 0.35, (plan, gb)
+
+
+@pytest.mark.parametrize("card_gb, images, expect", [
+    (80, 1, (1, 0, False)), (80, 4, (4, 0, False)),  # big GPU: the fast plan, results unchanged
+    (12, 1, (1, 16, False)),  # tower chunks (x1.07) before decoder checkpointing (x1.14)
+    (8, 1, (1, 32, True)), (8, 4, (2, 16, True)),  # 4 images: micro-batches of 2 fit an 8 GB card
+])
+def test_choose_plan_picks_the_fastest_that_fits(card_gb, images, expect):
+    recipe = Recipe(images)
+    free = card_gb * GB - mp.RESIDENT
+    plan = choose_plan(free, recipe)
+    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing) == expect, plan
+    assert estimate_bytes(plan, recipe) <= mp.SAFETY * free
+    faster = [p for p in mp.candidate_plans(recipe) if mp.relative_time(p, recipe) < mp.relative_time(plan, recipe)]
+    assert all(estimate_bytes(p, recipe) > mp.SAFETY * free for p in faster)
+
+
+def test_choose_plan_without_a_limit_or_without_room():
+    assert choose_plan(None, Recipe(4)) == MemoryPlan(4, 0, False, "no GPU memory limit known: no saving")
+    tiny = choose_plan(1 * GB, Recipe(4))
+    assert (tiny.micro_batch, tiny.view_chunk, tiny.checkpointing) == (1, 8, True)
+    assert tiny.reason.startswith("nothing fits")
+    assert choose_plan(6 * GB, Recipe(4), micro_batching=False).micro_batch == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_cap(tiny_models, photo_batch):
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    runs = {}
+    for plan in ("fast", SAVING):
+        trainer = StyleTrainer(vae, text, photo_batch, "pop art", small_config(memory_plan=plan, precision="fp32"))
+        runs[plan] = [trainer.step(e)[0] for e in range(3) if trainer.end_epoch() is None]
+    for a, b in zip(*runs.values()):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    try:
+        torch.cuda.set_per_process_memory_fraction(4e9 / total, device)
+        free = mp.free_training_memory(device)
+        assert 0 < free <= 4e9 - torch.cuda.memory_allocated(device) + 1
+        plan = choose_plan(free, Recipe(1))  # a 4 GB card: must save memory
+        assert plan.checkpointing and plan.view_chunk
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
