@@ -31,7 +31,8 @@ from ..metrics import ssim
 from ..fusion import FusionConfig
 from ..stylize import MixedStyle, stylize
 from ..train import TrainConfig, train_style
-from .known_models import KnownMeaningModel, chroma, colour_model, high_frequency_share, texture_model
+from .known_models import (SOURCE_PROMPT, KnownMeaningModel, chroma, colour_model, high_frequency_share,
+                           texture_model)
 from .photos import HELD_OUT_PHOTOS, STYLE_PHOTOS, photos, shifted_frames
 
 
@@ -217,7 +218,8 @@ class Row:
 
 
 ROW_NAMES = (
-    "red: effect along prompt", "red: redness", "red: content kept (SSIM)", "red: fusion module alone",
+    "red: effect along prompt", "red: redness", "red: content kept (SSIM)",
+    "red: fusion module reads the text", "red: fusion module alone carries the style",
     "sketch: effect along prompt", "sketch: log HF share", "sketch: content kept (SSIM)",
     "opposites: red vs cyan", "opposites: sketch vs smooth",
     "mix: Conditioning Mix 50/50 red+blue", "mix: Mix Styles 50/50 red+blue",
@@ -226,10 +228,13 @@ ROW_NAMES = (
     "loss patch off: sketch moves texture", "loss masked: raises the effect", "loss second-order: gate opens", "loss second-order: changes the result",
     "loss VGG: keeps content", "loss LPIPS: keeps content",
 )
-QUICK_ROWS = ROW_NAMES[:14]  # --quick: no loss-term ablations
+QUICK_ROWS = ROW_NAMES[:15]  # --quick: no loss-term ablations
 
 # Bounds, set from measured values with >= 2x margin (see the README's check output for the measurements).
-BOUNDS = {"cos": 0.3, "ssim": 0.4, "ssim_gain": 0.02}
+# "gain": a loss term counts as raising the effect when it raises it by >= 5 % (seed-to-seed noise of the
+# redness on this set-up is unmeasured; switching the fusion gates off, which changes nothing the
+# picture shows, moved the redness by 1.5 %).
+BOUNDS = {"cos": 0.3, "ssim": 0.4, "ssim_gain": 0.02, "gain": 0.05}
 
 # Properties the current method defaults lack, with the figures measured by `python -m stylemamba check`
 # (96 px, seed 0; README). Issue 9 decides the fixes and removes the entries it flips.
@@ -238,8 +243,9 @@ _SKETCH = ("with the patch loss 'a pencil sketch' gives cos -0.21 and log HF sha
            "patch loss compares crops upsampled to the tower's input, which have less high frequency than the image "
            "(docs/KNOWN_MODELS.md), with the FULL content image's embedding")
 KNOWN_PROBLEMS: Dict[str, str] = {
-    "red: fusion module alone": "the trained fusion module points the latent along the prompt (cos +0.86) but moves "
-                                "redness by +0.0023, 0.5 % of the style's +0.473: the decoder carries the style",
+    "red: fusion module alone carries the style": "alone, the trained fusion module moves redness by +0.0023, 0.5 % "
+                                                  "of the style's +0.473 (of which the text itself accounts for "
+                                                  "+0.00012, row 'reads the text'): the decoder carries the style",
     "sketch: effect along prompt": _SKETCH,
     "sketch: log HF share": _SKETCH,
     "opposites: sketch vs smooth": "both texture prompts raise the high-frequency share (+0.151 / +0.311); see 'sketch'",
@@ -285,16 +291,29 @@ def _sketch(p: Proof) -> List[Row]:
 
 
 def _fusion_alone(p: Proof) -> List[Row]:
-    """The style's fusion module without its decoder change: does the text condition the latent at all?"""
+    """The style's fusion module without its decoder change: does the text condition the latent at all?
+
+    "Reads the text": the same fusion module given the source prompt's embedding instead of the style's must
+    give a different picture, changed along the prompt (frozen adaLN gates make the blocks the identity, and
+    then only the out-projection's bias, which ignores the text, would remain).
+    """
     style = p.train("red").style
-    fusion_only = dataclasses.replace(style, decoder_delta={k: torch.zeros_like(v) for k, v in
-                                                            style.decoder_delta.items()})
+    zero = {k: torch.zeros_like(v) for k, v in style.decoder_delta.items()}
+    fusion_only = dataclasses.replace(style, decoder_delta=zero)
+    source = dataclasses.replace(fusion_only, embedding=p.models["colour"].encode_text([SOURCE_PROMPT])[0].cpu())
     f, g = p.figures("red", p.apply(style)), p.figures("red", p.apply(fusion_only))
+    y_text, y_source = p.apply(fusion_only), p.apply(source)
+    reads = p.figures("red", y_text, y_source)
     share = g["property"] / f["property"] if f["property"] else 0.0
-    return [_row("red: fusion module alone", f"cos {g['cos']:+.2f}, redness {g['property']:+.4f} ({share:.0%} of the "
-                 "full style's)", "cos > 0, redness >= 10 % of the full style's", g["cos"] > 0 and share >= 0.1,
-                 "the trained fusion module alone (decoder change removed) moves the picture along the prompt: the "
-                 "text conditions the latent, the style does not live in the decoder only", share=share, **g)]
+    return [
+        _row("red: fusion module reads the text", f"style vs source embedding: cos {reads['cos']:+.2f}, redness "
+             f"{reads['property']:+.5f}", f"cos > {BOUNDS['cos']:+.2f}, redness > 0",
+             reads["cos"] > BOUNDS["cos"] and reads["property"] > 0,
+             "the fusion module's output depends on the style embedding, along the prompt", **reads),
+        _row("red: fusion module alone carries the style", f"redness {g['property']:+.4f} ({share:.1%} of the full "
+             f"style's {f['property']:+.3f}), cos {g['cos']:+.2f}", ">= 10 % of the full style's", share >= 0.1,
+             "the text conditions the latent: the style does not live in the decoder only", share=share, **g),
+    ]
 
 
 def _opposites(p: Proof) -> List[Row]:
@@ -412,9 +431,11 @@ def _masked(p: Proof) -> List[Row]:
     red, no_md = (p.figures("red", p.apply(p.train("red", **kw)))["property"] for kw in ({}, {"md": 0.0}))
     red_np, no_md_np = (p.figures("red", p.apply(p.train("red", use_patch=False, **kw)))["property"]
                         for kw in ({}, {"md": 0.0}))
+    gain = BOUNDS["gain"]
     return [_row("loss masked: raises the effect", f"redness {red:+.3f} vs {no_md:+.3f} without L_md (patch loss off: "
-                 f"{red_np:+.3f} vs {no_md_np:+.3f})", "with > without, with the patch loss on and off",
-                 red > no_md and red_np > no_md_np, "the masked directional loss pushes the style further (Table 6)",
+                 f"{red_np:+.3f} vs {no_md_np:+.3f})", f"with >= (1 + {gain}) x without, patch loss on and off",
+                 red >= (1 + gain) * no_md and red_np >= (1 + gain) * no_md_np,
+                 "the masked directional loss pushes the style further (Table 6)",
                  with_md=red, without_md=no_md, with_md_no_patch=red_np, without_md_no_patch=no_md_np)]
 
 
@@ -464,7 +485,7 @@ def _content(p: Proof) -> List[Row]:
 # each group computes the rows named beside it (and shares the cached styles with the others)
 GROUPS: Dict[Callable[[Proof], List[Row]], tuple] = {
     _red: ("red: effect along prompt", "red: redness", "red: content kept (SSIM)"),
-    _fusion_alone: ("red: fusion module alone",),
+    _fusion_alone: ("red: fusion module reads the text", "red: fusion module alone carries the style"),
     _sketch: ("sketch: effect along prompt", "sketch: log HF share", "sketch: content kept (SSIM)"),
     _opposites: ("opposites: red vs cyan", "opposites: sketch vs smooth"),
     _mixes: ("mix: Conditioning Mix 50/50 red+blue", "mix: Mix Styles 50/50 red+blue"),
