@@ -16,7 +16,7 @@ import torch
 
 log = logging.getLogger("stylemamba")
 
-NODE_MODULES = ("loaders", "conditioning", "train_node", "stylize_nodes")
+NODE_MODULES = ("loaders", "conditioning", "train_node", "stylize_nodes", "universal_nodes")
 
 # import name -> pip name, for the log message
 PIP_NAMES = {"transformers": "transformers", "sentencepiece": "sentencepiece", "google.protobuf": "protobuf",

@@ -17,6 +17,7 @@ CATEGORY = "StyleMamba"
 TEXT_MODEL = "STYLEMAMBA_TEXT_MODEL"  # an ImageTextModel (stylemamba.encoders): SigLIP or CLIP
 CONDITIONING = "STYLEMAMBA_CONDITIONING"  # a stylemamba.direction.TextDirection
 STYLE = "STYLEMAMBA_STYLE"
+UNIVERSAL = "STYLEMAMBA_UNIVERSAL"  # a stylemamba.style_file.UniversalModel (one model for any prompt)
 PERCEPTUAL = "STYLEMAMBA_PERCEPTUAL"
 
 # The nodes' names for the knobs the library's out-of-memory advice names (stylemamba.errors).

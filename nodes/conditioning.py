@@ -6,7 +6,7 @@ here); the Train node hands it to training as it is.
 from __future__ import annotations
 
 from ..stylemamba.direction import DEFAULT_SOURCE_PROMPT, TextDirection
-from .common import CATEGORY, CONDITIONING, TEXT_MODEL
+from .common import CATEGORY, CONDITIONING, TEXT_MODEL, image_to_library
 
 
 class StyleMambaTextConditioning:
@@ -69,4 +69,37 @@ class StyleMambaConditioningMix:
         return (TextDirection.mix(conditioning_a, conditioning_b, float(blend)),)
 
 
-NODES = [StyleMambaTextConditioning, StyleMambaConditioningMix]
+class StyleMambaReferenceConditioning:
+    NODE_ID = "StyleMambaReferenceConditioning"
+    DISPLAY_NAME = "StyleMamba Reference Conditioning"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("A style from a reference picture instead of a prompt: the direction is the image tower's "
+                   "embedding of the reference minus that of the source photos (connect the images you train on). "
+                   "For Train, Conditioning Mix or Universal Style, like Text Conditioning.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONDITIONING,)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The style direction of the reference picture.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text_model": (TEXT_MODEL, {"tooltip": "The SigLIP/CLIP model (Load SigLIP/CLIP); use the same one "
+                                                       "for Train."}),
+                "reference_image": ("IMAGE", {"tooltip": "The picture whose style to take (a batch: their average)."}),
+                "source_images": ("IMAGE", {"tooltip": "Plain photos the reference is compared with: the content "
+                                                       "images you train on (what differs from them is the style)."}),
+                "source_prompt": ("STRING", {
+                    "default": DEFAULT_SOURCE_PROMPT, "multiline": False,
+                    "tooltip": "The source text the style embedding is placed against (as in Text Conditioning)."}),
+            }
+        }
+
+    def encode(self, text_model, reference_image, source_images, source_prompt):
+        refs, src = image_to_library(reference_image)[:, :3], image_to_library(source_images)[:, :3]
+        return (TextDirection.from_reference(text_model, refs, source_images=src, source_prompt=source_prompt),)
+
+
+NODES = [StyleMambaTextConditioning, StyleMambaConditioningMix, StyleMambaReferenceConditioning]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import comfy_helpers as ch
-from .common import CATEGORY, PERCEPTUAL, STYLE, TEXT_MODEL, PerceptualNets, style_parts
+from .common import CATEGORY, PERCEPTUAL, STYLE, TEXT_MODEL, UNIVERSAL, PerceptualNets, style_parts
 
 log = logging.getLogger("stylemamba")
 
@@ -211,6 +211,41 @@ class StyleMambaLoadStyle:
         return (style, style_summary(style.metadata))
 
 
+class StyleMambaLoadUniversalModel:
+    NODE_ID = "StyleMambaLoadUniversalModel"
+    DISPLAY_NAME = "StyleMamba Load Universal Model"
+    REQUIRED_PACKAGES = ()
+    DESCRIPTION = ("Loads a universal model (.safetensors from ComfyUI/models/stylemamba/, trained with "
+                   "`python -m stylemamba train-universal`): one fusion module and decoder for ANY prompt or "
+                   "reference image, no training. Turn it into a style with Universal Style.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (UNIVERSAL, "STRING")
+    RETURN_NAMES = ("universal_model", "info")
+    OUTPUT_TOOLTIPS = ("The universal model, for Universal Style.",
+                       "What the file says about itself: prompt bank, text model to encode prompts with, base VAE.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (ch.list_files("stylemamba"), {
+                    "tooltip": "A universal model file in ComfyUI/models/stylemamba/ (style files there are refused "
+                               "with a note: load those with Load Style)."}),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, model_name):
+        return StyleMambaLoadStyle.IS_CHANGED(model_name)
+
+    def load(self, model_name):
+        from ..stylemamba.style_file import load_universal, universal_summary
+
+        model = load_universal(ch.resolve("stylemamba", model_name))  # StyleFileError says what is wrong
+        return (model, universal_summary(model.metadata))
+
+
 class StyleMambaSaveStyle:
     NODE_ID = "StyleMambaSaveStyle"
     DISPLAY_NAME = "StyleMamba Save Style"
@@ -290,4 +325,5 @@ def next_free_path(folder: Path, stem: str) -> Path:
     return folder / f"{stem}_{counter:05d}.safetensors"
 
 
-NODES = [StyleMambaLoadTextModel, StyleMambaLoadPerceptual, StyleMambaLoadStyle, StyleMambaSaveStyle]
+NODES = [StyleMambaLoadTextModel, StyleMambaLoadPerceptual, StyleMambaLoadStyle, StyleMambaSaveStyle,
+         StyleMambaLoadUniversalModel]

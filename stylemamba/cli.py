@@ -73,6 +73,16 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
 
 
+def add_loss_models(p: argparse.ArgumentParser) -> None:
+    """The frozen networks a training command reads: the image-text model, VGG19, LPIPS."""
+    p.add_argument("--text-model", default="google/siglip-base-patch16-224",
+                   help="SigLIP or CLIP: Hugging Face id or local folder")
+    p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
+    p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
+                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
+    p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
+
+
 def load_perceptual(args, device):
     """VGG19 features (content loss) and LPIPS, or None with a warning when no weights are given."""
     from .perceptual import LPIPSLoss, VGGFeatures
@@ -96,6 +106,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, TrainingCancelled, apply_preset, train_style
     from .vae import load_vae
 
+    if bool(args.prompt) == bool(args.reference):
+        raise ValueError("give the style as --prompt TEXT or as --reference PICTURE (exactly one of the two)")
     out = style_path(args.out)
     files = [f for src in args.content for f in list_images(src)]
     refuse_inputs([out], files)
@@ -119,6 +131,22 @@ def cmd_train(args) -> int:
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
     vgg, lp = load_perceptual(args, device)
+    direction = args.prompt
+    if args.reference:
+        from .direction import TextDirection
+        from .train import prepare_content
+
+        refs = [load_image(f) for src in args.reference for f in list_images(src)]
+        direction = TextDirection.from_reference(text, prepare_content(refs, cfg.resolution),
+                                                 source_images=prepare_content(content, cfg.resolution),
+                                                 source_prompt=cfg.loss.source_prompt,
+                                                 name="reference " + ", ".join(Path(r).name for r in args.reference))
+    start = None
+    if args.start_from:
+        from .style_file import file_kind, load_style, load_universal
+
+        start = load_universal(args.start_from) if file_kind(args.start_from) == "universal" else \
+            load_style(args.start_from)
     total = cfg.epochs * cfg.steps_per_epoch
     bar = tqdm(total=total, desc="training style", unit="step", disable=args.quiet)
 
@@ -137,8 +165,8 @@ def cmd_train(args) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     t0 = time.perf_counter()
     try:
-        result = train_style(vae, text, content, args.prompt, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
-                             device=device, on_step=on_step, should_stop=lambda: stop["asked"])
+        result = train_style(vae, text, content, direction, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
+                             device=device, on_step=on_step, should_stop=lambda: stop["asked"], start=start)
     except TrainingCancelled as cancelled:
         bar.close()
         if cancelled.partial is None:
@@ -159,6 +187,71 @@ def cmd_train(args) -> int:
                       "wall_seconds": round(time.perf_counter() - t0, 3), "steps": result.steps,
                       "final_losses": result.history[-1] if result.history else {}}, indent=2))
     return 0
+
+
+def cmd_train_universal(args) -> int:
+    """Universal model over a prompt bank x images; the same command under torchrun for many GPUs / nodes."""
+    from . import distributed
+    from .encoders import load_text_image_encoder
+    from .image_io import list_images
+    from .prompt_bank import load_prompt_bank
+    from .style_file import save_universal, style_path
+    from .universal import UniversalConfig, UniversalTrainer
+    from .vae import load_vae
+
+    dist = distributed.setup(args.device)
+    try:
+        cfg = UniversalConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else UniversalConfig()
+        for name in ("epochs", "steps_per_epoch", "batch_size", "lr", "resolution", "seed", "checkpoint_every",
+                     "log_every"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(cfg, name, value)
+        cfg.precision = args.precision or cfg.precision
+        cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
+        cfg.__post_init__()
+        out = style_path(args.out)
+        refuse_existing(out, args.overwrite, "universal model")
+        bank = load_prompt_bank(args.bank, tags=args.tags.split(",") if args.tags else None)
+        if args.hold_out:
+            bank = bank.without(args.hold_out)
+        files = [f for src in args.images for f in list_images(src)]
+        refuse_inputs([out], files)
+        vae = load_vae(args.vae, device=dist.device)
+        text = load_text_image_encoder(args.text_model, device=dist.device)
+        vgg, lp = load_perceptual(args, dist.device)
+        if dist.is_main:
+            print(f"universal training: {len(bank)} prompts x {len(files)} images, {cfg.total_steps} steps of "
+                  f"{cfg.batch_size} pairs on {dist.world_size} process(es) ({dist.device})", file=sys.stderr)
+        trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
+                                   checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+
+        def on_log(line):
+            if not args.quiet:
+                shown = " ".join(f"{k} {v:.4g}" for k, v in line.losses.items())
+                print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
+                      f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
+
+        with distributed.StopRequest(announce=dist.is_main) as stop:
+            result = trainer.run(on_log, should_stop=lambda: stop.asked)
+        if not dist.is_main:
+            return 130 if result.cancelled else 0
+        if result.cancelled:
+            partial = out.with_name(out.stem + "-partial.safetensors")
+            save_universal(result.model, partial)
+            print(f"stopped after step {result.steps}: checkpoint {result.checkpoint}, partial model {partial}; "
+                  "continue with the same command and --resume", file=sys.stderr)
+            return 130
+        if args.name:
+            result.model.metadata["name"] = args.name
+        info = save_universal(result.model, out)
+        print(json.dumps({"universal_model": info["path"], "bytes": info["bytes"], "steps": result.steps,
+                          "seconds": round(result.seconds, 3), "processes": dist.world_size,
+                          "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                          "final_losses": result.history[-1] if result.history else {}}, indent=2))
+        return 0
+    finally:
+        distributed.shutdown(dist)
 
 
 def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> list[Path]:
@@ -219,13 +312,12 @@ def cmd_stylize(args) -> int:
 
     from .image_io import has_alpha, list_images, load_image, load_mask, save_image
     from .speed import prepare_for_inference
-    from .style_file import load_style
     from .style_model import StyleModel
     from .stylize import stylize
     from .vae import load_vae
     from .video import VIDEO_SUFFIXES, require_av, stylize_video
 
-    for p in args.style:
+    for p in (args.style or []) + (args.universal or []):
         if not Path(p).is_file():
             raise FileNotFoundError(f"style file not found: {p}")
     at_least("--batch-size", args.batch_size, 1)
@@ -244,7 +336,7 @@ def cmd_stylize(args) -> int:
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
     device = pick_device(args.device)
-    styles = [load_style(p) for p in args.style]  # before the VAE: a bad style file fails fast
+    styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
     vae = load_vae(args.vae, device=device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength),
                                   compile=args.compile)
@@ -275,6 +367,45 @@ def cmd_stylize(args) -> int:
     log.info("wrote %s", where)
     print(json.dumps({"images": written}, indent=2))
     return 0
+
+
+def styles_from_args(args, device) -> list:
+    """--style files (styles, or universal models recognised by their kind) and --universal models made into
+    styles with each --prompt / --reference; all of them are mixed with --weights."""
+    from .encoders import load_text_image_encoder
+    from .image_io import load_image
+    from .style_file import file_kind, load_style, load_universal
+    from .universal import style_from_universal, universal_direction
+
+    universal_files, styles = list(args.universal or []), []
+    for path in args.style or []:
+        if file_kind(path) == "universal":
+            universal_files.append(path)
+        else:
+            styles.append(load_style(path))
+    if universal_files:
+        if not (args.prompt or args.reference):
+            raise ValueError("a universal model makes a style from a prompt or a reference image: add --prompt "
+                             "'a watercolor painting' (or --reference picture.png)")
+        text = None
+        for path in universal_files:
+            universal = load_universal(path)
+            name = args.text_model or universal.text_model
+            if text is None or text.name != name:
+                text = load_text_image_encoder(name, device=device)
+            for prompt in args.prompt or []:
+                styles.append(style_from_universal(universal, universal_direction(universal, text, prompt=prompt)))
+            for ref in args.reference or []:
+                direction = universal_direction(universal, text, reference=load_image(ref),
+                                                name=f"reference {Path(ref).name}")
+                styles.append(style_from_universal(universal, direction))
+    elif args.prompt or args.reference:
+        raise ValueError("--prompt and --reference make a style from a universal model: give one with --universal "
+                         "FILE (trained with train-universal), or train a style with the train command")
+    if not styles:
+        raise ValueError("nothing to stylise with: give --style FILE (a trained style), or --universal FILE with "
+                         "--prompt")
+    return styles
 
 
 def cmd_info(args) -> int:
@@ -343,15 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a style from text prompt(s) on content image(s)")
     add_common(p)
-    p.add_argument("--prompt", action="append", required=True, help="style prompt; repeat to mix several")
+    p.add_argument("--prompt", action="append", help="style prompt; repeat to mix several")
+    p.add_argument("--reference", nargs="+", help="instead of --prompt: reference picture(s) (or a folder) whose style "
+                                                  "to learn, compared with the --content photos")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per --prompt (multiple-style transfer)")
     p.add_argument("--content", nargs="+", required=True, help="content image file(s) or folder(s)")
-    p.add_argument("--text-model", default="google/siglip-base-patch16-224",
-                   help="SigLIP or CLIP: Hugging Face id or local folder")
-    p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
-    p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
-                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
-    p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
+    p.add_argument("--start-from", help="fine-tune from a universal model (train-universal) or a trained style "
+                                        "instead of starting from scratch")
+    add_loss_models(p)
     p.add_argument("--out", required=True, help="where to write the style (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     p.add_argument("--preset", choices=sorted(PRESET_NAMES),
@@ -370,10 +500,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-universal", help="train ONE model for any prompt over a prompt bank x images "
+                                               "(also under torchrun: many GPUs and nodes)")
+    add_common(p)
+    p.add_argument("--bank", help="prompt bank file (one prompt per line; see stylemamba/prompt_bank.py); "
+                                  "default: the shipped bank")
+    p.add_argument("--tags", help="only the bank's prompts with one of these comma-separated tags")
+    p.add_argument("--hold-out", nargs="+", help="bank prompts to leave out of training (to evaluate on)")
+    p.add_argument("--images", nargs="+", required=True, help="content image file(s) or folder(s)")
+    add_loss_models(p)
+    p.add_argument("--out", required=True, help="where to write the universal model (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--name", help="a display name stored in the file")
+    p.add_argument("--checkpoint-dir", required=True,
+                   help="folder for resumable checkpoints and log.jsonl (must be empty unless --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --checkpoint-dir from its last checkpoint")
+    p.add_argument("--config", help="JSON file with UniversalConfig fields (recipe, loss, fusion, batch_size...)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int, help="(image, prompt) pairs per step over ALL processes")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: at the end and on Ctrl-C)")
+    p.add_argument("--log-every", type=int, help="steps between loss lines")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_universal)
+
     p = sub.add_parser("stylize", help="stylise an image, a folder of images or a video with trained style(s)")
     add_common(p)
-    p.add_argument("--style", action="append", required=True, help="style file; repeat to mix several")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per --style")
+    p.add_argument("--style", action="append", help="style file; repeat to mix several (a universal model "
+                                                    "file given here is used as --universal)")
+    p.add_argument("--universal", action="append", help="universal model file (train-universal): stylise with "
+                                                        "--prompt or --reference, no training")
+    p.add_argument("--prompt", action="append", help="with --universal: the style prompt; repeat to mix several")
+    p.add_argument("--reference", action="append", help="with --universal: a reference picture whose style to "
+                                                        "take; repeat to mix several")
+    p.add_argument("--text-model", help="with --universal: the SigLIP/CLIP it was trained with (default: the one "
+                                        "its file names)")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per style (--style files first, then each "
+                                                            "--prompt, then each --reference)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = VAE reconstruction, 1 = full style")
     p.add_argument("--input", required=True, help="image file, folder of images, or video file")
     p.add_argument("--output", required=True,
@@ -415,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_models)
 
-    for module_name in ("evaluate", "bench"):
+    for module_name in ("evaluate", "bench", "universal_bench"):
         try:
             module = __import__(f"stylemamba.experiments.{module_name}", fromlist=["add_parser"])
         except ImportError:
@@ -437,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
-    except (FileNotFoundError, ValueError, ImportError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)

@@ -79,6 +79,39 @@ class TextDirection:
             emb = text_model.encode_text(prompts + [source]).float().cpu()
         return cls(tuple(prompts), weights, source, emb[:-1].clone(), emb[-1].clone(), model_name(text_model))
 
+    @classmethod
+    def from_reference(cls, model: ImageTextModel, references: torch.Tensor, source_images: torch.Tensor | None = None,
+                       source_image_embedding: torch.Tensor | None = None,
+                       source_prompt: str = DEFAULT_SOURCE_PROMPT, name: str = "reference image") -> TextDirection:
+        """A style direction from reference picture(s) (B,3,H,W in [0,1]) instead of a prompt.
+
+        The direction is image minus image: ``d = F_I(references) - F_I(source photos)`` (mean L2-normalised
+        embeddings), the photos being ``source_images`` (per-style training: the content images) or a
+        stored ``source_image_embedding`` (a universal model's training photos). Not ``F_I(reference) -
+        e_src``: in SigLIP/CLIP every image embedding lies far from every text embedding (the "modality
+        gap"), so that difference is mostly the same image-vs-text offset for any reference; the photos
+        share the reference's modality, so what differs between them is the style. The fusion module is
+        conditioned on text embeddings (the universal model never saw anything else), so the record's
+        ``e_t`` is ``normalise(e_src + d)``, the point of the text sphere whose offset from the source
+        prompt is ``d``; the losses then follow ``e_t - e_src``, as they do for a prompt.
+        """
+        check_image_text_model(model)
+        if (source_images is None) == (source_image_embedding is None):
+            raise ValueError("give the source photos the reference is compared with (the content images), or a "
+                             "universal model's source image embedding: exactly one of the two")
+        with torch.no_grad():
+            e_ref = image_embedding(model, references, "reference image")
+            e_img = image_embedding(model, source_images, "source image") if source_images is not None else \
+                F.normalize(source_image_embedding.detach().float().cpu().reshape(-1), dim=-1)
+            source = _clean(source_prompt, "source prompt", f"use '{DEFAULT_SOURCE_PROMPT}' unless you know better")
+            e_src = model.encode_text([source]).float().cpu()[0]
+        if e_img.shape != e_ref.shape:
+            raise ValueError(f"the source image embedding has {e_img.numel()} values but '{model_name(model)}' gives "
+                             f"{e_ref.numel()}: it comes from another image-text model")
+        e_t = F.normalize(e_src + (e_ref - e_img), dim=-1)
+        label = " ".join(str(name).split()) or "reference image"
+        return cls((label,), (1.0,), source, e_t[None].clone(), e_src.clone(), model_name(model))
+
     @property
     def e_t(self) -> torch.Tensor:
         """The style embedding ``(D,)``: the weighted sum of the prompts' embeddings, L2-normalised."""
@@ -131,3 +164,19 @@ class TextDirection:
         """What a style file records about the direction it was trained on."""
         return {"prompts": list(self.prompts), "prompt_weights": list(self.weights),
                 "source_prompt": self.source_prompt, "text_model": self.text_model}
+
+
+def image_embedding(model: ImageTextModel, images: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """The mean of the L2-normalised image embeddings of ``images`` (B,3,H,W) in [0,1], normalised: (D,) on the CPU."""
+    if not torch.is_tensor(images) or images.dim() not in (3, 4) or images.shape[-3] not in (1, 3, 4):
+        raise ValueError(f"the {what} must be an image tensor (B,3,H,W) in [0,1]; got "
+                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    x = images if images.dim() == 4 else images[None]
+    x = x[:, :3] if x.shape[1] != 1 else x.expand(-1, 3, -1, -1)
+    if x.shape[-1] < 8 or x.shape[-2] < 8:
+        raise ValueError(f"the {what} is {x.shape[-1]}x{x.shape[-2]} pixels; give at least 8x8")
+    param = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    embs = torch.cat([model.encode_image(x[i:i + 8].to(model.device, dtype).clamp(0, 1)).float().cpu()
+                      for i in range(0, x.shape[0], 8)])
+    return F.normalize(F.normalize(embs, dim=-1).mean(0), dim=-1)

@@ -1,4 +1,4 @@
-"""A trained style as one shareable ``.safetensors`` file.
+"""A trained style (and a universal model) as one shareable ``.safetensors`` file.
 
 A style is what training changes: the fusion module's weights, the decoder as a *delta* on top of
 the base VAE's decoder, and the style embedding e_t it was trained with (so stylising needs no
@@ -24,6 +24,8 @@ from .vae import SDVAE, fingerprints_match, weights_id
 
 FORMAT = "stylemamba.style"
 FORMAT_VERSION = 1
+UNIVERSAL_FORMAT = "stylemamba.universal"  # a fusion module + decoder trained over a prompt bank (universal.py)
+UNIVERSAL_FORMAT_VERSION = 1
 EXTENSION = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
@@ -48,14 +50,7 @@ class Style:
 
     def check_vae(self, vae: SDVAE) -> None:
         """Refuse to apply the decoder delta to a VAE other than the one the style was trained on."""
-        base = self.metadata.get("base_vae")
-        if base and not fingerprints_match(base, vae.identity):
-            trained_on = describe_vae(self.metadata.get("base_vae_name"), base)
-            connected = describe_vae(vae.name, vae.identity)
-            raise StyleFileError(
-                f"style '{self.name}' was trained on the VAE {trained_on}, but the connected VAE is {connected}. "
-                "Connect the VAE the style was trained with, or train the style again with this VAE."
-            )
+        _check_vae(self.metadata, vae, "style", self.name)
 
     def digest(self, exact: bool = False) -> str:
         """SHA-256 of the style's tensors: as a style file stores them (fp16 decoder delta; equal digests, same
@@ -68,6 +63,63 @@ class Style:
             tensors = style_tensors(self, delta_dtype=None if exact else torch.float16)
             cached = self.__dict__[name] = tensor_digest(tensors)
         return cached
+
+
+def _check_vae(meta: dict[str, Any], vae: SDVAE, kind: str, name: str) -> None:
+    base = meta.get("base_vae")
+    if base and not fingerprints_match(base, vae.identity):
+        trained_on = describe_vae(meta.get("base_vae_name"), base)
+        connected = describe_vae(vae.name, vae.identity)
+        raise StyleFileError(f"{kind} '{name}' was trained on the VAE {trained_on}, but the connected VAE is "
+                             f"{connected}. Connect the VAE the {kind} was trained with, or train the {kind} again "
+                             "with this VAE.")
+
+
+@dataclass
+class UniversalModel:
+    """A fusion module and decoder trained over a prompt bank (``universal.py``): a style for ANY prompt.
+
+    The fusion weights are shared by every prompt (the prompt enters as its embedding e_t through the
+    adaLN modulation), so a prompt's style is these weights with that prompt's e_t (:meth:`style`).
+    ``source_embedding``: e_src of the source prompt it was trained against; ``source_image_embedding``:
+    the mean image embedding of its training photos, where directions from a reference image start.
+    """
+
+    fusion_config: dict[str, Any]
+    fusion_state: dict[str, torch.Tensor]
+    decoder_delta: dict[str, torch.Tensor]
+    source_embedding: torch.Tensor  # (D,)
+    source_image_embedding: torch.Tensor  # (D,)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name") or self.metadata.get("file") or "universal model")
+
+    @property
+    def text_model(self) -> str:
+        return str(self.metadata.get("text_model", ""))
+
+    def check_vae(self, vae: SDVAE) -> None:
+        _check_vae(self.metadata, vae, "universal model", self.name)
+
+    def style(self, embedding: torch.Tensor, metadata: dict[str, Any] | None = None) -> Style:
+        """The style of one conditioning ``embedding`` e_t (D,): shared fusion weights, this model's decoder delta.
+
+        The tensors are shared with this model, not copied. ``metadata`` (prompts, source prompt...) is
+        recorded in the style beside the universal model's VAE fingerprint and latent scaling.
+        """
+        e = embedding.detach().float().cpu().reshape(-1)
+        dim = int(self.source_embedding.numel())
+        if e.numel() != dim:
+            raise StyleFileError(f"the conditioning has {e.numel()}-d embeddings but universal model '{self.name}' "
+                                 f"was trained on {dim}-d ones ({self.text_model or 'unknown text model'}): encode "
+                                 "the prompt with that text model")
+        keep = ("base_vae", "base_vae_name", "scaling_factor", "text_model", "text_model_kind", "source_prompt")
+        meta = {k: self.metadata[k] for k in keep if k in self.metadata}
+        meta.update(metadata or {})
+        meta.update(universal_model=self.name, steps=0, train_seconds=0.0)
+        return Style(self.fusion_config, self.fusion_state, self.decoder_delta, e, meta)
 
 
 def describe_vae(name: str | None, identity: dict[str, Any]) -> str:
@@ -131,17 +183,23 @@ def save_style(style: Style, path: str | Path, delta_dtype: torch.dtype = torch.
     so fp16 keeps it to ~1e-3 relative while halving the file; pass torch.float32 for an exact copy).
     The file is written to a temporary name and renamed, so a crash never leaves a half file.
     """
+    tensors = style_tensors(style, delta_dtype)
+    return _write(tensors, {**style.metadata, "fusion": style.fusion_config}, path, FORMAT, FORMAT_VERSION,
+                  delta_dtype)
+
+
+def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path, fmt: str, version: int,
+           delta_dtype: torch.dtype) -> dict[str, Any]:
+    """Write a StyleMamba weight file atomically (temporary name, then rename), readable by others."""
     from safetensors.torch import save_file
 
     path = style_path(path)
-    tensors = style_tensors(style, delta_dtype)
-    meta = dict(style.metadata)
+    meta = dict(meta)
     meta.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION, library_version=__version__,
-                fusion=style.fusion_config, delta_dtype=str(delta_dtype).replace("torch.", ""),
-                tensor_sha256=tensor_digest(tensors))
+    meta.update(format=fmt, format_version=version, library_version=__version__,
+                delta_dtype=str(delta_dtype).replace("torch.", ""), tensor_sha256=tensor_digest(tensors))
     meta.pop("file", None)
-    header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": FORMAT}
+    header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": fmt}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     save_file(tensors, str(tmp), metadata=header)
@@ -163,13 +221,16 @@ def refuse_pickle(path: Path) -> None:
                              "StyleMamba's train command or Save Style node")
 
 
-def read_style_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a style file, without loading its tensors."""
+def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
+    """The JSON metadata of a StyleMamba weight file of either kind, without loading its tensors.
+
+    ``kind`` ("style" or "universal model") only words the errors; the callers check the format.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"style file not found: {path}")
+        raise FileNotFoundError(f"{kind} file not found: {path}")
     refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -181,49 +242,68 @@ def read_style_metadata(path: str | Path) -> dict[str, Any]:
     if "stylemamba" not in header:
         what = "a VAE" if any(k.startswith(("encoder.", "decoder.")) for k in keys) else \
                "a LoRA" if any("lora" in k for k in keys) else "some other model"
-        raise StyleFileError(f"{path.name} is not a StyleMamba style file (it looks like {what}); "
-                             "load it with the matching loader, or pick a style trained with StyleMamba")
+        raise StyleFileError(f"{path.name} is not a StyleMamba {kind} file (it looks like {what}); "
+                             f"load it with the matching loader, or pick a {kind} trained with StyleMamba")
     try:
         meta = json.loads(header["stylemamba"])
     except json.JSONDecodeError as exc:
-        raise StyleFileError(f"{path.name}: style metadata is damaged ({exc}); train or download the style again") from exc
-    if meta.get("format") != FORMAT:
-        raise StyleFileError(f"{path.name}: metadata format {meta.get('format')!r} is not a StyleMamba style; "
-                             "pick a style trained with StyleMamba")
+        raise StyleFileError(f"{path.name}: {kind} metadata is damaged ({exc}); train or download it again") from exc
+    newest = {FORMAT: FORMAT_VERSION, UNIVERSAL_FORMAT: UNIVERSAL_FORMAT_VERSION}.get(meta.get("format"))
+    if newest is None:
+        raise StyleFileError(f"{path.name}: metadata format {meta.get('format')!r} is not a StyleMamba {kind}; "
+                             f"pick a {kind} trained with StyleMamba")
     try:
         version = int(meta.get("format_version", 0))
     except (TypeError, ValueError):
-        raise StyleFileError(f"{path.name}: style metadata is damaged (format_version "
-                             f"{meta.get('format_version')!r}); train or download the style again") from None
-    if version > FORMAT_VERSION:
-        raise StyleFileError(f"{path.name}: style format v{version} is newer than this StyleMamba ({__version__}) "
+        raise StyleFileError(f"{path.name}: {kind} metadata is damaged (format_version "
+                             f"{meta.get('format_version')!r}); train or download it again") from None
+    if version > newest:
+        raise StyleFileError(f"{path.name}: {kind} format v{version} is newer than this StyleMamba ({__version__}) "
                              "understands; update the node pack")
+    return meta
+
+
+def read_style_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a style file, without loading its tensors; a universal model is refused, saying what to do."""
+    meta = _read_metadata(path, "style")
+    if meta["format"] == UNIVERSAL_FORMAT:
+        raise StyleFileError(f"{Path(path).name} is a universal StyleMamba model (one model for any prompt), not a "
+                             "style: load it with Load Universal Model and make a style from it with Universal Style "
+                             "(a prompt or a reference image); on the command line: stylize --universal FILE --prompt")
     return meta
 
 
 def load_style(path: str | Path) -> Style:
     """Read a style file; corrupt, truncated or foreign files raise :class:`StyleFileError`."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta = read_style_metadata(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise StyleFileError(f"{path.name}: could not read the style weights ({exc}); the file is damaged") from exc
-    if "embedding" not in tensors:
-        raise StyleFileError(f"{path.name}: style file has no embedding tensor; it is damaged")
-    fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")}
-    delta = {k[len("decoder_delta."):]: v.float() for k, v in tensors.items() if k.startswith("decoder_delta.")}
+    tensors, fusion, delta = _read_weights(path, "style", ("embedding",))
     meta["file"] = path.name
     return Style(meta.get("fusion", {}), fusion, delta, tensors["embedding"].float(), meta)
 
 
+def _read_weights(path: Path, kind: str, required: tuple[str, ...]):
+    """A weight file's tensors, its fusion weights and its decoder delta; missing ``required`` tensors are an error."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise StyleFileError(f"{path.name}: could not read the {kind} weights ({exc}); the file is damaged") from exc
+    missing = [k for k in required if k not in tensors]
+    if missing:
+        raise StyleFileError(f"{path.name}: {kind} file has no {', '.join(missing)} tensor; it is damaged")
+    fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")}
+    delta = {k[len("decoder_delta."):]: v.float() for k, v in tensors.items() if k.startswith("decoder_delta.")}
+    return tensors, fusion, delta
+
+
 def describe_style(path: str | Path) -> dict[str, Any]:
-    """What a style file holds, for ``stylemamba info`` and the UI."""
+    """What a style file (or a universal model file) holds, for ``stylemamba info`` and the UI."""
     from safetensors import safe_open
 
-    meta = read_style_metadata(path)
+    meta = _read_metadata(path, "style")  # either kind: `stylemamba info` describes universal models too
+    meta.pop("bank_prompts", None)  # a universal model's whole prompt list; its count stays in "bank_size"
     counts: dict[str, int] = {}
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():
@@ -248,3 +328,55 @@ def style_summary(meta: dict[str, Any]) -> str:
     if meta.get("losses_skipped"):
         lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
     return "\n".join(lines)
+
+
+def universal_summary(meta: dict[str, Any]) -> str:
+    """A few lines saying what a universal model is (its metadata): bank, text model, source, training, base VAE."""
+    prompts = meta.get("bank_prompts") or []
+    shown = ", ".join(f"'{p}'" for p in prompts[:5]) + (f" ... ({len(prompts)} in all)" if len(prompts) > 5 else "")
+    lines = [f"universal model: {meta.get('name') or meta.get('file') or 'unnamed'}",
+             f"trained over {meta.get('bank_size', '?')} prompts x {meta.get('content_images', '?')} images"
+             + (f": {shown}" if shown else ""),
+             f"source prompt: '{meta.get('source_prompt', '')}'",
+             f"text model: {meta.get('text_model', '?')} ({meta.get('text_model_kind', '?')}): encode prompts with it",
+             f"steps: {meta.get('steps', '?')} on {meta.get('world_size', '?')} process(es), "
+             f"{meta.get('train_seconds', '?')} s" + (" (stopped early)" if meta.get("cancelled") else ""),
+             f"base VAE: {describe_vae(meta.get('base_vae_name'), meta.get('base_vae') or {})}"]
+    if meta.get("losses_skipped"):
+        lines.append("losses skipped (no network given): " + ", ".join(meta["losses_skipped"]))
+    return "\n".join(lines)
+
+
+def save_universal(model: UniversalModel, path: str | Path, delta_dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """Write a universal model (same layout as a style, plus the source embeddings); returns {'path', 'bytes'}."""
+    tensors = style_tensors(model.style(model.source_embedding), delta_dtype)  # fusion.*, decoder_delta.*
+    tensors["source_embedding"] = tensors.pop("embedding")
+    tensors["source_image_embedding"] = model.source_image_embedding.detach().float().cpu().contiguous()
+    meta = {**model.metadata, "fusion": model.fusion_config, "kind": "universal"}
+    meta.pop("file", None)
+    return _write(tensors, meta, path, UNIVERSAL_FORMAT, UNIVERSAL_FORMAT_VERSION, delta_dtype)
+
+
+def read_universal_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a universal model file; a per-prompt style is refused, saying what to do."""
+    meta = _read_metadata(path, "universal model")
+    if meta["format"] == FORMAT:
+        prompts = ", ".join(f"'{p}'" for p in meta.get("prompts", [])) or "its prompt"
+        raise StyleFileError(f"{Path(path).name} is a style trained for {prompts}, not a universal model: load it "
+                             "with Load Style (command line: stylize --style FILE)")
+    return meta
+
+
+def load_universal(path: str | Path) -> UniversalModel:
+    """Read a universal model file; corrupt, foreign or per-prompt style files raise :class:`StyleFileError`."""
+    path = Path(path)
+    meta = read_universal_metadata(path)
+    tensors, fusion, delta = _read_weights(path, "universal model", ("source_embedding", "source_image_embedding"))
+    meta["file"] = path.name
+    return UniversalModel(meta.get("fusion", {}), fusion, delta, tensors["source_embedding"].float(),
+                          tensors["source_image_embedding"].float(), meta)
+
+
+def file_kind(path: str | Path) -> str:
+    """"style" or "universal" for a StyleMamba weight file (e.g. to pick the loader); other files raise."""
+    return "universal" if _read_metadata(path, "style")["format"] == UNIVERSAL_FORMAT else "style"

@@ -56,13 +56,32 @@ class StyleModel(nn.Module):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def for_training(cls, vae: SDVAE, fusion: FusionConfig, embedding: torch.Tensor) -> StyleModel:
-        """A new style to train: a fresh fusion module (the identity) and a trainable copy of the VAE's decoder."""
-        cfg = copy.deepcopy(fusion)
-        cfg.text_dim = int(embedding.numel())
-        cfg.latent_channels = int(vae.latent_channels)
+    def for_training(cls, vae: SDVAE, fusion: FusionConfig, embedding: torch.Tensor,
+                     start: Style | None = None) -> StyleModel:
+        """A style to train: a fresh fusion module (the identity) and a trainable copy of the VAE's decoder.
+
+        ``start``: begin from that style's weights instead (its fusion module, architecture included, and
+        its decoder delta), e.g. a universal model's style for the prompt (fine-tuning, universal.py).
+        """
         device = vae.device
-        return cls(vae, [build_fusion(cfg).to(device)], [embedding.to(device)], vae.make_decoder())
+        decoder = vae.make_decoder()
+        if start is None:
+            cfg = copy.deepcopy(fusion)
+            cfg.text_dim = int(embedding.numel())
+            cfg.latent_channels = int(vae.latent_channels)
+            return cls(vae, [build_fusion(cfg).to(device)], [embedding.to(device)], decoder)
+        start.check_vae(vae)
+        if float(start.metadata.get("scaling_factor") or vae.scaling_factor) != float(vae.scaling_factor):
+            raise StyleFileError(f"style '{start.name}' was trained with another latent scaling "
+                                 f"({start.metadata.get('scaling_factor')}) than this VAE's ({vae.scaling_factor}); "
+                                 "load the VAE as it was loaded for that style")
+        first = _frozen_fusion(start)
+        if first.config.text_dim != int(embedding.numel()):
+            raise StyleFileError(f"style '{start.name}' was trained on {first.config.text_dim}-d embeddings, the "
+                                 f"conditioning has {embedding.numel()}-d ones: use the text model it was trained with")
+        first.train().requires_grad_(True)
+        _add_deltas(decoder, [start], [1.0], 1.0)
+        return cls(vae, [first.to(device)], [embedding.to(device)], decoder)
 
     @classmethod
     def from_styles(cls, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
@@ -77,26 +96,12 @@ class StyleModel(nn.Module):
         fusions, embeddings, ratios = [], [], []
         for style in styles:
             style.check_vae(vae)
-            fusion = build_fusion(FusionConfig.from_dict(style.fusion_config))
-            try:
-                fusion.load_state_dict(style.fusion_state)
-            except RuntimeError as exc:
-                raise StyleFileError(f"style '{style.name}': fusion weights do not match its config ({exc})") from exc
-            fusions.append(fusion.eval().requires_grad_(False))
+            fusions.append(_frozen_fusion(style))
             embeddings.append(style.embedding)
             trained_scale = float(style.metadata.get("scaling_factor") or vae.scaling_factor)
             ratios.append(trained_scale / vae.scaling_factor)
         decoder = vae.make_decoder().eval().requires_grad_(False)
-        state = decoder.state_dict()
-        with torch.no_grad():
-            for style, w in zip(styles, weights):
-                try:  # deltas are stored with LDM names; this decoder may use diffusers names
-                    delta = from_ldm(style.decoder_delta, state)
-                except KeyError as exc:
-                    raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
-                                         "it was made for a different VAE") from exc
-                for k, v in state.items():
-                    v.add_(delta[k].to(v.device, v.dtype), alpha=float(strength) * w)
+        _add_deltas(decoder, styles, weights, strength)
         return cls(vae, fusions, embeddings, decoder, weights, strength, ratios).to(vae.device)
 
     # ------------------------------------------------------------------ the forward pass
@@ -115,8 +120,17 @@ class StyleModel(nn.Module):
         """Images (B,3,H,W) in [0,1], sides multiples of 8 -> the VAE's scaled latents (the frozen F_e)."""
         return self.vae.encode(x01)
 
-    def fuse(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> fused latent M (Eq. 1, mixed): the blend of the styles lives here and only here."""
+    def fuse(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latent -> fused latent M (Eq. 1, mixed): the blend of the styles lives here and only here.
+
+        ``embeddings`` (B, D): condition each row on its own e_t instead of the stored one (a single style;
+        the universal model trains one fusion module over many prompts at once).
+        """
+        if embeddings is not None:
+            if len(self.fusions) != 1:
+                raise ValueError("per-row embeddings condition a single fusion module, not a mix of styles")
+            zi = z * self.ratios[0]
+            return z + (self.strength / self.ratios[0]) * (self.fusions[0](zi, embeddings.to(z.dtype)) - zi)
         out = z
         for i, (fusion, w, ratio) in enumerate(zip(self.fusions, self.weights, self.ratios)):
             cond = self.embedding(i).to(z.dtype).expand(z.shape[0], -1)
@@ -124,9 +138,9 @@ class StyleModel(nn.Module):
             out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
         return out
 
-    def raw_output(self, z: torch.Tensor) -> torch.Tensor:
+    def raw_output(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled latent -> the stylised image, NOT clamped (what the losses and diagnostics see)."""
-        return self.decoder(self.fuse(z))
+        return self.decoder(self.fuse(z, embeddings))
 
     def output(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> the stylised image in [0,1] (fp32)."""
@@ -152,3 +166,27 @@ class StyleModel(nn.Module):
         meta = {"base_vae": self.vae.identity, "base_vae_name": self.vae.name,
                 "scaling_factor": self.vae.scaling_factor, **(metadata or {})}
         return Style(fusion.config.to_dict(), state, delta, self.embedding(0).detach().float().cpu(), meta)
+
+
+def _frozen_fusion(style: Style) -> nn.Module:
+    """A style's fusion module with its weights, frozen (damaged weights are refused)."""
+    fusion = build_fusion(FusionConfig.from_dict(style.fusion_config))
+    try:
+        fusion.load_state_dict(style.fusion_state)
+    except RuntimeError as exc:
+        raise StyleFileError(f"style '{style.name}': fusion weights do not match its config ({exc})") from exc
+    return fusion.eval().requires_grad_(False)
+
+
+def _add_deltas(decoder: TrainableDecoder, styles: Sequence[Style], weights: Sequence[float], strength: float) -> None:
+    """Add ``strength * sum_i w_i delta_i`` to the decoder's weights in place."""
+    state = decoder.state_dict()
+    with torch.no_grad():
+        for style, w in zip(styles, weights):
+            try:  # deltas are stored with LDM names; this decoder may use diffusers names
+                delta = from_ldm(style.decoder_delta, state)
+            except KeyError as exc:
+                raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
+                                     "it was made for a different VAE") from exc
+            for k, v in state.items():
+                v.add_(delta[k].to(v.device, v.dtype), alpha=float(strength) * w)

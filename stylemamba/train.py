@@ -33,7 +33,7 @@ from .memory_plan import MemoryPlan, Recipe, choose_plan, free_training_memory, 
 from .options import from_options
 from .precision import autocast, check_precision, grad_scaler
 from .speed import COMPILE_MODES, compile_callable, compile_module_
-from .style_file import Style
+from .style_file import Style, UniversalModel
 from .style_model import StyleModel
 from .vae import SDVAE
 
@@ -284,6 +284,16 @@ def step_views(y: torch.Tensor, loss: L.LossConfig, image_size: int,
     return StepViews(torch.cat([v.to(y.dtype) for v in views]), b, n_crops, loss.md > 0)
 
 
+def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
+    """Recompute the trainable decoder's activations in the backward pass (less memory, ~30 % slower)."""
+    dec = decoder.decoder
+    if hasattr(dec, "gradient_checkpointing"):  # diffusers' Decoder
+        dec.gradient_checkpointing = True
+        dec._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    else:
+        log.warning("this decoder (%s) has no gradient checkpointing; training without it", type(dec).__name__)
+
+
 def _as_direction(text: ImageTextModel, direction: Direction, prompt_weights: list[float] | None,
                   source_prompt: str) -> TextDirection:
     if isinstance(direction, TextDirection):
@@ -305,7 +315,7 @@ class StyleTrainer:
                  direction: Direction, config: TrainConfig | None = None,
                  prompt_weights: list[float] | None = None, vgg: torch.nn.Module | None = None,
                  lpips: torch.nn.Module | None = None, device: torch.device | str | None = None,
-                 free_memory: float | None = None):
+                 free_memory: float | None = None, start: Style | UniversalModel | None = None):
         check_image_text_model(text)
         config = config or TrainConfig()
         self.device = torch.device(device) if device is not None else vae.device
@@ -315,8 +325,13 @@ class StyleTrainer:
                 raise ValueError(f"the {what} is on {dev} but training was asked to run on {self.device}: "
                                  f"move it first (e.g. .to('{self.device}')) or pass device={str(dev)!r}")
         self.direction = _as_direction(text, direction, prompt_weights, config.loss.source_prompt)
-        # the recipe recorded in the style names the source prompt the direction really used
-        self.cfg = dataclasses.replace(config, loss=dataclasses.replace(
+        if isinstance(start, UniversalModel):  # fine-tuning: the universal model's style for this direction
+            start = start.style(self.direction.e_t, self.direction.metadata())
+        self.start = start
+        # the recipe recorded in the style names the source prompt the direction really used (and the
+        # architecture of the starting style's fusion module, when there is one)
+        fusion_cfg = FusionConfig.from_dict(start.fusion_config) if start is not None else config.fusion
+        self.cfg = dataclasses.replace(config, fusion=fusion_cfg, loss=dataclasses.replace(
             config.loss, source_prompt=self.direction.source_prompt))
         lc = self.cfg.loss
         self.skipped_losses = skipped_losses(lc, vgg, lpips)  # recorded in the style's metadata
@@ -333,20 +348,13 @@ class StyleTrainer:
                 self.feats_x = [f.detach() for f in vgg(self.x)] if (vgg is not None and lc.uses_vgg) else None
         # e_t - e_src, raw: the cosine losses normalise it, the norm-ratio losses need its length
         self.text_dir = self.direction.direction.to(self.device).expand(self.x.shape[0], -1)
-        self.model = StyleModel.for_training(vae, self.cfg.fusion, self.direction.e_t)
+        self.model = StyleModel.for_training(vae, self.cfg.fusion, self.direction.e_t, start=start)
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
         self.plan = self._plan(free_memory)
         log.info("memory plan: %s (%s)", self.plan.describe(), self.plan.reason)
         if self.plan.checkpointing:
-            dec = self.model.decoder.decoder
-            if hasattr(dec, "gradient_checkpointing"):  # diffusers' Decoder
-                dec.gradient_checkpointing = True
-                dec._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint,
-                                                                     use_reentrant=False)
-            else:
-                log.warning("this decoder (%s) has no gradient checkpointing; training without it",
-                            type(self.model.decoder.decoder).__name__)
+            enable_decoder_checkpointing(self.model.decoder)
         # torch.compile (speed.py) of the two networks where it paid on an H200 (docs/BENCHMARK.md): the
         # decoder in place (state-dict keys unchanged) and the shared image tower through a wrapper
         compile_module_(self.model.decoder, self.cfg.compile)
@@ -507,24 +515,30 @@ class StyleTrainer:
             "content_images": int(self.x.shape[0]), "final_losses": history[-1] if history else {},
             "memory_plan": self.plan.to_dict(),
         }
+        if self.start is not None:
+            meta["started_from"] = self.start.metadata.get("universal_model") or self.start.name
         return TrainResult(self.model.to_style(meta), history, seconds, steps, cancelled)
 
 
 def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction, config: TrainConfig | None = None,
                 prompt_weights: list[float] | None = None, vgg=None, lpips=None, device=None,
                 on_step: Callable[[StepInfo], None] | None = None,
-                should_stop: Callable[[], bool] | None = None, free_memory: float | None = None) -> TrainResult:
+                should_stop: Callable[[], bool] | None = None, free_memory: float | None = None,
+                start: Style | UniversalModel | None = None) -> TrainResult:
     """Train a style on content image(s). See :class:`TrainConfig` for the recipe.
 
     ``direction``: a :class:`~stylemamba.direction.TextDirection` (e.g. from the Text Conditioning
     node; not encoded again), or prompt(s) to encode with ``text`` (with ``prompt_weights``).
     ``free_memory``: bytes free for training once the networks are on the device (a host's own count,
     e.g. ComfyUI's); None measures it with torch. ``config.memory_plan`` "auto" plans with it.
+    ``start``: fine-tune from a universal model (its style for this direction) or from a trained style,
+    instead of a fresh fusion module and the VAE's decoder (the recipe's fusion architecture is then
+    the starting style's).
     """
     trainer = None
     try:
         trainer = StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device,
-                               free_memory)
+                               free_memory, start)
         return trainer.run(on_step, should_stop)
     except torch.cuda.OutOfMemoryError as exc:
         cfg = config or TrainConfig()

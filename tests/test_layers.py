@@ -74,13 +74,14 @@ def test_the_library_never_imports_comfyui(path):
 # The layers of docs/DESIGN.md, top to bottom: a module imports only its own layer and those below.
 LAYERS = [
     ("front ends", {"stylemamba.cli", "stylemamba.__main__"}),
-    ("jobs", {"stylemamba.train", "stylemamba.stylize"}),
+    ("jobs", {"stylemamba.train", "stylemamba.stylize", "stylemamba.universal"}),
     ("model", {"stylemamba.style_model", "stylemamba.direction", "stylemamba.style_file", "stylemamba.losses",
                "stylemamba.perceptual"}),
     ("parts", {"stylemamba.fusion", "stylemamba.ssm", "stylemamba.scan_triton", "stylemamba.encoders", "stylemamba.vae",
                "stylemamba.vae_layout"}),
     ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
-                "stylemamba.speed", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs", "stylemamba.plots"}),
+                "stylemamba.speed", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
+                "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed"}),
 ]
 
 

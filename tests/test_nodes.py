@@ -38,8 +38,12 @@ CONTRACT = {
     "StyleMambaMixStyles": ["style_a", "style_b", "blend"],
     "StyleMambaVAEEncode": ["vae", "images"],
     "StyleMambaStylizeLatent": ["style", "vae", "samples", "strength"],
+    "StyleMambaLoadUniversalModel": ["model_name"],
+    "StyleMambaReferenceConditioning": ["text_model", "reference_image", "source_images", "source_prompt"],
+    "StyleMambaUniversalStyle": ["universal_model", "conditioning", "text_model", "reference_image"],
 }
 SOCKET_TYPES = {"STYLEMAMBA_TEXT_MODEL", "STYLEMAMBA_CONDITIONING", "STYLEMAMBA_STYLE", "STYLEMAMBA_PERCEPTUAL",
+                "STYLEMAMBA_UNIVERSAL",
                 "VAE", "IMAGE", "MASK", "LATENT", "STRING"}
 
 
@@ -615,3 +619,71 @@ def test_loss_curve_title_is_wrapped_not_cut(pack):
     assert len(many) == 3 and many[-1].endswith("…") and all(6.0 * len(line) <= 624 for line in many)
     image = plots.loss_curve_image([{"total": 1.0}, {"total": 0.5}], title=title)
     assert image.shape == (3, 360, 640)
+
+
+# ---------------------------------------------------------------------------------------------------- zero-shot
+@pytest.fixture(scope="module")
+def universal_file(pack, models_dir, tiny_models):
+    """A tiny universal model trained with the library (as `train-universal` does), saved in models/stylemamba/."""
+    from conftest import load_photo
+
+    lib = lambda name: importlib.import_module(f"{PACK_NAME}.stylemamba.{name}")  # noqa: E731
+    train_mod = lib("train")  # small_fusion may have replaced TrainConfig by a partial: subclass the real one
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "TrainConfig", getattr(train_mod.TrainConfig, "func", train_mod.TrainConfig))
+        lib("universal")
+    vae = lib("vae").load_vae(tiny_models["vae"])
+    text = lib("encoders").load_text_image_encoder(tiny_models["siglip"])
+    cfg = lib("universal").UniversalConfig(
+        epochs=1, steps_per_epoch=2, batch_size=2, resolution=64, loss=lib("losses").LossConfig(n_crops=2,
+        crop_fraction=0.5), fusion=lib("fusion").FusionConfig(width=16, depth=1, d_state=4))
+    images = torch.cat([load_photo(n, 64) for n in ("astronaut", "coffee")])
+    result = lib("universal").train_universal(vae, text, images, ["oil painting", "watercolor"], cfg)
+    (models_dir / "stylemamba").mkdir(exist_ok=True)
+    lib("style_file").save_universal(result.model, models_dir / "stylemamba" / "universal_tiny.safetensors")
+    return "universal_tiny.safetensors"
+
+
+def test_universal_model_with_a_prompt_or_a_reference_gives_styles_the_other_nodes_take(
+        nodes, universal_file, trained, vae, text_model, photo, models_dir):
+    from conftest import load_photo
+
+    images = comfy_images(photo)
+    with torch.inference_mode():
+        model, info = nodes["StyleMambaLoadUniversalModel"]().load(universal_file)
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "a watercolor painting", "a plain photo")[0]
+        style = nodes["StyleMambaUniversalStyle"]().make(model, conditioning=cond)[0]
+        other = nodes["StyleMambaUniversalStyle"]().make(
+            model, nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0])[0]
+        ref = comfy_images(load_photo("coffee", (40, 48)))
+        by_ref = nodes["StyleMambaUniversalStyle"]().make(model, text_model=text_model, reference_image=ref)[0]
+        ref_cond = nodes["StyleMambaReferenceConditioning"]().encode(text_model, ref, images, "a plain photo")[0]
+        out = nodes["StyleMambaStylize"]().stylize(style, vae, images, 1.0, 1024, 4)[0]
+        out_other = nodes["StyleMambaStylize"]().stylize(other, vae, images, 1.0, 1024, 4)[0]
+        out_ref = nodes["StyleMambaStylize"]().stylize(by_ref, vae, images, 1.0, 1024, 4)[0]
+        mixed = nodes["StyleMambaMixStyles"]().mix(style, trained["style"], 0.5)[0]
+        out_mix = nodes["StyleMambaStylize"]().stylize(mixed, vae, images, 1.0, 1024, 4)[0]
+        saved = nodes["StyleMambaSaveStyle"]().save(style, "from_universal")["result"][0]
+        reloaded = nodes["StyleMambaLoadStyle"]().load(saved)[0]
+    assert "trained over 2 prompts x 2 images" in info and "text model:" in info
+    assert style.metadata["prompts"] == ["a watercolor painting"] and style.metadata["universal_model"] == universal_file
+    assert torch.equal(style.embedding, cond.e_t) and style.fusion_state is model.fusion_state  # shared, not copied
+    assert out.shape == images.shape and not torch.equal(out, out_other)  # the prompt enters the forward pass
+    assert by_ref.metadata["prompts"] == ["reference image"] and out_ref.shape == images.shape
+    assert ref_cond.embeddings.shape == (1, cond.embeddings.shape[1]) and ref_cond.prompts == ("reference image",)
+    assert out_mix.shape == images.shape and torch.equal(reloaded.embedding, style.embedding)
+    with pytest.raises(ValueError, match="universal StyleMamba model"):
+        nodes["StyleMambaLoadStyle"]().load(universal_file)
+    with pytest.raises(ValueError, match="not a universal model: load it with Load Style"):
+        nodes["StyleMambaLoadUniversalModel"]().load(saved)
+    with pytest.raises(ValueError, match="needs a style"):
+        nodes["StyleMambaUniversalStyle"]().make(model)
+    with pytest.raises(ValueError, match="not both"):
+        nodes["StyleMambaUniversalStyle"]().make(model, conditioning=cond, reference_image=ref)
+    with pytest.raises(ValueError, match="connect the text model"):
+        nodes["StyleMambaUniversalStyle"]().make(model, reference_image=ref)
+    clip = nodes["StyleMambaLoadTextModel"]().load("tiny-clip", "")[0]
+    with torch.inference_mode():
+        clip_cond = nodes["StyleMambaTextConditioning"]().encode(clip, "a watercolor painting", "a plain photo")[0]
+    with pytest.raises(ValueError, match="trained with the text model"):
+        nodes["StyleMambaUniversalStyle"]().make(model, conditioning=clip_cond)

@@ -23,7 +23,7 @@ REQUIRED = {"train_and_stylize", "load_style_stylize_batch", "stylize_video_fram
 PACK_NAME = "comfyui_stylemamba_workflow_tests"
 # Our combos that list files / folders of the user's models dir (their choices depend on the machine).
 OUR_FILE_LISTS = {"StyleMambaLoadTextModel": {"model_name"}, "StyleMambaLoadPerceptual": {"vgg19", "lpips_backbone"},
-                  "StyleMambaLoadStyle": {"style_name"}}
+                  "StyleMambaLoadStyle": {"style_name"}, "StyleMambaLoadUniversalModel": {"model_name"}}
 
 
 def load_pack():

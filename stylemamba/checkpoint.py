@@ -1,0 +1,150 @@
+"""Resumable training checkpoints without pickle: weights AND optimizer state as safetensors, the rest JSON.
+
+A checkpoint is a folder ``step-00000100/`` in the run's checkpoint directory::
+
+    model.safetensors      the trainable weights by name (plus any extra tensors the trainer keeps)
+    optimizer.safetensors  the optimizer's per-parameter state (Adam: exp_avg, exp_avg_sq, step) keyed
+                           "<parameter name>/<field>"; param groups and non-tensor values in the header
+    trainer.json           step, recipe, data fingerprints, loss history: whatever the trainer needs
+
+Why not ``torch.save(optimizer.state_dict())``: loading that back needs ``torch.load``, i.e. unpickling,
+and checkpoints get copied between machines and people; safetensors + JSON can be read from anyone
+safely, and keying the state by parameter NAME (not position) makes a mismatch an error that names the
+parameter. A folder is written as ``step-N.partial`` and renamed when complete, so a run killed while
+writing leaves the previous checkpoint intact, and :func:`latest_checkpoint` never sees a half one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message says why and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    tensors: dict[str, torch.Tensor]
+    optimizer_tensors: dict[str, torch.Tensor]
+    optimizer_meta: dict[str, Any]
+    state: dict[str, Any]
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as (tensors keyed "<name>/<field>", JSON-able header); ``names`` in parameter order."""
+    sd = opt.state_dict()
+    order = [i for g in sd["param_groups"] for i in g["params"]]
+    if len(order) != len(names):
+        raise ValueError(f"{len(names)} names for {len(order)} optimised parameters")
+    name_of = dict(zip(order, names))
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for field, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{name_of[idx]}/{field}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(name_of[idx], {})[field] = value
+    groups = [{**{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"},
+               "params": [name_of[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return tensors, {"type": type(opt).__name__, "param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, names: Sequence[str], tensors: Mapping[str, torch.Tensor],
+                           meta: Mapping[str, Any]) -> None:
+    """Load state written by :func:`optimizer_to_tensors` into ``opt`` (whose parameters are named ``names``)."""
+    if meta.get("type") != type(opt).__name__:
+        raise CheckpointError(f"the checkpoint's optimizer is {meta.get('type')}, this run uses {type(opt).__name__}")
+    index = {n: i for i, n in enumerate(names)}
+    saved = [n for g in meta["param_groups"] for n in g["params"]]
+    if sorted(saved) != sorted(names):
+        missing, extra = sorted(set(names) - set(saved)), sorted(set(saved) - set(names))
+        raise CheckpointError(f"the checkpoint's parameters differ from this model's (missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}): it was written for another fusion/decoder configuration")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        name, _, field = key.rpartition("/")
+        state.setdefault(index[name], {})[field] = value
+    for name, fields in meta.get("scalars", {}).items():
+        state.setdefault(index[name], {}).update(fields)
+    groups = []
+    for g in meta["param_groups"]:
+        group = {k: (tuple(v) if k == "betas" else v) for k, v in g.items() if k != "params"}
+        groups.append({**group, "params": [index[n] for n in g["params"]]})
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def step_dir(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step-{step:08d}"
+
+
+def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.Tensor], opt: torch.optim.Optimizer,
+                    names: Sequence[str], state: Mapping[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically into ``folder`` and keep only the ``keep`` newest; returns its path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    final = step_dir(folder, step)
+    tmp = final.with_name(final.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / MODEL_FILE),
+              metadata={"format": "stylemamba.checkpoint"})
+    opt_tensors, opt_meta = optimizer_to_tensors(opt, names)
+    save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata={"optimizer": json.dumps(opt_meta)})
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1, default=str))
+    if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first (``.partial`` folders of an interrupted write are skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and all((p / f).is_file() for f in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)):
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint folder (safetensors and JSON only: nothing is unpickled)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        tensors = load_file(str(path / MODEL_FILE))
+        opt_tensors = load_file(str(path / OPTIMIZER_FILE))
+        with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as f:
+            opt_meta = json.loads((f.metadata() or {})["optimizer"])
+    except Exception as exc:  # OSError, JSON errors, safetensors' own error type
+        raise CheckpointError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); delete that folder to "
+                              "resume from the one before it") from exc
+    return Checkpoint(path, int(state["step"]), tensors, opt_tensors, opt_meta, state)

@@ -1,0 +1,593 @@
+"""Zero-shot styles: ONE fusion module and decoder trained over a prompt bank x an image set.
+
+The fusion module is conditioned on the style embedding e_t through adaLN (paper Eq. 1), so trained
+over many prompts it stylises with a prompt it never saw: encode the prompt, one forward pass (as
+FastCLIPstyler and TxST do, with StyleMamba's architecture). Each step draws a batch of (image,
+prompt) pairs that mixes prompts; row ``b`` is conditioned on its own e_t and judged against its
+own direction ``e_t - e_src`` by the per-style losses (directional, patch, masked, second-order,
+VGG / LPIPS content), which all take a per-row ``(B, D)`` direction.
+
+Distributed on ``torch.distributed`` (DDP; see :mod:`stylemamba.distributed`): the GLOBAL batch of a
+step is a function of (seed, step) only and rank r computes its slice, with the random crops and
+masks of each row seeded by (seed, step, row). So 1 process and N processes with the same global
+batch take the same steps (up to the order of floating-point sums), and a run resumed from a
+checkpoint on any number of processes continues exactly where it stopped: the checkpoint needs no
+sampler or RNG state, only the step. FSDP is not used: the trained parameters (a VAE decoder and the
+fusion module: 49.5 M + 4.1 M at full size) and their Adam state fit any training GPU many times over; the memory
+goes to activations, which sharding parameters would not reduce.
+
+Schedule: ``epochs`` x ``steps_per_epoch`` steps; the per-style recipe's epoch numbers (content
+weight switch at 5, lr halved at 10, second-order loss every 5) keep their meaning in epochs. The
+second-order loss compares the output with Y(i), the same batch through the weights at the start of
+the previous epoch (a snapshot kept for that epoch; with one step per epoch this is exactly the
+per-style trainer's rule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses as L
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, optimizer_from_tensors,
+                         save_checkpoint)
+from .direction import TextDirection
+from .distributed import Dist
+from .encoders import check_image_text_model, model_name
+from .options import from_options
+from .precision import autocast, grad_scaler
+from .prompt_bank import BankPrompt, PromptBank
+from .style_file import Style, UniversalModel
+from .style_model import StyleModel
+from .train import TrainConfig, enable_decoder_checkpointing, prepare_content, skipped_losses, step_views
+
+log = logging.getLogger("stylemamba")
+
+
+@dataclass
+class UniversalConfig(TrainConfig):
+    """The per-style recipe (losses, fusion, lr schedule in epochs) plus what a long, shared run needs.
+
+    Of the per-style options, ``memory_plan`` (micro-batches, view chunks) is not used here: the batch is the
+    process's rows as they are; ``gradient_checkpointing`` is; ``compile`` must stay "off".
+    """
+
+    steps_per_epoch: int = 50
+    # 4x the per-style lr: on the known-meaning colour bank (6 hues, 240 steps of 6 pairs, small VAE, 64 px) the
+    # directional loss ended at 0.19 with 2e-3 and 0.38 with 5e-4, where the model had learnt only one hue axis
+    # (red <-> cyan) for all six prompts; a decoder at a quarter of it (decoder_lr_scale 0.25) ended at 0.32
+    lr: float = 2e-3
+    batch_size: int = 8  # GLOBAL (image, prompt) pairs per step, split evenly over the processes
+    checkpoint_every: int = 200  # steps between checkpoints (0: only at the end and on Ctrl-C)
+    keep_checkpoints: int = 2
+    log_every: int = 10  # steps between loss lines on rank 0
+    cache_images: int = 4096  # content latents / image embeddings kept per process (frozen, computed once)
+    # the decoder's learning rate as a share of lr (0: the VAE's decoder stays as it is and only the fusion module,
+    # the one part that sees the prompt, is trained)
+    decoder_lr_scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.compile != "off":
+            raise ValueError(f"UniversalConfig.compile={self.compile!r}: torch.compile is not wired into universal "
+                             "training yet; leave it 'off'")
+        for name, ok, rule in (("batch_size", self.batch_size >= 1, ">= 1"),
+                               ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+                               ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+                               ("log_every", self.log_every >= 1, ">= 1"),
+                               ("cache_images", self.cache_images >= 0, ">= 0"),
+                               ("decoder_lr_scale", self.decoder_lr_scale >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"UniversalConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UniversalConfig:
+        return from_options(cls, d, "universal training", renamed={"amp": "precision"})
+
+
+# ------------------------------------------------------------------------------------------ data
+def _seed(*parts: Any) -> int:
+    """A 63-bit seed from any values: independent streams for (seed, what, step, row)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+
+
+class PairSampler:
+    """The (image, prompt) pairs of each step: a function of (seed, step) only, the same for any world size.
+
+    Images are drawn as consecutive slices of a fresh permutation per pass over the image set (every
+    image equally often, like ``DistributedSampler``); prompts in proportion to the bank's weights,
+    stratified within each batch (see :meth:`global_batch`). Rank r of W takes rows ``[r*B/W, (r+1)*B/W)`` of the global batch B.
+    """
+
+    def __init__(self, n_images: int, prompt_weights: Sequence[float], batch_size: int, seed: int):
+        if n_images < 1:
+            raise ValueError("no content images: give at least one image to train on")
+        self.n_images, self.batch_size, self.seed = int(n_images), int(batch_size), int(seed)
+        self.weights = torch.tensor([float(w) for w in prompt_weights], dtype=torch.float64)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, cycle: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != cycle:
+            g = torch.Generator().manual_seed(_seed(self.seed, "images", cycle))
+            self._perm = (cycle, torch.randperm(self.n_images, generator=g))
+        return self._perm[1]
+
+    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image indices, prompt indices), each (B,) long, of ``step``.
+
+        Prompts are drawn by systematic sampling over the weights (in a random order of the prompts): each prompt
+        appears floor or ceil of B x its share in every batch, so a batch of B >= P equal-weight prompts holds all
+        of them; no prompt dominates a step by chance, which would pull the shared weights towards it.
+        """
+        pos = step * self.batch_size + torch.arange(self.batch_size)
+        images = torch.stack([self._permutation(int(p) // self.n_images)[int(p) % self.n_images] for p in pos])
+        g = torch.Generator().manual_seed(_seed(self.seed, "prompts", step))
+        order = torch.randperm(self.weights.numel(), generator=g)
+        cdf = torch.cumsum(self.weights[order], 0)
+        cdf = cdf / cdf[-1]
+        u = (torch.rand((), generator=g, dtype=torch.float64) + torch.arange(self.batch_size)) / self.batch_size
+        picked = order[torch.searchsorted(cdf, u).clamp_max(order.numel() - 1)]
+        prompts = picked[torch.randperm(self.batch_size, generator=g)]
+        return images, prompts
+
+    def rows(self, rank: int, world_size: int) -> range:
+        if self.batch_size % world_size:
+            raise ValueError(f"batch size {self.batch_size} does not split evenly over {world_size} processes: use a "
+                             f"multiple of {world_size} (each process takes the same number of pairs)")
+        per = self.batch_size // world_size
+        return range(rank * per, (rank + 1) * per)
+
+
+class ImageSet:
+    """Content images (tensors or files), each resized and centre-cropped to the training resolution on access."""
+
+    def __init__(self, images: Sequence[torch.Tensor | str | Path] | torch.Tensor, resolution: int):
+        self.items = list(images.unbind(0)) if torch.is_tensor(images) and images.dim() == 4 else list(images)
+        if not self.items:
+            raise ValueError("no content images: give at least one image (file, folder or tensor) to train on")
+        self.resolution = int(resolution)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.items[i]
+        if not torch.is_tensor(item):
+            from .image_io import load_image
+
+            item = load_image(item)
+        return prepare_content(item, self.resolution)[0]
+
+    def fingerprint(self) -> str:
+        """Identifies the set for resuming (file names, or tensor shapes and sums)."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update((str(item) if not torch.is_tensor(item) else f"{tuple(item.shape)}:{float(item.double().sum()):.6e}")
+                     .encode())
+        return h.hexdigest()[:16]
+
+
+def encode_bank(text, prompts: Sequence[str], chunk: int = 64) -> torch.Tensor:
+    """(P, D) L2-normalised text embeddings of the prompts, encoded in chunks (banks can be large)."""
+    with torch.no_grad():
+        return torch.cat([text.encode_text(list(prompts[i:i + chunk])).float() for i in range(0, len(prompts), chunk)])
+
+
+# ------------------------------------------------------------------------------------------ model
+class UniversalNet(nn.Module):
+    """The trained part: a :class:`StyleModel` (fusion + decoder) conditioned PER ROW (each image its own prompt).
+
+    A module with a ``forward`` so DistributedDataParallel can wrap it; the forward pass itself is the
+    StyleModel's, the one Stylize runs.
+    """
+
+    def __init__(self, model: StyleModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B,C,h,w) and embeddings (B,D) -> raw (unclamped) images."""
+        return self.model.raw_output(z, cond)
+
+
+def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators: Sequence[torch.Generator]):
+    """The trainer's :func:`~stylemamba.train.step_views` for each row with ITS generator (world-size free).
+
+    Returns (images for ONE tower call, split: embeddings -> (whole, crops or None, masked or None)) in the
+    layout ``losses.style_loss`` expects (crops image-major).
+    """
+    per_row = [step_views(y[i:i + 1], lc, size, g) for i, g in enumerate(generators)]
+    sizes = [v.images.shape[0] for v in per_row]
+
+    def split(emb: torch.Tensor):
+        parts = [v.split(e) for v, e in zip(per_row, emb.split(sizes))]
+        whole = torch.cat([p[0] for p in parts])
+        crops = torch.cat([p[1] for p in parts]) if per_row[0].n_crops else None
+        masked = torch.cat([p[2] for p in parts]) if per_row[0].masked else None
+        return whole, crops, masked
+
+    return torch.cat([v.images for v in per_row]), split
+
+
+_SNAPSHOTS = {"so_snapshot.": "snapshot", "so_next_snapshot.": "next_snapshot"}  # checkpoint key prefixes
+
+
+@dataclass
+class LogLine:
+    """What rank 0 reports every ``log_every`` steps: the global mean of each loss term over those steps."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    losses: dict[str, float]
+    seconds: float
+    pairs_per_second: float
+
+
+@dataclass
+class UniversalResult:
+    model: UniversalModel
+    history: list[dict[str, float]]  # one LogLine's losses per log interval (global means)
+    steps: int
+    seconds: float
+    cancelled: bool = False
+    checkpoint: Path | None = None
+
+
+class UniversalTrainer:
+    """Everything a universal training run needs on one process; ``run()`` executes it (usable once)."""
+
+    def __init__(self, vae, text, images: ImageSet | Sequence | torch.Tensor, bank: PromptBank | Sequence[str],
+                 config: UniversalConfig | None = None, vgg: nn.Module | None = None, lpips: nn.Module | None = None,
+                 dist: Dist | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False):
+        check_image_text_model(text)
+        self.cfg = config or UniversalConfig()
+        self.dist = dist or Dist(device=vae.device)
+        self.device = self.dist.device
+        for what, dev in (("VAE", vae.device), ("text model", text.device)):
+            if dev.type != self.device.type:
+                raise ValueError(f"the {what} is on {dev} but this process trains on {self.device}: move it first")
+        self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
+        self.images = images if isinstance(images, ImageSet) else ImageSet(images, self.cfg.resolution)
+        if self.images.resolution != self.cfg.resolution:
+            raise ValueError(f"the image set is prepared at {self.images.resolution} px but the recipe trains at "
+                             f"{self.cfg.resolution} px")
+        self.bank = bank if isinstance(bank, PromptBank) else PromptBank(
+            tuple(BankPrompt(" ".join(str(p).split()), line=i + 1) for i, p in enumerate(bank)), "<prompts>")
+        lc = self.cfg.loss
+        self.skipped_losses = skipped_losses(lc, vgg, lpips)
+        for name in self.skipped_losses:
+            log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
+        self.sampler = PairSampler(len(self.images), self.bank.weights, self.cfg.batch_size, self.cfg.seed)
+        self.rows = self.sampler.rows(self.dist.rank, self.dist.world_size)
+
+        torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.prompt_emb = encode_bank(text, self.bank.texts).to(self.device)
+        self.e_src = text.encode_text([lc.source_prompt])[0].float().to(self.device)
+        self.net = UniversalNet(StyleModel.for_training(vae, self.cfg.fusion, self.e_src))
+        if self.cfg.channels_last and self.device.type == "cuda":
+            self.net.model.decoder.to(memory_format=torch.channels_last)
+        if self.cfg.gradient_checkpointing:  # no automatic memory plan here: a flag of the recipe
+            enable_decoder_checkpointing(self.net.model.decoder)
+        if self.cfg.decoder_lr_scale == 0:
+            self.net.model.decoder.requires_grad_(False)
+        groups = [{"params": [p for p in self.net.model.fusions.parameters()], "lr_scale": 1.0}]
+        if self.cfg.decoder_lr_scale > 0:
+            groups.append({"params": list(self.net.model.decoder.parameters()), "lr_scale": self.cfg.decoder_lr_scale})
+        self.names = [n for prefix, mod in (("model.fusions", self.net.model.fusions), ("model.decoder", self.net.model.decoder))
+                      for n, p in mod.named_parameters(prefix=prefix) if p.requires_grad]  # in the optimizer's order
+        self.opt = torch.optim.Adam(groups, lr=self.cfg.lr, fused=True if self.device.type == "cuda" else None)
+        self.scaler = grad_scaler(self.device, self.cfg.precision)
+        self.ddp = self.net
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.e_src_image = self._source_image_embedding()
+        # second-order loss: the weights at the start of the previous epoch (used in this epoch), and those at
+        # the start of this epoch (used in the next one); kept only around epochs where the loss applies
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.next_snapshot: dict[str, torch.Tensor] | None = None
+        self.step_index = 0
+        self.history: list[dict[str, float]] = []
+        # called with a phase name as each part of a step ends (inputs, forward, views+tower, losses, backward,
+        # optimizer): the benchmark's timer (bench-universal); None in training
+        self.on_phase: Callable[[str], None] | None = None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._prepare_checkpoints(resume)
+
+    # ------------------------------------------------------------------ frozen inputs
+    def _frozen(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image i: pixels, its latent z and its image embedding F_I(X) (the last two cached)."""
+        x = self.images[i].to(self.device)[None]
+        if i not in self._cache:
+            with torch.no_grad(), autocast(self.device, self.cfg.precision):
+                z, emb = self.vae.encode(x), self.text.encode_image(x).float()
+            if len(self._cache) < self.cfg.cache_images:
+                self._cache[i] = (z, emb)
+            return x, z, emb
+        return (x, *self._cache[i])
+
+    def _source_image_embedding(self, limit: int = 256) -> torch.Tensor:
+        """Mean image embedding of (up to ``limit``) training photos: where reference-image directions start."""
+        embs = [self._frozen(i)[2] for i in range(min(limit, len(self.images)))]
+        return F.normalize(torch.cat(embs).mean(0), dim=-1)
+
+    # ------------------------------------------------------------------ schedule
+    def epoch_of(self, step: int) -> int:
+        return step // self.cfg.steps_per_epoch
+
+    def lr_at(self, epoch: int) -> float:
+        return self.cfg.lr * (self.cfg.lr_decay if epoch >= self.cfg.lr_decay_epoch else 1.0)
+
+    def so_epoch(self, epoch: int) -> bool:
+        lc = self.cfg.loss
+        return lc.so > 0 and epoch >= lc.so_interval and epoch % lc.so_interval == 0
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step on this rank's rows of the global batch; returns detached local loss terms."""
+        cfg, lc, s = self.cfg, self.cfg.loss, self.step_index
+        epoch = self.epoch_of(s)
+        if s % cfg.steps_per_epoch == 0:
+            self.snapshot = self.next_snapshot if self.so_epoch(epoch) else None
+            self.next_snapshot = ({n: p.detach().clone() for n, p in self.net.named_parameters()}
+                                  if self.so_epoch(epoch + 1) else None)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(epoch) * group["lr_scale"]
+        img_idx, prompt_idx = self.sampler.global_batch(s)
+        rows = list(self.rows)
+        frozen = [self._frozen(int(img_idx[r])) for r in rows]
+        x = torch.cat([f[0] for f in frozen])
+        z = torch.cat([f[1] for f in frozen])
+        emb_x = torch.cat([f[2] for f in frozen])
+        e_t = self.prompt_emb[prompt_idx[rows]]
+        text_dir = e_t - self.e_src  # per row: each image is pushed along its own prompt's direction
+        gens = [torch.Generator(device=self.device).manual_seed(_seed(cfg.seed, "views", s, r)) for r in rows]
+        mark = self.on_phase or (lambda name: None)
+        mark("inputs")
+        with autocast(self.device, cfg.precision):
+            y = self.ddp(z, e_t)
+            mark("forward")
+            views, split = step_views_per_row(y, lc, self.text.image_size, gens)
+            emb_y, crop_embs, masked_emb = split(self.text.encode_image(views))  # one batched tower call
+            mark("views+tower")
+            prev = self._previous_embedding(z, e_t) if self.so_epoch(epoch) and self.snapshot is not None else None
+            terms = L.style_loss(emb_y, emb_x, text_dir, lc, epoch, crop_embs=crop_embs, masked_emb=masked_emb,
+                                 prev_img_emb=prev)
+            if "so_gate" in terms:  # gate on the GLOBAL batch's directional loss, so every rank agrees
+                gate = L.second_order_gate(self.dist.mean(terms["dir"].detach()), epoch, lc.so_theta, lc.so_interval)
+                terms.pop("so_gate")
+                terms["so"] = gate * terms["so"]
+            if self.vgg is not None and lc.uses_vgg:
+                with torch.no_grad():
+                    feats_x = [f.detach() for f in self.vgg(x)]
+                terms["vgg"] = L.content_loss(self.vgg(y), feats_x)
+            if self.lpips is not None and lc.lpips > 0:
+                terms["lpips"] = self.lpips(y, x)
+            if lc.tv > 0:
+                terms["tv"] = L.total_variation(y, form=lc.tv_form)
+            total = L.total_loss(terms, lc.weights(epoch))
+        mark("losses")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()  # DDP averages the gradients over the ranks here
+        mark("backward")
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        mark("optimizer")
+        self.step_index += 1
+        out = {k: v.detach().float() for k, v in terms.items()}
+        out["total"] = total.detach().float()
+        return out
+
+    def _previous_embedding(self, z: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        """F_I(Y(i)): this batch through the snapshot weights (the previous epoch's model), no gradient."""
+        with torch.no_grad():
+            y = torch.func.functional_call(self.net, self.snapshot, (z, e_t))
+            size = self.text.image_size
+            return self.text.encode_image(F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False,
+                                                        antialias=True)).float()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, on_log: Callable[[LogLine], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> UniversalResult:
+        """Train to ``epochs * steps_per_epoch`` steps (from the resumed step), logging and checkpointing on rank 0.
+
+        ``should_stop`` is asked after every step on every rank; if it is true on ANY rank, all ranks stop
+        after that step, a checkpoint is written and the result says ``cancelled``.
+        """
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        first = self.step_index
+        acc: dict[str, torch.Tensor] = {}
+        n_acc, t_log = 0, time.perf_counter()
+        cancelled = False
+        while self.step_index < cfg.total_steps:
+            terms = self.step()
+            for k, v in terms.items():
+                acc[k] = acc.get(k, torch.zeros((), device=v.device)) + v
+            n_acc += 1
+            s = self.step_index
+            if s % cfg.log_every == 0 or s == cfg.total_steps:
+                self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0)
+                acc, n_acc, t_log = {}, 0, time.perf_counter()
+            stop = self.dist.any(bool(should_stop and should_stop()))
+            if stop and s < cfg.total_steps:
+                cancelled = True
+                break
+            if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < cfg.total_steps:
+                self.save_checkpoint()
+        if n_acc:
+            self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        path = self.save_checkpoint() if self.checkpoint_dir is not None and self.step_index > first else None
+        return UniversalResult(self.result(seconds, cancelled), list(self.history), self.step_index, seconds,
+                               cancelled, path)
+
+    def _log(self, acc, n, seconds, on_log, elapsed) -> None:
+        keys = sorted(acc)
+        mean = self.dist.mean(torch.stack([acc[k] for k in keys]) / n)  # global means (one all-reduce)
+        losses = {k: float(v) for k, v in zip(keys, mean.tolist())}
+        self.history.append({"step": self.step_index, **losses})
+        if not self.dist.is_main:
+            return
+        line = LogLine(self.step_index, self.cfg.total_steps, self.epoch_of(self.step_index - 1), losses, elapsed,
+                       n * self.cfg.batch_size / max(seconds, 1e-9))
+        if self.checkpoint_dir is not None:
+            with open(self.checkpoint_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(dataclasses.asdict(line)) + "\n")
+        if on_log is not None:
+            on_log(line)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (anything else would train a different model)."""
+        recipe = self.cfg.to_dict()
+        for free in ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "cache_images", "compile",
+                     "preview_every"):
+            recipe.pop(free)  # extending a run or changing its bookkeeping is fine
+        bank = hashlib.sha256(json.dumps([self.bank.texts, self.bank.weights]).encode()).hexdigest()[:16]
+        return {"recipe": recipe, "bank": bank, "images": self.images.fingerprint(),
+                "text_model": model_name(self.text), "base_vae": self.vae.identity.get("arch")}
+
+    def _prepare_checkpoints(self, resume: bool) -> None:
+        if self.checkpoint_dir is None:
+            if resume:
+                raise ValueError("resume asked for but no checkpoint directory given")
+            return
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is None:
+            if resume:
+                log.warning("no checkpoint in %s yet: starting from step 0", self.checkpoint_dir)
+            if self.dist.is_main:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            return
+        if not resume:
+            raise FileExistsError(f"{self.checkpoint_dir} already holds a run (checkpoint {latest.name}): pass --resume "
+                                  "to continue it, or choose an empty checkpoint directory")
+        self.load_checkpoint(latest)
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes the checkpoint of the current step; every rank waits for it. Returns its path on rank 0."""
+        path = None
+        if self.dist.is_main and self.checkpoint_dir is not None:
+            tensors = dict(self.net.state_dict())
+            for prefix, snap in _SNAPSHOTS.items():
+                tensors.update({prefix + k: v for k, v in (getattr(self, snap) or {}).items()})
+            state = {"identity": self._identity(), "history": self.history,
+                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                     "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+            path = save_checkpoint(self.checkpoint_dir, self.step_index, tensors, self.opt, self.names, state,
+                                   keep=self.cfg.keep_checkpoints)
+            log.info("checkpoint: %s", path)
+        self.dist.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        ck = load_checkpoint(path)
+        mine, theirs = self._identity(), ck.state.get("identity", {})
+        diff = sorted(k for k in mine if json.dumps(mine[k], sort_keys=True, default=str)
+                      != json.dumps(theirs.get(k), sort_keys=True, default=str))
+        if diff:
+            raise CheckpointError(f"checkpoint {ck.path} belongs to another run: its {', '.join(diff)} differ from this "
+                                  "one's. Resume with the same prompt bank, images, models and recipe (only the "
+                                  "number of epochs may grow), or start in an empty checkpoint directory")
+        weights = {k: v for k, v in ck.tensors.items() if not k.startswith(tuple(_SNAPSHOTS))}
+        self.net.load_state_dict(weights)
+        for prefix, snap in _SNAPSHOTS.items():
+            found = {k[len(prefix):]: v.to(self.device) for k, v in ck.tensors.items() if k.startswith(prefix)}
+            setattr(self, snap, found or None)
+        optimizer_from_tensors(self.opt, self.names, ck.optimizer_tensors, ck.optimizer_meta)
+        if ck.state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ck.state["scaler"])
+        self.step_index = ck.step
+        self.history = list(ck.state.get("history", []))
+        log.info("resumed from %s (step %d of %d)", ck.path, ck.step, self.cfg.total_steps)
+
+    # ------------------------------------------------------------------ the artefact
+    def result(self, seconds: float, cancelled: bool = False) -> UniversalModel:
+        meta = {"kind": "universal", "text_model": model_name(self.text),
+                "text_model_kind": getattr(self.text, "kind", ""), "source_prompt": self.cfg.loss.source_prompt,
+                "bank_size": len(self.bank), "bank_prompts": self.bank.texts, "bank_source": self.bank.source,
+                "content_images": len(self.images), "recipe": self.cfg.to_dict(), "steps": self.step_index,
+                "train_seconds": round(seconds, 3), "cancelled": cancelled, "world_size": self.dist.world_size,
+                "losses_skipped": self.skipped_losses, "final_losses": self.history[-1] if self.history else {}}
+        style = self.net.model.to_style(meta)  # fusion weights and decoder delta, as a style stores them
+        return UniversalModel(style.fusion_config, style.fusion_state, style.decoder_delta, self.e_src.detach().cpu(),
+                              self.e_src_image.detach().float().cpu(), style.metadata)
+
+
+def train_universal(vae, text, images, bank, config: UniversalConfig | None = None, vgg=None, lpips=None,
+                    dist: Dist | None = None, checkpoint_dir=None, resume: bool = False,
+                    on_log: Callable[[LogLine], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> UniversalResult:
+    """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job."""
+    trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
+    return trainer.run(on_log, should_stop)
+
+
+# ------------------------------------------------------------------------------------------ using it
+def universal_direction(universal: UniversalModel, text, prompt: str | None = None,
+                        reference: torch.Tensor | None = None, name: str = "reference image") -> TextDirection:
+    """A conditioning for ``universal``: a prompt, or reference picture(s) compared with its training photos.
+
+    Encoded with ``text``, which must be the image-text model the universal model was trained with.
+    """
+    if (prompt is None) == (reference is None):
+        raise ValueError("give a style prompt or a reference image (exactly one) to make a style from the universal "
+                         "model")
+    source = str(universal.metadata.get("source_prompt") or "a plain photo")
+    if prompt is not None:
+        direction = TextDirection.encode(text, prompt, source_prompt=source)
+    else:
+        direction = TextDirection.from_reference(text, reference, source_image_embedding=universal.source_image_embedding,
+                                                 source_prompt=source, name=name)
+    _check_text_model(universal, direction)
+    return direction
+
+
+def style_from_universal(universal: UniversalModel, direction: TextDirection) -> Style:
+    """The style of ``direction`` (a prompt's or a reference image's): the universal model conditioned on its e_t.
+
+    Stylize, Mix Styles and Save Style take it like any trained style; the fusion weights and decoder delta are
+    the universal model's (shared, not copied), the embedding is ``direction.e_t``.
+    """
+    _check_text_model(universal, direction)
+    return universal.style(direction.e_t, {**direction.metadata(), "name": f"{direction.prompts[0]} (universal)"})
+
+
+def _check_text_model(universal: UniversalModel, direction: TextDirection) -> None:
+    """Refuse a conditioning from another image-text model (its embedding space is not the one trained on).
+
+    Names differ between a Hugging Face id and a local folder of the same model, so the test is what the
+    model computes where possible: the source prompt's embedding must be the one stored in the universal model.
+    """
+    source = str(universal.metadata.get("source_prompt") or "")
+    stored = universal.source_embedding.float().reshape(-1)
+    same = direction.embeddings.shape[1] == stored.numel()
+    if same and direction.source_prompt == source:
+        same = float(F.cosine_similarity(direction.e_src.float(), stored, dim=0)) > 0.999
+    elif same and universal.text_model:
+        same = direction.text_model.rstrip("/").split("/")[-1] == universal.text_model.rstrip("/").split("/")[-1]
+    if not same:
+        raise ValueError(f"universal model '{universal.name}' was trained with the text model '{universal.text_model}' "
+                         f"but the conditioning was encoded with '{direction.text_model}': encode the prompt with "
+                         "the model it was trained with (its embedding space is the only one it knows)")

@@ -1,0 +1,171 @@
+"""Universal model training in one process: sampler, per-row prompts, files, styles from it, checkpoints and resume."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import load_photo
+
+from stylemamba.checkpoint import CheckpointError, list_checkpoints
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.fusion import FusionConfig
+from stylemamba.losses import LossConfig
+from stylemamba.style_file import (StyleFileError, file_kind, load_style, load_universal, read_style_metadata,
+                                   save_style, save_universal)
+from stylemamba.stylize import stylize
+from stylemamba.universal import PairSampler, UniversalConfig, UniversalTrainer, train_universal
+from stylemamba.vae import load_vae
+
+PROMPTS = ["oil painting", "watercolor", "pencil sketch"]
+
+
+def tiny_config(**overrides) -> UniversalConfig:
+    loss = dict(n_crops=2, crop_fraction=0.5, so_interval=1, so_theta=2.0)
+    loss.update(overrides.pop("loss", {}))
+    cfg = dict(epochs=2, steps_per_epoch=2, batch_size=2, resolution=64, lr_decay_epoch=1, log_every=1,
+               checkpoint_every=1, loss=LossConfig(**loss), fusion=FusionConfig(width=16, depth=1, d_state=4))
+    cfg.update(overrides)
+    return UniversalConfig(**cfg)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    return load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.cat([load_photo(n, 64) for n in ("astronaut", "chelsea", "coffee")])
+
+
+def _params(trainer_or_net):
+    net = getattr(trainer_or_net, "net", trainer_or_net)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_pair_sampler_is_a_function_of_seed_and_step_and_splits_evenly():
+    s = PairSampler(n_images=5, prompt_weights=[1, 1, 6], batch_size=4, seed=3)
+    a = s.global_batch(7)
+    assert all(torch.equal(x, y) for x, y in zip(a, PairSampler(5, [1, 1, 6], 4, 3).global_batch(7)))
+    assert not torch.equal(a[1], s.global_batch(8)[1]) or not torch.equal(a[0], s.global_batch(8)[0])
+    # every image once per pass over the set (5 images, 4 per step: steps 0..4 hold 4 full passes)
+    seen = torch.cat([s.global_batch(k)[0] for k in range(5)])
+    assert sorted(seen.tolist()) == sorted(list(range(5)) * 4)
+    prompts = torch.cat([s.global_batch(k)[1] for k in range(300)])
+    share = float((prompts == 2).float().mean())
+    assert 0.65 < share < 0.85, share  # weight 6 of 8
+    assert list(s.rows(0, 2)) == [0, 1] and list(s.rows(1, 2)) == [2, 3] and list(s.rows(0, 1)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        s.rows(0, 3)
+
+
+def test_batches_mix_prompts_each_row_with_its_own_condition(models, images):
+    vae, text = models
+    trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(batch_size=4))
+    rows_seen = []
+    original = trainer.ddp.forward
+
+    def spy(z, cond):
+        rows_seen.append(cond.detach().clone())
+        return original(z, cond)
+
+    trainer.ddp.forward = spy
+    for _ in range(3):
+        terms = trainer.step()
+        assert {"dir", "patch", "md"} <= set(terms) and all(torch.isfinite(v) for v in terms.values())
+    conds = torch.cat(rows_seen)
+    emb = text.encode_text(PROMPTS)
+    matches = [(torch.cdist(c[None], emb)[0].argmin()).item() for c in conds]
+    assert all(torch.allclose(c, emb[m], atol=1e-6) for c, m in zip(conds, matches))  # each row: one bank prompt
+    assert len(set(matches)) >= 2  # batches mix prompts
+    # the second-order loss runs (against the previous epoch's weights) from epoch so_interval on
+    assert trainer.epoch_of(2) == 1 and "so" in terms
+
+
+def test_universal_file_round_trip_kinds_and_styles_from_it(models, images, photo, tmp_path):
+    vae, text = models
+    trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(epochs=1))
+    model = trainer.run().model
+    assert model.metadata["bank_size"] == 3 and model.metadata["steps"] == 2
+    path = save_universal(model, tmp_path / "uni", delta_dtype=torch.float32)["path"]
+    assert file_kind(path) == "universal"
+    loaded = load_universal(path)
+    assert torch.equal(loaded.source_embedding, model.source_embedding)
+    assert loaded.metadata["bank_prompts"] == PROMPTS and loaded.metadata["text_model"] == text.name
+    with pytest.raises(StyleFileError, match="universal StyleMamba model.*Universal Style"):
+        load_style(path)
+    with pytest.raises(StyleFileError, match="universal StyleMamba model"):
+        read_style_metadata(path)
+
+    e = text.encode_text(["watercolor"])[0]
+    style = loaded.style(e, {"prompts": ["watercolor"]})
+    out = stylize(photo, vae, style)
+    # the style IS the trained network conditioned on e_t: the same pixels as its forward pass
+    with torch.no_grad():
+        direct = trainer.net(vae.encode(photo), e[None]).clamp(0, 1)
+    assert (direct - out).abs().max() < 1e-5
+    style_path = save_style(style, tmp_path / "from_uni", delta_dtype=torch.float32)["path"]
+    assert file_kind(style_path) == "style" and load_style(style_path).metadata["universal_model"] == "uni.safetensors"
+    with pytest.raises(StyleFileError, match="is a style trained for 'watercolor', not a universal model"):
+        load_universal(style_path)
+    assert torch.equal(stylize(photo, vae, load_style(style_path)), out)
+    other = loaded.style(text.encode_text(["pencil sketch"])[0])
+    assert not torch.equal(stylize(photo, vae, other), out)  # the prompt changes the output
+    with pytest.raises(StyleFileError, match="4-d embeddings but universal model"):
+        loaded.style(torch.ones(4))
+
+
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(models, images, tmp_path):
+    vae, text = models
+    straight = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "a")
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    first = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "b",
+                            should_stop=stop_after_three)
+    assert first.cancelled and first.steps == 3 and first.checkpoint.name == "step-00000003"
+    # the checkpoint of step 3 lies in the epoch whose successor uses the second-order snapshot
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "b")
+    resumed = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.step_index == 3
+    result = resumed.run()
+    assert result.steps == 4 and not result.cancelled
+    a, b = straight.model, result.model
+    for k in a.fusion_state:
+        assert torch.equal(a.fusion_state[k], b.fusion_state[k]), k
+    for k in a.decoder_delta:
+        assert torch.equal(a.decoder_delta[k], b.decoder_delta[k]), k
+    assert [h["total"] for h in straight.history] == [h["total"] for h in result.history]
+    assert len(list_checkpoints(tmp_path / "b")) == 2  # keep_checkpoints
+    with pytest.raises(CheckpointError, match="belongs to another run: its bank differ"):
+        UniversalTrainer(vae, text, images, PROMPTS[:2], tiny_config(), checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_a_frozen_decoder_trains_only_the_fusion_module(models, images, tmp_path):
+    vae, text = models
+    trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(decoder_lr_scale=0.0),
+                               checkpoint_dir=tmp_path / "ck")
+    assert all(n.startswith("model.fusions.") for n in trainer.names)
+    result = trainer.run()
+    assert max(float(d.abs().max()) for d in result.model.decoder_delta.values()) == 0.0
+    before = UniversalTrainer(vae, text, images, PROMPTS, tiny_config()).net.model.fusion.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in result.model.fusion_state.items())
+    resumed = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(decoder_lr_scale=0.0),
+                               checkpoint_dir=tmp_path / "ck", resume=True)  # the optimizer state matches again
+    assert resumed.step_index == 4
+
+
+def test_gradient_checkpointing_recomputes_and_trains_the_same(models, images):
+    vae, text = models
+    plain = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(epochs=1, steps_per_epoch=1))
+    saving = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(epochs=1, steps_per_epoch=1,
+                                                                      gradient_checkpointing=True))
+    assert saving.net.model.decoder.decoder.gradient_checkpointing
+    assert not plain.net.model.decoder.decoder.gradient_checkpointing
+    a, b = plain.step(), saving.step()
+    assert torch.allclose(a["total"], b["total"], rtol=1e-5)
+    for (k, p), q in zip(plain.net.named_parameters(), saving.net.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), k

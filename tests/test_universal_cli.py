@@ -1,0 +1,91 @@
+"""The command line of zero-shot styles, in-process: train-universal, stylize with a prompt or a reference picture,
+train a style from a reference picture or starting from the universal model, info; and the errors on the way."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import load_photo
+
+from stylemamba.cli import main
+from stylemamba.image_io import load_image, save_image
+from stylemamba.style_file import load_style
+
+RECIPE = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "resolution": 64, "log_every": 1,
+          "loss": {"n_crops": 2, "crop_fraction": 0.5}, "fusion": {"width": 16, "depth": 1, "d_state": 4}}
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("universal_cli")
+    (root / "images").mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        save_image(load_photo(name, 64)[0], root / "images" / f"{name}.png")
+    save_image(load_photo("rocket", 64)[0], root / "rocket.png")
+    (root / "bank.txt").write_text("oil painting\nwatercolor\npencil sketch\n")
+    (root / "recipe.json").write_text(json.dumps(RECIPE))
+    common = ["--device", "cpu", "--vae", str(tiny_models["vae"])]
+    text = ["--text-model", str(tiny_models["siglip"])]
+    code = main(["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images",
+                 str(root / "images"), "--config", str(root / "recipe.json"), "--out", str(root / "uni.safetensors"),
+                 "--checkpoint-dir", str(root / "ck"), "--quiet"])
+    assert code == 0
+    return root, common, text
+
+
+def test_train_universal_refuses_to_overwrite_and_to_reuse_a_checkpoint_dir(setup, capsys):
+    root, common, text = setup
+    args = ["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images", str(root / "images"),
+            "--config", str(root / "recipe.json"), "--out", str(root / "uni.safetensors"), "--checkpoint-dir",
+            str(root / "ck2")]
+    assert main(args) == 2 and "pass --overwrite" in capsys.readouterr().err
+    args[-3:] = [str(root / "uni2.safetensors"), "--checkpoint-dir", str(root / "ck")]
+    assert main(args) == 2 and "pass --resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # nothing left to train: the model of the last checkpoint is written
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 2 and (root / "uni2.safetensors").is_file()
+
+
+def test_stylize_with_a_prompt_or_a_reference_and_the_errors(setup, capsys):
+    root, common, text = setup
+    photo = str(root / "rocket.png")
+    run = ["stylize", *common, *text, "--input", photo, "--quiet"]
+    assert main(run + ["--universal", str(root / "uni.safetensors"), "--prompt", "watercolor", "--output",
+                       str(root / "a.png")]) == 0
+    assert main(run + ["--style", str(root / "uni.safetensors"), "--prompt", "watercolor", "--output",
+                       str(root / "b.png")]) == 0  # recognised by its kind
+    a, b = load_image(root / "a.png"), load_image(root / "b.png")
+    assert a.shape == (1, 3, 64, 64) and torch.equal(a, b)
+    assert main(run + ["--universal", str(root / "uni.safetensors"), "--prompt", "pencil sketch", "--output",
+                       str(root / "c.png")]) == 0
+    assert not torch.equal(load_image(root / "c.png"), a)
+    assert main(run + ["--universal", str(root / "uni.safetensors"), "--reference", str(root / "images" / "coffee.png"),
+                       "--output", str(root / "d.png")]) == 0
+    capsys.readouterr()
+    assert main(run + ["--universal", str(root / "uni.safetensors"), "--output", str(root / "e.png")]) == 2
+    assert "add --prompt" in capsys.readouterr().err
+    assert main(run + ["--prompt", "watercolor", "--output", str(root / "e.png")]) == 2
+    assert "give one with --universal" in capsys.readouterr().err
+    info = main(["info", str(root / "uni.safetensors")])
+    out = json.loads(capsys.readouterr().out)
+    assert info == 0 and out["kind"] == "universal" and out["bank_size"] == 3 and "bank_prompts" not in out
+
+
+def test_train_from_a_reference_picture_and_from_the_universal_model(setup, capsys):
+    root, common, text = setup
+    recipe = root / "style_recipe.json"
+    recipe.write_text(json.dumps({"epochs": 1, "resolution": 64, "loss": {"n_crops": 2, "crop_fraction": 0.5},
+                                  "fusion": {"width": 8, "depth": 1, "d_state": 2}}))
+    base = ["train", *common, *text, "--content", str(root / "rocket.png"), "--config", str(recipe), "--quiet"]
+    assert main(base + ["--reference", str(root / "images" / "coffee.png"), "--out", str(root / "ref.safetensors")]) == 0
+    ref = load_style(root / "ref.safetensors")
+    assert ref.metadata["prompts"] == ["reference coffee.png"]
+    assert main(base + ["--prompt", "watercolor", "--start-from", str(root / "uni.safetensors"), "--out",
+                        str(root / "fine.safetensors")]) == 0
+    fine = load_style(root / "fine.safetensors")
+    # the starting model's architecture is kept (width 16 from the universal recipe, not this recipe's 8)
+    assert fine.metadata["started_from"] == "uni.safetensors" and fine.fusion_config["width"] == 16
+    capsys.readouterr()
+    assert main(base + ["--out", str(root / "x.safetensors")]) == 2
+    assert "--prompt TEXT or as --reference" in capsys.readouterr().err
