@@ -181,7 +181,7 @@ def _triton_self_check(dev: torch.device) -> Optional[str]:
                       B=r(b, n, length), C=r(b, n, length), D=r(d), z=r(b, d, length), delta_bias=r(d, scale=0.5))
         results = []
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(dev.type, enabled=False):
-            for fn in (mod.selective_scan_triton, lambda **kw: selective_scan(**kw, backend="chunked")):
+            for fn in (mod.selective_scan_triton, lambda **kw: _scan_pytorch(**kw, backend="chunked")):
                 leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
                 y = fn(**leaves, delta_softplus=True)
                 grads = torch.autograd.grad(y, list(leaves.values()), torch.cos(y.detach()))
@@ -462,6 +462,14 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                 raise
             _triton_failed(u.device, exc)
             backend = resolve_backend("chunked", u.device)
+    return _scan_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend,
+                         chunk_size=chunk_size, block_len=block_len)
+
+
+def _scan_pytorch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, *, chunk_size=None,
+                  block_len=None) -> Tensor:
+    """The plain-PyTorch scans ("chunked" or "sequential") with the shared pre/post-processing; no
+    backend selection or logging (the Triton self-check compares against it silently)."""
     in_dtype = u.dtype
     cdt = torch.float64 if in_dtype == torch.float64 else torch.float32
     with torch.autocast(u.device.type, enabled=False):

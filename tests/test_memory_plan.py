@@ -167,7 +167,7 @@ def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_ca
     for a, b in zip(*runs.values()):
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())  # the memory fraction needs an index
     total = torch.cuda.get_device_properties(device).total_memory
     try:
         torch.cuda.set_per_process_memory_fraction(4e9 / total, device)

@@ -577,6 +577,8 @@ def bench_memory_caps(models: Models, sizes: Sizes, device: torch.device, caps_g
     from ..train import train_style
 
     out: dict[str, Any] = {"caps_gb": caps_gb, "images": list(images), "repeats": repeats, "rows": []}
+    if device.type == "cuda" and device.index is None:  # set_per_process_memory_fraction needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     if total is None:
         out["note"] = (f"memory caps cannot be emulated on {device.type}: torch.cuda.set_per_process_memory_fraction "
