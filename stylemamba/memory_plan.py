@@ -149,6 +149,20 @@ def choose_plan(free_bytes: float | None, recipe: Recipe, micro_batching: bool =
     return MemoryPlan(small.micro_batch, small.view_chunk, small.checkpointing, why)
 
 
+def smaller_plan(plan: MemoryPlan, recipe: Recipe, micro_batching: bool = True) -> MemoryPlan | None:
+    """After ``plan`` ran out of memory: the fastest plan whose estimate is at most 3/4 of ``plan``'s
+    (the estimates can be low by a GB, e.g. with fragmentation), or None when nothing is smaller."""
+    limit = 0.75 * estimate_bytes(plan, recipe)
+    smaller = [p for p in candidate_plans(recipe, micro_batching) if estimate_bytes(p, recipe) <= limit
+               and (p.checkpointing or not plan.checkpointing)]  # a checkpointed decoder stays checkpointed
+    if not smaller:
+        return None
+    best = min(smaller, key=lambda p: (relative_time(p, recipe), -estimate_bytes(p, recipe)))
+    return MemoryPlan(best.micro_batch, best.view_chunk, best.checkpointing,
+                      f"{plan.describe()} ran out of memory: retrying the step with a plan estimated at "
+                      f"~{estimate_bytes(best, recipe) / GB:.1f} GB")
+
+
 def parse_plan(value: str | Mapping[str, Any]) -> str | MemoryPlan:
     """``TrainConfig.memory_plan``: "auto", "fast", or an explicit plan as a mapping or a string such as
     ``"micro_batch=1,view_chunk=16,checkpointing=on"`` (missing keys: whole batch, all views, off)."""
@@ -197,6 +211,8 @@ def free_training_memory(device: torch.device) -> float | None:
     ``torch.cuda.set_per_process_memory_fraction`` (what the benchmark's emulated small GPUs set)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
+    if device.index is None:  # the per-process fraction needs an index
+        device = torch.device("cuda", torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     available = free + torch.cuda.memory_reserved(device) - allocated

@@ -29,7 +29,8 @@ from .encoders import ImageTextModel, check_image_text_model
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
-from .memory_plan import MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option
+from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
+                          smaller_plan)
 from .options import from_options
 from .precision import autocast, check_precision, grad_scaler
 from .speed import COMPILE_MODES, compile_callable, compile_module_
@@ -475,6 +476,28 @@ class StyleTrainer:
                 dir_loss = dir_loss + part.float() * ((end - start) / b)
         return L.second_order_gate(dir_loss, epoch, lc.so_theta, lc.so_interval)
 
+    def step_within_memory(self, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """:meth:`step`; under ``memory_plan="auto"`` a step that runs out of GPU memory is retried with a
+        smaller plan (the estimates can be low: fragmentation, another program) until none is left."""
+        while True:
+            try:
+                return self.step(epoch)
+            except torch.cuda.OutOfMemoryError:
+                smaller = None
+                if parse_plan(self.cfg.memory_plan) == "auto":
+                    cfg = self.cfg
+                    splittable = not (cfg.loss.tv > 0 and cfg.loss.tv_form == "clipstyler")
+                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], cfg), splittable)
+                if smaller is None:
+                    raise
+            self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if smaller.checkpointing and not self.plan.checkpointing:
+                enable_decoder_checkpointing(self.model.decoder)
+            self.plan = smaller
+            log.warning("memory plan: %s (%s)", smaller.describe(), smaller.reason)
+
     def end_epoch(self) -> None:
         """The last output becomes Y(i), the previous epoch's image of the second-order loss."""
         self.prev_emb = self.last_emb
@@ -491,7 +514,7 @@ class StyleTrainer:
                 if should_stop is not None and should_stop():
                     partial = self.result(time.perf_counter() - t0, step, cancelled=True) if step else None
                     raise TrainingCancelled(partial)
-                terms, y = self.step(epoch)
+                terms, y = self.step_within_memory(epoch)
                 self.history.append(terms)
                 step += 1
                 if on_step is not None:
