@@ -204,6 +204,7 @@ def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_ca
     try:
         torch.cuda.set_per_process_memory_fraction(4e9 / total, device)
         free = mp.free_training_memory(device)
+        assert mp.free_training_memory(torch.device("cuda")) == pytest.approx(free, rel=0.01)  # no index: same card
         assert 0 < free <= 4e9 - torch.cuda.memory_allocated(device) + 1
         plan = choose_plan(free, Recipe(1))  # a 4 GB card: must save memory
         assert plan.checkpointing and plan.view_chunk
