@@ -12,7 +12,10 @@ Modules are compiled IN PLACE (``nn.Module.compile``), so their ``state_dict`` k
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,16 +45,47 @@ def _compile_kwargs(mode: str, dynamic: bool | None) -> dict:
     return kw
 
 
+def persistent_cache_dir() -> Path:
+    """Where compiled kernels are kept between processes and reboots: the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``; ``%LOCALAPPDATA%`` on Windows) / stylemamba / torchinductor."""
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        base = Path(os.environ["LOCALAPPDATA"])
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "stylemamba" / "torchinductor"
+
+
+def use_persistent_compile_cache() -> str:
+    """Point Inductor's on-disk cache (compiled graphs, autograd graphs, autotuning) at
+    :func:`persistent_cache_dir` unless the user chose one (``TORCHINDUCTOR_CACHE_DIR``): its default
+    lives in the temporary folder, which reboots empty, so every boot would pay the first style's
+    compilation again. Triton keeps its kernels in ``~/.triton`` already. Returns the folder used."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen:
+        return chosen
+    folder = persistent_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only home, ...: keep torch's default, say why
+        log.warning("stylemamba: cannot create the compile cache %s (%s); torch's temporary cache is used", folder, exc)
+        return ""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    log.info("stylemamba: compiled kernels are cached in %s (set TORCHINDUCTOR_CACHE_DIR to change it)", folder)
+    return str(folder)
+
+
 def compile_callable(fn: Callable, mode: str = "off", dynamic: bool | None = False) -> Callable:
     """``fn`` itself when ``mode == "off"``, else ``torch.compile(fn)`` (a function or a bound method)."""
     if check_compile_mode(mode) == "off":
         return fn
+    use_persistent_compile_cache()
     return torch.compile(fn, **_compile_kwargs(mode, dynamic))
 
 
 def compile_module_(module: nn.Module, mode: str = "off", dynamic: bool | None = False) -> nn.Module:
     """Compile ``module`` in place (its forward; parameters and state-dict keys unchanged); returns it."""
     if check_compile_mode(mode) != "off":
+        use_persistent_compile_cache()
         module.compile(**_compile_kwargs(mode, dynamic))
     return module
 

@@ -7,6 +7,7 @@ threads, and every model comes from ``stylemamba.testing.tiny_models`` through t
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Must be set before huggingface_hub / transformers / diffusers are imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# compiling points Inductor at ~/.cache/stylemamba (speed.use_persistent_compile_cache): not from the tests
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "stylemamba-tests-inductor"))
 
 import functools
 import random

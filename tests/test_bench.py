@@ -5,6 +5,7 @@ produced and consistent, that the ratios and target checks are computed right, a
 speed-up computes what the plain path computes.
 """
 import json
+import os
 
 import pytest
 import torch
@@ -153,6 +154,20 @@ def test_compile_modes_are_checked():
 
 
 @pytest.mark.slow
+def test_compiled_kernels_are_cached_in_the_users_cache_folder_not_the_temporary_one(tmp_path, monkeypatch):
+    """Inductor's default cache is in the temporary folder (empty after a reboot): compiling points it at
+    ~/.cache/stylemamba/torchinductor, unless the user chose a folder."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert speed.compile_callable(len, "off") is len and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    speed.compile_module_(torch.nn.Linear(2, 2), "default")  # compiles lazily, on the first call
+    expected = tmp_path / "cache" / "stylemamba" / "torchinductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(expected) and expected.is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert speed.use_persistent_compile_cache() == str(tmp_path / "mine")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
 def test_compiled_training_steps_match_the_plain_path(tiny_models, photo, monkeypatch):
     # aot_eager traces the graphs and runs autograd through them as Inductor does, without a C++ build
     monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")
@@ -231,3 +246,12 @@ def test_memory_caps_option_runs_the_uncapped_rows_and_says_caps_need_cuda(model
     table = bench.format_memory_caps(report["memory_caps"])
     assert "| uncapped | 4 | pass |" in table and "| 8 GB | 1 | not emulated |" in table
     assert "cannot be emulated on cpu" in table and report["results"] == {}
+
+
+def test_first_style_command_times_one_training_run(tmp_path):
+    """``python -m stylemamba.experiments.first_style`` (run twice on a GPU for the warm compile cache)."""
+    from stylemamba.experiments import first_style
+
+    out = first_style.main(["--tiny", "--device", "cpu", "--compile", "off", "--json", str(tmp_path / "f.json")])
+    assert out["steps"] > 0 and 0 < out["train_loop_s"] <= out["first_style_s"]
+    assert json.loads((tmp_path / "f.json").read_text())["first_style_s"] == out["first_style_s"]
