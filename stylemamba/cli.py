@@ -126,7 +126,12 @@ def cmd_train(args) -> int:
     if args.compile:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
-    cfg.__post_init__()
+    if args.memory_plan:
+        cfg.memory_plan = args.memory_plan
+    try:
+        cfg.__post_init__()
+    except ValueError as exc:  # name the flag the user typed, not the library's field
+        raise ValueError(str(exc).replace("TrainConfig.memory_plan", "--memory-plan")) from None
     content = [load_image(f) for f in files]
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
@@ -497,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=["off", "default", "max-autotune-no-cudagraphs"],
                    help="torch.compile the decoder and image tower (GPU; ~1 min once per process, then faster steps)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
+    p.add_argument("--memory-plan", metavar="PLAN",
+                   help="auto (default: the fastest plan that fits the free GPU memory, retried smaller if a step "
+                        "runs out), fast (no saving), or e.g. micro_batch=1,view_chunk=16,checkpointing=on")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 

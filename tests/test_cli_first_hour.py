@@ -128,13 +128,23 @@ def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
     out.write_bytes(b"old")
     proc = run("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
                "--prompt", "pop art", "--content", photo, "--out", out, "--preset", "cpu", "--epochs", "1",
-               "--overwrite", "--quiet")
+               "--overwrite", "--quiet", "--memory-plan", "micro_batch=1,view_chunk=4,checkpointing=on")
     assert proc.returncode == 0, proc.stderr
     assert f"stylemamba: style written to {out}" in proc.stderr
     recipe = json.loads(run("info", out, "--full").stdout)["recipe"]
+    assert recipe["memory_plan"] == {"micro_batch": 1, "view_chunk": 4, "checkpointing": True}
     assert (recipe["resolution"], recipe["loss"]["n_crops"], recipe["fusion"]["width"], recipe["fusion"]["depth"]) == \
         (256, 16, 128, 2)
     assert recipe["epochs"] == 1  # flags given with the preset still apply
+
+
+def test_train_names_a_bad_memory_plan_by_its_flag(tiny_models, photos, tmp_path):
+    _, (photo, _) = photos
+    proc = run("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
+               "--prompt", "pop art", "--content", photo, "--out", tmp_path / "s.safetensors",
+               "--memory-plan", "micro_batch=one")
+    one_line_error(proc, "--memory-plan", "micro_batch=N,view_chunk=N,checkpointing=on|off")
+    assert not (tmp_path / "s.safetensors").exists()
 
 
 # ------------------------------------------------------------------------------------------ one-line errors
