@@ -113,11 +113,11 @@ class StyleMambaMixStyles:
             },
         }
 
-    def mix(self, style_a, style_b, blend, blend_mode="outputs"):
+    def mix(self, style_a, style_b, blend, blend_mode=None):
         from ..stylemamba.style_model import check_blend
 
         styles, weights = blend_parts(style_parts(style_a), style_parts(style_b), float(blend))
-        return (StyleBlend(tuple(styles), tuple(weights), check_blend(blend_mode)),)
+        return (StyleBlend(tuple(styles), tuple(weights), check_blend(blend_mode or "outputs")),)
 
 
 class StyleMambaVAEEncode:

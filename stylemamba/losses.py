@@ -143,7 +143,7 @@ def second_order_loss(
 
     ``Y(i)`` is the previous epoch's output: ``prev_img_emb`` is detached here, so only ``Y(i+1)`` moves.
 
-    * ``form="directional"`` (the default since issue 9): ``mean_b alpha_shift_b * [1 - cos(F_I(Y(i+1))_b
+    * ``form="directional"`` (the default, measured in docs/METHOD_CHOICES.md): ``mean_b alpha_shift_b * [1 - cos(F_I(Y(i+1))_b
       - F_I(Y(i))_b, e_t - e_src)]``: the step from the previous epoch's output must point along the text
       direction, so every epoch keeps moving the picture the prompt's way (a momentum-like push).
     * ``form="eq4"`` (the paper, as fixed in METHOD.md): ``mean_b alpha_shift_b * ||F_I(Y(i+1))_b -
@@ -421,8 +421,8 @@ def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction
 
 def range_penalty(images: Tensor) -> Tensor:
     """Mean squared distance of the pixels from [0, 1] (0 inside): pulls the decoder's raw output back
-    into the range stylising clamps to, so the losses cannot earn with pixels users never see (issue 9:
-    44 % of held-out pixels lay outside [0, 1] without it)."""
+    into the range stylising clamps to, so the losses cannot earn with pixels users never see (44 % of
+    held-out pixels lay outside [0, 1] without it, docs/METHOD_CHOICES.md)."""
     return (F.relu(images - 1.0).pow(2) + F.relu(-images).pow(2)).mean()
 
 
@@ -455,7 +455,7 @@ def total_variation(images: Tensor, form: str = "clipstyler") -> Tensor:
 @dataclass
 class LossConfig:
     """Loss weights and options; defaults are the paper's recipe (METHOD.md) + CLIPstyler's, except the
-    choices issue 9 measured (docs/METHOD_CHOICES.md; the paper's forms stay options).
+    choices measured in docs/METHOD_CHOICES.md (the paper's forms stay options).
 
     Weights: ``dir`` / ``patch`` / ``md`` / ``so`` multiply the style terms (the paper's overall
     style weight ``a`` is folded into them), ``lpips`` is constant, and the VGG content weight
@@ -468,7 +468,7 @@ class LossConfig:
     start near 1.0. ``source_prompt`` is the one prompts are encoded against when no
     :class:`~stylemamba.direction.TextDirection` is given.
 
-    Measured choices (issue 9): ``patch`` 500 (CLIPstyler's 9000 took 57-87 % of the gradient and
+    Measured choices: ``patch`` 500 (CLIPstyler's 9000 took 57-87 % of the gradient and
     halved SSIM); ``so_form`` "directional" every epoch (``so_interval`` 1; the paper's "eq4" every 5
     epochs was inert); ``clamp_output`` (the losses see the output clamped to [0, 1], as users get it)
     with ``range_weight`` 1e6 on :func:`range_penalty` of the raw output; ``crop_reference`` "full"
@@ -591,15 +591,15 @@ class LossConfig:
 
         Recipes of version 0.1.0 (config files, style files) still read: ``content_weight_*`` are
         ``vgg_weight_*``, and ``use_patch: false`` is ``patch: 0``. A RECORDED recipe (one that names
-        every option that existed before issue 9, as style files and ``to_dict`` write them) that lacks
-        an option added since reads with the value that reproduces it (:data:`BEFORE_ISSUE_9`: Eq. 4,
+        every option that existed before the measured ones, as style files and ``to_dict`` write them) that lacks
+        an option added since reads with the value that reproduces it (:data:`LEGACY_VALUES`: Eq. 4,
         the raw output, no range penalty); a partial mapping (a ``--config`` file) gets today's defaults.
         """
         data = dict(data)
         if data.pop("use_patch", True) is False:
             data["patch"] = 0.0
-        if RECORDED_BEFORE_ISSUE_9 <= {OLD_NAMES.get(k, k) for k in data}:
-            for name, value in BEFORE_ISSUE_9.items():
+        if LEGACY_RECIPE_KEYS <= {OLD_NAMES.get(k, k) for k in data}:
+            for name, value in LEGACY_VALUES.items():
                 data.setdefault(name, value)
         return from_options(cls, data, "LossConfig", renamed=OLD_NAMES)
 
@@ -607,12 +607,12 @@ class LossConfig:
 OLD_NAMES = {"content_weight_start": "vgg_weight_start", "content_weight_end": "vgg_weight_end",
              "content_weight_switch_epoch": "vgg_weight_switch_epoch"}  # version 0.1.0's names
 
-# what the options added by issue 9 meant before they existed (the paper's forms): a recorded recipe
-# without them keeps that meaning
-BEFORE_ISSUE_9 = {"so_form": "eq4", "clamp_output": False, "range_weight": 0.0, "crop_reference": "full",
+# what the options added with docs/METHOD_CHOICES.md meant before they existed (the paper's forms): a recorded
+# recipe without them keeps that meaning
+LEGACY_VALUES = {"so_form": "eq4", "clamp_output": False, "range_weight": 0.0, "crop_reference": "full",
                   "mask_reference": "full", "mask_patch_units": "pixels", "vgg_reduction": "mean"}
-# the options every recipe recorded before issue 9 names (0.1.0's and 0.2's; ``use_patch`` only in 0.1.0)
-RECORDED_BEFORE_ISSUE_9 = frozenset({
+# the options every recipe recorded before them names (0.1.0's names read as today's)
+LEGACY_RECIPE_KEYS = frozenset({
     "dir", "patch", "md", "so", "lpips", "vgg_weight_start", "vgg_weight_end", "vgg_weight_switch_epoch", "tv",
     "tv_form", "n_crops", "crop_size", "crop_fraction", "crop_perspective", "patch_threshold", "mask_patch",
     "mask_ratio", "mask_fill", "md_form", "so_alpha", "so_beta", "so_theta", "so_interval", "source_prompt"})

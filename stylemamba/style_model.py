@@ -4,7 +4,7 @@ A style is a Style Fusion Module (paper Eq. 1) conditioned on its embedding ``e_
 ``F_d`` (the VAE's decoder plus a trained delta). Several styles mix with weights and a global
 strength (the paper's multiple-style transfer), in one of two ways (``blend``):
 
-* ``"outputs"`` (default for several styles, issue 9): each style stylises the latent at ``strength``
+* ``"outputs"`` (default for several styles): each style stylises the latent at ``strength``
   with its own fusion module and decoder, and the pictures (each clamped to [0, 1]) are averaged with
   the weights, so a 50/50 mix of red and blue lands halfway (measured 0.50 / 0.50,
   docs/METHOD_CHOICES.md); one decoder pass and one decoder copy per style.
