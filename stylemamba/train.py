@@ -481,6 +481,27 @@ class StyleTrainer:
         logged["total"] = total_sum
         return logged, ys[0] if len(ys) == 1 else torch.cat(ys)
 
+    def loss_terms(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The unweighted terms of the whole batch at the current weights, as a step at ``epoch`` would take
+        them, with the graph kept (for diagnostics such as each term's share of the gradient). The random
+        generator is left as it was, so training continues unchanged; nothing is optimised."""
+        lc, b = self.cfg.loss, self.x.shape[0]
+        state = self.gen.get_state()
+        try:
+            with autocast(self.device, self.cfg.precision):
+                y = self.model.raw_output(self.z)
+                seen = seen_output(y, lc)
+                views = step_views(seen, lc, self.text.image_size, self.gen, content=self.x)
+                emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
+                refs = None
+                if views.references is not None:
+                    with torch.no_grad():
+                        refs = self.encode_image(views.references).float()
+                return self._loss_terms(y, seen, emb_y, crop_embs, masked_emb, views.split_references(refs), epoch,
+                                        0, b, None)
+        finally:
+            self.gen.set_state(state)
+
     def _image_tower(self, images: torch.Tensor) -> torch.Tensor:
         """The tower on a step's views: one call, or checkpointed chunks of ``plan.view_chunk`` views."""
         chunk = self.plan.view_chunk
