@@ -42,7 +42,8 @@ log = logging.getLogger("stylemamba")
 
 @dataclass
 class TrainConfig:
-    """The paper's recipe as defaults; every number is an option."""
+    """The paper's recipe as defaults (with the loss changes measured in docs/METHOD_CHOICES.md: LossConfig);
+    every number is an option."""
 
     epochs: int = 20
     steps_per_epoch: int = 1
@@ -95,7 +96,7 @@ class TrainConfig:
         return from_options(cls, d, "training", renamed={"amp": "precision"})
 
 
-# Named recipes: "paper" is the paper's (the defaults); "cpu" trains in minutes on a CPU instead of hours
+# Named recipes: "paper" is the defaults (the paper's, with the measured loss changes of docs/METHOD_CHOICES.md); "cpu" trains in minutes on a CPU instead of hours
 # (fewer patch crops, a narrower and shallower fusion module, 256 px; one step costs about a tenth).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
