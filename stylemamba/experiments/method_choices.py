@@ -36,6 +36,7 @@ from ..losses import LossConfig
 from ..style_model import StyleModel
 from ..stylize import stylize
 from ..testing.known_models import KnownMeaningModel, chroma, colour_model, high_frequency_share, texture_model
+from ..testing.universal_proof import photos
 from ..train import StyleTrainer, TrainConfig
 from .metrics import ssim
 
@@ -48,19 +49,12 @@ TRAIN_OPTIONS = ("epochs",)  # options of TrainConfig; every other option is a L
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def photo(name: str, size: int) -> torch.Tensor:
-    """A scikit-image photo as (1,3,size,size) in [0,1]: centre square, antialiased resize."""
-    import numpy as np
-    import skimage.data
+SKIMAGE_NAMES = {"motorcycle": "stereo_motorcycle"}  # the left view of the stereo pair
 
-    arr = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    img = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1)[None].float() / 255.0
-    h, w = img.shape[-2:]
-    s = min(h, w)
-    img = img[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+def photo_set(names: Sequence[str], size: int) -> torch.Tensor:
+    """scikit-image photos by their short names as (N,3,size,size) in [0,1] (centre square, antialiased resize)."""
+    return photos([SKIMAGE_NAMES.get(n, n) for n in names], size)
 
 
 def content_networks(seed: int = 0):
@@ -161,8 +155,8 @@ class Bench:
         # the towers the trainer uses live on the VAE's device; the figures are taken on the CPU
         self.towers = {"colour": colour_model().to(vae.device), "texture": texture_model().to(vae.device)}
         self.models = {"colour": colour_model(), "texture": texture_model()}
-        self.content = torch.cat([photo(n, r) for n in style_photos])
-        self.held_out = torch.cat([photo(n, r) for n in held_out_photos])
+        self.content = photo_set(style_photos, r)
+        self.held_out = photo_set(held_out_photos, r)
         with torch.no_grad():
             self.base = vae.reconstruct(self.held_out.to(vae.device)).float().clamp(0, 1).cpu()
         self.vgg, self.lpips = (net.to(vae.device) for net in content_networks(0))
