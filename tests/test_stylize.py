@@ -98,6 +98,17 @@ def test_mixing_two_styles_by_their_pictures(setup, photo):
     torch.testing.assert_close(stylize(photo, vae, [a, b], weights=[0.25, 0.75], strength=0.4),
                                0.25 * half[0] + 0.75 * half[1], atol=1e-5, rtol=1e-5)
     assert StyleModel.from_styles(vae, [a, b]).blend == "outputs"
+    # the same through the tiled VAE passes (each style's decoder has its own shared statistics), up to the order
+    # of clamping and feathering where tiles overlap (a mix clamps each style's tile, one style only the result)
+    big = torch.nn.functional.interpolate(photo, size=(200, 136))
+    tiled = [stylize(big, vae, s, tile_size=128) for s in (a, b)]
+    diff = (stylize(big, vae, [a, b], tile_size=128) - (0.5 * tiled[0] + 0.5 * tiled[1])).abs()
+    assert float((diff > 1e-5).float().mean()) < 0.05 and float(diff.mean()) < 2e-3, (diff.mean(), diff.max())
+    from stylemamba.stylize import encode_latents, stylize_latents
+    z = encode_latents(photo, vae)
+    torch.testing.assert_close(stylize_latents(z, vae, [a, b]),
+                               0.5 * stylize_latents(z, vae, a) + 0.5 * stylize_latents(z, vae, b), atol=1e-5,
+                               rtol=1e-5)
     # one style gives the same pixels either way, at any strength
     for strength in (1.0, 0.6):
         torch.testing.assert_close(stylize(photo, vae, a, strength=strength, blend="outputs"),
