@@ -84,10 +84,11 @@ def training_key(sdvae, conditioning, images: torch.Tensor, config, perceptual_n
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def style_model(sdvae, vae, styles: list, weights: list[float], strength: float, memory_required: float = 0.0):
+def style_model(sdvae, vae, styles: list, weights: list[float], strength: float, memory_required: float = 0.0,
+                blend: str = "outputs"):
     """A built :class:`StyleModel` (fusion modules + the style's decoder) on the VAE's device.
 
-    Reused across calls when the styles (by content), weights, strength and VAE weights are the same;
+    Reused across calls when the styles (by content), weights, strength, blend and VAE weights are the same;
     built and cached otherwise. In ComfyUI it is handed to ComfyUI's model management, which moves it
     off the GPU when other models need the memory (and frees it when it leaves this cache).
     Returns ``(model, reused)``.
@@ -95,14 +96,14 @@ def style_model(sdvae, vae, styles: list, weights: list[float], strength: float,
     from ..stylemamba.style_model import StyleModel
 
     key = (tuple(s.digest(exact=True) for s in styles), tuple(round(float(w), 8) for w in weights), round(float(strength), 8),
-           vae_key(sdvae))
+           blend if len(styles) > 1 else "weights", vae_key(sdvae))
     entry = style_models.get(key)
     reused = entry is not None
     if entry is None:
         for style in styles:  # a refused VAE must not evict a good entry
             style.check_vae(sdvae)
         style_models.make_room()
-        model = StyleModel.from_styles(sdvae, styles, weights, float(strength))
+        model = StyleModel.from_styles(sdvae, styles, weights, float(strength), blend)
         log.info("Stylize: built the decoder of %s at strength %g (kept for later calls)",
                  " + ".join(f"'{s.name}'" for s in styles), strength)
         entry = (model, ch.managed_model(model, sdvae.device))

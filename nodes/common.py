@@ -27,10 +27,15 @@ OOM_NAMES = {"resolution": "'resolution'", "n_crops": "'n_crops'", "images": "th
 
 @dataclass(frozen=True)
 class StyleBlend:
-    """Several trained styles with weights (Mix Styles); the stylise nodes apply them together."""
+    """Several trained styles with weights (Mix Styles); the stylise nodes apply them together.
+
+    ``mode``: how they mix (stylemamba.style_model): "outputs" averages the styles' pictures, "weights"
+    blends their fusion outputs and decoder weights (0.1.0).
+    """
 
     styles: tuple[Any, ...]  # stylemamba.style_file.Style
     weights: tuple[float, ...]
+    mode: str = "outputs"
 
 
 @dataclass
@@ -54,6 +59,11 @@ def style_parts(value: Any) -> tuple[list[Any], list[float]]:
 
 
 # ------------------------------------------------------------------------------------ layouts
+def blend_mode(value: Any) -> str:
+    """How a STYLEMAMBA_STYLE value mixes its styles: a StyleBlend's mode ("outputs" for one Style)."""
+    return value.mode if isinstance(value, StyleBlend) else "outputs"
+
+
 def check_finite(images: torch.Tensor) -> None:
     """NaN/inf pixels (an upstream node failed, e.g. an fp16 VAE decode overflowed) are an error, not NaN output."""
     from ..stylemamba.image_io import check_finite as check

@@ -9,6 +9,7 @@ from .common import (
     OOM_NAMES,
     STYLE,
     StyleBlend,
+    blend_mode,
     image_to_comfy,
     image_to_library,
     mask_for_images,
@@ -67,7 +68,8 @@ class StyleMambaStylize:
         sdvae = ch.prepare_vae(vae, memory_required=activations, name=ch.linked_file_name(prompt, unique_id, "vae"))
         progress = ch.Progress(b, unique_id)
         try:
-            model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength), activations)
+            model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength), activations,
+                                          blend_mode(style))
             out = stylize_images(x, sdvae, model, mask=m, tile_size=int(tile_size), batch_size=int(batch_size),
                                  on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
@@ -83,8 +85,10 @@ class StyleMambaMixStyles:
     NODE_ID = "StyleMambaMixStyles"
     DISPLAY_NAME = "StyleMamba Mix Styles"
     REQUIRED_PACKAGES = ()
-    DESCRIPTION = ("Blends two trained styles (fusion outputs and decoder changes weighted); Stylize applies the "
-                   "blend. Mixes can be mixed again for three or more styles.")
+    DESCRIPTION = ("Blends two trained styles; Stylize applies the blend. By default the styles' pictures are "
+                   "averaged (a 50/50 mix lands halfway between them); blend_mode 'weights' is the 0.1.0 blend of "
+                   "fusion outputs and decoder weights (one decoder pass, but not halfway). Mixes can be mixed "
+                   "again for three or more styles.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (STYLE,)
     RETURN_NAMES = ("style",)
@@ -99,12 +103,21 @@ class StyleMambaMixStyles:
                 "style_b": (STYLE, {"tooltip": "Second style (or mix), trained with the same VAE."}),
                 "blend": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                                     "tooltip": "Share of style B: 0 = only A, 0.5 = both equally, 1 = only B."}),
-            }
+            },
+            "optional": {
+                "blend_mode": (["outputs", "weights"], {
+                    "default": "outputs",
+                    "tooltip": "outputs: average the styles' pictures (a 50/50 mix lands halfway; one decoder pass "
+                               "per style). weights: the 0.1.0 mix of fusion outputs and decoder weights (one pass, "
+                               "not halfway). Applies to every style in this mix, mixes fed in included."}),
+            },
         }
 
-    def mix(self, style_a, style_b, blend):
+    def mix(self, style_a, style_b, blend, blend_mode=None):
+        from ..stylemamba.style_model import check_blend
+
         styles, weights = blend_parts(style_parts(style_a), style_parts(style_b), float(blend))
-        return (StyleBlend(tuple(styles), tuple(weights)),)
+        return (StyleBlend(tuple(styles), tuple(weights), check_blend(blend_mode or "outputs")),)
 
 
 class StyleMambaVAEEncode:
@@ -170,7 +183,7 @@ class StyleMambaStylizeLatent:
         sdvae = ch.prepare_vae(vae, name=ch.linked_file_name(prompt, unique_id, "vae"))
         progress = ch.Progress(z.shape[0], unique_id)
         try:
-            model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength))
+            model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength), blend=blend_mode(style))
             out = stylize_latents(z, sdvae, model, batch_size=LATENT_BATCH,
                                   on_batch=lambda done, total: progress.update(done))
         except Exception as exc:

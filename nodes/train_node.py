@@ -42,7 +42,9 @@ class StyleMambaTrain:
     DESCRIPTION = ("Trains a style from a text prompt on your content image(s) (StyleMamba, arXiv 2405.05027): the "
                    "VAE encoder is frozen, a Mamba style-fusion module and a copy of the VAE decoder are trained with "
                    "the directional, masked-directional, second-order, VGG and LPIPS losses. The defaults are the "
-                   "paper's recipe (20 epochs, Adam 5e-4 halved at epoch 10, 512 px). The cached VAE is never "
+                   "paper's recipe (20 epochs, Adam 5e-4 halved at epoch 10, 512 px) with the changes measured in "
+                   "docs/METHOD_CHOICES.md (patch weight 500, second-order push every epoch, output kept in "
+                   "range). The cached VAE is never "
                    "modified. Cancel stops after the current step.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (STYLE, "IMAGE")
@@ -77,15 +79,19 @@ class StyleMambaTrain:
                                                                "(0.25 = 128 px crops at 512 px)."),
                 "mask_ratio": _float(0.5, 0.05, 0.95, 0.05, "Share of 16x16 patches masked for the masked "
                                                             "directional loss (paper: 50 %)."),
-                "so_interval": _int(5, 1, 1000, "The second-order loss applies every this many epochs (paper: 5)."),
+                "so_interval": _int(1, 1, 1000, "The second-order loss applies every this many epochs (paper: 5, "
+                                                 "with its Eq. 4 form; 1 with the directional form measured in "
+                                                 "docs/METHOD_CHOICES.md)."),
                 "so_theta": _float(0.9, 0.0, 2.0, 0.01, "The second-order loss applies only while the directional "
                                                         "loss is below this threshold."),
                 "dir_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the global directional loss L_dir (Eq. 2)."),
-                "patch_weight": _float(9000.0, 0.0, 1e6, 1.0, "Weight of the patch directional loss over the "
-                                                              "crops (0 turns it off)."),
+                "patch_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the patch directional loss over the "
+                                                             "crops (0 turns it off; CLIPstyler: 9000, which took "
+                                                             "most of the gradient: docs/METHOD_CHOICES.md)."),
                 "md_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the masked directional loss L_md (Eq. 3)."),
                 "so_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the second-order directional loss L_so "
-                                                          "(Eq. 4-5)."),
+                                                          "(Eq. 4-5; here the step from the previous epoch must "
+                                                          "follow the prompt's direction)."),
                 "vgg_weight_start": _float(9000.0, 0.0, 1e6, 1.0, "VGG content loss weight for the first epochs "
                                                                   "(paper: 9000). Needs a VGG19 (Load VGG/LPIPS)."),
                 "vgg_weight_end": _float(150.0, 0.0, 1e6, 1.0, "VGG content loss weight after the switch epoch "
@@ -102,7 +108,8 @@ class StyleMambaTrain:
                                                        "VGG and LPIPS content losses are skipped (said in the log)."}),
                 "preset": (list(PRESETS), {
                     "default": "paper",
-                    "tooltip": "paper = the widgets as set (defaults: the paper's recipe). cpu = a recipe a CPU trains "
+                    "tooltip": "paper = the widgets as set (defaults: the paper's recipe with the measured changes of "
+                               "docs/METHOD_CHOICES.md). cpu = a recipe a CPU trains "
                                "in minutes: 256 px, 16 crops and a smaller fusion module (width 128, 2 blocks), "
                                "overriding resolution and n_crops."}),
             },

@@ -343,7 +343,8 @@ def cmd_stylize(args) -> int:
     device = pick_device(args.device)
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
     vae = load_vae(args.vae, device=device)
-    model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength),
+    model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength,
+                                                                   args.blend),
                                   compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
     kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
@@ -551,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="+", help="one weight per style (--style files first, then each "
                                                             "--prompt, then each --reference)")
     p.add_argument("--strength", type=float, default=1.0, help="0 = VAE reconstruction, 1 = full style")
+    p.add_argument("--blend", choices=("outputs", "weights"), default="outputs",
+                   help="how several styles mix: outputs = average the styles' pictures (a 50/50 mix lands halfway; "
+                        "one decoder pass per style), weights = 0.1.0's blend of fusion outputs and decoder weights")
     p.add_argument("--input", required=True, help="image file, folder of images, or video file")
     p.add_argument("--output", required=True,
                    help="output file (one image: .png/.jpg/.webp ...; a video: .mp4/.mov/.mkv) or a folder "

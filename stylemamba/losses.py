@@ -27,6 +27,11 @@ Tensor = torch.Tensor
 _EPS = 1e-12
 MD_FORMS = ("directional", "eq3")
 TV_FORMS = ("clipstyler", "l1")
+SO_FORMS = ("directional", "eq4")
+CROP_REFERENCES = ("full", "same-crop")
+MASK_REFERENCES = ("full", "same-mask")
+MASK_PATCH_UNITS = ("pixels", "tower")
+VGG_REDUCTIONS = ("mean", "sum")
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,7 +54,8 @@ def directional_loss(img_emb: Tensor, src_img_emb: Tensor, text_dir: Tensor) -> 
 
 
 def patch_directional_loss(
-    crop_embs: Tensor, src_img_emb: Tensor, text_dir: Tensor, threshold: float = 0.7
+    crop_embs: Tensor, src_img_emb: Tensor, text_dir: Tensor, threshold: float = 0.7,
+    src_crop_embs: Optional[Tensor] = None,
 ) -> Tensor:
     """CLIPstyler's patch-wise directional loss (``loss_patch``, its Eq. 4 with threshold).
 
@@ -59,6 +65,12 @@ def patch_directional_loss(
     loss keeps working on the others), then the mean is taken over ALL crops (zeros included),
     as CLIPstyler does. ``torch.where`` keeps it sync-free.
     src_img_emb, text_dir: ``(B, D)`` (or ``(D,)`` for text_dir).
+
+    ``src_crop_embs`` ``(B * n, D)``, when given, replaces ``F_I(X)_b`` row by row: the embedding of the
+    SAME crop of the content image (``LossConfig.crop_reference="same-crop"``). A crop upsampled to the
+    tower's input is not a small copy of the whole picture; against the whole content image every crop
+    shows that difference as a "style" change. Measured slightly worse (docs/METHOD_CHOICES.md), kept
+    as an option.
     """
     n_rows = crop_embs.shape[0]
     batch = src_img_emb.shape[0]
@@ -70,7 +82,13 @@ def patch_directional_loss(
     n = n_rows // batch
     if text_dir.dim() == 1:
         text_dir = text_dir.expand(batch, -1)
-    src = src_img_emb.repeat_interleave(n, dim=0)
+    if src_crop_embs is not None:
+        if src_crop_embs.shape != crop_embs.shape:
+            raise ValueError(f"patch_directional_loss: src_crop_embs has shape {tuple(src_crop_embs.shape)}, "
+                             f"expected the crops' shape {tuple(crop_embs.shape)}")
+        src = src_crop_embs
+    else:
+        src = src_img_emb.repeat_interleave(n, dim=0)
     direction = text_dir.repeat_interleave(n, dim=0)
     per_crop = _cosine_distance(crop_embs - src, direction)
     per_crop = torch.where(per_crop < threshold, torch.zeros_like(per_crop), per_crop)
@@ -119,17 +137,27 @@ def second_order_loss(
     text_dir: Tensor,
     alpha: float = 1.0,
     beta: float = 1.0,
+    form: str = "directional",
 ) -> Tensor:
-    """Second-order directional loss ``L_so`` (paper Eq. 4-5, as fixed in METHOD.md).
+    """Second-order directional loss ``L_so`` (paper Eq. 4-5), weighted by ``alpha_shift`` (Eq. 5).
 
-    ``mean_b alpha_shift_b * ||F_I(Y(i+1))_b - F_I(Y(i))_b||^2 / ||e_t - e_src||_b^2``.
-    The paper divides two vectors element-wise inside the norm, which is ill-defined (and
-    explodes on near-zero components); we use the ratio of squared norms [choice]. ``Y(i)`` is
-    the previous epoch's output: ``prev_img_emb`` is detached here, so only ``Y(i+1)`` moves.
-    ``text_dir`` must be the raw direction ``e_t - e_src`` (its length matters).
+    ``Y(i)`` is the previous epoch's output: ``prev_img_emb`` is detached here, so only ``Y(i+1)`` moves.
+
+    * ``form="directional"`` (the default, measured in docs/METHOD_CHOICES.md): ``mean_b alpha_shift_b * [1 - cos(F_I(Y(i+1))_b
+      - F_I(Y(i))_b, e_t - e_src)]``: the step from the previous epoch's output must point along the text
+      direction, so every epoch keeps moving the picture the prompt's way (a momentum-like push).
+    * ``form="eq4"`` (the paper, as fixed in METHOD.md): ``mean_b alpha_shift_b * ||F_I(Y(i+1))_b -
+      F_I(Y(i))_b||^2 / ||e_t - e_src||_b^2``. The paper divides two vectors element-wise inside the
+      norm, which is ill-defined (and explodes on near-zero components); we use the ratio of squared
+      norms. ``text_dir`` must be the raw direction ``e_t - e_src`` (its length matters). A distance to
+      ``Y(i)`` holds the picture back: measured inert (docs/METHOD_CHOICES.md).
     """
+    if form not in SO_FORMS:
+        raise ValueError(f"second_order_loss: unknown form {form!r}; valid forms: {SO_FORMS}")
     prev = prev_img_emb.detach()
     weight = alpha_shift(prev, src_img_emb, alpha, beta)
+    if form == "directional":
+        return (weight * _cosine_distance(img_emb - prev, text_dir.expand_as(img_emb))).mean()
     num = (img_emb - prev).pow(2).sum(dim=-1)
     den = text_dir.expand_as(img_emb).pow(2).sum(dim=-1).clamp_min(_EPS)
     return (weight * num / den).mean()
@@ -374,18 +402,28 @@ def apply_mask(images: Tensor, mask: Tensor, fill: float = 0.5) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # content and prior losses
 # --------------------------------------------------------------------------------------------
-def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor]) -> Tensor:
-    """VGG content loss ``L_vgg``: mean over layers of the MSE between feature maps of Y and X.
+def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction: str = "mean") -> Tensor:
+    """VGG content loss ``L_vgg``: the MSE between feature maps of Y and X, over layers.
 
-    CLIPstyler SUMS the MSE of conv4_2 and conv5_2 (so its value is twice ours with those two
-    layers); we average so the weight does not depend on the number of layers.
+    ``reduction="mean"`` averages the layers (the weight does not depend on their number);
+    ``"sum"`` adds them as CLIPstyler does with conv4_2 + conv5_2 (twice the mean with two layers),
+    the scale its 9000 / 150 content weights were set for.
     """
+    if reduction not in VGG_REDUCTIONS:
+        raise ValueError(f"content_loss: unknown reduction {reduction!r}; valid: {VGG_REDUCTIONS}")
     if len(feats_y) != len(feats_x) or len(feats_y) == 0:
         raise ValueError(
             f"content_loss: need the same non-zero number of layers, got {len(feats_y)} and {len(feats_x)}"
         )
     total = sum(F.mse_loss(fy, fx) for fy, fx in zip(feats_y, feats_x))
-    return total / len(feats_y)
+    return total if reduction == "sum" else total / len(feats_y)
+
+
+def range_penalty(images: Tensor) -> Tensor:
+    """Mean squared distance of the pixels from [0, 1] (0 inside): pulls the decoder's raw output back
+    into the range stylising clamps to, so the losses cannot earn with pixels users never see (44 % of
+    held-out pixels lay outside [0, 1] without it, docs/METHOD_CHOICES.md)."""
+    return (F.relu(images - 1.0).pow(2) + F.relu(-images).pow(2)).mean()
 
 
 def total_variation(images: Tensor, form: str = "clipstyler") -> Tensor:
@@ -416,7 +454,8 @@ def total_variation(images: Tensor, form: str = "clipstyler") -> Tensor:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class LossConfig:
-    """Loss weights and options; defaults are the paper's recipe (METHOD.md) + CLIPstyler's.
+    """Loss weights and options; defaults are the paper's recipe (METHOD.md) + CLIPstyler's, except the
+    choices measured in docs/METHOD_CHOICES.md (the paper's forms stay options).
 
     Weights: ``dir`` / ``patch`` / ``md`` / ``so`` multiply the style terms (the paper's overall
     style weight ``a`` is folded into them), ``lpips`` is constant, and the VGG content weight
@@ -428,10 +467,20 @@ class LossConfig:
     instead (0.25 gives 128 at 512 px). ``so_theta=0.9`` is ours: SigLIP / CLIP directional losses
     start near 1.0. ``source_prompt`` is the one prompts are encoded against when no
     :class:`~stylemamba.direction.TextDirection` is given.
+
+    Measured choices: ``patch`` 500 (CLIPstyler's 9000 took 57-87 % of the gradient and
+    halved SSIM); ``so_form`` "directional" every epoch (``so_interval`` 1; the paper's "eq4" every 5
+    epochs was inert); ``clamp_output`` (the losses see the output clamped to [0, 1], as users get it)
+    with ``range_weight`` 1e6 on :func:`range_penalty` of the raw output; ``crop_reference`` "full"
+    (crops compared with the whole content image, as CLIPstyler; "same-crop": with the same crop of it)
+    and ``mask_reference`` "full" ("same-mask": the content image under the same mask);
+    ``mask_patch_units`` "pixels" of the training image ("tower": pixels of the image tower's input);
+    ``vgg_reduction`` "mean" of the VGG layers ("sum": CLIPstyler's). A recipe recorded before an
+    option existed reads with the value that reproduces it (:meth:`from_dict`).
     """
 
     dir: float = 500.0
-    patch: float = 9000.0
+    patch: float = 500.0
     md: float = 500.0
     so: float = 500.0
     lpips: float = 150.0
@@ -452,11 +501,18 @@ class LossConfig:
     so_alpha: float = 1.0
     so_beta: float = 1.0
     so_theta: float = 0.9
-    so_interval: int = 5
+    so_interval: int = 1
+    so_form: str = "directional"
+    crop_reference: str = "full"
+    mask_reference: str = "full"
+    mask_patch_units: str = "pixels"
+    clamp_output: bool = True
+    range_weight: float = 1e6
+    vgg_reduction: str = "mean"
     source_prompt: str = "a plain photo"
 
     def __post_init__(self) -> None:
-        for name in ("dir", "patch", "md", "so", "lpips", "vgg_weight_start", "vgg_weight_end", "tv"):
+        for name in ("dir", "patch", "md", "so", "lpips", "vgg_weight_start", "vgg_weight_end", "tv", "range_weight"):
             _check_real(name, getattr(self, name), 0.0, math.inf, "[0, inf)")
         _check_int(name="vgg_weight_switch_epoch", value=self.vgg_weight_switch_epoch, low=0)
         _check_int(name="n_crops", value=self.n_crops, low=1)
@@ -472,6 +528,13 @@ class LossConfig:
         _check_real("so_alpha", self.so_alpha, 0.0, math.inf, "[0, inf)")
         _check_real("so_beta", self.so_beta, 0.0, math.inf, "(0, inf)", open_low=True)
         _check_real("so_theta", self.so_theta, 0.0, 2.0, "[0, 2] (1 - cos lies in [0, 2])")
+        if not isinstance(self.clamp_output, bool):
+            raise ValueError(f"LossConfig.clamp_output must be a bool, got {self.clamp_output!r}")
+        for name, valid in (("so_form", SO_FORMS), ("crop_reference", CROP_REFERENCES),
+                            ("mask_reference", MASK_REFERENCES), ("mask_patch_units", MASK_PATCH_UNITS),
+                            ("vgg_reduction", VGG_REDUCTIONS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"LossConfig.{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.md_form not in MD_FORMS:
             raise ValueError(f"LossConfig.md_form must be one of {MD_FORMS}, got {self.md_form!r}")
         if self.tv_form not in TV_FORMS:
@@ -491,7 +554,7 @@ class LossConfig:
         return self.vgg_weight_start > 0 or self.vgg_weight_end > 0
 
     def weights(self, epoch: int) -> Dict[str, float]:
-        """Weights for :func:`total_loss` at ``epoch``: dir, patch, md, so, lpips, vgg, tv."""
+        """Weights for :func:`total_loss` at ``epoch``: dir, patch, md, so, lpips, vgg, tv, range."""
         return {
             "dir": float(self.dir),
             "patch": float(self.patch),
@@ -500,7 +563,20 @@ class LossConfig:
             "lpips": float(self.lpips),
             "vgg": self.vgg_weight(epoch),
             "tv": float(self.tv),
+            "range": float(self.range_weight),
         }
+
+    @property
+    def references(self) -> bool:
+        """Whether a step also shows the image tower crops / a masked view of the CONTENT image."""
+        return (self.patch > 0 and self.crop_reference == "same-crop") or (
+            self.md > 0 and self.mask_reference == "same-mask")
+
+    def mask_patch_for(self, height: int, tower_size: int) -> int:
+        """Mask patch side in training-image pixels (see ``mask_patch_units``), at least 1."""
+        if self.mask_patch_units == "pixels":
+            return int(self.mask_patch)
+        return max(1, int(round(self.mask_patch * int(height) / int(tower_size))))
 
     def crop_size_for(self, height: int, width: int) -> int:
         """Crop side in pixels for an image of ``height x width`` (see class docstring)."""
@@ -514,16 +590,32 @@ class LossConfig:
         """Build from a mapping; unknown keys are an error (they are usually typos).
 
         Recipes of version 0.1.0 (config files, style files) still read: ``content_weight_*`` are
-        ``vgg_weight_*``, and ``use_patch: false`` is ``patch: 0``.
+        ``vgg_weight_*``, and ``use_patch: false`` is ``patch: 0``. A RECORDED recipe (one that names
+        every option that existed before the measured ones, as style files and ``to_dict`` write them) that lacks
+        an option added since reads with the value that reproduces it (:data:`LEGACY_VALUES`: Eq. 4,
+        the raw output, no range penalty); a partial mapping (a ``--config`` file) gets today's defaults.
         """
         data = dict(data)
         if data.pop("use_patch", True) is False:
             data["patch"] = 0.0
+        if LEGACY_RECIPE_KEYS <= {OLD_NAMES.get(k, k) for k in data}:
+            for name, value in LEGACY_VALUES.items():
+                data.setdefault(name, value)
         return from_options(cls, data, "LossConfig", renamed=OLD_NAMES)
 
 
 OLD_NAMES = {"content_weight_start": "vgg_weight_start", "content_weight_end": "vgg_weight_end",
              "content_weight_switch_epoch": "vgg_weight_switch_epoch"}  # version 0.1.0's names
+
+# what the options added with docs/METHOD_CHOICES.md meant before they existed (the paper's forms): a recorded
+# recipe without them keeps that meaning
+LEGACY_VALUES = {"so_form": "eq4", "clamp_output": False, "range_weight": 0.0, "crop_reference": "full",
+                  "mask_reference": "full", "mask_patch_units": "pixels", "vgg_reduction": "mean"}
+# the options every recipe recorded before them names (0.1.0's names read as today's)
+LEGACY_RECIPE_KEYS = frozenset({
+    "dir", "patch", "md", "so", "lpips", "vgg_weight_start", "vgg_weight_end", "vgg_weight_switch_epoch", "tv",
+    "tv_form", "n_crops", "crop_size", "crop_fraction", "crop_perspective", "patch_threshold", "mask_patch",
+    "mask_ratio", "mask_fill", "md_form", "so_alpha", "so_beta", "so_theta", "so_interval", "source_prompt"})
 
 
 def crop_size_for(height: int, width: int, crop_fraction: Optional[float], crop_size: int) -> int:
@@ -559,6 +651,8 @@ def style_loss(
     crop_embs: Optional[Tensor] = None,
     masked_emb: Optional[Tensor] = None,
     prev_img_emb: Optional[Tensor] = None,
+    src_crop_embs: Optional[Tensor] = None,
+    src_masked_emb: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """Unweighted style terms of ``L_style = L_dir + L_md + I(L_dir < theta) * L_so`` (+ patch).
 
@@ -566,14 +660,19 @@ def style_loss(
     caller's job): ``"dir"`` always; ``"patch"`` when ``crop_embs`` is given; ``"md"`` when
     ``masked_emb`` is given; ``"so"`` and ``"so_gate"`` (0./1., :func:`second_order_gate`) when
     ``prev_img_emb`` is given. Combine with :func:`total_loss`. ``text_dir`` is the raw ``e_t - e_src``.
+    ``src_crop_embs`` / ``src_masked_emb``: embeddings of the same crops / the same mask of the content
+    image (``crop_reference="same-crop"`` / ``mask_reference="same-mask"``); without them the whole content
+    image is the reference.
     """
     terms: Dict[str, Tensor] = {"dir": directional_loss(img_emb, src_img_emb, text_dir)}
     if crop_embs is not None:
-        terms["patch"] = patch_directional_loss(crop_embs, src_img_emb, text_dir, cfg.patch_threshold)
+        terms["patch"] = patch_directional_loss(crop_embs, src_img_emb, text_dir, cfg.patch_threshold, src_crop_embs)
     if masked_emb is not None:
-        terms["md"] = masked_directional_loss(masked_emb, src_img_emb, text_dir, cfg.md_form)
+        src_masked = src_img_emb if src_masked_emb is None else src_masked_emb
+        terms["md"] = masked_directional_loss(masked_emb, src_masked, text_dir, cfg.md_form)
     if prev_img_emb is not None:
-        terms["so"] = second_order_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta)
+        terms["so"] = second_order_loss(img_emb, prev_img_emb, src_img_emb, text_dir, cfg.so_alpha, cfg.so_beta,
+                                        cfg.so_form)
         terms["so_gate"] = second_order_gate(terms["dir"], epoch, cfg.so_theta, cfg.so_interval)
     return terms
 

@@ -2,13 +2,22 @@
 
 A style is a Style Fusion Module (paper Eq. 1) conditioned on its embedding ``e_t`` and a decoder
 ``F_d`` (the VAE's decoder plus a trained delta). Several styles mix with weights and a global
-strength (the paper's multiple-style transfer)::
+strength (the paper's multiple-style transfer), in one of two ways (``blend``):
+
+* ``"outputs"`` (default for several styles): each style stylises the latent at ``strength``
+  with its own fusion module and decoder, and the pictures (each clamped to [0, 1]) are averaged with
+  the weights, so a 50/50 mix of red and blue lands halfway (measured 0.50 / 0.50,
+  docs/METHOD_CHOICES.md); one decoder pass and one decoder copy per style.
+* ``"weights"`` (0.1.0's mix): ONE fused latent and ONE decoder::
 
     M = z + strength * sum_i w_i (f_i(z, e_i) - z)          # fused latent   (:meth:`StyleModel.fuse`)
     F_d = base + strength * sum_i w_i delta_i                 # decoder weights (:meth:`StyleModel.from_styles`)
     Y = F_d(M)                                                # raw output, not clamped (:meth:`raw_output`)
 
-Strength 0 is exactly the VAE's reconstruction; one style at strength 1 is exactly that style. The
+  cheaper, but not an interpolation of the styles' effects (the same 50/50 mix lands at 0.65 / 0.53).
+
+One style gives the same pixels either way (it always takes the second form). Strength 0 is exactly
+the VAE's reconstruction; one style at strength 1 is exactly that style. The
 frozen VAE encoder ``F_e`` is shared and never part of the module tree. Training builds one trainable
 fusion and a trainable decoder copy (:meth:`StyleModel.for_training`) and packages them as a
 :class:`~stylemamba.style_file.Style` (:meth:`StyleModel.to_style`).
@@ -27,6 +36,8 @@ from .style_file import Style, StyleFileError
 from .vae import SDVAE, TrainableDecoder, decoder_state
 from .vae_layout import from_ldm, to_ldm
 
+BLENDS = ("outputs", "weights")
+
 
 class StyleModel(nn.Module):
     """Fusion module(s) + decoder + style embedding(s), with mixing weights and a strength.
@@ -35,17 +46,25 @@ class StyleModel(nn.Module):
     ``state_dict()``); the VAE is held aside: it is shared (ComfyUI caches it) and frozen.
     ``ratios[i]``: style i's latent scaling over this VAE's (styles remember the factor they were
     trained with, so the same VAE loaded with another convention gives the same pixels).
+    ``blend``: how several styles mix (module docstring); with ``"outputs"`` ``decoder`` is an
+    :class:`OutputBlend` of one decoder per style and :meth:`fuse` stacks the styles' fused latents on
+    the channel axis (what that decoder reads).
     """
 
     def __init__(self, vae: SDVAE, fusions: Sequence[nn.Module], embeddings: Sequence[torch.Tensor],
-                 decoder: TrainableDecoder, weights: Sequence[float] | None = None, strength: float = 1.0,
-                 ratios: Sequence[float] | None = None):
+                 decoder: nn.Module, weights: Sequence[float] | None = None, strength: float = 1.0,
+                 ratios: Sequence[float] | None = None, blend: str = "weights"):
         super().__init__()
         if not fusions or len(embeddings) != len(fusions):
             raise ValueError("a StyleModel needs one embedding per fusion module, and at least one")
         if not 0.0 <= float(strength) <= 1.0:
             raise ValueError(f"strength {strength} is outside [0, 1]")
+        check_blend(blend)
+        if blend == "outputs" and not isinstance(decoder, OutputBlend):
+            raise ValueError("blend='outputs' needs an OutputBlend decoder (one decoder per style): build the model "
+                             "with StyleModel.from_styles")
         self.__dict__["vae"] = vae  # not a submodule (see class docstring)
+        self.blend = blend
         self.weights = normalise_weights(weights, len(fusions), "style")
         self.strength = float(strength)
         self.ratios = tuple(float(r) for r in ratios) if ratios is not None else (1.0,) * len(fusions)
@@ -85,11 +104,16 @@ class StyleModel(nn.Module):
 
     @classmethod
     def from_styles(cls, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
-                    strength: float = 1.0) -> StyleModel:
-        """Trained styles (frozen) on ``vae``: refuses styles made for another VAE or with damaged weights."""
+                    strength: float = 1.0, blend: str = "outputs") -> StyleModel:
+        """Trained styles (frozen) on ``vae``: refuses styles made for another VAE or with damaged weights.
+
+        ``blend``: "outputs" (average the styles' pictures) or "weights" (0.1.0: blend fusion outputs and
+        decoder weights); see the module docstring. One style is the same either way.
+        """
         styles = list(styles)
         if not styles:
             raise ValueError("no style given: connect a trained or loaded style")
+        check_blend(blend)
         weights = normalise_weights(weights, len(styles), "style")
         if not 0.0 <= float(strength) <= 1.0:
             raise ValueError(f"strength {strength} is outside [0, 1]")
@@ -100,9 +124,18 @@ class StyleModel(nn.Module):
             embeddings.append(style.embedding)
             trained_scale = float(style.metadata.get("scaling_factor") or vae.scaling_factor)
             ratios.append(trained_scale / vae.scaling_factor)
-        decoder = vae.make_decoder().eval().requires_grad_(False)
-        _add_deltas(decoder, styles, weights, strength)
-        return cls(vae, fusions, embeddings, decoder, weights, strength, ratios).to(vae.device)
+        if blend == "outputs" and len(styles) > 1:
+            decoders = []
+            for style in styles:
+                one = vae.make_decoder().eval().requires_grad_(False)
+                _add_deltas(one, [style], [1.0], strength)
+                decoders.append(one)
+            decoder = OutputBlend(decoders, weights, vae.latent_channels)
+        else:
+            blend = "weights"
+            decoder = vae.make_decoder().eval().requires_grad_(False)
+            _add_deltas(decoder, styles, weights, strength)
+        return cls(vae, fusions, embeddings, decoder, weights, strength, ratios, blend).to(vae.device)
 
     # ------------------------------------------------------------------ the forward pass
     @property
@@ -121,25 +154,31 @@ class StyleModel(nn.Module):
         return self.vae.encode(x01)
 
     def fuse(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """Scaled latent -> fused latent M (Eq. 1, mixed): the blend of the styles lives here and only here.
+        """Scaled latent -> fused latent M (Eq. 1, mixed): what :attr:`decoder` reads.
 
-        ``embeddings`` (B, D): condition each row on its own e_t instead of the stored one (a single style;
-        the universal model trains one fusion module over many prompts at once).
+        ``blend="weights"``: the weighted blend of the styles' fusion outputs. ``blend="outputs"``: each
+        style's own fused latent at ``strength``, stacked on the channel axis (:class:`OutputBlend` splits
+        them). ``embeddings`` (B, D): condition each row on its own e_t instead of the stored one (a single
+        style; the universal model trains one fusion module over many prompts at once).
         """
         if embeddings is not None:
             if len(self.fusions) != 1:
                 raise ValueError("per-row embeddings condition a single fusion module, not a mix of styles")
             zi = z * self.ratios[0]
             return z + (self.strength / self.ratios[0]) * (self.fusions[0](zi, embeddings.to(z.dtype)) - zi)
-        out = z
+        out, stacked = z, []
         for i, (fusion, w, ratio) in enumerate(zip(self.fusions, self.weights, self.ratios)):
             cond = self.embedding(i).to(z.dtype).expand(z.shape[0], -1)
             zi = z * ratio
-            out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
-        return out
+            if self.blend == "outputs":
+                stacked.append(z + (self.strength / ratio) * (fusion(zi, cond) - zi))
+            else:
+                out = out + (self.strength * w / ratio) * (fusion(zi, cond) - zi)
+        return torch.cat(stacked, dim=1) if stacked else out
 
     def raw_output(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """Scaled latent -> the stylised image, NOT clamped (what the losses and diagnostics see)."""
+        """Scaled latent -> the stylised image, NOT clamped (what the losses and diagnostics see; a
+        ``blend="outputs"`` mix averages pictures clamped one by one)."""
         return self.decoder(self.fuse(z, embeddings))
 
     def output(self, z: torch.Tensor) -> torch.Tensor:
@@ -166,6 +205,28 @@ class StyleModel(nn.Module):
         meta = {"base_vae": self.vae.identity, "base_vae_name": self.vae.name,
                 "scaling_factor": self.vae.scaling_factor, **(metadata or {})}
         return Style(fusion.config.to_dict(), state, delta, self.embedding(0).detach().float().cpu(), meta)
+
+
+def check_blend(blend: str) -> str:
+    if blend not in BLENDS:
+        raise ValueError(f"blend={blend!r} is not a way to mix styles; choose one of {', '.join(BLENDS)}")
+    return blend
+
+
+class OutputBlend(nn.Module):
+    """The decoders of a ``blend="outputs"`` mix: each decodes its style's fused latent (stacked on the
+    channel axis by :meth:`StyleModel.fuse`) and the pictures are averaged with the weights."""
+
+    def __init__(self, decoders: Sequence[nn.Module], weights: Sequence[float], latent_channels: int):
+        super().__init__()
+        self.decoders = nn.ModuleList(decoders)
+        self.weights = tuple(float(w) for w in weights)
+        self.latent_channels = int(latent_channels)
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        parts = stacked.split(self.latent_channels, dim=1)
+        # each picture clamped as it would be alone, so the mix lies between the styles' pictures
+        return sum(w * d(p).clamp(0, 1) for w, d, p in zip(self.weights, self.decoders, parts))
 
 
 def _frozen_fusion(style: Style) -> nn.Module:

@@ -173,21 +173,22 @@ def _prepare_mask(mask: torch.Tensor | None, b: int, h: int, w: int, device) -> 
 
 
 def as_style_model(vae: SDVAE, styles: Styles, weights: Sequence[float] | None = None,
-                strength: float | None = None) -> StyleModel:
+                   strength: float | None = None, blend: str | None = None) -> StyleModel:
     """``styles`` as a :class:`StyleModel` on ``vae``: built from Style(s), or a built model as it is.
 
-    A built model has its weights and strength baked into its decoder (base + strength * sum w_i delta_i),
-    so giving them again is an error rather than silently ignored (applying them would mean rebuilding
-    from the styles, the cost a built model exists to avoid).
+    A built model has its weights, strength and blend baked into its decoder(s), so giving them again is
+    an error rather than silently ignored (applying them would mean rebuilding from the styles, the cost a
+    built model exists to avoid). ``blend``: how several styles mix, "outputs" (default) or "weights"
+    (see :mod:`stylemamba.style_model`).
     """
     if isinstance(styles, StyleModel):
-        if weights is not None or strength is not None:
-            raise ValueError("weights and strength are built into a StyleModel (its .weights, .strength): pass the "
-                             "styles instead, or build the model with StyleModel.from_styles(vae, styles, weights, "
-                             "strength)")
+        if weights is not None or strength is not None or blend is not None:
+            raise ValueError("weights, strength and blend are built into a StyleModel (its .weights, .strength, "
+                             ".blend): pass the styles instead, or build the model with StyleModel.from_styles(vae, "
+                             "styles, weights, strength, blend)")
         return styles
     return StyleModel.from_styles(vae, [styles] if isinstance(styles, Style) else list(styles), weights,
-                                  1.0 if strength is None else strength)
+                                  1.0 if strength is None else strength, blend or "outputs")
 
 
 def stylize(images: torch.Tensor, vae: SDVAE, styles: Styles, *args, **kwargs) -> torch.Tensor:
@@ -214,17 +215,18 @@ def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) ->
 def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
                    weights: Sequence[float] | None = None, strength: float | None = None,
                    mask: torch.Tensor | None = None, tile_size: int = 1024, tile_overlap: int | None = None,
-                   batch_size: int = 4, precision: str = "auto", on_batch=None) -> torch.Tensor:
+                   batch_size: int = 4, precision: str = "auto", on_batch=None, blend: str | None = None) -> torch.Tensor:
     """Stylise (B,C,H,W) images in [0,1]; returns the same layout (RGBA keeps its alpha, gray becomes RGB).
 
-    ``styles``: a Style, several (mixed with ``weights``, default equal), or a built :class:`StyleModel`
-    (then ``weights``/``strength`` must be left out: see :func:`as_style_model`). ``strength``: 0 = the VAE's
+    ``styles``: a Style, several (mixed with ``weights``, default equal, by ``blend``: "outputs" averages
+    the styles' pictures, "weights" is 0.1.0's blend), or a built :class:`StyleModel` (then ``weights``/
+    ``strength``/``blend`` must be left out: see :func:`as_style_model`). ``strength``: 0 = the VAE's
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
     outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
     over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
     real SD VAEs). ``on_batch(done, total)`` reports progress.
     """
-    model = as_style_model(vae, styles, weights, strength)
+    model = as_style_model(vae, styles, weights, strength, blend)
     rgb, alpha = _as_rgb(images)
     b, _, h, w = rgb.shape
     if h < 8 or w < 8:
@@ -294,14 +296,14 @@ def encode_latents(images: torch.Tensor, vae: SDVAE, batch_size: int = 4) -> tor
 @torch.no_grad()
 def stylize_latents(latents: torch.Tensor, vae: SDVAE, styles: Styles, weights: Sequence[float] | None = None,
                     strength: float | None = None, batch_size: int = 4, precision: str = "auto",
-                    on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                    on_batch: Callable[[int, int], None] | None = None, blend: str | None = None) -> torch.Tensor:
     """Decode latents (the VAE's unscaled space, e.g. a sampler's output) in a style -> (B,3,8h,8w) in [0,1].
 
     The same forward pass as :func:`stylize_images` after its encoder (no tiling). ``styles``,
-    ``weights``, ``strength`` as there.
+    ``weights``, ``strength``, ``blend`` as there.
     """
     _check_latents(latents, vae)
-    model = as_style_model(vae, styles, weights, strength)
+    model = as_style_model(vae, styles, weights, strength, blend)
     outs, done = [], 0
     for chunk in latents.split(max(1, batch_size)):
         with autocast(vae.device, precision):

@@ -43,7 +43,8 @@ log = logging.getLogger("stylemamba")
 
 @dataclass
 class TrainConfig:
-    """The paper's recipe as defaults; every number is an option."""
+    """The paper's recipe as defaults (with the loss changes measured in docs/METHOD_CHOICES.md: LossConfig);
+    every number is an option."""
 
     epochs: int = 20
     steps_per_epoch: int = 1
@@ -96,7 +97,7 @@ class TrainConfig:
         return from_options(cls, d, "training", renamed={"amp": "precision"})
 
 
-# Named recipes: "paper" is the paper's (the defaults); "cpu" trains in minutes on a CPU instead of hours
+# Named recipes: "paper" is the defaults (the paper's, with the measured loss changes of docs/METHOD_CHOICES.md); "cpu" trains in minutes on a CPU instead of hours
 # (fewer patch crops, a narrower and shallower fusion module, 256 px; one step costs about a tenth).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -202,13 +203,18 @@ class StepViews:
 
     Rows: the whole output Y resized to the tower's size (``batch`` rows), then ``n_crops`` random
     perspective crops per image (patch directional loss), then Y with 50 % of its patches masked
-    (masked directional loss, Eq. 3), when those losses are on.
+    (masked directional loss, Eq. 3), when those losses are on. ``references``: the same crops and / or
+    the same masked view of the CONTENT image X (``crop_reference="same-crop"`` / ``mask_reference=
+    "same-mask"``), for a gradient-free tower call; None when both references are the whole X.
     """
 
     images: torch.Tensor
     batch: int
     n_crops: int
     masked: bool
+    references: torch.Tensor | None = None
+    ref_crops: bool = False
+    ref_masked: bool = False
 
     def split(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The tower's embeddings of :attr:`images` -> (whole images, crops or None, masked images or None)."""
@@ -216,6 +222,13 @@ class StepViews:
         crops = emb[b:b + k] if self.n_crops else None
         masked = emb[b + k:b + k + b] if self.masked else None
         return emb[:b], crops, masked
+
+    def split_references(self, emb: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The tower's embeddings of :attr:`references` -> (same crops of X or None, same-masked X or None)."""
+        if emb is None:
+            return None, None
+        k = self.batch * self.n_crops if self.ref_crops else 0
+        return (emb[:k] if self.ref_crops else None), (emb[k:k + self.batch] if self.ref_masked else None)
 
 
 def _resize(y: torch.Tensor, size: int) -> torch.Tensor:
@@ -247,8 +260,8 @@ class ViewDraws:
                 grid, valid = L.crop_grid(batch, h, w, loss.n_crops, loss.crop_size_for(h, w), image_size,
                                           loss.crop_perspective, generator, y.device, dtype)
         if loss.md > 0:
-            mask = L.patch_mask(batch, h, w, patch=loss.mask_patch, ratio=loss.mask_ratio, generator=generator,
-                                device=y.device)
+            mask = L.patch_mask(batch, h, w, patch=loss.mask_patch_for(h, image_size), ratio=loss.mask_ratio,
+                                generator=generator, device=y.device)
         return cls(grid, valid, mask)
 
     def rows(self, start: int, end: int) -> ViewDraws:
@@ -266,23 +279,57 @@ def _crops(y: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor | None) -> t
 
 
 def step_views(y: torch.Tensor, loss: L.LossConfig, image_size: int,
-               generator: torch.Generator | None = None, draws: ViewDraws | None = None) -> StepViews:
-    """The image-tower inputs a training step builds from its raw output ``y`` (B,3,H,W) (see :class:`StepViews`).
+               generator: torch.Generator | None = None, draws: ViewDraws | None = None,
+               content: torch.Tensor | None = None) -> StepViews:
+    """The image-tower inputs a training step builds from its output ``y`` (B,3,H,W) (see :class:`StepViews`).
 
     Crops and masks are drawn from ``generator`` (crops first, then masks), as the trainer does, unless
-    ``draws`` (for exactly these B images) is given.
+    ``draws`` (for exactly these B images) is given. ``content``: the content images X of these rows,
+    needed when a reference is the same crop / mask of X (``LossConfig.references``).
     """
     b = y.shape[0]
     if draws is None:
         draws = ViewDraws.draw(b, y, loss, image_size, generator)
-    views = [_resize(y, image_size)]
+    views, refs = [_resize(y, image_size)], []
+    ref_crops = loss.patch > 0 and loss.crop_reference == "same-crop"
+    ref_masked = loss.md > 0 and loss.mask_reference == "same-mask"
+    if (ref_crops or ref_masked) and content is None:
+        raise ValueError("step_views: the same-crop / same-mask references need the content images (content=...)")
     n_crops = 0
     if loss.patch > 0:
         views.append(_crops(y, draws.grid, draws.valid))
         n_crops = loss.n_crops
+        if ref_crops:
+            refs.append(_crops(content.to(y.dtype), draws.grid, draws.valid))
     if loss.md > 0:
         views.append(_resize(L.apply_mask(y, draws.mask, fill=loss.mask_fill), image_size))
-    return StepViews(torch.cat([v.to(y.dtype) for v in views]), b, n_crops, loss.md > 0)
+        if ref_masked:
+            refs.append(_resize(L.apply_mask(content.to(y.dtype), draws.mask, fill=loss.mask_fill), image_size))
+    references = torch.cat([v.to(y.dtype) for v in refs]).detach() if refs else None
+    return StepViews(torch.cat([v.to(y.dtype) for v in views]), b, n_crops, loss.md > 0, references, ref_crops,
+                     ref_masked)
+
+
+def seen_output(y_raw: torch.Tensor, loss: L.LossConfig) -> torch.Tensor:
+    """What the losses see of the decoder's raw output: clamped to [0, 1] (``clamp_output``, as users get it)
+    or raw (the paper)."""
+    return y_raw.clamp(0, 1) if loss.clamp_output else y_raw
+
+
+def content_terms(y: torch.Tensor, y_raw: torch.Tensor, x: torch.Tensor, feats_x: Sequence[torch.Tensor] | None,
+                  loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    """The unweighted content and prior terms of a step (vgg, lpips, tv on what the losses see; range on
+    the raw output); ``feats_x``: X's VGG features, or None when the VGG loss is off or skipped."""
+    terms = {}
+    if feats_x is not None and vgg is not None:
+        terms["vgg"] = L.content_loss(vgg(y), feats_x, loss.vgg_reduction)
+    if lpips is not None and loss.lpips > 0:
+        terms["lpips"] = lpips(y, x)
+    if loss.tv > 0:
+        terms["tv"] = L.total_variation(y, form=loss.tv_form)
+    if loss.range_weight > 0:
+        terms["range"] = L.range_penalty(y_raw)
+    return terms
 
 
 def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
@@ -409,11 +456,18 @@ class StyleTrainer:
         for start, end in groups:
             with autocast(self.device, self.cfg.precision):
                 y = self.model.raw_output(self.z[start:end])
+                seen = seen_output(y, lc)
                 if draws is None:
                     draws = ViewDraws.draw(b, y, lc, self.text.image_size, self.gen)
-                views = step_views(y, lc, self.text.image_size, draws=draws.rows(start, end))
+                views = step_views(seen, lc, self.text.image_size, draws=draws.rows(start, end),
+                                   content=self.x[start:end])
                 emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
-                terms = self._loss_terms(y, emb_y, crop_embs, masked_emb, epoch, start, end, gate)
+                refs = None
+                if views.references is not None:  # the same crops / mask of X: references, no gradient
+                    with torch.no_grad():
+                        refs = self.encode_image(views.references).float()
+                terms = self._loss_terms(y, seen, emb_y, crop_embs, masked_emb, views.split_references(refs), epoch,
+                                         start, end, gate)
                 if len(groups) > 1:
                     terms = {k: v * ((end - start) / b) for k, v in terms.items()}
                 total = L.total_loss(terms, lc.weights(epoch))
@@ -429,6 +483,27 @@ class StyleTrainer:
         logged["total"] = total_sum
         return logged, ys[0] if len(ys) == 1 else torch.cat(ys)
 
+    def loss_terms(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The unweighted terms of the whole batch at the current weights, as a step at ``epoch`` would take
+        them, with the graph kept (for diagnostics such as each term's share of the gradient). The random
+        generator is left as it was, so training continues unchanged; nothing is optimised."""
+        lc, b = self.cfg.loss, self.x.shape[0]
+        state = self.gen.get_state()
+        try:
+            with autocast(self.device, self.cfg.precision):
+                y = self.model.raw_output(self.z)
+                seen = seen_output(y, lc)
+                views = step_views(seen, lc, self.text.image_size, self.gen, content=self.x)
+                emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
+                refs = None
+                if views.references is not None:
+                    with torch.no_grad():
+                        refs = self.encode_image(views.references).float()
+                return self._loss_terms(y, seen, emb_y, crop_embs, masked_emb, views.split_references(refs), epoch,
+                                        0, b, None)
+        finally:
+            self.gen.set_state(state)
+
     def _image_tower(self, images: torch.Tensor) -> torch.Tensor:
         """The tower on a step's views: one call, or checkpointed chunks of ``plan.view_chunk`` views."""
         chunk = self.plan.view_chunk
@@ -437,22 +512,20 @@ class StyleTrainer:
         return torch.cat([torch.utils.checkpoint.checkpoint(self.encode_image, part, use_reentrant=False)
                           for part in images.split(chunk)])
 
-    def _loss_terms(self, y, emb_y, crop_embs, masked_emb, epoch: int, start: int, end: int,
+    def _loss_terms(self, y_raw, y, emb_y, crop_embs, masked_emb, refs, epoch: int, start: int, end: int,
                     gate: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Unweighted terms of images ``start:end`` (means over them); ``gate``: the whole batch's L_so gate."""
+        """Unweighted terms of images ``start:end`` (means over them): ``y_raw`` the decoder's output, ``y``
+        what the losses see of it (:func:`seen_output`); ``refs``: (same crops of X, same-masked X) embeddings
+        or Nones; ``gate``: the whole batch's L_so gate."""
         lc = self.cfg.loss
         prev = self.prev_emb[start:end] if (lc.so > 0 and self.prev_emb is not None) else None
         terms = L.style_loss(emb_y, self.emb_x[start:end], self.text_dir[start:end], lc, epoch, crop_embs=crop_embs,
-                             masked_emb=masked_emb, prev_img_emb=prev)
+                             masked_emb=masked_emb, prev_img_emb=prev, src_crop_embs=refs[0], src_masked_emb=refs[1])
         if "so_gate" in terms:  # log the second-order term as it enters the total (gated)
             own = terms.pop("so_gate")
             terms["so"] = (own if gate is None else gate) * terms["so"]
-        if self.feats_x is not None:
-            terms["vgg"] = L.content_loss(self.vgg(y), [f[start:end] for f in self.feats_x])
-        if self.lpips is not None and lc.lpips > 0:
-            terms["lpips"] = self.lpips(y, self.x[start:end])
-        if lc.tv > 0:
-            terms["tv"] = L.total_variation(y, form=lc.tv_form)
+        feats_x = [f[start:end] for f in self.feats_x] if self.feats_x is not None else None
+        terms.update(content_terms(y, y_raw, self.x[start:end], feats_x, lc, self.vgg, self.lpips))
         return terms
 
     def _second_order_gate(self, epoch: int, groups: list[tuple[int, int]]) -> torch.Tensor | None:
@@ -470,7 +543,7 @@ class StyleTrainer:
         b, dir_loss = self.x.shape[0], zero
         with torch.no_grad(), autocast(self.device, self.cfg.precision):
             for start, end in groups:
-                y = self.model.raw_output(self.z[start:end])
+                y = seen_output(self.model.raw_output(self.z[start:end]), lc)
                 emb = self.encode_image(_resize(y, self.text.image_size).to(y.dtype))
                 part = L.directional_loss(emb, self.emb_x[start:end], self.text_dir[start:end])
                 dir_loss = dir_loss + part.float() * ((end - start) / b)

@@ -17,7 +17,7 @@ fusion module: 49.5 M + 4.1 M at full size) and their Adam state fit any trainin
 goes to activations, which sharding parameters would not reduce.
 
 Schedule: ``epochs`` x ``steps_per_epoch`` steps; the per-style recipe's epoch numbers (content
-weight switch at 5, lr halved at 10, second-order loss every 5) keep their meaning in epochs. The
+weight switch at 5, lr halved at 10, second-order loss every ``so_interval``) keep their meaning in epochs. The
 second-order loss compares the output with Y(i), the same batch through the weights at the start of
 the previous epoch (a snapshot kept for that epoch; with one step per epoch this is exactly the
 per-style trainer's rule).
@@ -48,7 +48,8 @@ from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank
 from .style_file import Style, UniversalModel
 from .style_model import StyleModel
-from .train import TrainConfig, enable_decoder_checkpointing, prepare_content, skipped_losses, step_views
+from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, prepare_content, seen_output,
+                    skipped_losses, step_views)
 
 log = logging.getLogger("stylemamba")
 
@@ -204,13 +205,17 @@ class UniversalNet(nn.Module):
         return self.model.raw_output(z, cond)
 
 
-def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators: Sequence[torch.Generator]):
+def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators: Sequence[torch.Generator],
+                       content: torch.Tensor | None = None):
     """The trainer's :func:`~stylemamba.train.step_views` for each row with ITS generator (world-size free).
 
-    Returns (images for ONE tower call, split: embeddings -> (whole, crops or None, masked or None)) in the
-    layout ``losses.style_loss`` expects (crops image-major).
+    Returns (images for ONE tower call, split: embeddings -> (whole, crops or None, masked or None), the
+    content images' reference views or None, split_references: their embeddings -> (same crops of X or None,
+    same-masked X or None)) in the layout ``losses.style_loss`` expects (crops image-major). ``content``: the
+    rows' content images, needed for the same-crop / same-mask references.
     """
-    per_row = [step_views(y[i:i + 1], lc, size, g) for i, g in enumerate(generators)]
+    per_row = [step_views(y[i:i + 1], lc, size, g, content=None if content is None else content[i:i + 1])
+               for i, g in enumerate(generators)]
     sizes = [v.images.shape[0] for v in per_row]
 
     def split(emb: torch.Tensor):
@@ -220,7 +225,18 @@ def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators:
         masked = torch.cat([p[2] for p in parts]) if per_row[0].masked else None
         return whole, crops, masked
 
-    return torch.cat([v.images for v in per_row]), split
+    if per_row[0].references is None:
+        return torch.cat([v.images for v in per_row]), split, None, lambda emb: (None, None)
+    ref_sizes = [v.references.shape[0] for v in per_row]
+
+    def split_references(emb: torch.Tensor):
+        parts = [v.split_references(e) for v, e in zip(per_row, emb.split(ref_sizes))]
+        crops = torch.cat([p[0] for p in parts]) if per_row[0].ref_crops else None
+        masked = torch.cat([p[1] for p in parts]) if per_row[0].ref_masked else None
+        return crops, masked
+
+    return (torch.cat([v.images for v in per_row]), split, torch.cat([v.references for v in per_row]),
+            split_references)
 
 
 _SNAPSHOTS = {"so_snapshot.": "snapshot", "so_next_snapshot.": "next_snapshot"}  # checkpoint key prefixes
@@ -363,26 +379,28 @@ class UniversalTrainer:
         mark = self.on_phase or (lambda name: None)
         mark("inputs")
         with autocast(self.device, cfg.precision):
-            y = self.ddp(z, e_t)
+            y_raw = self.ddp(z, e_t)
+            y = seen_output(y_raw, lc)
             mark("forward")
-            views, split = step_views_per_row(y, lc, self.text.image_size, gens)
+            views, split, references, split_references = step_views_per_row(y, lc, self.text.image_size, gens, x)
             emb_y, crop_embs, masked_emb = split(self.text.encode_image(views))  # one batched tower call
+            ref_crops = ref_masked = None
+            if references is not None:  # the same crops / mask of X: references, no gradient
+                with torch.no_grad():
+                    ref_crops, ref_masked = split_references(self.text.encode_image(references).float())
             mark("views+tower")
             prev = self._previous_embedding(z, e_t) if self.so_epoch(epoch) and self.snapshot is not None else None
             terms = L.style_loss(emb_y, emb_x, text_dir, lc, epoch, crop_embs=crop_embs, masked_emb=masked_emb,
-                                 prev_img_emb=prev)
+                                 prev_img_emb=prev, src_crop_embs=ref_crops, src_masked_emb=ref_masked)
             if "so_gate" in terms:  # gate on the GLOBAL batch's directional loss, so every rank agrees
                 gate = L.second_order_gate(self.dist.mean(terms["dir"].detach()), epoch, lc.so_theta, lc.so_interval)
                 terms.pop("so_gate")
                 terms["so"] = gate * terms["so"]
+            feats_x = None
             if self.vgg is not None and lc.uses_vgg:
                 with torch.no_grad():
                     feats_x = [f.detach() for f in self.vgg(x)]
-                terms["vgg"] = L.content_loss(self.vgg(y), feats_x)
-            if self.lpips is not None and lc.lpips > 0:
-                terms["lpips"] = self.lpips(y, x)
-            if lc.tv > 0:
-                terms["tv"] = L.total_variation(y, form=lc.tv_form)
+            terms.update(content_terms(y, y_raw, x, feats_x, lc, self.vgg, self.lpips))
             total = L.total_loss(terms, lc.weights(epoch))
         mark("losses")
         self.opt.zero_grad(set_to_none=True)
@@ -399,7 +417,7 @@ class UniversalTrainer:
     def _previous_embedding(self, z: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
         """F_I(Y(i)): this batch through the snapshot weights (the previous epoch's model), no gradient."""
         with torch.no_grad():
-            y = torch.func.functional_call(self.net, self.snapshot, (z, e_t))
+            y = seen_output(torch.func.functional_call(self.net, self.snapshot, (z, e_t)), self.cfg.loss)
             size = self.text.image_size
             return self.text.encode_image(F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False,
                                                         antialias=True)).float()

@@ -72,3 +72,13 @@ def test_out_of_memory_advice_names_the_cli_flags(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Lower --resolution (e.g. 384 or 256), loss.n_crops in the --config recipe" in err
     assert "--gradient-checkpointing" in err and "TrainConfig" not in err
+
+
+def test_stylize_mixes_by_pictures_unless_told_otherwise():
+    from stylemamba.cli import build_parser
+
+    base = ["stylize", "--vae", "v", "--style", "a", "--style", "b", "--input", "i", "--output", "o"]
+    assert build_parser().parse_args(base).blend == "outputs"
+    assert build_parser().parse_args(base + ["--blend", "weights"]).blend == "weights"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--blend", "both"])

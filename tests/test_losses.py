@@ -18,6 +18,7 @@ from stylemamba.losses import (
     patch_directional_loss,
     patch_mask,
     random_crops,
+    range_penalty,
     second_order_gate,
     second_order_loss,
     style_loss,
@@ -110,7 +111,7 @@ def test_second_order_loss_by_hand():
     alpha, beta = 2.0, 0.5
     # ||img - prev||^2 = 2, ||text_dir||^2 = 2, ||prev - src|| = sqrt(2)
     expected = alpha * (1 - math.exp(-beta * math.sqrt(2))) * 2.0 / 2.0
-    loss = second_order_loss(img, prev, src, text_dir, alpha=alpha, beta=beta)
+    loss = second_order_loss(img, prev, src, text_dir, alpha=alpha, beta=beta, form="eq4")
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
     assert img.grad.abs().sum() > 0
@@ -123,7 +124,42 @@ def test_second_order_loss_batch_mean():
     src = t([[0, 0, 1], [0, 0, 1]])
     text_dir = t([[1, 1, 0], [1, 0, 0]])
     row0 = (1 - math.exp(-math.sqrt(2))) * 2.0 / 2.0
-    assert second_order_loss(img, prev, src, text_dir).item() == pytest.approx(row0 / 2)
+    assert second_order_loss(img, prev, src, text_dir, form="eq4").item() == pytest.approx(row0 / 2)
+
+
+def test_second_order_loss_directional_form_by_hand():
+    src = t([[1, 0, 0]])
+    prev = t([[1, 1, 0]])  # ||prev - src|| = 1 -> alpha_shift = 2 * (1 - e^-1)
+    text_dir = t([[0, 1, 0]])
+    weight = 2 * (1 - math.exp(-1))
+    along = prev + t([[0, 0.1, 0]])  # the step from prev follows the text direction: loss 0
+    across = prev + t([[0, 0, 0.1]])  # orthogonal step: 1 - cos = 1
+    back = prev - t([[0, 0.1, 0]])  # backwards: 2
+    for img, expected in ((along, 0.0), (across, weight), (back, 2 * weight)):
+        value = second_order_loss(img, prev, src, text_dir, alpha=2.0, beta=1.0, form="directional")
+        assert value.item() == pytest.approx(expected)
+    # unlike Eq. 4 (a squared distance to prev, smallest when nothing moves) staying put is no optimum:
+    # gradient descent raises the component along the direction
+    img = across.clone().requires_grad_(True)
+    second_order_loss(img, prev, src, text_dir).backward()  # the default form
+    assert img.grad[0, 1] < 0
+    with pytest.raises(ValueError, match="form"):
+        second_order_loss(img, prev, src, text_dir, form="ratio")
+
+
+def test_patch_loss_with_the_same_crops_of_the_content_as_reference():
+    src = t([[0, 0, 1]])
+    text_dir = t([[1, 0, 0]])
+    crops = t([[1, 1, 1], [0, 1, 1]])
+    # against the whole content image both crops carry the crop-vs-image difference (0, 1, 0) ...
+    biased = patch_directional_loss(crops, src, text_dir, threshold=0.0)
+    # ... against the same crops of the content image only the change made by the style is left
+    same = t([[0, 1, 1], [0, 1, 1]])
+    exact = patch_directional_loss(crops, src, text_dir, threshold=0.0, src_crop_embs=same)
+    assert biased.item() == pytest.approx((1 - 1 / math.sqrt(2) + 1) / 2)
+    assert exact.item() == pytest.approx((0.0 + 1.0) / 2)  # crop 1 unchanged: zero vector -> distance 1
+    with pytest.raises(ValueError, match="src_crop_embs"):
+        patch_directional_loss(crops, src, text_dir, src_crop_embs=same[:1])
 
 
 def test_alpha_shift_limits():
@@ -264,6 +300,23 @@ def test_content_loss_by_hand():
         content_loss(y, x[:1])
 
 
+def test_content_loss_sum_is_clipstylers_scale():
+    y = [torch.ones(1, 2, 2, 2), torch.full((1, 1, 3, 3), 2.0)]
+    x = [torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 3, 3)]
+    assert content_loss(y, x, reduction="sum").item() == pytest.approx(1.0 + 4.0)
+    assert content_loss(y, x).item() == pytest.approx((1.0 + 4.0) / 2)
+    with pytest.raises(ValueError, match="reduction"):
+        content_loss(y, x, reduction="max")
+
+
+def test_range_penalty_by_hand():
+    img = torch.tensor([[[[-0.5, 0.0], [1.0, 1.25]]]], requires_grad=True)
+    assert range_penalty(img).item() == pytest.approx((0.25 + 0.0625) / 4)
+    range_penalty(img).backward()
+    # pulls the pixels outside [0, 1] back in, leaves the others alone
+    assert img.grad.flatten().tolist() == pytest.approx([-0.25, 0.0, 0.0, 0.125])
+
+
 def test_total_variation_by_hand():
     img = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
     # horizontal (-1,-1): sqrt 2; vertical (-2,-2): sqrt 8; diagonals 1 and 3
@@ -277,7 +330,12 @@ def test_total_variation_by_hand():
 # ----- config and combination ----------------------------------------------------------------
 def test_loss_config_defaults_schedule_and_roundtrip():
     cfg = LossConfig()
-    assert (cfg.dir, cfg.patch, cfg.md, cfg.so, cfg.lpips) == (500.0, 9000.0, 500.0, 500.0, 150.0)
+    assert (cfg.dir, cfg.patch, cfg.md, cfg.so, cfg.lpips) == (500.0, 500.0, 500.0, 500.0, 150.0)
+    # issue 9 (docs/METHOD_CHOICES.md): second-order as a push every epoch, losses on the clamped output
+    assert (cfg.so_form, cfg.so_interval, cfg.clamp_output, cfg.range_weight) == ("directional", 1, True, 1e6)
+    assert (cfg.crop_reference, cfg.mask_reference, cfg.mask_patch_units, cfg.vgg_reduction) == (
+        "full", "full", "pixels", "mean")
+    assert cfg.weights(0)["range"] == 1e6
     assert [cfg.vgg_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0]
     assert cfg.weights(3)["vgg"] == 9000.0 and cfg.weights(5)["vgg"] == 150.0
     assert LossConfig(patch=0.0).weights(0)["patch"] == 0.0
@@ -300,6 +358,10 @@ def test_loss_config_defaults_schedule_and_roundtrip():
      ("n_crops", 0, r"n_crops.*>= 1"), ("dir", -1.0, r"dir.*\[0, inf\)"), ("so_beta", 0.0, "so_beta"),
      ("md_form", "eq4", "md_form.*eq3"), ("crop_perspective", 1.5, "crop_perspective"),
      ("patch_threshold", 3.0, "patch_threshold"), ("so_interval", 0, "so_interval"),
+     ("so_form", "ratio", "so_form.*eq4"), ("crop_reference", "same", "crop_reference.*same-crop"),
+     ("mask_reference", None, "mask_reference.*same-mask"), ("mask_patch_units", "tokens", "mask_patch_units.*tower"),
+     ("clamp_output", 1, "clamp_output.*bool"), ("range_weight", -1.0, "range_weight"),
+     ("vgg_reduction", "max", "vgg_reduction.*sum"),
      ("source_prompt", "  ", "source_prompt"), ("n_crops", 2.5, "n_crops")],
 )
 def test_loss_config_validation_names_the_field(field, value, text):
@@ -329,6 +391,47 @@ def test_style_loss_and_total_loss():
     assert set(only_dir) == {"dir"}
     with pytest.raises(ValueError, match="no weight.*lpips"):
         total_loss({"dir": terms["dir"], "lpips": terms["dir"]}, {"dir": 1.0})
+
+
+def test_style_loss_options_of_issue_9():
+    img, src, text_dir = t([[1, 0, 0]]), t([[0, 1, 0]]), t([[1, -1, 0]])
+    crops, same_crops = t([[1, 1, 1], [0, 1, 1]]), t([[0, 1, 1], [0, 1, 1]])
+    masked, same_mask = t([[1, 1, 0]]), t([[0, 1, 0]])
+    prev = t([[0, 1, 0]])
+    cfg = LossConfig(patch_threshold=0.0, so_theta=2.0)
+    terms = style_loss(img, src, text_dir, cfg, epoch=1, crop_embs=crops, masked_emb=masked, prev_img_emb=prev,
+                       src_crop_embs=same_crops, src_masked_emb=same_mask)
+    torch.testing.assert_close(terms["patch"], patch_directional_loss(crops, src, text_dir, 0.0, same_crops))
+    torch.testing.assert_close(terms["md"], masked_directional_loss(masked, same_mask, text_dir))
+    torch.testing.assert_close(terms["so"], second_order_loss(img, prev, src, text_dir, form="directional"))
+    assert terms["so_gate"].item() == 1.0  # so_interval 1: every epoch from 1 on
+    eq4 = style_loss(img, src, text_dir, LossConfig(so_form="eq4"), epoch=1, prev_img_emb=prev)
+    torch.testing.assert_close(eq4["so"], second_order_loss(img, prev, src, text_dir, form="eq4"))
+    assert LossConfig().mask_patch_for(512, 224) == 16
+    assert LossConfig(mask_patch_units="tower").mask_patch_for(512, 224) == 37  # 16 tower pixels at 512 px
+    assert LossConfig(mask_patch_units="tower").mask_patch_for(64, 64) == 16
+    assert not LossConfig().references and LossConfig(crop_reference="same-crop").references
+    assert not LossConfig(crop_reference="same-crop", patch=0.0).references
+
+
+def test_a_recipe_recorded_before_issue_9_keeps_its_meaning():
+    """A complete recorded recipe without the options of issue 9 reads with the values it was trained with
+    (Eq. 4, raw output, no range penalty); a partial --config mapping gets today's defaults."""
+    from pathlib import Path
+
+    from stylemamba.style_file import read_style_metadata
+
+    old = read_style_metadata(Path(__file__).parent / "data" / "v0_1_0" / "style_v0_1_0.safetensors")["recipe"]["loss"]
+    cfg = LossConfig.from_dict(old)
+    assert (cfg.so_form, cfg.clamp_output, cfg.range_weight) == ("eq4", False, 0.0)
+    assert (cfg.patch, cfg.so_interval) == (old["patch"], old["so_interval"])  # recorded values, not today's
+    before = {k: v for k, v in LossConfig().to_dict().items() if k not in
+              ("so_form", "crop_reference", "mask_reference", "mask_patch_units", "clamp_output", "range_weight",
+               "vgg_reduction")}  # what to_dict wrote before issue 9
+    assert LossConfig.from_dict(before).so_form == "eq4"
+    partial = LossConfig.from_dict({"patch": 300.0, "so_interval": 5})
+    assert (partial.so_form, partial.clamp_output, partial.range_weight) == ("directional", True, 1e6)
+    assert LossConfig.from_dict(LossConfig().to_dict()) == LossConfig()
 
 
 def test_random_crops_keep_full_precision_coordinates_under_bf16_autocast():

@@ -35,7 +35,7 @@ CONTRACT = {
     "StyleMambaSaveStyle": ["style", "filename_prefix"],
     "StyleMambaLoadStyle": ["style_name"],
     "StyleMambaStylize": ["style", "vae", "images", "strength", "tile_size", "batch_size", "mask"],
-    "StyleMambaMixStyles": ["style_a", "style_b", "blend"],
+    "StyleMambaMixStyles": ["style_a", "style_b", "blend", "blend_mode"],
     "StyleMambaVAEEncode": ["vae", "images"],
     "StyleMambaStylizeLatent": ["style", "vae", "samples", "strength"],
     "StyleMambaLoadUniversalModel": ["model_name"],
@@ -181,11 +181,17 @@ def test_node_declaration_is_well_formed(nodes, pack, node_id):
     assert set(required_params) <= set(it["required"])
 
 
-def test_train_widget_defaults_are_the_paper_recipe(nodes):
+def test_train_widget_defaults_are_the_library_recipe(nodes):
+    """The paper's recipe with the changes measured in docs/METHOD_CHOICES.md: the library's defaults."""
     req = nodes["StyleMambaTrain"].INPUT_TYPES()["required"]
     defaults = {k: v[1]["default"] for k, v in req.items() if len(v) > 1 and "default" in v[1]}
     assert defaults["epochs"] == 20 and defaults["learning_rate"] == 5e-4 and defaults["lr_decay_epoch"] == 10
-    assert defaults["resolution"] == 512 and defaults["mask_ratio"] == 0.5 and defaults["so_interval"] == 5
+    assert defaults["resolution"] == 512 and defaults["mask_ratio"] == 0.5 and defaults["so_interval"] == 1
+    lc = importlib.import_module(PACK_NAME + ".stylemamba.losses").LossConfig()
+    assert (defaults["patch_weight"], defaults["so_interval"]) == (lc.patch, lc.so_interval) == (500.0, 1)
+    assert (defaults["dir_weight"], defaults["md_weight"], defaults["so_weight"], defaults["so_theta"],
+            defaults["n_crops"], defaults["crop_fraction"]) == (lc.dir, lc.md, lc.so, lc.so_theta, lc.n_crops,
+                                                                lc.crop_fraction)
     assert (defaults["vgg_weight_start"], defaults["vgg_weight_end"], defaults["vgg_weight_switch_epoch"]) == (9000, 150, 5)
     assert req["seed"][1]["control_after_generate"] is False  # re-queueing must not retrain with a new seed
 
@@ -452,6 +458,8 @@ def test_mix_styles_and_stylize_latent(nodes, trained, vae, photo):
     images = comfy_images(photo)
     with torch.inference_mode():
         mixed = nodes["StyleMambaMixStyles"]().mix(trained["style"], other, 0.5)[0]
+        by_weights = nodes["StyleMambaMixStyles"]().mix(trained["style"], other, 0.5, "weights")[0]
+        out_by_weights = nodes["StyleMambaStylize"]().stylize(by_weights, vae, images, 1.0, 1024, 4)[0]
         only_a = nodes["StyleMambaMixStyles"]().mix(trained["style"], other, 0.0)[0]
         out_a = nodes["StyleMambaStylize"]().stylize(trained["style"], vae, images, 1.0, 1024, 4)[0]
         out_only_a = nodes["StyleMambaStylize"]().stylize(only_a, vae, images, 1.0, 1024, 4)[0]
@@ -464,6 +472,10 @@ def test_mix_styles_and_stylize_latent(nodes, trained, vae, photo):
     sdvae = sys.modules[PACK_NAME + ".nodes.comfy_helpers"].prepare_vae(vae)
     expected = lib.stylize(photo, sdvae, [trained["style"], other], weights=[0.5, 0.5]).permute(0, 2, 3, 1)
     torch.testing.assert_close(out_mix, expected, atol=1e-5, rtol=1e-5)  # the node mixes as the library does
+    assert mixed.mode == "outputs" and by_weights.mode == "weights"  # blend_mode: the pictures by default
+    expected = lib.stylize(photo, sdvae, [trained["style"], other], weights=[0.5, 0.5], blend="weights")
+    torch.testing.assert_close(out_by_weights, expected.permute(0, 2, 3, 1), atol=1e-5, rtol=1e-5)
+    assert float((out_by_weights - out_mix).abs().max()) > 1e-3
     assert float((out_mix - out_a).abs().max()) > 0.01
     assert latent["samples"].shape == (1, 4, 8, 8)
     assert from_latent.shape == images.shape

@@ -1,4 +1,6 @@
 """The training loop: the recipe, losses going down, cancel, reproducibility, bad inputs."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -161,3 +163,47 @@ def test_a_0_1_0_recipe_reads_with_todays_names():
     assert (cfg.loss.vgg_weight_start, cfg.loss.vgg_weight_end) == (recipe["loss"]["content_weight_start"],
                                                                      recipe["loss"]["content_weight_end"])
     assert cfg.loss.patch == recipe["loss"]["patch"]
+
+
+def test_the_step_sees_the_clamped_output_and_pulls_the_raw_one_into_range(parts, photo):
+    """clamp_output (default): the losses see Y clamped to [0, 1], as stylising gives it; the range term is the
+    penalty of the RAW output (what the step returns)."""
+    from stylemamba.losses import range_penalty
+    from stylemamba.train import seen_output
+
+    raw = torch.tensor([-0.5, 0.25, 1.5])
+    assert seen_output(raw, small_config().loss).tolist() == [0.0, 0.25, 1.0]
+    assert seen_output(raw, small_config(loss=dict(clamp_output=False)).loss).tolist() == raw.tolist()
+    vae, text, _, _ = parts
+    trainer = StyleTrainer(vae, text, photo, "pop art", small_config(epochs=1))
+    terms, y = trainer.step(0)
+    assert torch.allclose(terms["range"], range_penalty(y)), (terms["range"], range_penalty(y))
+    off = StyleTrainer(vae, text, photo, "pop art", small_config(epochs=1, loss=dict(range_weight=0.0)))
+    assert "range" not in off.step(0)[0]
+
+
+def test_same_crop_and_same_mask_references_use_the_steps_boxes_and_mask(parts, photo_batch):
+    """The references are the content image under the SAME crops and mask as Y (so Y = X gives equal views),
+    and micro-batches give the whole batch's terms."""
+    from stylemamba.train import step_views
+
+    vae, text, _, _ = parts
+    cfg = small_config(epochs=2, loss=dict(crop_reference="same-crop", mask_reference="same-mask"))
+    x = prepare_content(photo_batch, 64)
+    views = step_views(x, cfg.loss, 32, torch.Generator().manual_seed(0), content=x)
+    b, n = x.shape[0], cfg.loss.n_crops
+    assert views.references.shape[0] == b * n + b
+    torch.testing.assert_close(views.references, views.images[b:])
+    emb = torch.arange(views.references.shape[0], dtype=torch.float32)[:, None]
+    crops, masked = views.split_references(emb)
+    assert crops.shape[0] == b * n and masked[:, 0].tolist() == [b * n, b * n + 1]
+    with pytest.raises(ValueError, match="content"):
+        step_views(x, cfg.loss, 32, torch.Generator().manual_seed(0))
+    runs = [train_style(vae, text, photo_batch, "pop art", dataclasses.replace(cfg, memory_plan=plan))
+            for plan in ("fast", "micro_batch=1")]
+    for ha, hb in zip(runs[0].history, runs[1].history):
+        assert ha.keys() == hb.keys() >= {"patch", "md", "range"}
+        for k in ha:
+            assert abs(ha[k] - hb[k]) <= 1e-4 * abs(ha[k]) + 1e-7, (k, ha[k], hb[k])
+    full = train_style(vae, text, photo_batch, "pop art", small_config(epochs=1))
+    assert full.history[0]["patch"] != runs[0].history[0]["patch"]  # the reference changes the term

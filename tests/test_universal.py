@@ -81,6 +81,31 @@ def test_batches_mix_prompts_each_row_with_its_own_condition(models, images):
     assert trainer.epoch_of(2) == 1 and "so" in terms
 
 
+@pytest.mark.parametrize("loss", [dict(so_form="eq4", clamp_output=False, range_weight=0.0),
+                                  dict(crop_reference="same-crop", mask_reference="same-mask", vgg_reduction="sum")],
+                         ids=["paper forms", "same-crop and same-mask references"])
+def test_the_per_style_loss_options_train_the_universal_model(models, images, loss):
+    """The universal trainer takes the per-style losses' options: the paper's forms (Eq. 4, raw output) and the
+    same-crop / same-mask references (drawn per row with the row's generator); the defaults add the range term."""
+    vae, text = models
+    trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(loss=loss))
+    before = _params(trainer)
+    first = trainer.step()
+    for _ in range(2):
+        terms = trainer.step()
+        assert {"dir", "patch", "md"} <= set(terms) and all(torch.isfinite(v) for v in terms.values())
+    assert "so" in terms and ("range" in terms) == (loss.get("range_weight", 1e6) > 0)
+    after = _params(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    default = UniversalTrainer(vae, text, images, PROMPTS, tiny_config()).step()
+    assert "range" in default and float(default["range"]) >= 0.0
+    if "mask_reference" in loss:  # same first output (batch, weights, views), but the masked view is compared
+        assert torch.equal(first["dir"], default["dir"])  # with the same-masked content image instead
+        assert not torch.equal(first["md"], default["md"])
+    else:  # the paper's forms see the raw output
+        assert not torch.equal(first["dir"], default["dir"])
+
+
 def test_universal_file_round_trip_kinds_and_styles_from_it(models, images, photo, tmp_path):
     vae, text = models
     trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(epochs=1))

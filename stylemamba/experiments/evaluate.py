@@ -297,7 +297,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate ``method`` ("stylemamba", "clipstyler" or "both") on every (content image, prompt) pair.
 
-    ``train_config``: a :class:`stylemamba.train.TrainConfig` (the paper's recipe by default) used to
+    ``train_config``: a :class:`stylemamba.train.TrainConfig` (the default recipe by default) used to
     train the StyleMamba styles that ``styles_dir`` does not provide (matched by the ``prompts`` in
     each style's metadata), on ``train_content`` (default: the evaluated images themselves).
     ``eval_text_models``: SigLIP/CLIP folders; each gives a style-score column (default: the training
