@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,16 @@ def run_check(quick: bool = False, long: bool = False, seed: int = 0, json_path:
           "with random backbones", file=out, flush=True)
     if broken:
         print(f"BROKEN ON PURPOSE ({broken}): {BREAKAGES[broken]}; the check must fail", file=out, flush=True)
-    with breakage(broken) if broken else contextlib.nullcontext():
-        rows = run_proof(cfg, on_train=lambda name, s: print(f"  trained '{name}' in {s:.1f} s", file=out, flush=True))
+    quiet = logging.getLogger("stylemamba")
+    level = quiet.level
+    if not quiet.isEnabledFor(logging.DEBUG):  # one "memory plan" line per style is noise here (-v shows it)
+        quiet.setLevel(logging.WARNING)
+    try:
+        with breakage(broken) if broken else contextlib.nullcontext():
+            rows = run_proof(cfg, on_train=lambda name, s: print(f"  trained '{name}' in {s:.1f} s", file=out,
+                                                                 flush=True))
+    finally:
+        quiet.setLevel(level)
     code = report(rows, time.perf_counter() - t0, out, json_path)
     if broken:
         expected = [r.name for r in rows if r.name in BREAKAGE_ROWS[broken]]
