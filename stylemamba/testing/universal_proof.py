@@ -40,7 +40,6 @@ from ..stylize import stylize
 from ..train import TrainConfig, train_style
 from ..universal import UniversalConfig, style_from_universal, train_universal, universal_direction
 from .known_models import chroma, colour_model
-
 from .proof import content_networks  # the functional proof's random-backbone VGG / LPIPS
 
 BANK = ("red", "yellow", "green", "cyan", "blue", "magenta")
