@@ -112,6 +112,7 @@ def content_networks(seed: int = 0):
     The VGG gets He (Kaiming) initialisation: with PyTorch's default conv init the activations shrink
     layer after layer, and at conv4_2 / conv5_2 the content loss was ~1e-10, i.e. switched off.
     """
+    from .. import perceptual
     from ..perceptual import LPIPSLoss, VGGFeatures
 
     with torch.random.fork_rng(devices=[]):
@@ -123,7 +124,7 @@ def content_networks(seed: int = 0):
                 torch.nn.init.zeros_(m.bias)
         import logging
 
-        quiet = logging.getLogger("stylemamba.perceptual")
+        quiet = logging.getLogger(perceptual.log.name)
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the random-backbone warning is the point here
         try:
