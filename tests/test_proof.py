@@ -4,7 +4,7 @@ Image-text models of known meaning (stylemamba.testing.known_models) stand in fo
 small VAE (stylemamba/testing/data) reconstructs photos. Every figure is measured on stylised pictures
 (never on a loss); bounds and the measured values they were set from are in stylemamba/testing/proof.py.
 The styles are trained once per module (the `proof` fixture; `-k mask` trains one style). Rows listed in
-KNOWN_PROBLEMS are properties the current method defaults do not have (issue 9): strict xfails, so fixing
+KNOWN_PROBLEMS are properties the current method defaults do not have: strict xfails, so fixing
 one fails here until its entry is removed. The breakage tests break the method on purpose and require the
 rows each breakage must fail to fail.
 """

@@ -13,7 +13,7 @@ image-text models of known meaning (``known_models``) and by the named property 
 
 :func:`run_proof` returns the rows of the check table (``python -m stylemamba check``). Each row has a
 bound justified by measured margins (see ``ROWS``); rows listed in ``KNOWN_PROBLEMS`` are properties
-the current method defaults do NOT have (issue 9): they print XFAIL while they fail and XPASS (a
+the current method defaults do NOT have (README: Method choices): they print XFAIL while they fail and XPASS (a
 failure of the check, as pytest's strict xfail) once they pass, so whoever fixes them flips them.
 """
 from __future__ import annotations
@@ -209,7 +209,7 @@ class Row:
     bound: str
     ok: bool
     proves: str
-    known_problem: Optional[str] = None  # the row fails under the current defaults (issue 9)
+    known_problem: Optional[str] = None  # the row fails under the current defaults
     numbers: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -243,17 +243,17 @@ QUICK_ROWS = ROW_NAMES[:15]  # --quick: no loss-term ablations
 BOUNDS = {"cos": 0.3, "ssim": 0.4, "ssim_gain": 0.02, "gain": 0.05}
 
 # Properties the current method defaults lack, with the figures measured by `python -m stylemamba check`
-# (96 px, seed 0; README). Each reason starts with the method choice it is blamed on (issue 9; note_9's table
-# measured the alternatives); the merge of issue 9's defaults is expected to flip the ones so marked, and then
-# these strict xfails fail until their entry is removed here.
-_PATCH = ("method choice: patch weight 9000 (issue 9 decides 500). ")
+# (96 px, seed 0; README). Each reason starts with the method choice it is blamed on; where a measured alternative
+# is pending (the method-choices work), adopting it is expected to flip the row, and then the strict xfail fails
+# until its entry is removed here.
+_PATCH = "method choice: patch weight 9000 (measured alternative pending: 500). "
 _SKETCH = (_PATCH + "With the patch loss 'a pencil sketch' gives cos -0.21 and log HF share +0.151 on held-out photos, "
            "-0.943 on the training photos; without it cos +0.50, +1.298 / +1.471 (row 'loss patch off'): the patch "
            "term compares crops (less high frequency than the image, docs/KNOWN_MODELS.md) with the FULL content "
            "image's embedding and dominates the gradient")
 KNOWN_PROBLEMS: Dict[str, str] = {
-    "red: fusion module alone carries the style": "method choice: the whole decoder is trained (issue 9 item 6, no "
-                                                  "default change decided). Alone, the trained fusion module moves "
+    "red: fusion module alone carries the style": "method choice: the whole decoder is trained (no alternative "
+                                                  "decided yet). Alone, the trained fusion module moves "
                                                   "redness by +0.0023, 0.5 % of the style's +0.473 (the text itself "
                                                   "accounts for +0.00012, row 'reads the text'): the decoder carries "
                                                   "the style",
@@ -265,8 +265,9 @@ KNOWN_PROBLEMS: Dict[str, str] = {
     "loss masked: raises the effect": _PATCH + "With the patch loss on, L_md changes nothing (redness +0.473 vs "
                                                "+0.473 without it); with the patch loss off it doubles the effect "
                                                "(+0.323 vs +0.152)",
-    "loss second-order: changes the result": "method choice: so_form 'eq4' every so_interval=5 epochs (issue 9 "
-                                             "decides 'directional' every epoch). Its gate opens at epochs 5, 10, 15 "
+    "loss second-order: changes the result": "method choice: the second-order loss as Eq. 4 (a ratio of norms) "
+                                             "every 5 epochs (measured alternative pending: a directional form "
+                                             "every epoch). Its gate opens at epochs 5, 10, 15 "
                                              "(L_dir 0.06-0.10 < 0.9) but redness is +0.4732 with it, +0.4735 "
                                              "without; the step-to-step change at those epochs is 0.0504 in both",
     "loss LPIPS: keeps content": "not a method choice: LPIPS's AlexNet backbone is random here (no pretrained "
