@@ -434,43 +434,87 @@ def cmd_tiny_models(args) -> int:
     return 0
 
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+KNOWN_DEMO_MODELS = ("known-combined", "known-colour", "known-texture")
 
 
 def cmd_demo(args) -> int:
-    """Train a style and stylise two photos end to end. Without --vae/--text-model it builds tiny
-    random-weight models first, so it runs offline in seconds: it shows the pipeline works, not art."""
-    from .encoders import load_text_image_encoder
-    from .image_io import load_image, save_image
+    """Train a style on two bundled photos and stylise three HELD-OUT ones. By default offline on CPU with models
+    whose meaning is known (stylemamba.testing): the project's small VAE and a known-meaning image-text model, so
+    the effect is real and explainable ("red" makes held-out photos redder, content kept). --vae / --text-model
+    switch to an SD VAE and SigLIP/CLIP."""
+    from .experiments.metrics import ssim
+    from .image_io import save_image
     from .style_file import save_style
     from .stylize import stylize
+    from .testing.photos import HELD_OUT_PHOTOS, STYLE_PHOTOS, original_photo, photos
     from .train import TrainConfig, train_style
     from .vae import load_vae
 
     out = Path(args.out)
     device = pick_device(args.device)
-    cfg = TrainConfig(resolution=args.resolution, epochs=args.epochs)
-    if args.vae is None or args.text_model is None:
-        from .testing.tiny_models import build_tiny_models
+    text_name = args.text_model or KNOWN_DEMO_MODELS[0]
+    known = text_name in KNOWN_DEMO_MODELS
+    resolution = args.resolution or (128 if known else 512)
+    prompt = args.prompt or ("red" if known else "Van Gogh's starry night")
+    cfg = TrainConfig(resolution=resolution, epochs=args.epochs)
+    if known:
+        from .testing import known_model
+        from .testing.proof import content_networks, named_property
 
-        tiny = build_tiny_models(out / "tiny-models")
-        args.vae, args.text_model = args.vae or tiny["vae"], args.text_model or tiny["siglip"]
-        args.vgg = args.vgg or tiny["vgg19"]
-        cfg.fusion.width, cfg.fusion.depth, cfg.loss.n_crops = 64, 2, 8
-        cfg.resolution = min(cfg.resolution, 64)
-        args.lpips = "off"  # the real-size LPIPS network would dominate a tiny CPU run
-        print("using tiny random-weight models (offline demo: the output shows the pipeline, not a real style)")
-    vae = load_vae(args.vae, device=device)
-    text = load_text_image_encoder(args.text_model, device=device)
-    vgg, lpips = load_perceptual(args, device)
-    photos = [load_image(ASSETS / "astronaut.png"), load_image(ASSETS / "chelsea.png")]
-    result = train_style(vae, text, photos[:1], args.prompt, cfg, vgg=vgg, lpips=lpips, device=device)
+        text = known_model(text_name[len("known-"):], image_size=resolution // 2).to(device)
+        cfg.loss.n_crops = 16  # CPU-sized, as the functional check
+        cfg.fusion.width, cfg.fusion.depth = 64, 2
+    else:
+        from .encoders import load_text_image_encoder
+
+        text = load_text_image_encoder(text_name, device=device)
+    if args.vae is None:
+        from .testing.small_vae import load_small_vae
+
+        vae = load_small_vae(device)
+    else:
+        vae = load_vae(args.vae, device=device)
+    if args.vgg or args.lpips_backbone or not known:
+        vgg, lpips = load_perceptual(args, device)
+    else:  # no pretrained VGG/LPIPS here: random backbones, as the functional check uses them
+        vgg, lpips = (m.to(device) for m in content_networks())
+    vae_name = ("the project's small VAE (stylemamba/testing/data/small_vae.safetensors, trained on photos that "
+                "exclude the held-out ones)" if args.vae is None else args.vae)
+    print(f"demo: prompt {prompt!r}; VAE: {vae_name}; image-text model: {text_name}"
+          + (" (known meaning, not SigLIP: its embedding is a known function of colour / texture, see "
+             "docs/KNOWN_MODELS.md)" if known else "")
+          + f"; VGG/LPIPS: {'random backbones' if known and not (args.vgg or args.lpips_backbone) else 'as given'}"
+          + f"; training on {', '.join(STYLE_PHOTOS)} at {resolution} px, {cfg.epochs} epochs; judged on held-out "
+          + ", ".join(HELD_OUT_PHOTOS), flush=True)
+    if known:
+        print("  real models instead: --vae stabilityai/sd-vae-ft-mse --text-model google/siglip-base-patch16-224 "
+              "(folders or Hugging Face ids; add --vgg / --lpips-backbone, see README: Models)", flush=True)
+    result = train_style(vae, text, photos(STYLE_PHOTOS, resolution), prompt, cfg, vgg=vgg, lpips=lpips,
+                         device=device)
     info = save_style(result.style, out / "demo-style.safetensors")
-    written = [str(save_image(stylize(p, vae, result.style)[0], out / f"stylized-{i}.png")) for i, p in enumerate(photos)]
+    written, figures = [], {}
+    for name in HELD_OUT_PHOTOS:
+        x = original_photo(name)
+        base, half, y = (stylize(x, vae, result.style, strength=s) for s in (0.0, 0.5, 1.0))
+        written.append(str(save_image(y[0], out / f"stylized-{name}.png")))
+        save_image(torch.cat([x, base, half, y], dim=-1)[0], out / f"compare-{name}.png")
+        figures[name] = {"ssim_vs_untrained": round(float(ssim(base, y)[0]), 3)}
+        if known:
+            change = named_property(text, prompt, y) - named_property(text, prompt, base)
+            figures[name][f"'{prompt}' property change"] = round(float(change[0]), 4)
     print(json.dumps({"style": info["path"], "style_bytes": info["bytes"], "train_seconds": round(result.seconds, 2),
-                      "steps": result.steps, "first_loss": result.history[0]["total"],
-                      "last_loss": result.history[-1]["total"], "stylized": written}, indent=2))
+                      "steps": result.steps, "held_out": figures, "stylized": written,
+                      "compare": f"{out}/compare-*.png: input | untrained style (VAE reconstruction) | strength 0.5 | "
+                                 "stylised"}, indent=2))
     return 0
+
+
+def cmd_check(args) -> int:
+    """The functional proof as a health check: train styles with known-meaning models, judge held-out photos."""
+    from .testing.check import run_check
+
+    return run_check(quick=args.quick, long=args.long, seed=args.seed, json_path=args.json, threads=args.threads,
+                     broken=args.broken)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -576,19 +620,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="include the full training recipe")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="train a style and stylise two photos (offline with tiny models by default)")
+    p = sub.add_parser("demo", help="train a style on two photos and stylise three held-out ones (offline, CPU: the "
+                                    "project's small VAE and a known-meaning image-text model by default)")
     p.add_argument("--out", default="out/demo", help="output folder")
-    p.add_argument("--prompt", default="Van Gogh's starry night")
+    p.add_argument("--prompt", help="style prompt (default: 'red' with the known-meaning models, whose vocabulary is "
+                                    "listed in docs/KNOWN_MODELS.md; \"Van Gogh's starry night\" with SigLIP/CLIP)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--vae", help="real SD VAE (default: tiny offline model)")
-    p.add_argument("--text-model", help="real SigLIP/CLIP folder or id (default: tiny offline model)")
+    p.add_argument("--vae", help="SD VAE: Hugging Face id, folder or .safetensors (default: the project's small VAE)")
+    p.add_argument("--text-model", help="SigLIP/CLIP folder or id, or " + " / ".join(KNOWN_DEMO_MODELS)
+                                        + f" (default: {KNOWN_DEMO_MODELS[0]})")
     p.add_argument("--vgg", help="VGG19 features .safetensors")
     p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
                    help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS")
-    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--resolution", type=int, help="training size (default 128 with the known-meaning models, else 512)")
     p.add_argument("--epochs", type=int, default=20)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check", help="prove the method works: styles trained with image-text models of known meaning "
+                                     "must move HELD-OUT photos along their prompts and keep content (table, exit 1 on "
+                                     "failure; 2-4 minutes on 2 CPU cores, --quick about half)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="the main rows only, no loss-term ablations (~half the time)")
+    speed.add_argument("--long", action="store_true", help="larger proof: 128 px, 64 crops, 40 epochs (several minutes)")
+    p.add_argument("--break", dest="broken", metavar="NAME",
+                   help="break the method on purpose to see the check fail: " + ", ".join(
+                       ["decoder-gradients", "fusion-gradients", "direction-sign", "frozen-gates", "masks-ignored"]))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--json", help="also write every row and figure to this JSON file")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")
     p.add_argument("out")

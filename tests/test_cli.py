@@ -56,8 +56,11 @@ def test_clear_errors_for_missing_files(tmp_path, tiny_models, photo):
 def test_demo_runs_offline(tmp_path):
     out = run("demo", "--out", tmp_path / "demo", "--device", "cpu", "--epochs", "2")
     report = json.loads(out.stdout[out.stdout.index("{"):])
-    assert report["steps"] == 2 and len(report["stylized"]) == 2
-    assert load_image(report["stylized"][1]).shape == (1, 3, 226, 300)  # any size, kept
+    assert report["steps"] == 2 and len(report["stylized"]) == 3
+    assert load_image(report["stylized"][0]).shape == (1, 3, 226, 300)  # held-out chelsea: any size, kept
+    # it says which models it used and how to switch to real ones
+    assert "small VAE" in out.stdout and "known-combined" in out.stdout and "--text-model google/siglip" in out.stdout
+    assert set(report["held_out"]) == {"chelsea", "rocket", "camera"}
 
 
 def test_out_of_memory_advice_names_the_cli_flags(monkeypatch, capsys):

@@ -73,10 +73,10 @@ TEXTURE_SCALE = 0.5  # log-share differences of a few units between a sketch and
 TEXT_STRENGTH = 1.0  # a prompt is 45 degrees from "a plain photo": ||e_t - e_src|| = 0.77, like SigLIP prompts
 TONE_SCALE = 1.0  # brightness 0.3-0.6 and contrast (std of L) 0.15-0.3 in photos: axes ~ +-0.2
 DEFAULT_IMAGE_SIZE = 64
-# log(share) of natural photos at the model's input size (mean over astronaut, chelsea, coffee, rocket,
-# camera, motorcycle_left: -2.86 at 64 px, -3.43 at 128 px): centres the texture axis so a plain photo
-# embeds near "a plain photo"
-TEXTURE_REF = {64: -2.9, 128: -3.4}
+# log(share) of natural photos at the model's input size (mean over the bundled photos astronaut, chelsea,
+# coffee, rocket, camera: -2.41, -2.71, -2.98, -3.36, -3.59 at 32, 48, 64, 96, 128 px): centres the texture
+# axis so a plain photo embeds near "a plain photo"
+TEXTURE_REF = {32: -2.4, 48: -2.7, 64: -3.0, 96: -3.4, 128: -3.6}
 _EPS = 1e-4
 
 

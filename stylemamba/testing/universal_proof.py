@@ -40,31 +40,7 @@ from ..stylize import stylize
 from ..train import TrainConfig, train_style
 from ..universal import UniversalConfig, style_from_universal, train_universal, universal_direction
 from .known_models import chroma, colour_model
-
-try:
-    from .proof import content_networks  # the functional proof's random-backbone VGG / LPIPS
-except ImportError:  # that module is not in this checkout yet: the same recipe, built here
-    def content_networks(seed: int = 0):
-        """VGG19 (widths / 8, He init: the default init makes conv4/5 vanish) and LPIPS-AlexNet, RANDOM backbones."""
-        import logging
-
-        from ..perceptual import LPIPSLoss, VGGFeatures
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            vgg = VGGFeatures(widths=(8, 16, 32, 64, 64)).eval()
-            for m in vgg.modules():
-                if isinstance(m, torch.nn.Conv2d):
-                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                    torch.nn.init.zeros_(m.bias)
-            quiet = logging.getLogger("stylemamba.perceptual")
-            level = quiet.level
-            quiet.setLevel(logging.ERROR)  # a random LPIPS backbone is the point here
-            try:
-                lpips = LPIPSLoss(net="alex")
-            finally:
-                quiet.setLevel(level)
-        return vgg, lpips
+from .proof import content_networks  # the functional proof's random-backbone VGG / LPIPS
 
 BANK = ("red", "yellow", "green", "cyan", "blue", "magenta")
 HELD_OUT_PROMPTS = ("warm", "cool")
@@ -275,14 +251,16 @@ def _grid(outputs: dict[str, torch.Tensor], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylemamba.testing.universal_proof", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="folder for universal_proof.json and universal_proof.png")
-    p.add_argument("--vae", required=True, help="a VAE that reconstructs photos (e.g. the testing small VAE)")
+    p.add_argument("--vae", help="a VAE that reconstructs photos (default: the project's small VAE, "
+                                 "stylemamba/testing/data/small_vae.safetensors)")
     p.add_argument("--steps-per-epoch", type=int, default=UniversalProofConfig.universal_steps_per_epoch)
     args = p.parse_args(argv)
     from ..vae import load_vae
+    from .small_vae import load_small_vae
 
     torch.set_num_threads(1)
     cfg = UniversalProofConfig(universal_steps_per_epoch=args.steps_per_epoch)
-    run_universal_proof(load_vae(args.vae), cfg, args.out)
+    run_universal_proof(load_vae(args.vae) if args.vae else load_small_vae(), cfg, args.out)
     return 0
 
 
