@@ -85,6 +85,12 @@ def test_summary_ratios_and_target_checks():
     assert t["stylise_1024_ms"]["measured"] == 40.0 and t["stylise_1024_ms"]["met"] is True
     # TFLOP/s: 4e12 FLOP in 40 ms = 100 TFLOP/s
     assert report["results"]["stylemamba/off"]["step_tflops"] == pytest.approx(100.0)
+    with_triton = _fake_report(step_ms=40.0, recipe_s=1.0, stylise_ms=10.0, per_image_s=4.0, chunked_ms=3.0,
+                               kernel_ms=1.0)
+    with_triton["results"]["stylemamba/off"]["parts_ms"]["scan"]["triton"] = {"fwd_bwd_ms": bench.stats([1.5])}
+    s = bench.summarize(with_triton)
+    assert s["scan"]["ours_over_kernel"] == pytest.approx(1.5) and s["scan"]["chunked_over_kernel"] == pytest.approx(3.0)
+    assert s["targets"]["scan_vs_kernel"]["met"] is True  # the target is met by our fastest scan (Triton)
     slow = bench.summarize(_fake_report(80.0, 3.0, 30.0, 1.0, 1.0, 1.0))["targets"]
     assert slow["step_ms"]["met"] is False and slow["recipe_s"]["met"] is False
     assert slow["hundred_images_ratio"]["met"] is False  # 100 s against 3 + 3 s: 16.7x
