@@ -20,7 +20,7 @@ from .proof import (BREAKAGE_ROWS, BREAKAGES, KNOWN_PROBLEMS, ProofConfig, Row, 
                     format_table, resolve_perceptual, run_proof)
 
 
-def config_for(quick: bool = False, long: bool = False, seed: int = 0, perceptual: str = "auto") -> ProofConfig:
+def config_for(quick: bool = False, long: bool = False, seed: int = 0, perceptual: str = "random") -> ProofConfig:
     """--quick: the main rows only; --long: 128 px, the default 64 crops, 40 epochs; perceptual: see ProofConfig."""
     perceptual = resolve_perceptual(perceptual)
     if long:
@@ -29,7 +29,7 @@ def config_for(quick: bool = False, long: bool = False, seed: int = 0, perceptua
 
 
 def run_check(quick: bool = False, long: bool = False, seed: int = 0, json_path: str | None = None,
-              threads: int = 0, broken: str | None = None, out=sys.stdout, perceptual: str = "auto") -> int:
+              threads: int = 0, broken: str | None = None, out=sys.stdout, perceptual: str = "random") -> int:
     if threads:
         torch.set_num_threads(threads)
     if broken is not None and broken not in BREAKAGES:

@@ -97,7 +97,10 @@ class ProofConfig:
     fusion_depth: int = 2
     seed: int = 0
     quick: bool = False  # the main rows only (no loss-term ablations)
-    perceptual: str = "auto"  # VGG / LPIPS backbones: "real" (ImageNet VGG16, real_backbones), "random", "auto"
+    # VGG / LPIPS backbones: "real" (ImageNet VGG16, real_backbones), "random", "auto" (real when installed).
+    # "random" by default: with the real VGG16 (Caffe units) the default VGG weights 9000 -> 150 override the text
+    # (every prompt gives the same picture; docs/METHOD_CHOICES.md item 5), which fails the main rows.
+    perceptual: str = "random"
 
     def recipe(self, **loss) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, resolution=self.resolution, seed=self.seed,
