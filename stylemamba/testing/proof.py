@@ -597,13 +597,14 @@ def _content(p: Proof) -> List[Row]:
     red = p.figures("red", p.apply(p.train("red")))
     no_vgg = p.figures("red", p.apply(p.train("red", vgg_weight_start=0.0, vgg_weight_end=0.0)))
     no_lpips = p.figures("red", p.apply(p.train("red", lpips=0.0)))
+    nets = "real VGG16" if p.perceptual == "real" else "random backbones"  # which networks the terms ran on
     return [
         _row("loss VGG: keeps content", f"SSIM {red['ssim']:.3f} vs {no_vgg['ssim']:.3f} without (redness "
-             f"{red['property']:+.3f} vs {no_vgg['property']:+.3f})", f"SSIM with >= without + {BOUNDS['ssim_gain']}",
+             f"{red['property']:+.3f} vs {no_vgg['property']:+.3f}; {nets})", f"SSIM with >= without + {BOUNDS['ssim_gain']}",
              red["ssim"] >= no_vgg["ssim"] + BOUNDS["ssim_gain"],
              "the VGG content loss keeps structure", ssim_with=red["ssim"], ssim_without=no_vgg["ssim"]),
         _row("loss LPIPS: keeps content", f"SSIM {red['ssim']:.3f} vs {no_lpips['ssim']:.3f} without (redness "
-             f"{red['property']:+.3f} vs {no_lpips['property']:+.3f})", f"SSIM with >= without + {BOUNDS['ssim_gain']}",
+             f"{red['property']:+.3f} vs {no_lpips['property']:+.3f}; {nets})", f"SSIM with >= without + {BOUNDS['ssim_gain']}",
              red["ssim"] >= no_lpips["ssim"] + BOUNDS["ssim_gain"], "the LPIPS loss keeps structure", ssim_with=red["ssim"],
              ssim_without=no_lpips["ssim"]),
     ]
