@@ -289,33 +289,27 @@ BOUNDS = {"cos": 0.3, "ssim": 0.5, "ssim_gain": 0.02, "gain": 0.05}
 # (96 px, seed 0; README). Each reason starts with the method choice it is blamed on; where a measured alternative
 # is pending (the method-choices work), adopting it is expected to flip the row, and then the strict xfail fails
 # until its entry is removed here.
-_PATCH = "method choice: patch weight 9000 (measured alternative pending: 500). "
-_SKETCH = (_PATCH + "With the patch loss 'a pencil sketch' gives cos -0.21 and log HF share +0.151 on held-out photos, "
-           "-0.943 on the training photos; without it cos +0.50, +1.298 / +1.471 (row 'loss patch off'): the patch "
-           "term compares crops (less high frequency than the image, docs/KNOWN_MODELS.md) with the FULL content "
-           "image's embedding and dominates the gradient")
 KNOWN_PROBLEMS: Dict[str, str] = {
-    "red: fusion module alone carries the style": "method choice: the whole decoder is trained (no alternative "
-                                                  "decided yet). Alone, the trained fusion module moves "
-                                                  "redness by +0.0023, 0.5 % of the style's +0.473 (the text itself "
-                                                  "accounts for +0.00012, row 'reads the text'): the decoder carries "
-                                                  "the style",
-    "sketch: effect along prompt": _SKETCH,
-    "sketch: log HF share": _SKETCH,
-    "opposites: sketch vs smooth": _PATCH + "Both texture prompts raise the high-frequency share (+0.151 / +0.311); "
-                                            "see 'sketch'",
-    "loss patch: texture prompt moves texture": _SKETCH,
-    "loss masked: raises the effect": _PATCH + "With the patch loss on, L_md changes nothing (redness +0.473 vs "
-                                               "+0.473 without it); with the patch loss off it doubles the effect "
-                                               "(+0.323 vs +0.152)",
-    "loss second-order: changes the result": "method choice: the second-order loss as Eq. 4 (a ratio of norms) "
-                                             "every 5 epochs (measured alternative pending: a directional form "
-                                             "every epoch). Its gate opens at epochs 5, 10, 15 "
-                                             "(L_dir 0.06-0.10 < 0.9) but redness is +0.4732 with it, +0.4735 "
-                                             "without; the step-to-step change at those epochs is 0.0504 in both",
-    "loss LPIPS: keeps content": "not a method choice: LPIPS's AlexNet backbone is random here (no pretrained "
-                                 "weights). SSIM +0.006 with LPIPS (0.720 vs 0.714), under the +0.02 an effect needs; "
-                                 "this says little about real LPIPS",
+    "red: fusion module alone carries the style": "method choice: the whole decoder is trained (smaller trained "
+                                                  "parts lost effect, docs/METHOD_CHOICES.md item 6). Alone, the "
+                                                  "trained fusion module moves redness by +0.0013, 0.9 % of the "
+                                                  "style's +0.136 (the text itself accounts for +0.00005, row 'reads "
+                                                  "the text'): the decoder carries the style",
+    "loss patch: texture prompt moves texture": "method choice: the patch loss compares crops with the FULL content "
+                                                "image's embedding (the same-crop reference measured worse, "
+                                                "docs/METHOD_CHOICES.md item 2). At patch weight 500 'a pencil sketch' "
+                                                "moves the held-out log HF share +0.862 with it and +0.900 without "
+                                                "(at 9000 it was +0.151 vs +1.298): crops have less high frequency "
+                                                "than the image (docs/KNOWN_MODELS.md)",
+    "loss VGG: keeps content": "method choice: the VGG content weight 9000 -> 150 (undecided, docs/METHOD_CHOICES.md "
+                               "item 5). With the random VGG19 SSIM is 0.759 with the term vs 0.852 without, redness "
+                               "+0.136 vs +0.279. With the real ImageNet VGG16 (--perceptual real) it fails too: SSIM "
+                               "0.734 vs 0.853, redness -0.017 vs +0.259 (the term overrides the text; 1/3000 and "
+                               "1/30000 of the weight still lower SSIM on 'red')",
+    "loss LPIPS: keeps content": "method choice: LPIPS weight 150 (not re-decided). Random AlexNet backbone: SSIM "
+                                 "0.759 with LPIPS vs 0.761 without, under the +0.02 an effect needs. Real VGG16 "
+                                 "(--perceptual real): 0.734 vs 0.734 (the VGG term dominates); with the VGG term off, "
+                                 "LPIPS gives 'red' 0.853 vs 0.850 and 'a pencil sketch' 0.552 vs 0.516 (seed 0)",
 }
 
 
