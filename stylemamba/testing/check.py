@@ -16,29 +16,31 @@ from typing import Sequence
 import torch
 
 from .photos import HELD_OUT_PHOTOS, STYLE_PHOTOS
-from .proof import BREAKAGE_ROWS, BREAKAGES, KNOWN_PROBLEMS, ProofConfig, Row, breakage, format_table, run_proof
+from .proof import (BREAKAGE_ROWS, BREAKAGES, KNOWN_PROBLEMS, ProofConfig, Row, breakage, describe_perceptual,
+                    format_table, resolve_perceptual, run_proof)
 
 
-def config_for(quick: bool = False, long: bool = False, seed: int = 0) -> ProofConfig:
-    """--quick: the main rows only; --long: 128 px, the default 64 crops, 40 epochs."""
+def config_for(quick: bool = False, long: bool = False, seed: int = 0, perceptual: str = "random") -> ProofConfig:
+    """--quick: the main rows only; --long: 128 px, the default 64 crops, 40 epochs; perceptual: see ProofConfig."""
+    perceptual = resolve_perceptual(perceptual)
     if long:
-        return ProofConfig(resolution=128, image_size=64, n_crops=64, epochs=40, seed=seed)
-    return ProofConfig(quick=quick, seed=seed)
+        return ProofConfig(resolution=128, image_size=64, n_crops=64, epochs=40, seed=seed, perceptual=perceptual)
+    return ProofConfig(quick=quick, seed=seed, perceptual=perceptual)
 
 
 def run_check(quick: bool = False, long: bool = False, seed: int = 0, json_path: str | None = None,
-              threads: int = 0, broken: str | None = None, out=sys.stdout) -> int:
+              threads: int = 0, broken: str | None = None, out=sys.stdout, perceptual: str = "random") -> int:
     if threads:
         torch.set_num_threads(threads)
     if broken is not None and broken not in BREAKAGES:
         raise ValueError(f"unknown breakage {broken!r}; choose one of {', '.join(BREAKAGES)}")
-    cfg = config_for(quick, long, seed)
+    cfg = config_for(quick, long, seed, perceptual)
     t0 = time.perf_counter()
     print(f"StyleMamba functional check: styles trained on {', '.join(STYLE_PHOTOS)}, judged on held-out "
           f"{', '.join(HELD_OUT_PHOTOS)} at {cfg.resolution} px ({cfg.epochs} epochs, the trainer's default losses "
           f"and weights, {cfg.n_crops} crops, fusion width {cfg.fusion_width} depth {cfg.fusion_depth}); models: the "
-          "project's small VAE, known-meaning colour / texture image-text models (stylemamba.testing), VGG / LPIPS "
-          "with random backbones", file=out, flush=True)
+          "project's small VAE, known-meaning colour / texture image-text models (stylemamba.testing), "
+          f"{describe_perceptual(cfg.perceptual)}", file=out, flush=True)
     if broken:
         print(f"BROKEN ON PURPOSE ({broken}): {BREAKAGES[broken]}; the check must fail", file=out, flush=True)
     quiet = logging.getLogger("stylemamba")
@@ -51,7 +53,7 @@ def run_check(quick: bool = False, long: bool = False, seed: int = 0, json_path:
                                                                  flush=True))
     finally:
         quiet.setLevel(level)
-    code = report(rows, time.perf_counter() - t0, out, json_path)
+    code = report(rows, time.perf_counter() - t0, out, json_path, perceptual=cfg.perceptual)
     if broken:
         expected = [r.name for r in rows if r.name in BREAKAGE_ROWS[broken]]
         missed = [r.name for r in rows if r.name in expected and not r.failed]
@@ -62,7 +64,8 @@ def run_check(quick: bool = False, long: bool = False, seed: int = 0, json_path:
     return code
 
 
-def report(rows: Sequence[Row], seconds: float, out=sys.stdout, json_path: str | None = None) -> int:
+def report(rows: Sequence[Row], seconds: float, out=sys.stdout, json_path: str | None = None,
+           perceptual: str | None = None) -> int:
     """Print the table and the verdict; 1 if any row FAILs (or a known problem unexpectedly passes), else 0."""
     print(format_table(rows), file=out)
     failed = [r for r in rows if r.failed]
@@ -77,6 +80,8 @@ def report(rows: Sequence[Row], seconds: float, out=sys.stdout, json_path: str |
         print(f"  {r.status} {r.name}: {why}", file=out)
     if json_path:
         Path(json_path).write_text(json.dumps([{"name": r.name, "status": r.status, "measured": r.value,
-                                                "bound": r.bound, "proves": r.proves, **r.numbers} for r in rows],
+                                                "bound": r.bound, "proves": r.proves,
+                                                **({"perceptual": perceptual} if perceptual else {}), **r.numbers}
+                                               for r in rows],
                                               indent=2))
     return 1 if failed else 0
