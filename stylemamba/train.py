@@ -418,8 +418,7 @@ class StyleTrainer:
     def _plan(self, free_memory: float | None) -> MemoryPlan:
         """The memory plan of this run: TrainConfig.memory_plan, or chosen from the free memory ("auto")."""
         cfg, b = self.cfg, self.x.shape[0]
-        # CLIPstyler's TV form is one norm over the whole batch: micro-batches cannot reproduce its gradient
-        splittable = not (cfg.loss.tv > 0 and cfg.loss.tv_form == "clipstyler")
+        splittable = self._splittable()
         option = parse_plan(cfg.memory_plan)
         forced = cfg.gradient_checkpointing
         if option == "fast":
@@ -433,6 +432,11 @@ class StyleTrainer:
                              "(one norm over the whole batch): set micro_batch to 0 (whole batch) or "
                              "LossConfig.tv_form='l1'")
         return MemoryPlan(micro, option.view_chunk, option.checkpointing or forced, option.reason)
+
+    def _splittable(self) -> bool:
+        """Whether the recipe can run in micro-batches: CLIPstyler's TV form is one norm over the whole batch,
+        which micro-batches cannot reproduce."""
+        return not (self.cfg.loss.tv > 0 and self.cfg.loss.tv_form == "clipstyler")
 
     # ------------------------------------------------------------------ one step
     def lr_at(self, epoch: int) -> float:
@@ -455,19 +459,7 @@ class StyleTrainer:
         draws, ys, embs, logged, total_sum = None, [], [], {}, None
         for start, end in groups:
             with autocast(self.device, self.cfg.precision):
-                y = self.model.raw_output(self.z[start:end])
-                seen = seen_output(y, lc)
-                if draws is None:
-                    draws = ViewDraws.draw(b, y, lc, self.text.image_size, self.gen)
-                views = step_views(seen, lc, self.text.image_size, draws=draws.rows(start, end),
-                                   content=self.x[start:end])
-                emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
-                refs = None
-                if views.references is not None:  # the same crops / mask of X: references, no gradient
-                    with torch.no_grad():
-                        refs = self.encode_image(views.references).float()
-                terms = self._loss_terms(y, seen, emb_y, crop_embs, masked_emb, views.split_references(refs), epoch,
-                                         start, end, gate)
+                y, emb_y, terms, draws = self._forward_terms(start, end, epoch, gate, draws)
                 if len(groups) > 1:
                     terms = {k: v * ((end - start) / b) for k, v in terms.items()}
                 total = L.total_loss(terms, lc.weights(epoch))
@@ -487,22 +479,32 @@ class StyleTrainer:
         """The unweighted terms of the whole batch at the current weights, as a step at ``epoch`` would take
         them, with the graph kept (for diagnostics such as each term's share of the gradient). The random
         generator is left as it was, so training continues unchanged; nothing is optimised."""
-        lc, b = self.cfg.loss, self.x.shape[0]
         state = self.gen.get_state()
         try:
             with autocast(self.device, self.cfg.precision):
-                y = self.model.raw_output(self.z)
-                seen = seen_output(y, lc)
-                views = step_views(seen, lc, self.text.image_size, self.gen, content=self.x)
-                emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
-                refs = None
-                if views.references is not None:
-                    with torch.no_grad():
-                        refs = self.encode_image(views.references).float()
-                return self._loss_terms(y, seen, emb_y, crop_embs, masked_emb, views.split_references(refs), epoch,
-                                        0, b, None)
+                return self._forward_terms(0, self.x.shape[0], epoch, None, None)[2]
         finally:
             self.gen.set_state(state)
+
+    def _forward_terms(self, start: int, end: int, epoch: int, gate: torch.Tensor | None, draws: ViewDraws | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], ViewDraws]:
+        """Images ``start:end`` through the style, their step views and the image tower -> (raw output Y,
+        whole-image embeddings, unweighted terms, the step's draws). ``draws``: the whole batch's crops and
+        masks, drawn here from the trainer's generator when None (call under autocast)."""
+        lc = self.cfg.loss
+        y = self.model.raw_output(self.z[start:end])
+        seen = seen_output(y, lc)
+        if draws is None:
+            draws = ViewDraws.draw(self.x.shape[0], y, lc, self.text.image_size, self.gen)
+        views = step_views(seen, lc, self.text.image_size, draws=draws.rows(start, end), content=self.x[start:end])
+        emb_y, crop_embs, masked_emb = views.split(self._image_tower(views.images))
+        refs = None
+        if views.references is not None:  # the same crops / mask of X: references, no gradient
+            with torch.no_grad():
+                refs = self.encode_image(views.references).float()
+        terms = self._loss_terms(y, seen, emb_y, crop_embs, masked_emb, views.split_references(refs), epoch, start,
+                                 end, gate)
+        return y, emb_y, terms, draws
 
     def _image_tower(self, images: torch.Tensor) -> torch.Tensor:
         """The tower on a step's views: one call, or checkpointed chunks of ``plan.view_chunk`` views."""
@@ -558,9 +560,7 @@ class StyleTrainer:
             except torch.cuda.OutOfMemoryError:
                 smaller = None
                 if parse_plan(self.cfg.memory_plan) == "auto":
-                    cfg = self.cfg
-                    splittable = not (cfg.loss.tv > 0 and cfg.loss.tv_form == "clipstyler")
-                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], cfg), splittable)
+                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg), self._splittable())
                 if smaller is None:
                     raise
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
