@@ -121,6 +121,11 @@ def candidate_plans(recipe: Recipe, micro_batching: bool = True, checkpointing: 
     return [MemoryPlan(m, c, k) for m in sizes for c in (0, *VIEW_CHUNKS) for k in ckpt]
 
 
+def _fastest(plans: list[MemoryPlan], recipe: Recipe) -> MemoryPlan:
+    """The plan the time model says is fastest; among equals the one using more memory (less recomputation)."""
+    return min(plans, key=lambda p: (relative_time(p, recipe), -estimate_bytes(p, recipe)))
+
+
 def choose_plan(free_bytes: float | None, recipe: Recipe, micro_batching: bool = True,
                 checkpointing: bool | None = None) -> MemoryPlan:
     """The fastest plan whose estimate fits in ``SAFETY * free_bytes`` (free = after the frozen networks loaded).
@@ -136,7 +141,7 @@ def choose_plan(free_bytes: float | None, recipe: Recipe, micro_batching: bool =
     fitting = [p for p in plans if estimate_bytes(p, recipe) <= budget]
     need = f"{estimate_bytes(fast, recipe) / GB:.1f} GB"
     if fitting:
-        best = min(fitting, key=lambda p: (relative_time(p, recipe), -estimate_bytes(p, recipe)))
+        best = _fastest(fitting, recipe)
         if best == fast:
             why = f"fits: the fast plan needs ~{need} of {free_bytes / GB:.1f} GB free"
         else:
@@ -157,7 +162,7 @@ def smaller_plan(plan: MemoryPlan, recipe: Recipe, micro_batching: bool = True) 
                and (p.checkpointing or not plan.checkpointing)]  # a checkpointed decoder stays checkpointed
     if not smaller:
         return None
-    best = min(smaller, key=lambda p: (relative_time(p, recipe), -estimate_bytes(p, recipe)))
+    best = _fastest(smaller, recipe)
     return MemoryPlan(best.micro_batch, best.view_chunk, best.checkpointing,
                       f"{plan.describe()} ran out of memory: retrying the step with a plan estimated at "
                       f"~{estimate_bytes(best, recipe) / GB:.1f} GB")
