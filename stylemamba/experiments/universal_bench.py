@@ -144,13 +144,12 @@ def run(args) -> dict[str, Any]:
             row = bench_batch(models, images, bank, b, args.steps, args.warmup, resolution, args.tiny, device)
         except torch.cuda.OutOfMemoryError as exc:  # report the batch that does not fit; measure the others
             row = {"batch_size": b, "resolution": resolution, "status": "out of memory", "reason": str(exc)[:200]}
-            report["runs"].append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            continue
-        row["allreduce_world_1"] = allreduce_alone(row["trained_parameters"], device)
-        row["scaling_estimate"] = scaling_estimate(row["step_ms"], row["allreduce_world_1"]["bytes"], args.bus_gbps)
+        else:
+            row["allreduce_world_1"] = allreduce_alone(row["trained_parameters"], device)
+            row["scaling_estimate"] = scaling_estimate(row["step_ms"], row["allreduce_world_1"]["bytes"],
+                                                       args.bus_gbps)
         report["runs"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     report["strong_scaling"] = strong_scaling([r for r in report["runs"] if "step_ms" in r], args.bus_gbps)
