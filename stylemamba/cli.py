@@ -127,11 +127,14 @@ def cmd_train(args) -> int:
         cfg.compile = args.compile
     cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
     if args.memory_plan:
+        from .memory_plan import parse_plan
+
+        try:
+            parse_plan(args.memory_plan)
+        except ValueError as exc:  # name the flag the user typed, not the library's field
+            raise ValueError(f"--memory-plan: {exc}") from None
         cfg.memory_plan = args.memory_plan
-    try:
-        cfg.__post_init__()
-    except ValueError as exc:  # name the flag the user typed, not the library's field
-        raise ValueError(str(exc).replace("TrainConfig.memory_plan", "--memory-plan")) from None
+    cfg.__post_init__()
     content = [load_image(f) for f in files]
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
