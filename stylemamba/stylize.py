@@ -9,6 +9,7 @@ The forward pass itself is :class:`~stylemamba.style_model.StyleModel`'s; latent
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Sequence
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cuda_graphs import GraphedForward, check_cuda_graph_option
 from .errors import stylizing_out_of_memory
 from .image_io import check_finite
 from .precision import autocast
@@ -215,7 +217,8 @@ def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) ->
 def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
                    weights: Sequence[float] | None = None, strength: float | None = None,
                    mask: torch.Tensor | None = None, tile_size: int = 1024, tile_overlap: int | None = None,
-                   batch_size: int = 4, precision: str = "auto", on_batch=None, blend: str | None = None) -> torch.Tensor:
+                   batch_size: int = 4, precision: str = "auto", on_batch=None, blend: str | None = None,
+                   cuda_graphs: str | GraphedForward = "auto") -> torch.Tensor:
     """Stylise (B,C,H,W) images in [0,1]; returns the same layout (RGBA keeps its alpha, gray becomes RGB).
 
     ``styles``: a Style, several (mixed with ``weights``, default equal, by ``blend``: "outputs" averages
@@ -224,7 +227,11 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
     outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
     over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
-    real SD VAEs). ``on_batch(done, total)`` reports progress.
+    real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: "auto" replays the batches
+    as a CUDA graph on CUDA when at least 3 untiled batches have the same size (video frames: the first
+    runs eagerly, the second is captured; the graph is freed at the end of the call); "off": eager; or a
+    :func:`graphed_forward` of the same VAE, model and precision, kept by the caller across calls (a video
+    stylised batch by batch).
     """
     model = as_style_model(vae, styles, weights, strength, blend)
     rgb, alpha = _as_rgb(images)
@@ -244,21 +251,22 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
                          f"to half the tile size ({tile // 2})")
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} is invalid: it must be at least 1")
+    forward = functools.partial(_encode_style_decode, vae, model, precision)
+    if isinstance(cuda_graphs, GraphedForward):
+        forward = cuda_graphs
+    elif check_cuda_graph_option(cuda_graphs) == "auto" and device.type == "cuda" and b // batch_size >= 3:
+        forward = GraphedForward(forward)
     outs = []
     for start in range(0, b, batch_size):
         check_finite(rgb[start:start + batch_size], "image", first=start)
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
         xp, (oh, ow) = _pad8(x)
-        with autocast(device, precision):
-            if max(xp.shape[-2:]) > tile:
+        if max(xp.shape[-2:]) > tile:
+            with autocast(device, precision):
                 z = _tiled(vae.encode, vae.encoder, xp, tile, overlap, 1 / 8, vae.latent_channels, 8)
-            else:
-                z = vae.encode(xp)
-            fused = model.fuse(z)
-            if max(xp.shape[-2:]) > tile:
-                y = _tiled(model.decoder, model.decoder, fused, tile // 8, overlap // 8, 8, 3, 1)
-            else:
-                y = model.decoder(fused)
+                y = _tiled(model.decoder, model.decoder, model.fuse(z), tile // 8, overlap // 8, 8, 3, 1)
+        else:
+            y = forward(xp)
         y = y.float().clamp(0, 1)[:, :, :oh, :ow]
         if m is not None:
             mm = m if m.shape[0] == 1 else m[start:start + batch_size]
@@ -270,6 +278,18 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     if alpha is not None:
         out = torch.cat([out, alpha.float().cpu()], dim=1)
     return out.to(images.dtype) if images.is_floating_point() else out
+
+
+def graphed_forward(vae: SDVAE, styles: Styles, precision: str = "auto") -> GraphedForward:
+    """The untiled forward pass as a CUDA graph to reuse across :func:`stylize_images` calls (``cuda_graphs=``):
+    the batches of a video stylised one call at a time. Its memory is freed with it."""
+    return GraphedForward(functools.partial(_encode_style_decode, vae, as_style_model(vae, styles), precision))
+
+
+def _encode_style_decode(vae: SDVAE, model: StyleModel, precision: str, x: torch.Tensor) -> torch.Tensor:
+    """One untiled batch: VAE encoder, the style's fusion and decoder (under autocast)."""
+    with autocast(x.device, precision):
+        return model.decoder(model.fuse(vae.encode(x)))
 
 
 def _check_latents(z: torch.Tensor, vae: SDVAE) -> None:

@@ -26,13 +26,14 @@ import torch.utils.checkpoint
 from . import losses as L
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
+from .cuda_graphs import CapturedCalls, GraphCaptureError, check_cuda_graph_option
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
 from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
                           smaller_plan)
 from .options import from_options
-from .precision import autocast, check_precision, grad_scaler
+from .precision import autocast, autocast_dtype, check_precision, grad_scaler
 from .speed import COMPILE_MODES, compile_callable, compile_module_
 from .style_file import Style, UniversalModel
 from .style_model import StyleModel
@@ -63,6 +64,9 @@ class TrainConfig:
     # "auto": the fastest plan that fits the free GPU memory (stylemamba/memory_plan.py); "fast": no saving;
     # or explicit, e.g. "micro_batch=1,view_chunk=16,checkpointing=on" (or the same as a mapping)
     memory_plan: Any = "auto"
+    # "auto": on CUDA, replay each training step as one CUDA graph (stylemamba/cuda_graphs.py) when the whole
+    # batch runs at once and no fp16 gradient scaler is needed; the first step runs eagerly; "off": eager
+    cuda_graphs: str = "auto"
     preview_every: int = 0  # steps between preview images in the progress callback (0 = none)
     loss: L.LossConfig = field(default_factory=L.LossConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -73,6 +77,10 @@ class TrainConfig:
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
         self.precision = check_precision(self.precision)
+        try:
+            check_cuda_graph_option(self.cuda_graphs)
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig.{exc}") from None
         try:
             self.memory_plan = plan_to_option(parse_plan(self.memory_plan))
         except ValueError as exc:
@@ -342,6 +350,15 @@ def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
         log.warning("this decoder (%s) has no gradient checkpointing; training without it", type(dec).__name__)
 
 
+def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
+    """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can."""
+    if plan.micro_batch < batch or plan.view_chunk or plan.checkpointing:
+        return f"the memory plan ({plan.describe()}) splits the step"
+    if autocast_dtype(device, precision) == torch.float16:
+        return "fp16's gradient scaler checks for overflow on the host"
+    return None
+
+
 def _as_direction(text: ImageTextModel, direction: Direction, prompt_weights: list[float] | None,
                   source_prompt: str) -> TextDirection:
     if isinstance(direction, TextDirection):
@@ -407,10 +424,18 @@ class StyleTrainer:
         # decoder in place (state-dict keys unchanged) and the shared image tower through a wrapper
         compile_module_(self.model.decoder, self.cfg.compile)
         self.encode_image = compile_callable(text.encode_image, self.cfg.compile)  # the step's image tower
-        # the fused Adam kernel: one launch for all parameters (0.6 ms instead of 1.8 ms per step on an H200)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr,
-                                    fused=True if self.device.type == "cuda" else None)
         self.scaler = grad_scaler(self.device, self.cfg.precision)
+        self.graphs = self._step_graphs()
+        # the fused Adam kernel: one launch for all parameters (0.6 ms instead of 1.8 ms per step on an H200);
+        # replayed in a graph it keeps its state and the learning rate on the device
+        lr = torch.tensor(self.cfg.lr, device=self.device) if self.graphs is not None else self.cfg.lr
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True if self.device.type == "cuda" else None,
+                                    capturable=self.graphs is not None)
+        # the loss weights as device tensors under graphs (set before each replay), python floats otherwise
+        self._weights = ({k: torch.zeros((), device=self.device) for k in lc.weights(0)}
+                         if self.graphs is not None else None)
+        self._prev_buffer: torch.Tensor | None = None
+        self._warm = False
         self.prev_emb: torch.Tensor | None = None  # F_I(Y(i)) of the previous epoch (second-order loss)
         self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
@@ -433,6 +458,17 @@ class StyleTrainer:
                              "LossConfig.tv_form='l1'")
         return MemoryPlan(micro, option.view_chunk, option.checkpointing or forced, option.reason)
 
+    def _step_graphs(self) -> CapturedCalls | None:
+        """CUDA graphs for the steps (``cuda_graphs="auto"``) where they can be captured, else None (logged)."""
+        if self.cfg.cuda_graphs == "off" or self.device.type != "cuda":
+            return None
+        why = why_steps_run_eagerly(self.plan, self.x.shape[0], self.device, self.cfg.precision)
+        if why:
+            log.info("stylemamba: training steps run eagerly, without CUDA graphs: %s", why)
+            return None
+        log.info("stylemamba: training steps replay as CUDA graphs after the first (cuda_graphs='auto')")
+        return CapturedCalls((self.gen,))
+
     def _splittable(self) -> bool:
         """Whether the recipe can run in micro-batches: CLIPstyler's TV form is one norm over the whole batch,
         which micro-batches cannot reproduce."""
@@ -449,9 +485,34 @@ class StyleTrainer:
         term is a mean over images, crops or pixels) and the gradients accumulate: the gradient, the
         logged terms and Y are the whole batch's.
         """
-        lc = self.cfg.loss
         for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(epoch)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(self.lr_at(epoch))
+            else:
+                group["lr"] = self.lr_at(epoch)
+        weights = self.cfg.loss.weights(epoch)
+        if self._weights is not None:  # graphs: the same tensors in every replay, new values
+            for k, v in weights.items():
+                self._weights[k].fill_(v)
+            weights = self._weights
+        if self.graphs is None:
+            return self._step_body(epoch, weights)
+        lc = self.cfg.loss
+        key = (self.prev_emb is not None, lc.so > 0 and epoch >= lc.so_interval and epoch % lc.so_interval == 0)
+        if not self._warm:  # the run's first step: eager (builds the optimizer state, warms up what is lazy)
+            self._warm = True
+            return self._step_body(epoch, weights)
+        try:
+            terms, y = self.graphs(key, lambda: self._step_body(epoch, weights))
+        except GraphCaptureError as exc:
+            log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
+            self.graphs = None
+            self.opt.zero_grad(set_to_none=True)
+            return self._step_body(epoch, weights)
+        return {k: v.clone() for k, v in terms.items()}, y.clone()
+
+    def _step_body(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        lc = self.cfg.loss
         b = self.x.shape[0]
         groups = [(s, min(s + self.plan.micro_batch, b)) for s in range(0, b, self.plan.micro_batch)]
         gate = self._second_order_gate(epoch, groups) if len(groups) > 1 else None
@@ -462,7 +523,7 @@ class StyleTrainer:
                 y, emb_y, terms, draws = self._forward_terms(start, end, epoch, gate, draws)
                 if len(groups) > 1:
                     terms = {k: v * ((end - start) / b) for k, v in terms.items()}
-                total = L.total_loss(terms, lc.weights(epoch))
+                total = L.total_loss(terms, weights)
             self.scaler.scale(total).backward()
             ys.append(y.detach())
             embs.append(emb_y.detach().float())
@@ -566,14 +627,23 @@ class StyleTrainer:
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+            self.graphs = None  # the smaller plan splits the step
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller
             log.warning("memory plan: %s (%s)", smaller.describe(), smaller.reason)
 
     def end_epoch(self) -> None:
-        """The last output becomes Y(i), the previous epoch's image of the second-order loss."""
-        self.prev_emb = self.last_emb
+        """The last output becomes Y(i), the previous epoch's image of the second-order loss (copied into one
+        buffer under CUDA graphs: the graph reads it at a fixed address, and its own output is overwritten)."""
+        if self.graphs is None or self.last_emb is None:
+            self.prev_emb = self.last_emb
+            return
+        if self._prev_buffer is None:
+            self._prev_buffer = self.last_emb.clone()
+        else:
+            self._prev_buffer.copy_(self.last_emb)
+        self.prev_emb = self._prev_buffer
 
     # ------------------------------------------------------------------ the loop
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
@@ -642,6 +712,7 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
         raise training_out_of_memory(cfg.resolution, cfg.loss.n_crops, n_images) from exc
     finally:
         if trainer is not None:
+            trainer.graphs = None  # frees the graphs' memory pools
             trainer.opt = None
             trainer.model = None
         if torch.cuda.is_available():

@@ -20,7 +20,13 @@ What is measured, per fusion variant (Mamba, cross-attention) and per speed sett
 (e) peak device memory of (a) and (c), including the resident frozen networks;
 (f) FLOPs of one step / one stylisation (``torch.utils.flop_counter.FlopCounterMode``: matrix
     products, convolutions and attention; the selective scan's custom kernel is not counted)
-    and the TFLOP/s achieved against the bf16 matrix peak measured in the same run.
+    and the TFLOP/s achieved against the bf16 matrix peak measured in the same run;
+(g) the GPU time of one step's kernels (profiler) and the step's time over it: 1 means GPU-bound,
+    more means the GPU waits for the host's launches.
+
+Speed settings: ``--compile`` modes times ``--cuda-graphs`` (``auto``: steps after the first, and
+video batches, replay as CUDA graphs, the library's default on CUDA; ``off``: eager launches); a
+column is named ``off``, ``default+graphs``, ...
 
 CLIPstyler (:mod:`stylemamba.experiments.baselines.clipstyler`) gets the same per-step, per-image and
 memory measurements; "100 new images with one style" is ``recipe + 100 x stylise`` for
@@ -149,6 +155,25 @@ def count_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def kernel_time_ms(fn: Callable[[], Any], device: torch.device, repeat: int = 5) -> float | None:
+    """GPU time of the kernels one call of ``fn`` runs (the profiler's device events, summed; median of the
+    per-call sums is not available, so the mean over ``repeat`` calls), None on CPU. Against the call's
+    own time it says whether the GPU or the host's launches set the pace (GPU-bound: about equal)."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(repeat):
+            fn()
+        sync(device)
+    total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return round(total_us / 1e3 / repeat, 3) if total_us else None
+
+
 def matmul_peak_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> float | None:
     """bf16 matrix-product rate measured here (random data), the ceiling the TFLOP/s figures are read against."""
     if device.type != "cuda":
@@ -261,7 +286,7 @@ class Sizes:
         self.warmup = 0 if tiny else 2  # untimed calls before timed ones
         self.part_repeat = 1 if tiny else 10  # timed calls of each step part / stylisation
 
-    def train_config(self, kind: str = "mamba", compile: str = "off"):
+    def train_config(self, kind: str = "mamba", compile: str = "off", cuda_graphs: str = "auto"):
         from ..fusion import FusionConfig
         from ..losses import LossConfig
         from ..train import TrainConfig
@@ -278,6 +303,7 @@ class Sizes:
             if "compile" not in TrainConfig.__dataclass_fields__:
                 raise RuntimeError("this version of stylemamba.train has no TrainConfig.compile option")
             cfg.compile = compile
+        cfg.cuda_graphs = cuda_graphs
         return cfg
 
     def clipstyler_config(self):
@@ -457,9 +483,14 @@ def scan_bench(trainer, device: torch.device, repeat: int, warmup: int = 2) -> d
     return out
 
 
+def setting_name(compile: str, cuda_graphs: str) -> str:
+    """A speed setting's column name: the compile mode, with "+graphs" when steps replay as CUDA graphs."""
+    return compile + ("+graphs" if cuda_graphs == "auto" else "")
+
+
 def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: str, compile: str,
                      repeats: int, steps: int, full_parts: bool, res: dict[str, Any] | None = None,
-                     progress: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                     progress: Callable[[], None] = lambda: None, cuda_graphs: str = "off") -> dict[str, Any]:
     """(a)-(f) for one fusion variant under one speed setting, filled into ``res`` as measured."""
     from ..style_model import StyleModel
     from ..stylize import stylize
@@ -467,8 +498,8 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
     from ..train import StyleTrainer, train_style
 
     res = {} if res is None else res
-    res.update(fusion=kind, compile=compile)
-    cfg = sizes.train_config(kind, compile)
+    res.update(fusion=kind, compile=compile, cuda_graphs=cuda_graphs)
+    cfg = sizes.train_config(kind, compile, cuda_graphs)
     x = content_images(1, sizes.train, device)
     args = (models.vae, models.siglip, x, PROMPT)
     kw = {"vgg": models.vgg, "lpips": models.lpips, "device": device}
@@ -509,7 +540,10 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
 
     res["step_ms"] = stats(time_device(one_step, device, warmup=sizes.warmup + 1, repeat=steps))
     res["syncs_per_step"] = count_syncs(one_step, device)
-    if compile == "off":
+    res["kernel_ms_per_step"] = kernel_time_ms(one_step, device)
+    if res["kernel_ms_per_step"]:  # the step's time over its kernels' GPU time: 1 = GPU-bound
+        res["step_over_kernels"] = round(res["step_ms"]["median"] / res["kernel_ms_per_step"], 3)
+    if compile == "off" and trainer.graphs is None:  # a graph replay runs no operator the counter could see
         res["step_flops"] = count_flops(one_step)
     res["parts_ms"] = step_parts(trainer, device, repeat=sizes.part_repeat, scan=full_parts, warmup=sizes.warmup)
     res["fusion_params"] = count_parameters(trainer.model.fusion)
@@ -544,9 +578,10 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
     if full_parts or sizes.tiny:
         frames = content_images(sizes.video_frames, sizes.stylise[0], device, seed=7)
         bs = sizes.video_batch
+        graphs = "auto" if cuda_graphs == "auto" else "off"
         stylize(frames[:bs], models.vae, model, batch_size=bs)  # warm-up / compile for this batch size
-        times, _ = time_wall(lambda: stylize(frames, models.vae, model, batch_size=bs), device, warmup=0,
-                             repeat=1 if sizes.tiny else 3)
+        times, _ = time_wall(lambda: stylize(frames, models.vae, model, batch_size=bs, cuda_graphs=graphs), device,
+                             warmup=0, repeat=1 if sizes.tiny else 3)
         res["video"] = {"frames": sizes.video_frames, "batch_size": bs, "size": sizes.stylise[0],
                         "seconds": stats(times), "fps": round(sizes.video_frames / statistics.median(times), 1)}
     model = None
@@ -685,7 +720,8 @@ def bench_clipstyler(models: Models, sizes: Sizes, device: torch.device, steps: 
 # ---------------------------------------------------------------------------------------------- the run
 def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes: list[str], variants: list[str],
               repeats: int, steps: int, json_path: Path | None = None, clipstyler_full: bool = True,
-              memory_caps: list[float] | None = None, caps_repeats: int = 2) -> dict[str, Any]:
+              memory_caps: list[float] | None = None, caps_repeats: int = 2,
+              cuda_graphs: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
     """All measurements; writes ``json_path`` after every section (a cut-short run keeps what it measured).
 
     ``memory_caps``: GB cards to emulate (:func:`bench_memory_caps`), measured first; ``variants`` may be
@@ -708,16 +744,19 @@ def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes:
         report["memory_caps"] = bench_memory_caps(models, sizes, device, memory_caps, repeats=caps_repeats)
         report["memory_caps"]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
         save()
-    for i, mode in enumerate(compile_modes):
+    graph_options = list(dict.fromkeys(cuda_graphs if device.type == "cuda" else ["off"]))  # none on a CPU
+    settings = [(mode, graphs) for mode in compile_modes for graphs in graph_options]
+    for i, (mode, graphs) in enumerate(settings):
         for kind in [v for v in variants if v in ("mamba", "cross_attention")]:
-            key = f"{'stylemamba' if kind == 'mamba' else 'cross_attention'}/{mode}"
+            key = f"{'stylemamba' if kind == 'mamba' else 'cross_attention'}/{setting_name(mode, graphs)}"
             log.info("bench: %s", key)
             t0 = time.perf_counter()
             partial: dict[str, Any] = {}
             report.setdefault("partial", {})[key] = partial  # saved as it fills (a run cut short keeps it)
             try:
                 report["results"][key] = bench_stylemamba(models, sizes, device, kind, mode, repeats, steps,
-                                                          full_parts=(kind == "mamba"), res=partial, progress=save)
+                                                          full_parts=(kind == "mamba"), res=partial, progress=save,
+                                                          cuda_graphs=graphs)
                 del report["partial"][key]
             except Exception as exc:  # keep the other measurements; the JSON says what failed
                 if sizes.tiny:
@@ -776,10 +815,12 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     for name, res in report["results"].items():
         if name == "clipstyler":
             continue
-        flops = res.get("step_flops") or report["results"].get(name.split("/")[0] + "/off", {}).get("step_flops")
+        # the same arithmetic in every setting of a variant: counted where the step ran eagerly
+        same = [r for k, r in report["results"].items() if k.split("/")[0] == name.split("/")[0]]
+        flops = res.get("step_flops") or next((r["step_flops"] for r in same if r.get("step_flops")), None)
         res["step_tflops"] = tflops(flops, res["step_ms"]["median"])
-        sflops = res["stylise"].get(f"flops_{report['sizes']['stylise'][0]}") or report["results"].get(
-            name.split("/")[0] + "/off", {}).get("stylise", {}).get(f"flops_{report['sizes']['stylise'][0]}")
+        skey = f"flops_{report['sizes']['stylise'][0]}"
+        sflops = res["stylise"].get(skey) or next((r["stylise"][skey] for r in same if r["stylise"].get(skey)), None)
         res["stylise"]["tflops"] = tflops(sflops, res["stylise"][f"{report['sizes']['stylise'][0]}_ms"]["median"])
         if peak:
             res["step_fraction_of_matmul_peak"] = round(res["step_tflops"] / peak, 3) if res["step_tflops"] else None
@@ -880,6 +921,8 @@ def format_table(report: dict[str, Any]) -> str:
     row("(f) step TFLOP/s", lambda r: _fmt(r.get("step_tflops")), _fmt(cs.get("step_tflops")))
     row(f"(f) stylise {s0} TFLOP/s", lambda r: _fmt(r["stylise"].get("tflops")), "-")
     row("host syncs per step", lambda r: _fmt(r.get("syncs_per_step")), _fmt(cs.get("syncs_per_step")))
+    row("(g) GPU kernel time per step (ms)", lambda r: _fmt(r.get("kernel_ms_per_step")), "-")
+    row("(g) step / kernel time (1 = GPU-bound)", lambda r: _fmt(r.get("step_over_kernels")), "-")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     summary = report.get("summary", {})
@@ -928,6 +971,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--models-dir", help="with --tiny: folder of (or for) the tiny models")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "default", "max-autotune-no-cudagraphs"],
                    help="speed settings to measure: off (plain eager) and/or torch.compile modes")
+    p.add_argument("--cuda-graphs", nargs="+", default=["auto"], choices=["auto", "off"],
+                   help="training steps (and video batches) replayed as CUDA graphs ('auto', the default) or eager "
+                        "('off'); several values measure each")
     p.add_argument("--variants", nargs="+", default=["mamba", "cross_attention", "clipstyler"],
                    choices=["mamba", "cross_attention", "clipstyler"])
     p.add_argument("--repeats", type=int, help="whole-recipe repeats after the first run (default 3; tiny 1)")
@@ -965,7 +1011,8 @@ def cmd_bench(args) -> int:
                        [] if args.memory_caps_only else args.variants,
                        repeats=args.repeats or (1 if args.tiny else 3), steps=args.steps or (3 if args.tiny else 20),
                        json_path=Path(args.json), clipstyler_full=not args.no_clipstyler_full_run,
-                       memory_caps=args.memory_caps, caps_repeats=args.caps_repeats)
+                       memory_caps=args.memory_caps, caps_repeats=args.caps_repeats,
+                       cuda_graphs=tuple(args.cuda_graphs))
     report["command"] = "python -m stylemamba bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])
     Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     if report["results"]:

@@ -1,0 +1,109 @@
+"""Replaying work as CUDA graphs: a training step or a stylising batch costs one launch instead of thousands.
+
+Why: the default step launches ~3-4 thousand kernels (decoder, 66 image-tower views, 4 Mamba blocks,
+VGG, LPIPS, Adam); when the host CPU is slow to launch them the GPU waits, so the same step took 68 ms
+on one host and 103 ms on another (issue 11). A graph records the launches once and replays them with
+one call, so the step runs at the GPU's speed whatever the host.
+
+What a graph needs (and what the callers guarantee): static shapes; inputs at fixed addresses (copied
+in before a replay); no host syncs and no host-side branches on tensor values inside; random numbers
+from generators registered with the graph; optimizer state on the device (Adam ``capturable=True``,
+learning rate as a device tensor). Outputs live in the graph's memory pool and are overwritten by the
+next replay, so callers clone what they keep. Anything that cannot be captured raises during capture;
+callers then fall back to eager and log why.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+log = logging.getLogger("stylemamba")
+
+CUDA_GRAPH_OPTIONS = ("auto", "off")
+
+
+def check_cuda_graph_option(value: str) -> str:
+    if value not in CUDA_GRAPH_OPTIONS:
+        raise ValueError(f"cuda_graphs={value!r} is not one of {', '.join(CUDA_GRAPH_OPTIONS)}")
+    return value
+
+
+class GraphCaptureError(RuntimeError):
+    """Capturing failed (an operation that cannot be recorded, or memory): the caller runs eagerly."""
+
+
+class CapturedCalls:
+    """``body()`` captured once per ``key`` as a CUDA graph, then replayed.
+
+    ``body`` reads its inputs from tensors that stay at the same addresses (the caller copies new values
+    into them before :meth:`__call__`) and returns its outputs (any structure of tensors), which stay
+    valid until the next replay of the same key. ``generators``: the non-default CUDA generators the body
+    draws from (registered so each replay draws fresh numbers, as eager calls would).
+    """
+
+    def __init__(self, generators: tuple[torch.Generator, ...] = ()):
+        self.generators = tuple(g for g in generators if g is not None and g.device.type == "cuda")
+        self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._graphs
+
+    def __call__(self, key: Hashable, body: Callable[[], Any]) -> Any:
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._capture(body)
+        entry[0].replay()
+        return entry[1]
+
+    def _capture(self, body: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+        graph = torch.cuda.CUDAGraph()
+        for g in self.generators:
+            graph.register_generator_state(g)
+        try:
+            with torch.cuda.graph(graph):
+                outputs = body()
+        except Exception as exc:  # noqa: BLE001 - any failure to record means: run eagerly
+            del graph
+            torch.cuda.synchronize()
+            raise GraphCaptureError(f"{type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
+        return graph, outputs
+
+    def clear(self) -> None:
+        """Free the graphs and their memory pools."""
+        self._graphs.clear()
+
+
+class GraphedForward:
+    """A gradient-free ``fn(x)`` replayed as a CUDA graph per input shape/dtype (stylising batch after batch
+    of video frames of one size). The first call of a shape runs ``fn`` eagerly once (it warms up cuDNN and
+    Triton, whose first calls are not capturable), the second captures; each call returns a fresh tensor."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.fn = fn
+        self._calls = CapturedCalls()
+        self._inputs: dict[Hashable, torch.Tensor] = {}
+        self._seen: set[Hashable] = set()
+        self.failed: str | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if self.failed is not None or x.device.type != "cuda" or key not in self._seen:
+            self._seen.add(key)
+            return self.fn(x)
+        static = self._inputs.get(key)
+        if static is None:
+            static = self._inputs[key] = torch.empty_like(x)
+        static.copy_(x)
+        try:
+            out = self._calls(key, lambda: self.fn(static))
+        except GraphCaptureError as exc:
+            self.failed = str(exc)
+            log.warning("stylemamba: CUDA graph capture failed, stylising eagerly (%s)", exc)
+            return self.fn(x)
+        return out.clone()

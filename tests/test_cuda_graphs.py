@@ -1,0 +1,107 @@
+"""CUDA graphs (stylemamba/cuda_graphs.py): the option, when steps may be captured, the CPU pass-through, and
+on a GPU, graphed training steps and graphed video batches against the eager ones."""
+import pytest
+import torch
+
+from small import small_config
+from stylemamba.cuda_graphs import GraphedForward, check_cuda_graph_option
+from stylemamba.memory_plan import MemoryPlan
+from stylemamba.stylize import graphed_forward, stylize
+from stylemamba.style_model import StyleModel
+from stylemamba.train import StyleTrainer, TrainConfig, why_steps_run_eagerly
+from stylemamba.vae import load_vae
+from stylemamba.encoders import load_text_image_encoder
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_the_option_is_checked_and_old_recipes_read_with_the_default():
+    assert TrainConfig().cuda_graphs == "auto"
+    assert TrainConfig(cuda_graphs="off").cuda_graphs == "off"
+    with pytest.raises(ValueError, match="TrainConfig.cuda_graphs='on'.*auto, off"):
+        TrainConfig(cuda_graphs="on")
+    recorded = TrainConfig().to_dict()
+    del recorded["cuda_graphs"]  # a recipe recorded before the option existed
+    assert TrainConfig.from_dict(recorded).cuda_graphs == "auto"
+    assert TrainConfig.from_dict({**recorded, "cuda_graphs": "off"}).cuda_graphs == "off"
+    assert check_cuda_graph_option("off") == "off"
+
+
+@pytest.mark.parametrize("plan, precision, reason", [
+    (MemoryPlan(2), "bf16", None),
+    (MemoryPlan(2), "fp32", None),
+    (MemoryPlan(1), "bf16", "splits the step"),
+    (MemoryPlan(2, view_chunk=16), "bf16", "splits the step"),
+    (MemoryPlan(2, checkpointing=True), "bf16", "splits the step"),
+    (MemoryPlan(2), "fp16", "gradient scaler"),
+])
+def test_which_steps_can_be_captured(plan, precision, reason):
+    why = why_steps_run_eagerly(plan, 2, torch.device("cuda"), precision)
+    assert (why is None) if reason is None else (reason in why)
+
+
+def test_cpu_training_never_builds_graphs_and_graphed_forward_calls_through(tiny_models, photo):
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1))
+    assert trainer.graphs is None and trainer._weights is None
+    assert not isinstance(trainer.opt.param_groups[0]["lr"], torch.Tensor)
+    calls = []
+    forward = GraphedForward(lambda x: calls.append(x) or x * 2)
+    x = torch.ones(2, 3)
+    for _ in range(3):
+        torch.testing.assert_close(forward(x), x * 2)
+    assert len(calls) == 3 and forward.failed is None
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def _train_losses(vae, text, photo, graphs: str, epochs: int, **cfg):
+    trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=epochs, cuda_graphs=graphs, **cfg))
+    totals = []
+    for epoch in range(epochs):
+        terms, y = trainer.step(epoch)
+        totals.append({k: float(v) for k, v in terms.items()})
+        trainer.history.append(terms)
+        trainer.end_epoch()
+    weights = {k: v.detach().float().cpu() for k, v in trainer.model.state_dict().items()}
+    return trainer, totals, weights, y
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graphed_training_steps_match_eager_on_gpu(tiny_models, photo, precision):
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    # so_interval 2 and the lr / VGG weight switches at epoch 2: three graph keys, changing weights and lr
+    epochs = 6
+    eager, e_losses, e_weights, e_y = _train_losses(vae, text, photo, "off", epochs, precision=precision)
+    graphed, g_losses, g_weights, g_y = _train_losses(vae, text, photo, "auto", epochs, precision=precision)
+    assert eager.graphs is None and graphed.graphs is not None and len(graphed.graphs) >= 2
+    tol = dict(rtol=1e-4, atol=1e-5) if precision == "fp32" else dict(rtol=3e-2, atol=3e-3)
+    for step, (a, b) in enumerate(zip(e_losses, g_losses)):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], **tol, msg=f"step {step} term {k}")
+    for k in e_weights:
+        torch.testing.assert_close(g_weights[k], e_weights[k], **tol, msg=k)
+    torch.testing.assert_close(g_y.float(), e_y.float(), **tol)
+    # the logged history holds each step's own values, not the graph's last output
+    assert len({round(float(h["total"]), 6) for h in graphed.history}) == epochs
+
+
+@needs_cuda
+def test_graphed_video_batches_match_eager_on_gpu(tiny_models, photo):
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=1, cuda_graphs="off"))
+    trainer.step(0)
+    model = StyleModel.from_styles(vae, [trainer.result(0.0, 1).style])
+    frames = torch.rand(9, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    eager = stylize(frames, vae, model, batch_size=2, cuda_graphs="off")
+    graphed = stylize(frames, vae, model, batch_size=2, cuda_graphs="auto")  # 4 full batches + 1 frame
+    torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=2e-3)
+    assert not torch.equal(graphed[0], graphed[4])  # each batch its own frames, not a replayed output
+    # a video stylised one batch per call (the CLI): one graph kept across the calls
+    forward = graphed_forward(vae, model)
+    calls = torch.cat([stylize(frames[i:i + 2], vae, model, batch_size=2, cuda_graphs=forward) for i in range(0, 8, 2)])
+    torch.testing.assert_close(calls, eager[:8], rtol=1e-3, atol=2e-3)
+    assert forward.failed is None and len(forward._calls) == 1
