@@ -353,7 +353,7 @@ def cmd_stylize(args) -> int:
                                   compile=args.compile)
     mask = load_mask(args.mask) if args.mask else None
     kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
-    if video and device.type == "cuda" and args.cuda_graphs == "auto":  # one graph for all the clip's batches
+    if video and device.type == "cuda" and args.cuda_graphs != "off":  # one graph for all the clip's batches
         kw["cuda_graphs"] = graphed_forward(vae, model, kw["precision"])
     elif args.cuda_graphs == "off":
         kw["cuda_graphs"] = "off"
@@ -556,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=["off", "default", "max-autotune-no-cudagraphs"],
                    help="torch.compile the decoder and image tower (GPU; ~1 min once per process, then faster steps)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, slower steps")
-    p.add_argument("--cuda-graphs", choices=["auto", "off"],
-                   help="auto (default): on the GPU, steps after the first replay as one CUDA graph; off: eager")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"],
+                   help="auto (default): on the GPU, steps replay as one CUDA graph when the second step shows the GPU "
+                        "waiting for launches; on: always (from the second step); off: eager")
     p.add_argument("--memory-plan", metavar="PLAN",
                    help="auto (default: the fastest plan that fits the free GPU memory, retried smaller if a step "
                         "runs out), fast (no saving), or e.g. micro_batch=1,view_chunk=16,checkpointing=on")
@@ -623,8 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="off", choices=["off", "default", "max-autotune-no-cudagraphs"],
                    help="torch.compile the VAE encoder and the style's decoder (GPU; ~20 s per image size, "
                         "then 3x faster: worth it for videos and folders of same-size images)")
-    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "off"],
-                   help="auto: a video's batches replay as one CUDA graph on the GPU (fewer launches); off: eager")
+    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                   help="auto / on: a video's batches replay as one CUDA graph on the GPU (fewer launches); off: eager")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_stylize)
 

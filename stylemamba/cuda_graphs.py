@@ -22,7 +22,9 @@ import torch
 
 log = logging.getLogger("stylemamba")
 
-CUDA_GRAPH_OPTIONS = ("auto", "off")
+# "auto": replay when the step is measured to be launch-bound; "on": always replay (where it can be captured);
+# "off": eager
+CUDA_GRAPH_OPTIONS = ("auto", "on", "off")
 
 
 def check_cuda_graph_option(value: str) -> str:

@@ -227,7 +227,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
     outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
     over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
-    real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: "auto" replays the batches
+    real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: "auto" (or "on") replays the batches
     as a CUDA graph on CUDA when at least 3 untiled batches have the same size (video frames: the first
     runs eagerly, the second is captured; the graph is freed at the end of the call); "off": eager; or a
     :func:`graphed_forward` of the same VAE, model and precision, kept by the caller across calls (a video
@@ -254,7 +254,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     forward = functools.partial(_encode_style_decode, vae, model, precision)
     if isinstance(cuda_graphs, GraphedForward):
         forward = cuda_graphs
-    elif check_cuda_graph_option(cuda_graphs) == "auto" and device.type == "cuda" and b // batch_size >= 3:
+    elif check_cuda_graph_option(cuda_graphs) != "off" and device.type == "cuda" and b // batch_size >= 3:
         forward = GraphedForward(forward)
     outs = []
     for start in range(0, b, batch_size):

@@ -64,8 +64,10 @@ class TrainConfig:
     # "auto": the fastest plan that fits the free GPU memory (stylemamba/memory_plan.py); "fast": no saving;
     # or explicit, e.g. "micro_batch=1,view_chunk=16,checkpointing=on" (or the same as a mapping)
     memory_plan: Any = "auto"
-    # "auto": on CUDA, replay each training step as one CUDA graph (stylemamba/cuda_graphs.py) when the whole
-    # batch runs at once and no fp16 gradient scaler is needed; the first step runs eagerly; "off": eager
+    # CUDA graphs for the training steps (stylemamba/cuda_graphs.py; only where the whole batch runs at once and
+    # no fp16 gradient scaler is needed): "auto" replays the steps after the second as one graph when the second,
+    # timed, shows the GPU waiting for the host's launches (a slow host, tiny or compiled networks); "on" always
+    # from the second step; "off": eager
     cuda_graphs: str = "auto"
     preview_every: int = 0  # steps between preview images in the progress callback (0 = none)
     loss: L.LossConfig = field(default_factory=L.LossConfig)
@@ -350,6 +352,11 @@ def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
         log.warning("this decoder (%s) has no gradient checkpointing; training without it", type(dec).__name__)
 
 
+# the share of an eager step's time the host spends launching it above which the step counts as launch-bound
+# (a GPU-bound step returns to the host while ~1000 queued launches still run: ~0.7 of the step on an H200)
+LAUNCH_BOUND = 0.9
+
+
 def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can."""
     if plan.micro_batch < batch or plan.view_chunk or plan.checkpointing:
@@ -436,6 +443,7 @@ class StyleTrainer:
                          if self.graphs is not None else None)
         self._prev_buffer: torch.Tensor | None = None
         self._warm = False
+        self._graphs_decided = False  # cuda_graphs="auto": whether the timed step has decided yet
         self.prev_emb: torch.Tensor | None = None  # F_I(Y(i)) of the previous epoch (second-order loss)
         self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
@@ -466,7 +474,9 @@ class StyleTrainer:
         if why:
             log.info("stylemamba: training steps run eagerly, without CUDA graphs: %s", why)
             return None
-        log.info("stylemamba: training steps replay as CUDA graphs after the first (cuda_graphs='auto')")
+        log.info("stylemamba: training steps %s (cuda_graphs=%r)", "replay as CUDA graphs after the first"
+                 if self.cfg.cuda_graphs == "on" else "may replay as CUDA graphs (decided on the second)",
+                 self.cfg.cuda_graphs)
         return CapturedCalls((self.gen,))
 
     def _splittable(self) -> bool:
@@ -502,6 +512,9 @@ class StyleTrainer:
         if not self._warm:  # the run's first step: eager (builds the optimizer state, warms up what is lazy)
             self._warm = True
             return self._step_body(epoch, weights)
+        if self.cfg.cuda_graphs == "auto" and not self._graphs_decided:
+            self._graphs_decided = True
+            return self._timed_step_decides_graphs(epoch, weights)
         try:
             terms, y = self.graphs(key, lambda: self._step_body(epoch, weights))
         except GraphCaptureError as exc:
@@ -510,6 +523,27 @@ class StyleTrainer:
             self.opt.zero_grad(set_to_none=True)
             return self._step_body(epoch, weights)
         return {k: v.clone() for k, v in terms.items()}, y.clone()
+
+    def _timed_step_decides_graphs(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """An eager step, timed from an idle GPU: when the host needed nearly as long to launch it as the GPU to
+        run it (>= LAUNCH_BOUND share), the GPU was waiting for launches and the next steps replay as a graph;
+        otherwise the step is GPU-bound, a graph would save ~3 % (measured on an H200) and not pay its
+        capture, so training stays eager."""
+        torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        out = self._step_body(epoch, weights)
+        launched = time.perf_counter() - t0
+        torch.cuda.synchronize(self.device)
+        ran = time.perf_counter() - t0
+        if launched >= LAUNCH_BOUND * ran:
+            log.info("stylemamba: the step is launch-bound (launched in %.1f of its %.1f ms): the next steps replay "
+                     "as a CUDA graph", launched * 1e3, ran * 1e3)
+        else:
+            log.info("stylemamba: the step is GPU-bound (launched in %.1f of its %.1f ms): training stays eager",
+                     launched * 1e3, ran * 1e3)
+            self.graphs = None
+            self._prev_buffer = None
+        return out
 
     def _step_body(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         lc = self.cfg.loss

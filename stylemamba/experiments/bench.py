@@ -24,9 +24,10 @@ What is measured, per fusion variant (Mamba, cross-attention) and per speed sett
 (g) the GPU time of one step's kernels (profiler) and the step's time over it: 1 means GPU-bound,
     more means the GPU waits for the host's launches.
 
-Speed settings: ``--compile`` modes times ``--cuda-graphs`` (``auto``: steps after the first, and
-video batches, replay as CUDA graphs, the library's default on CUDA; ``off``: eager launches); a
-column is named ``off``, ``default+graphs``, ...
+Speed settings: ``--compile`` modes times ``--cuda-graphs`` (``auto``, the library's default: steps
+replay as CUDA graphs when the second step is launch-bound, video batches always; ``on``: steps always
+replay; ``off``: eager launches); a column is named by the compile mode, plus ``+graphs`` for ``on``
+and ``+no-graphs`` for ``off`` (``off``, ``default+graphs``, ...).
 
 CLIPstyler (:mod:`stylemamba.experiments.baselines.clipstyler`) gets the same per-step, per-image and
 memory measurements; "100 new images with one style" is ``recipe + 100 x stylise`` for
@@ -484,13 +485,14 @@ def scan_bench(trainer, device: torch.device, repeat: int, warmup: int = 2) -> d
 
 
 def setting_name(compile: str, cuda_graphs: str) -> str:
-    """A speed setting's column name: the compile mode, with "+graphs" when steps replay as CUDA graphs."""
-    return compile + ("+graphs" if cuda_graphs == "auto" else "")
+    """A speed setting's column name: the compile mode; "+graphs" / "+no-graphs" when CUDA graphs are forced
+    on / off (the library's "auto" is the plain name)."""
+    return compile + {"auto": "", "on": "+graphs", "off": "+no-graphs"}[cuda_graphs]
 
 
 def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: str, compile: str,
                      repeats: int, steps: int, full_parts: bool, res: dict[str, Any] | None = None,
-                     progress: Callable[[], None] = lambda: None, cuda_graphs: str = "off") -> dict[str, Any]:
+                     progress: Callable[[], None] = lambda: None, cuda_graphs: str = "auto") -> dict[str, Any]:
     """(a)-(f) for one fusion variant under one speed setting, filled into ``res`` as measured."""
     from ..style_model import StyleModel
     from ..stylize import stylize
@@ -578,9 +580,8 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
     if full_parts or sizes.tiny:
         frames = content_images(sizes.video_frames, sizes.stylise[0], device, seed=7)
         bs = sizes.video_batch
-        graphs = "auto" if cuda_graphs == "auto" else "off"
         stylize(frames[:bs], models.vae, model, batch_size=bs)  # warm-up / compile for this batch size
-        times, _ = time_wall(lambda: stylize(frames, models.vae, model, batch_size=bs, cuda_graphs=graphs), device,
+        times, _ = time_wall(lambda: stylize(frames, models.vae, model, batch_size=bs, cuda_graphs=cuda_graphs), device,
                              warmup=0, repeat=1 if sizes.tiny else 3)
         res["video"] = {"frames": sizes.video_frames, "batch_size": bs, "size": sizes.stylise[0],
                         "seconds": stats(times), "fps": round(sizes.video_frames / statistics.median(times), 1)}
@@ -744,7 +745,7 @@ def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes:
         report["memory_caps"] = bench_memory_caps(models, sizes, device, memory_caps, repeats=caps_repeats)
         report["memory_caps"]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
         save()
-    graph_options = list(dict.fromkeys(cuda_graphs if device.type == "cuda" else ["off"]))  # none on a CPU
+    graph_options = list(dict.fromkeys(cuda_graphs if device.type == "cuda" else ["auto"]))  # none on a CPU
     settings = [(mode, graphs) for mode in compile_modes for graphs in graph_options]
     for i, (mode, graphs) in enumerate(settings):
         for kind in [v for v in variants if v in ("mamba", "cross_attention")]:
@@ -971,9 +972,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--models-dir", help="with --tiny: folder of (or for) the tiny models")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "default", "max-autotune-no-cudagraphs"],
                    help="speed settings to measure: off (plain eager) and/or torch.compile modes")
-    p.add_argument("--cuda-graphs", nargs="+", default=["auto"], choices=["auto", "off"],
-                   help="training steps (and video batches) replayed as CUDA graphs ('auto', the default) or eager "
-                        "('off'); several values measure each")
+    p.add_argument("--cuda-graphs", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                   help="CUDA graphs for training steps and video batches: auto (the library's default), on, off; "
+                        "several values measure each")
     p.add_argument("--variants", nargs="+", default=["mamba", "cross_attention", "clipstyler"],
                    choices=["mamba", "cross_attention", "clipstyler"])
     p.add_argument("--repeats", type=int, help="whole-recipe repeats after the first run (default 3; tiny 1)")
