@@ -1,5 +1,7 @@
 """CUDA graphs (stylemamba/cuda_graphs.py): the option, when steps may be captured, the CPU pass-through, and
 on a GPU, graphed training steps and graphed video batches against the eager ones."""
+import logging
+
 import pytest
 import torch
 
@@ -80,6 +82,7 @@ def test_graphed_training_steps_match_eager_on_gpu(tiny_models, photo, precision
     # (capturable Adam, learning rate and loss weights as device tensors) as the graphed run.
     epochs = 6
     loss = {} if views == "random" else {"loss": {"patch": 0.0, "md": 0.0}}
+    caplog.set_level(logging.INFO, logger="stylemamba")
     monkeypatch.setattr(train_module, "LAUNCH_BOUND", 1e9)
     eager, e_losses, e_weights, e_y = _train_losses(vae, text, photo, "auto", epochs, precision=precision, **loss)
     assert "GPU-bound" in caplog.text and eager.graphs is None
@@ -102,6 +105,7 @@ def test_graphed_training_steps_match_eager_on_gpu(tiny_models, photo, precision
 def test_auto_replays_launch_bound_steps_on_gpu(tiny_models, photo, caplog, monkeypatch):
     vae = load_vae(tiny_models["vae"], device="cuda")
     text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    caplog.set_level(logging.INFO, logger="stylemamba")
     monkeypatch.setattr(train_module, "LAUNCH_BOUND", 0.0)  # every step counts as launch-bound
     trainer, losses, _, _ = _train_losses(vae, text, photo, "auto", 4)
     assert "launch-bound" in caplog.text and trainer.graphs is not None and len(trainer.graphs) == 2
