@@ -354,7 +354,7 @@ def cmd_stylize(args) -> int:
     mask = load_mask(args.mask) if args.mask else None
     kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
     if video and device.type == "cuda" and args.cuda_graphs != "off":  # one graph for all the clip's batches
-        kw["cuda_graphs"] = graphed_forward(vae, model, kw["precision"])
+        kw["cuda_graphs"] = graphed_forward(vae, model, kw["precision"], args.cuda_graphs)
     elif args.cuda_graphs == "off":
         kw["cuda_graphs"] = "off"
     if video:
@@ -625,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the VAE encoder and the style's decoder (GPU; ~20 s per image size, "
                         "then 3x faster: worth it for videos and folders of same-size images)")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
-                   help="auto / on: a video's batches replay as one CUDA graph on the GPU (fewer launches); off: eager")
+                   help="a video's batches on the GPU: auto replays them as one CUDA graph when the second batch is "
+                        "launch-bound; on: always; off: eager")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_stylize)
 

@@ -15,6 +15,7 @@ callers then fall back to eager and log why.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -31,6 +32,28 @@ def check_cuda_graph_option(value: str) -> str:
     if value not in CUDA_GRAPH_OPTIONS:
         raise ValueError(f"cuda_graphs={value!r} is not one of {', '.join(CUDA_GRAPH_OPTIONS)}")
     return value
+
+
+# the share of an eager call's time the host spends launching it above which the call counts as launch-bound:
+# a GPU-bound step returns to the host while ~1000 queued launches still run (0.70-0.85 of the full-size
+# training step on an H200; the tiny models' step: 0.999)
+LAUNCH_BOUND = 0.9
+
+
+def timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float]:
+    """``fn()`` from an idle GPU -> (its result, seconds until the host had launched it, seconds until the GPU
+    had run it). Two synchronisations: for a one-off decision, not for every call."""
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    launched = time.perf_counter() - t0
+    torch.cuda.synchronize(device)
+    return out, launched, time.perf_counter() - t0
+
+
+def is_launch_bound(launched: float, ran: float) -> bool:
+    """Whether the GPU waited for the host's launches (see :data:`LAUNCH_BOUND`)."""
+    return launched >= LAUNCH_BOUND * ran
 
 
 class GraphCaptureError(RuntimeError):
@@ -101,21 +124,33 @@ class CapturedCalls:
 
 class GraphedForward:
     """A gradient-free ``fn(x)`` replayed as a CUDA graph per input shape/dtype (stylising batch after batch
-    of video frames of one size). The first call of a shape runs ``fn`` eagerly once (it warms up cuDNN and
-    Triton, whose first calls are not capturable), the second captures; each call returns a fresh tensor."""
+    of video frames of one size). The first call of a shape runs ``fn`` eagerly (it warms up cuDNN and
+    Triton, whose first calls are not capturable). ``mode="auto"``: the second call is timed and the shape
+    is graphed from the third call only if that call was launch-bound (:func:`is_launch_bound`), else it
+    stays eager; ``"on"``: the second call captures. Each call returns a fresh tensor."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], mode: str = "auto"):
         self.fn = fn
+        self.mode = check_cuda_graph_option(mode)
         self._calls = CapturedCalls()
         self._inputs: dict[Hashable, torch.Tensor] = {}
-        self._seen: set[Hashable] = set()
+        self._calls_seen: dict[Hashable, int] = {}
+        self._eager: set[Hashable] = set()  # shapes measured GPU-bound
         self.failed: str | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device)
-        if self.failed is not None or x.device.type != "cuda" or key not in self._seen:
-            self._seen.add(key)
+        seen = self._calls_seen[key] = self._calls_seen.get(key, 0) + 1
+        if self.failed is not None or self.mode == "off" or x.device.type != "cuda" or key in self._eager or seen == 1:
             return self.fn(x)
+        if self.mode == "auto" and seen == 2:
+            out, launched, ran = timed_call(lambda: self.fn(x), x.device)
+            if not is_launch_bound(launched, ran):
+                self._eager.add(key)
+            log.info("stylemamba: stylising %s batches %s (launched in %.1f of %.1f ms)", tuple(x.shape),
+                     "stays eager: GPU-bound" if key in self._eager else "replays as a CUDA graph: launch-bound",
+                     launched * 1e3, ran * 1e3)
+            return out
         static = self._inputs.get(key)
         if static is None:
             static = self._inputs[key] = torch.empty_like(x)

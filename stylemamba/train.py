@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from . import losses as L
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
-from .cuda_graphs import CapturedCalls, GraphCaptureError, check_cuda_graph_option
+from .cuda_graphs import CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
@@ -352,11 +352,6 @@ def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
         log.warning("this decoder (%s) has no gradient checkpointing; training without it", type(dec).__name__)
 
 
-# the share of an eager step's time the host spends launching it above which the step counts as launch-bound
-# (a GPU-bound step returns to the host while ~1000 queued launches still run: ~0.7 of the step on an H200)
-LAUNCH_BOUND = 0.9
-
-
 def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can."""
     if plan.micro_batch < batch or plan.view_chunk or plan.checkpointing:
@@ -526,16 +521,11 @@ class StyleTrainer:
 
     def _timed_step_decides_graphs(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """An eager step, timed from an idle GPU: when the host needed nearly as long to launch it as the GPU to
-        run it (>= LAUNCH_BOUND share), the GPU was waiting for launches and the next steps replay as a graph;
+        run it (:func:`~stylemamba.cuda_graphs.is_launch_bound`), the GPU was waiting for launches and the next steps replay as a graph;
         otherwise the step is GPU-bound, a graph would save ~3 % (measured on an H200) and not pay its
         capture, so training stays eager."""
-        torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        out = self._step_body(epoch, weights)
-        launched = time.perf_counter() - t0
-        torch.cuda.synchronize(self.device)
-        ran = time.perf_counter() - t0
-        if launched >= LAUNCH_BOUND * ran:
+        out, launched, ran = timed_call(lambda: self._step_body(epoch, weights), self.device)
+        if is_launch_bound(launched, ran):
             log.info("stylemamba: the step is launch-bound (launched in %.1f of its %.1f ms): the next steps replay "
                      "as a CUDA graph", launched * 1e3, ran * 1e3)
         else:
