@@ -688,7 +688,9 @@ class StyleTrainer:
                     preview = None
                     if cfg.preview_every and (step % cfg.preview_every == 0 or step == total_steps):
                         preview = y[0].float().clamp(0, 1).cpu()
-                    on_step(StepInfo(step, total_steps, epoch, {k: float(v) for k, v in terms.items()},
+                    # the step's loss values in ONE device-to-host copy (a float() per term waits for the GPU each time)
+                    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
+                    on_step(StepInfo(step, total_steps, epoch, dict(zip(terms, values)),
                                      time.perf_counter() - t0, preview))
             self.end_epoch()
         if self.device.type == "cuda":
