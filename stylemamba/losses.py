@@ -31,7 +31,7 @@ SO_FORMS = ("directional", "eq4")
 CROP_REFERENCES = ("full", "same-crop")
 MASK_REFERENCES = ("full", "same-mask")
 MASK_PATCH_UNITS = ("pixels", "tower")
-VGG_REDUCTIONS = ("mean", "sum")
+VGG_REDUCTIONS = ("mean", "sum", "relative")
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,6 +408,12 @@ def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction
     ``reduction="mean"`` averages the layers (the weight does not depend on their number);
     ``"sum"`` adds them as CLIPstyler does with conv4_2 + conv5_2 (twice the mean with two layers),
     the scale its 9000 / 150 content weights were set for.
+
+    ``"relative"``: per image and layer, the MSE divided by the mean squared CONTENT feature of that layer
+    (``mean(f_x^2)``, detached, + 1e-12), then the mean over images and layers: the relative feature error.
+    A raw MSE carries the backbone's feature scale (the proof's photos: mean f_x^2 at conv4_2 ~1e5 for the
+    Caffe VGG16, ~1 for a random VGG), so no raw weight means the same on two VGGs; scaling every feature by
+    a constant leaves the relative loss unchanged. Per image, so micro-batches give the whole batch's value.
     """
     if reduction not in VGG_REDUCTIONS:
         raise ValueError(f"content_loss: unknown reduction {reduction!r}; valid: {VGG_REDUCTIONS}")
@@ -415,6 +421,14 @@ def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction
         raise ValueError(
             f"content_loss: need the same non-zero number of layers, got {len(feats_y)} and {len(feats_x)}"
         )
+    if reduction == "relative":
+        total = 0.0
+        for fy, fx in zip(feats_y, feats_x):
+            fx = fx.detach().float()
+            err = (fy.float() - fx).pow(2).flatten(1).mean(dim=1)  # (B,)
+            energy = fx.pow(2).flatten(1).mean(dim=1) + _EPS  # _EPS only guards an all-zero layer
+            total = total + (err / energy).mean()
+        return total / len(feats_y)
     total = sum(F.mse_loss(fy, fx) for fy, fx in zip(feats_y, feats_x))
     return total if reduction == "sum" else total / len(feats_y)
 
@@ -475,7 +489,8 @@ class LossConfig:
     (crops compared with the whole content image, as CLIPstyler; "same-crop": with the same crop of it)
     and ``mask_reference`` "full" ("same-mask": the content image under the same mask);
     ``mask_patch_units`` "pixels" of the training image ("tower": pixels of the image tower's input);
-    ``vgg_reduction`` "mean" of the VGG layers ("sum": CLIPstyler's). A recipe recorded before an
+    ``vgg_reduction`` "mean" of the VGG layers ("sum": CLIPstyler's; "relative": each layer's MSE over the
+    content's own feature energy, the same meaning on every VGG, :func:`content_loss`). A recipe recorded before an
     option existed reads with the value that reproduces it (:meth:`from_dict`).
     """
 

@@ -309,6 +309,37 @@ def test_content_loss_sum_is_clipstylers_scale():
         content_loss(y, x, reduction="max")
 
 
+def test_content_loss_relative_by_hand_and_scale_free():
+    """"relative": per image and layer MSE / mean(f_x^2) (detached), averaged; a constant factor on every feature
+    (another VGG's units) leaves it unchanged, while "mean" grows with its square."""
+    x = [torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, 2.0], [2.0, 2.0]]]]), torch.full((2, 1, 3, 3), 3.0)]
+    y = [torch.zeros(2, 1, 2, 2), torch.full((2, 1, 3, 3), 6.0)]
+    # layer 1: image 0 error 1 / energy 1, image 1 error 4 / energy 4 -> 1; layer 2: 9 / 9 -> 1
+    assert content_loss(y, x, reduction="relative").item() == pytest.approx(1.0, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    fx = [torch.rand(2, 4, 6, 6, generator=g) + 0.1, torch.rand(2, 8, 3, 3, generator=g) + 0.1]
+    fy = [f + 0.3 * torch.randn(f.shape, generator=g) for f in fx]
+    rel = content_loss(fy, fx, reduction="relative").item()
+    for k in (1e-3, 397.0):
+        scaled_y, scaled_x = [k * f for f in fy], [k * f for f in fx]
+        assert content_loss(scaled_y, scaled_x, reduction="relative").item() == pytest.approx(rel, rel=1e-5)
+        assert content_loss(scaled_y, scaled_x).item() == pytest.approx(k * k * content_loss(fy, fx).item(), rel=1e-5)
+    # per image: the two halves of a batch (micro-batches) average to the whole batch's value
+    halves = [content_loss([f[i:i + 1] for f in fy], [f[i:i + 1] for f in fx], reduction="relative") for i in (0, 1)]
+    assert (halves[0] + halves[1]).item() / 2 == pytest.approx(rel, rel=1e-6)
+    assert content_loss(fx, fx, reduction="relative").item() == 0.0
+
+
+def test_content_loss_relative_gradient_reaches_y_only():
+    fx = [torch.rand(1, 3, 4, 4, requires_grad=True) + 0.0]
+    fy = [torch.rand(1, 3, 4, 4, requires_grad=True)]
+    content_loss(fy, fx, reduction="relative").backward()
+    assert fy[0].grad is not None and fy[0].grad.abs().sum() > 0
+    assert fx[0].grad is None or fx[0].grad.abs().sum() == 0  # the content's energy and features are detached
+    with pytest.raises(ValueError, match="reduction 'relatve'.*relative"):
+        content_loss(fy, fx, reduction="relatve")
+
+
 def test_range_penalty_by_hand():
     img = torch.tensor([[[[-0.5, 0.0], [1.0, 1.25]]]], requires_grad=True)
     assert range_penalty(img).item() == pytest.approx((0.25 + 0.0625) / 4)
@@ -361,7 +392,7 @@ def test_loss_config_defaults_schedule_and_roundtrip():
      ("so_form", "ratio", "so_form.*eq4"), ("crop_reference", "same", "crop_reference.*same-crop"),
      ("mask_reference", None, "mask_reference.*same-mask"), ("mask_patch_units", "tokens", "mask_patch_units.*tower"),
      ("clamp_output", 1, "clamp_output.*bool"), ("range_weight", -1.0, "range_weight"),
-     ("vgg_reduction", "max", "vgg_reduction.*sum"),
+     ("vgg_reduction", "max", "vgg_reduction.*sum.*relative.*'max'"),
      ("source_prompt", "  ", "source_prompt"), ("n_crops", 2.5, "n_crops")],
 )
 def test_loss_config_validation_names_the_field(field, value, text):
