@@ -331,7 +331,7 @@ def test_content_loss_relative_by_hand_and_scale_free():
 
 
 def test_content_loss_relative_gradient_reaches_y_only():
-    fx = [torch.rand(1, 3, 4, 4, requires_grad=True) + 0.0]
+    fx = [torch.rand(1, 3, 4, 4, requires_grad=True)]
     fy = [torch.rand(1, 3, 4, 4, requires_grad=True)]
     content_loss(fy, fx, reduction="relative").backward()
     assert fy[0].grad is not None and fy[0].grad.abs().sum() > 0
@@ -365,10 +365,13 @@ def test_loss_config_defaults_schedule_and_roundtrip():
     # issue 9 (docs/METHOD_CHOICES.md): second-order as a push every epoch, losses on the clamped output
     assert (cfg.so_form, cfg.so_interval, cfg.clamp_output, cfg.range_weight) == ("directional", 1, True, 1e6)
     assert (cfg.crop_reference, cfg.mask_reference, cfg.mask_patch_units, cfg.vgg_reduction) == (
-        "full", "full", "pixels", "mean")
+        "full", "full", "pixels", "relative")
     assert cfg.weights(0)["range"] == 1e6
-    assert [cfg.vgg_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0]
-    assert cfg.weights(3)["vgg"] == 9000.0 and cfg.weights(5)["vgg"] == 150.0
+    # item 5: the VGG term is off by default (relative units when turned on); the schedule itself is unchanged
+    assert [cfg.vgg_weight(e) for e in (0, 4, 5, 19)] == [0.0, 0.0, 0.0, 0.0] and not cfg.uses_vgg
+    paper = LossConfig(vgg_weight_start=9000.0, vgg_weight_end=150.0)
+    assert [paper.vgg_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0] and paper.uses_vgg
+    assert paper.weights(3)["vgg"] == 9000.0 and paper.weights(5)["vgg"] == 150.0
     assert LossConfig(patch=0.0).weights(0)["patch"] == 0.0
     # 0.1.0's names still read (config files, recipes in style files)
     old = LossConfig.from_dict({"content_weight_start": 7.0, "content_weight_end": 3.0,
@@ -456,13 +459,29 @@ def test_a_recipe_recorded_before_issue_9_keeps_its_meaning():
     cfg = LossConfig.from_dict(old)
     assert (cfg.so_form, cfg.clamp_output, cfg.range_weight) == ("eq4", False, 0.0)
     assert (cfg.patch, cfg.so_interval) == (old["patch"], old["so_interval"])  # recorded values, not today's
+    # item 5: the recorded VGG weights in the raw "mean" units they were trained with, not today's relative 0 -> 0
+    assert (cfg.vgg_reduction, cfg.vgg_weight_start, cfg.vgg_weight_end) == (
+        "mean", old["content_weight_start"], old["content_weight_end"]) and cfg.uses_vgg
     before = {k: v for k, v in LossConfig().to_dict().items() if k not in
               ("so_form", "crop_reference", "mask_reference", "mask_patch_units", "clamp_output", "range_weight",
                "vgg_reduction")}  # what to_dict wrote before issue 9
     assert LossConfig.from_dict(before).so_form == "eq4"
+    assert LossConfig.from_dict(before).vgg_reduction == "mean"
     partial = LossConfig.from_dict({"patch": 300.0, "so_interval": 5})
     assert (partial.so_form, partial.clamp_output, partial.range_weight) == ("directional", True, 1e6)
     assert LossConfig.from_dict(LossConfig().to_dict()) == LossConfig()
+
+
+def test_a_recipe_recorded_before_item_5_keeps_its_vgg_term():
+    """to_dict between issue 9 and item 5 wrote vgg_reduction "mean" with 9000 -> 150: it reads as trained (the
+    term on, raw units); a partial mapping gets today's relative units, and the old names still read."""
+    recorded = dict(LossConfig().to_dict(), vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
+    cfg = LossConfig.from_dict(recorded)
+    assert (cfg.vgg_reduction, cfg.vgg_weight(0), cfg.vgg_weight(5)) == ("mean", 9000.0, 150.0)
+    partial = LossConfig.from_dict({"vgg_weight_start": 1e4, "vgg_weight_end": 200.0})
+    assert (partial.vgg_reduction, partial.vgg_weight(0), partial.vgg_weight(5)) == ("relative", 1e4, 200.0)
+    assert LossConfig.from_dict({"content_weight_start": 9000.0, "content_weight_end": 150.0}).uses_vgg
+    assert LossConfig.from_dict({"vgg_reduction": "sum"}).vgg_reduction == "sum"
 
 
 def test_random_crops_keep_full_precision_coordinates_under_bf16_autocast():
