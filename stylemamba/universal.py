@@ -54,13 +54,28 @@ from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, pr
 log = logging.getLogger("stylemamba")
 
 
+# The VGG content term of universal training: kept as it was (raw mean, 9000 -> 150). docs/METHOD_CHOICES.md item 5
+# turned it off for per-style training, measured there; for the universal model it was not re-measured, and without
+# it the universal proof's 'cool' kept SSIM 0.371 instead of 0.66 (random VGG19, tests/test_universal_proof.py).
+UNIVERSAL_VGG_TERM = {"vgg_reduction": "mean", "vgg_weight_start": 9000.0, "vgg_weight_end": 150.0}
+
+
+def universal_loss(**options: Any) -> L.LossConfig:
+    """The per-style LossConfig defaults with the universal VGG term (:data:`UNIVERSAL_VGG_TERM`), plus ``options``."""
+    return L.LossConfig(**{**UNIVERSAL_VGG_TERM, **options})
+
+
 @dataclass
 class UniversalConfig(TrainConfig):
     """The per-style recipe (losses, fusion, lr schedule in epochs) plus what a long, shared run needs.
 
     Of the per-style options, ``memory_plan`` (micro-batches, view chunks) is not used here: the batch is the
-    process's rows as they are; ``gradient_checkpointing`` is; ``compile`` must stay "off".
+    process's rows as they are; ``gradient_checkpointing`` is; ``compile`` must stay "off". The losses are the
+    per-style defaults except the VGG term (:data:`UNIVERSAL_VGG_TERM`); a ``loss`` mapping gets its values for the
+    VGG options it does not name.
     """
+
+    loss: L.LossConfig = dataclasses.field(default_factory=universal_loss)
 
     steps_per_epoch: int = 50
     # 4x the per-style lr: on the known-meaning colour bank (6 hues, 240 steps of 6 pairs, small VAE, 64 px) the
@@ -77,6 +92,9 @@ class UniversalConfig(TrainConfig):
     decoder_lr_scale: float = 1.0
 
     def __post_init__(self):
+        if isinstance(self.loss, dict):  # a mapping (config file, recorded recipe): fill the VGG term it leaves out
+            given = {L.OLD_NAMES.get(k, k) for k in self.loss}
+            self.loss = {**{k: v for k, v in UNIVERSAL_VGG_TERM.items() if k not in given}, **self.loss}
         super().__post_init__()
         if self.compile != "off":
             raise ValueError(f"UniversalConfig.compile={self.compile!r}: torch.compile is not wired into universal "

@@ -309,6 +309,37 @@ def test_content_loss_sum_is_clipstylers_scale():
         content_loss(y, x, reduction="max")
 
 
+def test_content_loss_relative_by_hand_and_scale_free():
+    """"relative": per image and layer MSE / mean(f_x^2) (detached), averaged; a constant factor on every feature
+    (another VGG's units) leaves it unchanged, while "mean" grows with its square."""
+    x = [torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, 2.0], [2.0, 2.0]]]]), torch.full((2, 1, 3, 3), 3.0)]
+    y = [torch.zeros(2, 1, 2, 2), torch.full((2, 1, 3, 3), 6.0)]
+    # layer 1: image 0 error 1 / energy 1, image 1 error 4 / energy 4 -> 1; layer 2: 9 / 9 -> 1
+    assert content_loss(y, x, reduction="relative").item() == pytest.approx(1.0, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    fx = [torch.rand(2, 4, 6, 6, generator=g) + 0.1, torch.rand(2, 8, 3, 3, generator=g) + 0.1]
+    fy = [f + 0.3 * torch.randn(f.shape, generator=g) for f in fx]
+    rel = content_loss(fy, fx, reduction="relative").item()
+    for k in (1e-3, 397.0):
+        scaled_y, scaled_x = [k * f for f in fy], [k * f for f in fx]
+        assert content_loss(scaled_y, scaled_x, reduction="relative").item() == pytest.approx(rel, rel=1e-5)
+        assert content_loss(scaled_y, scaled_x).item() == pytest.approx(k * k * content_loss(fy, fx).item(), rel=1e-5)
+    # per image: the two halves of a batch (micro-batches) average to the whole batch's value
+    halves = [content_loss([f[i:i + 1] for f in fy], [f[i:i + 1] for f in fx], reduction="relative") for i in (0, 1)]
+    assert (halves[0] + halves[1]).item() / 2 == pytest.approx(rel, rel=1e-6)
+    assert content_loss(fx, fx, reduction="relative").item() == 0.0
+
+
+def test_content_loss_relative_gradient_reaches_y_only():
+    fx = [torch.rand(1, 3, 4, 4, requires_grad=True)]
+    fy = [torch.rand(1, 3, 4, 4, requires_grad=True)]
+    content_loss(fy, fx, reduction="relative").backward()
+    assert fy[0].grad is not None and fy[0].grad.abs().sum() > 0
+    assert fx[0].grad is None or fx[0].grad.abs().sum() == 0  # the content's energy and features are detached
+    with pytest.raises(ValueError, match="reduction 'relatve'.*relative"):
+        content_loss(fy, fx, reduction="relatve")
+
+
 def test_range_penalty_by_hand():
     img = torch.tensor([[[[-0.5, 0.0], [1.0, 1.25]]]], requires_grad=True)
     assert range_penalty(img).item() == pytest.approx((0.25 + 0.0625) / 4)
@@ -334,10 +365,13 @@ def test_loss_config_defaults_schedule_and_roundtrip():
     # issue 9 (docs/METHOD_CHOICES.md): second-order as a push every epoch, losses on the clamped output
     assert (cfg.so_form, cfg.so_interval, cfg.clamp_output, cfg.range_weight) == ("directional", 1, True, 1e6)
     assert (cfg.crop_reference, cfg.mask_reference, cfg.mask_patch_units, cfg.vgg_reduction) == (
-        "full", "full", "pixels", "mean")
+        "full", "full", "pixels", "relative")
     assert cfg.weights(0)["range"] == 1e6
-    assert [cfg.vgg_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0]
-    assert cfg.weights(3)["vgg"] == 9000.0 and cfg.weights(5)["vgg"] == 150.0
+    # item 5: the VGG term is off by default (relative units when turned on); the schedule itself is unchanged
+    assert [cfg.vgg_weight(e) for e in (0, 4, 5, 19)] == [0.0, 0.0, 0.0, 0.0] and not cfg.uses_vgg
+    paper = LossConfig(vgg_weight_start=9000.0, vgg_weight_end=150.0)
+    assert [paper.vgg_weight(e) for e in (0, 4, 5, 19)] == [9000.0, 9000.0, 150.0, 150.0] and paper.uses_vgg
+    assert paper.weights(3)["vgg"] == 9000.0 and paper.weights(5)["vgg"] == 150.0
     assert LossConfig(patch=0.0).weights(0)["patch"] == 0.0
     # 0.1.0's names still read (config files, recipes in style files)
     old = LossConfig.from_dict({"content_weight_start": 7.0, "content_weight_end": 3.0,
@@ -361,7 +395,7 @@ def test_loss_config_defaults_schedule_and_roundtrip():
      ("so_form", "ratio", "so_form.*eq4"), ("crop_reference", "same", "crop_reference.*same-crop"),
      ("mask_reference", None, "mask_reference.*same-mask"), ("mask_patch_units", "tokens", "mask_patch_units.*tower"),
      ("clamp_output", 1, "clamp_output.*bool"), ("range_weight", -1.0, "range_weight"),
-     ("vgg_reduction", "max", "vgg_reduction.*sum"),
+     ("vgg_reduction", "max", "vgg_reduction.*sum.*relative.*'max'"),
      ("source_prompt", "  ", "source_prompt"), ("n_crops", 2.5, "n_crops")],
 )
 def test_loss_config_validation_names_the_field(field, value, text):
@@ -425,13 +459,29 @@ def test_a_recipe_recorded_before_issue_9_keeps_its_meaning():
     cfg = LossConfig.from_dict(old)
     assert (cfg.so_form, cfg.clamp_output, cfg.range_weight) == ("eq4", False, 0.0)
     assert (cfg.patch, cfg.so_interval) == (old["patch"], old["so_interval"])  # recorded values, not today's
+    # item 5: the recorded VGG weights in the raw "mean" units they were trained with, not today's relative 0 -> 0
+    assert (cfg.vgg_reduction, cfg.vgg_weight_start, cfg.vgg_weight_end) == (
+        "mean", old["content_weight_start"], old["content_weight_end"]) and cfg.uses_vgg
     before = {k: v for k, v in LossConfig().to_dict().items() if k not in
               ("so_form", "crop_reference", "mask_reference", "mask_patch_units", "clamp_output", "range_weight",
                "vgg_reduction")}  # what to_dict wrote before issue 9
     assert LossConfig.from_dict(before).so_form == "eq4"
+    assert LossConfig.from_dict(before).vgg_reduction == "mean"
     partial = LossConfig.from_dict({"patch": 300.0, "so_interval": 5})
     assert (partial.so_form, partial.clamp_output, partial.range_weight) == ("directional", True, 1e6)
     assert LossConfig.from_dict(LossConfig().to_dict()) == LossConfig()
+
+
+def test_a_recipe_recorded_before_item_5_keeps_its_vgg_term():
+    """to_dict between issue 9 and item 5 wrote vgg_reduction "mean" with 9000 -> 150: it reads as trained (the
+    term on, raw units); a partial mapping gets today's relative units, and the old names still read."""
+    recorded = dict(LossConfig().to_dict(), vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
+    cfg = LossConfig.from_dict(recorded)
+    assert (cfg.vgg_reduction, cfg.vgg_weight(0), cfg.vgg_weight(5)) == ("mean", 9000.0, 150.0)
+    partial = LossConfig.from_dict({"vgg_weight_start": 1e4, "vgg_weight_end": 200.0})
+    assert (partial.vgg_reduction, partial.vgg_weight(0), partial.vgg_weight(5)) == ("relative", 1e4, 200.0)
+    assert LossConfig.from_dict({"content_weight_start": 9000.0, "content_weight_end": 150.0}).uses_vgg
+    assert LossConfig.from_dict({"vgg_reduction": "sum"}).vgg_reduction == "sum"
 
 
 def test_random_crops_keep_full_precision_coordinates_under_bf16_autocast():

@@ -31,18 +31,21 @@ def three_photos(photo_batch):
     return torch.cat([photo_batch, photo_batch[:1].flip(-1)])
 
 
-def recipe_config(plan: str, epochs: int = 3) -> TrainConfig:
+def recipe_config(plan: str, epochs: int = 3, **loss) -> TrainConfig:
     # every loss on, the second-order gate open on epoch 2 (so the whole-batch gate pass runs)
-    return small_config(epochs=epochs, memory_plan=plan, loss=dict(so_interval=2, so_theta=2.0, lpips=10.0))
+    return small_config(epochs=epochs, memory_plan=plan, loss=dict(so_interval=2, so_theta=2.0, lpips=10.0, **loss))
 
 
-def test_saving_plan_takes_the_whole_batch_gradient(parts, three_photos):
+# the VGG term as small_config has it (raw mean) and in the relative units (per image: micro-batches must agree)
+@pytest.mark.parametrize("vgg", [{}, dict(vgg_reduction="relative", vgg_weight_start=1e4, vgg_weight_end=200.0)],
+                         ids=["vgg-mean", "vgg-relative"])
+def test_saving_plan_takes_the_whole_batch_gradient(parts, three_photos, vgg):
     """Micro-batches of 1 + tower chunks of 4 views + decoder checkpointing: the accumulated gradient of every
     step equals the full batch's (fp32: relative difference of the gradient's global norm < 1e-4; measured
     5e-6 on steps 0-1 and 1.5e-5 on step 2, after Adam has turned rounding noise into parameter noise; terms
     and Y within 1e-4)."""
-    vae, text, vgg, lp = parts
-    trainers = [StyleTrainer(vae, text, three_photos, "pop art", recipe_config(p), vgg=vgg, lpips=lp)
+    vae, text, vgg_net, lp = parts
+    trainers = [StyleTrainer(vae, text, three_photos, "pop art", recipe_config(p, **vgg), vgg=vgg_net, lpips=lp)
                 for p in ("fast", SAVING)]
     assert (trainers[1].plan.micro_batch, trainers[1].plan.view_chunk, trainers[1].plan.checkpointing) == (1, 4, True)
     for epoch in range(3):

@@ -38,6 +38,8 @@ def test_variants_are_options_over_todays_defaults():
     paper = setup.recipe(0, **PAPER)
     assert (paper.loss.patch, paper.loss.so_form, paper.loss.so_interval, paper.loss.clamp_output,
             paper.loss.range_weight) == (9000.0, "eq4", 5, False, 0.0)
+    assert (paper.loss.vgg_reduction, paper.loss.vgg_weight(0), paper.loss.vgg_weight(5)) == ("mean", 9000.0, 150.0)
+    assert not setup.recipe(0).loss.uses_vgg  # item 5: today's default has no VGG term
     today = setup.recipe(1, epochs=2, crop_reference="same-crop")
     assert (today.epochs, today.seed, today.loss.so_form, today.loss.crop_reference) == (2, 1, "directional", "same-crop")
     with pytest.raises(ValueError, match="unknown LossConfig option"):

@@ -31,7 +31,8 @@ CONTRACT = {
     "StyleMambaTrain": ["vae", "text_model", "conditioning", "images", "epochs", "steps_per_epoch", "learning_rate",
                         "lr_decay_epoch", "resolution", "seed", "n_crops", "crop_fraction", "mask_ratio", "so_interval",
                         "so_theta", "dir_weight", "patch_weight", "md_weight", "so_weight", "vgg_weight_start",
-                        "vgg_weight_end", "vgg_weight_switch_epoch", "lpips_weight", "precision", "perceptual", "preset"],
+                        "vgg_weight_end", "vgg_weight_switch_epoch", "lpips_weight", "precision", "perceptual", "preset",
+                        "vgg_reduction"],
     "StyleMambaSaveStyle": ["style", "filename_prefix"],
     "StyleMambaLoadStyle": ["style_name"],
     "StyleMambaStylize": ["style", "vae", "images", "strength", "tile_size", "batch_size", "mask"],
@@ -192,7 +193,12 @@ def test_train_widget_defaults_are_the_library_recipe(nodes):
     assert (defaults["dir_weight"], defaults["md_weight"], defaults["so_weight"], defaults["so_theta"],
             defaults["n_crops"], defaults["crop_fraction"]) == (lc.dir, lc.md, lc.so, lc.so_theta, lc.n_crops,
                                                                 lc.crop_fraction)
-    assert (defaults["vgg_weight_start"], defaults["vgg_weight_end"], defaults["vgg_weight_switch_epoch"]) == (9000, 150, 5)
+    # item 5: the VGG term off by default, its weights in relative units (the optional vgg_reduction input)
+    assert (defaults["vgg_weight_start"], defaults["vgg_weight_end"], defaults["vgg_weight_switch_epoch"]) == (
+        lc.vgg_weight_start, lc.vgg_weight_end, lc.vgg_weight_switch_epoch) == (0.0, 0.0, 5)
+    reduction = nodes["StyleMambaTrain"].INPUT_TYPES()["optional"]["vgg_reduction"]
+    assert reduction[1]["default"] == lc.vgg_reduction == "relative"
+    assert sorted(reduction[0]) == sorted(importlib.import_module(PACK_NAME + ".stylemamba.losses").VGG_REDUCTIONS)
     assert req["seed"][1]["control_after_generate"] is False  # re-queueing must not retrain with a new seed
 
 
@@ -320,6 +326,26 @@ def test_train_node_outputs_a_style_and_a_loss_curve(trained, vae, text_model):
     after = vae.first_stage_model.decoder.state_dict()
     assert all(torch.equal(after[k], v) for k, v in trained["decoder_before"].items())  # shared VAE untouched
     assert text_model.device.type == "cpu"  # moved back after training
+
+
+def test_train_node_vgg_reduction_reaches_the_recipe(nodes, vae, text_model, photo, monkeypatch):
+    """Workflows saved before the vgg_reduction input (released names, 9000 -> 150) train; choosing "mean" gives
+    them the raw units they were trained with, and without the input the library's default units apply."""
+    seen = []
+
+    def capture(*args, **kwargs):
+        seen.append(args[4].loss)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(importlib.import_module(PACK_NAME + ".stylemamba.train"), "train_style", capture)
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+        for extra in ({}, {"vgg_reduction": "mean"}):
+            with pytest.raises(RuntimeError, match="captured"):
+                nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo), **train_args(seed=7),
+                                                 **extra)
+    assert [(lc.vgg_reduction, lc.vgg_weight_start, lc.vgg_weight_end) for lc in seen] == [
+        ("relative", 9000.0, 150.0), ("mean", 9000.0, 150.0)]
 
 
 def test_train_node_refuses_a_conditioning_of_another_text_model(nodes, vae, text_model, photo):

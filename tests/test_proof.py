@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylemamba.testing.proof import (BREAKAGE_ROWS, BREAKAGES, GROUPS, KNOWN_PROBLEMS, ROW_NAMES, Proof,
-                                      ProofConfig, between, breakage, compute_rows, named_property)
+from stylemamba.testing.proof import (BREAKAGE_ROWS, BREAKAGES, GROUPS, KNOWN_PROBLEM_BACKBONES, KNOWN_PROBLEMS,
+                                      ROW_NAMES, Proof, ProofConfig, between, breakage, compute_rows, known_problem,
+                                      named_property)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,13 +36,19 @@ def test_every_row_is_computed_by_one_group():
     produced = [name for names in GROUPS.values() for name in names]
     assert sorted(produced) == sorted(ROW_NAMES) and len(set(produced)) == len(produced)
     assert set(KNOWN_PROBLEMS) <= set(ROW_NAMES)
+    assert set(KNOWN_PROBLEM_BACKBONES) <= set(KNOWN_PROBLEMS)
+    assert set(KNOWN_PROBLEM_BACKBONES.values()) <= {"random", "real"}
+    for name in KNOWN_PROBLEMS:  # a scoped known problem is an ordinary row with the other content networks
+        scope = KNOWN_PROBLEM_BACKBONES.get(name)
+        assert [bool(known_problem(name, kind)) for kind in ("random", "real")] == [scope in (None, kind)
+                                                                                     for kind in ("random", "real")]
     assert set(BREAKAGE_ROWS) == set(BREAKAGES)
     assert all(set(rows) <= set(ROW_NAMES) - set(KNOWN_PROBLEMS) for rows in BREAKAGE_ROWS.values())
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_PROBLEMS[n])) if n in KNOWN_PROBLEMS else n
-    for n in ROW_NAMES])
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=known_problem(n, "random")))
+    if known_problem(n, "random") else n for n in ROW_NAMES])  # the proof fixture's random backbones
 def test_proof_row(proof, name):
     row = compute_rows(proof, [name])[0]
     assert row.ok, f"{name}: measured {row.value}; bound {row.bound} ({row.proves})"

@@ -12,7 +12,8 @@ from stylemamba.losses import LossConfig
 from stylemamba.style_file import (StyleFileError, file_kind, load_style, load_universal, read_style_metadata,
                                    save_style, save_universal)
 from stylemamba.stylize import stylize
-from stylemamba.universal import PairSampler, UniversalConfig, UniversalTrainer, train_universal
+from stylemamba.universal import (UNIVERSAL_VGG_TERM, PairSampler, UniversalConfig, UniversalTrainer, train_universal,
+                                  universal_loss)
 from stylemamba.vae import load_vae
 
 PROMPTS = ["oil painting", "watercolor", "pencil sketch"]
@@ -22,7 +23,7 @@ def tiny_config(**overrides) -> UniversalConfig:
     loss = dict(n_crops=2, crop_fraction=0.5, so_interval=1, so_theta=2.0)
     loss.update(overrides.pop("loss", {}))
     cfg = dict(epochs=2, steps_per_epoch=2, batch_size=2, resolution=64, lr_decay_epoch=1, log_every=1,
-               checkpoint_every=1, loss=LossConfig(**loss), fusion=FusionConfig(width=16, depth=1, d_state=4))
+               checkpoint_every=1, loss=universal_loss(**loss), fusion=FusionConfig(width=16, depth=1, d_state=4))
     cfg.update(overrides)
     return UniversalConfig(**cfg)
 
@@ -40,6 +41,20 @@ def images():
 def _params(trainer_or_net):
     net = getattr(trainer_or_net, "net", trainer_or_net)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_universal_training_keeps_its_vgg_term():
+    """docs/METHOD_CHOICES.md item 5 turned the VGG term off for per-style training only: the universal recipe keeps
+    0.1.0's raw mean 9000 -> 150, also when a config mapping leaves the VGG options out; given ones are kept."""
+    term = ("mean", 9000.0, 150.0)
+    for cfg in (UniversalConfig(), UniversalConfig.from_dict({"loss": {"n_crops": 8}}),
+                UniversalConfig.from_dict(UniversalConfig().to_dict())):
+        assert (cfg.loss.vgg_reduction, cfg.loss.vgg_weight(0), cfg.loss.vgg_weight(5)) == term
+    assert dict(UNIVERSAL_VGG_TERM) == dict(zip(("vgg_reduction", "vgg_weight_start", "vgg_weight_end"), term))
+    given = UniversalConfig.from_dict({"loss": {"vgg_weight_start": 0.0, "vgg_weight_end": 0.0}}).loss
+    assert not given.uses_vgg and not LossConfig().uses_vgg
+    old = UniversalConfig.from_dict({"loss": {"content_weight_start": 5.0}}).loss  # 0.1.0's name
+    assert (old.vgg_weight_start, old.vgg_weight_end, old.vgg_reduction) == (5.0, 150.0, "mean")
 
 
 def test_pair_sampler_is_a_function_of_seed_and_step_and_splits_evenly():

@@ -107,7 +107,7 @@ def _value_ok(entry: dict, value) -> str | None:
 
 
 # Optional widgets added to a node after its release, in order (old saved workflows lack their values).
-ADDED_LATER = {"StyleMambaTrain": ["preset"], "StyleMambaMixStyles": ["blend_mode"]}
+ADDED_LATER = {"StyleMambaTrain": ["preset", "vgg_reduction"], "StyleMambaMixStyles": ["blend_mode"]}
 
 
 def check_workflow(wf: dict, specs: dict) -> list[str]:
@@ -209,9 +209,9 @@ def test_training_examples_use_the_paper_recipe(path, specs):
     trains = [n for n in wf["nodes"] if n["type"] == "StyleMambaTrain"]
     assert trains
     defaults = [entry["default"] for _, entry in widget_names(specs["StyleMambaTrain"])]
-    assert defaults[-1] == "paper"  # the preset added in 0.2; these workflows were saved before it (it defaults)
+    assert defaults[-2:] == ["paper", "relative"]  # preset (0.2) and vgg_reduction (item 5), added later
     for n in trains:
-        assert n["widgets_values"] == defaults[:len(n["widgets_values"])] and len(n["widgets_values"]) >= len(defaults) - 1
+        assert n["widgets_values"] == defaults[:len(n["widgets_values"])] and len(n["widgets_values"]) >= len(defaults) - 2
     assert defaults[:5] == [20, 1, 5e-4, 10, 512]  # epochs, steps/epoch, lr, lr decay epoch, resolution
 
 
@@ -249,7 +249,7 @@ def test_checker_catches_bad_widget_values(specs):
     errors = check_workflow(wf, specs)
     assert any("widget 'epochs'" in e for e in errors)
     assert any("widget 'precision'" in e and "'fp8'" in e for e in errors)
-    del train["widgets_values"][3:5]  # fewer than the required widgets (the optional preset may be missing)
+    del train["widgets_values"][3:6]  # fewer than the required widgets (the optional preset and vgg_reduction may be missing)
     assert any("widget values for" in e for e in check_workflow(wf, specs))
 
 

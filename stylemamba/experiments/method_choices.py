@@ -214,7 +214,10 @@ PROMPTS = ("red", "a pencil sketch")
 # a reference bias helps one prompt and hurts its opposite: the reference items also train the opposite texture
 PROMPTS_BOTH_WAYS = ("red", "a pencil sketch", "a smooth painting")
 # the paper's recipe (and the 0.1.0 defaults), for comparison with today's defaults
-PAPER = dict(patch=9000.0, so_form="eq4", so_interval=5, clamp_output=False, range_weight=0.0)
+PAPER = dict(patch=9000.0, so_form="eq4", so_interval=5, clamp_output=False, range_weight=0.0,
+             vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
+# the VGG content term as it was before item 5 (the raw MSE, the paper's weights); today's default is off
+VGG_PAPER = dict(vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
 
 
 def averaged(rows: List[Dict[str, float]]) -> Dict[str, float]:
@@ -309,12 +312,16 @@ def item_range(bench, seeds):
 
 def item_content(bench, seeds):
     return compare(bench, seeds, {
-        "VGG mean, 9000/150 (default)": {},
-        "VGG sum, 9000/150": dict(vgg_reduction="sum"),
-        "VGG sum, 9000/1500": dict(vgg_reduction="sum", vgg_weight_end=1500.0),
-        "no VGG": dict(vgg_weight_start=0.0, vgg_weight_end=0.0),
-        # the random VGG's features are tiny: weights x 1e6 show what the term does once it has a gradient
-        "VGG mean, weights x 1e6": dict(vgg_weight_start=9e9, vgg_weight_end=1.5e8),
+        "no VGG (default)": {},
+        "VGG mean, 9000/150 (before item 5)": VGG_PAPER,
+        "VGG sum, 9000/150": dict(VGG_PAPER, vgg_reduction="sum"),
+        "VGG sum, 9000/1500": dict(VGG_PAPER, vgg_reduction="sum", vgg_weight_end=1500.0),
+        # a backbone's feature scale sets what a raw weight means: weights x 1e6 for a VGG with tiny features
+        "VGG mean, weights x 1e6": dict(vgg_reduction="mean", vgg_weight_start=9e9, vgg_weight_end=1.5e8),
+        # scale-free: the same weight means the same relative feature error on every VGG
+        "VGG relative, 1e3/20": dict(vgg_reduction="relative", vgg_weight_start=1e3, vgg_weight_end=20.0),
+        "VGG relative, 1e4/200": dict(vgg_reduction="relative", vgg_weight_start=1e4, vgg_weight_end=200.0),
+        "VGG relative, 1e5/2000": dict(vgg_reduction="relative", vgg_weight_start=1e5, vgg_weight_end=2000.0),
     })
 
 
@@ -364,6 +371,7 @@ def item_defaults(bench, seeds):
         "defaults, raw output": dict(clamp_output=False, range_weight=0.0),
         "defaults, md off": dict(md=0.0),
         "defaults, same crop / same mask": dict(crop_reference="same-crop", mask_reference="same-mask"),
+        "defaults, VGG mean 9000/150": VGG_PAPER,
     }, PROMPTS_BOTH_WAYS + ("blue",))
 
 

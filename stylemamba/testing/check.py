@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .photos import HELD_OUT_PHOTOS, STYLE_PHOTOS
-from .proof import (BREAKAGE_ROWS, BREAKAGES, KNOWN_PROBLEMS, ProofConfig, Row, breakage, describe_perceptual,
+from .proof import (BREAKAGE_ROWS, BREAKAGES, ProofConfig, Row, breakage, describe_perceptual,
                     format_table, resolve_perceptual, run_proof)
 
 
@@ -73,7 +73,7 @@ def report(rows: Sequence[Row], seconds: float, out=sys.stdout, json_path: str |
     print(f"{len(rows) - len(failed) - len(xfail)} passed, {len(xfail)} known problems (XFAIL: the current defaults lack them), "
           f"{len(failed)} failed in {seconds:.0f} s", file=out)
     for r in xfail:
-        print(f"  XFAIL {r.name}: {KNOWN_PROBLEMS[r.name]}", file=out)
+        print(f"  XFAIL {r.name}: {r.known_problem}", file=out)
     for r in failed:
         why = ("passes now: remove it from stylemamba.testing.proof.KNOWN_PROBLEMS" if r.status == "XPASS"
                else f"expected: {r.proves}")

