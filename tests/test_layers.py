@@ -80,7 +80,7 @@ LAYERS = [
     ("parts", {"stylemamba.fusion", "stylemamba.ssm", "stylemamba.scan_triton", "stylemamba.encoders", "stylemamba.vae",
                "stylemamba.vae_layout"}),
     ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
-                "stylemamba.speed", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
+                "stylemamba.speed", "stylemamba.cuda_graphs", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
                 "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed"}),
 ]
 
