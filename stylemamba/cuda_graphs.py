@@ -2,7 +2,7 @@
 
 Why: the default step launches ~3-4 thousand kernels (decoder, 66 image-tower views, 4 Mamba blocks,
 VGG, LPIPS, Adam); when the host CPU is slow to launch them the GPU waits, so the same step took 68 ms
-on one host and 103 ms on another (issue 11). A graph records the launches once and replays them with
+on one host and 103 ms on another. A graph records the launches once and replays them with
 one call, so the step runs at the GPU's speed whatever the host.
 
 What a graph needs (and what the callers guarantee): static shapes; inputs at fixed addresses (copied
