@@ -76,9 +76,6 @@ class CapturedCalls:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._graphs
-
     def __call__(self, key: Hashable, body: Callable[[], Any]) -> Any:
         entry = self._graphs.get(key)
         if entry is None:
@@ -116,10 +113,6 @@ class CapturedCalls:
             torch.cuda.synchronize()
             raise GraphCaptureError(f"{type(failure).__name__}: {failure}".splitlines()[0][:300]) from failure
         return graph, outputs
-
-    def clear(self) -> None:
-        """Free the graphs and their memory pools."""
-        self._graphs.clear()
 
 
 class GraphedForward:

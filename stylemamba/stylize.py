@@ -227,9 +227,10 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
     outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
     over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
-    real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: "auto" (or "on") replays the batches
-    as a CUDA graph on CUDA when at least 3 untiled batches have the same size (video frames: the first
-    runs eagerly, the second is captured; the graph is freed at the end of the call); "off": eager; or a
+    real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: with at least 3 untiled batches of one size on CUDA
+    (video frames), "auto" times the second batch and replays the rest as a CUDA graph if it was
+    launch-bound, "on" replays from the second batch (the graph is freed at the end of the call); "off":
+    eager; or a
     :func:`graphed_forward` of the same VAE, model and precision, kept by the caller across calls (a video
     stylised batch by batch).
     """
@@ -255,7 +256,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     if isinstance(cuda_graphs, GraphedForward):
         forward = cuda_graphs
     elif check_cuda_graph_option(cuda_graphs) != "off" and device.type == "cuda" and b // batch_size >= 3:
-        forward = GraphedForward(forward)
+        forward = GraphedForward(forward, cuda_graphs)
     outs = []
     for start in range(0, b, batch_size):
         check_finite(rgb[start:start + batch_size], "image", first=start)
@@ -280,10 +281,10 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     return out.to(images.dtype) if images.is_floating_point() else out
 
 
-def graphed_forward(vae: SDVAE, styles: Styles, precision: str = "auto") -> GraphedForward:
+def graphed_forward(vae: SDVAE, styles: Styles, precision: str = "auto", mode: str = "auto") -> GraphedForward:
     """The untiled forward pass as a CUDA graph to reuse across :func:`stylize_images` calls (``cuda_graphs=``):
     the batches of a video stylised one call at a time. Its memory is freed with it."""
-    return GraphedForward(functools.partial(_encode_style_decode, vae, as_style_model(vae, styles), precision))
+    return GraphedForward(functools.partial(_encode_style_decode, vae, as_style_model(vae, styles), precision), mode)
 
 
 def _encode_style_decode(vae: SDVAE, model: StyleModel, precision: str, x: torch.Tensor) -> torch.Tensor:

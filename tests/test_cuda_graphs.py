@@ -49,6 +49,13 @@ def test_cpu_training_never_builds_graphs_and_graphed_forward_calls_through(tiny
     trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1))
     assert trainer.graphs is None and trainer._weights is None
     assert not isinstance(trainer.opt.param_groups[0]["lr"], torch.Tensor)
+    # the CLI's video path: a graphed forward kept across calls, in the mode the user chose (on a CPU it runs eagerly)
+    model = StyleModel.from_styles(vae, [trainer.result(0.0, 0).style])
+    frames = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    kept = graphed_forward(vae, model, "fp32", "on")
+    assert kept.mode == "on"
+    torch.testing.assert_close(stylize(frames, vae, model, batch_size=2, cuda_graphs=kept),
+                               stylize(frames, vae, model, batch_size=2, cuda_graphs="off"))
     calls = []
     forward = GraphedForward(lambda x: calls.append(x) or x * 2)
     x = torch.ones(2, 3)
