@@ -365,8 +365,8 @@ def cmd_stylize(args) -> int:
     kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
     if video and device.type == "cuda" and args.cuda_graphs != "off":  # one graph for all the clip's batches
         kw["cuda_graphs"] = graphed_forward(vae, model, kw["precision"], args.cuda_graphs)
-    elif args.cuda_graphs == "off":
-        kw["cuda_graphs"] = "off"
+    else:
+        kw["cuda_graphs"] = args.cuda_graphs
     if video:
         bar = tqdm(desc="stylising frames", unit="frame", disable=args.quiet)
 

@@ -25,8 +25,8 @@ What is measured, per fusion variant (Mamba, cross-attention) and per speed sett
     more means the GPU waits for the host's launches.
 
 Speed settings: ``--compile`` modes times ``--cuda-graphs`` (``auto``, the library's default: steps
-replay as CUDA graphs when the second step is launch-bound, video batches always; ``on``: steps always
-replay; ``off``: eager launches); a column is named by the compile mode, plus ``+graphs`` for ``on``
+and video batches replay as CUDA graphs when the second step / batch is launch-bound; ``on``: they
+always replay; ``off``: eager launches); a column is named by the compile mode, plus ``+graphs`` for ``on``
 and ``+no-graphs`` for ``off`` (``off``, ``default+graphs``, ...).
 
 CLIPstyler (:mod:`stylemamba.experiments.baselines.clipstyler`) gets the same per-step, per-image and
