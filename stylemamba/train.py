@@ -511,12 +511,15 @@ class StyleTrainer:
             self._graphs_decided = True
             return self._timed_step_decides_graphs(epoch, weights)
         try:
-            terms, y = self.graphs(key, lambda: self._step_body(epoch, weights))
+            terms, y, emb = self.graphs(key, lambda: self._step_body(epoch, weights) + (self.last_emb,))
         except GraphCaptureError as exc:
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
             self.graphs = None
             self.opt.zero_grad(set_to_none=True)
             return self._step_body(epoch, weights)
+        # a replay runs no Python: self.last_emb, set by the body, still names the output of whichever graph was
+        # CAPTURED last, so it is taken from this graph's own outputs (the second-order loss reads it next epoch)
+        self.last_emb = emb.clone()
         return {k: v.clone() for k, v in terms.items()}, y.clone()
 
     def _timed_step_decides_graphs(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

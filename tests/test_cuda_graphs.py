@@ -101,21 +101,33 @@ def test_graphed_training_steps_match_eager_on_gpu(tiny_models, photo, precision
     monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)
     eager, e_losses, _, e_y = _train_losses(vae, text, photo, "auto", epochs, precision=precision, **loss)
     assert "GPU-bound" in caplog.text and eager.graphs is None
+    _, e2_losses, _, e2_y = _train_losses(vae, text, photo, "auto", epochs, precision=precision, **loss)
     graphed, g_losses, _, g_y = _train_losses(vae, text, photo, "on", epochs, precision=precision, **loss)
     assert "capture" not in caplog.text, caplog.text
     assert graphed.graphs is not None and len(graphed.graphs) == 2
     # Tolerances: on the H200 (2026-12-03) every first-order term matched at rtol 1e-3 through step 4, while
     # L_so (a cosine of F(Y(i+1)) - F(Y(i)), two nearly equal embeddings) and the total holding it amplify
-    # rounding: the compiled-vs-eager step differed by 0.14 % there. Weights are not compared: Adam's first
-    # update is ~lr * sign(g), so gradients that are rounding noise move by a whole lr either way.
+    # rounding (the GPU's atomic-add backward kernels are not bitwise reproducible): L_so differed at step 4
+    # even at rtol 2e-2. So those two are held to the tolerance PLUS 3x what two eager runs of the same
+    # recipe differ by (measured here, per term). Weights are not compared: Adam's first update is
+    # ~lr * sign(g), so gradients that are rounding noise move by a whole lr either way.
     tol = dict(rtol=1e-3, atol=1e-4) if precision == "fp32" else dict(rtol=3e-2, atol=3e-3)
     tol_so = dict(rtol=2e-2, atol=1e-3) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
+    noise = {k: max([abs(a[k] - b[k]) for a, b in zip(e_losses, e2_losses) if k in a and k in b], default=0.0)
+             for k in ("so", "total")}
     for step, (a, b) in enumerate(zip(e_losses, g_losses)):
         assert a.keys() == b.keys()
         for k in a:
-            torch.testing.assert_close(b[k], a[k], **(tol_so if k in ("so", "total") else tol),
-                                       msg=f"step {step} term {k}")
-    torch.testing.assert_close(g_y.float(), e_y.float(), **tol_so)
+            if k in noise:
+                limit = tol_so["atol"] + tol_so["rtol"] * abs(a[k]) + 3 * noise[k]
+                assert abs(b[k] - a[k]) <= limit, (f"step {step} term {k}: graphed {b[k]} vs eager {a[k]} "
+                                                   f"(two eager runs differ by up to {noise[k]})")
+            else:
+                torch.testing.assert_close(b[k], a[k], **tol, msg=f"step {step} term {k}")
+    y_noise = float((e2_y.float() - e_y.float()).abs().max())
+    y_gap = (g_y.float() - e_y.float()).abs()
+    assert bool((y_gap <= tol_so["atol"] + tol_so["rtol"] * e_y.float().abs() + 3 * y_noise).all()), (
+        f"graphed and eager outputs differ by up to {float(y_gap.max())}; two eager runs by {y_noise}")
     # the logged history holds each step's own values, not the graph's last output
     assert len({round(float(h["total"]), 6) for h in graphed.history}) == epochs
 
