@@ -44,3 +44,48 @@ def test_one_vocabulary_and_the_0_1_0_spellings_still_read():
     for flag in ("--precision", "--dtype"):  # --dtype: the 0.1.0 flag
         args = build_parser().parse_args(["stylize", flag, "fp32", "--style", "s", "--input", "i", "--output", "o"])
         assert args.precision == "fp32"
+
+
+class _HostGroupNorm(torch.nn.GroupNorm):
+    """Stands for a host's own GroupNorm subclass (ComfyUI's ops.GroupNorm)."""
+
+
+def test_groupnorm_in_the_autocast_dtype_keeps_parameters_and_results():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.GroupNorm(4, 16),
+                              torch.nn.Sequential(torch.nn.SiLU(), _HostGroupNorm(2, 16, eps=1e-6)))
+    keys, params = sorted(net.state_dict()), [p for p in net.parameters()]
+    x = torch.randn(2, 3, 12, 12)
+    fp32 = net(x)  # (CUDA autocast runs GroupNorm in fp32, CPU autocast does not: the replacement is the same)
+    assert precision.groupnorm_in_autocast_dtype_(net) == 2
+    assert [type(m) for m in (net[1], net[2][1])] == [precision.AutocastGroupNorm] * 2 and net[2][1].eps == 1e-6
+    assert sorted(net.state_dict()) == keys and all(a is b for a, b in zip(net.parameters(), params))
+    assert precision.groupnorm_in_autocast_dtype_(net) == 0  # once is enough
+    torch.testing.assert_close(net(x), fp32)  # without autocast: the plain GroupNorm, bit for bit
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), fp32, rtol=3e-2, atol=3e-2)
+    out.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+@pytest.mark.parametrize("autocast_groupnorm", [True, False])
+def test_training_runs_its_decoder_groupnorms_in_the_autocast_dtype_by_default(tiny_models, photo,
+                                                                                 autocast_groupnorm):
+    from small import small_config
+
+    from stylemamba.encoders import load_text_image_encoder
+    from stylemamba.train import StyleTrainer
+    from stylemamba.vae import load_vae
+
+    cfg = TrainConfig()
+    assert cfg.autocast_groupnorm and not cfg.channels_last  # measured on an H200 (docs/BENCHMARK.md)
+    assert TrainConfig.from_dict({**cfg.to_dict(), "channels_last": True}).channels_last  # older recipes load
+    vae = load_vae(tiny_models["vae"])
+    trainer = StyleTrainer(vae, load_text_image_encoder(tiny_models["siglip"]), photo, "pop art",
+                           small_config(autocast_groupnorm=autocast_groupnorm, epochs=1))
+    norms = [m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(isinstance(m, precision.AutocastGroupNorm) == autocast_groupnorm for m in norms)
+    assert not any(isinstance(m, precision.AutocastGroupNorm) for m in vae.modules())  # the shared VAE is untouched
+    trainer.step(0)  # and it trains

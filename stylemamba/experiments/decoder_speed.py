@@ -1,0 +1,201 @@
+"""Where the trained decoder's eager time goes, and which implementation choices change it:
+``python -m stylemamba.experiments.decoder_speed --json out.json`` (GPU; ``--tiny`` is a CPU check).
+
+The decoder's forward + backward is most of an eager training step (68 of 109 ms on an H200,
+docs/BENCHMARK.md). Each variant is a copy of the full-size SD decoder (random weights) trained as the
+step trains it (fp32 weights, autocast) with one change; the same input and the
+same upstream gradient go through every variant, so the outputs and gradients are compared with the
+first variant as well as timed. Variants:
+
+* ``fp32_groupnorm_channels_last``: what training ran before (autocast's fp32 GroupNorm, channels_last).
+* ``fp32_groupnorm_nchw``: the same in NCHW.
+* ``channels_last``: GroupNorm in the autocast dtype (:class:`stylemamba.precision.AutocastGroupNorm`),
+  channels_last.
+* ``nchw``: GroupNorm in the autocast dtype, NCHW: the training default.
+* ``swish_mul``: the default with ``x * sigmoid(x)`` instead of the fused SiLU (older LDM decoders).
+* ``silu_inplace``: the default with an in-place SiLU (ComfyUI's current decoder).
+
+The first variant is the reference of the error columns. Also printed: the GPU kernels of the
+default grouped by name (profiler), to show what is left.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+class SwishMul(nn.Module):
+    """``x * sigmoid(x)``: the unfused swish of older LDM decoders."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def _replace(module: nn.Module, match: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> int:
+    n = 0
+    for name, child in list(module.named_children()):
+        if match(child):
+            setattr(module, name, make(child))
+            n += 1
+        else:
+            n += _replace(child, match, make)
+    return n
+
+
+def silu_variant_(module: nn.Module, kind: str) -> int:
+    """Swap every SiLU for ``x * sigmoid(x)`` ("swish_mul") or an in-place SiLU ("silu_inplace")."""
+    make = (lambda m: SwishMul()) if kind == "swish_mul" else (lambda m: nn.SiLU(inplace=True))
+    return _replace(module, lambda m: isinstance(m, nn.SiLU), make)
+
+
+VARIANTS = ("fp32_groupnorm_channels_last", "fp32_groupnorm_nchw", "channels_last", "nchw", "swish_mul",
+            "silu_inplace")
+
+
+def build_variant(base: nn.Module, name: str, device: torch.device) -> tuple[nn.Module, bool]:
+    """A trainable copy of ``base`` with the variant's change; returns (module, channels_last).
+
+    "nchw" is what training runs by default (TrainConfig: channels_last False, autocast_groupnorm True);
+    "fp32_groupnorm_*": autocast's own fp32 GroupNorm (the default before); "channels_last": the
+    default with channels_last; "swish_mul" / "silu_inplace": the default with that SiLU."""
+    from ..precision import groupnorm_in_autocast_dtype_
+
+    dec = copy.deepcopy(base).float().to(device).train().requires_grad_(True)
+    channels_last = device.type == "cuda" and name in ("fp32_groupnorm_channels_last", "channels_last")
+    if not name.startswith("fp32_groupnorm"):
+        groupnorm_in_autocast_dtype_(dec)
+    if name in ("swish_mul", "silu_inplace"):
+        silu_variant_(dec, name)
+    if channels_last:
+        dec.to(memory_format=torch.channels_last)
+    return dec, channels_last
+
+
+def _median_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeat: int) -> float:
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return round(statistics.median(times), 3)
+
+
+def kernel_groups(fn: Callable[[], None], device: torch.device, top: int = 25) -> list[dict]:
+    """GPU time per kernel name over one call (profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    totals: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA":
+            t = totals.setdefault(ev.name[:110], [0.0, 0])
+            t[0] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+            t[1] += 1
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    return [{"kernel": k, "ms": round(v[0] / 1e3, 3), "calls": v[1]} for k, v in rows[:top]]
+
+
+def measure(base: nn.Module, device: torch.device, size: int, variants: list[str], warmup: int = 3,
+            repeat: int = 10, profile_default: bool = True) -> dict:
+    """Time fwd+bwd and fwd of each variant on the same input; compare outputs and gradients with the first."""
+    from ..precision import autocast
+
+    torch.manual_seed(0)
+    latent_ch = base.conv_in.in_channels
+    z = torch.randn(1, latent_ch, size // 8, size // 8, device=device)
+    gy = torch.randn(1, 3, size, size, device=device)
+    out: dict = {"size": size, "device": str(device), "torch": torch.__version__, "variants": {}}
+    ref_y = ref_g = None
+    for name in variants:
+        dec, cl = build_variant(base, name, device)
+        zin = z.contiguous(memory_format=torch.channels_last) if cl else z
+        params = [p for p in dec.parameters()]
+
+        def fwd_bwd():
+            for p in params:
+                p.grad = None
+            with autocast(device):
+                y = dec(zin)
+            y.float().backward(gy)
+
+        def fwd():
+            with torch.no_grad(), autocast(device):
+                dec(zin)
+
+        row = {"fwd_bwd_ms": _median_ms(fwd_bwd, device, warmup, repeat),
+               "fwd_ms": _median_ms(fwd, device, warmup, repeat)}
+        for p in params:
+            p.grad = None
+        with autocast(device):
+            y = dec(zin)
+        y.float().backward(gy)
+        g = torch.cat([p.grad.float().flatten() for p in params])
+        y = y.detach().float()
+        if ref_y is None:
+            ref_y, ref_g = y, g
+        row["out_rel_err"] = float((y - ref_y).norm() / ref_y.norm().clamp_min(1e-12))
+        row["grad_rel_err"] = float((g - ref_g).norm() / ref_g.norm().clamp_min(1e-12))
+        if profile_default and name == "nchw" and device.type == "cuda":
+            row["kernels"] = kernel_groups(fwd_bwd, device)
+        out["variants"][name] = row
+        print(f"decoder {name:22s} fwd+bwd {row['fwd_bwd_ms']:8.2f} ms  fwd {row['fwd_ms']:7.2f} ms  "
+              f"out err {row['out_rel_err']:.2e}  grad err {row['grad_rel_err']:.2e}", flush=True)
+        del dec, params
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m stylemamba.experiments.decoder_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tiny", action="store_true", help="the tiny test VAE at 64 px (a CPU check of this command)")
+    p.add_argument("--size", type=int, default=None, help="output size in pixels (default 512; tiny 64)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--json", help="also write the result here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from diffusers import AutoencoderKL
+
+    from ..testing.tiny_models import sd_vae_config, tiny_vae_config
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**(tiny_vae_config() if args.tiny else sd_vae_config()))
+    size = args.size or (64 if args.tiny else 512)
+    out = measure(vae.decoder, device, size, args.variants, repeat=args.repeat,
+                  warmup=1 if args.tiny else 3)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    for k in out["variants"].get("nchw", {}).get("kernels", [])[:25]:
+        print(f"  {k['ms']:8.3f} ms {k['calls']:4d}x  {k['kernel']}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
