@@ -11,31 +11,35 @@ Three ways to trade time for memory, all giving the gradient of the full batch (
 * ``checkpointing``: the decoder's activations are recomputed in backward.
 
 :func:`choose_plan` is a pure function of the free memory and the recipe; :func:`estimate_bytes` is
-its model, calibrated on measured H200 figures (bf16, full-size networks, 512 px, 64 crops):
+its model, calibrated on explicit plans measured on an H200 (``python -m stylemamba.experiments.plan_sweep``,
+2026-12-03, ``bench/results/defaults_h200/``: eager, bf16, the default recipe at 512 px with 66 views, the
+decoder in NCHW with bf16 GroupNorms, no VGG term, Triton scan). Working memory = peak allocated minus
+the frozen networks:
 
 =============================  ========  ====================================================================
-constant                       value     source
+constant                       value     source (measured working memory, GB)
 =============================  ========  ====================================================================
-``PER_IMAGE``                  9.7 GB    (41.5 - 12.4) / 3: mamba-ssm kernel, 4 images vs 1 image, eager
-``DECODER_PER_IMAGE``          4.45 GB   what decoder checkpointing saved: (41.5 - 23.7) / 4 with 4 images,
-                                         12.6 - 8.2 = 4.4 with 1 image
-``TOWER_PER_VIEW``             60 MB     not measured alone: the per-view figure of ``train.memory_estimate``
-                                         (SigLIP B/16 at 224 px keeps ~5 MB per layer per view for backward)
-``OTHER_PER_IMAGE``            1.29 GB   the rest of PER_IMAGE (fusion module, VGG, LPIPS, images):
-                                         9.7 - 4.45 - 66 * 0.06
-``RESIDENT``                   2.0 GB    frozen networks in fp32 (docs/BENCHMARK.md, note 7)
-``BASE``                       0.9 GB    12.6 - 9.7 - RESIDENT: trained weights, gradients, Adam state,
-                                         workspaces (decoder + fusion ~50 M fp32 parameters x 4 = 0.8 GB)
+``DECODER_PER_IMAGE``          2.6 GB    what decoder checkpointing saves per image: 8.41 - 5.86 (1 image),
+                                         (30.9 - 20.3) / 4 (4 images)
+``TOWER_PER_VIEW``             70 MB     1 image, checkpointed decoder: 66 views 5.86, chunks of 32 3.22
+                                         (78 MB / view); per extra image 4.81 GB holds 66 views
+``TOWER_MIN_VIEWS``            24        chunks smaller than this saved nothing more (chunks of 8: 5.21 vs
+                                         the 4.35 a linear model gives)
+``OTHER_PER_IMAGE``            0.19 GB   the rest of an image's 4.81 GB (fusion module, LPIPS, views, Y)
+``BASE``                       1.0 GB    1 image checkpointed 5.86 - 4.81: trained weights, gradients, Adam
+``ACCUMULATION``               0.4 GB    with micro-batches: 4 images one at a time 8.78 vs 1 image 8.41
+``RESIDENT``                   1.3 GB    the frozen networks of the benchmark (SD VAE, SigLIP B/16, LPIPS
+                                         VGG16, VGG19; fp32), not part of the estimate
 =============================  ========  ====================================================================
 
 The decoder and "other" terms scale with (resolution / 512)^2; tower views are always resized to the
-tower's size, so their cost does not. Check: 4 images with checkpointing, 2.0 + 0.9 + 4 x 5.25 = 23.9 GB
-against 23.7 GB measured.
+tower's size, so their cost does not. Every measured plan is within 0.5 GB (tests/test_memory_plan.py).
 
-Time model (relative; picks among plans that fit): a step of m images costs ``A + P * m`` with A = 0.73 s,
-P = 1.62 s per 20 steps (measured on an H200: 2.35 s for 1 image, 7.2 s for 4); decoder checkpointing x1.14 (3.36 /
-2.94 s); tower chunks x1.07 (the tower's forward is recomputed: ~8 of 109 ms per step, a third of
-its 23.8 ms fwd+bwd in docs/BENCHMARK.md).
+Time model (relative; picks among plans that fit): seconds per 20 steps, per group of m images
+``A + P * m`` (A = 0.9, P = 1.3: 1 image 2.0 s, 4 images at once 5.9 s, in 2 groups 7.9 s, in 4 groups
+9.4 s); decoder checkpointing x1.25 (1.14-1.32 measured); tower chunks cost x(1 + 0.5 per extra chunk)
+(1 image: chunks of 32 x2.15, of 8 x4.6): splitting the views slows the tower itself (66 views in one
+call 26 ms forward + backward, in chunks of 32 77 ms, plan_sweep --tower), so chunks come last.
 """
 from __future__ import annotations
 
@@ -46,15 +50,16 @@ from typing import Any, Mapping
 import torch
 
 GB = 1e9
-PER_IMAGE = 9.7 * GB
-DECODER_PER_IMAGE = 4.45 * GB
-TOWER_PER_VIEW = 0.06 * GB
-OTHER_PER_IMAGE = PER_IMAGE - DECODER_PER_IMAGE - 66 * TOWER_PER_VIEW
-RESIDENT = 2.0 * GB
-BASE = 0.9 * GB
-SAFETY = 0.85  # plan for this share of the free memory: fragmentation, cuDNN workspaces, estimate error [choice]
-STEP_FIXED_S, STEP_PER_IMAGE_S = 0.733, 1.617
-CHECKPOINTING_COST, CHUNK_COST = 1.143, 1.07
+DECODER_PER_IMAGE = 2.6 * GB
+TOWER_PER_VIEW = 0.07 * GB
+TOWER_MIN_VIEWS = 24
+OTHER_PER_IMAGE = 0.19 * GB
+BASE = 1.0 * GB
+ACCUMULATION = 0.4 * GB
+RESIDENT = 1.3 * GB
+SAFETY = 0.9  # plan for this share of the free memory: fragmentation, cuDNN workspaces, estimate error [choice]
+GROUP_S, PER_IMAGE_S = 0.9, 1.3
+CHECKPOINTING_COST, CHUNK_COST = 1.25, 0.5
 VIEW_CHUNKS = (64, 32, 16, 8)
 MODES = ("auto", "fast")
 
@@ -98,19 +103,22 @@ def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:
     m = min(plan.micro_batch, recipe.n_images)
     area = (recipe.resolution / 512) ** 2
     views = m * recipe.views_per_image
-    tower = min(views, plan.view_chunk or views) * TOWER_PER_VIEW
+    tower = min(views, max(plan.view_chunk, TOWER_MIN_VIEWS) if plan.view_chunk else views) * TOWER_PER_VIEW
     decoder = 0.0 if plan.checkpointing else m * DECODER_PER_IMAGE * area
-    return BASE + decoder + tower + m * OTHER_PER_IMAGE * area
+    accumulation = ACCUMULATION if m < recipe.n_images else 0.0
+    return BASE + accumulation + decoder + tower + m * OTHER_PER_IMAGE * area
 
 
 def relative_time(plan: MemoryPlan, recipe: Recipe) -> float:
     """Seconds per 20 default steps the time model predicts (only compared between plans)."""
     n = recipe.n_images
-    t = math.ceil(n / plan.micro_batch) * STEP_FIXED_S + n * STEP_PER_IMAGE_S
+    m = min(plan.micro_batch, n)
+    t = math.ceil(n / m) * GROUP_S + n * PER_IMAGE_S
     if plan.checkpointing:
         t *= CHECKPOINTING_COST
-    if plan.view_chunk and plan.view_chunk < min(plan.micro_batch, n) * recipe.views_per_image:
-        t *= CHUNK_COST
+    views = m * recipe.views_per_image
+    if plan.view_chunk and plan.view_chunk < views:
+        t *= 1 + CHUNK_COST * (math.ceil(views / plan.view_chunk) - 1)
     return t
 
 
@@ -148,16 +156,17 @@ def choose_plan(free_bytes: float | None, recipe: Recipe, micro_batching: bool =
             why = (f"the fast plan needs ~{need} but {free_bytes / GB:.1f} GB are free: the fastest plan that fits "
                    f"needs ~{estimate_bytes(best, recipe) / GB:.1f} GB")
         return MemoryPlan(best.micro_batch, best.view_chunk, best.checkpointing, why)
-    small = min(plans, key=lambda p: estimate_bytes(p, recipe))
+    small = min(plans, key=lambda p: (estimate_bytes(p, recipe), relative_time(p, recipe)))
     why = (f"nothing fits: even the smallest plan needs ~{estimate_bytes(small, recipe) / GB:.1f} GB and "
            f"{free_bytes / GB:.1f} GB are free; trying it")
     return MemoryPlan(small.micro_batch, small.view_chunk, small.checkpointing, why)
 
 
 def smaller_plan(plan: MemoryPlan, recipe: Recipe, micro_batching: bool = True) -> MemoryPlan | None:
-    """After ``plan`` ran out of memory: the fastest plan whose estimate is at most 3/4 of ``plan``'s
-    (the estimates can be low by a GB, e.g. with fragmentation), or None when nothing is smaller."""
-    limit = 0.75 * estimate_bytes(plan, recipe)
+    """After ``plan`` ran out of memory: the fastest plan whose estimate, beyond the fixed ``BASE``, is at most
+    3/4 of ``plan``'s (the estimates can be low by a GB, e.g. with fragmentation), or None when nothing is
+    smaller."""
+    limit = BASE + 0.75 * (estimate_bytes(plan, recipe) - BASE)
     smaller = [p for p in candidate_plans(recipe, micro_batching) if estimate_bytes(p, recipe) <= limit
                and (p.checkpointing or not plan.checkpointing)]  # a checkpointed decoder stays checkpointed
     if not smaller:

@@ -264,3 +264,33 @@ def test_first_style_command_times_one_training_run(tmp_path):
     out = first_style.main(["--tiny", "--device", "cpu", "--compile", "off", "--json", str(tmp_path / "f.json")])
     assert out["steps"] > 0 and 0 < out["train_loop_s"] <= out["first_style_s"]
     assert json.loads((tmp_path / "f.json").read_text())["first_style_s"] == out["first_style_s"]
+
+
+def test_decoder_speed_command_compares_variants_with_the_first(tmp_path):
+    """``python -m stylemamba.experiments.decoder_speed`` (run on a GPU; here the tiny VAE on the CPU)."""
+    from stylemamba.experiments import decoder_speed
+
+    out = decoder_speed.main(["--tiny", "--device", "cpu", "--repeat", "1", "--json", str(tmp_path / "d.json")])
+    rows = out["variants"]
+    assert list(rows) == list(decoder_speed.VARIANTS)
+    assert all(r["fwd_bwd_ms"] > 0 and r["fwd_ms"] > 0 for r in rows.values())
+    # on the CPU in fp32 the layout and the GroupNorm dtype change nothing; x * sigmoid(x) rounds differently
+    for name in ("fp32_groupnorm_nchw", "channels_last", "nchw", "silu_inplace"):
+        assert rows[name]["out_rel_err"] == 0.0 and rows[name]["grad_rel_err"] == 0.0, name
+    assert 0.0 < rows["swish_mul"]["out_rel_err"] < 1e-4
+    assert json.loads((tmp_path / "d.json").read_text())["variants"]["nchw"]["fwd_ms"] == rows["nchw"]["fwd_ms"]
+
+
+def test_plan_sweep_command_runs_explicit_plans_and_the_tower_split(tmp_path):
+    """``python -m stylemamba.experiments.plan_sweep`` (the memory model's calibration; GPU figures there)."""
+    from stylemamba.experiments import plan_sweep
+
+    out = plan_sweep.main(["--tiny", "--device", "cpu", "--tower", "--images", "1", "2", "--plans", "2,0,off",
+                           "1,8,on", "--repeats", "1", "--json", str(tmp_path / "p.json")])
+    rows = out["rows"]
+    assert [(r["images"], r["plan"]) for r in rows] == [
+        (1, "micro_batch=1, view_chunk=8, checkpointing=on"),  # 2 images per group cannot run on 1 image
+        (2, "micro_batch=2, view_chunk=all, checkpointing=off"), (2, "micro_batch=1, view_chunk=8, checkpointing=on")]
+    assert all(r["status"] == "pass" and r["style_s"] > 0 and r["estimate_gb"] > 0 for r in rows)
+    assert set(out["tower"]) >= {"whole", "split", "checkpoint"} and out["tower"]["whole"]["wall_ms"] > 0
+    assert json.loads((tmp_path / "p.json").read_text())["rows"] == rows
