@@ -507,6 +507,13 @@ class StyleTrainer:
             for k, v in weights.items():
                 self._weights[k].fill_(v)
             weights = self._weights
+        terms, y, self.last_emb = self._eager_or_graphed_step(epoch, weights)
+        return terms, y
+
+    def _eager_or_graphed_step(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                         torch.Tensor]:
+        """:meth:`_step_body` run eagerly or replayed as a CUDA graph. A replay runs no Python, so everything the
+        step produces leaves it as an output (a graph's outputs are overwritten by its next replay: cloned)."""
         if self.graphs is None:
             return self._step_body(epoch, weights)
         lc = self.cfg.loss
@@ -518,18 +525,16 @@ class StyleTrainer:
             self._graphs_decided = True
             return self._timed_step_decides_graphs(epoch, weights)
         try:
-            terms, y, emb = self.graphs(key, lambda: self._step_body(epoch, weights) + (self.last_emb,))
+            terms, y, emb = self.graphs(key, lambda: self._step_body(epoch, weights))
         except GraphCaptureError as exc:
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
             self.graphs = None
             self.opt.zero_grad(set_to_none=True)
             return self._step_body(epoch, weights)
-        # a replay runs no Python: self.last_emb, set by the body, still names the output of whichever graph was
-        # CAPTURED last, so it is taken from this graph's own outputs (the second-order loss reads it next epoch)
-        self.last_emb = emb.clone()
-        return {k: v.clone() for k, v in terms.items()}, y.clone()
+        return {k: v.clone() for k, v in terms.items()}, y.clone(), emb.clone()
 
-    def _timed_step_decides_graphs(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _timed_step_decides_graphs(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                             torch.Tensor]:
         """An eager step, timed from an idle GPU: when the host needed nearly as long to launch it as the GPU to
         run it (:func:`~stylemamba.cuda_graphs.is_launch_bound`), the GPU was waiting for launches and the next steps replay as a graph;
         otherwise the step is GPU-bound, a graph would save ~3 % (measured on an H200) and not pay its
@@ -545,7 +550,8 @@ class StyleTrainer:
             self._prev_buffer = None
         return out
 
-    def _step_body(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _step_body(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Forward, backward and optimizer update -> (logged terms, Y, F_I(Y) for the next epoch's L_so)."""
         lc = self.cfg.loss
         b = self.x.shape[0]
         groups = [(s, min(s + self.plan.micro_batch, b)) for s in range(0, b, self.plan.micro_batch)]
@@ -566,9 +572,8 @@ class StyleTrainer:
             total_sum = total.detach().float() if total_sum is None else total_sum + total.detach().float()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.last_emb = embs[0] if len(embs) == 1 else torch.cat(embs)
         logged["total"] = total_sum
-        return logged, ys[0] if len(ys) == 1 else torch.cat(ys)
+        return logged, ys[0] if len(ys) == 1 else torch.cat(ys), embs[0] if len(embs) == 1 else torch.cat(embs)
 
     def loss_terms(self, epoch: int) -> dict[str, torch.Tensor]:
         """The unweighted terms of the whole batch at the current weights, as a step at ``epoch`` would take
