@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -626,6 +627,10 @@ class LossConfig:
 
 OLD_NAMES = {"content_weight_start": "vgg_weight_start", "content_weight_end": "vgg_weight_end",
              "content_weight_switch_epoch": "vgg_weight_switch_epoch"}  # version 0.1.0's names
+
+# the VGG content term of the paper and of version 0.1.0 (the raw MSE averaged over the layers, 9000 -> 150); per-style
+# training has it off since docs/METHOD_CHOICES.md item 5, universal training and the comparisons keep it
+PAPER_VGG_TERM = MappingProxyType({"vgg_reduction": "mean", "vgg_weight_start": 9000.0, "vgg_weight_end": 150.0})
 
 # what the options added with docs/METHOD_CHOICES.md meant before they existed (the paper's forms): a recorded
 # recipe without them keeps that meaning

@@ -57,7 +57,7 @@ log = logging.getLogger("stylemamba")
 # The VGG content term of universal training: kept as it was (raw mean, 9000 -> 150). docs/METHOD_CHOICES.md item 5
 # turned it off for per-style training, measured there; for the universal model it was not re-measured, and without
 # it the universal proof's 'cool' kept SSIM 0.371 instead of 0.66 (random VGG19, tests/test_universal_proof.py).
-UNIVERSAL_VGG_TERM = {"vgg_reduction": "mean", "vgg_weight_start": 9000.0, "vgg_weight_end": 150.0}
+UNIVERSAL_VGG_TERM = L.PAPER_VGG_TERM
 
 
 def universal_loss(**options: Any) -> L.LossConfig:

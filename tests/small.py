@@ -1,6 +1,6 @@
 """Small recipes and helpers shared by the training, style-file, stylise and CLI tests."""
 from stylemamba.fusion import FusionConfig
-from stylemamba.losses import LossConfig
+from stylemamba.losses import PAPER_VGG_TERM, LossConfig
 from stylemamba.train import TrainConfig
 
 
@@ -11,8 +11,7 @@ def small_config(**overrides) -> TrainConfig:
     batches, compile, checkpoints) with the figures they were written for; the library's default has it off
     (docs/METHOD_CHOICES.md item 5).
     """
-    loss = dict(n_crops=4, crop_fraction=0.5, mask_patch=16, so_interval=2, so_theta=2.0,
-                vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
+    loss = dict(n_crops=4, crop_fraction=0.5, mask_patch=16, so_interval=2, so_theta=2.0, **PAPER_VGG_TERM)
     loss.update(overrides.pop("loss", {}))
     fusion = dict(width=32, depth=2, d_state=4)
     fusion.update(overrides.pop("fusion", {}))

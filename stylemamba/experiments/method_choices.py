@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fusion import FusionConfig
-from ..losses import LossConfig
+from ..losses import PAPER_VGG_TERM, LossConfig
 from ..style_model import StyleModel
 from ..stylize import stylize
 from ..testing.known_models import KnownMeaningModel, chroma, colour_model, high_frequency_share, texture_model
@@ -214,10 +214,9 @@ PROMPTS = ("red", "a pencil sketch")
 # a reference bias helps one prompt and hurts its opposite: the reference items also train the opposite texture
 PROMPTS_BOTH_WAYS = ("red", "a pencil sketch", "a smooth painting")
 # the paper's recipe (and the 0.1.0 defaults), for comparison with today's defaults
-PAPER = dict(patch=9000.0, so_form="eq4", so_interval=5, clamp_output=False, range_weight=0.0,
-             vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
 # the VGG content term as it was before item 5 (the raw MSE, the paper's weights); today's default is off
-VGG_PAPER = dict(vgg_reduction="mean", vgg_weight_start=9000.0, vgg_weight_end=150.0)
+VGG_PAPER = PAPER_VGG_TERM
+PAPER = dict(patch=9000.0, so_form="eq4", so_interval=5, clamp_output=False, range_weight=0.0, **VGG_PAPER)
 
 
 def averaged(rows: List[Dict[str, float]]) -> Dict[str, float]:
