@@ -8,6 +8,7 @@ recipes (``TrainConfig.amp``); it is read as "fp32".
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -100,18 +101,29 @@ class AutocastGroupNorm(nn.GroupNorm):
             return F.group_norm(x.to(dtype), self.num_groups, w, b, self.eps)
 
 
+def replace_modules_(module: nn.Module, match: Callable[[nn.Module], bool],
+                     make: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace, in place, every submodule of ``module`` that ``match`` accepts by ``make(it)`` (the replacements
+    are not searched further); returns how many were replaced."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if match(child):
+            setattr(module, name, make(child))
+            count += 1
+        else:
+            count += replace_modules_(child, match, make)
+    return count
+
+
 def groupnorm_in_autocast_dtype_(module: nn.Module) -> int:
     """Replace, in place, every GroupNorm under ``module`` (ComfyUI's GroupNorm subclasses included) by an
     :class:`AutocastGroupNorm` holding the same parameters; returns how many were replaced."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.GroupNorm) and not isinstance(child, AutocastGroupNorm):
-            new = AutocastGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
-            if child.affine:  # share the Parameters: an optimizer built before still updates them
-                new.weight, new.bias = child.weight, child.bias
-            new.train(child.training)
-            setattr(module, name, new)
-            count += 1
-        else:
-            count += groupnorm_in_autocast_dtype_(child)
-    return count
+
+    def make(norm: nn.GroupNorm) -> AutocastGroupNorm:
+        new = AutocastGroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
+        if norm.affine:  # share the Parameters: an optimizer built before still updates them
+            new.weight, new.bias = norm.weight, norm.bias
+        return new.train(norm.training)
+
+    return replace_modules_(module, lambda m: isinstance(m, nn.GroupNorm) and not isinstance(m, AutocastGroupNorm),
+                            make)

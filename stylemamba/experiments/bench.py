@@ -118,10 +118,11 @@ def time_wall(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repe
 
 @contextlib.contextmanager
 def peak_memory(device: torch.device, box: dict):
-    """Records into ``box`` the peak allocated bytes (GB) while the block runs, and what was resident before."""
+    """Records into ``box`` the peak allocated bytes (GB) while the block runs, what was resident before, and the
+    peak the caching allocator reserved (allocated + what it holds on top)."""
     if device.type != "cuda":
         yield
-        box.update(peak_gb=None, resident_gb=None)
+        box.update(peak_gb=None, resident_gb=None, reserved_peak_gb=None)
         return
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -130,7 +131,8 @@ def peak_memory(device: torch.device, box: dict):
         yield
     finally:
         sync(device)
-        box.update(peak_gb=round(torch.cuda.max_memory_allocated(device) / 1e9, 3), resident_gb=round(resident / 1e9, 3))
+        box.update(peak_gb=round(torch.cuda.max_memory_allocated(device) / 1e9, 3), resident_gb=round(resident / 1e9, 3),
+                   reserved_peak_gb=round(torch.cuda.max_memory_reserved(device) / 1e9, 3))
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -156,12 +158,9 @@ def count_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def kernel_time_ms(fn: Callable[[], Any], device: torch.device, repeat: int = 5) -> float | None:
-    """GPU time of the kernels one call of ``fn`` runs (the profiler's device events, summed; median of the
-    per-call sums is not available, so the mean over ``repeat`` calls), None on CPU. Against the call's
-    own time it says whether the GPU or the host's launches set the pace (GPU-bound: about equal)."""
-    if device.type != "cuda":
-        return None
+def device_kernels(fn: Callable[[], Any], device: torch.device, repeat: int = 1) -> list[tuple[str, float]]:
+    """(kernel name, GPU microseconds) of every kernel ``repeat`` calls of ``fn`` run, after one untimed call
+    (the profiler's device events; CUDA only)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -171,8 +170,28 @@ def kernel_time_ms(fn: Callable[[], Any], device: torch.device, repeat: int = 5)
         for _ in range(repeat):
             fn()
         sync(device)
-    total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == DeviceType.CUDA]
+
+
+def kernel_time_ms(fn: Callable[[], Any], device: torch.device, repeat: int = 5) -> float | None:
+    """GPU time of the kernels one call of ``fn`` runs (the profiler's device events, summed; median of the
+    per-call sums is not available, so the mean over ``repeat`` calls), None on CPU. Against the call's
+    own time it says whether the GPU or the host's launches set the pace (GPU-bound: about equal)."""
+    if device.type != "cuda":
+        return None
+    total_us = sum(us for _, us in device_kernels(fn, device, repeat))
     return round(total_us / 1e3 / repeat, 3) if total_us else None
+
+
+def kernel_groups(fn: Callable[[], Any], device: torch.device, top: int = 25) -> list[dict[str, Any]]:
+    """GPU time per kernel name over one call of ``fn``, largest first (what a step's time goes to; CUDA only)."""
+    totals: dict[str, list[float]] = {}
+    for name, us in device_kernels(fn, device):
+        entry = totals.setdefault(name[:110], [0.0, 0])
+        entry[0] += us
+        entry[1] += 1
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    return [{"kernel": k, "ms": round(v[0] / 1e3, 3), "calls": v[1]} for k, v in rows[:top]]
 
 
 def matmul_peak_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> float | None:

@@ -26,7 +26,6 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -39,21 +38,12 @@ class SwishMul(nn.Module):
         return x * torch.sigmoid(x)
 
 
-def _replace(module: nn.Module, match: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> int:
-    n = 0
-    for name, child in list(module.named_children()):
-        if match(child):
-            setattr(module, name, make(child))
-            n += 1
-        else:
-            n += _replace(child, match, make)
-    return n
-
-
 def silu_variant_(module: nn.Module, kind: str) -> int:
     """Swap every SiLU for ``x * sigmoid(x)`` ("swish_mul") or an in-place SiLU ("silu_inplace")."""
+    from ..precision import replace_modules_
+
     make = (lambda m: SwishMul()) if kind == "swish_mul" else (lambda m: nn.SiLU(inplace=True))
-    return _replace(module, lambda m: isinstance(m, nn.SiLU), make)
+    return replace_modules_(module, lambda m: isinstance(m, nn.SiLU), make)
 
 
 VARIANTS = ("fp32_groupnorm_channels_last", "fp32_groupnorm_nchw", "channels_last", "nchw", "swish_mul",
@@ -79,50 +69,11 @@ def build_variant(base: nn.Module, name: str, device: torch.device) -> tuple[nn.
     return dec, channels_last
 
 
-def _median_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeat: int) -> float:
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times), 3)
-
-
-def kernel_groups(fn: Callable[[], None], device: torch.device, top: int = 25) -> list[dict]:
-    """GPU time per kernel name over one call (profiler), largest first."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize(device)
-    totals: dict[str, list[float]] = {}
-    for ev in prof.events():
-        if ev.device_type.name == "CUDA":
-            t = totals.setdefault(ev.name[:110], [0.0, 0])
-            t[0] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
-            t[1] += 1
-    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
-    return [{"kernel": k, "ms": round(v[0] / 1e3, 3), "calls": v[1]} for k, v in rows[:top]]
-
-
 def measure(base: nn.Module, device: torch.device, size: int, variants: list[str], warmup: int = 3,
             repeat: int = 10, profile_default: bool = True) -> dict:
     """Time fwd+bwd and fwd of each variant on the same input; compare outputs and gradients with the first."""
     from ..precision import autocast
+    from .bench import kernel_groups, time_device
 
     torch.manual_seed(0)
     latent_ch = base.conv_in.in_channels
@@ -146,8 +97,8 @@ def measure(base: nn.Module, device: torch.device, size: int, variants: list[str
             with torch.no_grad(), autocast(device):
                 dec(zin)
 
-        row = {"fwd_bwd_ms": _median_ms(fwd_bwd, device, warmup, repeat),
-               "fwd_ms": _median_ms(fwd, device, warmup, repeat)}
+        row = {"fwd_bwd_ms": round(statistics.median(time_device(fwd_bwd, device, warmup, repeat)), 3),
+               "fwd_ms": round(statistics.median(time_device(fwd, device, warmup, repeat)), 3)}
         for p in params:
             p.grad = None
         with autocast(device):

@@ -32,39 +32,34 @@ def parse(text: str):
 
 
 def run_plan(models, sizes, device, n_images: int, plan_text: str, repeats: int, steps: int | None) -> dict:
-    from ..memory_plan import Recipe, estimate_bytes
+    from ..memory_plan import Recipe, estimate_bytes, plan_to_option
     from ..train import train_style
-    from .bench import PROMPT, content_images, sync
+    from .bench import PROMPT, content_images, peak_memory, sync
 
     plan = parse(plan_text)
-    cfg = dataclasses.replace(sizes.train_config(), memory_plan={"micro_batch": plan.micro_batch,
-                                                                 "view_chunk": plan.view_chunk,
-                                                                 "checkpointing": plan.checkpointing})
+    cfg = dataclasses.replace(sizes.train_config(), memory_plan=plan_to_option(plan))
     if steps:
         cfg.epochs = steps
     x = content_images(n_images, sizes.train, device, seed=n_images)
     row = {"images": n_images, "plan": plan.describe(),
            "estimate_gb": round(estimate_bytes(plan, Recipe.of(n_images, cfg)) / 1e9, 2)}
-    times, peak, reserved = [], 0.0, 0.0
+    times, boxes = [], []
     try:
         for i in range(repeats + 1):
-            if device.type == "cuda":
+            box: dict = {}
+            with peak_memory(device, box):
+                t0 = time.perf_counter()
+                train_style(models.vae, models.siglip, x, PROMPT, cfg, vgg=models.vgg, lpips=models.lpips,
+                            device=device)
                 sync(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                resident = torch.cuda.memory_allocated(device)
-            t0 = time.perf_counter()
-            result = train_style(models.vae, models.siglip, x, PROMPT, cfg, vgg=models.vgg, lpips=models.lpips,
-                                 device=device)
-            sync(device)
+                seconds = time.perf_counter() - t0
             if i:
-                times.append(time.perf_counter() - t0)
-            if device.type == "cuda":
-                peak = max(peak, (torch.cuda.max_memory_allocated(device) - resident) / 1e9)
-                reserved = max(reserved, torch.cuda.max_memory_reserved(device) / 1e9)
-            del result
+                times.append(seconds)
+            boxes.append(box)
+        on_gpu = device.type == "cuda"
         row.update(status="pass", style_s=round(statistics.median(times), 3), times=[round(t, 3) for t in times],
-                   working_peak_gb=round(peak, 3) if device.type == "cuda" else None,
-                   reserved_peak_gb=round(reserved, 3) if device.type == "cuda" else None)
+                   working_peak_gb=round(max(b["peak_gb"] - b["resident_gb"] for b in boxes), 3) if on_gpu else None,
+                   reserved_peak_gb=max(b["reserved_peak_gb"] for b in boxes) if on_gpu else None)
     except torch.cuda.OutOfMemoryError as exc:
         row.update(status="out of memory", reason=str(exc)[:200])
     finally:
@@ -81,19 +76,18 @@ def tower_chunks(models, device: torch.device, views: int = 66, chunk: int = 32,
     nothing: 36.9 vs 31.1 ms whole, 110 vs 83 ms split; bench/results/defaults_h200/README.md.)"""
     import torch.utils.checkpoint as ckpt
 
-    from .bench import time_device, time_wall
-    from .decoder_speed import kernel_groups
+    from .bench import kernel_groups, time_device, time_wall
 
     size = models.siglip.image_size
     x = torch.rand(views, 3, size, size, device=device, requires_grad=True)
-    def run(kind: str):
-        enc = models.siglip.encode_image
+    enc = models.siglip.encode_image
 
+    def run(kind: str):
         def call():
             x.grad = None
-            if kind.startswith("whole"):
+            if kind == "whole":
                 emb = enc(x)
-            elif kind.startswith("checkpoint"):
+            elif kind == "checkpoint":
                 emb = torch.cat([ckpt.checkpoint(enc, p, use_reentrant=False, preserve_rng_state=False)
                                  for p in x.split(chunk)])
             else:
@@ -103,8 +97,7 @@ def tower_chunks(models, device: torch.device, views: int = 66, chunk: int = 32,
         return call
 
     out = {"views": views, "chunk": chunk}
-    kinds = ("whole", "split", "split_cudnn_benchmark", "checkpoint")
-    for kind in kinds:
+    for kind in ("whole", "split", "split_cudnn_benchmark", "checkpoint"):
         before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = kind == "split_cudnn_benchmark"
         try:
