@@ -103,7 +103,7 @@ def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:
     m = min(plan.micro_batch, recipe.n_images)
     area = (recipe.resolution / 512) ** 2
     views = m * recipe.views_per_image
-    tower = min(views, max(plan.view_chunk, TOWER_MIN_VIEWS) if plan.view_chunk else views) * TOWER_PER_VIEW
+    tower = min(views, max(plan.view_chunk or views, TOWER_MIN_VIEWS)) * TOWER_PER_VIEW
     decoder = 0.0 if plan.checkpointing else m * DECODER_PER_IMAGE * area
     accumulation = ACCUMULATION if m < recipe.n_images else 0.0
     return BASE + accumulation + decoder + tower + m * OTHER_PER_IMAGE * area
