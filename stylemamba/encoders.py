@@ -43,6 +43,8 @@ class ImageTextModel(Protocol):
     ``image_size``: the side of the square views a training step builds for it (crops, masked image).
     ``name``: recorded in style files; a direction is only used with the model that encoded it.
     ``embed_dim``: D. ``device``: where its weights are. The nodes also move it with ``.to()``.
+    Optional ``image_layers()``: the image tower's layers, in order, for training under memory plans that
+    recompute them in backward (``tower_checkpointing``).
     """
 
     name: str
@@ -128,6 +130,10 @@ class TextImageEncoder(nn.Module):
             x01 = F.interpolate(x01, size=(self.image_size, self.image_size), mode="bicubic",
                                 align_corners=False, antialias=True)
         return (x01 - self.mean.to(x01.dtype)) / self.std.to(x01.dtype)
+
+    def image_layers(self) -> list[nn.Module]:
+        """The image tower's transformer layers (a memory plan may recompute them in backward)."""
+        return list(self.model.vision_model.encoder.layers)
 
     def encode_image(self, x01: torch.Tensor) -> torch.Tensor:
         """Images (B,3,H,W) in [0,1] -> (B, D) L2-normalised embeddings, differentiable w.r.t. the pixels."""

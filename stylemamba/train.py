@@ -12,6 +12,7 @@ and still takes the full batch's gradient.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -357,9 +358,37 @@ def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
         log.warning("this decoder (%s) has no gradient checkpointing; training without it", type(dec).__name__)
 
 
+@contextlib.contextmanager
+def layers_recomputed(layers: Sequence[torch.nn.Module]):
+    """Within the block, each layer keeps only its inputs for backward and recomputes the rest there (the image
+    tower's layers: all views still go through each layer as one batch). No random state is saved: the frozen
+    tower runs in eval mode and draws nothing. The layers are restored afterwards (the tower is shared)."""
+    patched = []
+    try:
+        for layer in layers:
+            own = layer.__dict__.get("forward")  # an instance-level forward someone else set, kept
+            inner = own if own is not None else type(layer).forward.__get__(layer)
+            layer.forward = functools.partial(torch.utils.checkpoint.checkpoint, inner, use_reentrant=False,
+                                              preserve_rng_state=False)
+            patched.append((layer, own))
+        yield
+    finally:
+        for layer, own in patched:
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+
+
+def tower_layers(text: ImageTextModel) -> list[torch.nn.Module]:
+    """The image tower's layers a memory plan may checkpoint, [] when the model names none."""
+    layers = getattr(text, "image_layers", None)
+    return list(layers()) if callable(layers) else []
+
+
 def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can."""
-    if plan.micro_batch < batch or plan.view_chunk or plan.checkpointing:
+    if plan.micro_batch < batch or plan.view_chunk or plan.checkpointing or plan.tower_checkpointing:
         return f"the memory plan ({plan.describe()}) splits the step"
     if autocast_dtype(device, precision) == torch.float16:
         return "fp16's gradient scaler checks for overflow on the host"
@@ -392,6 +421,7 @@ class StyleTrainer:
         config = config or TrainConfig()
         self.device = torch.device(device) if device is not None else vae.device
         self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
+        self.tower_layers = tower_layers(text)  # what tower_checkpointing recomputes
         for what, dev in (("VAE", vae.device), ("text model", text.device)):
             if dev.type != self.device.type:
                 raise ValueError(f"the {what} is on {dev} but training was asked to run on {self.device}: "
@@ -457,16 +487,20 @@ class StyleTrainer:
         option = parse_plan(cfg.memory_plan)
         forced = cfg.gradient_checkpointing
         if option == "fast":
-            return MemoryPlan(b, 0, forced, "TrainConfig.memory_plan='fast': no memory saving")
+            return MemoryPlan(b, 0, forced, reason="TrainConfig.memory_plan='fast': no memory saving")
         if option == "auto":
             free = free_memory if free_memory is not None else free_training_memory(self.device)
-            return choose_plan(free, Recipe.of(b, cfg), splittable, True if forced else None)
+            return choose_plan(free, Recipe.of(b, cfg), splittable, True if forced else None,
+                               bool(self.tower_layers))
         micro = min(option.micro_batch or b, b)
         if micro < b and not splittable:
             raise ValueError(f"memory_plan micro_batch={micro} cannot be used with the 'clipstyler' total variation "
                              "(one norm over the whole batch): set micro_batch to 0 (whole batch) or "
                              "LossConfig.tv_form='l1'")
-        return MemoryPlan(micro, option.view_chunk, option.checkpointing or forced, option.reason)
+        if option.tower_checkpointing and not self.tower_layers:
+            log.warning("memory_plan tower_checkpointing: this image-text model (%s) names no layers to checkpoint; "
+                        "its tower runs as without it", type(self.text).__name__)
+        return dataclasses.replace(option, micro_batch=micro, checkpointing=option.checkpointing or forced)
 
     def _step_graphs(self) -> CapturedCalls | None:
         """CUDA graphs for the steps (``cuda_graphs="auto"``) where they can be captured, else None (logged)."""
@@ -607,7 +641,8 @@ class StyleTrainer:
         return y, emb_y, terms, draws
 
     def _image_tower(self, images: torch.Tensor) -> torch.Tensor:
-        """The tower on a step's views: one call, or checkpointed chunks of ``plan.view_chunk`` views.
+        """The tower on a step's views: one call (its layers recomputed in backward under
+        ``plan.tower_checkpointing``), or checkpointed chunks of ``plan.view_chunk`` views.
 
         The random state is not saved for the recomputation: the frozen tower draws nothing (eval mode), and
         saving it made the checkpointed tower ~5 % slower on an H200 (122 vs 117 ms; plan_sweep --tower).
@@ -615,7 +650,10 @@ class StyleTrainer:
         memory_plan tries them last."""
         chunk = self.plan.view_chunk
         if not chunk or images.shape[0] <= chunk:
-            return self.encode_image(images)
+            if not self.plan.tower_checkpointing:
+                return self.encode_image(images)
+            with layers_recomputed(self.tower_layers):
+                return self.encode_image(images)
         return torch.cat([torch.utils.checkpoint.checkpoint(self.encode_image, part, use_reentrant=False,
                                                             preserve_rng_state=False)
                           for part in images.split(chunk)])
@@ -666,7 +704,8 @@ class StyleTrainer:
             except torch.cuda.OutOfMemoryError:
                 smaller = None
                 if parse_plan(self.cfg.memory_plan) == "auto":
-                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg), self._splittable())
+                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg), self._splittable(),
+                                           bool(self.tower_layers))
                 if smaller is None:
                     raise
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients

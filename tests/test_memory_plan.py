@@ -13,6 +13,7 @@ from stylemamba.train import StyleTrainer, TrainConfig, train_style
 from stylemamba.vae import load_vae
 
 SAVING = "micro_batch=1,view_chunk=4,checkpointing=on"
+SAVING_TOWER = "micro_batch=1,checkpointing=on,tower_checkpointing=on"  # the tower's layers recomputed instead
 KEY_BIASES = ("to_k.bias", "k.bias", "key.bias")  # decoder attention key biases, in the style's (LDM) layout
 
 
@@ -37,19 +38,30 @@ def recipe_config(plan: str, epochs: int = 3, **loss) -> TrainConfig:
 
 
 # the VGG term as small_config has it (raw mean) and in the relative units (per image: micro-batches must agree)
-@pytest.mark.parametrize("vgg", [{}, dict(vgg_reduction="relative", vgg_weight_start=1e4, vgg_weight_end=200.0)],
-                         ids=["vgg-mean", "vgg-relative"])
-def test_saving_plan_takes_the_whole_batch_gradient(parts, three_photos, vgg):
-    """Micro-batches of 1 + tower chunks of 4 views + decoder checkpointing: the accumulated gradient of every
-    step equals the full batch's (fp32: relative difference of the gradient's global norm < 1e-4; measured
-    5e-6 on steps 0-1 and 1.5e-5 on step 2, after Adam has turned rounding noise into parameter noise; terms
-    and Y within 1e-4)."""
+@pytest.mark.parametrize("saving, vgg", [
+    (SAVING, {}), (SAVING, dict(vgg_reduction="relative", vgg_weight_start=1e4, vgg_weight_end=200.0)),
+    (SAVING_TOWER, {})], ids=["chunks-vgg-mean", "chunks-vgg-relative", "tower-layers"])
+def test_saving_plan_takes_the_whole_batch_gradient(parts, three_photos, saving, vgg):
+    """Micro-batches of 1 + decoder checkpointing + tower chunks of 4 views (or the tower's layers recomputed):
+    the accumulated gradient of every step equals the full batch's (fp32: relative difference of the gradient's
+    global norm < 1e-4; measured 5e-6 on steps 0-1 and 1.5e-5 on step 2, after Adam has turned rounding noise
+    into parameter noise; terms and Y within 1e-4). With tower_checkpointing each tower layer runs twice per
+    tower call (forward, and again in backward) and is restored after the step."""
     vae, text, vgg_net, lp = parts
     trainers = [StyleTrainer(vae, text, three_photos, "pop art", recipe_config(p, **vgg), vgg=vgg_net, lpips=lp)
-                for p in ("fast", SAVING)]
-    assert (trainers[1].plan.micro_batch, trainers[1].plan.view_chunk, trainers[1].plan.checkpointing) == (1, 4, True)
+                for p in ("fast", saving)]
+    plan = trainers[1].plan
+    expect = (1, 4, True, False) if saving == SAVING else (1, 0, True, True)
+    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing, plan.tower_checkpointing) == expect
+    layer = text.image_layers()[0]
+    calls = []  # the layer's MLP starting: inside the layer's forward, so also when backward recomputes it
+    hook = layer.mlp.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     for epoch in range(3):
-        steps = [t.step(epoch) for t in trainers]
+        steps = [trainers[0].step(epoch)]
+        calls.clear()
+        steps.append(trainers[1].step(epoch))
+        if plan.tower_checkpointing:  # 3 micro-batches: forward + recomputation each (+ the gate's no-grad pass)
+            assert calls.count(True) == 6 and "forward" not in layer.__dict__, (epoch, calls)
         grads = [{n: p.grad for n, p in t.model.named_parameters() if p.grad is not None} for t in trainers]
         assert grads[0].keys() == grads[1].keys()
         diff = sum(float((grads[0][n] - grads[1][n]).pow(2).sum()) for n in grads[0]) ** 0.5
@@ -63,6 +75,7 @@ def test_saving_plan_takes_the_whole_batch_gradient(parts, three_photos, vgg):
         torch.testing.assert_close(trainers[1].last_emb, trainers[0].last_emb, rtol=1e-4, atol=1e-5)
         for t in trainers:
             t.end_epoch()
+    hook.remove()
     assert terms_a["so"] > 0  # the second-order term ran (gated open) on epoch 2
 
 
@@ -105,15 +118,22 @@ def test_default_plan_on_cpu_is_the_fast_one_and_is_logged(parts, photo, caplog)
 def test_explicit_plans_and_bad_options():
     assert parse_plan("auto") == "auto" and parse_plan(" FAST ") == "fast"
     plan = parse_plan("micro_batch=1, view_chunk=16, checkpointing=on")
-    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing) == (1, 16, True)
+    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing, plan.tower_checkpointing) == (1, 16, True, False)
+    plan = parse_plan({"checkpointing": True, "tower_checkpointing": "on"})
+    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing, plan.tower_checkpointing) == (0, 0, True, True)
+    stored = TrainConfig(memory_plan="tower_checkpointing=on").memory_plan
+    assert stored["tower_checkpointing"] is True and parse_plan(stored).tower_checkpointing
     cfg = TrainConfig(memory_plan={"micro_batch": 2})
     assert cfg.memory_plan == {"micro_batch": 2, "view_chunk": 0, "checkpointing": False}
     assert TrainConfig.from_dict(cfg.to_dict()).memory_plan == cfg.memory_plan  # recipes round-trip
     for bad, words in [("small", "is not understood"), ("micro_batch=x", "is not understood"),
-                       ("chunk=3", "unknown keys"), ("micro_batch=-1", ">= 0"), (7, "is not understood")]:
+                       ("chunk=3", "unknown keys"), ("micro_batch=-1", ">= 0"), (7, "is not understood"),
+                       ("view_chunk=8,tower_checkpointing=on", "use one of them"),
+                       ("tower_checkpointing=maybe", "is not understood")]:
         with pytest.raises(ValueError, match=words) as info:
             TrainConfig(memory_plan=bad)
-        assert "TrainConfig.memory_plan" in str(info.value) and "micro_batch=1,view_chunk=16" in str(info.value)
+        assert "TrainConfig.memory_plan" in str(info.value) and ("micro_batch=1,view_chunk=16" in str(info.value)
+                                                                 or "use one of them" in str(info.value))
 
 
 def test_batch_wide_total_variation_refuses_micro_batches(parts, photo_batch):
@@ -133,7 +153,10 @@ def test_estimate_reproduces_the_h200_figures_it_was_calibrated_on():
     measured = [((1, 0, False), 1, 8.41), ((1, 32, False), 1, 5.89), ((1, 8, False), 1, 5.21),
                 ((1, 0, True), 1, 5.86), ((1, 32, True), 1, 3.22), ((4, 0, False), 4, 30.91),
                 ((2, 0, False), 4, 16.27), ((1, 0, False), 4, 8.78), ((4, 0, True), 4, 20.32),
-                ((2, 0, True), 4, 11.0), ((1, 0, True), 4, 6.22), ((1, 32, True), 4, 3.59)]
+                ((2, 0, True), 4, 11.0), ((1, 0, True), 4, 6.22), ((1, 32, True), 4, 3.59),
+                # the tower's layers recomputed (callD)
+                ((1, 0, False, True), 1, 5.80), ((1, 0, True, True), 1, 3.24), ((1, 0, False, True), 4, 6.17),
+                ((1, 0, True, True), 4, 3.61)]
     for plan, images, gb in measured:
         estimate = estimate_bytes(MemoryPlan(*plan), Recipe(images)) / GB
         assert abs(estimate - gb) < 0.5, (plan, images, gb, estimate)
@@ -144,6 +167,10 @@ def test_time_model_orders_the_measured_plans_as_the_h200_did():
     measured = {(1, 0, False): 2.0, (1, 0, True): 2.64, (1, 32, False): 4.30, (1, 32, True): 5.17, (1, 8, False): 9.16}
     order = sorted(measured, key=measured.get)
     assert sorted(measured, key=lambda p: mp.relative_time(MemoryPlan(*p), Recipe(1))) == order
+    # recomputing the tower's layers instead of splitting its views (callD: 1 image 3.98 s with the decoder
+    # checkpointed too, against 5.17 s for chunks of 32 + decoder checkpointing in callB)
+    assert mp.relative_time(MemoryPlan(1, 0, True, True), Recipe(1)) < mp.relative_time(MemoryPlan(1, 32, True),
+                                                                                         Recipe(1))
     # 4 images: each way of saving memory on its own, in the measured order (checkpointing the whole batch,
     # 6.73 s, and two micro-batches, 7.88 s, are within the model's error of each other)
     for chain in ([(4, 0, False), (4, 0, True), (2, 0, True), (1, 0, True), (1, 32, True)],
@@ -156,24 +183,29 @@ def test_time_model_orders_the_measured_plans_as_the_h200_did():
     (80, 1, (1, 0, False)), (80, 4, (4, 0, False)),  # big GPU: the fast plan, results unchanged
     (12, 1, (1, 0, False)), (12, 4, (1, 0, False)),
     (8, 1, (1, 0, True)),  # decoder checkpointing (x1.25) before tower chunks (x2 for chunks of 32)
-    (8, 4, (1, 32, True)), (16, 4, (2, 0, True)),
+    (8, 4, (2, 0, True, True)), (16, 4, (2, 0, True)),
+    (6, 1, (1, 0, True, True)),  # both checkpointed (x1.6) before chunks (x1.9 for chunks of 32)
 ])
 def test_choose_plan_picks_the_fastest_that_fits(card_gb, images, expect):
     recipe = Recipe(images)
     free = card_gb * GB - mp.RESIDENT
     plan = choose_plan(free, recipe)
-    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing) == expect, plan
+    expect = (*expect, False) if len(expect) == 3 else expect
+    assert (plan.micro_batch, plan.view_chunk, plan.checkpointing, plan.tower_checkpointing) == expect, plan
     assert estimate_bytes(plan, recipe) <= mp.SAFETY * free
     faster = [p for p in mp.candidate_plans(recipe) if mp.relative_time(p, recipe) < mp.relative_time(plan, recipe)]
     assert all(estimate_bytes(p, recipe) > mp.SAFETY * free for p in faster)
 
 
 def test_choose_plan_without_a_limit_or_without_room():
-    assert choose_plan(None, Recipe(4)) == MemoryPlan(4, 0, False, "no GPU memory limit known: no saving")
+    assert choose_plan(None, Recipe(4)) == MemoryPlan(4, 0, False, reason="no GPU memory limit known: no saving")
     tiny = choose_plan(1 * GB, Recipe(4))
     assert (tiny.micro_batch, tiny.view_chunk, tiny.checkpointing) == (1, 16, True)  # smaller chunks save nothing
     assert tiny.reason.startswith("nothing fits")
     assert choose_plan(6 * GB, Recipe(4), micro_batching=False).micro_batch == 4
+    # a tower that names no layers (the known-meaning test models): no plan recomputes them
+    assert not any(p.tower_checkpointing for p in mp.candidate_plans(Recipe(4), tower_layers=False))
+    assert not choose_plan(5 * GB, Recipe(1), tower_layers=False).tower_checkpointing
 
 
 def test_an_auto_plan_that_runs_out_of_memory_retries_the_step_with_a_smaller_plan(parts, three_photos, monkeypatch,
@@ -213,12 +245,13 @@ def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_ca
     vae = load_vae(tiny_models["vae"], device="cuda")
     text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
     runs = {}
-    for plan in ("fast", SAVING):
+    for plan in ("fast", SAVING, SAVING_TOWER):
         trainer = StyleTrainer(vae, text, photo_batch, "pop art", small_config(memory_plan=plan, precision="fp32"))
         runs[plan] = [trainer.step(e)[0] for e in range(3) if trainer.end_epoch() is None]
-    for a, b in zip(*runs.values()):
+    for a, b, c in zip(*runs.values()):
         for k in a:  # measured on an H200: up to 1.6e-4 relative (cuDNN picks other kernels under checkpointing)
             torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(c[k], a[k], rtol=1e-3, atol=1e-4)
     device = torch.device("cuda", torch.cuda.current_device())  # the memory fraction needs an index
     total = torch.cuda.get_device_properties(device).total_memory
     try:
@@ -227,6 +260,6 @@ def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_ca
         assert mp.free_training_memory(torch.device("cuda")) == pytest.approx(free, rel=0.01)  # no index: same card
         assert 0 < free <= 4e9 - torch.cuda.memory_allocated(device) + 1
         plan = choose_plan(free, Recipe(1))  # a 4 GB card: must save memory
-        assert plan.checkpointing and plan.view_chunk
+        assert plan.checkpointing and (plan.view_chunk or plan.tower_checkpointing)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)

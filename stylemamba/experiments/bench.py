@@ -564,6 +564,7 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
     res["kernel_ms_per_step"] = kernel_time_ms(one_step, device)
     if res["kernel_ms_per_step"]:  # the step's time over its kernels' GPU time: 1 = GPU-bound
         res["step_over_kernels"] = round(res["step_ms"]["median"] / res["kernel_ms_per_step"], 3)
+        res["step_kernels"] = kernel_groups(one_step, device, top=30)  # where the step's GPU time goes
     if compile == "off" and trainer.graphs is None:  # a graph replay runs no operator the counter could see
         res["step_flops"] = count_flops(one_step)
     res["parts_ms"] = step_parts(trainer, device, repeat=sizes.part_repeat, scan=full_parts, warmup=sizes.warmup)

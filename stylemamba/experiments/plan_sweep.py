@@ -20,15 +20,17 @@ from pathlib import Path
 
 import torch
 
-PLANS_1 = ("1,0,off", "1,32,off", "1,8,off", "1,0,on", "1,32,on", "1,8,on")
-PLANS_4 = ("4,0,off", "2,0,off", "1,0,off", "4,0,on", "2,0,on", "1,0,on", "2,8,on", "1,8,on")
+# micro_batch, view_chunk (0 = all views), decoder checkpointing [, tower layers checkpointed]
+PLANS_1 = ("1,0,off", "1,0,off,on", "1,0,on", "1,0,on,on", "1,32,off", "1,32,on")
+PLANS_4 = ("4,0,off", "4,0,off,on", "2,0,off,on", "1,0,off,on", "4,0,on,on", "2,0,on", "1,0,on", "1,0,on,on",
+           "1,8,on")
 
 
 def parse(text: str):
     from ..memory_plan import MemoryPlan
 
-    micro, chunk, ckpt = text.split(",")
-    return MemoryPlan(int(micro), int(chunk), ckpt == "on", "explicit (plan_sweep)")
+    micro, chunk, ckpt, *tower = text.split(",")
+    return MemoryPlan(int(micro), int(chunk), ckpt == "on", tower == ["on"], "explicit (plan_sweep)")
 
 
 def run_plan(models, sizes, device, n_images: int, plan_text: str, repeats: int, steps: int | None) -> dict:
@@ -70,12 +72,13 @@ def run_plan(models, sizes, device, n_images: int, plan_text: str, repeats: int,
 
 
 def tower_chunks(models, device: torch.device, views: int = 66, chunk: int = 32, repeat: int = 10) -> dict:
-    """The image tower alone on a step's views, forward + backward to the pixels: whole, or split into chunks
-    (plain, checkpointed, with cuDNN autotuning): GPU time (CUDA events), host time per call, and the largest
+    """The image tower alone on a step's views, forward + backward to the pixels: whole, whole with its layers
+    recomputed in backward (tower_checkpointing), or split into chunks (plain, checkpointed, with cuDNN autotuning): GPU time (CUDA events), host time per call, and the largest
     kernels of the plain split. (On an H200 the patch convolution computed as a matrix product changed
     nothing: 36.9 vs 31.1 ms whole, 110 vs 83 ms split; bench/results/defaults_h200/README.md.)"""
     import torch.utils.checkpoint as ckpt
 
+    from ..train import layers_recomputed, tower_layers
     from .bench import kernel_groups, time_device, time_wall
 
     size = models.siglip.image_size
@@ -87,6 +90,9 @@ def tower_chunks(models, device: torch.device, views: int = 66, chunk: int = 32,
             x.grad = None
             if kind == "whole":
                 emb = enc(x)
+            elif kind == "layers_checkpointed":
+                with layers_recomputed(tower_layers(models.siglip)):
+                    emb = enc(x)
             elif kind == "checkpoint":
                 emb = torch.cat([ckpt.checkpoint(enc, p, use_reentrant=False, preserve_rng_state=False)
                                  for p in x.split(chunk)])
@@ -97,7 +103,7 @@ def tower_chunks(models, device: torch.device, views: int = 66, chunk: int = 32,
         return call
 
     out = {"views": views, "chunk": chunk}
-    for kind in ("whole", "split", "split_cudnn_benchmark", "checkpoint"):
+    for kind in ("whole", "layers_checkpointed", "split", "split_cudnn_benchmark", "checkpoint"):
         before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = kind == "split_cudnn_benchmark"
         try:
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--images", type=int, nargs="*", default=[1, 4], help="content-image counts to sweep (none: only --tower)")
-    p.add_argument("--plans", nargs="+", help="micro_batch,view_chunk,on|off (0 = all views); default: a sweep")
+    p.add_argument("--plans", nargs="+", help="micro_batch,view_chunk,on|off[,on|off] (0 = all views; decoder "
+                   "checkpointing[, tower layers checkpointed]); default: a sweep")
     p.add_argument("--cap", type=float, help="emulate a card of this many GB (set_per_process_memory_fraction)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--steps", type=int, help="epochs per style (default: the recipe's)")
