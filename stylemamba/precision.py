@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .group_norm import group_norm, pays_here
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _OLD_SPELLINGS = {"off": "fp32"}
 
@@ -87,8 +89,12 @@ class AutocastGroupNorm(nn.GroupNorm):
     copies of 512x512x128 activations, and in channels_last the kernel first makes an NCHW copy. In the
     autocast dtype (the kernel still accumulates its statistics in fp32) the decoder's forward + backward
     took 51 instead of 72 ms on an H200 (``python -m stylemamba.experiments.decoder_speed``,
-    docs/BENCHMARK.md). Same parameters and state-dict keys as the GroupNorm it replaces.
+    docs/BENCHMARK.md). Large groups on CUDA go through :func:`stylemamba.group_norm.group_norm`, whose
+    statistics are not limited to one thread block per group. Same parameters and state-dict keys as the
+    GroupNorm it replaces.
     """
+
+    spread_statistics = True  # large groups on CUDA: stylemamba.group_norm (statistics over the whole GPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = x.device.type
@@ -96,9 +102,13 @@ class AutocastGroupNorm(nn.GroupNorm):
         if dtype is None:
             return super().forward(x)
         with torch.autocast(kind, enabled=False):
+            x = x.to(dtype)
+            if (self.spread_statistics and pays_here(x, self.num_groups)  # fp32 weight and bias: fine there
+                    and not torch.compiler.is_compiling()):  # compiled: Inductor makes its own GroupNorm kernels
+                return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
             w = self.weight.to(dtype) if self.weight is not None else None
             b = self.bias.to(dtype) if self.bias is not None else None
-            return F.group_norm(x.to(dtype), self.num_groups, w, b, self.eps)
+            return F.group_norm(x, self.num_groups, w, b, self.eps)
 
 
 def replace_modules_(module: nn.Module, match: Callable[[nn.Module], bool],

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from . import losses as L
+from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call
@@ -62,6 +63,9 @@ class TrainConfig:
     # the decoder's GroupNorms in the autocast dtype (bf16) instead of autocast's fp32 (precision.AutocastGroupNorm;
     # with NCHW 51 instead of 58 ms); no effect in fp32
     autocast_groupnorm: bool = True
+    # the decoder's attention as two matrix products instead of scaled_dot_product_attention, whose only kernel
+    # for its 512-wide head spent ~6 ms per H200 step in backward (stylemamba/decoder_attention.py)
+    matmul_attention: bool = True
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, ~30% slower
     # "off" | a torch.compile mode ("default", "max-autotune-no-cudagraphs"): compiles the decoder and the image
     # tower (stylemamba/speed.py); on an H200 the step drops from 109 to 68 ms, but the first style in a
@@ -453,6 +457,8 @@ class StyleTrainer:
         self.model = StyleModel.for_training(vae, self.cfg.fusion, self.direction.e_t, start=start)
         if self.cfg.autocast_groupnorm:
             groupnorm_in_autocast_dtype_(self.model.decoder)
+        if self.cfg.matmul_attention:
+            attention_by_matmul_(self.model.decoder)
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model.decoder.to(memory_format=torch.channels_last)
         self.plan = self._plan(free_memory)

@@ -88,4 +88,9 @@ def test_training_runs_its_decoder_groupnorms_in_the_autocast_dtype_by_default(t
     norms = [m for m in trainer.model.decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(isinstance(m, precision.AutocastGroupNorm) == autocast_groupnorm for m in norms)
     assert not any(isinstance(m, precision.AutocastGroupNorm) for m in vae.modules())  # the shared VAE is untouched
+    # the decoder's attention as matrix products (default; tests/test_group_norm.py), the shared VAE's as it was
+    from stylemamba.decoder_attention import MatmulAttention
+    processors = [m.processor for m in trainer.model.decoder.modules() if hasattr(m, "set_processor")]
+    assert cfg.matmul_attention and processors and all(isinstance(p, MatmulAttention) for p in processors)
+    assert not any(isinstance(getattr(m, "processor", None), MatmulAttention) for m in vae.modules())
     trainer.step(0)  # and it trains

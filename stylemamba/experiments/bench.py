@@ -691,7 +691,8 @@ def format_memory_caps(section: dict[str, Any]) -> str:
     for r in section["rows"]:
         plan = r.get("plan") or {}
         plan_text = (f"micro_batch {plan['micro_batch']}, view_chunk {plan['view_chunk'] or 'all'}, "
-                     f"checkpointing {'on' if plan['checkpointing'] else 'off'}") if plan else r.get("reason", "")
+                     f"checkpointing {'on' if plan['checkpointing'] else 'off'}"
+                     + (", tower layers recomputed" if plan.get("tower_checkpointing") else "")) if plan else r.get("reason", "")
         card = "uncapped" if r["cap_gb"] is None else f"{r['cap_gb']:g} GB"
         lines.append(f"| {card} | {r['images']} | {r['status']} | {_fmt(r.get('recipe_s'))} | "
                      f"{_fmt(r.get('ratio_to_uncapped'))} | {_fmt(r.get('peak_gb'))} | {plan_text} |")

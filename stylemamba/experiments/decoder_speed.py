@@ -9,9 +9,13 @@ first variant as well as timed. Variants:
 
 * ``fp32_groupnorm_channels_last``: what training ran before (autocast's fp32 GroupNorm, channels_last).
 * ``fp32_groupnorm_nchw``: the same in NCHW.
-* ``channels_last``: GroupNorm in the autocast dtype (:class:`stylemamba.precision.AutocastGroupNorm`),
-  channels_last.
-* ``nchw``: GroupNorm in the autocast dtype, NCHW: the training default.
+* ``native_gn``: GroupNorm in the autocast dtype (:class:`stylemamba.precision.AutocastGroupNorm`) with
+  PyTorch's kernel, NCHW, attention by ``scaled_dot_product_attention``: the default of 2026-12-03.
+* ``sdpa_attention``: ``native_gn`` with the large norms' statistics over the whole GPU
+  (:mod:`stylemamba.group_norm`).
+* ``nchw``: ``sdpa_attention`` with the attention as matrix products (:mod:`stylemamba.decoder_attention`):
+  the training default.
+* ``channels_last``: the default in channels_last.
 * ``swish_mul``: the default with ``x * sigmoid(x)`` instead of the fused SiLU (older LDM decoders).
 * ``silu_inplace``: the default with an in-place SiLU (ComfyUI's current decoder).
 
@@ -46,22 +50,28 @@ def silu_variant_(module: nn.Module, kind: str) -> int:
     return replace_modules_(module, lambda m: isinstance(m, nn.SiLU), make)
 
 
-VARIANTS = ("fp32_groupnorm_channels_last", "fp32_groupnorm_nchw", "channels_last", "nchw", "swish_mul",
-            "silu_inplace")
+VARIANTS = ("fp32_groupnorm_channels_last", "fp32_groupnorm_nchw", "native_gn", "sdpa_attention", "nchw",
+            "channels_last", "swish_mul", "silu_inplace")
 
 
 def build_variant(base: nn.Module, name: str, device: torch.device) -> tuple[nn.Module, bool]:
     """A trainable copy of ``base`` with the variant's change; returns (module, channels_last).
 
-    "nchw" is what training runs by default (TrainConfig: channels_last False, autocast_groupnorm True);
-    "fp32_groupnorm_*": autocast's own fp32 GroupNorm (the default before); "channels_last": the
-    default with channels_last; "swish_mul" / "silu_inplace": the default with that SiLU."""
-    from ..precision import groupnorm_in_autocast_dtype_
+    "nchw" is what training runs by default (TrainConfig: channels_last False, autocast_groupnorm True,
+    matmul_attention True); the others are described in the module docstring."""
+    from ..decoder_attention import attention_by_matmul_
+    from ..precision import AutocastGroupNorm, groupnorm_in_autocast_dtype_
 
     dec = copy.deepcopy(base).float().to(device).train().requires_grad_(True)
     channels_last = device.type == "cuda" and name in ("fp32_groupnorm_channels_last", "channels_last")
+    older = name.startswith("fp32_groupnorm") or name in ("native_gn", "sdpa_attention")
     if not name.startswith("fp32_groupnorm"):
         groupnorm_in_autocast_dtype_(dec)
+    for norm in dec.modules():
+        if isinstance(norm, AutocastGroupNorm):
+            norm.spread_statistics = name != "native_gn"
+    if not older:
+        attention_by_matmul_(dec)
     if name in ("swish_mul", "silu_inplace"):
         silu_variant_(dec, name)
     if channels_last:

@@ -1,0 +1,15 @@
+#!/bin/bash
+# call E: GPU tests (GPU-wide GroupNorm, tower checkpointing); decoder variants; bench of the new default step + 8 GB
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+T0=$(date +%s); t() { echo "=== +$(( $(date +%s) - T0 ))s $*"; }
+t tests
+timeout 90 python3 -m pytest -q -p no:cacheprovider -o log_cli=false --tb=short tests/test_group_norm.py tests/test_memory_plan.py tests/test_precision.py -k "gpu or cuda or matmul or group_norm" > $OUT/tests.txt 2>&1
+grep -v "DEBUG" $OUT/tests.txt | grep -A15 "^___" | head -40; tail -2 $OUT/tests.txt
+t decoder
+timeout 120 python3 -m stylemamba.experiments.decoder_speed --json $OUT/decoder.json 2>&1 | grep -v "Warn\|warn" | tail -30
+t bench
+timeout 340 python3 -m stylemamba bench --compile off --variants mamba --repeats 2 --steps 10 --memory-caps 8 --caps-repeats 1 --json $OUT/bench.json > $OUT/bench_log.txt 2>&1
+grep -v "DEBUG\|Warning\|warn" $OUT/bench_log.txt | tail -48
+t done

@@ -1,0 +1,132 @@
+"""GroupNorm whose statistics use the whole GPU: the trained decoder's norms at 128-512 px.
+
+Why: PyTorch's CUDA GroupNorm computes each (image, group) statistic in ONE thread block, so a batch of one
+image with 32 groups runs 32 blocks on a 132-SM H200; its statistics kernel alone took 10.5 of the eager
+decoder's 52 ms forward + backward at 512 px (experiments/decoder_speed.py, bench/results/). Here the same
+sums are ordinary reductions (``mean`` / ``vector_norm`` with fp32 accumulation, which split one long row
+over many blocks), the normalisation is one fused elementwise pass (``batch_norm`` in inference form with the
+per-(image, channel) statistics: fp32 arithmetic, output in the input's dtype), and backward is the textbook
+GroupNorm gradient written with the same reductions. Works in any memory format (NCHW or channels_last).
+On CUDA with NCHW inputs the same computation runs as Triton kernels (:mod:`stylemamba.group_norm_triton`:
+5 launches per norm instead of ~50 operators, which made the host the bottleneck of a training step); the
+operator form is the fallback (no triton, channels_last) and the CPU path.
+
+Numerics: statistics in fp32 as E[x^2] - E[x]^2 (what cuDNN and Apex use as well); compared with
+``F.group_norm`` in tests/test_group_norm.py.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("stylemamba")
+_KERNELS: list = []  # [module or None], filled on first use
+
+# per-group element count from which the reductions pay on a GPU (below it the native kernel is fine and
+# launches fewer kernels): 16 channels x 128 x 128 [choice: the decoder's norms at 128 px and above]
+MIN_GROUP_SIZE = 16 * 128 * 128
+
+
+def _per_channel(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, G) -> (N, C): each group's value for each of its channels."""
+    return t.repeat_interleave(channels // t.shape[1], dim=1)
+
+
+def _normalise(x: torch.Tensor, mean_c: torch.Tensor, var_c: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias per (image, channel), in one fused pass per image."""
+    outs = [F.batch_norm(x[n:n + 1], mean_c[n], var_c[n], weight, bias, False, 0.0, eps)
+            for n in range(x.shape[0])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _kernels():
+    """:mod:`stylemamba.group_norm_triton`, or None without a working triton (logged once)."""
+    if not _KERNELS:
+        try:
+            from . import group_norm_triton
+        except Exception as exc:  # noqa: BLE001 - no triton, or one that fails to import: operators instead
+            log.info("stylemamba: GroupNorm runs as PyTorch operators (Triton kernels unavailable: %s)", exc)
+            group_norm_triton = None
+        _KERNELS.append(group_norm_triton)
+    return _KERNELS[0]
+
+
+def _on_kernels(x: torch.Tensor) -> bool:
+    return x.is_cuda and x.is_contiguous() and _kernels() is not None
+
+
+class _GroupNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        ctx.groups, ctx.has_bias = groups, bias is not None
+        ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
+        ctx.kernels = _on_kernels(x)
+        if ctx.kernels:
+            y, mean, rstd = _kernels().forward(x, weight, bias, groups, eps)
+            ctx.save_for_backward(x, mean, rstd, weight)
+            return y
+        n, c = x.shape[:2]
+        xg = x.unflatten(1, (groups, c // groups))
+        dims = tuple(range(2, xg.dim()))
+        size = xg[0, 0].numel()
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 sums for bf16 / fp16 / fp32 inputs
+        mean = xg.mean(dim=dims, dtype=acc)
+        square = torch.linalg.vector_norm(xg, 2, dim=dims, dtype=acc).square_() / size
+        var = (square - mean.square()).clamp_min_(0.0)
+        rstd = (var + eps).rsqrt()
+        w = weight.to(acc) if weight is not None else None
+        b = bias.to(acc) if bias is not None else None
+        y = _normalise(x, _per_channel(mean, c), _per_channel(var, c), w, b, eps)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, rstd, weight = ctx.saved_tensors
+        if ctx.kernels:
+            need = weight is not None or ctx.has_bias
+            grad_x, dweight, dbias = _kernels().backward(dy.to(x.dtype), x, weight, mean, rstd, ctx.groups, need)
+            dweight = dweight.to(ctx.param_dtype) if weight is not None else None
+            dbias = dbias.to(ctx.param_dtype) if ctx.has_bias else None
+            return grad_x, dweight, dbias, None, None
+        n, c = x.shape[:2]
+        g = ctx.groups
+        spatial = tuple(range(2, x.dim()))
+        size = x[0, 0].numel() * (c // g)  # elements per group
+        dy = dy.to(x.dtype)
+        acc = mean.dtype
+        dsum = dy.sum(dim=spatial, dtype=acc)  # (N, C)
+        xdsum = (dy * x).sum(dim=spatial, dtype=acc)  # (N, C)
+        w = weight.to(acc) if weight is not None else torch.ones(c, device=x.device, dtype=acc)
+        mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
+        dweight = ((xdsum - mean_c * dsum) * rstd_c).sum(0) if weight is not None else None
+        dbias = dsum.sum(0) if ctx.has_bias else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            db_g = (dsum * w).unflatten(1, (g, c // g)).sum(-1)  # (N, G)
+            ds_g = (xdsum * w).unflatten(1, (g, c // g)).sum(-1)
+            c1 = (db_g * mean - ds_g) * rstd.pow(3) / size
+            c2 = -c1 * mean - db_g * rstd / size
+            shape = (n, c) + (1,) * len(spatial)
+            scale = (w * rstd_c).view(shape)
+            grad_x = torch.addcmul(_per_channel(c2, c).view(shape), x, _per_channel(c1, c).view(shape))
+            grad_x = grad_x.addcmul_(dy, scale).to(x.dtype)
+        dweight = dweight.to(ctx.param_dtype) if dweight is not None else None
+        dbias = dbias.to(ctx.param_dtype) if dbias is not None else None
+        return grad_x, dweight, dbias, None, None
+
+
+def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm`` with statistics spread over the whole device (see the module docstring); output in
+    ``x``'s dtype and memory format; weight and bias may be fp32 with a bf16/fp16 ``x``."""
+    if x.dim() < 3 or x.shape[1] % groups:
+        raise ValueError(f"group_norm expects (N, C, ...) with C divisible by {groups} groups; got {tuple(x.shape)}")
+    return _GroupNormFunction.apply(x, weight, bias, groups, eps)
+
+
+def pays_here(x: torch.Tensor, groups: int) -> bool:
+    """Whether :func:`group_norm` beats the native kernel for this input: on CUDA, large groups."""
+    return x.is_cuda and x[0].numel() // groups >= MIN_GROUP_SIZE
