@@ -47,14 +47,18 @@ def _stats_kernel(x_ptr, part_ptr, M, S, CHUNK: tl.constexpr, BLOCK: tl.constexp
 
 
 @triton.jit
-def _apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, mean_ptr, rstd_ptr, C, HW, G, CG, S, M, eps,
-                  HAS_W: tl.constexpr, HAS_B: tl.constexpr, S_POW: tl.constexpr, BLOCK: tl.constexpr):
+def _channel_tile(C, G, CG):
+    """A program over (image x channel, tile): its ids, image, channel, group and (image, group) row."""
     nc = tl.program_id(0)
-    t = tl.program_id(1)
     n = nc // C
     c = nc % C
-    g = c // CG
-    row = n * G + g
+    return nc, tl.program_id(1), n, c, c // CG, n * G + c // CG
+
+
+@triton.jit
+def _apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, mean_ptr, rstd_ptr, C, HW, G, CG, S, M, eps,
+                  HAS_W: tl.constexpr, HAS_B: tl.constexpr, S_POW: tl.constexpr, BLOCK: tl.constexpr):
+    nc, t, n, c, g, row = _channel_tile(C, G, CG)
     si = tl.arange(0, S_POW)
     sm = si < S
     p1 = tl.sum(tl.load(part_ptr + (row * S + si) * 2, mask=sm, other=0.0), 0)
@@ -106,12 +110,7 @@ def _grad_sums_kernel(x_ptr, dy_ptr, mean_ptr, part_ptr, C, HW, G, CG, S2, CHUNK
 @triton.jit
 def _grad_x_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, part_ptr, C, HW, G, CG, S2, M,
                    HAS_W: tl.constexpr, CG_POW: tl.constexpr, S2_POW: tl.constexpr, BLOCK: tl.constexpr):
-    nc = tl.program_id(0)
-    t = tl.program_id(1)
-    n = nc // C
-    c = nc % C
-    g = c // CG
-    row = n * G + g
+    nc, t, n, c, g, row = _channel_tile(C, G, CG)
     mean = tl.load(mean_ptr + row)
     rstd = tl.load(rstd_ptr + row)
     ci = tl.arange(0, CG_POW)
