@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger("stylemamba")
 _KERNELS: list = []  # [module or None], filled on first use
+_KERNELS_WORK: dict[str, bool] = {}  # per device: whether the kernels passed their self-check
 
 # per-group element count from which the reductions pay on a GPU (below it the native kernel is fine and
 # launches fewer kernels): 16 channels x 128 x 128 [choice: the decoder's norms at 128 px and above]
@@ -53,16 +54,51 @@ def _kernels():
     return _KERNELS[0]
 
 
+def _self_check(device: torch.device) -> str | None:
+    """None when the kernels compile, run on ``device`` and match the operator form (values and gradients of a
+    small problem), else the reason: a Triton that imports but cannot build its kernels (no C compiler, an
+    unsupported GPU) must not stop training."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(2, 8, 40, 40, generator=g) + 2).to(device)
+        w, b, gy = torch.rand(8, generator=g).to(device), torch.randn(8, generator=g).to(device), torch.randn_like(x)
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            outs = []
+            for kernels in (True, False):
+                leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+                y = _GroupNormFunction.apply(*leaves, 4, 1e-5, kernels)
+                outs.append([y.detach(), *torch.autograd.grad(y, leaves, gy)])
+        for name, a, ref in zip(("y", "dx", "dw", "db"), *outs):
+            err = float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+            if not err < 1e-4:  # also NaN
+                return f"self-check mismatch against the operator form: {name} off by {err:.2e}"
+    except Exception as exc:  # noqa: BLE001 - compilation, launch, driver: anything
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def _on_kernels(x: torch.Tensor) -> bool:
-    return x.is_cuda and x.is_contiguous() and _kernels() is not None
+    """Whether ``x`` goes through the Triton kernels: CUDA, NCHW-contiguous, kernels that passed their
+    self-check on this device (checked once, logged when they fail)."""
+    if not (x.is_cuda and x.is_contiguous()) or _kernels() is None:
+        return False
+    key = str(x.device)
+    if key not in _KERNELS_WORK:
+        _KERNELS_WORK[key] = True  # the self-check itself runs the kernels
+        why = _self_check(x.device)
+        _KERNELS_WORK[key] = why is None
+        if why is not None:
+            log.warning("stylemamba: the Triton GroupNorm kernels do not work on %s (%s); using PyTorch operators",
+                        key, why)
+    return _KERNELS_WORK[key]
 
 
 class _GroupNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):
+    def forward(ctx, x, weight, bias, groups: int, eps: float, kernels: bool):
         ctx.groups, ctx.has_bias = groups, bias is not None
         ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
-        ctx.kernels = _on_kernels(x)
+        ctx.kernels = kernels
         if ctx.kernels:
             y, mean, rstd = _kernels().forward(x, weight, bias, groups, eps)
             ctx.save_for_backward(x, mean, rstd, weight)
@@ -90,7 +126,7 @@ class _GroupNormFunction(torch.autograd.Function):
             grad_x, dweight, dbias = _kernels().backward(dy.to(x.dtype), x, weight, mean, rstd, ctx.groups, need)
             dweight = dweight.to(ctx.param_dtype) if weight is not None else None
             dbias = dbias.to(ctx.param_dtype) if ctx.has_bias else None
-            return grad_x, dweight, dbias, None, None
+            return grad_x, dweight, dbias, None, None, None
         n, c = x.shape[:2]
         g = ctx.groups
         spatial = tuple(range(2, x.dim()))
@@ -115,7 +151,7 @@ class _GroupNormFunction(torch.autograd.Function):
             grad_x = grad_x.addcmul_(dy, scale).to(x.dtype)
         dweight = dweight.to(ctx.param_dtype) if dweight is not None else None
         dbias = dbias.to(ctx.param_dtype) if dbias is not None else None
-        return grad_x, dweight, dbias, None, None
+        return grad_x, dweight, dbias, None, None, None
 
 
 def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -124,7 +160,7 @@ def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None,
     ``x``'s dtype and memory format; weight and bias may be fp32 with a bf16/fp16 ``x``."""
     if x.dim() < 3 or x.shape[1] % groups:
         raise ValueError(f"group_norm expects (N, C, ...) with C divisible by {groups} groups; got {tuple(x.shape)}")
-    return _GroupNormFunction.apply(x, weight, bias, groups, eps)
+    return _GroupNormFunction.apply(x, weight, bias, groups, eps, _on_kernels(x))
 
 
 def pays_here(x: torch.Tensor, groups: int) -> bool:

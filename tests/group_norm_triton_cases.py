@@ -3,7 +3,8 @@
 Not a test module: ``tests/test_group_norm.py`` runs it in a subprocess (``TRITON_INTERPRET=1`` must be set
 before triton is imported). Chunk and tile sizes are shrunk so that small inputs still span several
 statistics chunks, gradient chunks and tiles. ``python tests/group_norm_triton_cases.py`` prints, per case,
-the largest error of y, dx, dw, db relative to the largest reference value.
+the largest error of y, dx, dw, db relative to the largest reference value, and what the kernels' self-check
+says with working and with broken kernels.
 """
 import json
 import sys
@@ -41,7 +42,16 @@ def main() -> dict:
         if affine:
             errors.update(dw=rel(dw, ref[1].grad), db=rel(db, ref[2].grad))
         out[name] = errors
-    return out
+    # the self-check that decides whether CUDA tensors use the kernels (here on the interpreter's CPU tensors),
+    # and what it says when the kernels are broken
+    from stylemamba import group_norm
+
+    group_norm._KERNELS[:] = [k]
+    checks = {"working": group_norm._self_check(torch.device("cpu"))}
+    real, k.backward = k.backward, lambda *a: (_ for _ in ()).throw(RuntimeError("no C compiler"))
+    checks["broken"] = group_norm._self_check(torch.device("cpu"))
+    k.backward = real
+    return {"cases": out, "self_check": checks}
 
 
 if __name__ == "__main__":

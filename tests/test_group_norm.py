@@ -98,13 +98,17 @@ def test_group_norm_on_gpu_matches_pytorch_at_decoder_size(layout):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_triton_kernels_match_pytorch_under_the_interpreter():
     """The CUDA kernels' arithmetic, run by Triton's CPU interpreter on small shapes spanning several chunks and
-    tiles: fp32 against fp64 within 1e-5 of the largest value (measured <= 3e-7)."""
+    tiles: fp32 against fp64 within 1e-5 of the largest value (measured <= 3e-7); and their self-check."""
     here = Path(__file__).resolve().parent
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, str(here / "group_norm_triton_cases.py")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the self-check passes working kernels and names the failure of broken ones (then training uses operators)
+    assert report["self_check"]["working"] is None
+    assert report["self_check"]["broken"] == "RuntimeError: no C compiler"
+    results = report["cases"]
     assert len(results) == 3 and sum(len(r) for r in results.values()) == 10
     for case, errors in results.items():
         for name, err in errors.items():

@@ -78,10 +78,11 @@ LAYERS = [
     ("model", {"stylemamba.style_model", "stylemamba.direction", "stylemamba.style_file", "stylemamba.losses",
                "stylemamba.perceptual"}),
     ("parts", {"stylemamba.fusion", "stylemamba.ssm", "stylemamba.scan_triton", "stylemamba.encoders", "stylemamba.vae",
-               "stylemamba.vae_layout"}),
+               "stylemamba.vae_layout", "stylemamba.decoder_attention"}),
     ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
                 "stylemamba.speed", "stylemamba.cuda_graphs", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
-                "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed"}),
+                "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed",
+                "stylemamba.group_norm", "stylemamba.group_norm_triton"}),
 ]
 
 
