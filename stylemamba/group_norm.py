@@ -84,7 +84,6 @@ def _on_kernels(x: torch.Tensor) -> bool:
         return False
     key = str(x.device)
     if key not in _KERNELS_WORK:
-        _KERNELS_WORK[key] = True  # the self-check itself runs the kernels
         why = _self_check(x.device)
         _KERNELS_WORK[key] = why is None
         if why is not None:
@@ -93,64 +92,64 @@ def _on_kernels(x: torch.Tensor) -> bool:
     return _KERNELS_WORK[key]
 
 
+def _operator_forward(x, weight, bias, groups: int, eps: float):
+    """The forward as PyTorch operators -> (y, mean, rstd) like the kernels'."""
+    n, c = x.shape[:2]
+    xg = x.unflatten(1, (groups, c // groups))
+    dims = tuple(range(2, xg.dim()))
+    size = x.numel() // (n * groups)  # elements per group
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 sums for bf16 / fp16 / fp32 inputs
+    mean = xg.mean(dim=dims, dtype=acc)
+    square = torch.linalg.vector_norm(xg, 2, dim=dims, dtype=acc).square_() / size
+    var = (square - mean.square()).clamp_min_(0.0)
+    rstd = (var + eps).rsqrt()
+    w = weight.to(acc) if weight is not None else None
+    b = bias.to(acc) if bias is not None else None
+    return _normalise(x, _per_channel(mean, c), _per_channel(var, c), w, b, eps), mean, rstd
+
+
+def _operator_backward(dy, x, weight, mean, rstd, groups: int, need_params: bool):
+    """The backward as PyTorch operators -> (dx, dw, db) like the kernels' (dw, db in the statistics' dtype)."""
+    n, c = x.shape[:2]
+    g = groups
+    spatial = tuple(range(2, x.dim()))
+    size = x.numel() // (n * g)  # elements per group
+    acc = mean.dtype
+    dsum = dy.sum(dim=spatial, dtype=acc)  # (N, C)
+    xdsum = (dy * x).sum(dim=spatial, dtype=acc)  # (N, C)
+    w = weight.to(acc) if weight is not None else torch.ones(c, device=x.device, dtype=acc)
+    mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
+    dweight = ((xdsum - mean_c * dsum) * rstd_c).sum(0) if need_params else None
+    dbias = dsum.sum(0) if need_params else None
+    db_g = (dsum * w).unflatten(1, (g, c // g)).sum(-1)  # (N, G)
+    ds_g = (xdsum * w).unflatten(1, (g, c // g)).sum(-1)
+    c1 = (db_g * mean - ds_g) * rstd.pow(3) / size
+    c2 = -c1 * mean - db_g * rstd / size
+    shape = (n, c) + (1,) * len(spatial)
+    scale = (w * rstd_c).view(shape)
+    grad_x = torch.addcmul(_per_channel(c2, c).view(shape), x, _per_channel(c1, c).view(shape))
+    return grad_x.addcmul_(dy, scale).to(x.dtype), dweight, dbias
+
+
 class _GroupNormFunction(torch.autograd.Function):
+    """One autograd node for both forms: ``kernels`` picks the Triton kernels or the PyTorch operators."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float, kernels: bool):
-        ctx.groups, ctx.has_bias = groups, bias is not None
+        ctx.groups, ctx.has_weight, ctx.has_bias, ctx.kernels = groups, weight is not None, bias is not None, kernels
         ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
-        ctx.kernels = kernels
-        if ctx.kernels:
-            y, mean, rstd = _kernels().forward(x, weight, bias, groups, eps)
-            ctx.save_for_backward(x, mean, rstd, weight)
-            return y
-        n, c = x.shape[:2]
-        xg = x.unflatten(1, (groups, c // groups))
-        dims = tuple(range(2, xg.dim()))
-        size = xg[0, 0].numel()
-        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 sums for bf16 / fp16 / fp32 inputs
-        mean = xg.mean(dim=dims, dtype=acc)
-        square = torch.linalg.vector_norm(xg, 2, dim=dims, dtype=acc).square_() / size
-        var = (square - mean.square()).clamp_min_(0.0)
-        rstd = (var + eps).rsqrt()
-        w = weight.to(acc) if weight is not None else None
-        b = bias.to(acc) if bias is not None else None
-        y = _normalise(x, _per_channel(mean, c), _per_channel(var, c), w, b, eps)
+        y, mean, rstd = (_kernels().forward if kernels else _operator_forward)(x, weight, bias, groups, eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, mean, rstd, weight = ctx.saved_tensors
-        if ctx.kernels:
-            need = weight is not None or ctx.has_bias
-            grad_x, dweight, dbias = _kernels().backward(dy.to(x.dtype), x, weight, mean, rstd, ctx.groups, need)
-            dweight = dweight.to(ctx.param_dtype) if weight is not None else None
-            dbias = dbias.to(ctx.param_dtype) if ctx.has_bias else None
-            return grad_x, dweight, dbias, None, None, None
-        n, c = x.shape[:2]
-        g = ctx.groups
-        spatial = tuple(range(2, x.dim()))
-        size = x[0, 0].numel() * (c // g)  # elements per group
-        dy = dy.to(x.dtype)
-        acc = mean.dtype
-        dsum = dy.sum(dim=spatial, dtype=acc)  # (N, C)
-        xdsum = (dy * x).sum(dim=spatial, dtype=acc)  # (N, C)
-        w = weight.to(acc) if weight is not None else torch.ones(c, device=x.device, dtype=acc)
-        mean_c, rstd_c = _per_channel(mean, c), _per_channel(rstd, c)
-        dweight = ((xdsum - mean_c * dsum) * rstd_c).sum(0) if weight is not None else None
-        dbias = dsum.sum(0) if ctx.has_bias else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            db_g = (dsum * w).unflatten(1, (g, c // g)).sum(-1)  # (N, G)
-            ds_g = (xdsum * w).unflatten(1, (g, c // g)).sum(-1)
-            c1 = (db_g * mean - ds_g) * rstd.pow(3) / size
-            c2 = -c1 * mean - db_g * rstd / size
-            shape = (n, c) + (1,) * len(spatial)
-            scale = (w * rstd_c).view(shape)
-            grad_x = torch.addcmul(_per_channel(c2, c).view(shape), x, _per_channel(c1, c).view(shape))
-            grad_x = grad_x.addcmul_(dy, scale).to(x.dtype)
-        dweight = dweight.to(ctx.param_dtype) if dweight is not None else None
-        dbias = dbias.to(ctx.param_dtype) if dbias is not None else None
+        need = ctx.has_weight or ctx.has_bias
+        backward = _kernels().backward if ctx.kernels else _operator_backward
+        grad_x, dweight, dbias = backward(dy.to(x.dtype), x, weight, mean, rstd, ctx.groups, need)
+        dweight = dweight.to(ctx.param_dtype) if ctx.has_weight else None
+        dbias = dbias.to(ctx.param_dtype) if ctx.has_bias else None
         return grad_x, dweight, dbias, None, None, None
 
 
@@ -165,4 +164,4 @@ def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None,
 
 def pays_here(x: torch.Tensor, groups: int) -> bool:
     """Whether :func:`group_norm` beats the native kernel for this input: on CUDA, large groups."""
-    return x.is_cuda and x[0].numel() // groups >= MIN_GROUP_SIZE
+    return x.is_cuda and x.numel() // (x.shape[0] * groups) >= MIN_GROUP_SIZE

@@ -160,7 +160,7 @@ def _pow2(v: int) -> int:
 def forward(x: torch.Tensor, weight, bias, groups: int, eps: float):
     """-> (y, mean, rstd): ``y`` like ``x``; ``mean``, ``rstd`` fp32 of shape (N, G)."""
     n, c = x.shape[:2]
-    hw = x[0, 0].numel()
+    hw = x.numel() // (n * c)
     cg = c // groups
     m = cg * hw
     s = triton.cdiv(m, STATS_CHUNK)
@@ -179,7 +179,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight, mean: torch.Tensor, rstd
              need_params: bool):
     """-> (dx, dw, db); dw, db fp32 (None unless ``need_params``)."""
     n, c = x.shape[:2]
-    hw = x[0, 0].numel()
+    hw = x.numel() // (n * c)
     cg = c // groups
     s2 = triton.cdiv(hw, GRAD_CHUNK)
     dy = dy.contiguous()

@@ -656,9 +656,7 @@ class StyleTrainer:
         memory_plan tries them last."""
         chunk = self.plan.view_chunk
         if not chunk or images.shape[0] <= chunk:
-            if not self.plan.tower_checkpointing:
-                return self.encode_image(images)
-            with layers_recomputed(self.tower_layers):
+            with layers_recomputed(self.tower_layers if self.plan.tower_checkpointing else ()):
                 return self.encode_image(images)
         return torch.cat([torch.utils.checkpoint.checkpoint(self.encode_image, part, use_reentrant=False,
                                                             preserve_rng_state=False)
