@@ -73,8 +73,8 @@ def run_plan(models, sizes, device, n_images: int, plan_text: str, repeats: int,
 
 def tower_chunks(models, device: torch.device, views: int = 66, chunk: int = 32, repeat: int = 10) -> dict:
     """The image tower alone on a step's views, forward + backward to the pixels: whole, whole with its layers
-    recomputed in backward (tower_checkpointing), or split into chunks (plain, checkpointed, with cuDNN autotuning): GPU time (CUDA events), host time per call, and the largest
-    kernels of the plain split. (On an H200 the patch convolution computed as a matrix product changed
+    recomputed in backward (tower_checkpointing), or split into chunks (plain, checkpointed, with cuDNN
+    autotuning): GPU time (CUDA events), host time per call, and the largest kernels of the plain split. (On an H200 the patch convolution computed as a matrix product changed
     nothing: 36.9 vs 31.1 ms whole, 110 vs 83 ms split; bench/results/defaults_h200/README.md.)"""
     import torch.utils.checkpoint as ckpt
 
