@@ -390,10 +390,26 @@ def tower_layers(text: ImageTextModel) -> list[torch.nn.Module]:
     return list(layers()) if callable(layers) else []
 
 
+# cuda_graphs="auto": what the timed step decided (launch-bound: True) for a kind of step in this process, so
+# the next style of the same recipe, shapes and networks replays from its second step instead of timing again
+# (an eager step and a synchronisation less per style; the host does not change within a process)
+_launch_bound_steps: dict[tuple, bool] = {}
+
+
+def step_kind(trainer: StyleTrainer) -> tuple:
+    """What decides whether a trainer's steps are launch-bound: the networks, the device, the content's
+    shape and the recipe apart from its seed and learning rates (they change values, not launches)."""
+    recipe = {k: v for k, v in trainer.cfg.to_dict().items() if k not in ("seed", "lr", "lr_decay")}
+    recipe["loss"] = {k: v for k, v in recipe["loss"].items() if k != "source_prompt"}
+    networks = tuple(id(m) for m in (trainer.vae, trainer.text, trainer.vgg, trainer.lpips))
+    plan = dataclasses.replace(trainer.plan, reason="")  # the reason quotes the free memory of the moment
+    return (str(trainer.device), tuple(trainer.x.shape), repr(sorted(recipe.items())), plan, networks)
+
+
 def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
-    """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can."""
-    if plan.micro_batch < batch or plan.view_chunk or plan.checkpointing or plan.tower_checkpointing:
-        return f"the memory plan ({plan.describe()}) splits the step"
+    """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can. Every memory plan
+    can: micro-batches, tower chunks and recomputation are more launches of the same static shapes, all on the
+    GPU (so the plans that small cards need are the ones that gain most from graphs)."""
     if autocast_dtype(device, precision) == torch.float16:
         return "fp16's gradient scaler checks for overflow on the host"
     return None
@@ -563,7 +579,20 @@ class StyleTrainer:
             return self._step_body(epoch, weights)
         if self.cfg.cuda_graphs == "auto" and not self._graphs_decided:
             self._graphs_decided = True
-            return self._timed_step_decides_graphs(epoch, weights)
+            known = _launch_bound_steps.get(step_kind(self))
+            if known is None:
+                return self._timed_step_decides_graphs(epoch, weights)
+            log.info("stylemamba: steps of this kind were measured %s earlier in this process: %s",
+                     "launch-bound" if known else "GPU-bound",
+                     "they replay as a CUDA graph" if known else "training stays eager")
+            if not known:
+                self.graphs, self._prev_buffer = None, None
+                return self._step_body(epoch, weights)
+        if not len(self.graphs):
+            # the eager steps' cached blocks go back before the graph's own pool is filled: on a card with room
+            # for one step's memory but not two, the capture ran out of memory with them held (12 GB emulated,
+            # fast plan, call J), and the allocator cannot free them during a capture
+            torch.cuda.empty_cache()
         try:
             terms, y, emb = self.graphs(key, lambda: self._step_body(epoch, weights))
         except GraphCaptureError as exc:
@@ -580,6 +609,7 @@ class StyleTrainer:
         otherwise the step is GPU-bound, a graph would save ~3 % (measured on an H200) and not pay its
         capture, so training stays eager."""
         out, launched, ran = timed_call(lambda: self._step_body(epoch, weights), self.device)
+        _launch_bound_steps[step_kind(self)] = is_launch_bound(launched, ran)
         if is_launch_bound(launched, ran):
             log.info("stylemamba: the step is launch-bound (launched in %.1f of its %.1f ms): the next steps replay "
                      "as a CUDA graph", launched * 1e3, ran * 1e3)
@@ -715,7 +745,7 @@ class StyleTrainer:
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.graphs = None  # the smaller plan splits the step
+            self.graphs = None  # after running out of memory: eager steps (no second pool for a new graph)
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller
@@ -736,30 +766,43 @@ class StyleTrainer:
     # ------------------------------------------------------------------ the loop
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """The recipe's steps. ``on_step`` hears of each step once the NEXT one is queued (the last at the end):
+        reading a step's losses waits for the GPU to finish it, and reading them right away would leave the GPU
+        idle while the host prepares the next step (10-25 ms of a 65-90 ms step on an H200, call I)."""
         cfg = self.cfg
         total_steps = cfg.epochs * cfg.steps_per_epoch
         t0 = time.perf_counter()
         step = 0
+        unreported = None  # (step, epoch, terms, y) of the last step queued
         for epoch in range(cfg.epochs):
             for _ in range(cfg.steps_per_epoch):
                 if should_stop is not None and should_stop():
+                    if unreported is not None:  # the progress shows the steps the partial style holds
+                        self._report(on_step, *unreported, t0)
                     partial = self.result(time.perf_counter() - t0, step, cancelled=True) if step else None
                     raise TrainingCancelled(partial)
                 terms, y = self.step_within_memory(epoch)
                 self.history.append(terms)
                 step += 1
                 if on_step is not None:
-                    preview = None
-                    if cfg.preview_every and (step % cfg.preview_every == 0 or step == total_steps):
-                        preview = y[0].float().clamp(0, 1).cpu()
-                    # the step's loss values in ONE device-to-host copy (a float() per term waits for the GPU each time)
-                    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
-                    on_step(StepInfo(step, total_steps, epoch, dict(zip(terms, values)),
-                                     time.perf_counter() - t0, preview))
+                    if unreported is not None:
+                        self._report(on_step, *unreported, t0)
+                    unreported = (step, epoch, terms, y)
             self.end_epoch()
+        if unreported is not None:
+            self._report(on_step, *unreported, t0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self.result(time.perf_counter() - t0, step)
+
+    def _report(self, on_step: Callable[[StepInfo], None], step: int, epoch: int, terms: dict[str, torch.Tensor],
+                y: torch.Tensor, t0: float) -> None:
+        total_steps = self.cfg.epochs * self.cfg.steps_per_epoch
+        every = self.cfg.preview_every
+        preview = y[0].float().clamp(0, 1).cpu() if every and (step % every == 0 or step == total_steps) else None
+        # the step's loss values in ONE device-to-host copy (a float() per term waits for the GPU each time)
+        values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
+        on_step(StepInfo(step, total_steps, epoch, dict(zip(terms, values)), time.perf_counter() - t0, preview))
 
     def result(self, seconds: float, steps: int, cancelled: bool = False) -> TrainResult:
         """Package the current weights as a :class:`Style` (CPU tensors; consistent after any whole step)."""

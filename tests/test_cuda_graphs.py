@@ -11,11 +11,20 @@ from stylemamba.memory_plan import MemoryPlan
 from stylemamba.stylize import graphed_forward, stylize
 from stylemamba.style_model import StyleModel
 import stylemamba.cuda_graphs as cuda_graphs
-from stylemamba.train import StyleTrainer, TrainConfig, why_steps_run_eagerly
+import stylemamba.train as train_module
+from stylemamba.train import StyleTrainer, TrainConfig, step_kind, why_steps_run_eagerly
 from stylemamba.vae import load_vae
 from stylemamba.encoders import load_text_image_encoder
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def no_decisions_from_other_tests():
+    """Each test starts as a fresh process: no step kinds measured launch- or GPU-bound yet."""
+    train_module._launch_bound_steps.clear()
+    yield
+    train_module._launch_bound_steps.clear()
 
 
 def test_the_option_is_checked_and_old_recipes_read_with_the_default():
@@ -34,9 +43,9 @@ def test_the_option_is_checked_and_old_recipes_read_with_the_default():
 @pytest.mark.parametrize("plan, precision, reason", [
     (MemoryPlan(2), "bf16", None),
     (MemoryPlan(2), "fp32", None),
-    (MemoryPlan(1), "bf16", "splits the step"),
-    (MemoryPlan(2, view_chunk=16), "bf16", "splits the step"),
-    (MemoryPlan(2, checkpointing=True), "bf16", "splits the step"),
+    (MemoryPlan(1), "bf16", None),  # memory plans replay too (test_memory_plan_steps_replay_as_graphs_on_gpu)
+    (MemoryPlan(2, view_chunk=16), "bf16", None),
+    (MemoryPlan(2, checkpointing=True, tower_checkpointing=True), "bf16", None),
     (MemoryPlan(2), "fp16", "gradient scaler"),
 ])
 def test_which_steps_can_be_captured(plan, precision, reason):
@@ -62,6 +71,17 @@ def test_cpu_training_never_builds_graphs_and_graphed_forward_calls_through(tiny
     for _ in range(3):
         torch.testing.assert_close(forward(x), x * 2)
     assert len(calls) == 3 and forward.failed is None
+
+
+def test_the_kind_of_step_ignores_values_but_not_shapes_recipe_or_networks(tiny_models, photo):
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    kind = step_kind(StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1)))
+    # another prompt, seed and learning rate: the same launches
+    assert step_kind(StyleTrainer(vae, text, photo.flip(-1), "oil painting", small_config(epochs=1, seed=3, lr=1e-3))) == kind
+    assert step_kind(StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1, resolution=72))) != kind
+    assert step_kind(StyleTrainer(vae, text, torch.cat([photo, photo]), "pencil sketch", small_config(epochs=1))) != kind
+    other_text = load_text_image_encoder(tiny_models["siglip"])
+    assert step_kind(StyleTrainer(vae, other_text, photo, "pencil sketch", small_config(epochs=1))) != kind
 
 
 def test_launch_bound_means_the_host_launched_for_nearly_the_whole_call():
@@ -141,6 +161,48 @@ def test_auto_replays_launch_bound_steps_on_gpu(tiny_models, photo, caplog, monk
     trainer, losses, _, _ = _train_losses(vae, text, photo, "auto", 4)
     assert "launch-bound" in caplog.text and trainer.graphs is not None and len(trainer.graphs) == 2
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
+    # the next style of the same kind replays from its second step without timing one again
+    monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)  # a new timing would now say GPU-bound
+    caplog.clear()
+    again, again_losses, _, _ = _train_losses(vae, text, photo, "auto", 4)
+    assert "measured launch-bound earlier in this process" in caplog.text, caplog.text
+    assert again.graphs is not None and len(again.graphs) == 2
+    for a, b in zip(losses, again_losses):  # the same recipe: the same losses, step by step
+        torch.testing.assert_close(b["dir"], a["dir"], rtol=3e-2, atol=3e-3)  # bf16: a replay vs an eager step
+
+
+@needs_cuda
+@pytest.mark.parametrize("plan", ["micro_batch=1,checkpointing=on", "view_chunk=8",
+                                  "checkpointing=on,tower_checkpointing=on"])
+def test_memory_plan_steps_replay_as_graphs_on_gpu(tiny_models, photo, plan, caplog, monkeypatch):
+    """The plans small cards run (micro-batches with accumulated gradients, tower chunks, recomputation) are
+    captured like the fast step and give the eager plan's losses."""
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    two = torch.cat([photo, photo.flip(-1)])
+    caplog.set_level(logging.INFO, logger="stylemamba")
+
+    def losses(graphs):
+        trainer = StyleTrainer(vae, text, two, "oil painting",
+                               small_config(epochs=4, cuda_graphs=graphs, precision="fp32", memory_plan=plan))
+        out = []
+        for epoch in range(4):
+            terms, _ = trainer.step(epoch)
+            out.append({k: float(v) for k, v in terms.items()})
+            trainer.end_epoch()
+        return trainer, out
+
+    monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)  # "auto" measures every step GPU-bound: eager
+    eager, e_losses = losses("auto")
+    graphed, g_losses = losses("on")
+    assert eager.graphs is None and graphed.graphs is not None and len(graphed.graphs) >= 1
+    assert "capture" not in caplog.text, caplog.text
+    assert graphed.plan.describe() == eager.plan.describe() and graphed.plan.describe() != "micro_batch=2, view_chunk=all, checkpointing=off"
+    for step, (a, b) in enumerate(zip(e_losses, g_losses)):
+        assert a.keys() == b.keys()
+        for k in a:
+            if k not in ("so", "total"):  # L_so amplifies rounding (see the test above)
+                torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=f"step {step} term {k}")
 
 
 @needs_cuda
