@@ -1,6 +1,6 @@
 #!/bin/bash
 # The pack inside the REAL ComfyUI server, headless, on the GPU: train_and_stylize.json with the paper recipe on a
-# 512 px photo, a re-stylise from the cache, a second style; times from ComfyUI's own log.
+# 512 px photo, a re-stylise from the cache, two more styles in the warm process; times from ComfyUI's own log.
 #
 #   bash .gpu/comfy/run_comfy_gpu.sh                 # from the repo root, on the GPU machine (writes to $OUT)
 #   OUT=/tmp/cg-out bash .gpu/comfy/run_comfy_gpu.sh --tiny --cpu --no-wheels --python /opt/comfy-venv/bin/python \
@@ -124,7 +124,7 @@ timeout 300 "$PY" "$REPO/tools/acceptance/comfy_gpu_models.py" "$WORK/models" "$
 rc=$?; grep -v '^Writing model shards' "$WORK/models.log" | tail -25
 [ $rc -eq 0 ] || die "building the models failed (exit $rc)"
 
-step "4 ComfyUI server: three prompts"
+step "4 ComfyUI server: four prompts"
 if command -v nvidia-smi >/dev/null && [ ${#CPU[@]} -eq 0 ]; then
   nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/nvsmi.csv" &
   NVSMI_PID=$!
