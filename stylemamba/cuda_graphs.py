@@ -56,6 +56,21 @@ def is_launch_bound(launched: float, ran: float) -> bool:
     return launched >= LAUNCH_BOUND * ran
 
 
+def why_the_allocator_forbids_graphs() -> str | None:
+    """Why CUDA graphs must not be captured in this process, or None. ComfyUI starts torch with the
+    ``cudaMallocAsync`` allocator by default; under it Triton refused the captured step's tensors ("Pointer
+    argument cannot be accessed from Triton") and the failed capture then killed the server with a CUDA error
+    (H200, ComfyUI 0.3.64, bench/results/steady_h200/callK)."""
+    try:
+        backend = torch.cuda.get_allocator_backend()
+    except Exception:  # noqa: BLE001 - a build without CUDA: nothing to capture anyway
+        return None
+    if backend == "cudaMallocAsync":
+        return ("torch's CUDA allocator is cudaMallocAsync (ComfyUI's default), under which Triton kernels cannot be "
+                "captured; start ComfyUI with --disable-cuda-malloc to let steps replay as CUDA graphs")
+    return None
+
+
 class GraphCaptureError(RuntimeError):
     """Capturing failed (an operation that cannot be recorded, or memory): the caller runs eagerly."""
 
@@ -111,6 +126,7 @@ class CapturedCalls:
         if failure is not None:
             del graph, outputs
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # the failed graph's pool: an eager retry may need that memory
             raise GraphCaptureError(f"{type(failure).__name__}: {failure}".splitlines()[0][:300]) from failure
         return graph, outputs
 
@@ -135,6 +151,11 @@ class GraphedForward:
         key = (tuple(x.shape), x.dtype, x.device)
         seen = self._calls_seen[key] = self._calls_seen.get(key, 0) + 1
         if self.failed is not None or self.mode == "off" or x.device.type != "cuda" or key in self._eager or seen == 1:
+            return self.fn(x)
+        forbidden = why_the_allocator_forbids_graphs()
+        if forbidden:
+            self.failed = forbidden
+            log.info("stylemamba: stylising without CUDA graphs: %s", forbidden)
             return self.fn(x)
         if self.mode == "auto" and seen == 2:
             out, launched, ran = timed_call(lambda: self.fn(x), x.device)

@@ -28,7 +28,8 @@ from . import losses as L
 from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
-from .cuda_graphs import CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call
+from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
+                          why_the_allocator_forbids_graphs)
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
@@ -410,6 +411,9 @@ def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, pr
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can. Every memory plan
     can: micro-batches, tower chunks and recomputation are more launches of the same static shapes, all on the
     GPU (so the plans that small cards need are the ones that gain most from graphs)."""
+    forbidden = why_the_allocator_forbids_graphs()
+    if forbidden:
+        return forbidden
     if autocast_dtype(device, precision) == torch.float16:
         return "fp16's gradient scaler checks for overflow on the host"
     return None
@@ -498,6 +502,7 @@ class StyleTrainer:
         self._prev_buffer: torch.Tensor | None = None
         self._warm = False
         self._graphs_decided = False  # cuda_graphs="auto": whether the timed step has decided yet
+        self._capture_ran_out = False  # the last step's OutOfMemoryError came from capturing its graph
         self.prev_emb: torch.Tensor | None = None  # F_I(Y(i)) of the previous epoch (second-order loss)
         self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
@@ -596,9 +601,14 @@ class StyleTrainer:
         try:
             terms, y, emb = self.graphs(key, lambda: self._step_body(epoch, weights))
         except GraphCaptureError as exc:
+            self.opt.zero_grad(set_to_none=True)
+            if isinstance(exc.__cause__, torch.cuda.OutOfMemoryError):
+                # a graph's pool is filled beside what the eager steps keep: a plan that fitted eagerly can run
+                # out during the capture (12 GB card, fast plan, call J); step_within_memory picks the plan
+                self._capture_ran_out = True
+                raise exc.__cause__
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
             self.graphs = None
-            self.opt.zero_grad(set_to_none=True)
             return self._step_body(epoch, weights)
         return {k: v.clone() for k, v in terms.items()}, y.clone(), emb.clone()
 
@@ -733,19 +743,26 @@ class StyleTrainer:
         """:meth:`step`; under ``memory_plan="auto"`` a step that runs out of GPU memory is retried with a
         smaller plan (the estimates can be low: fragmentation, another program) until none is left."""
         while True:
+            self._capture_ran_out = False
             try:
                 return self.step(epoch)
             except torch.cuda.OutOfMemoryError:
+                in_capture = self._capture_ran_out
                 smaller = None
                 if parse_plan(self.cfg.memory_plan) == "auto":
                     smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg), self._splittable(),
                                            bool(self.tower_layers))
-                if smaller is None:
+                if smaller is None and not in_capture:
                     raise
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.graphs = None  # after running out of memory: eager steps (no second pool for a new graph)
+            if smaller is None:  # only the capture ran out: the plan fits eagerly
+                log.warning("stylemamba: the CUDA graph of the step did not fit in memory; training eagerly")
+                self.graphs = None
+                continue
+            # out of memory in a capture: the smaller plan's steps are captured in turn; in an eager step: eager
+            self.graphs = CapturedCalls((self.gen,)) if in_capture and self.graphs is not None else None
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller

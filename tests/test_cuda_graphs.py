@@ -53,6 +53,62 @@ def test_which_steps_can_be_captured(plan, precision, reason):
     assert (why is None) if reason is None else (reason in why)
 
 
+def test_the_async_allocator_means_no_graphs(monkeypatch):
+    # ComfyUI's default allocator: a capture under it crashed the server (bench/results/steady_h200/callK)
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
+    why = why_steps_run_eagerly(MemoryPlan(1), 1, torch.device("cuda"), "bf16")
+    assert "cudaMallocAsync" in why and "--disable-cuda-malloc" in why
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "native")
+    assert why_steps_run_eagerly(MemoryPlan(1), 1, torch.device("cuda"), "bf16") is None
+
+
+class _CaptureOutOfMemory:
+    """Stands in for a trainer's graphs: every capture runs out of memory (as the fast plan's did on an
+    emulated 12 GB card), so the trainer's own handling of it runs on a CPU."""
+
+    def __len__(self):
+        return 1
+
+    def __call__(self, key, body):
+        raise cuda_graphs.GraphCaptureError("OutOfMemoryError: CUDA out of memory") from torch.cuda.OutOfMemoryError(
+            "CUDA out of memory")
+
+
+class _CaptureRefused:
+    """The smaller plan's graphs, on a CPU: their capture fails for another reason, so that step runs eagerly."""
+
+    def __init__(self, generators):
+        self.asked = []
+
+    def __len__(self):
+        return 0
+
+    def __call__(self, key, body):
+        self.asked.append(key)
+        raise cuda_graphs.GraphCaptureError("not capturable on a CPU")
+
+
+@pytest.mark.parametrize("plan", ["auto", "fast"])
+def test_a_capture_out_of_memory_takes_a_smaller_plan_or_trains_eagerly(tiny_models, photo, plan, caplog,
+                                                                        monkeypatch):
+    monkeypatch.setattr(train_module, "CapturedCalls", _CaptureRefused)
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=2, memory_plan=plan),
+                           free_memory=1e12)
+    assert trainer.plan.describe() == "micro_batch=1, view_chunk=all, checkpointing=off"
+    trainer._weights = {k: torch.zeros(()) for k in trainer.cfg.loss.weights(0)}
+    trainer.graphs, trainer._warm, trainer._graphs_decided = _CaptureOutOfMemory(), True, True
+    caplog.set_level(logging.INFO, logger="stylemamba")
+    terms, _ = trainer.step_within_memory(0)
+    assert torch.isfinite(terms["total"])
+    if plan == "auto":  # a smaller plan, whose step was captured in turn (fresh graphs; here refused: eager)
+        assert trainer.plan.describe() != "micro_batch=1, view_chunk=all, checkpointing=off"
+        assert "memory plan" in caplog.text and "training eagerly (not capturable on a CPU)" in caplog.text
+    else:  # an explicit plan is kept: it fitted eagerly, so the steps stay eager
+        assert trainer.plan.describe() == "micro_batch=1, view_chunk=all, checkpointing=off"
+        assert trainer.graphs is None and "did not fit in memory; training eagerly" in caplog.text
+
+
 def test_cpu_training_never_builds_graphs_and_graphed_forward_calls_through(tiny_models, photo):
     vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
     trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1))
