@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -124,6 +125,8 @@ class CapturedCalls:
                     failure = failure or exc
         caller.wait_stream(side)
         if failure is not None:
+            # the failure's traceback holds the body's frames, whose locals (activations) sit in the graph's pool
+            traceback.clear_frames(failure.__traceback__)
             del graph, outputs
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # the failed graph's pool: an eager retry may need that memory

@@ -606,7 +606,7 @@ class StyleTrainer:
                 # a graph's pool is filled beside what the eager steps keep: a plan that fitted eagerly can run
                 # out during the capture (12 GB card, fast plan, call J); step_within_memory picks the plan
                 self._capture_ran_out = True
-                raise exc.__cause__
+                raise torch.cuda.OutOfMemoryError(str(exc)) from None  # no traceback holding the capture's tensors
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
             self.graphs = None
             return self._step_body(epoch, weights)
@@ -763,6 +763,9 @@ class StyleTrainer:
                 continue
             # out of memory in a capture: the smaller plan's steps are captured in turn; in an eager step: eager
             self.graphs = CapturedCalls((self.gen,)) if in_capture and self.graphs is not None else None
+            # the new plan's first step runs eagerly before its capture: captured first, the recomputing plans
+            # failed with "a different number of tensors was saved" (12 GB card, callL)
+            self._warm = self.graphs is None
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller
