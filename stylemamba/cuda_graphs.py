@@ -126,7 +126,12 @@ class CapturedCalls:
         caller.wait_stream(side)
         if failure is not None:
             # the failure's traceback holds the body's frames, whose locals (activations) sit in the graph's pool
-            traceback.clear_frames(failure.__traceback__)
+            chain: BaseException | None = failure
+            cleared: set[int] = set()
+            while chain is not None and id(chain) not in cleared:  # the chain too (raised while handling another)
+                cleared.add(id(chain))
+                traceback.clear_frames(chain.__traceback__)
+                chain = chain.__cause__ or chain.__context__
             del graph, outputs
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # the failed graph's pool: an eager retry may need that memory

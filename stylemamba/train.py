@@ -402,7 +402,10 @@ def step_kind(trainer: StyleTrainer) -> tuple:
     shape and the recipe apart from its seed and learning rates (they change values, not launches)."""
     recipe = {k: v for k, v in trainer.cfg.to_dict().items() if k not in ("seed", "lr", "lr_decay")}
     recipe["loss"] = {k: v for k, v in recipe["loss"].items() if k != "source_prompt"}
-    networks = tuple(id(m) for m in (trainer.vae, trainer.text, trainer.vgg, trainer.lpips))
+    # by identity, with the type and size so that a network freed and replaced at the same address (ComfyUI
+    # unloading one model, loading another) is unlikely to inherit the decision
+    networks = tuple((id(m), type(m).__name__, sum(p.numel() for p in m.parameters()) if m is not None else 0)
+                     for m in (trainer.vae, trainer.text, trainer.vgg, trainer.lpips))
     plan = dataclasses.replace(trainer.plan, reason="")  # the reason quotes the free memory of the moment
     return (str(trainer.device), tuple(trainer.x.shape), repr(sorted(recipe.items())), plan, networks)
 
@@ -608,6 +611,7 @@ class StyleTrainer:
                 self._capture_ran_out = True
                 raise torch.cuda.OutOfMemoryError(str(exc)) from None  # no traceback holding the capture's tensors
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
+            _launch_bound_steps[step_kind(self)] = False  # later styles of this kind: eager, no capture to fail
             self.graphs = None
             return self._step_body(epoch, weights)
         return {k: v.clone() for k, v in terms.items()}, y.clone(), emb.clone()
@@ -785,10 +789,12 @@ class StyleTrainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+            should_stop: Callable[[], bool] | None = None, lag_reports: bool = True) -> TrainResult:
         """The recipe's steps. ``on_step`` hears of each step once the NEXT one is queued (the last at the end):
         reading a step's losses waits for the GPU to finish it, and reading them right away would leave the GPU
-        idle while the host prepares the next step (10-25 ms of a 65-90 ms step on an H200, call I)."""
+        idle while the host prepares the next step (10-25 ms of a 65-90 ms step on an H200, call I). So the
+        trainer is one step ahead while ``on_step`` runs; ``lag_reports=False`` reports each step right after
+        it, for callers that inspect the trainer itself (weights, gradients) at that step."""
         cfg = self.cfg
         total_steps = cfg.epochs * cfg.steps_per_epoch
         t0 = time.perf_counter()
@@ -801,13 +807,21 @@ class StyleTrainer:
                         self._report(on_step, *unreported, t0)
                     partial = self.result(time.perf_counter() - t0, step, cancelled=True) if step else None
                     raise TrainingCancelled(partial)
-                terms, y = self.step_within_memory(epoch)
+                try:
+                    terms, y = self.step_within_memory(epoch)
+                except BaseException:
+                    if unreported is not None:  # the last good step still reaches the progress
+                        self._report(on_step, *unreported, t0)
+                    raise
                 self.history.append(terms)
                 step += 1
                 if on_step is not None:
                     if unreported is not None:
                         self._report(on_step, *unreported, t0)
                     unreported = (step, epoch, terms, y)
+                    if not lag_reports:
+                        self._report(on_step, *unreported, t0)
+                        unreported = None
             self.end_epoch()
         if unreported is not None:
             self._report(on_step, *unreported, t0)

@@ -107,6 +107,7 @@ def test_a_capture_out_of_memory_takes_a_smaller_plan_or_trains_eagerly(tiny_mod
         assert trainer.graphs.asked == []
         trainer.step_within_memory(1)  # here the capture is refused for another reason: eager from then on
         assert trainer.graphs is None and "training eagerly (not capturable on a CPU)" in caplog.text
+        assert train_module._launch_bound_steps[step_kind(trainer)] is False  # later styles: no capture to fail
     else:  # an explicit plan is kept: it fitted eagerly, so the steps stay eager
         assert trainer.plan.describe() == "micro_batch=1, view_chunk=all, checkpointing=off"
         assert trainer.graphs is None and "did not fit in memory; training eagerly" in caplog.text

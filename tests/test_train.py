@@ -98,6 +98,28 @@ def test_a_step_is_reported_once_the_next_is_queued(parts, photo):
     queued = []
     trainer.run(on_step=lambda info: queued.append((info.step, len(trainer.history))))
     assert queued == [(1, 2), (2, 3), (3, 3)]  # the last one after the loop
+    # callers that read the trainer at the step (method_choices' snapshots) ask for no lag
+    trainer = StyleTrainer(vae, text, photo, "sketch", small_config(epochs=3))
+    at_once = []
+    trainer.run(on_step=lambda info: at_once.append((info.step, len(trainer.history))), lag_reports=False)
+    assert at_once == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_a_failing_step_still_reports_the_step_before_it(parts, photo, monkeypatch):
+    vae, text, _, _ = parts
+    trainer = StyleTrainer(vae, text, photo, "sketch", small_config(epochs=3))
+    real = trainer.step_within_memory
+
+    def third_fails(epoch):
+        if epoch == 2:
+            raise RuntimeError("a step failed")
+        return real(epoch)
+
+    monkeypatch.setattr(trainer, "step_within_memory", third_fails)
+    seen = []
+    with pytest.raises(RuntimeError, match="a step failed"):
+        trainer.run(on_step=lambda info: seen.append(info.step))
+    assert seen == [1, 2]
 
 
 def test_multiple_prompts_with_weights(parts, photo):

@@ -186,7 +186,7 @@ class Bench:
             spent[0] += time.perf_counter() - t0
 
         params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        result = trainer.run(on_step=on_step)
+        result = trainer.run(on_step=on_step, lag_reports=False)  # snapshots and shares read the trainer at that step
         out = {"style": result.style, "snapshots": snapshots, "shares": shares, "params": params,
                "ms": 1000 * (result.seconds - spent[0]) / result.steps}
         self._cache[key] = out
