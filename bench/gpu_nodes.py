@@ -1,4 +1,4 @@
-"""Not yet run on a GPU (no device time was left); SMOKE=1 runs it on the CPU.
+"""Not yet run on a GPU (no device time was left); SMOKE=1 runs it on the CPU (its times mean nothing there).
 GPU check of the StyleMamba ComfyUI node functions (no ComfyUI on that machine): the paper recipe through
 the Train node twice (memory must return to the baseline: a second queue must not run out of memory), then
 Stylize at 1024, 2048 (tiled) and a 16-frame batch. Full-size architectures, random weights."""
@@ -74,5 +74,25 @@ with torch.inference_mode():
                    "finite": bool(torch.isfinite(y).all()), "peak_GiB": round(torch.cuda.max_memory_allocated() * GB, 2),
                    "allocated_after_minus_baseline_MiB": round((torch.cuda.memory_allocated() - base) / 2**20, 1)})
     out["stylize"] = st
+    # the issue's target: the Stylize node on one 512 image within 1.2x of the library's forward pass on the
+    # same style and VAE (both warm, side by side, medians; the node's cache keeps the built decoder)
+    from smpack.stylemamba.style_model import StyleModel
+    from smpack.stylemamba.stylize import stylize as library_stylize
+    sdvae = importlib.import_module("smpack.nodes.comfy_helpers").prepare_vae(vae)
+    model = StyleModel.from_styles(sdvae, [style])
+    one = photo if not SMOKE else torch.rand(1, 64, 64, 3)
+    calls = {"node": lambda: M["StyleMambaStylize"]().stylize(style, vae, one, 1.0, 1024, 1)[0],
+             "library": lambda: library_stylize(one.permute(0, 3, 1, 2).to(dev), sdvae, model)}
+    times = {k: [] for k in calls}
+    for _ in range(2):  # warm-up
+        for fn in calls.values():
+            fn()
+    for _ in range(3 if SMOKE else 15):  # interleaved: the same conditions for both
+        for k, fn in calls.items():
+            torch.cuda.synchronize(); t = time.perf_counter(); fn(); torch.cuda.synchronize()
+            times[k].append((time.perf_counter() - t) * 1e3)
+    med = {k: round(sorted(v)[len(v) // 2], 2) for k, v in times.items()}
+    out["stylize_one_image_ms"] = {**med, "node_over_library": round(med["node"] / med["library"], 3),
+                                   "size": list(one.shape)}
 print(json.dumps(out, indent=1))
 Path(os.environ.get("OUT", "/tmp")).joinpath("gpu_nodes.json").write_text(json.dumps(out, indent=1))

@@ -76,8 +76,6 @@ class StyleMambaStylize:
             if ch.is_out_of_memory(exc):
                 raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", batch_size, tile_size, OOM_NAMES) from exc
             raise
-        finally:
-            ch.empty_cache()
         return (image_to_comfy(out),)
 
 
@@ -191,8 +189,6 @@ class StyleMambaStylizeLatent:
                 raise stylizing_out_of_memory(f"latents of shape {tuple(z.shape)}", LATENT_BATCH, 0,
                                               {"batch_size": None, "tile_size": None}) from exc
             raise
-        finally:
-            ch.empty_cache()
         return (image_to_comfy(out),)
 
 

@@ -202,7 +202,7 @@ class StyleMambaTrain:
         finally:
             for module in moved:
                 module.to(ch.offload_device())
-            ch.empty_cache()
+            ch.empty_cache()  # what the networks moved off the GPU held
         style = result.style
         style.metadata.update(perceptual=dict(nets.names), front_end="ComfyUI")
         log.info("Train: %d steps in %.1f s (%s)", result.steps, time.perf_counter() - t0,
