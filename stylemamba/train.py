@@ -410,6 +410,11 @@ def step_kind(trainer: StyleTrainer) -> tuple:
     return (str(trainer.device), tuple(trainer.x.shape), repr(sorted(recipe.items())), plan, networks)
 
 
+class CaptureOutOfMemory(torch.cuda.OutOfMemoryError):
+    """The step's graph did not fit beside what the eager steps keep (12 GB card, fast plan, call J), though the
+    plan fitted eagerly: :meth:`StyleTrainer.step_within_memory` takes a smaller plan, or eager steps."""
+
+
 def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can. Every memory plan
     can: micro-batches, tower chunks and recomputation are more launches of the same static shapes, all on the
@@ -505,7 +510,6 @@ class StyleTrainer:
         self._prev_buffer: torch.Tensor | None = None
         self._warm = False
         self._graphs_decided = False  # cuda_graphs="auto": whether the timed step has decided yet
-        self._capture_ran_out = False  # the last step's OutOfMemoryError came from capturing its graph
         self.prev_emb: torch.Tensor | None = None  # F_I(Y(i)) of the previous epoch (second-order loss)
         self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
@@ -606,10 +610,7 @@ class StyleTrainer:
         except GraphCaptureError as exc:
             self.opt.zero_grad(set_to_none=True)
             if isinstance(exc.__cause__, torch.cuda.OutOfMemoryError):
-                # a graph's pool is filled beside what the eager steps keep: a plan that fitted eagerly can run
-                # out during the capture (12 GB card, fast plan, call J); step_within_memory picks the plan
-                self._capture_ran_out = True
-                raise torch.cuda.OutOfMemoryError(str(exc)) from None  # no traceback holding the capture's tensors
+                raise CaptureOutOfMemory(str(exc)) from None  # no traceback holding the capture's tensors
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
             _launch_bound_steps[step_kind(self)] = False  # later styles of this kind: eager, no capture to fail
             self.graphs = None
@@ -747,11 +748,10 @@ class StyleTrainer:
         """:meth:`step`; under ``memory_plan="auto"`` a step that runs out of GPU memory is retried with a
         smaller plan (the estimates can be low: fragmentation, another program) until none is left."""
         while True:
-            self._capture_ran_out = False
             try:
                 return self.step(epoch)
-            except torch.cuda.OutOfMemoryError:
-                in_capture = self._capture_ran_out
+            except torch.cuda.OutOfMemoryError as exc:
+                in_capture = isinstance(exc, CaptureOutOfMemory)
                 smaller = None
                 if parse_plan(self.cfg.memory_plan) == "auto":
                     smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg), self._splittable(),
@@ -765,11 +765,11 @@ class StyleTrainer:
                 log.warning("stylemamba: the CUDA graph of the step did not fit in memory; training eagerly")
                 self.graphs = None
                 continue
-            # out of memory in a capture: the smaller plan's steps are captured in turn; in an eager step: eager
-            self.graphs = CapturedCalls((self.gen,)) if in_capture and self.graphs is not None else None
-            # the new plan's first step runs eagerly before its capture: captured first, the recomputing plans
-            # failed with "a different number of tensors was saved" (12 GB card, callL)
-            self._warm = self.graphs is None
+            if in_capture:  # the smaller plan's steps are captured in turn, after one eager step of it (captured
+                # first, the recomputing plans failed with "a different number of tensors was saved": callL)
+                self.graphs, self._warm = CapturedCalls((self.gen,)), False
+            else:  # out of memory in an eager step: eager from now on
+                self.graphs = None
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller
@@ -799,32 +799,32 @@ class StyleTrainer:
         total_steps = cfg.epochs * cfg.steps_per_epoch
         t0 = time.perf_counter()
         step = 0
-        unreported = None  # (step, epoch, terms, y) of the last step queued
+        unreported: list[tuple] = []  # (step, epoch, terms, y) of the last step queued, not yet reported
+
+        def report_queued() -> None:
+            while unreported:
+                self._report(on_step, *unreported.pop(), t0)
+
         for epoch in range(cfg.epochs):
             for _ in range(cfg.steps_per_epoch):
                 if should_stop is not None and should_stop():
-                    if unreported is not None:  # the progress shows the steps the partial style holds
-                        self._report(on_step, *unreported, t0)
+                    report_queued()  # the progress shows the steps the partial style holds
                     partial = self.result(time.perf_counter() - t0, step, cancelled=True) if step else None
                     raise TrainingCancelled(partial)
                 try:
                     terms, y = self.step_within_memory(epoch)
                 except BaseException:
-                    if unreported is not None:  # the last good step still reaches the progress
-                        self._report(on_step, *unreported, t0)
+                    report_queued()  # the last good step still reaches the progress
                     raise
                 self.history.append(terms)
                 step += 1
                 if on_step is not None:
-                    if unreported is not None:
-                        self._report(on_step, *unreported, t0)
-                    unreported = (step, epoch, terms, y)
+                    report_queued()
+                    unreported.append((step, epoch, terms, y))
                     if not lag_reports:
-                        self._report(on_step, *unreported, t0)
-                        unreported = None
+                        report_queued()
             self.end_epoch()
-        if unreported is not None:
-            self._report(on_step, *unreported, t0)
+        report_queued()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return self.result(time.perf_counter() - t0, step)
