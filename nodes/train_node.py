@@ -189,6 +189,7 @@ class StyleMambaTrain:
                 content = content.float().clone()
                 for module in moved:
                     without_inference_tensors(module).to(device)
+                moved_in = time.perf_counter() - t0
                 result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
                                      lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
                                      free_memory=ch.free_memory_now(device))
@@ -205,8 +206,8 @@ class StyleMambaTrain:
             ch.empty_cache()  # what the networks moved off the GPU held
         style = result.style
         style.metadata.update(perceptual=dict(nets.names), front_end="ComfyUI")
-        log.info("Train: %d steps in %.1f s (%s)", result.steps, time.perf_counter() - t0,
-                 conditioning.describe())
+        log.info("Train: %d steps in %.1f s (networks to %s %.2f s, %s; %s)", result.steps,
+                 time.perf_counter() - t0, device.type, moved_in, result.describe_time(), conditioning.describe())
         curve = loss_curve_image(result.history, title=f"StyleMamba: {', '.join(conditioning.prompts)}")
         output = (style, image_to_comfy(curve[None]))
         caches.trained_styles.put(key, output)

@@ -204,6 +204,7 @@ def cmd_train(args) -> int:
     log.info("style written to %s (%.1f MB)", info["path"], info["bytes"] / 1e6)
     print(json.dumps({"style": info["path"], "bytes": info["bytes"], "train_seconds": round(result.seconds, 3),
                       "wall_seconds": round(time.perf_counter() - t0, 3), "steps": result.steps,
+                      "phases_seconds": {k: round(v, 3) for k, v in result.phases.items()},
                       "final_losses": result.history[-1] if result.history else {}}, indent=2))
     return 0
 

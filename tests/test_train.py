@@ -44,6 +44,11 @@ def test_training_lowers_the_total_loss(parts, photo_batch):
     assert set(result.history[0]) >= {"dir", "patch", "md", "vgg", "lpips", "total"}
     assert result.style.metadata["prompts"] == ["a watercolor painting"]
     assert any(float(d.abs().max()) > 0 for d in result.style.decoder_delta.values())
+    # where the time went, as the Train node logs it
+    p = result.phases
+    assert set(p) == {"setup", "steps", "package", "median_step"} and all(v > 0 for v in p.values()), p
+    assert p["steps"] == result.seconds and p["median_step"] < p["steps"] / 4
+    assert result.describe_time().startswith("set-up ") and "12 steps" in result.describe_time()
 
 
 def test_second_order_term_appears_on_its_interval(parts, photo):

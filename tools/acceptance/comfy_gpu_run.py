@@ -14,7 +14,7 @@ Four prompts, one server:
   4. the same graph with a third style prompt: one more training in the warm process (a second warm measurement;
      what the process learnt in prompts 1 and 3, e.g. the CUDA graph decision, applies here too).
 Writes OUT/summary.json (per prompt: status, seconds from ComfyUI's "Prompt executed in" line and from polling,
-cached nodes, errors, the pack's log lines: every line of the 'stylemamba' logger, which ComfyUI prints with the
+each node's seconds (websocket messages stamped on arrival), cached nodes, errors, the pack's log lines: every line of the 'stylemamba' logger, which ComfyUI prints with the
 "StyleMamba:" prefix, INFO included) and prints a short summary. Exit code 0 only when every prompt succeeded.
 """
 from __future__ import annotations
@@ -26,7 +26,10 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
+import types
+import uuid
 
 TINY_TRAIN = {"epochs": 2, "lr_decay_epoch": 1, "resolution": 64, "n_crops": 4, "so_interval": 1,
               "vgg_weight_switch_epoch": 1}
@@ -38,6 +41,50 @@ THIRD_PROMPT = "charcoal sketch, rough grey hatching on white paper"
 PACK_LINE = re.compile(r"stylemamba|memory plan|Train:|Stylize:|scan backend|compil|CUDA graph|launch-bound|GPU-bound",
                        re.I)
 PACK_LOG_MAX = 80  # lines kept per prompt
+
+
+class NodeTimes(threading.Thread):
+    """ComfyUI's websocket messages for our client id, stamped on arrival: each node's wall time inside a prompt
+    (ComfyUI logs only the whole prompt's). Runs aiohttp, which ComfyUI itself needs, in a daemon thread."""
+
+    def __init__(self, ws_url: str):
+        super().__init__(daemon=True)
+        self.url, self.events, self.ready, self.error = ws_url, [], threading.Event(), None
+
+    def run(self):
+        import asyncio
+        import aiohttp
+
+        async def listen():
+            async with aiohttp.ClientSession() as session, session.ws_connect(self.url, heartbeat=30) as ws:
+                self.ready.set()
+                async for msg in ws:
+                    now = time.monotonic()
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        d = json.loads(msg.data)
+                        self.events.append((now, d.get("type"), d.get("data") or {}))
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        self.events.append((now, "binary", {}))
+        try:
+            asyncio.run(listen())
+        except Exception as exc:  # reported in the summary; the run goes on without node times
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.ready.set()
+
+    def node_seconds(self, since: int, api: dict) -> tuple[list, int]:
+        """[(node id, class, seconds)] in execution order for the events after index ``since``, and how many
+        binary messages (preview images) came; a node's time runs to the next node's start or the prompt's end."""
+        evs = self.events[since:]
+        starts = [(t, d.get("node")) for t, kind, d in evs if kind == "executing"]
+        ends = [t for t, kind, _ in evs if kind in ("execution_success", "execution_error", "execution_interrupted")]
+        out = []
+        for i, (t, node) in enumerate(starts):
+            if node is None:
+                continue
+            stop = starts[i + 1][0] if i + 1 < len(starts) else (ends[0] if ends else None)
+            if stop is not None:
+                out.append((node, api.get(str(node), {}).get("class_type", "?"), round(stop - t, 3)))
+        return out, sum(1 for _, kind, _ in evs if kind == "binary")
 
 
 def parse_args():
@@ -57,6 +104,9 @@ def parse_args():
     ap.add_argument("--budget", type=float, default=360,
                     help="seconds for all prompts together (a prompt never gets more than what is left)")
     ap.add_argument("--start-timeout", type=float, default=150)
+    ap.add_argument("--comfy-arg", action="append", default=[],
+                    help="extra ComfyUI command-line argument, e.g. --comfy-arg=--disable-cuda-malloc (repeatable)")
+    ap.add_argument("--prompts", default="1,2,3,4", help="which of the four prompts to run, e.g. 1,3,4")
     return ap.parse_args()
 
 
@@ -79,7 +129,7 @@ def main() -> int:
 
         def command(self):
             cmd = [c for c in super().command() if c != "--deterministic" and (args.cpu or c != "--cpu")]
-            return cmd + ["--front-end-root", front_end]
+            return cmd + ["--front-end-root", front_end] + args.comfy_arg
 
     os.makedirs(args.out, exist_ok=True)
     summary = {"mode": ("cpu" if args.cpu else "gpu") + (" tiny" if args.tiny else " full"), "prompts": [],
@@ -120,9 +170,17 @@ def main() -> int:
                    ("2 re-stylise another photo with the same style (cached)", second, None),
                    ("3 new style prompt: train + stylise (warm process)", third, None),
                    ("4 another new style prompt: train + stylise (warm process, second measurement)", fourth, None)]
+        chosen = {int(n) for n in args.prompts.split(",")}
+        prompts = [p for i, p in enumerate(prompts, 1) if i in chosen]
+        summary["comfy_args"] = args.comfy_arg
         with open(os.path.join(server.run_dir, "api_prompt1.json"), "w") as fh:
             json.dump(api, fh, indent=1)
 
+        client_id = str(uuid.uuid4())  # the harness submits with a fresh id: ours, so the messages reach us
+        H.uuid = types.SimpleNamespace(uuid4=lambda: client_id)
+        times = NodeTimes(server.base_url.replace("http://", "ws://") + f"/ws?clientId={client_id}")
+        times.start()
+        times.ready.wait(20)
         ok_all = True
         deadline = time.monotonic() + args.budget
         for title, prompt, ui in prompts:
@@ -135,6 +193,7 @@ def main() -> int:
                 ok_all = False
                 continue
             mark = len(server.read_log())
+            ws_mark = len(times.events)
             try:
                 entry = H.submit_and_wait(server, prompt, ui, min(args.timeout, deadline - time.monotonic()))
                 rec["ok"] = H.report_history(entry, prompt)
@@ -151,6 +210,9 @@ def main() -> int:
                 if server.alive():  # a timed-out prompt would still hold the queue
                     H.http("POST", server.base_url + "/interrupt", {}, timeout=20)
             time.sleep(0.5)  # let the "Prompt executed" line reach the log
+            rec["node_seconds"], rec["preview_messages"] = times.node_seconds(ws_mark, prompt)
+            if times.error:
+                rec["node_seconds_error"] = times.error
             text = server.read_log()[mark:]
             executed = re.findall(r"Prompt executed in ([\d.]+) seconds", text)
             rec["comfy_executed_s"] = float(executed[-1]) if executed else None
@@ -184,6 +246,9 @@ def main() -> int:
     for rec in summary["prompts"]:
         H.log(f"  {'OK  ' if rec.get('ok') else 'FAIL'} {rec['prompt']}: ComfyUI 'Prompt executed in' "
               f"{rec.get('comfy_executed_s')} s (polled {rec.get('poll_s')} s); cached nodes {rec.get('cached_nodes')}")
+        if rec.get("node_seconds"):
+            H.log("       nodes (s): " + ", ".join(f"{c} {sec}" for _, c, sec in rec["node_seconds"])
+                  + f"; {rec.get('preview_messages')} preview images sent")
         for e in rec.get("errors") or []:
             H.log(f"       error: {e}")
         for o in rec.get("outputs") or []:

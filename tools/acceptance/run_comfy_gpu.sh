@@ -10,14 +10,16 @@
 # .gpu/comfy/wheels/*.whl (what ComfyUI needs beyond the GPU image), .gpu/comfy/harness/comfy_harness.py, and
 # .whl/*.whl (diffusers, lpips). Carry [".whl", ".gpu"].
 # Options: --tiny (tiny SigLIP, 128 px photos, 2 epochs at 64 px), --cpu (ComfyUI --cpu), --no-wheels (use the
-# interpreter's packages), --python PY, --block a,b (make these modules unimportable: proves they are optional).
+# interpreter's packages), --python PY, --block a,b (make these modules unimportable: proves they are optional),
+# --again "ARGS" (afterwards a second server started with these ComfyUI arguments, e.g. "--disable-cuda-malloc",
+# runs prompts 1, 3 and 4 again: results in $OUT/again/).
 # $OUT gets: run.log (everything printed), comfyui.log, summary.json, nvsmi.csv, artifacts.tar.gz.
 set -uo pipefail
 REPO=$(pwd)
 HERE=$REPO/.gpu/comfy
 OUT=${OUT:-/tmp/out}
 WORK=${SM_COMFY_WORK:-/tmp/sm-comfy}
-PY=python3; TINY=(); CPU=(); WHEELS=1; BLOCK=""; BUDGET=360
+PY=python3; TINY=(); CPU=(); WHEELS=1; BLOCK=""; BUDGET=360; AGAIN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=(--tiny); BUDGET=1500 ;;
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
     --no-wheels) WHEELS=0 ;;
     --python) PY=$2; shift ;;
     --block) BLOCK=$2; shift ;;
+    --again) AGAIN=$2; shift ;;
     *) echo "unknown option $1 (see the header of tools/acceptance/run_comfy_gpu.sh)"; exit 2 ;;
   esac
   shift
@@ -133,3 +136,14 @@ fi
     --pack "$WORK/ComfyUI-StyleMamba" --models "$WORK/models" --input "$WORK/input/astronaut.png" \
     --input "$WORK/input/cat.png" --workflow "$WORK/wf.json" --out "$OUT" --run-dir "$WORK/run" \
     --budget "$BUDGET" "${TINY[@]}" "${CPU[@]}" || die "the ComfyUI run did not pass (see the summary above)"
+
+if [ -n "$AGAIN" ]; then
+  step "5 a second ComfyUI server with $AGAIN: prompts 1, 3, 4"
+  AGAIN_ARGS=()
+  for a in $AGAIN; do AGAIN_ARGS+=("--comfy-arg=$a"); done
+  "$PY" "$REPO/tools/acceptance/comfy_gpu_run.py" --harness "$HERE/harness" --comfy "$WORK/ComfyUI" \
+      --pack "$WORK/ComfyUI-StyleMamba" --models "$WORK/models" --input "$WORK/input/astronaut.png" \
+      --input "$WORK/input/cat.png" --workflow "$WORK/wf.json" --out "$OUT/again" --run-dir "$WORK/run2" \
+      --budget "$BUDGET" --prompts 1,3,4 "${AGAIN_ARGS[@]}" "${TINY[@]}" "${CPU[@]}" \
+      || die "the second ComfyUI run ($AGAIN) did not pass (see the summary above)"
+fi
