@@ -84,6 +84,33 @@ def training_key(sdvae, conditioning, images: torch.Tensor, config, perceptual_n
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class TrainingNetworks(torch.nn.Module):
+    """The frozen networks a training needs on the GPU (text model, VGG, LPIPS) as ONE model for ComfyUI's model
+    management: loaded for a training and left there, so the next style does not move ~0.9 GB to the GPU and back
+    (call N: ~1.2 s of each new-style prompt); ComfyUI moves them off when another model needs the room."""
+
+    def __init__(self, modules: list):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(modules)
+        self.device = None  # ComfyUI's ModelPatcher records where it put the model here
+
+
+_training_networks: dict = {}  # (ids of the networks) -> (TrainingNetworks, its ModelPatcher); the last set only
+
+
+def training_networks(modules: list, device: torch.device):
+    """The managed container of ``modules`` (None entries left out) and its ComfyUI ModelPatcher, the same for the
+    same networks (one set kept: a new set replaces the old); the patcher is None without ComfyUI."""
+    modules = [m for m in modules if m is not None]
+    key = (tuple(id(m) for m in modules), str(device))
+    entry = _training_networks.get(key)
+    if entry is None or any(a is not b for a, b in zip(entry[0].nets, modules)):
+        _training_networks.clear()
+        container = TrainingNetworks(modules)
+        entry = _training_networks[key] = (container, ch.managed_model(container, device))
+    return entry
+
+
 def style_model(sdvae, vae, styles: list, weights: list[float], strength: float, memory_required: float = 0.0,
                 blend: str = "outputs"):
     """A built :class:`StyleModel` (fusion modules + the style's decoder) on the VAE's device.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,17 @@ def prepare_vae(vae: Any, memory_required: float = 0.0, name: str = "", load: bo
             mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
         except ImportError:
             pass
-    return SDVAE.from_ldm(model, name=name or getattr(vae, "name", "") or "")
+    sdvae = _wrapped_vaes.get(model)
+    if sdvae is None:
+        sdvae = _wrapped_vaes[model] = SDVAE.from_ldm(model)
+    sdvae.name = name or getattr(vae, "name", "") or ""
+    return sdvae
+
+
+# ComfyUI's autoencoder -> its SDVAE wrapper: one wrapper per VAE, so its fingerprint (read by the caches and
+# every style check) is computed once, and training's per-process decisions see the same VAE each prompt;
+# dropped with the VAE
+_wrapped_vaes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def managed_model(module: torch.nn.Module, device: torch.device):

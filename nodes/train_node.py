@@ -176,6 +176,7 @@ class StyleMambaTrain:
                                name=vae_name)
         device = sdvae.device
         moved = [m for m in (text_model, nets.vgg, nets.lpips) if m is not None]
+        networks, patcher = caches.training_networks(moved, device)
         progress.text(f"training {total} steps on {device}" + ("; " + "; ".join(skipped) if skipped else ""))
 
         def on_step(info):
@@ -187,8 +188,10 @@ class StyleMambaTrain:
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 content = content.float().clone()
-                for module in moved:
-                    without_inference_tensors(module).to(device)
+                # on the device, through ComfyUI's model management (a no-op when they are still there)
+                ch.load_on_device([getattr(vae, "patcher", None), patcher], networks, device,
+                                  memory_estimate(batch, config.resolution, config.loss.n_crops))
+                without_inference_tensors(networks)  # ComfyUI may have moved them inside inference mode
                 moved_in = time.perf_counter() - t0
                 result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
                                      lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
@@ -201,9 +204,9 @@ class StyleMambaTrain:
                 raise training_out_of_memory(config.resolution, config.loss.n_crops, batch, OOM_NAMES) from exc
             raise
         finally:
-            for module in moved:
-                module.to(ch.offload_device())
-            ch.empty_cache()  # what the networks moved off the GPU held
+            if patcher is None:  # without ComfyUI nobody else would move them off the GPU
+                networks.to(ch.offload_device())
+            ch.empty_cache()  # the training's working memory
         style = result.style
         style.metadata.update(perceptual=dict(nets.names), front_end="ComfyUI")
         log.info("Train: %d steps in %.1f s (networks to %s %.2f s, %s; %s)", result.steps,

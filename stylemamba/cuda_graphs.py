@@ -92,6 +92,9 @@ class CapturedCalls:
     def __len__(self) -> int:
         return len(self._graphs)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._graphs
+
     def __call__(self, key: Hashable, body: Callable[[], Any]) -> Any:
         entry = self._graphs.get(key)
         if entry is None:

@@ -13,7 +13,7 @@ from stylemamba.style_model import StyleModel
 import stylemamba.cuda_graphs as cuda_graphs
 import stylemamba.train as train_module
 from stylemamba.train import StyleTrainer, TrainConfig, step_kind, why_steps_run_eagerly
-from stylemamba.vae import load_vae
+from stylemamba.vae import SDVAE, load_vae
 from stylemamba.encoders import load_text_image_encoder
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -22,9 +22,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(autouse=True)
 def no_decisions_from_other_tests():
     """Each test starts as a fresh process: no step kinds measured launch- or GPU-bound yet."""
-    train_module._launch_bound_steps.clear()
+    train_module._graphs_pay.clear()
     yield
-    train_module._launch_bound_steps.clear()
+    train_module._graphs_pay.clear()
 
 
 def test_the_option_is_checked_and_old_recipes_read_with_the_default():
@@ -107,7 +107,7 @@ def test_a_capture_out_of_memory_takes_a_smaller_plan_or_trains_eagerly(tiny_mod
         assert trainer.graphs.asked == []
         trainer.step_within_memory(1)  # here the capture is refused for another reason: eager from then on
         assert trainer.graphs is None and "training eagerly (not capturable on a CPU)" in caplog.text
-        assert train_module._launch_bound_steps[step_kind(trainer)] is False  # later styles: no capture to fail
+        assert train_module._graphs_pay[step_kind(trainer)] is False  # later styles: no capture to fail
     else:  # an explicit plan is kept: it fitted eagerly, so the steps stay eager
         assert trainer.plan.describe() == "micro_batch=1, view_chunk=all, checkpointing=off"
         assert trainer.graphs is None and "did not fit in memory; training eagerly" in caplog.text
@@ -142,6 +142,11 @@ def test_the_kind_of_step_ignores_values_but_not_shapes_recipe_or_networks(tiny_
     assert step_kind(StyleTrainer(vae, text, torch.cat([photo, photo]), "pencil sketch", small_config(epochs=1))) != kind
     other_text = load_text_image_encoder(tiny_models["siglip"])
     assert step_kind(StyleTrainer(vae, other_text, photo, "pencil sketch", small_config(epochs=1))) != kind
+    # the same VAE wrapped anew (as a front end may each time): the same kind; another VAE: another kind
+    rewrapped = SDVAE(vae.encoder, vae.quant_conv, vae.decoder, vae.post_quant_conv, vae.scaling_factor)
+    assert step_kind(StyleTrainer(rewrapped, text, photo, "pencil sketch", small_config(epochs=1))) == kind
+    assert step_kind(StyleTrainer(load_vae(tiny_models["vae"]), text, photo, "pencil sketch",
+                                  small_config(epochs=1))) != kind
 
 
 def test_launch_bound_means_the_host_launched_for_nearly_the_whole_call():
@@ -153,6 +158,13 @@ def test_launch_bound_means_the_host_launched_for_nearly_the_whole_call():
 
 
 # ------------------------------------------------------------------------------------------------ GPU
+def graphs_did_not_pay(monkeypatch) -> None:
+    """"auto" as in a process that measured graphs not paying for these steps: eager from the second step, with
+    the graph-ready optimizer (capturable Adam, learning rate and loss weights as device tensors)."""
+    monkeypatch.setattr(train_module, "step_kind", lambda trainer: "one kind of step")
+    train_module._graphs_pay["one kind of step"] = False
+
+
 def _train_losses(vae, text, photo, graphs: str, epochs: int, **cfg):
     """Losses per step, final weights and output; each step's loss values read before the next step."""
     trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=epochs, cuda_graphs=graphs, **cfg))
@@ -178,9 +190,9 @@ def test_graphed_training_steps_match_eager_on_gpu(tiny_models, photo, precision
     epochs = 6
     loss = {} if views == "random" else {"loss": {"patch": 0.0, "md": 0.0}}
     caplog.set_level(logging.INFO, logger="stylemamba")
-    monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)
+    graphs_did_not_pay(monkeypatch)
     eager, e_losses, _, e_y = _train_losses(vae, text, photo, "auto", epochs, precision=precision, **loss)
-    assert "GPU-bound" in caplog.text and eager.graphs is None
+    assert "training stays eager" in caplog.text and eager.graphs is None
     _, e2_losses, _, e2_y = _train_losses(vae, text, photo, "auto", epochs, precision=precision, **loss)
     graphed, g_losses, _, g_y = _train_losses(vae, text, photo, "on", epochs, precision=precision, **loss)
     assert "capture" not in caplog.text, caplog.text
@@ -225,10 +237,31 @@ def test_auto_replays_launch_bound_steps_on_gpu(tiny_models, photo, caplog, monk
     monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)  # a new timing would now say GPU-bound
     caplog.clear()
     again, again_losses, _, _ = _train_losses(vae, text, photo, "auto", 4)
-    assert "measured launch-bound earlier in this process" in caplog.text, caplog.text
+    assert "measured earlier in this process: they replay" in caplog.text, caplog.text
     assert again.graphs is not None and len(again.graphs) == 2
     for a, b in zip(losses, again_losses):  # the same recipe: the same losses, step by step
         torch.testing.assert_close(b["dir"], a["dir"], rtol=3e-2, atol=3e-3)  # bf16: a replay vs an eager step
+
+
+@needs_cuda
+@pytest.mark.parametrize("pays", [True, False])
+def test_a_trial_replay_decides_when_the_step_is_not_plainly_launch_bound(tiny_models, photo, pays, caplog,
+                                                                          monkeypatch):
+    """Step 2 eager and timed, not launch-bound by the ratio; step 3 captured; step 4 a timed replay: graphs kept
+    when it beat the eager step (by GRAPH_GAIN), else eager from step 5; the verdict is remembered."""
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    caplog.set_level(logging.INFO, logger="stylemamba")
+    monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)  # no step plainly launch-bound
+    monkeypatch.setattr(train_module, "GRAPH_GAIN", 1e9 if pays else 0.0)
+    trainer, losses, _, y = _train_losses(vae, text, photo, "auto", 6)
+    assert "a trial replay decides" in caplog.text and "a replay took" in caplog.text, caplog.text
+    assert (trainer.graphs is not None) == pays and list(train_module._graphs_pay.values()) == [pays]
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses) and torch.isfinite(y).all()
+    assert len({round(step["total"], 6) for step in losses}) == 6  # each step its own values, none replayed twice
+    caplog.clear()
+    again, _, _, _ = _train_losses(vae, text, photo, "auto", 4)  # the same kind: decided without a trial
+    assert "a trial replay" not in caplog.text and (again.graphs is not None) == pays
 
 
 @needs_cuda
@@ -252,7 +285,7 @@ def test_memory_plan_steps_replay_as_graphs_on_gpu(tiny_models, photo, plan, cap
             trainer.end_epoch()
         return trainer, out
 
-    monkeypatch.setattr(cuda_graphs, "LAUNCH_BOUND", 1e9)  # "auto" measures every step GPU-bound: eager
+    graphs_did_not_pay(monkeypatch)
     eager, e_losses = losses("auto")
     graphed, g_losses = losses("on")
     assert eager.graphs is None and graphed.graphs is not None and len(graphed.graphs) >= 1

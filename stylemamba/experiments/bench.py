@@ -25,7 +25,8 @@ What is measured, per fusion variant (Mamba, cross-attention) and per speed sett
     more means the GPU waits for the host's launches.
 
 Speed settings: ``--compile`` modes times ``--cuda-graphs`` (``auto``, the library's default: steps
-and video batches replay as CUDA graphs when the second step / batch is launch-bound; ``on``: they
+and video batches replay as CUDA graphs when the second step / batch is launch-bound (training steps also
+when a trial replay beats the eager step); ``on``: they
 always replay; ``off``: eager launches); a column is named by the compile mode, plus ``+graphs`` for ``on``
 and ``+no-graphs`` for ``off`` (``off``, ``default+graphs``, ...).
 

@@ -38,7 +38,7 @@ THIRD_PROMPT = "charcoal sketch, rough grey hatching on white paper"
 # The pack's lines in ComfyUI's log: the 'stylemamba' logger's records (INFO too) carry the "StyleMamba:" prefix
 # (stylemamba/logs.py, installed by nodes/__init__.py); the other words catch a record without it (CUDA graph
 # decisions, memory plan, ...).
-PACK_LINE = re.compile(r"stylemamba|memory plan|Train:|Stylize:|scan backend|compil|CUDA graph|launch-bound|GPU-bound",
+PACK_LINE = re.compile(r"stylemamba|memory plan|Train:|Stylize:|scan backend|compil|CUDA graph|launch-bound|GPU-bound|replay",
                        re.I)
 PACK_LOG_MAX = 80  # lines kept per prompt
 
