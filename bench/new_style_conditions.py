@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import time
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--preview-every", type=int, default=0, help="as the Train node: 1 for a 20-step recipe")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the graph decisions, on stderr
     smoke = os.environ.get("SMOKE") == "1"
     device = torch.device("cpu" if smoke else "cuda")
     if smoke:
