@@ -413,9 +413,11 @@ GRAPH_GAIN = 0.95
 
 
 def step_kind(trainer: StyleTrainer) -> tuple:
-    """What decides whether a trainer's steps are launch-bound: the networks, the device, the content's
-    shape and the recipe apart from its seed and learning rates (they change values, not launches)."""
-    recipe = {k: v for k, v in trainer.cfg.to_dict().items() if k not in ("seed", "lr", "lr_decay")}
+    """What decides whether a trainer's steps replay faster as graphs: the networks, the device, the content's
+    shape and the recipe apart from its seed, learning rates, step counts and previews (they change values or
+    how many steps run, not a step's launches)."""
+    recipe = {k: v for k, v in trainer.cfg.to_dict().items()
+              if k not in ("seed", "lr", "lr_decay", "epochs", "steps_per_epoch", "lr_decay_epoch", "preview_every")}
     recipe["loss"] = {k: v for k, v in recipe["loss"].items() if k != "source_prompt"}
     # by identity (the VAE by its decoder: a front end may wrap the same VAE anew each time), with the type and
     # size so that a network freed and replaced at the same address (ComfyUI unloading one model, loading

@@ -138,6 +138,9 @@ def test_the_kind_of_step_ignores_values_but_not_shapes_recipe_or_networks(tiny_
     kind = step_kind(StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1)))
     # another prompt, seed and learning rate: the same launches
     assert step_kind(StyleTrainer(vae, text, photo.flip(-1), "oil painting", small_config(epochs=1, seed=3, lr=1e-3))) == kind
+    # more or fewer steps, another decay epoch, previews: the same step
+    assert step_kind(StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=7, lr_decay_epoch=3,
+                                                                                  preview_every=1))) == kind
     assert step_kind(StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1, resolution=72))) != kind
     assert step_kind(StyleTrainer(vae, text, torch.cat([photo, photo]), "pencil sketch", small_config(epochs=1))) != kind
     other_text = load_text_image_encoder(tiny_models["siglip"])
