@@ -113,6 +113,29 @@ def test_a_capture_out_of_memory_takes_a_smaller_plan_or_trains_eagerly(tiny_mod
         assert trainer.graphs is None and "did not fit in memory; training eagerly" in caplog.text
 
 
+class _ReplayOutOfMemory(_CaptureOutOfMemory):
+    """Graphs whose step runs out of memory outside a capture (the emulated 12 GB card, call P)."""
+
+    def __call__(self, key, body):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+
+def test_a_graphed_step_out_of_memory_takes_a_smaller_plan_that_replays_too(tiny_models, photo, caplog, monkeypatch):
+    """Call P: the graphed fast plan ran out of memory outside its capture on the 12 GB card and the smaller plan
+    then ran eagerly (x2.26 of uncapped); now the smaller plan is captured in turn."""
+    monkeypatch.setattr(train_module, "CapturedCalls", _CaptureRefused)
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=2), free_memory=1e12)
+    trainer._weights = {k: torch.zeros(()) for k in trainer.cfg.loss.weights(0)}
+    trainer.graphs, trainer._warm, trainer._graphs_decided = _ReplayOutOfMemory(), True, True
+    caplog.set_level(logging.INFO, logger="stylemamba")
+    terms, _ = trainer.step_within_memory(0)
+    assert torch.isfinite(terms["total"]) and "out of memory in a replayed step" in caplog.text, caplog.text
+    assert trainer.plan.describe() != "micro_batch=1, view_chunk=all, checkpointing=off"
+    # fresh graphs for the smaller plan; the retried step was its eager first step (nothing captured yet)
+    assert isinstance(trainer.graphs, _CaptureRefused) and trainer.graphs.asked == [] and trainer._warm
+
+
 def test_cpu_training_never_builds_graphs_and_graphed_forward_calls_through(tiny_models, photo):
     vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
     trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=1))
