@@ -1,7 +1,8 @@
-"""A new style (default recipe, 1 content image, full-size random-weight networks) trained several times in one
-process, under the conditions ComfyUI adds, with where each style's time went (TrainResult.phases).
+"""A new style (default recipe, 1 content image, full-size random-weight networks, LPIPS on and VGG off as the
+node's defaults) trained several times in one process, under the conditions ComfyUI adds, with where each
+style's time went (TrainResult.phases).
 
-    python bench/new_style_conditions.py --runs 5 [--cuda-graphs auto|on|off] [--preview-every 1] [--vgg]
+    python bench/new_style_conditions.py --runs 5 [--cuda-graphs auto|on|off] [--preview-every 1] [--label L]
 
 Why: a new style took 4.7-5.0 s inside ComfyUI (call L) against ~1.5-2.4 s in the library's bench. ComfyUI
 differs in its allocator (run this with PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync, its default) and in

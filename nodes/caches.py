@@ -105,9 +105,12 @@ def training_networks(modules: list, device: torch.device):
     key = (tuple(id(m) for m in modules), str(device))
     entry = _training_networks.get(key)
     if entry is None or any(a is not b for a, b in zip(entry[0].nets, modules)):
+        for old, _ in _training_networks.values():  # ComfyUI forgets the old set with its patcher: off the GPU
+            with torch.inference_mode(False):  # first, or it would stay there uncounted
+                old.to(ch.offload_device())
         _training_networks.clear()
         container = TrainingNetworks(modules)
-        entry = _training_networks[key] = (container, ch.managed_model(container, device))
+        entry = _training_networks[key] = (container, ch.managed_model(container, device, whole=True))
     return entry
 
 

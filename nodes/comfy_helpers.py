@@ -170,7 +170,7 @@ def prepare_vae(vae: Any, memory_required: float = 0.0, name: str = "", load: bo
     sdvae = _wrapped_vaes.get(model)
     if sdvae is None:
         sdvae = _wrapped_vaes[model] = SDVAE.from_ldm(model)
-    sdvae.name = name or getattr(vae, "name", "") or ""
+    sdvae.name = name or getattr(vae, "name", "") or sdvae.name  # a caller that does not know it keeps the last
     return sdvae
 
 
@@ -180,18 +180,23 @@ def prepare_vae(vae: Any, memory_required: float = 0.0, name: str = "", load: bo
 _wrapped_vaes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def managed_model(module: torch.nn.Module, device: torch.device):
+def managed_model(module: torch.nn.Module, device: torch.device, whole: bool = False):
     """Hand ``module`` to ComfyUI's model management (a ``ModelPatcher``), or None without ComfyUI.
 
     ComfyUI then counts its memory, moves it off the GPU when other models need the room, and drops
-    it when the last reference (our cache entry) goes.
+    it when the last reference (our cache entry) goes. ``whole``: never only part of it (ComfyUI's partial
+    unload moves leaf modules one by one, smallest first: a text model split between devices breaks the nodes
+    that call it without loading it first, e.g. Text Conditioning); it is then moved off all at once.
     """
     try:
         import comfy.model_management as mm
         import comfy.model_patcher
     except ImportError:
         return None
-    return comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=mm.unet_offload_device())
+    if whole:  # frees nothing partially, so ComfyUI's LoadedModel.model_unload detaches the whole model
+        patcher.partially_unload = lambda *args, **kwargs: 0
+    return patcher
 
 
 def load_on_device(patchers: list, module: torch.nn.Module, device: torch.device, memory_required: float = 0.0) -> None:

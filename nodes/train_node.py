@@ -172,8 +172,8 @@ class StyleMambaTrain:
             progress.update(total)
             return cached
         batch = int(content.shape[0])
-        sdvae = ch.prepare_vae(vae, memory_required=memory_estimate(batch, config.resolution, config.loss.n_crops),
-                               name=vae_name)
+        working_memory = memory_estimate(batch, config.resolution, config.loss.n_crops)
+        sdvae = ch.prepare_vae(vae, memory_required=working_memory, name=vae_name)
         device = sdvae.device
         moved = [m for m in (text_model, nets.vgg, nets.lpips) if m is not None]
         networks, patcher = caches.training_networks(moved, device)
@@ -189,8 +189,7 @@ class StyleMambaTrain:
             with torch.inference_mode(False), torch.enable_grad():
                 content = content.float().clone()
                 # on the device, through ComfyUI's model management (a no-op when they are still there)
-                ch.load_on_device([getattr(vae, "patcher", None), patcher], networks, device,
-                                  memory_estimate(batch, config.resolution, config.loss.n_crops))
+                ch.load_on_device([getattr(vae, "patcher", None), patcher], networks, device, working_memory)
                 without_inference_tensors(networks)  # ComfyUI may have moved them inside inference mode
                 moved_in = time.perf_counter() - t0
                 result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,

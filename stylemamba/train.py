@@ -428,6 +428,19 @@ def step_kind(trainer: StyleTrainer) -> tuple:
     return (str(trainer.device), tuple(trainer.x.shape), repr(sorted(recipe.items())), plan, networks)
 
 
+def _copied(terms: dict[str, torch.Tensor], y: torch.Tensor, emb: torch.Tensor):
+    """Copies of a replayed step's outputs (the next replay overwrites them). The step has already updated the
+    weights, so copies that find no memory must not make the caller retry the whole step: the cache is emptied
+    and they are tried once more."""
+    for attempt in (0, 1):
+        try:
+            return {k: v.clone() for k, v in terms.items()}, y.clone(), emb.clone()
+        except torch.cuda.OutOfMemoryError:
+            if attempt:
+                raise
+            torch.cuda.empty_cache()
+
+
 class CaptureOutOfMemory(torch.cuda.OutOfMemoryError):
     """The step's graph did not fit beside what the eager steps keep (12 GB card, fast plan, call J), though the
     plan fitted eagerly: :meth:`StyleTrainer.step_within_memory` takes a smaller plan, or eager steps."""
@@ -528,7 +541,7 @@ class StyleTrainer:
         self._prev_buffer: torch.Tensor | None = None
         self._warm = False
         self._graphs_decided = False  # cuda_graphs="auto": whether the timed step has decided yet
-        self._eager_seconds: float | None = None  # "auto": the timed eager step, while a trial replay is pending
+        self._trial: tuple | None = None  # "auto": (key, seconds) of the timed eager step while its trial is pending
         self.prev_emb: torch.Tensor | None = None  # F_I(Y(i)) of the previous epoch (second-order loss)
         self.last_emb: torch.Tensor | None = None  # F_I(Y) of the last step
         self.history: list[dict[str, torch.Tensor]] = []
@@ -612,7 +625,7 @@ class StyleTrainer:
             self._graphs_decided = True
             known = _graphs_pay.get(step_kind(self))
             if known is None:
-                return self._timed_eager_step(epoch, weights)
+                return self._timed_eager_step(epoch, weights, key)
             log.info("stylemamba: steps of this kind were measured earlier in this process: %s",
                      "they replay as a CUDA graph" if known else "training stays eager")
             if not known:
@@ -625,7 +638,7 @@ class StyleTrainer:
             torch.cuda.empty_cache()
         body = lambda: self._step_body(epoch, weights)  # noqa: E731
         try:
-            if self._eager_seconds is not None and key in self.graphs:
+            if self._trial is not None and self._trial[0] == key and key in self.graphs:
                 terms, y, emb = self._timed_replay_decides(key, body)
             else:
                 terms, y, emb = self.graphs(key, body)
@@ -637,23 +650,23 @@ class StyleTrainer:
             _graphs_pay[step_kind(self)] = False  # later styles of this kind: eager, no capture to fail
             self.graphs = None
             return self._step_body(epoch, weights)
-        return {k: v.clone() for k, v in terms.items()}, y.clone(), emb.clone()
+        return _copied(terms, y, emb)
 
-    def _timed_eager_step(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor,
-                                                                    torch.Tensor]:
+    def _timed_eager_step(self, epoch: int, weights: dict, key) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                         torch.Tensor]:
         """The second step, eager and timed from an idle GPU. When the host needed nearly as long to launch it as
         the GPU to run it (:func:`~stylemamba.cuda_graphs.is_launch_bound`), the next steps replay as a graph.
         Otherwise the ratio cannot tell: the full-size step launched in 62 of its 81 ms replayed in 65 ms against
         90 ms eagerly (ComfyUI with --disable-cuda-malloc, call N), the host falling behind in some phases and
         running ahead in others; so the next step is captured and the one after it, a timed replay, decides
-        (:meth:`_timed_replay_decides`)."""
+        (:meth:`_timed_replay_decides`: a replay of this same kind of step, ``key``)."""
         out, launched, ran = timed_call(lambda: self._step_body(epoch, weights), self.device)
         if is_launch_bound(launched, ran):
             _graphs_pay[step_kind(self)] = True
             log.info("stylemamba: the step is launch-bound (launched in %.1f of its %.1f ms): the next steps replay "
                      "as a CUDA graph", launched * 1e3, ran * 1e3)
         else:
-            self._eager_seconds = ran
+            self._trial = (key, ran)
             log.info("stylemamba: the step launched in %.1f of its %.1f ms: a trial replay decides whether CUDA "
                      "graphs pay", launched * 1e3, ran * 1e3)
         return out
@@ -661,7 +674,7 @@ class StyleTrainer:
     def _timed_replay_decides(self, key, body) -> Any:
         """A replay of a captured step, timed from an idle GPU like the eager step: the graphs stay when it took at
         most :data:`GRAPH_GAIN` of the eager time, else training goes on eagerly (their memory freed)."""
-        eager, self._eager_seconds = self._eager_seconds, None
+        eager, self._trial = self._trial[1], None
         out, _, ran = timed_call(lambda: self.graphs(key, body), self.device)
         pays = ran <= GRAPH_GAIN * eager
         _graphs_pay[step_kind(self)] = pays
@@ -801,15 +814,16 @@ class StyleTrainer:
                     raise
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients
             graphed = self.graphs is not None
-            self.graphs, self._eager_seconds = None, None  # the old plan's graphs and their pool go first
+            self.graphs, self._trial = None, None  # the old plan's graphs and their pool go first
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if smaller is None:  # only the capture ran out: the plan fits eagerly
                 log.warning("stylemamba: the CUDA graph of the step did not fit in memory; training eagerly")
                 continue
             if graphed:  # captured in turn after one eager step of the new plan (captured first, the recomputing
-                # plans failed with "a different number of tensors was saved": callL)
-                self.graphs, self._warm = CapturedCalls((self.gen,)), False
+                # plans failed with "a different number of tensors was saved": callL); "auto" decides for the new
+                # kind of step as for the first (remembered, timed, or a trial)
+                self.graphs, self._warm, self._graphs_decided = CapturedCalls((self.gen,)), False, False
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller

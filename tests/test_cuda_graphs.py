@@ -93,7 +93,7 @@ def test_a_capture_out_of_memory_takes_a_smaller_plan_or_trains_eagerly(tiny_mod
                                                                         monkeypatch):
     monkeypatch.setattr(train_module, "CapturedCalls", _CaptureRefused)
     vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
-    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=2, memory_plan=plan),
+    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=3, memory_plan=plan),
                            free_memory=1e12)
     assert trainer.plan.describe() == "micro_batch=1, view_chunk=all, checkpointing=off"
     trainer._weights = {k: torch.zeros(()) for k in trainer.cfg.loss.weights(0)}
@@ -105,7 +105,11 @@ def test_a_capture_out_of_memory_takes_a_smaller_plan_or_trains_eagerly(tiny_mod
         assert trainer.plan.describe() != "micro_batch=1, view_chunk=all, checkpointing=off"
         assert "memory plan" in caplog.text and isinstance(trainer.graphs, _CaptureRefused)
         assert trainer.graphs.asked == []
-        trainer.step_within_memory(1)  # here the capture is refused for another reason: eager from then on
+        # "auto" decides again for the new plan's kind of step (here: timed launch-bound), then captures
+        monkeypatch.setattr(train_module, "timed_call", lambda fn, device: (fn(), 1.0, 1.0))
+        trainer.step_within_memory(1)
+        assert trainer.graphs.asked == [] and train_module._graphs_pay[step_kind(trainer)] is True
+        trainer.step_within_memory(2)  # here the capture is refused for another reason: eager from then on
         assert trainer.graphs is None and "training eagerly (not capturable on a CPU)" in caplog.text
         assert train_module._graphs_pay[step_kind(trainer)] is False  # later styles: no capture to fail
     else:  # an explicit plan is kept: it fitted eagerly, so the steps stay eager
@@ -134,6 +138,59 @@ def test_a_graphed_step_out_of_memory_takes_a_smaller_plan_that_replays_too(tiny
     assert trainer.plan.describe() != "micro_batch=1, view_chunk=all, checkpointing=off"
     # fresh graphs for the smaller plan; the retried step was its eager first step (nothing captured yet)
     assert isinstance(trainer.graphs, _CaptureRefused) and trainer.graphs.asked == [] and trainer._warm
+
+
+class _EagerReplays:
+    """Graphs on a CPU: a "replay" runs the body; records which keys were captured and replayed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __len__(self):
+        return len(set(self.calls))
+
+    def __contains__(self, key):
+        return key in self.calls
+
+    def __call__(self, key, body):
+        self.calls.append(key)
+        return body()
+
+
+@pytest.mark.parametrize("replay_seconds, pays", [(0.8, True), (0.99, False)])
+def test_the_trial_times_a_replay_of_the_eager_steps_kind_and_decides_once(tiny_models, photo, replay_seconds, pays,
+                                                                           caplog, monkeypatch):
+    """On a CPU with scripted timings: step 2 eager (launched in 0.5 of its 1.0 s: not plainly launch-bound),
+    step 3 captured, step 4 a timed replay of step 2's kind of step; graphs kept when it took <= GRAPH_GAIN of
+    the eager time (0.8 s), else eager from step 5 (0.99 s); the verdict is remembered and timed only once."""
+    timings = iter([(0.5, 1.0), (None, replay_seconds)])
+    timed = []
+
+    def scripted(fn, device):
+        launched, ran = next(timings)
+        out = fn()
+        timed.append((ran, replays.calls[-1] if replays.calls else "eager"))  # what ran: a replay's key
+        return out, launched, ran
+
+    monkeypatch.setattr(train_module, "timed_call", scripted)
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    # so_interval 2: the steps alternate between two kinds (L_so on / off); the trial must time its own kind
+    trainer = StyleTrainer(vae, text, photo, "pencil sketch", small_config(epochs=7, loss={"so_interval": 2}))
+    trainer._weights = {k: torch.zeros(()) for k in trainer.cfg.loss.weights(0)}
+    replays = trainer.graphs = _EagerReplays()
+    caplog.set_level(logging.INFO, logger="stylemamba")
+    keys = []
+    for epoch in range(7):
+        lc = trainer.cfg.loss
+        keys.append((trainer.prev_emb is not None, epoch >= lc.so_interval and epoch % lc.so_interval == 0))
+        terms, _ = trainer.step(epoch)
+        assert torch.isfinite(terms["total"])
+        trainer.end_epoch()
+    trial_key = keys[1]  # step 2's kind of step (L_so off), captured at step 4, replayed at step 6
+    assert keys[2] != trial_key and keys[4] != trial_key  # step 5 replays the other kind: not the one to time
+    assert timed == [(1.0, "eager"), (replay_seconds, trial_key)]  # one eager timing, one replay of its kind
+    assert (trainer.graphs is not None) == pays and list(train_module._graphs_pay.values()) == [pays]
+    assert "a replay took" in caplog.text
 
 
 def test_cpu_training_never_builds_graphs_and_graphed_forward_calls_through(tiny_models, photo):

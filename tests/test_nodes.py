@@ -336,7 +336,10 @@ def test_training_networks_are_one_managed_model_per_set(pack, text_model):
     first, patcher = caches.training_networks([text_model, None, lpips], torch.device("cpu"))
     assert list(first.nets) == [text_model, lpips] and patcher is None  # no ComfyUI here: the node moves them back
     assert caches.training_networks([text_model, None, lpips], torch.device("cpu"))[0] is first
+    moved = []
+    first.to = lambda device: moved.append(device)  # the replaced set goes off the GPU before ComfyUI forgets it
     other = caches.training_networks([text_model, vgg, lpips], torch.device("cpu"))[0]
+    assert moved == [torch.device("cpu")]
     assert other is not first and list(other.nets) == [text_model, vgg, lpips] and len(caches._training_networks) == 1
     assert dict(other.named_parameters()).keys() >= {"nets.1.weight", "nets.2.weight"}
 
@@ -602,7 +605,8 @@ def test_the_vae_is_wrapped_and_fingerprinted_once(nodes, pack, trained, vae, ph
         for strength in (1.0, 0.9, 1.0):
             nodes["StyleMambaStylize"]().stylize(trained["style"], fresh, comfy_images(photo), strength, 1024, 4)
     assert ch.prepare_vae(fresh) is ch.prepare_vae(fresh, name="renamed.safetensors")
-    assert ch.prepare_vae(fresh).name == "" and ch.prepare_vae(vae) is not ch.prepare_vae(fresh)
+    # a caller that does not know the file name (VAE Encode) keeps the one a caller gave
+    assert ch.prepare_vae(fresh).name == "renamed.safetensors" and ch.prepare_vae(vae) is not ch.prepare_vae(fresh)
     assert len(fingerprinted) == 1
 
 

@@ -1,5 +1,6 @@
 """The training loop: the recipe, losses going down, cancel, reproducibility, bad inputs."""
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -37,7 +38,9 @@ def test_training_lowers_the_total_loss(parts, photo_batch):
     cfg = small_config(epochs=12, lr=2e-3, lr_decay_epoch=100,
                        loss=dict(vgg_weight_start=10.0, vgg_weight_end=10.0, patch=50.0, dir=50.0,
                                  md=50.0, so=0.0, lpips=10.0))
+    wall = time.perf_counter()
     result = train_style(vae, text, photo_batch, ["a watercolor painting"], cfg, vgg=vgg, lpips=lp)
+    wall = time.perf_counter() - wall
     totals = [h["total"] for h in result.history]
     assert len(totals) == 12 and all(torch.isfinite(torch.tensor(totals)))
     assert sum(totals[-3:]) / 3 < totals[0], totals
@@ -47,7 +50,7 @@ def test_training_lowers_the_total_loss(parts, photo_batch):
     # where the time went, as the Train node logs it
     p = result.phases
     assert set(p) == {"setup", "steps", "package", "median_step"} and all(v > 0 for v in p.values()), p
-    assert p["steps"] == result.seconds and p["median_step"] < p["steps"] / 4
+    assert p["setup"] + p["steps"] + p["package"] <= wall and p["median_step"] < p["steps"] / 4
     assert result.describe_time().startswith("set-up ") and "12 steps" in result.describe_time()
 
 
