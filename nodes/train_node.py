@@ -175,8 +175,7 @@ class StyleMambaTrain:
         working_memory = memory_estimate(batch, config.resolution, config.loss.n_crops)
         sdvae = ch.prepare_vae(vae, memory_required=working_memory, name=vae_name)
         device = sdvae.device
-        moved = [m for m in (text_model, nets.vgg, nets.lpips) if m is not None]
-        networks, patcher = caches.training_networks(moved, device)
+        networks, patcher = caches.training_networks([text_model, nets.vgg, nets.lpips], device)
         progress.text(f"training {total} steps on {device}" + ("; " + "; ".join(skipped) if skipped else ""))
 
         def on_step(info):

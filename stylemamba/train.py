@@ -629,7 +629,7 @@ class StyleTrainer:
             log.info("stylemamba: steps of this kind were measured earlier in this process: %s",
                      "they replay as a CUDA graph" if known else "training stays eager")
             if not known:
-                self.graphs, self._prev_buffer = None, None
+                self._train_eagerly()
                 return self._step_body(epoch, weights)
         if not len(self.graphs):
             # the eager steps' cached blocks go back before the graph's own pool is filled: on a card with room
@@ -648,9 +648,13 @@ class StyleTrainer:
                 raise CaptureOutOfMemory(str(exc)) from None  # no traceback holding the capture's tensors
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
             _graphs_pay[step_kind(self)] = False  # later styles of this kind: eager, no capture to fail
-            self.graphs = None
+            self._train_eagerly()
             return self._step_body(epoch, weights)
         return _copied(terms, y, emb)
+
+    def _train_eagerly(self) -> None:
+        """The steps from here on run eagerly: the graphs (their pool) and the buffer they read go."""
+        self.graphs, self._prev_buffer = None, None
 
     def _timed_eager_step(self, epoch: int, weights: dict, key) -> tuple[dict[str, torch.Tensor], torch.Tensor,
                                                                          torch.Tensor]:
@@ -681,7 +685,7 @@ class StyleTrainer:
         log.info("stylemamba: a replay took %.1f ms against %.1f ms eagerly: %s", ran * 1e3, eager * 1e3,
                  "the steps replay as a CUDA graph" if pays else "training goes on eagerly")
         if not pays:  # the outputs keep their blocks of the graphs' pool until the caller's copies replace them
-            self.graphs, self._prev_buffer = None, None
+            self._train_eagerly()
         return out
 
     def _step_body(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
