@@ -90,9 +90,23 @@ class TrainingNetworks(torch.nn.Module):
     (call N: ~1.2 s of each new-style prompt); ComfyUI moves them off when another model needs the room."""
 
     def __init__(self, modules: list):
+        from ..stylemamba.train import TrainingWorkspace
+
         super().__init__()
         self.nets = torch.nn.ModuleList(modules)
         self.device = None  # ComfyUI's ModelPatcher records where it put the model here
+        # the last style's trainer, restarted for the next style of the same kind (no decoder copy, no first
+        # eager step, its CUDA graphs replayed): it holds GPU memory, so it goes whenever the networks move
+        self.workspace = TrainingWorkspace()
+
+    def _apply(self, fn, recurse=True):
+        """Moved or converted (ComfyUI unloading the networks to make room, a new set replacing them: any
+        ``.to()``): the kept trainer and its GPU memory go (its graphs read these weights where they were)."""
+        before = [p.data_ptr() for p in self.parameters()]
+        out = super()._apply(fn, recurse)
+        if self.workspace.holds and before != [p.data_ptr() for p in self.parameters()]:
+            self.workspace.release()
+        return out
 
 
 _training_networks: dict = {}  # (ids of the networks) -> (TrainingNetworks, its ModelPatcher); the last set only

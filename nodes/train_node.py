@@ -193,7 +193,8 @@ class StyleMambaTrain:
                 moved_in = time.perf_counter() - t0
                 result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
                                      lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
-                                     free_memory=ch.free_memory_now(device))
+                                     free_memory=ch.free_memory_now(device),
+                                     workspace=networks.workspace if device.type == "cuda" else None)
         except TrainingCancelled:
             log.info("Train: cancelled by the user")
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error

@@ -85,10 +85,7 @@ class StyleModel(nn.Module):
         device = vae.device
         decoder = vae.make_decoder()
         if start is None:
-            cfg = copy.deepcopy(fusion)
-            cfg.text_dim = int(embedding.numel())
-            cfg.latent_channels = int(vae.latent_channels)
-            return cls(vae, [build_fusion(cfg).to(device)], [embedding.to(device)], decoder)
+            return cls(vae, [_fresh_fusion(vae, fusion, embedding).to(device)], [embedding.to(device)], decoder)
         start.check_vae(vae)
         if float(start.metadata.get("scaling_factor") or vae.scaling_factor) != float(vae.scaling_factor):
             raise StyleFileError(f"style '{start.name}' was trained with another latent scaling "
@@ -101,6 +98,21 @@ class StyleModel(nn.Module):
         first.train().requires_grad_(True)
         _add_deltas(decoder, [start], [1.0], 1.0)
         return cls(vae, [first.to(device)], [embedding.to(device)], decoder)
+
+    @torch.no_grad()
+    def restart_training_(self, fusion: FusionConfig, embedding: torch.Tensor) -> None:
+        """Back to what :meth:`for_training` builds without a start (the VAE's decoder weights, a fresh fusion
+        module drawn from the global random state as it draws one, this embedding), IN PLACE: every tensor keeps
+        its address, so CUDA graphs captured over this model replay for the next style (train.TrainingWorkspace).
+        The fusion architecture must be the one this model was built with."""
+        fresh = _fresh_fusion(self.vae, fusion, embedding)
+        if fresh.config.to_dict() != self.fusion.config.to_dict():
+            raise ValueError("restart_training_: the fusion architecture differs from this model's; build a new one")
+        self.fusion.load_state_dict(fresh.state_dict())
+        base = decoder_state(self.vae.decoder, self.vae.post_quant_conv)
+        for key, tensor in self.decoder.state_dict().items():
+            tensor.copy_(base[key])
+        self.embedding_0.copy_(embedding.reshape(self.embedding_0.shape))
 
     @classmethod
     def from_styles(cls, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
@@ -201,10 +213,20 @@ class StyleModel(nn.Module):
         delta = to_ldm({k: (trained[k].detach().float() - base[k].detach().float().to(trained[k].device)).cpu()
                         for k in trained})
         fusion = self.fusion
-        state = {k: v.detach().float().cpu() for k, v in fusion.state_dict().items()}
+        # copies (on the CPU .float().cpu() would be the live weights, which a restarted trainer overwrites)
+        state = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in fusion.state_dict().items()}
         meta = {"base_vae": self.vae.identity, "base_vae_name": self.vae.name,
                 "scaling_factor": self.vae.scaling_factor, **(metadata or {})}
-        return Style(fusion.config.to_dict(), state, delta, self.embedding(0).detach().float().cpu(), meta)
+        return Style(fusion.config.to_dict(), state, delta, self.embedding(0).detach().to("cpu", torch.float32, copy=True),
+                     meta)
+
+
+def _fresh_fusion(vae: SDVAE, fusion: FusionConfig, embedding: torch.Tensor) -> nn.Module:
+    """A new fusion module (the identity at start) for ``embedding``'s size and the VAE's latents, on the CPU."""
+    cfg = copy.deepcopy(fusion)
+    cfg.text_dim = int(embedding.numel())
+    cfg.latent_channels = int(vae.latent_channels)
+    return build_fusion(cfg)
 
 
 def check_blend(blend: str) -> str:

@@ -217,11 +217,11 @@ def test_an_auto_plan_that_runs_out_of_memory_retries_the_step_with_a_smaller_pl
     real_step = StyleTrainer.step
     failures = []
 
-    def failing_once(self, epoch):
+    def failing_once(self, epoch, *args):
         if not failures:
             failures.append(self.plan)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(self, epoch)
+        return real_step(self, epoch, *args)
 
     monkeypatch.setattr(StyleTrainer, "step", failing_once)
     with caplog.at_level(logging.WARNING, logger="stylemamba"):

@@ -13,9 +13,11 @@ import inspect
 import logging
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
+
 import torch
 from conftest import import_pack
 
@@ -342,6 +344,19 @@ def test_training_networks_are_one_managed_model_per_set(pack, text_model):
     assert moved == [torch.device("cpu")]
     assert other is not first and list(other.nets) == [text_model, vgg, lpips] and len(caches._training_networks) == 1
     assert dict(other.named_parameters()).keys() >= {"nets.1.weight", "nets.2.weight"}
+
+
+def test_training_networks_let_the_kept_trainer_go_when_they_move(pack):
+    """The Train node keeps the last style's trainer (its GPU memory, graphs over these weights) in the networks'
+    container; ComfyUI unloading the container, or any conversion that puts the weights elsewhere, releases it."""
+    caches = sys.modules[PACK_NAME + ".nodes.caches"]
+    container = caches.TrainingNetworks([torch.nn.Conv2d(3, 4, 3)])
+    kept = types.SimpleNamespace(graphs="graphs", opt="opt", model="model")
+    container.workspace._trainer, container.workspace._kind = kept, ("a kind of style",)
+    container.to("cpu")  # already there: nothing moves, the trainer stays
+    assert container.workspace.holds
+    container.to(torch.float64)  # new storages, as a move to another device
+    assert not container.workspace.holds and kept.graphs is None and kept.model is None
 
 
 def test_train_node_vgg_reduction_reaches_the_recipe(nodes, vae, text_model, photo, monkeypatch):

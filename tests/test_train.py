@@ -118,10 +118,10 @@ def test_a_failing_step_still_reports_the_step_before_it(parts, photo, monkeypat
     trainer = StyleTrainer(vae, text, photo, "sketch", small_config(epochs=3))
     real = trainer.step_within_memory
 
-    def third_fails(epoch):
+    def third_fails(epoch, **kw):
         if epoch == 2:
             raise RuntimeError("a step failed")
-        return real(epoch)
+        return real(epoch, **kw)
 
     monkeypatch.setattr(trainer, "step_within_memory", third_fails)
     seen = []
@@ -164,7 +164,7 @@ def test_prepare_content_handles_sizes_and_channels():
 def test_out_of_memory_says_what_to_lower(parts, photo, monkeypatch):
     vae, text, _, _ = parts
 
-    def oom(self, epoch):
+    def oom(self, epoch, *args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(StyleTrainer, "step", oom)

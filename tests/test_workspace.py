@@ -1,0 +1,141 @@
+"""A trainer kept between styles (train.TrainingWorkspace): the next style of the same kind trains in the last
+one's decoder copy, optimizer and CUDA graphs, and must come out exactly as a fresh trainer's."""
+import pytest
+import torch
+
+from small import small_config
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.perceptual import LPIPSLoss, VGGFeatures
+from stylemamba.train import TrainingCancelled, TrainingWorkspace, train_style
+from stylemamba.vae import load_vae
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_models):
+    vae = load_vae(tiny_models["vae"])
+    text = load_text_image_encoder(tiny_models["siglip"])
+    vgg = VGGFeatures.from_safetensors(tiny_models["vgg19"])
+    return vae, text, vgg, LPIPSLoss(net="vgg")
+
+
+def _same_style(a, b):
+    assert [sorted(h) for h in a.history] == [sorted(h) for h in b.history]
+    for ha, hb in zip(a.history, b.history):
+        for k in ha:
+            assert ha[k] == pytest.approx(hb[k], rel=1e-5, abs=1e-7), k
+    for da, db in ((a.style.decoder_delta, b.style.decoder_delta), (a.style.fusion_state, b.style.fusion_state)):
+        assert da.keys() == db.keys()
+        for k in da:
+            torch.testing.assert_close(da[k], db[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    torch.testing.assert_close(a.style.embedding, b.style.embedding)
+
+
+def test_a_restarted_trainer_trains_the_next_style_as_a_fresh_one(parts, photo, photo_loader, caplog):
+    vae, text, vgg, lp = parts
+    other = photo_loader("coffee", 64)
+    # the second style differs in everything a restart sets: prompt, content, seed, learning rate, step count
+    first_cfg = small_config(epochs=3, seed=1, loss=dict(so_interval=2, so_theta=2.0))
+    second_cfg = small_config(epochs=4, seed=7, lr=1e-3, loss=dict(so_interval=2, so_theta=2.0))
+    workspace = TrainingWorkspace()
+    first = train_style(vae, text, photo, "oil painting", first_cfg, vgg=vgg, lpips=lp, workspace=workspace)
+    assert workspace.holds
+    kept = workspace._trainer
+    with caplog.at_level("INFO", logger="stylemamba"):
+        second = train_style(vae, text, other, "pencil sketch", second_cfg, vgg=vgg, lpips=lp, workspace=workspace)
+    assert workspace._trainer is kept, "the same trainer trained the second style"
+    assert "training in the last style's workspace" in caplog.text
+    fresh = train_style(vae, text, other, "pencil sketch", second_cfg, vgg=vgg, lpips=lp)
+    _same_style(second, fresh)
+    assert second.style.metadata["prompts"] == ["pencil sketch"] and second.steps == 4
+    assert second.style.metadata["recipe"]["seed"] == 7
+    # and the first style is what a fresh trainer makes of it too (the workspace changed nothing of it)
+    _same_style(first, train_style(vae, text, photo, "oil painting", first_cfg, vgg=vgg, lpips=lp))
+
+
+def test_another_kind_of_style_gets_a_new_trainer(parts, photo, photo_batch):
+    vae, text, vgg, lp = parts
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", small_config(epochs=2), vgg=vgg, workspace=workspace)
+    kept = workspace._trainer
+    # more content images: another kind (the steps' shapes differ)
+    train_style(vae, text, photo_batch, "oil painting", small_config(epochs=2), vgg=vgg, workspace=workspace)
+    assert workspace._trainer is not kept and workspace._trainer.x.shape[0] == photo_batch.shape[0]
+    kept = workspace._trainer
+    # another loss recipe: another kind
+    train_style(vae, text, photo_batch, "oil painting", small_config(epochs=2, loss=dict(patch=0.0)), vgg=vgg,
+                workspace=workspace)
+    assert workspace._trainer is not kept
+    kept = workspace._trainer
+    # another network (LPIPS given): another kind
+    train_style(vae, text, photo_batch, "oil painting", small_config(epochs=2, loss=dict(patch=0.0)), vgg=vgg,
+                lpips=lp, workspace=workspace)
+    assert workspace._trainer is not kept
+    workspace.release()
+    assert not workspace.holds
+
+
+def test_a_network_moved_away_and_back_is_not_reused(parts, photo):
+    """A CUDA graph reads the networks' weights where they were: after a move to another device and back they
+    are elsewhere, so the kept trainer must not be restarted (on the CPU a copy to fp64 and back stands in)."""
+    vae, text, vgg, lp = parts
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", small_config(epochs=2), vgg=vgg, workspace=workspace)
+    kept = workspace._trainer
+    vgg.to(torch.float64).to(torch.float32)  # new storages for every weight
+    train_style(vae, text, photo, "oil painting", small_config(epochs=2), vgg=vgg, workspace=workspace)
+    assert workspace._trainer is not kept
+
+
+def test_a_failed_style_leaves_nothing_kept_and_a_cancelled_one_is_reused(parts, photo):
+    vae, text, vgg, lp = parts  # without the VGG loss: no content features to copy in
+    workspace = TrainingWorkspace()
+    cfg = small_config(epochs=3)
+    train_style(vae, text, photo, "oil painting", cfg, workspace=workspace)
+
+    def boom(info):
+        raise RuntimeError("a progress callback that fails")
+
+    with pytest.raises(RuntimeError, match="progress callback"):
+        train_style(vae, text, photo, "watercolor", cfg, on_step=boom, workspace=workspace)
+    assert not workspace.holds, "a trainer that failed mid-run must not train the next style"
+
+    calls = []
+    with pytest.raises(TrainingCancelled) as cancelled:
+        train_style(vae, text, photo, "watercolor", cfg, workspace=workspace,
+                    should_stop=lambda: calls.append(1) or len(calls) > 2)
+    assert cancelled.value.partial.steps == 2 and workspace.holds
+    after_cancel = train_style(vae, text, photo, "pencil sketch", cfg, workspace=workspace)
+    _same_style(after_cancel, train_style(vae, text, photo, "pencil sketch", cfg))
+
+
+def test_a_fine_tuning_is_never_restarted(parts, photo):
+    vae, text, vgg, lp = parts
+    workspace = TrainingWorkspace()
+    base = train_style(vae, text, photo, "oil painting", small_config(epochs=2), workspace=workspace)
+    kept = workspace._trainer
+    tuned = train_style(vae, text, photo, "oil painting", small_config(epochs=2), start=base.style,
+                        workspace=workspace)
+    assert workspace._trainer is not kept and not workspace.holds  # a fine-tuning is not kept either
+    assert tuned.style.metadata["started_from"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_restarted_trainer_replays_its_graphs_for_the_next_style_on_gpu(tiny_models, photo, photo_loader, caplog):
+    """On the GPU the kept trainer's CUDA graphs replay the next style from its first step (no eager step, no
+    capture but the first epoch's, which the first style ran eagerly), with the losses of a fresh graphed trainer."""
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    other = photo_loader("coffee", 64)
+    cfg = dict(cuda_graphs="on", precision="fp32", loss=dict(so_interval=2, so_theta=2.0))
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", small_config(epochs=4, seed=1, **cfg), workspace=workspace)
+    graphs = workspace._trainer.graphs
+    assert graphs is not None and len(graphs) == 2  # epochs 1-3: L_so off / on; epoch 0 ran eagerly
+    second = train_style(vae, text, other, "pencil sketch", small_config(epochs=5, seed=2, **cfg), workspace=workspace)
+    assert workspace._trainer.graphs is graphs and len(graphs) == 3  # + epoch 0's, captured in the restart
+    fresh = train_style(vae, text, other, "pencil sketch", small_config(epochs=5, seed=2, **cfg))
+    # first-order terms as in test_cuda_graphs (fp32, rtol 1e-3); L_so and the total amplify rounding
+    for step, (a, b) in enumerate(zip(fresh.history, second.history)):
+        assert a.keys() == b.keys()
+        for k in a.keys() - {"so", "total"}:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), f"step {step} term {k}"
