@@ -76,6 +76,20 @@ class GraphCaptureError(RuntimeError):
     """Capturing failed (an operation that cannot be recorded, or memory): the caller runs eagerly."""
 
 
+_capture_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def capture_stream() -> torch.cuda.Stream:
+    """The side stream captures record on, ONE per device for the whole process. torch gives every (cuBLAS
+    handle, stream) pair its own cuBLAS workspace and keeps it until the process ends, so a new stream per
+    capture leaked 32 MiB per graph: 68 MB of GPU memory per style on an H200 (call S, 2 graphs a style)."""
+    device = torch.cuda.current_device()
+    stream = _capture_streams.get(device)
+    if stream is None:
+        stream = _capture_streams[device] = torch.cuda.Stream(device)
+    return stream
+
+
 class CapturedCalls:
     """``body()`` captured once per ``key`` as a CUDA graph, then replayed.
 
@@ -111,7 +125,7 @@ class CapturedCalls:
         for g in self.generators:
             graph.register_generator_state(g)
         caller = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
+        side = capture_stream()
         side.wait_stream(caller)
         failure: Exception | None = None
         outputs = None
