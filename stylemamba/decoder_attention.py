@@ -49,16 +49,37 @@ class MatmulAttention:
         return out / attn.rescale_output_factor
 
 
+def single_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's VAE attention (``comfy.ldm.modules.diffusionmodules.model.pytorch_attention``: one head over the
+    pixels of (B, C, H, W) q, k, v, scale 1/sqrt(C)) as matrix products, the softmax in fp32; (B, C, H, W) out."""
+    b, c, h, w = q.shape
+    q, k, v = (t.reshape(b, c, h * w) for t in (q, k, v))
+    scores = (q.transpose(1, 2) * c ** -0.5) @ k  # (B, HW, HW)
+    probs = scores.softmax(dim=-1, dtype=torch.promote_types(v.dtype, torch.float32)).to(v.dtype)
+    return (v @ probs.transpose(1, 2)).reshape(b, c, h, w)
+
+
+def _comfy_attention_block(module: nn.Module) -> bool:
+    """A ComfyUI VAE ``AttnBlock`` (known by its parts: the library never imports ComfyUI)."""
+    return (callable(getattr(module, "optimized_attention", None)) and
+            all(isinstance(getattr(module, name, None), nn.Module) for name in ("norm", "q", "k", "v", "proj_out")))
+
+
 def attention_by_matmul_(decoder: nn.Module) -> int:
-    """Give every diffusers ``Attention`` under ``decoder`` a :class:`MatmulAttention` processor (in place; no
-    parameter changes); returns how many. Decoders of other origins (ComfyUI's) are left as they are."""
+    """Give every diffusers ``Attention`` under ``decoder`` a :class:`MatmulAttention` processor, and every ComfyUI
+    VAE attention block :func:`single_head_attention` (in place; no parameter changes); returns how many. In
+    ComfyUI the trained decoder is ComfyUI's own, whose attention runs scaled_dot_product_attention with the
+    same 512-wide head and so the same slow backward."""
     try:
         from diffusers.models.attention_processor import Attention
     except ImportError:
-        return 0
+        Attention = ()
     count = 0
     for module in decoder.modules():
-        if isinstance(module, Attention) and not isinstance(module.processor, MatmulAttention):
+        if Attention and isinstance(module, Attention) and not isinstance(module.processor, MatmulAttention):
             module.set_processor(MatmulAttention(module.processor))
+            count += 1
+        elif _comfy_attention_block(module) and module.optimized_attention is not single_head_attention:
+            module.optimized_attention = single_head_attention
             count += 1
     return count

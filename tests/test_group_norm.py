@@ -124,6 +124,51 @@ def _attention_block():
                      _from_deprecated_attn_block=True).double()
 
 
+class ComfyAttnBlock(torch.nn.Module):
+    """ComfyUI's VAE AttnBlock as ComfyUI 0.3.64 writes it (comfy/ldm/modules/diffusionmodules/model.py; the tests
+    run without ComfyUI): GroupNorm, 1x1 convs q, k, v, ``optimized_attention`` = its pytorch_attention (one head
+    over the pixels, scaled_dot_product_attention), proj_out, residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(8, c, eps=1e-6)
+        self.q, self.k, self.v, self.proj_out = (torch.nn.Conv2d(c, c, 1) for _ in range(4))
+        self.optimized_attention = self.pytorch_attention
+
+    @staticmethod
+    def pytorch_attention(q, k, v):
+        shape = q.shape
+        b, c = shape[:2]
+        q, k, v = (t.view(b, 1, c, -1).transpose(2, 3).contiguous() for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+        return out.transpose(2, 3).reshape(shape)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.proj_out(self.optimized_attention(self.q(h), self.k(h), self.v(h)))
+
+
+def test_matmul_attention_takes_over_comfyuis_vae_attention_with_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    block = ComfyAttnBlock(32).double()
+    ours = copy.deepcopy(block)
+    assert attention_by_matmul_(torch.nn.Sequential(ours)) == 1 and attention_by_matmul_(ours) == 0
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = block(xa), ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-10)
+    gy = torch.randn_like(ya)
+    ya.backward(gy)
+    yb.backward(gy)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-10)
+    for (name, pa), pb in zip(block.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-10, atol=1e-10, msg=name)
+    # a module that only looks partly like one is left alone
+    odd = torch.nn.Module()
+    odd.optimized_attention = ComfyAttnBlock.pytorch_attention
+    assert attention_by_matmul_(odd) == 0
+
+
 def test_matmul_attention_equals_the_sdpa_processor_it_replaces():
     block = _attention_block()
     ours = copy.deepcopy(block)
