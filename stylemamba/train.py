@@ -1076,6 +1076,12 @@ class TrainingWorkspace:
     def __init__(self):
         self._trainer: StyleTrainer | None = None
         self._kind: tuple | None = None
+        # GPU memory the kept trainer holds (reserved after its first style, less before it, caches emptied: a
+        # graph's pool is reserved, not allocated, between replays): a front end that asks its host for a
+        # training's working memory asks for that much less (the next style reuses it, or it is released before
+        # a new trainer is built)
+        self.held_bytes = 0
+        self._reserved_before: int | None = None  # set while a new trainer runs its first style
 
     @property
     def holds(self) -> bool:
@@ -1102,7 +1108,14 @@ class TrainingWorkspace:
             del trainer
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        self._kind = kind
+            if free_memory is not None:  # counted by the caller while the old trainer still held it
+                free_memory += self.held_bytes
+        self._kind, self.held_bytes = kind, 0
+        where = torch.device(device) if device is not None else vae.device
+        self._reserved_before = None
+        if where.type == "cuda":
+            torch.cuda.empty_cache()
+            self._reserved_before = torch.cuda.memory_reserved(where)
         return StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device, free_memory,
                             start)
 
@@ -1111,11 +1124,15 @@ class TrainingWorkspace:
         if trainer is None or self._kind is None or trainer.model is None:
             return False
         self._trainer = trainer
+        if self._reserved_before is not None:  # its first style: what it holds from now on
+            torch.cuda.empty_cache()
+            self.held_bytes = max(0, torch.cuda.memory_reserved(trainer.device) - self._reserved_before)
+            self._reserved_before = None
         return True
 
     def release(self) -> None:
         """Drop the kept trainer and give its GPU memory back."""
-        trainer, self._trainer, self._kind = self._trainer, None, None
+        trainer, self._trainer, self._kind, self.held_bytes = self._trainer, None, None, 0
         if trainer is not None:
             _free(trainer)
             del trainer

@@ -6,7 +6,7 @@ import torch
 from small import small_config
 from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
-from stylemamba.train import TrainingCancelled, TrainingWorkspace, train_style
+from stylemamba.train import StyleTrainer, TrainingCancelled, TrainingWorkspace, train_style
 from stylemamba.vae import load_vae
 
 
@@ -139,3 +139,33 @@ def test_a_restarted_trainer_replays_its_graphs_for_the_next_style_on_gpu(tiny_m
         assert a.keys() == b.keys()
         for k in a.keys() - {"so", "total"}:
             assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), f"step {step} term {k}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_workspace_says_what_it_holds_and_gives_it_all_back_on_gpu(tiny_models, photo, monkeypatch):
+    import gc
+
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    kind_a = small_config(epochs=3, cuda_graphs="on")
+    kind_b = small_config(epochs=2, cuda_graphs="on", loss=dict(patch=0.0))
+    for cfg in (kind_a, kind_b):  # once without a workspace: what torch allocates once per process (library
+        train_style(vae, text, photo, "oil painting", cfg)  # workspaces: 2 MiB in call X) is not counted below
+    gc.collect()
+    torch.cuda.empty_cache()
+    start, start_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", kind_a, workspace=workspace)
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_reserved() - start_reserved  # the graphs' pools are reserved, not allocated
+    assert workspace.held_bytes == pytest.approx(held, rel=0.05) and held > torch.cuda.memory_allocated() - start
+    # a new kind of style: the caller's free-memory count gets back what the old trainer held
+    seen = []
+    real_plan = StyleTrainer._plan
+    monkeypatch.setattr(StyleTrainer, "_plan", lambda self, free: seen.append(free) or real_plan(self, free))
+    train_style(vae, text, photo, "oil painting", kind_b, free_memory=1e9, workspace=workspace)
+    assert seen == [pytest.approx(1e9 + held, rel=0.05)]
+    workspace.release()
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() - start < 2**20
