@@ -124,6 +124,20 @@ def _attention_block():
                      _from_deprecated_attn_block=True).double()
 
 
+def _same_values_and_gradients(block, ours):
+    """fp64: the block and its copy with matmul attention give the same output and input / weight gradients."""
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = block(xa), ours(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-10)
+    gy = torch.randn_like(ya)
+    ya.backward(gy)
+    yb.backward(gy)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-10)
+    for (name, pa), pb in zip(block.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
 class ComfyAttnBlock(torch.nn.Module):
     """ComfyUI's VAE AttnBlock as ComfyUI 0.3.64 writes it (comfy/ldm/modules/diffusionmodules/model.py; the tests
     run without ComfyUI): GroupNorm, 1x1 convs q, k, v, ``optimized_attention`` = its pytorch_attention (one head
@@ -153,16 +167,7 @@ def test_matmul_attention_takes_over_comfyuis_vae_attention_with_the_same_values
     block = ComfyAttnBlock(32).double()
     ours = copy.deepcopy(block)
     assert attention_by_matmul_(torch.nn.Sequential(ours)) == 1 and attention_by_matmul_(ours) == 0
-    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = block(xa), ours(xb)
-    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-10)
-    gy = torch.randn_like(ya)
-    ya.backward(gy)
-    yb.backward(gy)
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-10)
-    for (name, pa), pb in zip(block.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-10, atol=1e-10, msg=name)
+    _same_values_and_gradients(block, ours)
     # a module that only looks partly like one is left alone
     odd = torch.nn.Module()
     odd.optimized_attention = ComfyAttnBlock.pytorch_attention
@@ -174,15 +179,6 @@ def test_matmul_attention_equals_the_sdpa_processor_it_replaces():
     ours = copy.deepcopy(block)
     assert attention_by_matmul_(ours) == 1 and attention_by_matmul_(ours) == 0  # once is enough
     assert isinstance(ours.processor, MatmulAttention)
-    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = block(xa), ours(xb)
-    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-10)
-    gy = torch.randn_like(ya)
-    ya.backward(gy)
-    yb.backward(gy)
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-10, atol=1e-10)
-    for (name, pa), pb in zip(block.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-9, atol=1e-10, msg=name)
+    _same_values_and_gradients(block, ours)
     tokens = torch.randn(2, 7, 32, dtype=torch.float64)  # 3-D input: the processor it replaced runs
     torch.testing.assert_close(ours(tokens), block(tokens))
