@@ -64,7 +64,7 @@ DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, 
 TARGETS = {
     "step_ms": 50.0, "recipe_s": 2.0, "stylise_512_ms": 20.0, "stylise_1024_ms": 80.0, "video_fps": 60.0,
     "train_peak_gb": 12.0, "hundred_images_ratio": 50.0, "scan_vs_kernel": 2.0,
-    "recipe_workspace_s": 1.5,  # issue 11: a new style as the Train node runs it (default settings, no mamba-ssm)
+    "recipe_workspace_s": 1.5,  # a new style as the Train node runs it on a GPU (default settings, no mamba-ssm)
 }
 
 
