@@ -96,8 +96,10 @@ class TrainingNetworks(torch.nn.Module):
         self.nets = torch.nn.ModuleList(modules)
         self.device = None  # ComfyUI's ModelPatcher records where it put the model here
         # the last style's trainer, restarted for the next style of the same kind (no decoder copy, no first
-        # eager step, its CUDA graphs replayed): it holds GPU memory, so it goes whenever the networks move
-        self.workspace = TrainingWorkspace()
+        # eager step, its CUDA graphs replayed): it holds GPU memory, so it goes whenever the networks move, and
+        # is not kept when it holds more than a quarter of the card (ComfyUI counts a graph pool's unused part
+        # as free memory, but no other model can use it)
+        self.workspace = TrainingWorkspace(max_share=KEPT_TRAINER_SHARE)
 
     def _apply(self, fn, recurse=True):
         """Moved or converted (ComfyUI unloading the networks to make room, a new set replacing them: any
@@ -110,6 +112,12 @@ class TrainingNetworks(torch.nn.Module):
 
 
 _training_networks: dict = {}  # (ids of the networks) -> (TrainingNetworks, its ModelPatcher); the last set only
+KEPT_TRAINER_SHARE = 0.25  # the most of the card a kept trainer may hold (TrainingWorkspace.max_share)
+
+
+def kept_training_bytes() -> int:
+    """GPU memory the kept trainer holds that ComfyUI counts as used (what a new training need not ask for)."""
+    return sum(container.workspace.counted_bytes for container, _ in _training_networks.values())
 
 
 def training_networks(modules: list, device: torch.device):

@@ -172,13 +172,13 @@ class StyleMambaTrain:
             progress.update(total)
             return cached
         batch = int(content.shape[0])
-        device = ch.torch_device()
-        networks, patcher = caches.training_networks([text_model, nets.vgg, nets.lpips], device)
-        # the last style's trainer already holds part of it (reused, or released before a new one is built)
+        # the last style's trainer already holds part of it, counted by ComfyUI as used (reused, or released
+        # before a new trainer is built)
         working_memory = max(0.0, memory_estimate(batch, config.resolution, config.loss.n_crops)
-                             - networks.workspace.held_bytes)
+                             - caches.kept_training_bytes())
         sdvae = ch.prepare_vae(vae, memory_required=working_memory, name=vae_name)
         device = sdvae.device
+        networks, patcher = caches.training_networks([text_model, nets.vgg, nets.lpips], device)
         progress.text(f"training {total} steps on {device}" + ("; " + "; ".join(skipped) if skipped else ""))
 
         def on_step(info):

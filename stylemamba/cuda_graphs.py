@@ -95,13 +95,17 @@ class CapturedCalls:
 
     ``body`` reads its inputs from tensors that stay at the same addresses (the caller copies new values
     into them before :meth:`__call__`) and returns its outputs (any structure of tensors), which stay
-    valid until the next replay of the same key. ``generators``: the non-default CUDA generators the body
-    draws from (registered so each replay draws fresh numbers, as eager calls would).
+    valid until the next replay of ANY key: all keys' graphs share one memory pool, so the working memory of
+    a second key (a training step with the second-order term, the first step of a restarted style) reuses
+    the first's instead of adding its own. That is safe because callers keep nothing a replay writes past the
+    next replay (they copy outputs out first) and replays never overlap. ``generators``: the non-default CUDA
+    generators the body draws from (registered so each replay draws fresh numbers, as eager calls would).
     """
 
     def __init__(self, generators: tuple[torch.Generator, ...] = ()):
         self.generators = tuple(g for g in generators if g is not None and g.device.type == "cuda")
         self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, Any]] = {}
+        self._pool = None  # the shared pool, from the first graph captured
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -130,7 +134,7 @@ class CapturedCalls:
         failure: Exception | None = None
         outputs = None
         with torch.cuda.stream(side):
-            graph.capture_begin()
+            graph.capture_begin(pool=self._pool)
             try:
                 outputs = body()
             except Exception as exc:  # noqa: BLE001 - any failure to record means: run eagerly
@@ -153,6 +157,8 @@ class CapturedCalls:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # the failed graph's pool: an eager retry may need that memory
             raise GraphCaptureError(f"{type(failure).__name__}: {failure}".splitlines()[0][:300]) from failure
+        if self._pool is None:
+            self._pool = graph.pool()
         return graph, outputs
 
 

@@ -435,22 +435,24 @@ def _network_kind(vae: SDVAE, text, vgg, lpips, addresses: bool = False) -> tupl
     their type and size so that a network freed and replaced at the same address (ComfyUI unloading one model,
     loading another) is unlikely to be taken for it; ``addresses``: and where their weights are (a CUDA graph
     reads them there: moved to the CPU and back, they are elsewhere)."""
-    def kind(m):
+    def kind(m, addresses):
         if m is None:
             return None
         params = list(m.parameters())
-        where = tuple(p.data_ptr() for p in params) if addresses else ()
+        where = tuple(t.data_ptr() for t in (*params, *m.buffers())) if addresses else ()
         return id(m), type(m).__name__, sum(p.numel() for p in params), where
-    return tuple(kind(m) for m in (vae.decoder, text, vgg, lpips))
+    # the VAE is only read outside the steps (its encoder before them, its decoder's weights by a restart)
+    return (kind(vae.decoder, False), kind(text, addresses), kind(vgg, addresses), kind(lpips, addresses))
 
 
 def workspace_kind(vae: SDVAE, text, vgg, lpips, device: torch.device | str | None, n_images: int,
                    config: TrainConfig) -> tuple:
-    """When a trainer can be restarted for a new style (:meth:`StyleTrainer.restart`): the same networks, still at
-    the same addresses, device, number of images and recipe (apart from seed, learning rates, step counts,
+    """When a trainer can be restarted for a new style (:meth:`StyleTrainer.restart`): the same networks (those the
+    steps read still at the same addresses), device, latent scaling, number of images and recipe (apart from seed, learning rates, step counts,
     previews and prompts, which a restart sets)."""
     device = torch.device(device) if device is not None else vae.device
-    return (str(device), int(n_images), _recipe_kind(config), _network_kind(vae, text, vgg, lpips, addresses=True))
+    return (str(device), int(n_images), float(vae.scaling_factor), _recipe_kind(config),
+            _network_kind(vae, text, vgg, lpips, addresses=True))
 
 
 def image_count(content) -> int:
@@ -1069,19 +1071,24 @@ class TrainingWorkspace:
 
     It holds GPU memory between styles: the decoder copy and Adam's moments (~0.6 GB for an SD VAE) and, where
     the steps replay as CUDA graphs, the graphs' pool (the step's working memory: ~8.5 GB for the fast plan at
-    512 px). :meth:`release` gives it back; the Train node releases it when ComfyUI unloads its training
-    networks. Pass one to :func:`train_style` (``workspace=``) for every style.
+    512 px). A graph's pool is reserved, not allocated, between replays, and hosts that count torch's reserved
+    but unallocated memory as free (ComfyUI does) cannot use it, so ``max_share`` (of the card) bounds what is
+    kept: a trainer holding more is released after its style. :meth:`release` gives the memory back; the Train
+    node releases it when ComfyUI unloads its training networks. Pass one to :func:`train_style`
+    (``workspace=``) for every style.
     """
 
-    def __init__(self):
+    def __init__(self, max_share: float | None = None):
+        self.max_share = max_share
         self._trainer: StyleTrainer | None = None
         self._kind: tuple | None = None
-        # GPU memory the kept trainer holds (reserved after its first style, less before it, caches emptied: a
-        # graph's pool is reserved, not allocated, between replays): a front end that asks its host for a
-        # training's working memory asks for that much less (the next style reuses it, or it is released before
-        # a new trainer is built)
-        self.held_bytes = 0
-        self._reserved_before: int | None = None  # set while a new trainer runs its first style
+        # what the kept trainer holds, measured after its first style with the caches emptied: ``held_bytes`` in
+        # all (reserved: the graphs' pool included) and ``counted_bytes`` the part torch counts as allocated,
+        # which hosts count as used: a front end asks its host for that much less working memory (the next
+        # style reuses it, or it is released before a new trainer is built)
+        self.held_bytes = self.counted_bytes = 0
+        self._before: tuple[int, int] | None = None  # (reserved, allocated) before a new trainer's first style
+        self._held_while_out = (0, 0)
 
     @property
     def holds(self) -> bool:
@@ -1093,13 +1100,23 @@ class TrainingWorkspace:
                 start: Style | UniversalModel | None) -> StyleTrainer:
         """The kept trainer restarted for this style when it is of the same kind, else a new trainer (the kept
         one released first: its memory goes before the new one takes its own). A fine-tuning (``start``) is
-        never restarted: its starting weights and fusion architecture are its own."""
+        never restarted: its starting weights and fusion architecture are its own. A restarted trainer keeps
+        the memory plan (and graphs or eager steps) its last style ended with."""
         config = config or TrainConfig()
         kind = (workspace_kind(vae, text, vgg, lpips, device, image_count(content), config)
                 if start is None else None)
-        trainer, self._trainer = self._trainer, None  # out while it trains: a failure leaves nothing half-used
+        # out while it trains: a failure leaves nothing half-used, and nothing is counted as held meanwhile
+        trainer, self._trainer = self._trainer, None
+        held, self._held_while_out = (self.held_bytes, self.counted_bytes), (0, 0)
+        self.held_bytes = self.counted_bytes = 0
         if trainer is not None and kind is not None and kind == self._kind:
-            trainer.restart(content, direction, config, prompt_weights)
+            try:
+                trainer.restart(content, direction, config, prompt_weights)
+            except BaseException:
+                self._kind = None
+                _free(trainer)
+                raise
+            self._held_while_out = held
             log.info("stylemamba: training in the last style's workspace (its decoder copy, optimizer%s; plan %s)",
                      " and CUDA graphs" if trainer.graphs is not None else "", trainer.plan.describe())
             return trainer
@@ -1108,31 +1125,41 @@ class TrainingWorkspace:
             del trainer
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if free_memory is not None:  # counted by the caller while the old trainer still held it
-                free_memory += self.held_bytes
-        self._kind, self.held_bytes = kind, 0
+            if free_memory is not None:  # counted by the caller as used while the old trainer held it
+                free_memory += held[1]
+        self._kind, self._before = kind, None
         where = torch.device(device) if device is not None else vae.device
-        self._reserved_before = None
         if where.type == "cuda":
             torch.cuda.empty_cache()
-            self._reserved_before = torch.cuda.memory_reserved(where)
+            self._before = (torch.cuda.memory_reserved(where), torch.cuda.memory_allocated(where))
         return StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device, free_memory,
                             start)
 
     def keep(self, trainer: StyleTrainer | None) -> bool:
-        """Keep ``trainer`` (after a finished or cancelled run) for the next style; False when it cannot be."""
+        """Keep ``trainer`` (after a finished or cancelled run) for the next style; False when it cannot be (or
+        holds more than ``max_share`` of the card: then it is released)."""
         if trainer is None or self._kind is None or trainer.model is None:
             return False
         self._trainer = trainer
-        if self._reserved_before is not None:  # its first style: what it holds from now on
+        self.held_bytes, self.counted_bytes = self._held_while_out
+        if self._before is not None:  # its first style: what it holds from now on
             torch.cuda.empty_cache()
-            self.held_bytes = max(0, torch.cuda.memory_reserved(trainer.device) - self._reserved_before)
-            self._reserved_before = None
+            reserved, allocated = self._before
+            self.held_bytes = max(0, torch.cuda.memory_reserved(trainer.device) - reserved)
+            self.counted_bytes = max(0, torch.cuda.memory_allocated(trainer.device) - allocated)
+            self._before = None
+            total = torch.cuda.get_device_properties(trainer.device).total_memory
+            if self.max_share is not None and self.held_bytes > self.max_share * total:
+                log.info("stylemamba: not keeping the trainer for the next style: it holds %.1f GB, more than %.0f%% "
+                         "of this %.0f GB card", self.held_bytes / 1e9, self.max_share * 100, total / 1e9)
+                self.release()
+                return False
         return True
 
     def release(self) -> None:
         """Drop the kept trainer and give its GPU memory back."""
-        trainer, self._trainer, self._kind, self.held_bytes = self._trainer, None, None, 0
+        trainer, self._trainer, self._kind = self._trainer, None, None
+        self.held_bytes = self.counted_bytes = 0
         if trainer is not None:
             _free(trainer)
             del trainer

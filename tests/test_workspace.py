@@ -158,14 +158,35 @@ def test_the_workspace_says_what_it_holds_and_gives_it_all_back_on_gpu(tiny_mode
     train_style(vae, text, photo, "oil painting", kind_a, workspace=workspace)
     torch.cuda.empty_cache()
     held = torch.cuda.memory_reserved() - start_reserved  # the graphs' pools are reserved, not allocated
-    assert workspace.held_bytes == pytest.approx(held, rel=0.05) and held > torch.cuda.memory_allocated() - start
-    # a new kind of style: the caller's free-memory count gets back what the old trainer held
+    counted = torch.cuda.memory_allocated() - start  # what torch (and ComfyUI) count as used
+    assert workspace.held_bytes == pytest.approx(held, rel=0.05) and held > counted
+    assert workspace.counted_bytes == pytest.approx(counted, rel=0.05)
+    # a new kind of style: the caller's free-memory count gets back what it counted as used (the graphs' pool
+    # it already counted as free)
     seen = []
     real_plan = StyleTrainer._plan
     monkeypatch.setattr(StyleTrainer, "_plan", lambda self, free: seen.append(free) or real_plan(self, free))
     train_style(vae, text, photo, "oil painting", kind_b, free_memory=1e9, workspace=workspace)
-    assert seen == [pytest.approx(1e9 + held, rel=0.05)]
+    assert seen == [pytest.approx(1e9 + counted, rel=0.05)]
+    # a workspace that may keep only a sliver of the card keeps nothing
+    small = TrainingWorkspace(max_share=1e-6)
+    train_style(vae, text, photo, "oil painting", kind_a, workspace=small)
+    assert not small.holds
     workspace.release()
     gc.collect()
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() - start < 2**20
+
+
+def test_a_restart_that_fails_frees_the_kept_trainer(parts, photo):
+    vae, text, vgg, lp = parts
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", small_config(epochs=2), workspace=workspace)
+    kept = workspace._trainer
+    with pytest.raises(ValueError, match="(?i)prompt"):
+        train_style(vae, text, photo, "   ", small_config(epochs=2), workspace=workspace)  # an empty prompt
+    assert not workspace.holds and kept.model is None and kept.graphs is None
+    assert workspace.held_bytes == workspace.counted_bytes == 0
+    # and the next style builds a new trainer
+    train_style(vae, text, photo, "oil painting", small_config(epochs=2), workspace=workspace)
+    assert workspace.holds and workspace._trainer is not kept
