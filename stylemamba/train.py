@@ -597,8 +597,9 @@ class StyleTrainer:
         """Make this trainer, after a run, train a NEW style of the same kind (:func:`workspace_kind`) as a
         fresh one would: same recipe semantics, same random draws, same result. Every tensor the steps read
         keeps its address (new values are copied in), so the decoder copy, the optimizer and the CUDA graphs
-        of the last style are used again: no decoder copy, no eager first step, no capture (what
-        :class:`TrainingWorkspace` is for)."""
+        of the last style are used again: no decoder copy and no eager first step; the only capture left is,
+        once, the first epoch's graph (a fresh trainer runs that step eagerly), into the same memory pool
+        (what :class:`TrainingWorkspace` is for)."""
         kept = (self.x, self.z, self.emb_x, self.feats_x, self.text_dir)
         self._take_style(content, direction, config or TrainConfig(), prompt_weights, None)
         fresh = (self.x, self.z, self.emb_x, self.feats_x, self.text_dir)
@@ -1067,7 +1068,8 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
 class TrainingWorkspace:
     """The last style's trainer, kept to train the next style of the same kind (:func:`workspace_kind`):
     :meth:`StyleTrainer.restart` reuses its decoder copy, optimizer and CUDA graphs, so a new style skips
-    the decoder copy (37 ms on an H200), the eager first step and the capture of its graphs.
+    the decoder copy (37 ms on an H200), the eager first step and the capture of its graphs (the first epoch's
+    graph is captured once, by the first restart).
 
     It holds GPU memory between styles: the decoder copy and Adam's moments (~0.6 GB for an SD VAE) and, where
     the steps replay as CUDA graphs, the graphs' pool (the step's working memory: ~8.5 GB for the fast plan at
@@ -1114,22 +1116,20 @@ class TrainingWorkspace:
                 trainer.restart(content, direction, config, prompt_weights)
             except BaseException:
                 self._kind = None
-                _free(trainer)
+                _drop(trainer)
                 raise
             self._held_while_out = held
             log.info("stylemamba: training in the last style's workspace (its decoder copy, optimizer%s; plan %s)",
                      " and CUDA graphs" if trainer.graphs is not None else "", trainer.plan.describe())
             return trainer
         if trainer is not None:
-            _free(trainer)
+            _drop(trainer)
             del trainer
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             if free_memory is not None:  # counted by the caller as used while the old trainer held it
                 free_memory += held[1]
         self._kind, self._before = kind, None
         where = torch.device(device) if device is not None else vae.device
-        if where.type == "cuda":
+        if where.type == "cuda":  # what the new trainer will hold is measured from here (caches emptied)
             torch.cuda.empty_cache()
             self._before = (torch.cuda.memory_reserved(where), torch.cuda.memory_allocated(where))
         return StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device, free_memory,
@@ -1161,10 +1161,14 @@ class TrainingWorkspace:
         trainer, self._trainer, self._kind = self._trainer, None, None
         self.held_bytes = self.counted_bytes = 0
         if trainer is not None:
-            _free(trainer)
-            del trainer
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            _drop(trainer)
+
+
+def _drop(trainer: StyleTrainer) -> None:
+    """:func:`_free` and the freed memory back to the device (a kept trainer let go between styles)."""
+    _free(trainer)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _free(trainer: StyleTrainer) -> None:
