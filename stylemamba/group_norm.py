@@ -7,9 +7,10 @@ sums are ordinary reductions (``mean`` / ``vector_norm`` with fp32 accumulation,
 over many blocks), the normalisation is one fused elementwise pass (``batch_norm`` in inference form with the
 per-(image, channel) statistics: fp32 arithmetic, output in the input's dtype), and backward is the textbook
 GroupNorm gradient written with the same reductions. Works in any memory format (NCHW or channels_last).
-On CUDA with NCHW inputs the same computation runs as Triton kernels (:mod:`stylemamba.group_norm_triton`:
-5 launches per norm instead of ~50 operators, which made the host the bottleneck of a training step); the
-operator form is the fallback (no triton, channels_last) and the CPU path.
+On CUDA with NCHW- or channels_last-contiguous inputs the same computation runs as Triton kernels
+(:mod:`stylemamba.group_norm_triton`: 5-6 launches per norm instead of ~50 operators, which made the host the
+bottleneck of a training step, and no layout copies in channels_last); the operator form is the fallback (no
+triton, other strides) and the CPU path.
 
 Numerics: statistics in fp32 as E[x^2] - E[x]^2 (what cuDNN and Apex use as well); compared with
 ``F.group_norm`` in tests/test_group_norm.py.
@@ -28,6 +29,11 @@ _KERNELS_WORK: dict[str, bool] = {}  # per device: whether the kernels passed th
 # per-group element count from which the reductions pay on a GPU (below it the native kernel is fine and
 # launches fewer kernels): 16 channels x 128 x 128 [choice: the decoder's norms at 128 px and above]
 MIN_GROUP_SIZE = 16 * 128 * 128
+# the same for channels_last inputs: 16 channels x 64 x 64 [measured on an H200, bench/results/steady_h200: with
+# every norm of the 512 px decoder on the kernels its eager forward + backward took 30.3 instead of 39.9 ms (callAA
+# vs callZ); with the tiny test networks' small norms on them too, an un-replayed tiny step took 94.7 instead of
+# 55.2 ms (six launches per norm; callAC vs callS)]
+CHANNELS_LAST_MIN_GROUP_SIZE = 16 * 64 * 64
 
 
 def _per_channel(t: torch.Tensor, channels: int) -> torch.Tensor:
@@ -62,25 +68,32 @@ def _self_check(device: torch.device) -> str | None:
         g = torch.Generator().manual_seed(0)
         x = (torch.randn(2, 8, 40, 40, generator=g) + 2).to(device)
         w, b, gy = torch.rand(8, generator=g).to(device), torch.randn(8, generator=g).to(device), torch.randn_like(x)
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            outs = []
-            for kernels in (True, False):
-                leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-                y = _GroupNormFunction.apply(*leaves, 4, 1e-5, kernels)
-                outs.append([y.detach(), *torch.autograd.grad(y, leaves, gy)])
-        for name, a, ref in zip(("y", "dx", "dw", "db"), *outs):
-            err = float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
-            if not err < 1e-4:  # also NaN
-                return f"self-check mismatch against the operator form: {name} off by {err:.2e}"
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x, gy = x.contiguous(memory_format=layout), gy.contiguous(memory_format=layout)
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                outs = []
+                for kernels in (True, False):
+                    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+                    y = _GroupNormFunction.apply(*leaves, 4, 1e-5, kernels)
+                    outs.append([y.detach(), *torch.autograd.grad(y, leaves, gy)])
+            for name, a, ref in zip(("y", "dx", "dw", "db"), *outs):
+                err = float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+                if not err < 1e-4:  # also NaN
+                    return f"self-check mismatch against the operator form ({layout}): {name} off by {err:.2e}"
     except Exception as exc:  # noqa: BLE001 - compilation, launch, driver: anything
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether the kernels read ``x`` as channels_last (4-D, channels_last-contiguous and not NCHW-contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _on_kernels(x: torch.Tensor) -> bool:
-    """Whether ``x`` goes through the Triton kernels: CUDA, NCHW-contiguous, kernels that passed their
-    self-check on this device (checked once, logged when they fail)."""
-    if not (x.is_cuda and x.is_contiguous()) or _kernels() is None:
+    """Whether ``x`` goes through the Triton kernels: CUDA, NCHW- or channels_last-contiguous, kernels that passed
+    their self-check on this device (checked once, logged when they fail)."""
+    if not (x.is_cuda and (x.is_contiguous() or _channels_last(x))) or _kernels() is None:
         return False
     key = str(x.device)
     if key not in _KERNELS_WORK:
@@ -138,7 +151,11 @@ class _GroupNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, groups: int, eps: float, kernels: bool):
         ctx.groups, ctx.has_weight, ctx.has_bias, ctx.kernels = groups, weight is not None, bias is not None, kernels
         ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
-        y, mean, rstd = (_kernels().forward if kernels else _operator_forward)(x, weight, bias, groups, eps)
+        if kernels:
+            forward = _kernels().forward_channels_last if _channels_last(x) else _kernels().forward
+        else:
+            forward = _operator_forward
+        y, mean, rstd = forward(x, weight, bias, groups, eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         return y
 
@@ -146,7 +163,10 @@ class _GroupNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, rstd, weight = ctx.saved_tensors
         need = ctx.has_weight or ctx.has_bias
-        backward = _kernels().backward if ctx.kernels else _operator_backward
+        if ctx.kernels:
+            backward = _kernels().backward_channels_last if _channels_last(x) else _kernels().backward
+        else:
+            backward = _operator_backward
         grad_x, dweight, dbias = backward(dy.to(x.dtype), x, weight, mean, rstd, ctx.groups, need)
         dweight = dweight.to(ctx.param_dtype) if ctx.has_weight else None
         dbias = dbias.to(ctx.param_dtype) if ctx.has_bias else None
@@ -163,5 +183,8 @@ def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None,
 
 
 def pays_here(x: torch.Tensor, groups: int) -> bool:
-    """Whether :func:`group_norm` beats the native kernel for this input: on CUDA, large groups."""
-    return x.is_cuda and x.numel() // (x.shape[0] * groups) >= MIN_GROUP_SIZE
+    """Whether :func:`group_norm` beats the native kernel for this input: on CUDA, large groups; in
+    channels_last also medium ones, down to the SD decoder's smallest norm at 512 px (the native CUDA kernel copies
+    a channels_last input to NCHW and returns NCHW, so the next convolution converts it back)."""
+    size = x.numel() // (x.shape[0] * groups)  # elements per group
+    return x.is_cuda and size >= (CHANNELS_LAST_MIN_GROUP_SIZE if _channels_last(x) else MIN_GROUP_SIZE)

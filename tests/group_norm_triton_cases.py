@@ -15,22 +15,32 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CASES = {"one image": (1, 16, 20, 12, 4, True), "batch of 3": (3, 32, 9, 7, 8, True),
-         "no affine": (2, 8, 6, 6, 2, False)}
+# (n, c, h, w, groups, affine, channels_last); 24 channels: a channel count that is not a power of two
+CASES = {"one image": (1, 16, 20, 12, 4, True, False), "batch of 3": (3, 32, 9, 7, 8, True, False),
+         "no affine": (2, 8, 6, 6, 2, False, False), "channels_last one image": (1, 16, 20, 12, 4, True, True),
+         "channels_last batch of 3": (3, 24, 9, 7, 8, True, True),
+         "channels_last no affine": (2, 8, 6, 6, 2, False, True)}
 
 
 def main() -> dict:
     from stylemamba import group_norm_triton as k
 
-    k.STATS_CHUNK, k.GRAD_CHUNK, k.BLOCK = 64, 32, 16
+    k.STATS_CHUNK, k.GRAD_CHUNK, k.BLOCK, k.TILE, k.CHUNKS = 64, 32, 16, 64, 3
     torch.manual_seed(0)
     out = {}
-    for name, (n, c, h, w, groups, affine) in CASES.items():
+    for name, (n, c, h, w, groups, affine, channels_last) in CASES.items():
         x = (torch.randn(n, c, h, w, dtype=torch.float64) * 2 + 5).float()  # an offset mean
         weight, bias = (torch.randn(c), torch.randn(c)) if affine else (None, None)
-        y, mean, rstd = k.forward(x, weight, bias, groups, 1e-5)
         gy = torch.randn_like(x)
-        dx, dw, db = k.backward(gy, x, weight, mean, rstd, groups, affine)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            y, mean, rstd = k.forward_channels_last(x, weight, bias, groups, 1e-5)
+            dx, dw, db = k.backward_channels_last(gy, x, weight, mean, rstd, groups, affine)  # gy NCHW: converted
+            assert y.is_contiguous(memory_format=torch.channels_last), "y lost the channels_last layout"
+            assert dx.is_contiguous(memory_format=torch.channels_last), "dx lost the channels_last layout"
+        else:
+            y, mean, rstd = k.forward(x, weight, bias, groups, 1e-5)
+            dx, dw, db = k.backward(gy, x, weight, mean, rstd, groups, affine)
         ref = [t.double().requires_grad_(True) if t is not None else None for t in (x, weight, bias)]
         yr = F.group_norm(ref[0], groups, ref[1], ref[2], 1e-5)
         yr.backward(gy.double())

@@ -95,6 +95,36 @@ def test_group_norm_on_gpu_matches_pytorch_at_decoder_size(layout):
         assert _rel(a, e) < 1e-2, (name, _rel(a, e))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_channels_last_norm_takes_the_kernels_and_keeps_its_layout_on_gpu(monkeypatch):
+    """A large channels_last norm goes through the channels_last kernels (PyTorch's CUDA kernel copies the input to
+    NCHW and returns NCHW, so the next convolution converts it back): its output stays channels_last, with
+    PyTorch's values and gradients under autocast."""
+    from stylemamba import group_norm_triton
+
+    calls = []
+    for name in ("forward_channels_last", "backward_channels_last"):
+        real = getattr(group_norm_triton, name)
+        monkeypatch.setattr(group_norm_triton, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    torch.manual_seed(0)
+    norm = precision.AutocastGroupNorm(32, 128).cuda()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(1, 128, 256, 256, device="cuda") * 2 + 1).contiguous(memory_format=torch.channels_last)
+    assert pays_here(x, 32)
+    x.requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = norm(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    gy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, gy)
+    assert calls == ["forward_channels_last", "backward_channels_last"]
+    xr = x.detach().float().requires_grad_(True)
+    ref = F.group_norm(xr, 32, norm.weight.detach(), norm.bias.detach())
+    (dxr,) = torch.autograd.grad(ref, xr, gy.float())
+    assert _rel(y, ref) < 1e-2 and _rel(dx, dxr) < 1e-2
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_triton_kernels_match_pytorch_under_the_interpreter():
     """The CUDA kernels' arithmetic, run by Triton's CPU interpreter on small shapes spanning several chunks and
@@ -109,7 +139,7 @@ def test_triton_kernels_match_pytorch_under_the_interpreter():
     assert report["self_check"]["working"] is None
     assert report["self_check"]["broken"] == "RuntimeError: no C compiler"
     results = report["cases"]
-    assert len(results) == 3 and sum(len(r) for r in results.values()) == 10
+    assert len(results) == 6 and sum(len(r) for r in results.values()) == 20  # NCHW and channels_last
     for case, errors in results.items():
         for name, err in errors.items():
             assert err < 1e-5, (case, name, err)
