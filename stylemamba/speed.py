@@ -101,6 +101,27 @@ def enable_cudnn_autotune(on: bool = True) -> bool:
     return previous
 
 
+def train_in_channels_last_(decoder: nn.Module) -> int:
+    """Put a decoder that is being trained in channels_last (in place); returns how many residual blocks were
+    put in the form that keeps that layout.
+
+    Why the blocks: diffusers' ``ResnetBlock2D`` copies its input to NCHW before the 1x1 shortcut convolution
+    while training (against a DDP gradient-stride warning) and not in inference; in a channels_last decoder that
+    is a full-size copy forward and backward (the SD decoder's 512-channel block at 256 px and 256-channel block
+    at 512 px). The two forms differ in nothing else but dropout, so blocks whose dropout is 0 (every SD VAE)
+    are switched to the inference form.
+    """
+    decoder.to(memory_format=torch.channels_last)
+    count = 0
+    for block in decoder.modules():
+        dropout = getattr(block, "dropout", None)
+        if (type(block).__name__ == "ResnetBlock2D" and getattr(block, "conv_shortcut", None) is not None
+                and isinstance(dropout, nn.Dropout) and dropout.p == 0):
+            block.train(False)
+            count += 1
+    return count
+
+
 def prepare_for_inference(vae, model, compile: str = "off", channels_last: bool = True,
                           dynamic: bool | None = False):
     """Speed up :func:`stylemamba.stylize.stylize` for ``model`` (a ``StyleModel``): channels-last

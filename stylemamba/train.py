@@ -37,7 +37,7 @@ from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory,
                           smaller_plan)
 from .options import from_options
 from .precision import autocast, autocast_dtype, check_precision, grad_scaler, groupnorm_in_autocast_dtype_
-from .speed import COMPILE_MODES, compile_callable, compile_module_
+from .speed import COMPILE_MODES, compile_callable, compile_module_, train_in_channels_last_
 from .style_file import Style, UniversalModel
 from .style_model import StyleModel
 from .vae import SDVAE
@@ -58,8 +58,11 @@ class TrainConfig:
     resolution: int = 512  # content images are resized (short side) and centre-cropped to this square
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp16 on pre-Ampere GPUs, fp32 on CPU) | "bf16" | "fp16" | "fp32"
-    # NCHW: on an H200 the eager decoder's forward + backward took 58 ms in NCHW against 72 ms in channels_last
-    # (its GroupNorms copy channels_last inputs to NCHW; experiments/decoder_speed.py)
+    # the trained decoder in channels_last on CUDA (speed.train_in_channels_last_). cuDNN's convolutions run in
+    # NHWC, so in NCHW they convert their inputs and outputs; with the channels_last GroupNorm kernels the step
+    # replayed as a graph took 60.5 instead of 64.3 ms and compiled 51.1 instead of 54.9 ms (H200,
+    # bench/results/steady_h200/callAA, callAB). Still NCHW by default: under the 8 GB memory cap (checkpointed
+    # decoder) a style took 1.30x its uncapped time in channels_last against 1.24x in NCHW (callAC vs callT)
     channels_last: bool = False
     # the decoder's GroupNorms in the autocast dtype (bf16) instead of autocast's fp32 (precision.AutocastGroupNorm;
     # with NCHW 51 instead of 58 ms); no effect in fp32
@@ -532,7 +535,7 @@ class StyleTrainer:
         if self.cfg.matmul_attention:
             attention_by_matmul_(self.model.decoder)
         if self.cfg.channels_last and self.device.type == "cuda":
-            self.model.decoder.to(memory_format=torch.channels_last)
+            train_in_channels_last_(self.model.decoder)
         self.plan = self._plan(free_memory)
         log.info("memory plan: %s (%s)", self.plan.describe(), self.plan.reason)
         if self.plan.checkpointing:

@@ -80,7 +80,7 @@ def test_training_runs_its_decoder_groupnorms_in_the_autocast_dtype_by_default(t
     from stylemamba.vae import load_vae
 
     cfg = TrainConfig()
-    assert cfg.autocast_groupnorm and not cfg.channels_last  # measured on an H200 (docs/BENCHMARK.md)
+    assert cfg.autocast_groupnorm and not cfg.channels_last  # measured on an H200 (TrainConfig's comments)
     assert TrainConfig.from_dict({**cfg.to_dict(), "channels_last": True}).channels_last  # older recipes load
     vae = load_vae(tiny_models["vae"])
     trainer = StyleTrainer(vae, load_text_image_encoder(tiny_models["siglip"]), photo, "pop art",
@@ -94,3 +94,49 @@ def test_training_runs_its_decoder_groupnorms_in_the_autocast_dtype_by_default(t
     assert cfg.matmul_attention and processors and all(isinstance(p, MatmulAttention) for p in processors)
     assert not any(isinstance(getattr(m, "processor", None), MatmulAttention) for m in vae.modules())
     trainer.step(0)  # and it trains
+
+
+def test_a_channels_last_decoder_trains_without_copying_to_nchw_and_computes_the_same():
+    """speed.train_in_channels_last_: diffusers' training-mode residual blocks copied a channels_last input to NCHW
+    before their shortcut convolution (a full-size copy at 512 px); the blocks it switches make no such copy and give
+    the same values and gradients as the NCHW decoder (fp64)."""
+    import copy
+
+    from diffusers import AutoencoderKL
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from stylemamba.speed import train_in_channels_last_
+    from stylemamba.testing.tiny_models import tiny_vae_config
+
+    class CopiesToNCHW(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if (func is torch.ops.aten.clone.default and src is not None and src.dim() == 4 and src.shape[1] > 1
+                    and not src.is_contiguous() and out.is_contiguous()):
+                self.count += 1
+            return out
+
+    torch.manual_seed(0)
+    nchw = AutoencoderKL(**tiny_vae_config()).decoder.double().train()
+    assert any(getattr(m, "conv_shortcut", None) is not None for m in nchw.modules())
+    cl = copy.deepcopy(nchw)
+    z = torch.randn(2, nchw.conv_in.in_channels, 8, 8, dtype=torch.float64)
+
+    def run(dec, z):
+        with CopiesToNCHW() as copies:
+            y = dec(z)
+            y.square().sum().backward()
+        return y, [p.grad for p in dec.parameters()], copies.count
+
+    trained_nchw_style = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    assert run(trained_nchw_style, z.contiguous(memory_format=torch.channels_last))[2] > 0  # the copies it removes
+    assert train_in_channels_last_(cl) > 0
+    y_ref, g_ref, _ = run(nchw, z)
+    y, g, copies = run(cl, z.contiguous(memory_format=torch.channels_last))
+    assert copies == 0
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
