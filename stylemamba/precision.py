@@ -95,6 +95,11 @@ class AutocastGroupNorm(nn.GroupNorm):
     """
 
     spread_statistics = True  # large groups on CUDA: stylemamba.group_norm (statistics over the whole GPU)
+    # under torch.compile: stylemamba.group_norm's Triton kernels run inside the compiled graph (True) or Inductor
+    # makes its own GroupNorm kernels (False). The compiled step (H200, replayed as a graph) took 54.9 ms with ours
+    # against 56.2 with Inductor's in NCHW, 51.9 / 51.6 against 59.8 in channels_last (bench/results/steady_h200/
+    # callAA, callZ)
+    kernels_when_compiled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = x.device.type
@@ -104,7 +109,7 @@ class AutocastGroupNorm(nn.GroupNorm):
         with torch.autocast(kind, enabled=False):
             x = x.to(dtype)
             if (self.spread_statistics and pays_here(x, self.num_groups)  # fp32 weight and bias: fine there
-                    and not torch.compiler.is_compiling()):  # compiled: Inductor makes its own GroupNorm kernels
+                    and (self.kernels_when_compiled or not torch.compiler.is_compiling())):
                 return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
             w = self.weight.to(dtype) if self.weight is not None else None
             b = self.bias.to(dtype) if self.bias is not None else None
