@@ -149,8 +149,17 @@ def test_the_workspace_says_what_it_holds_and_gives_it_all_back_on_gpu(tiny_mode
     text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
     kind_a = small_config(epochs=3, cuda_graphs="on")
     kind_b = small_config(epochs=2, cuda_graphs="on", loss=dict(patch=0.0))
-    for cfg in (kind_a, kind_b):  # once without a workspace: what torch allocates once per process (library
-        train_style(vae, text, photo, "oil painting", cfg)  # workspaces: 2 MiB in call X) is not counted below
+
+    def styles_in_workspaces():  # a kind, a new kind in the same workspace, a workspace that may keep nothing
+        workspace, small = TrainingWorkspace(), TrainingWorkspace(max_share=1e-6)
+        train_style(vae, text, photo, "oil painting", kind_a, workspace=workspace)
+        train_style(vae, text, photo, "oil painting", kind_b, free_memory=1e9, workspace=workspace)
+        train_style(vae, text, photo, "oil painting", kind_a, workspace=small)
+        workspace.release()
+
+    # once before measuring: what torch allocates once per process for a kind of step it has not run before
+    # (2 MiB in calls X and Y, not a leak: it does not grow with more styles) is not counted below
+    styles_in_workspaces()
     gc.collect()
     torch.cuda.empty_cache()
     start, start_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
