@@ -20,7 +20,7 @@ first variant as well as timed. Variants:
 * ``silu_inplace``: the default with an in-place SiLU (ComfyUI's current decoder).
 
 The first variant is the reference of the error columns. Also printed: the GPU kernels of the
-default grouped by name (profiler), to show what is left.
+default and of its channels_last form grouped by name (profiler), to show what is left.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def measure(base: nn.Module, device: torch.device, size: int, variants: list[str
             ref_y, ref_g = y, g
         row["out_rel_err"] = float((y - ref_y).norm() / ref_y.norm().clamp_min(1e-12))
         row["grad_rel_err"] = float((g - ref_g).norm() / ref_g.norm().clamp_min(1e-12))
-        if profile_default and name == "nchw" and device.type == "cuda":
+        if profile_default and name in ("nchw", "channels_last") and device.type == "cuda":
             row["kernels"] = kernel_groups(fwd_bwd, device)
         out["variants"][name] = row
         print(f"decoder {name:22s} fwd+bwd {row['fwd_bwd_ms']:8.2f} ms  fwd {row['fwd_ms']:7.2f} ms  "
@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
                   warmup=1 if args.tiny else 3)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
-    for k in out["variants"].get("nchw", {}).get("kernels", [])[:25]:
-        print(f"  {k['ms']:8.3f} ms {k['calls']:4d}x  {k['kernel']}")
+    for name in ("nchw", "channels_last"):
+        for k in out["variants"].get(name, {}).get("kernels", [])[:25]:
+            print(f"  {name} {k['ms']:8.3f} ms {k['calls']:4d}x  {k['kernel']}")
     return out
 
 

@@ -1,4 +1,5 @@
-"""call T (and W: "compile:layout" variants, layout nchw or cl = channels_last): the compiled step (torch.compile 'default' of decoder and image tower) replayed as CUDA graphs, against
+"""call T (and W, Z: "compile:layout[:k]" variants, layout nchw or cl = channels_last, k = our Triton GroupNorm
+kernels inside the compiled graph instead of Inductor's): the compiled step (torch.compile 'default' of decoder and image tower) replayed as CUDA graphs, against
 the eager step replayed as graphs, in one process: first style (compiling), next styles in a workspace, step time
 and its kernels' GPU time."""
 import json, logging, statistics, sys, time, torch
@@ -11,9 +12,11 @@ m = build_full_models(dev, with_clip=False)
 x = content_images(1, 512, dev)
 out = {}
 variants = [v.split(":") for v in (sys.argv[2].split(",") if len(sys.argv) > 2 else ["off:nchw", "default:nchw"])]
-for compile, layout in variants:
+from stylemamba.precision import AutocastGroupNorm
+for compile, layout, *kernels in variants:
+    AutocastGroupNorm.kernels_when_compiled = bool(kernels)
     cfg = TrainConfig(compile=compile, cuda_graphs="on", channels_last=layout == "cl")
-    compile = f"{compile}/{layout}"
+    compile = f"{compile}/{layout}" + ("/kernels" if kernels else "")
     ws = TrainingWorkspace()
     t = time.perf_counter()
     train_style(m.vae, m.siglip, x, "style 0", cfg, vgg=m.vgg, lpips=m.lpips, device=dev, workspace=ws)
