@@ -184,7 +184,10 @@ def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None = None,
 
 def pays_here(x: torch.Tensor, groups: int) -> bool:
     """Whether :func:`group_norm` beats the native kernel for this input: on CUDA, large groups; in
-    channels_last also medium ones, down to the SD decoder's smallest norm at 512 px (the native CUDA kernel copies
-    a channels_last input to NCHW and returns NCHW, so the next convolution converts it back)."""
+    channels_last, where the kernels work, also medium ones, down to the SD decoder's smallest norm at 512 px (the
+    native CUDA kernel copies a channels_last input to NCHW and returns NCHW, so the next convolution converts it
+    back; the operator form would not pay there)."""
+    if not x.is_cuda:
+        return False
     size = x.numel() // (x.shape[0] * groups)  # elements per group
-    return x.is_cuda and size >= (CHANNELS_LAST_MIN_GROUP_SIZE if _channels_last(x) else MIN_GROUP_SIZE)
+    return size >= MIN_GROUP_SIZE or (size >= CHANNELS_LAST_MIN_GROUP_SIZE and _channels_last(x) and _on_kernels(x))

@@ -245,7 +245,7 @@ def _cl_sums_kernel(x_ptr, dy_ptr, mean_ptr, part_ptr, P, C, G, CG, S, PCHUNK: t
         else:
             acc += v
             acc2 += v * v
-    out = ((n * S + s) * C + c) * 2
+    out = ((n * S + s).to(tl.int64) * C + c) * 2
     tl.store(part_ptr + out, tl.sum(acc, 0), mask=cm)
     tl.store(part_ptr + out + 1, tl.sum(acc2, 0), mask=cm)
 
@@ -255,7 +255,7 @@ def _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW: tl.constexpr, CG_POW: tl
     """Image n's partial sums of the channels of group g over all chunks: two [CG_POW] per-channel sums."""
     si = tl.arange(0, S_POW)
     ci = tl.arange(0, CG_POW)
-    where = ((n * S + si[:, None]) * C + g * CG + ci[None, :]) * 2
+    where = ((n * S + si[:, None]).to(tl.int64) * C + g * CG + ci[None, :]) * 2
     m = (si[:, None] < S) & (ci[None, :] < CG)
     return (tl.sum(tl.load(part_ptr + where, mask=m, other=0.0), 0),
             tl.sum(tl.load(part_ptr + where + 1, mask=m, other=0.0), 0), ci < CG)
