@@ -101,6 +101,23 @@ def enable_cudnn_autotune(on: bool = True) -> bool:
     return previous
 
 
+def silu_out_of_place_(module: nn.Module) -> int:
+    """Make every in-place SiLU under ``module`` compute out of place (in place; returns how many).
+
+    Why: ComfyUI's VAE decoder (the one the Train node trains inside ComfyUI) runs ``nn.SiLU(inplace=True)``. In a
+    decoder being trained autograd then copies each SiLU's input before overwriting it, because the backward needs
+    it: one full-size copy per SiLU, 28 per step in the SD decoder. Out of place autograd saves that input itself:
+    the same memory, no copy. (``python -m stylemamba.experiments.decoder_speed``'s ``silu_inplace`` variant: the
+    decoder's forward + backward took 70.0 instead of 46.0 ms on an H200, bench/results/tower_h200/callE.)
+    """
+    count = 0
+    for m in module.modules():
+        if isinstance(m, nn.SiLU) and m.inplace:
+            m.inplace = False
+            count += 1
+    return count
+
+
 def train_in_channels_last_(decoder: nn.Module) -> int:
     """Put a decoder that is being trained in channels_last (in place); returns how many residual blocks were
     put in the form that keeps that layout.

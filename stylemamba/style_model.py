@@ -32,6 +32,7 @@ from torch import nn
 
 from .fusion import FusionConfig, build_fusion
 from .mixing import normalise_weights
+from .speed import silu_out_of_place_
 from .style_file import Style, StyleFileError
 from .vae import SDVAE, TrainableDecoder, decoder_state
 from .vae_layout import from_ldm, to_ldm
@@ -84,6 +85,7 @@ class StyleModel(nn.Module):
         """
         device = vae.device
         decoder = vae.make_decoder()
+        silu_out_of_place_(decoder)  # ComfyUI's decoder: no autograd copy per SiLU
         if start is None:
             return cls(vae, [_fresh_fusion(vae, fusion, embedding).to(device)], [embedding.to(device)], decoder)
         start.check_vae(vae)

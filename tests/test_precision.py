@@ -151,3 +151,45 @@ def test_a_channels_last_decoder_trains_without_copying_to_nchw_and_computes_the
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_trained_decoder_copy_runs_silu_out_of_place(tiny_models, photo):
+    """ComfyUI's VAE decoder runs nn.SiLU(inplace=True); in a decoder being trained autograd copies each SiLU's input
+    before overwriting it. The trainer's copy computes them out of place (no copies, same values and gradients);
+    the shared VAE keeps its own modules."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from stylemamba.encoders import load_text_image_encoder
+    from stylemamba.speed import silu_out_of_place_
+    from stylemamba.train import StyleTrainer
+    from stylemamba.vae import load_vae
+
+    class Clones(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func is torch.ops.aten.clone.default
+            return func(*args, **(kwargs or {}))
+
+    vae = load_vae(tiny_models["vae"])
+    silus = [m for m in vae.modules() if isinstance(m, torch.nn.SiLU)]
+    assert silus
+    for m in silus:  # as ComfyUI builds its decoder
+        m.inplace = True
+    inplace = vae.make_decoder().double()
+    out_of_place = vae.make_decoder().double()
+    assert silu_out_of_place_(out_of_place) == len([m for m in inplace.modules() if isinstance(m, torch.nn.SiLU)])
+    z = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    results = []
+    for dec in (inplace, out_of_place):
+        with Clones() as clones:
+            y = dec(z)
+            grads = torch.autograd.grad(y.square().sum(), list(dec.parameters()))
+        results.append((y, grads, clones.count))
+    assert results[0][2] > 0 and results[1][2] == 0  # the copies autograd made for the in-place SiLUs
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    trainer = StyleTrainer(vae, load_text_image_encoder(tiny_models["siglip"]), photo, "pop art", TrainConfig(epochs=1))
+    assert not any(isinstance(m, torch.nn.SiLU) and m.inplace for m in trainer.model.decoder.modules())
+    assert all(m.inplace for m in silus)
