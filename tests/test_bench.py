@@ -297,3 +297,23 @@ def test_plan_sweep_command_runs_explicit_plans_and_the_tower_split(tmp_path):
     assert all(r["status"] == "pass" and r["style_s"] > 0 and r["estimate_gb"] > 0 for r in rows)
     assert set(out["tower"]) >= {"whole", "split", "checkpoint"} and out["tower"]["whole"]["wall_ms"] > 0
     assert json.loads((tmp_path / "p.json").read_text())["rows"] == rows
+
+
+def test_copy_sources_names_the_line_that_copies():
+    """The copy finder points at the Python line that converts a layout (what a GPU profile shows only as anonymous
+    direct_copy kernels), with the layouts and the bytes."""
+    import inspect
+
+    from stylemamba.experiments.bench import copy_sources
+
+    x = torch.randn(2, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    line = inspect.currentframe().f_lineno + 3
+
+    def converts():
+        return x.contiguous() + 1  # the layout copy
+
+    rows = copy_sources(converts)
+    assert len(rows) == 1, rows
+    assert rows[0]["layouts"] == "channels_last -> contiguous" and rows[0]["shape"] == [2, 16, 32, 32]
+    assert rows[0]["mb"] == round(2 * x.numel() * 4 / 2**20, 2) and rows[0]["calls"] == 1
+    assert rows[0]["stack"][0] == f"test_bench.py:{line} converts"

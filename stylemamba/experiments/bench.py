@@ -196,6 +196,47 @@ def kernel_groups(fn: Callable[[], Any], device: torch.device, top: int = 25) ->
     return [{"kernel": k, "ms": round(v[0] / 1e3, 3), "calls": v[1]} for k, v in rows[:top]]
 
 
+def _layout(t: torch.Tensor) -> str:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if t.is_contiguous() else "strided"
+
+
+def copy_sources(fn: Callable[[], Any], top: int = 15, depth: int = 5) -> list[dict[str, Any]]:
+    """Where one (eager) call of ``fn`` copies tensors: every copy operator PyTorch dispatches (``clone``, ``copy_``,
+    ``_to_copy``; ``.contiguous()`` and ``.to()`` end in them), grouped by operator, shape, layouts and the last
+    ``depth`` Python frames outside torch that called it, with the bytes it moved, largest first. Why: a GPU
+    profile shows layout conversions only as anonymous ``direct_copy`` kernels. Copies made inside a native kernel
+    (not dispatched from Python) are not seen."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = {torch.ops.aten.clone.default, torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default}
+    rows: dict[tuple, list[int]] = {}
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in ops and isinstance(out, torch.Tensor):
+                src = args[1] if func is torch.ops.aten.copy_.default else args[0]
+                frames = [f"{f.filename.rsplit('/', 2)[-1] if 'site-packages' not in f.filename else f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                          for f in traceback.extract_stack()[:-1]
+                          if "/torch/" not in f.filename and "_python_dispatch" not in f.filename]
+                key = (str(func).split(".")[1], tuple(out.shape), f"{_layout(src)} -> {_layout(out)}",
+                       tuple(frames[-depth:]))
+                entry = rows.setdefault(key, [0, 0])
+                entry[0] += out.numel() * out.element_size() * 2  # read + write
+                entry[1] += 1
+            return out
+
+    with Copies():
+        fn()
+    ordered = sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"op": k[0], "shape": list(k[1]), "layouts": k[2], "mb": round(v[0] / 2**20, 2), "calls": v[1],
+             "stack": list(reversed(k[3]))} for k, v in ordered]
+
+
 def matmul_peak_tflops(device: torch.device, n: int = 8192, repeat: int = 10) -> float | None:
     """bf16 matrix-product rate measured here (random data), the ceiling the TFLOP/s figures are read against."""
     if device.type != "cuda":
