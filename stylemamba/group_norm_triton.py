@@ -257,8 +257,9 @@ def _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW: tl.constexpr, CG_POW: tl
     ci = tl.arange(0, CG_POW)
     where = ((n * S + si[:, None]).to(tl.int64) * C + g * CG + ci[None, :]) * 2
     m = (si[:, None] < S) & (ci[None, :] < CG)
-    return (tl.sum(tl.load(part_ptr + where, mask=m, other=0.0), 0),
-            tl.sum(tl.load(part_ptr + where + 1, mask=m, other=0.0), 0), ci < CG)
+    first = tl.load(part_ptr + where, mask=m, other=0.0)
+    second = tl.load(part_ptr + where + 1, mask=m, other=0.0)
+    return tl.sum(first, 0), tl.sum(second, 0)
 
 
 @triton.jit
@@ -267,7 +268,7 @@ def _cl_stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, P, C, G, CG, S, M, eps
     row = tl.program_id(0)  # (image, group)
     n = row // G
     g = row % G
-    p1, p2, _ = _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW, CG_POW)
+    p1, p2 = _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW, CG_POW)
     m1 = tl.sum(p1, 0) / M
     var = tl.maximum(tl.sum(p2, 0) / M - m1 * m1, 0.0)
     shift = tl.load(x_ptr + n.to(tl.int64) * P * C + g * CG).to(tl.float32)
@@ -300,21 +301,22 @@ def _cl_grad_reduce_kernel(part_ptr, w_ptr, rstd_ptr, gsum_ptr, dw_ptr, db_ptr, 
     """Per group g: for each image the group's sums of w dy and w dy (x - mean) -> gsum[n, g, 0:2]; and the
     group's channels' dw = sum_n rstd sum dy (x - mean), db = sum_n sum dy."""
     g = tl.program_id(0)
-    cm = tl.arange(0, CG_POW) < CG
+    c = g * CG + tl.arange(0, CG_POW)
+    cm = c < (g + 1) * CG
+    w = tl.full([CG_POW], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     dw = tl.zeros([CG_POW], tl.float32)
     db = tl.zeros([CG_POW], tl.float32)
     for n in tl.static_range(N):  # images of the batch (a compile-time count: a few)
-        dsum, xsum, _ = _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW, CG_POW)
+        dsum, xsum = _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW, CG_POW)
         db += dsum
         dw += xsum * tl.load(rstd_ptr + n * G + g)
-        if HAS_W:
-            w = tl.load(w_ptr + g * CG + tl.arange(0, CG_POW), mask=cm, other=0.0).to(tl.float32)
-            dsum = dsum * w
-            xsum = xsum * w
+        dsum = dsum * w
+        xsum = xsum * w
         tl.store(gsum_ptr + (n * G + g) * 2, tl.sum(dsum, 0))
         tl.store(gsum_ptr + (n * G + g) * 2 + 1, tl.sum(xsum, 0))
     if NEED_PARAMS:
-        c = g * CG + tl.arange(0, CG_POW)
         tl.store(dw_ptr + c, dw, mask=cm)
         tl.store(db_ptr + c, db, mask=cm)
 
@@ -360,7 +362,8 @@ def forward_channels_last(x: torch.Tensor, weight, bias, groups: int, eps: float
     _cl_sums_kernel[(n, s)](x, x, x, part, p, c, groups, cg, s, pchunk, GRAD=False, BLOCK_P=block_p, C_POW=c_pow)
     mean = torch.empty(n, groups, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    _cl_stats_kernel[(n * groups,)](x, part, mean, rstd, p, c, groups, cg, s, float(p * cg), eps, S_POW=_pow2(s), CG_POW=_pow2(cg))
+    _cl_stats_kernel[(n * groups,)](x, part, mean, rstd, p, c, groups, cg, s, float(p * cg), eps, S_POW=_pow2(s),
+                                    CG_POW=_pow2(cg))
     y = torch.empty_like(x)  # keeps the channels_last strides
     _cl_apply_kernel[(triton.cdiv(p, block_p), n)](
         x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd, p, c, groups, cg,
@@ -383,6 +386,6 @@ def backward_channels_last(dy: torch.Tensor, x: torch.Tensor, weight, mean: torc
                                       CG_POW=_pow2(cg))
     dx = torch.empty_like(x)
     _cl_grad_x_kernel[(triton.cdiv(p, block_p), n)](x, dy, dx, weight if weight is not None else x, mean, rstd, gsum,
-                                                    p, c, groups, cg, float(p * cg), HAS_W=weight is not None, BLOCK_P=block_p,
-                                                    C_POW=c_pow)
+                                                    p, c, groups, cg, float(p * cg), HAS_W=weight is not None,
+                                                    BLOCK_P=block_p, C_POW=c_pow)
     return dx, (dw if need_params else None), (db if need_params else None)

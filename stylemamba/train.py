@@ -451,8 +451,8 @@ def _network_kind(vae: SDVAE, text, vgg, lpips, addresses: bool = False) -> tupl
 def workspace_kind(vae: SDVAE, text, vgg, lpips, device: torch.device | str | None, n_images: int,
                    config: TrainConfig) -> tuple:
     """When a trainer can be restarted for a new style (:meth:`StyleTrainer.restart`): the same networks (those the
-    steps read still at the same addresses), device, latent scaling, number of images and recipe (apart from seed, learning rates, step counts,
-    previews and prompts, which a restart sets)."""
+    steps read still at the same addresses), device, latent scaling, number of images and recipe (apart from seed,
+    learning rates, step counts, previews and prompts, which a restart sets)."""
     device = torch.device(device) if device is not None else vae.device
     return (str(device), int(n_images), float(vae.scaling_factor), _recipe_kind(config),
             _network_kind(vae, text, vgg, lpips, addresses=True))
