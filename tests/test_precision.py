@@ -114,21 +114,10 @@ def test_a_channels_last_decoder_trains_without_copying_to_nchw_and_computes_the
     import copy
 
     from diffusers import AutoencoderKL
-    from torch.utils._python_dispatch import TorchDispatchMode
 
+    from stylemamba.experiments.bench import copy_sources
     from stylemamba.speed import train_in_channels_last_
     from stylemamba.testing.tiny_models import tiny_vae_config
-
-    class CopiesToNCHW(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            src = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            if (func is torch.ops.aten.clone.default and src is not None and src.dim() == 4 and src.shape[1] > 1
-                    and not src.is_contiguous() and out.is_contiguous()):
-                self.count += 1
-            return out
 
     torch.manual_seed(0)
     nchw = AutoencoderKL(**tiny_vae_config()).decoder.double().train()
@@ -136,11 +125,17 @@ def test_a_channels_last_decoder_trains_without_copying_to_nchw_and_computes_the
     cl = copy.deepcopy(nchw)
     z = torch.randn(2, nchw.conv_in.in_channels, 8, 8, dtype=torch.float64)
 
-    def run(dec, z):
-        with CopiesToNCHW() as copies:
-            y = dec(z)
-            y.square().sum().backward()
-        return y, [p.grad for p in dec.parameters()], copies.count
+    def run(dec, z):  # -> output, parameter gradients, copies of a strided 4-D tensor (C > 1) into NCHW
+        out = {}
+
+        def forward_backward():
+            out["y"] = dec(z)
+            out["y"].square().sum().backward()
+
+        rows = copy_sources(forward_backward, top=10**6)
+        copies = sum(r["calls"] for r in rows if r["op"] == "clone" and len(r["shape"]) == 4 and r["shape"][1] > 1
+                     and r["layouts"] in ("channels_last -> contiguous", "strided -> contiguous"))
+        return out["y"], [p.grad for p in dec.parameters()], copies
 
     trained_nchw_style = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
     assert run(trained_nchw_style, z.contiguous(memory_format=torch.channels_last))[2] > 0  # the copies it removes
@@ -157,19 +152,11 @@ def test_the_trained_decoder_copy_runs_silu_out_of_place(tiny_models, photo):
     """ComfyUI's VAE decoder runs nn.SiLU(inplace=True); in a decoder being trained autograd copies each SiLU's input
     before overwriting it. The trainer's copy computes them out of place (no copies, same values and gradients);
     the shared VAE keeps its own modules."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from stylemamba.encoders import load_text_image_encoder
+    from stylemamba.experiments.bench import copy_sources
     from stylemamba.speed import silu_out_of_place_
     from stylemamba.train import StyleTrainer
     from stylemamba.vae import load_vae
-
-    class Clones(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += func is torch.ops.aten.clone.default
-            return func(*args, **(kwargs or {}))
 
     vae = load_vae(tiny_models["vae"])
     silus = [m for m in vae.modules() if isinstance(m, torch.nn.SiLU)]
@@ -182,10 +169,14 @@ def test_the_trained_decoder_copy_runs_silu_out_of_place(tiny_models, photo):
     z = torch.randn(1, 4, 8, 8, dtype=torch.float64)
     results = []
     for dec in (inplace, out_of_place):
-        with Clones() as clones:
-            y = dec(z)
-            grads = torch.autograd.grad(y.square().sum(), list(dec.parameters()))
-        results.append((y, grads, clones.count))
+        out = {}
+
+        def forward_backward():
+            out["y"] = dec(z)
+            out["grads"] = torch.autograd.grad(out["y"].square().sum(), list(dec.parameters()))
+
+        rows = copy_sources(forward_backward, top=10**6)
+        results.append((out["y"], out["grads"], sum(r["calls"] for r in rows if r["op"] == "clone")))
     assert results[0][2] > 0 and results[1][2] == 0  # the copies autograd made for the in-place SiLUs
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
     for a, b in zip(results[1][1], results[0][1]):

@@ -202,6 +202,12 @@ def _layout(t: torch.Tensor) -> str:
     return "contiguous" if t.is_contiguous() else "strided"
 
 
+def _frame(f) -> str:
+    """``file.py:line function`` (a package's file by its path inside site-packages)."""
+    name = f.filename.split("site-packages/")[-1] if "site-packages" in f.filename else f.filename.rsplit("/", 1)[-1]
+    return f"{name}:{f.lineno} {f.name}"
+
+
 def copy_sources(fn: Callable[[], Any], top: int = 15, depth: int = 5) -> list[dict[str, Any]]:
     """Where one (eager) call of ``fn`` copies tensors: every copy operator PyTorch dispatches (``clone``, ``copy_``,
     ``_to_copy``; ``.contiguous()`` and ``.to()`` end in them), grouped by operator, shape, layouts and the last
@@ -220,8 +226,7 @@ def copy_sources(fn: Callable[[], Any], top: int = 15, depth: int = 5) -> list[d
             out = func(*args, **(kwargs or {}))
             if func in ops and isinstance(out, torch.Tensor):
                 src = args[1] if func is torch.ops.aten.copy_.default else args[0]
-                frames = [f"{f.filename.rsplit('/', 2)[-1] if 'site-packages' not in f.filename else f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
-                          for f in traceback.extract_stack()[:-1]
+                frames = [_frame(f) for f in traceback.extract_stack()[:-1]
                           if "/torch/" not in f.filename and "_python_dispatch" not in f.filename]
                 key = (str(func).split(".")[1], tuple(out.shape), f"{_layout(src)} -> {_layout(out)}",
                        tuple(frames[-depth:]))
