@@ -167,6 +167,10 @@ def test_the_trained_decoder_copy_runs_silu_out_of_place(tiny_models, photo):
     out_of_place = vae.make_decoder().double()
     assert silu_out_of_place_(out_of_place) == len([m for m in inplace.modules() if isinstance(m, torch.nn.SiLU)])
     z = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    silu_calls = [0]
+    for m in inplace.modules():
+        if isinstance(m, torch.nn.SiLU):
+            m.register_forward_hook(lambda *_: silu_calls.__setitem__(0, silu_calls[0] + 1))
     results = []
     for dec in (inplace, out_of_place):
         out = {}
@@ -177,7 +181,10 @@ def test_the_trained_decoder_copy_runs_silu_out_of_place(tiny_models, photo):
 
         rows = copy_sources(forward_backward, top=10**6)
         results.append((out["y"], out["grads"], sum(r["calls"] for r in rows if r["op"] == "clone")))
-    assert results[0][2] > 0 and results[1][2] == 0  # the copies autograd made for the in-place SiLUs
+    # one copy per SiLU call is gone; other clones are the same in both (with torch 2.11 the two decoders made 24
+    # and 3 clones, with 2.14 21 and 0: 21 SiLU calls)
+    assert silu_calls[0] > 0 and results[0][2] - results[1][2] == silu_calls[0], (silu_calls, results[0][2],
+                                                                                 results[1][2])
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
