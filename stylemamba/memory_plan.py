@@ -33,6 +33,9 @@ constant                       value     source (measured working memory, GB)
 ``TOWER_MIN_VIEWS``            24        chunks smaller than this saved nothing more (chunks of 8: 5.21 vs
                                          the 4.35 a linear model gives)
 ``OTHER_PER_IMAGE``            0.19 GB   the rest of an image's 4.81 GB (fusion module, LPIPS, views, Y)
+``LPIPS_TARGET_PER_IMAGE``     64 MB     computed, not measured (the calibration predates it): the LPIPS-VGG16
+                                         features of every content image, kept for the whole run (32 M bf16
+                                         values at 512 px)
 ``BASE``                       1.0 GB    1 image checkpointed 5.86 - 4.81: trained weights, gradients, Adam
 ``ACCUMULATION``               0.4 GB    with micro-batches: 4 images one at a time 8.78 vs 1 image 8.41
 ``RESIDENT``                   1.3 GB    the frozen networks of the benchmark (SD VAE, SigLIP B/16, LPIPS
@@ -63,6 +66,7 @@ TOWER_PER_VIEW = 0.07 * GB
 TOWER_CKPT_PER_VIEW = 0.03 * GB
 TOWER_MIN_VIEWS = 24
 OTHER_PER_IMAGE = 0.19 * GB
+LPIPS_TARGET_PER_IMAGE = 2 * (64 * 512 ** 2 + 128 * 256 ** 2 + 256 * 128 ** 2 + 512 * 64 ** 2 + 512 * 32 ** 2)
 BASE = 1.0 * GB
 ACCUMULATION = 0.4 * GB
 RESIDENT = 1.3 * GB
@@ -101,13 +105,14 @@ class Recipe:
     n_images: int
     resolution: int = 512
     views_per_image: int = 66  # whole image + n_crops + masked image
+    lpips: bool = True  # the LPIPS term is on (its targets are kept for every image)
 
     @classmethod
     def of(cls, n_images: int, config) -> Recipe:
         """From a :class:`~stylemamba.train.TrainConfig`."""
         lc = config.loss
         views = 1 + (lc.n_crops if lc.patch > 0 else 0) + (1 if lc.md > 0 else 0)
-        return cls(int(n_images), int(config.resolution), views)
+        return cls(int(n_images), int(config.resolution), views, lc.lpips > 0)
 
 
 def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:
@@ -121,7 +126,8 @@ def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:
         tower = min(views, max(plan.view_chunk or views, TOWER_MIN_VIEWS)) * TOWER_PER_VIEW
     decoder = 0.0 if plan.checkpointing else m * DECODER_PER_IMAGE * area
     accumulation = ACCUMULATION if m < recipe.n_images else 0.0
-    return BASE + accumulation + decoder + tower + m * OTHER_PER_IMAGE * area
+    lpips_targets = recipe.n_images * LPIPS_TARGET_PER_IMAGE * area if recipe.lpips else 0.0
+    return BASE + accumulation + decoder + tower + m * OTHER_PER_IMAGE * area + lpips_targets
 
 
 def relative_time(plan: MemoryPlan, recipe: Recipe) -> float:

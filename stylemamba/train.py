@@ -352,19 +352,29 @@ def seen_output(y_raw: torch.Tensor, loss: L.LossConfig) -> torch.Tensor:
 
 
 def content_terms(y: torch.Tensor, y_raw: torch.Tensor, x: torch.Tensor, feats_x: Sequence[torch.Tensor] | None,
-                  loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+                  loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch.nn.Module | None,
+                  lpips_x: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The unweighted content and prior terms of a step (vgg, lpips, tv on what the losses see; range on
-    the raw output); ``feats_x``: X's VGG features, or None when the VGG loss is off or skipped."""
+    the raw output); ``feats_x``: X's VGG features, or None when the VGG loss is off or skipped; ``lpips_x``:
+    X's LPIPS target features (:func:`lpips_targets`), or None to compute them from X."""
     terms = {}
     if feats_x is not None and vgg is not None:
         terms["vgg"] = L.content_loss(vgg(y), feats_x, loss.vgg_reduction)
     if lpips is not None and loss.lpips > 0:
-        terms["lpips"] = lpips(y, x)
+        terms["lpips"] = lpips(y, target=lpips_x) if lpips_x is not None else lpips(y, x)
     if loss.tv > 0:
         terms["tv"] = L.total_variation(y, form=loss.tv_form)
     if loss.range_weight > 0:
         terms["range"] = L.range_penalty(y_raw)
     return terms
+
+
+def lpips_targets(lpips: torch.nn.Module | None, x: torch.Tensor, loss: L.LossConfig) -> list[torch.Tensor] | None:
+    """X's LPIPS features, computed once per style (see ``LPIPSLoss.target_features``); None without the LPIPS
+    term or for an LPIPS network that cannot take them (it then compares with X every step)."""
+    if lpips is None or loss.lpips <= 0 or not hasattr(lpips, "target_features"):
+        return None
+    return [f.detach() for f in lpips.target_features(x)]
 
 
 def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
@@ -591,6 +601,7 @@ class StyleTrainer:
                 self.emb_x = self.text.encode_image(self.x).float()
                 self.feats_x = ([f.detach() for f in self.vgg(self.x)] if (self.vgg is not None and lc.uses_vgg)
                                 else None)
+                self.lpips_x = lpips_targets(self.lpips, self.x, lc)
         # e_t - e_src, raw: the cosine losses normalise it, the norm-ratio losses need its length (one row per
         # image, stored: a restarted trainer copies the next style's into it)
         self.text_dir = self.direction.direction.to(self.device).expand(self.x.shape[0], -1).contiguous()
@@ -603,15 +614,15 @@ class StyleTrainer:
         of the last style are used again: no decoder copy and no eager first step; the only capture left is,
         once, the first epoch's graph (a fresh trainer runs that step eagerly), into the same memory pool
         (what :class:`TrainingWorkspace` is for)."""
-        kept = (self.x, self.z, self.emb_x, self.feats_x, self.text_dir)
+        kept = (self.x, self.z, self.emb_x, self.feats_x, self.lpips_x, self.text_dir)
         self._take_style(content, direction, config or TrainConfig(), prompt_weights, None)
-        fresh = (self.x, self.z, self.emb_x, self.feats_x, self.text_dir)
+        fresh = (self.x, self.z, self.emb_x, self.feats_x, self.lpips_x, self.text_dir)
         with torch.no_grad():
-            for old, new in zip(kept, fresh):  # (feats_x is a list, or None without the VGG loss)
+            for old, new in zip(kept, fresh):  # (the features are lists, or None without their loss)
                 for o, n in zip(*((old, new) if isinstance(old, list) else ([old], [new]))):
                     if o is not None:
                         o.copy_(n)
-            self.x, self.z, self.emb_x, self.feats_x, self.text_dir = kept
+            self.x, self.z, self.emb_x, self.feats_x, self.lpips_x, self.text_dir = kept
             self.model.restart_training_(self.cfg.fusion, self.direction.e_t)
             for state in self.opt.state.values():  # Adam's moments and step count back to their start, in place
                 for value in state.values():
@@ -866,7 +877,8 @@ class StyleTrainer:
             own = terms.pop("so_gate")
             terms["so"] = (own if gate is None else gate) * terms["so"]
         feats_x = [f[start:end] for f in self.feats_x] if self.feats_x is not None else None
-        terms.update(content_terms(y, y_raw, self.x[start:end], feats_x, lc, self.vgg, self.lpips))
+        lpips_x = [f[start:end] for f in self.lpips_x] if self.lpips_x is not None else None
+        terms.update(content_terms(y, y_raw, self.x[start:end], feats_x, lc, self.vgg, self.lpips, lpips_x))
         return terms
 
     def _second_order_gate(self, epoch: int, groups: list[tuple[int, int]]) -> torch.Tensor | None:

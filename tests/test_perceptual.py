@@ -109,6 +109,29 @@ def test_lpips_random_backbone_warns_and_measures(caplog, photos):
     assert y.grad is not None and y.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_from_target_features_is_lpips_against_the_images(photos, net):
+    """Training computes the content image's LPIPS features once per style: the distance and its gradient from them
+    are the package's own, to the bit (fp64: the same operations in the same order)."""
+    torch.manual_seed(0)
+    loss_fn = LPIPSLoss(net=net).double()
+    x = photos.double()
+    target = loss_fn.target_features(x)
+    assert len(target) == loss_fn.model.L and all(not t.requires_grad for t in target)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    results = []
+    for kwargs in ({"x01": x}, {"target": target}):
+        yy = y.clone().requires_grad_(True)
+        value = loss_fn(yy, **kwargs)
+        value.backward()
+        results.append((value.detach(), yy.grad))
+    assert results[0][0] > 1e-4
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="x01.*target_features"):
+        loss_fn(y)
+
+
 @pytest.mark.parametrize("net, builder", [("alex", torchvision.models.alexnet), ("vgg", torchvision.models.vgg16)])
 def test_lpips_loads_torchvision_backbone(tmp_path, caplog, photos, net, builder):
     torch.manual_seed(0)

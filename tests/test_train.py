@@ -10,7 +10,7 @@ from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
 from stylemamba.stylize import stylize
 from stylemamba.errors import OutOfMemory
-from stylemamba.train import StyleTrainer, TrainingCancelled, prepare_content, train_style
+from stylemamba.train import StyleTrainer, TrainingCancelled, prepare_content, seen_output, train_style
 from stylemamba.vae import load_vae
 
 
@@ -52,6 +52,24 @@ def test_training_lowers_the_total_loss(parts, photo_batch):
     assert set(p) == {"setup", "steps", "package", "median_step"} and all(v > 0 for v in p.values()), p
     assert p["setup"] + p["steps"] + p["package"] <= wall and p["median_step"] < p["steps"] / 4
     assert result.describe_time().startswith("set-up ") and "12 steps" in result.describe_time()
+
+
+def test_lpips_compares_with_the_content_features_computed_once(parts, photo_batch):
+    """The content images' LPIPS features are computed with the trainer, not every step: a step runs the LPIPS
+    backbone on Y alone, and its LPIPS term is the distance between Y and the content images."""
+    vae, text, vgg, lp = parts
+    trainer = StyleTrainer(vae, text, photo_batch, "pop art", small_config(loss=dict(lpips=10.0)), vgg=vgg, lpips=lp)
+    batches = []
+    hook = lp.model.net.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        terms, y = trainer.step(0)
+    finally:
+        hook.remove()
+    assert batches == [photo_batch.shape[0]]  # once per step, on Y
+    with torch.no_grad():
+        expected = lp(seen_output(y, trainer.cfg.loss), trainer.x)
+    assert expected > 0
+    torch.testing.assert_close(terms["lpips"], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_second_order_term_appears_on_its_interval(parts, photo):
