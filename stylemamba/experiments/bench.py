@@ -69,6 +69,9 @@ TARGETS = {
 
 
 # ---------------------------------------------------------------------------------------------- timing
+STEP_WARMUP = 5  # untimed training steps before the per-step timing (see bench_stylemamba)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -618,7 +621,9 @@ def bench_stylemamba(models: Models, sizes: Sizes, device: torch.device, kind: s
         trainer.step(e, keep_output=False)  # as a run without previews
         trainer.end_epoch()
 
-    res["step_ms"] = stats(time_device(one_step, device, warmup=sizes.warmup + 1, repeat=steps))
+    # a new trainer's first steps run eagerly, try a replay and capture a graph per kind of step (with and without
+    # the second-order term): timed after them (with 1 untimed step the tiny run's median of 10 included them)
+    res["step_ms"] = stats(time_device(one_step, device, warmup=STEP_WARMUP, repeat=steps))
     res["syncs_per_step"] = count_syncs(one_step, device)
     res["kernel_ms_per_step"] = kernel_time_ms(one_step, device)
     if res["kernel_ms_per_step"]:  # the step's time over its kernels' GPU time: 1 = GPU-bound
