@@ -12,14 +12,14 @@
 # Options: --tiny (tiny SigLIP, 128 px photos, 2 epochs at 64 px), --cpu (ComfyUI --cpu), --no-wheels (use the
 # interpreter's packages), --python PY, --block a,b (make these modules unimportable: proves they are optional),
 # --again "ARGS" (afterwards a second server started with these ComfyUI arguments, e.g. "--disable-cuda-malloc",
-# runs prompts 1, 3 and 4 again: results in $OUT/again/).
+# runs prompts 1, 3 and 4 again: results in $OUT/again/), --args "ARGS" (ComfyUI arguments for the first server).
 # $OUT gets: run.log (everything printed), comfyui.log, summary.json, nvsmi.csv, artifacts.tar.gz.
 set -uo pipefail
 REPO=$(pwd)
 HERE=$REPO/.gpu/comfy
 OUT=${OUT:-/tmp/out}
 WORK=${SM_COMFY_WORK:-/tmp/sm-comfy}
-PY=python3; TINY=(); CPU=(); WHEELS=1; BLOCK=""; BUDGET=360; AGAIN=""
+PY=python3; TINY=(); CPU=(); WHEELS=1; BLOCK=""; BUDGET=360; AGAIN=""; FIRST_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=(--tiny); BUDGET=1500 ;;
@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
     --python) PY=$2; shift ;;
     --block) BLOCK=$2; shift ;;
     --again) AGAIN=$2; shift ;;
+    --args) for a in $2; do FIRST_ARGS+=("--comfy-arg=$a"); done; shift ;;
     *) echo "unknown option $1 (see the header of tools/acceptance/run_comfy_gpu.sh)"; exit 2 ;;
   esac
   shift
@@ -135,7 +136,7 @@ fi
 "$PY" "$REPO/tools/acceptance/comfy_gpu_run.py" --harness "$HERE/harness" --comfy "$WORK/ComfyUI" \
     --pack "$WORK/ComfyUI-StyleMamba" --models "$WORK/models" --input "$WORK/input/astronaut.png" \
     --input "$WORK/input/cat.png" --workflow "$WORK/wf.json" --out "$OUT" --run-dir "$WORK/run" \
-    --budget "$BUDGET" "${TINY[@]}" "${CPU[@]}" || die "the ComfyUI run did not pass (see the summary above)"
+    --budget "$BUDGET" "${FIRST_ARGS[@]}" "${TINY[@]}" "${CPU[@]}" || die "the ComfyUI run did not pass (see the summary above)"
 
 if [ -n "$AGAIN" ]; then
   step "5 a second ComfyUI server with $AGAIN: prompts 1, 3, 4"
