@@ -1,5 +1,5 @@
 #!/bin/bash
-# call AN: the nodes inside ComfyUI with the trained decoder in channels_last (TrainConfig.channels_last flipped to
+# call AN (prepared, NOT YET RUN: the device time ran out): the nodes inside ComfyUI with the trained decoder in channels_last (TrainConfig.channels_last flipped to
 # True in the working tree for this call only), one server with --disable-cuda-malloc (graphs)
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
 grep -n "channels_last: bool" stylemamba/train.py
