@@ -34,8 +34,8 @@ constant                       value     source (measured working memory, GB)
                                          the 4.35 a linear model gives)
 ``OTHER_PER_IMAGE``            0.19 GB   the rest of an image's 4.81 GB (fusion module, LPIPS, views, Y)
 ``LPIPS_TARGET_PER_IMAGE``     64 MB     computed, not measured (the calibration predates it): the LPIPS-VGG16
-                                         features of every content image, kept for the whole run (32 M bf16
-                                         values at 512 px)
+                                         features of every content image, kept for the whole run (32 M values at
+                                         512 px, bf16 as the backbone returns them under autocast)
 ``BASE``                       1.0 GB    1 image checkpointed 5.86 - 4.81: trained weights, gradients, Adam
 ``ACCUMULATION``               0.4 GB    with micro-batches: 4 images one at a time 8.78 vs 1 image 8.41
 ``RESIDENT``                   1.3 GB    the frozen networks of the benchmark (SD VAE, SigLIP B/16, LPIPS

@@ -307,15 +307,17 @@ class LPIPSLoss(nn.Module):
         self.backbone_path = path
 
     def target_features(self, x01: torch.Tensor) -> List[torch.Tensor]:
-        """The unit-normalised backbone features of the images LPIPS compares against, for ``forward(target=)``.
+        """The backbone features of the images LPIPS compares against, for ``forward(target=)``.
 
         Why: training compares every step's output with the same content image; computing its features once per
-        style instead of every step saved ~2 ms of a ~51 ms compiled step on an H200 (LPIPS-VGG16 at 512 px).
-        Computed under the step's autocast, they are the values ``forward(y, x)`` would compute."""
-        import lpips
-
+        style instead of every step took the compiled step from 51.1 to 49.3 ms on an H200 (LPIPS-VGG16 at 512 px,
+        bench/results/steady_h200/callAF, with the normalised features kept). They are kept as the backbone returns
+        them (bf16 under autocast: 64 MB per 512 px image) and unit-normalised in each ``forward`` (in fp32 under
+        autocast, 128 MB kept, the memory plan put an 8 GB card's 4 images in smaller micro-batches); that
+        normalisation, a few elementwise passes, is not yet timed. Computed under the step's autocast and on the same images, ``forward``
+        gives what ``forward(y, x)`` gives (this class always builds lpips v0.1 with its linear heads)."""
         m = self.model
-        return [lpips.normalize_tensor(f) for f in m.net(m.scaling_layer(x01 * 2.0 - 1.0))]
+        return list(m.net(m.scaling_layer(x01 * 2.0 - 1.0)))
 
     def forward(self, y01: torch.Tensor, x01: Optional[torch.Tensor] = None,
                 target: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
@@ -327,10 +329,9 @@ class LPIPSLoss(nn.Module):
         import lpips
 
         m = self.model
-        if m.version != "0.1" or not m.lpips or m.spatial:
-            raise ValueError("LPIPSLoss: cached target features need lpips v0.1 with its linear heads, not spatial")
         feats = m.net(m.scaling_layer(y01 * 2.0 - 1.0))
         total = 0  # the layer terms summed in the package's order: the same value as forward(y01, x01)
         for k, (f, t) in enumerate(zip(feats, target)):
-            total = total + lpips.spatial_average(m.lins[k]((lpips.normalize_tensor(f) - t) ** 2), keepdim=True)
+            diff = (lpips.normalize_tensor(f) - lpips.normalize_tensor(t)) ** 2
+            total = total + lpips.spatial_average(m.lins[k](diff), keepdim=True)
         return total.mean()

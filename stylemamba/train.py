@@ -372,11 +372,12 @@ def content_terms(y: torch.Tensor, y_raw: torch.Tensor, x: torch.Tensor, feats_x
 
 
 def lpips_targets(lpips: torch.nn.Module | None, x: torch.Tensor, loss: L.LossConfig) -> list[torch.Tensor] | None:
-    """X's LPIPS features, computed once per style (see ``LPIPSLoss.target_features``); None without the LPIPS
-    term or for an LPIPS network that cannot take them (it then compares with X every step)."""
+    """X's LPIPS features, computed once per style (see ``LPIPSLoss.target_features``; call it without gradients);
+    None without the LPIPS term or for an LPIPS network that cannot take them (it then compares with X every
+    step)."""
     if lpips is None or loss.lpips <= 0 or not hasattr(lpips, "target_features"):
         return None
-    return [f.detach() for f in lpips.target_features(x)]
+    return lpips.target_features(x)
 
 
 def enable_decoder_checkpointing(decoder: torch.nn.Module) -> None:
@@ -580,6 +581,7 @@ class StyleTrainer:
                     start: Style | UniversalModel | None) -> None:
         """What one style's training starts from: its direction, recipe, seeds and the frozen networks' view of
         its content (latents, image embeddings, VGG features), computed once before the steps."""
+        self._recipe = _recipe_kind(config)  # what a restart must keep (the buffers the steps read depend on it)
         self.direction = _as_direction(self.text, direction, prompt_weights, config.loss.source_prompt)
         if isinstance(start, UniversalModel):  # fine-tuning: the universal model's style for this direction
             start = start.style(self.direction.e_t, self.direction.metadata())
@@ -616,8 +618,17 @@ class StyleTrainer:
         of the last style are used again: no decoder copy and no eager first step; the only capture left is,
         once, the first epoch's graph (a fresh trainer runs that step eagerly), into the same memory pool
         (what :class:`TrainingWorkspace` is for)."""
+        config = config or TrainConfig()
+        if _recipe_kind(config) != self._recipe:
+            raise ValueError("StyleTrainer.restart: the new recipe is of another kind than the one this trainer was "
+                             "built for (only seed, learning rates, step counts, previews and prompts may change): "
+                             "build a new StyleTrainer, or let TrainingWorkspace choose")
+        if image_count(content) != self.x.shape[0]:
+            raise ValueError(f"StyleTrainer.restart: {image_count(content)} content image(s) where this trainer "
+                             f"was built for {self.x.shape[0]}: build a new StyleTrainer, or let TrainingWorkspace "
+                             "choose")
         kept = (self.x, self.z, self.emb_x, self.feats_x, self.lpips_x, self.text_dir)
-        self._take_style(content, direction, config or TrainConfig(), prompt_weights, None)
+        self._take_style(content, direction, config, prompt_weights, None)
         fresh = (self.x, self.z, self.emb_x, self.feats_x, self.lpips_x, self.text_dir)
         with torch.no_grad():
             for old, new in zip(kept, fresh):  # (the features are lists, or None without their loss)

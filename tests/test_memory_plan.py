@@ -149,7 +149,8 @@ def test_batch_wide_total_variation_refuses_micro_batches(parts, photo_batch):
 # ------------------------------------------------------------------ the plan function and its calibration
 def test_estimate_reproduces_the_h200_figures_it_was_calibrated_on():
     """Explicit plans on an H200 (experiments/plan_sweep.py, bench/results/defaults_h200/): working memory in GB
-    (peak allocated minus the frozen networks), default recipe at 512 px."""
+    (peak allocated minus the frozen networks), default recipe at 512 px, measured before LPIPS kept the content
+    features (so the recipe without that term; the term itself: the next test)."""
     measured = [((1, 0, False), 1, 8.41), ((1, 32, False), 1, 5.89), ((1, 8, False), 1, 5.21),
                 ((1, 0, True), 1, 5.86), ((1, 32, True), 1, 3.22), ((4, 0, False), 4, 30.91),
                 ((2, 0, False), 4, 16.27), ((1, 0, False), 4, 8.78), ((4, 0, True), 4, 20.32),
@@ -158,8 +159,20 @@ def test_estimate_reproduces_the_h200_figures_it_was_calibrated_on():
                 ((1, 0, False, True), 1, 5.80), ((1, 0, True, True), 1, 3.24), ((1, 0, False, True), 4, 6.17),
                 ((1, 0, True, True), 4, 3.61)]
     for plan, images, gb in measured:
-        estimate = estimate_bytes(MemoryPlan(*plan), Recipe(images)) / GB
+        estimate = estimate_bytes(MemoryPlan(*plan), Recipe(images, lpips=False)) / GB
         assert abs(estimate - gb) < 0.5, (plan, images, gb, estimate)
+
+
+def test_the_kept_lpips_features_count_for_every_image_whatever_the_plan():
+    """LPIPS's content features are kept for all images for the whole run (micro-batches slice them): 32 M bf16
+    values per 512 px image, a quarter of that at 256 px; nothing without the LPIPS term."""
+    for plan in (MemoryPlan(4), MemoryPlan(1, 32, True), MemoryPlan(1, 0, True, True)):
+        for images, resolution in ((1, 512), (4, 512), (4, 256)):
+            extra = (estimate_bytes(plan, Recipe(images, resolution)) -
+                     estimate_bytes(plan, Recipe(images, resolution, lpips=False)))
+            assert extra == pytest.approx(images * 2 * 31_981_568 * (resolution / 512) ** 2), (plan, images)
+    no_lpips = small_config(loss=dict(lpips=0.0))
+    assert not Recipe.of(1, no_lpips).lpips and Recipe.of(1, small_config(loss=dict(lpips=10.0))).lpips
 
 
 def test_time_model_orders_the_measured_plans_as_the_h200_did():

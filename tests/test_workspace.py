@@ -110,6 +110,22 @@ def test_a_failed_style_leaves_nothing_kept_and_a_cancelled_one_is_reused(parts,
     _same_style(after_cancel, train_style(vae, text, photo, "pencil sketch", cfg))
 
 
+def test_restart_refuses_another_kind_of_recipe_and_changes_nothing(parts, photo, photo_batch):
+    """A restart reuses the buffers the steps read (the LPIPS and VGG content features among them), so only what
+    :func:`workspace_kind` lets change may change; anything else is refused before the trainer is touched."""
+    vae, text, vgg, lp = parts
+    trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=1, loss=dict(lpips=10.0)), lpips=lp)
+    before = [t.clone() for t in (trainer.x, *trainer.lpips_x)]
+    with pytest.raises(ValueError, match="another kind"):
+        trainer.restart(photo.flip(-1), "pop art", small_config(epochs=1, loss=dict(lpips=0.0)))
+    with pytest.raises(ValueError, match="2 content image"):
+        trainer.restart(photo_batch, "pop art", small_config(epochs=1, loss=dict(lpips=10.0)))
+    for a, b in zip(before, (trainer.x, *trainer.lpips_x)):
+        assert torch.equal(a, b)
+    trainer.restart(photo.flip(-1), "pop art", small_config(epochs=1, seed=3, lr=1e-3, loss=dict(lpips=10.0)))
+    assert not torch.equal(before[0], trainer.x)  # the new content, in the same buffer
+
+
 def test_a_fine_tuning_is_never_restarted(parts, photo):
     vae, text, vgg, lp = parts
     workspace = TrainingWorkspace()

@@ -491,7 +491,7 @@ def step_parts(trainer, device: torch.device, repeat: int, scan: bool, warmup: i
         def lpips_fb():
             y = y0.clone().requires_grad_(True)
             with ac():
-                loss = lpips_net(y, tr.x)
+                loss = lpips_net(y, target=tr.lpips_x) if tr.lpips_x is not None else lpips_net(y, tr.x)
             loss.float().backward()
 
         parts["lpips_fwd_bwd"] = stats(time_device(lpips_fb, device, warmup=warmup, repeat=repeat))

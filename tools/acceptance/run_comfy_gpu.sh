@@ -12,7 +12,8 @@
 # Options: --tiny (tiny SigLIP, 128 px photos, 2 epochs at 64 px), --cpu (ComfyUI --cpu), --no-wheels (use the
 # interpreter's packages), --python PY, --block a,b (make these modules unimportable: proves they are optional),
 # --again "ARGS" (afterwards a second server started with these ComfyUI arguments, e.g. "--disable-cuda-malloc",
-# runs prompts 1, 3 and 4 again: results in $OUT/again/), --args "ARGS" (ComfyUI arguments for the first server).
+# runs prompts 1, 3 and 4 again: results in $OUT/again/), --args "ARGS" (ComfyUI arguments for the first
+# server; both split on spaces).
 # $OUT gets: run.log (everything printed), comfyui.log, summary.json, nvsmi.csv, artifacts.tar.gz.
 set -uo pipefail
 REPO=$(pwd)
