@@ -1200,8 +1200,12 @@ def _drop(trainer: StyleTrainer) -> None:
 
 
 def _free(trainer: StyleTrainer) -> None:
-    """Let go of what a trainer holds on the device (graphs' pools, optimizer state, the decoder copy), even while
-    something else still refers to the trainer."""
+    """Let go of what a trainer holds on the device (graphs' pools, optimizer state, the decoder copy, the content's
+    latents and features: the LPIPS features alone are 64 MB per 512 px image), even while something else still
+    refers to the trainer (a caller's local, an exception's traceback), so that emptying the cache right after
+    gives it back. The trainer cannot train afterwards."""
     trainer.graphs = None
     trainer.opt = None
     trainer.model = None
+    trainer.x = trainer.z = trainer.emb_x = trainer.feats_x = trainer.lpips_x = trainer.text_dir = None
+    trainer.prev_emb = trainer.last_emb = trainer._prev_buffer = None

@@ -246,3 +246,20 @@ def test_a_replaced_or_released_trainer_is_freed(parts, photo):
     workspace.release()
     gc.collect()
     assert second() is None
+
+
+def test_a_released_trainer_lets_go_of_its_tensors_while_still_referred_to(parts, photo):
+    """release() empties the cache right after letting the trainer go, while its own local still refers to it (as a
+    traceback or a caller may): everything it held on the device must be dropped by then, the content's LPIPS
+    features (64 MB per 512 px image) included."""
+    vae, text, vgg, lp = parts
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", small_config(epochs=2, loss=dict(lpips=10.0)), lpips=lp,
+                workspace=workspace)
+    trainer = workspace._trainer
+    assert trainer.lpips_x is not None and trainer.model is not None
+    workspace.release()
+    held = {k: v for k, v in vars(trainer).items()
+            if isinstance(v, torch.Tensor) or (isinstance(v, list) and any(isinstance(t, torch.Tensor) for t in v))}
+    assert not held, sorted(held)
+    assert trainer.model is None and trainer.opt is None and trainer.graphs is None
