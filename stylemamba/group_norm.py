@@ -85,15 +85,16 @@ def _self_check(device: torch.device) -> str | None:
     return None
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """Whether the kernels read ``x`` as channels_last (4-D, channels_last-contiguous and not NCHW-contiguous)."""
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is in channels_last only: 4-D, channels_last-contiguous and not NCHW-contiguous (a tensor that
+    is both is the same memory either way, and the NCHW kernels read it)."""
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _on_kernels(x: torch.Tensor) -> bool:
     """Whether ``x`` goes through the Triton kernels: CUDA, NCHW- or channels_last-contiguous, kernels that passed
     their self-check on this device (checked once, logged when they fail)."""
-    if not (x.is_cuda and (x.is_contiguous() or _channels_last(x))) or _kernels() is None:
+    if not (x.is_cuda and (x.is_contiguous() or is_channels_last(x))) or _kernels() is None:
         return False
     key = str(x.device)
     if key not in _KERNELS_WORK:
@@ -152,7 +153,7 @@ class _GroupNormFunction(torch.autograd.Function):
         ctx.groups, ctx.has_weight, ctx.has_bias, ctx.kernels = groups, weight is not None, bias is not None, kernels
         ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
         if kernels:
-            forward = _kernels().forward_channels_last if _channels_last(x) else _kernels().forward
+            forward = _kernels().forward_channels_last if is_channels_last(x) else _kernels().forward
         else:
             forward = _operator_forward
         y, mean, rstd = forward(x, weight, bias, groups, eps)
@@ -164,7 +165,7 @@ class _GroupNormFunction(torch.autograd.Function):
         x, mean, rstd, weight = ctx.saved_tensors
         need = ctx.has_weight or ctx.has_bias
         if ctx.kernels:
-            backward = _kernels().backward_channels_last if _channels_last(x) else _kernels().backward
+            backward = _kernels().backward_channels_last if is_channels_last(x) else _kernels().backward
         else:
             backward = _operator_backward
         grad_x, dweight, dbias = backward(dy.to(x.dtype), x, weight, mean, rstd, ctx.groups, need)
@@ -190,4 +191,4 @@ def pays_here(x: torch.Tensor, groups: int) -> bool:
     if not x.is_cuda:
         return False
     size = x.numel() // (x.shape[0] * groups)  # elements per group
-    return size >= MIN_GROUP_SIZE or (size >= CHANNELS_LAST_MIN_GROUP_SIZE and _channels_last(x) and _on_kernels(x))
+    return size >= MIN_GROUP_SIZE or (size >= CHANNELS_LAST_MIN_GROUP_SIZE and is_channels_last(x) and _on_kernels(x))

@@ -200,7 +200,9 @@ def kernel_groups(fn: Callable[[], Any], device: torch.device, top: int = 25) ->
 
 
 def _layout(t: torch.Tensor) -> str:
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+    from ..group_norm import is_channels_last
+
+    if is_channels_last(t):
         return "channels_last"
     return "contiguous" if t.is_contiguous() else "strided"
 
