@@ -314,8 +314,9 @@ class LPIPSLoss(nn.Module):
         bench/results/steady_h200/callAF, with the normalised features kept). They are kept as the backbone returns
         them (bf16 under autocast: 64 MB per 512 px image) and unit-normalised in each ``forward`` (in fp32 under
         autocast, 128 MB kept, the memory plan put an 8 GB card's 4 images in smaller micro-batches); that
-        normalisation, a few elementwise passes, is not yet timed. Computed under the step's autocast and on the same images, ``forward``
-        gives what ``forward(y, x)`` gives (this class always builds lpips v0.1 with its linear heads)."""
+        normalisation, a few elementwise passes, is not yet timed. Computed under the step's autocast and on the
+        same images, ``forward`` gives what ``forward(y, x)`` gives (this class always builds lpips v0.1 with its
+        linear heads)."""
         m = self.model
         return list(m.net(m.scaling_layer(x01 * 2.0 - 1.0)))
 
@@ -328,10 +329,9 @@ class LPIPSLoss(nn.Module):
             return self.model(y01 * 2.0 - 1.0, x01 * 2.0 - 1.0, normalize=False).mean()
         import lpips
 
-        m = self.model
-        feats = m.net(m.scaling_layer(y01 * 2.0 - 1.0))
+        feats = self.target_features(y01)  # the same backbone pass, on the output
         total = 0  # the layer terms summed in the package's order: the same value as forward(y01, x01)
         for k, (f, t) in enumerate(zip(feats, target)):
             diff = (lpips.normalize_tensor(f) - lpips.normalize_tensor(t)) ** 2
-            total = total + lpips.spatial_average(m.lins[k](diff), keepdim=True)
+            total = total + lpips.spatial_average(self.model.lins[k](diff), keepdim=True)
         return total.mean()
