@@ -59,13 +59,11 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp16 on pre-Ampere GPUs, fp32 on CPU) | "bf16" | "fp16" | "fp32"
     # the trained decoder in channels_last on CUDA (speed.train_in_channels_last_). cuDNN's convolutions run in
-    # NHWC, so in NCHW they convert their inputs and outputs; with the channels_last GroupNorm kernels the step
-    # replayed as a graph took 60.5 instead of 64.3 ms and compiled 51.1 instead of 54.9 ms (H200,
-    # bench/results/steady_h200/callAA, callAB; 58.6 / 62.6 ms and compiled 49.3 ms in callAF). Still NCHW by
-    # default: under the 8 GB memory cap a style took 1.30x its uncapped time in channels_last against 1.24x in
-    # NCHW (callAC vs callT); since LPIPS keeps the content features, 1.16x in channels_last (callAM) and 1.20x in
-    # NCHW (callAE), so that reason is gone; the decoder inside ComfyUI in channels_last is not yet measured
-    channels_last: bool = False
+    # NHWC, so in NCHW they convert their inputs and outputs. H200, side by side (bench/results/steady_h200/callAO):
+    # the step replayed as a graph 58.98 vs 62.89 ms NCHW, compiled 49.82 ms; inside ComfyUI 68-71 ms (callAO)
+    # vs 74-76 in NCHW (callAG); under the 8 GB cap 1.16x the uncapped time vs 1.20x in NCHW (callAM, callAE).
+    # False: NCHW
+    channels_last: bool = True
     # the decoder's GroupNorms in the autocast dtype (bf16) instead of autocast's fp32 (precision.AutocastGroupNorm;
     # with NCHW 51 instead of 58 ms); no effect in fp32
     autocast_groupnorm: bool = True

@@ -1,5 +1,5 @@
 #!/bin/bash
-# call AO (prepared, NOT YET RUN): (1) the compiled and eager steps with the final LPIPS code (features kept as the
+# call AO (run 2026-12-04, results in callAO/): (1) the compiled and eager steps with the final LPIPS code (features kept as the
 # backbone returns them, normalised each step; callAF measured them kept normalised); (2) call AN's ComfyUI run
 # with the decoder trained in channels_last. For (2) set `channels_last: bool = True` in stylemamba/train.py in the
 # working tree for this call only; (1) sets its layouts itself. Carry [".whl", ".gpu"]. About 300 s.
