@@ -14,9 +14,11 @@ callers then fall back to eager and log why.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -57,19 +59,46 @@ def is_launch_bound(launched: float, ran: float) -> bool:
     return launched >= LAUNCH_BOUND * ran
 
 
-def why_the_allocator_forbids_graphs() -> str | None:
+def why_the_allocator_forbids_graphs(compiled: bool = False) -> str | None:
     """Why CUDA graphs must not be captured in this process, or None. ComfyUI starts torch with the
-    ``cudaMallocAsync`` allocator by default; under it Triton refused the captured step's tensors ("Pointer
-    argument cannot be accessed from Triton") and the failed capture then killed the server with a CUDA error
-    (H200, ComfyUI 0.3.64, bench/results/steady_h200/callK)."""
+    ``cudaMallocAsync`` allocator by default; under it Triton's launcher refuses the memory a capture allocates
+    ("Pointer argument cannot be accessed from Triton"; the failed capture then killed the server with a CUDA error:
+    H200, ComfyUI 0.3.64, bench/results/steady_h200/callK). Our own kernels get their tensors as addresses there
+    (:mod:`stylemamba.triton_addresses`, checked once on the device); torch.compile's kernels (``compiled``) do not."""
     try:
         backend = torch.cuda.get_allocator_backend()
     except Exception:  # noqa: BLE001 - a build without CUDA: nothing to capture anyway
         return None
-    if backend == "cudaMallocAsync":
-        return ("torch's CUDA allocator is cudaMallocAsync (ComfyUI's default), under which Triton kernels cannot be "
-                "captured; start ComfyUI with --disable-cuda-malloc to let steps replay as CUDA graphs")
+    if backend != "cudaMallocAsync":
+        return None
+    if compiled:
+        return ("torch's CUDA allocator is cudaMallocAsync (ComfyUI's default), under which torch.compile's kernels "
+                "cannot be captured; start ComfyUI with --disable-cuda-malloc to let compiled steps replay as CUDA "
+                "graphs")
+    try:
+        from .triton_addresses import addresses_work
+    except Exception:  # noqa: BLE001 - no triton: none of our kernels in the graph, nothing to refuse
+        return None
+    why = addresses_work()
+    if why:
+        return (f"torch's CUDA allocator is cudaMallocAsync (ComfyUI's default), under which Triton kernels cannot be "
+                f"captured here ({why}); start ComfyUI with --disable-cuda-malloc to let steps replay as CUDA graphs")
     return None
+
+
+# how torch's cudaMallocAsync allocator starts its warning when a tensor a capture allocated is freed outside captures
+CAPTURED_FREE_WARNING = "Attempting uncaptured free of a captured allocation"
+
+
+@contextlib.contextmanager
+def quiet_captured_frees():
+    """Drop graph-allocated tensors without torch's warning for each one. Under cudaMallocAsync every tensor a capture
+    allocated (the gradients a replay writes, its outputs) belongs to the graph, and dropping it outside a capture
+    warns once per tensor ("technically allowed"): 184 warnings per new style in ComfyUI's log (callAP). The trainer
+    drops them knowingly (nothing reads them again; the graph keeps its memory), so only its own drops are quiet."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CAPTURED_FREE_WARNING)
+        yield
 
 
 class GraphCaptureError(RuntimeError):

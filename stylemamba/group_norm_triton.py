@@ -29,11 +29,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_addresses import address_safe
+
 STATS_CHUNK = 16384  # elements one forward-statistics program sums
 GRAD_CHUNK = 8192  # elements of one channel one backward-sums program sums
 BLOCK = 1024  # elements per step inside a program / per elementwise program
 
 
+@address_safe
 @triton.jit
 def _stats_kernel(x_ptr, part_ptr, M, S, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -63,6 +66,7 @@ def _channel_tile(C, G, CG):
     return nc, tl.program_id(1), n, c, c // CG, n * G + c // CG
 
 
+@address_safe
 @triton.jit
 def _apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, mean_ptr, rstd_ptr, C, HW, G, CG, S, M, eps,
                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, S_POW: tl.constexpr, BLOCK: tl.constexpr):
@@ -93,6 +97,7 @@ def _apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, part_ptr, mean_ptr, rstd_ptr, C, H
     tl.store(rstd_ptr + row, rstd, mask=first)
 
 
+@address_safe
 @triton.jit
 def _grad_sums_kernel(x_ptr, dy_ptr, mean_ptr, part_ptr, C, HW, G, CG, S2, CHUNK: tl.constexpr,
                       BLOCK: tl.constexpr):
@@ -115,6 +120,7 @@ def _grad_sums_kernel(x_ptr, dy_ptr, mean_ptr, part_ptr, C, HW, G, CG, S2, CHUNK
     tl.store(part_ptr + out + 1, tl.sum(acc_x, 0))
 
 
+@address_safe
 @triton.jit
 def _grad_x_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, part_ptr, C, HW, G, CG, S2, M,
                    HAS_W: tl.constexpr, CG_POW: tl.constexpr, S2_POW: tl.constexpr, BLOCK: tl.constexpr):
@@ -145,6 +151,7 @@ def _grad_x_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, part_ptr, C
     tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@address_safe
 @triton.jit
 def _grad_params_kernel(part_ptr, rstd_ptr, dw_ptr, db_ptr, C, G, CG, S2, N: tl.constexpr, S2_POW: tl.constexpr):
     c = tl.program_id(0)
@@ -220,6 +227,7 @@ def _cl_tile(n, p0, P, C, BLOCK_P: tl.constexpr, C_POW: tl.constexpr):
     return offs, mask, c
 
 
+@address_safe
 @triton.jit
 def _cl_sums_kernel(x_ptr, dy_ptr, mean_ptr, part_ptr, P, C, G, CG, S, PCHUNK: tl.constexpr, GRAD: tl.constexpr,
                     BLOCK_P: tl.constexpr, C_POW: tl.constexpr):
@@ -262,6 +270,7 @@ def _cl_group_partials(part_ptr, n, g, C, CG, S, S_POW: tl.constexpr, CG_POW: tl
     return tl.sum(first, 0), tl.sum(second, 0)
 
 
+@address_safe
 @triton.jit
 def _cl_stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, P, C, G, CG, S, M, eps, S_POW: tl.constexpr,
                      CG_POW: tl.constexpr):
@@ -276,6 +285,7 @@ def _cl_stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, P, C, G, CG, S, M, eps
     tl.store(rstd_ptr + row, 1.0 / tl.sqrt(var + eps))
 
 
+@address_safe
 @triton.jit
 def _cl_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, P, C, G, CG, HAS_W: tl.constexpr,
                      HAS_B: tl.constexpr, BLOCK_P: tl.constexpr, C_POW: tl.constexpr):
@@ -294,6 +304,7 @@ def _cl_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, P, C, G, CG
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@address_safe
 @triton.jit
 def _cl_grad_reduce_kernel(part_ptr, w_ptr, rstd_ptr, gsum_ptr, dw_ptr, db_ptr, C, G, CG, S, N: tl.constexpr,
                            HAS_W: tl.constexpr, NEED_PARAMS: tl.constexpr, S_POW: tl.constexpr,
@@ -321,6 +332,7 @@ def _cl_grad_reduce_kernel(part_ptr, w_ptr, rstd_ptr, gsum_ptr, dw_ptr, db_ptr, 
         tl.store(db_ptr + c, db, mask=cm)
 
 
+@address_safe
 @triton.jit
 def _cl_grad_x_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, gsum_ptr, P, C, G, CG, M,
                       HAS_W: tl.constexpr, BLOCK_P: tl.constexpr, C_POW: tl.constexpr):

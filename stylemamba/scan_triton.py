@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_addresses import address_safe
+
 Tensor = torch.Tensor
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a global a kernel may read
@@ -136,6 +138,7 @@ def _step_sizes(dt_ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.conste
     return raw, tl.where(mask, dt, 0.0)
 
 
+@address_safe
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, states_ptr,
@@ -200,6 +203,7 @@ def _scan_fwd_kernel(
                  mask=m2)
 
 
+@address_safe
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, gbuf_ptr,

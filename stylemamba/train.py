@@ -29,7 +29,7 @@ from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
-                          why_the_allocator_forbids_graphs)
+                          quiet_captured_frees, why_the_allocator_forbids_graphs)
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
@@ -494,11 +494,12 @@ class CaptureOutOfMemory(torch.cuda.OutOfMemoryError):
     plan fitted eagerly: :meth:`StyleTrainer.step_within_memory` takes a smaller plan, or eager steps."""
 
 
-def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str) -> str | None:
+def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, precision: str,
+                          compiled: bool = False) -> str | None:
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can. Every memory plan
     can: micro-batches, tower chunks and recomputation are more launches of the same static shapes, all on the
     GPU (so the plans that small cards need are the ones that gain most from graphs)."""
-    forbidden = why_the_allocator_forbids_graphs()
+    forbidden = why_the_allocator_forbids_graphs(compiled)
     if forbidden:
         return forbidden
     if autocast_dtype(device, precision) == torch.float16:
@@ -640,7 +641,8 @@ class StyleTrainer:
                     if isinstance(value, torch.Tensor):
                         value.zero_()
         self.scaler = grad_scaler(self.device, self.cfg.precision)  # fp16's loss scale starts again too
-        self.opt.zero_grad(set_to_none=True)
+        with quiet_captured_frees():
+            self.opt.zero_grad(set_to_none=True)
         self.prev_emb = self.last_emb = None
         self.history = []  # a trial replay still pending (a style too short to reach it) stays pending
 
@@ -670,7 +672,8 @@ class StyleTrainer:
         """CUDA graphs for the steps (``cuda_graphs="auto"``) where they can be captured, else None (logged)."""
         if self.cfg.cuda_graphs == "off" or self.device.type != "cuda":
             return None
-        why = why_steps_run_eagerly(self.plan, self.x.shape[0], self.device, self.cfg.precision)
+        why = why_steps_run_eagerly(self.plan, self.x.shape[0], self.device, self.cfg.precision,
+                                    compiled=self.cfg.compile != "off")
         if why:
             log.info("stylemamba: training steps run eagerly, without CUDA graphs: %s", why)
             return None
@@ -706,7 +709,8 @@ class StyleTrainer:
             for k, v in weights.items():
                 self._set_on_device(k, self._weights[k], v)
             weights = self._weights
-        terms, y, self.last_emb = self._eager_or_graphed_step(epoch, weights, keep_output)
+        with quiet_captured_frees():  # the gradients the last replay wrote go when this step starts
+            terms, y, self.last_emb = self._eager_or_graphed_step(epoch, weights, keep_output)
         return terms, y
 
     def _set_on_device(self, name: str, tensor: torch.Tensor, value: float) -> None:
@@ -739,6 +743,10 @@ class StyleTrainer:
             if not known:
                 self._train_eagerly()
                 return self._step_body(epoch, weights)
+        if key not in self.graphs:
+            # the gradients of the steps before go now rather than inside the capture, which cannot give their memory
+            # back (under cudaMallocAsync torch defers those frees and warns about each)
+            self.opt.zero_grad(set_to_none=True)
         if not len(self.graphs):
             # the eager steps' cached blocks go back before the graph's own pool is filled: on a card with room
             # for one step's memory but not two, the capture ran out of memory with them held (12 GB emulated,
@@ -1202,8 +1210,9 @@ def _free(trainer: StyleTrainer) -> None:
     latents and features: the LPIPS features alone are 64 MB per 512 px image), even while something else still
     refers to the trainer (a caller's local, an exception's traceback), so that emptying the cache right after
     gives it back. The trainer cannot train afterwards."""
-    trainer.graphs = None
-    trainer.opt = None
-    trainer.model = None
-    trainer.x = trainer.z = trainer.emb_x = trainer.feats_x = trainer.lpips_x = trainer.text_dir = None
-    trainer.prev_emb = trainer.last_emb = trainer._prev_buffer = None
+    with quiet_captured_frees():
+        trainer.graphs = None
+        trainer.opt = None
+        trainer.model = None
+        trainer.x = trainer.z = trainer.emb_x = trainer.feats_x = trainer.lpips_x = trainer.text_dir = None
+        trainer.prev_emb = trainer.last_emb = trainer._prev_buffer = None

@@ -53,21 +53,15 @@ def test_which_steps_can_be_captured(plan, precision, reason):
     assert (why is None) if reason is None else (reason in why)
 
 
-def test_the_async_allocator_means_no_graphs(monkeypatch):
-    # ComfyUI's default allocator: a capture under it crashed the server (bench/results/steady_h200/callK)
-    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
-    why = why_steps_run_eagerly(MemoryPlan(1), 1, torch.device("cuda"), "bf16")
-    assert "cudaMallocAsync" in why and "--disable-cuda-malloc" in why
-    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "native")
-    assert why_steps_run_eagerly(MemoryPlan(1), 1, torch.device("cuda"), "bf16") is None
-
-
 class _CaptureOutOfMemory:
     """Stands in for a trainer's graphs: every capture runs out of memory (as the fast plan's did on an
     emulated 12 GB card), so the trainer's own handling of it runs on a CPU."""
 
     def __len__(self):
         return 1
+
+    def __contains__(self, key):
+        return False
 
     def __call__(self, key, body):
         raise cuda_graphs.GraphCaptureError("OutOfMemoryError: CUDA out of memory") from torch.cuda.OutOfMemoryError(
@@ -82,6 +76,9 @@ class _CaptureRefused:
 
     def __len__(self):
         return 0
+
+    def __contains__(self, key):
+        return False
 
     def __call__(self, key, body):
         self.asked.append(key)
