@@ -15,7 +15,9 @@ callers then fall back to eager and log why.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import sys
 import time
 import traceback
 import warnings
@@ -99,6 +101,25 @@ def quiet_captured_frees():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=CAPTURED_FREE_WARNING)
         yield
+
+
+def trim_graph_memory(device: torch.device | int | None = None) -> bool:
+    """Give the memory of destroyed CUDA graphs back to the device; True when trimmed. Under cudaMallocAsync a graph's
+    memory comes from the driver's graph pool, which keeps it after the graph is gone until trimmed, and
+    ``torch.cuda.empty_cache`` trims only the default pool. (With torch's caching allocator a graph's pool is torch's
+    and ``empty_cache`` returns it: nothing to do.)"""
+    if torch.cuda.get_allocator_backend() != "cudaMallocAsync":
+        return False
+    try:
+        driver = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+        handle = ctypes.c_int()
+        index = torch.cuda._utils._get_device_index(device, optional=True)
+        if driver.cuDeviceGet(ctypes.byref(handle), index) != 0:
+            return False
+        torch.cuda.synchronize(index)
+        return driver.cuDeviceGraphMemTrim(handle) == 0
+    except (OSError, AttributeError):  # no driver library by that name, or one without graph memory nodes
+        return False
 
 
 class GraphCaptureError(RuntimeError):

@@ -29,7 +29,7 @@ from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
-                          quiet_captured_frees, why_the_allocator_forbids_graphs)
+                          quiet_captured_frees, trim_graph_memory, why_the_allocator_forbids_graphs)
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
@@ -1123,7 +1123,7 @@ class TrainingWorkspace:
         # which hosts count as used: a front end asks its host for that much less working memory (the next
         # style reuses it, or it is released before a new trainer is built)
         self.held_bytes = self.counted_bytes = 0
-        self._before: tuple[int, int] | None = None  # (reserved, allocated) before a new trainer's first style
+        self._before: tuple[int, int] | None = None  # _memory_in_use before a new trainer's first style
         self._held_while_out = (0, 0)
 
     @property
@@ -1165,7 +1165,7 @@ class TrainingWorkspace:
         where = torch.device(device) if device is not None else vae.device
         if where.type == "cuda":  # what the new trainer will hold is measured from here (caches emptied)
             torch.cuda.empty_cache()
-            self._before = (torch.cuda.memory_reserved(where), torch.cuda.memory_allocated(where))
+            self._before = _memory_in_use(where)
         return StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device, free_memory,
                             start)
 
@@ -1178,9 +1178,8 @@ class TrainingWorkspace:
         self.held_bytes, self.counted_bytes = self._held_while_out
         if self._before is not None:  # its first style: what it holds from now on
             torch.cuda.empty_cache()
-            reserved, allocated = self._before
-            self.held_bytes = max(0, torch.cuda.memory_reserved(trainer.device) - reserved)
-            self.counted_bytes = max(0, torch.cuda.memory_allocated(trainer.device) - allocated)
+            held, counted = (max(0, now - before) for now, before in zip(_memory_in_use(trainer.device), self._before))
+            self.held_bytes, self.counted_bytes = held, counted
             self._before = None
             total = torch.cuda.get_device_properties(trainer.device).total_memory
             if self.max_share is not None and self.held_bytes > self.max_share * total:
@@ -1198,11 +1197,25 @@ class TrainingWorkspace:
             _drop(trainer)
 
 
+def _memory_in_use(device: torch.device) -> tuple[int, int]:
+    """(bytes held, bytes a host counts as used) on ``device``; the differences before and after a trainer's first
+    style are what it keeps. With torch's caching allocator: reserved (the graphs' pools included) and allocated.
+    Under cudaMallocAsync (ComfyUI's default) the graphs' memory is the driver's, outside torch's counts, and hosts
+    see it as used: both are the device's memory in use."""
+    if torch.cuda.get_allocator_backend() == "cudaMallocAsync":
+        free, total = torch.cuda.mem_get_info(device)
+        return total - free, total - free
+    return torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+
+
 def _drop(trainer: StyleTrainer) -> None:
     """:func:`_free` and the freed memory back to the device (a kept trainer let go between styles)."""
+    device = trainer.device
     _free(trainer)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+        if device.type == "cuda":
+            trim_graph_memory(device)
 
 
 def _free(trainer: StyleTrainer) -> None:

@@ -351,7 +351,7 @@ def test_training_networks_let_the_kept_trainer_go_when_they_move(pack):
     container; ComfyUI unloading the container, or any conversion that puts the weights elsewhere, releases it."""
     caches = sys.modules[PACK_NAME + ".nodes.caches"]
     container = caches.TrainingNetworks([torch.nn.Conv2d(3, 4, 3)])
-    kept = types.SimpleNamespace(graphs="graphs", opt="opt", model="model")
+    kept = types.SimpleNamespace(graphs="graphs", opt="opt", model="model", device=torch.device("cpu"))
     container.workspace._trainer, container.workspace._kind = kept, ("a kind of style",)
     container.to("cpu")  # already there: nothing moves, the trainer stays
     assert container.workspace.holds
