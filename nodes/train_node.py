@@ -29,6 +29,17 @@ VGG_REDUCTIONS_SHOWN = ("relative", "mean", "sum")  # stylemamba.losses.VGG_REDU
 # preview images a training run shows on the node (and one at its last step): a preview every step cost the graphed
 # H200 step 4 ms of its 59, every 5th step nothing (bench/results/steady_h200/callAR)
 PREVIEWS_PER_RUN = 5
+_devices_trained_on: set[str] = set()
+
+
+def first_run_note(device: torch.device) -> str:
+    """What the progress text adds for the first training on a GPU in this process, whose first step compiles our
+    Triton kernels when the machine has not run them before: the node then shows no step for ~20 s (H200,
+    bench/results/steady_h200/callAS: the first Train node 21.5 s on a new machine, 4.1 s in the next process)."""
+    if device.type != "cuda" or str(device) in _devices_trained_on:
+        return ""
+    _devices_trained_on.add(str(device))
+    return " (the first style in a process warms up; on a machine's first run it compiles GPU kernels: ~20 s)"
 
 
 def _int(default, lo, hi, tip, step=1, **extra):
@@ -182,7 +193,8 @@ class StyleMambaTrain:
         sdvae = ch.prepare_vae(vae, memory_required=working_memory, name=vae_name)
         device = sdvae.device
         networks, patcher = caches.training_networks([text_model, nets.vgg, nets.lpips], device)
-        progress.text(f"training {total} steps on {device}" + ("; " + "; ".join(skipped) if skipped else ""))
+        progress.text(f"training {total} steps on {device}" + first_run_note(device)
+                      + ("; " + "; ".join(skipped) if skipped else ""))
 
         def on_step(info):
             shown = ", ".join(f"{k} {v:.3g}" for k, v in info.losses.items())

@@ -789,3 +789,14 @@ def test_universal_model_with_a_prompt_or_a_reference_gives_styles_the_other_nod
     with pytest.raises(ValueError, match="trained with the text model"):
         nodes["StyleMambaUniversalStyle"]().make(model, conditioning=clip_cond)
 
+
+
+def test_the_first_training_on_a_gpu_says_its_first_step_may_compile(pack, monkeypatch):
+    """A machine's first run compiles the Triton kernels during the first step (~20 s without a step shown, callAS):
+    the Train node says so the first time it trains on a GPU in a process, not on the CPU and not afterwards."""
+    train_node = sys.modules[PACK_NAME + ".nodes.train_node"]
+    monkeypatch.setattr(train_node, "_devices_trained_on", set())
+    assert train_node.first_run_note(torch.device("cpu")) == ""
+    assert "compiles GPU kernels" in train_node.first_run_note(torch.device("cuda", 0))
+    assert train_node.first_run_note(torch.device("cuda", 0)) == ""
+    assert "compiles GPU kernels" in train_node.first_run_note(torch.device("cuda", 1))
