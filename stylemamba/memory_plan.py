@@ -108,11 +108,12 @@ class Recipe:
     lpips: bool = True  # the LPIPS term is on (its targets are kept for every image)
 
     @classmethod
-    def of(cls, n_images: int, config) -> Recipe:
-        """From a :class:`~stylemamba.train.TrainConfig`."""
+    def of(cls, n_images: int, config, has_lpips: bool = True) -> Recipe:
+        """From a :class:`~stylemamba.train.TrainConfig`; ``has_lpips``: an LPIPS network is given (without one the
+        term is skipped and nothing of it is kept)."""
         lc = config.loss
         views = 1 + (lc.n_crops if lc.patch > 0 else 0) + (1 if lc.md > 0 else 0)
-        return cls(int(n_images), int(config.resolution), views, lc.lpips > 0)
+        return cls(int(n_images), int(config.resolution), views, lc.lpips > 0 and has_lpips)
 
 
 def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:

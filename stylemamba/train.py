@@ -656,7 +656,7 @@ class StyleTrainer:
             return MemoryPlan(b, 0, forced, reason="TrainConfig.memory_plan='fast': no memory saving")
         if option == "auto":
             free = free_memory if free_memory is not None else free_training_memory(self.device)
-            return choose_plan(free, Recipe.of(b, cfg), splittable, True if forced else None,
+            return choose_plan(free, Recipe.of(b, cfg, self.lpips is not None), splittable, True if forced else None,
                                bool(self.tower_layers))
         micro = min(option.micro_batch or b, b)
         if micro < b and not splittable:
@@ -937,8 +937,8 @@ class StyleTrainer:
                          if self.graphs is not None and len(self.graphs) else "an eager step")
                 smaller = None
                 if parse_plan(self.cfg.memory_plan) == "auto":
-                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg), self._splittable(),
-                                           bool(self.tower_layers))
+                    smaller = smaller_plan(self.plan, Recipe.of(self.x.shape[0], self.cfg, self.lpips is not None),
+                                           self._splittable(), bool(self.tower_layers))
                 if smaller is None and not in_capture:
                     raise
             self.opt.zero_grad(set_to_none=True)  # the failed step's partial gradients

@@ -173,6 +173,7 @@ def test_the_kept_lpips_features_count_for_every_image_whatever_the_plan():
             assert extra == pytest.approx(images * 2 * 31_981_568 * (resolution / 512) ** 2), (plan, images)
     no_lpips = small_config(loss=dict(lpips=0.0))
     assert not Recipe.of(1, no_lpips).lpips and Recipe.of(1, small_config(loss=dict(lpips=10.0))).lpips
+    assert not Recipe.of(1, small_config(loss=dict(lpips=10.0)), has_lpips=False).lpips  # no network: skipped
 
 
 def test_time_model_orders_the_measured_plans_as_the_h200_did():
