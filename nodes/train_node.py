@@ -36,9 +36,10 @@ def first_run_note(device: torch.device) -> str:
     """What the progress text adds for the first training on a GPU in this process, whose first step compiles our
     Triton kernels when the machine has not run them before: the node then shows no step for ~20 s (H200,
     bench/results/steady_h200/callAS: the first Train node 21.5 s on a new machine, 4.1 s in the next process)."""
-    if device.type != "cuda" or str(device) in _devices_trained_on:
+    key = f"cuda:{device.index or 0}"  # an unindexed "cuda" counted as the first GPU
+    if device.type != "cuda" or key in _devices_trained_on:
         return ""
-    _devices_trained_on.add(str(device))
+    _devices_trained_on.add(key)
     return " (the first style in a process warms up; on a machine's first run it compiles GPU kernels: ~20 s)"
 
 

@@ -14,7 +14,6 @@ callers then fall back to eager and log why.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import sys
@@ -61,7 +60,7 @@ def is_launch_bound(launched: float, ran: float) -> bool:
     return launched >= LAUNCH_BOUND * ran
 
 
-def why_the_allocator_forbids_graphs(compiled: bool = False) -> str | None:
+def why_the_allocator_forbids_graphs(compiled: bool = False, device: torch.device | None = None) -> str | None:
     """Why CUDA graphs must not be captured in this process, or None. ComfyUI starts torch with the
     ``cudaMallocAsync`` allocator by default; under it Triton's launcher refuses the memory a capture allocates
     ("Pointer argument cannot be accessed from Triton"; the failed capture then killed the server with a CUDA error:
@@ -81,7 +80,7 @@ def why_the_allocator_forbids_graphs(compiled: bool = False) -> str | None:
         from .triton_addresses import addresses_work
     except Exception:  # noqa: BLE001 - no triton: none of our kernels in the graph, nothing to refuse
         return None
-    why = addresses_work()
+    why = addresses_work(device)
     if why:
         return (f"torch's CUDA allocator is cudaMallocAsync (ComfyUI's default), under which Triton kernels cannot be "
                 f"captured here ({why}); start ComfyUI with --disable-cuda-malloc to let steps replay as CUDA graphs")
@@ -92,15 +91,16 @@ def why_the_allocator_forbids_graphs(compiled: bool = False) -> str | None:
 CAPTURED_FREE_WARNING = "Attempting uncaptured free of a captured allocation"
 
 
-@contextlib.contextmanager
-def quiet_captured_frees():
-    """Drop graph-allocated tensors without torch's warning for each one. Under cudaMallocAsync every tensor a capture
-    allocated (the gradients a replay writes, its outputs) belongs to the graph, and dropping it outside a capture
-    warns once per tensor ("technically allowed"): 184 warnings per new style in ComfyUI's log (callAP). The trainer
-    drops them knowingly (nothing reads them again; the graph keeps its memory), so only its own drops are quiet."""
-    with warnings.catch_warnings():
+def ignore_captured_free_warnings() -> None:
+    """Stop torch's warning for each graph-allocated tensor freed outside a capture, process-wide, once. Under
+    cudaMallocAsync every tensor a capture allocated (the gradients a replay writes, its outputs) belongs to the graph,
+    and freeing it elsewhere warns ("technically allowed"): 184 warnings per new style in ComfyUI's log (callAP), for
+    the gradients the next step or a restart sets to None, which nothing reads again while the graph keeps its memory.
+    Called whenever a graph is captured under that allocator (a no-op once the filter is there). One filter, not a ``catch_warnings`` around each
+    step: that is not thread-safe and makes Python forget which other warnings it has shown once. Frees outside any
+    torch call (a plain ``del``) are printed by torch itself on stderr and not filtered (hence ``_free`` in stylemamba/train.py sets the gradients to None first)."""
+    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == CAPTURED_FREE_WARNING for f in warnings.filters):
         warnings.filterwarnings("ignore", message=CAPTURED_FREE_WARNING)
-        yield
 
 
 def trim_graph_memory(device: torch.device | int | None = None) -> bool:
@@ -118,7 +118,8 @@ def trim_graph_memory(device: torch.device | int | None = None) -> bool:
             return False
         torch.cuda.synchronize(index)
         return driver.cuDeviceGraphMemTrim(handle) == 0
-    except (OSError, AttributeError):  # no driver library by that name, or one without graph memory nodes
+    except (OSError, AttributeError) as exc:  # no driver library by that name, or one without graph memory nodes
+        log.debug("stylemamba: could not trim the CUDA graphs' memory (%s)", exc)
         return False
 
 
@@ -175,6 +176,8 @@ class CapturedCalls:
         collect garbage and empty the cache first): the host records while the GPU still runs the previous
         step, so capturing costs the GPU almost nothing. Replays are ordered after that step on the caller's
         stream; the graph's memory comes from its own pool."""
+        if torch.cuda.get_allocator_backend() == "cudaMallocAsync":
+            ignore_captured_free_warnings()
         graph = torch.cuda.CUDAGraph()
         for g in self.generators:
             graph.register_generator_state(g)
@@ -219,9 +222,10 @@ class GraphedForward:
     is graphed from the third call only if that call was launch-bound (:func:`is_launch_bound`), else it
     stays eager; ``"on"``: the second call captures. Each call returns a fresh tensor."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], mode: str = "auto"):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], mode: str = "auto", compiled: bool = False):
         self.fn = fn
         self.mode = check_cuda_graph_option(mode)
+        self.compiled = compiled  # fn runs torch.compile'd modules (see why_the_allocator_forbids_graphs)
         self._calls = CapturedCalls()
         self._inputs: dict[Hashable, torch.Tensor] = {}
         self._calls_seen: dict[Hashable, int] = {}
@@ -233,7 +237,7 @@ class GraphedForward:
         seen = self._calls_seen[key] = self._calls_seen.get(key, 0) + 1
         if self.failed is not None or self.mode == "off" or x.device.type != "cuda" or key in self._eager or seen == 1:
             return self.fn(x)
-        forbidden = why_the_allocator_forbids_graphs()
+        forbidden = why_the_allocator_forbids_graphs(self.compiled, x.device)
         if forbidden:
             self.failed = forbidden
             log.info("stylemamba: stylising without CUDA graphs: %s", forbidden)

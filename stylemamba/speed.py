@@ -90,6 +90,14 @@ def compile_module_(module: nn.Module, mode: str = "off", dynamic: bool | None =
     return module
 
 
+def holds_compiled(*modules: nn.Module) -> bool:
+    """Whether any of ``modules`` or their submodules runs through torch.compile (compiled in place, as
+    :func:`compile_module_` does, or wrapped by ``torch.compile``; ours or another node pack's). Its kernels cannot be
+    captured in a CUDA graph under cudaMallocAsync (stylemamba.cuda_graphs.why_the_allocator_forbids_graphs)."""
+    return any(getattr(sub, "_compiled_call_impl", None) is not None or type(sub).__name__ == "OptimizedModule"
+               for module in modules for sub in module.modules())
+
+
 def enable_cudnn_autotune(on: bool = True) -> bool:
     """Let cuDNN time its convolution algorithms once per shape (``torch.backends.cudnn.benchmark``).
 

@@ -21,6 +21,7 @@ from .cuda_graphs import GraphedForward, check_cuda_graph_option
 from .errors import stylizing_out_of_memory
 from .image_io import check_finite
 from .precision import autocast
+from .speed import holds_compiled
 from .style_file import Style
 from .style_model import StyleModel
 from .vae import SDVAE
@@ -256,7 +257,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     if isinstance(cuda_graphs, GraphedForward):
         forward = cuda_graphs
     elif check_cuda_graph_option(cuda_graphs) != "off" and device.type == "cuda" and b // batch_size >= 3:
-        forward = GraphedForward(forward, cuda_graphs)
+        forward = GraphedForward(forward, cuda_graphs, compiled=holds_compiled(vae, model))
     outs = []
     for start in range(0, b, batch_size):
         check_finite(rgb[start:start + batch_size], "image", first=start)
@@ -284,7 +285,9 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
 def graphed_forward(vae: SDVAE, styles: Styles, precision: str = "auto", mode: str = "auto") -> GraphedForward:
     """The untiled forward pass as a CUDA graph to reuse across :func:`stylize_images` calls (``cuda_graphs=``):
     the batches of a video stylised one call at a time. Its memory is freed with it."""
-    return GraphedForward(functools.partial(_encode_style_decode, vae, as_style_model(vae, styles), precision), mode)
+    model = as_style_model(vae, styles)
+    return GraphedForward(functools.partial(_encode_style_decode, vae, model, precision), mode,
+                          compiled=holds_compiled(vae, model))
 
 
 def _encode_style_decode(vae: SDVAE, model: StyleModel, precision: str, x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
-                          quiet_captured_frees, trim_graph_memory, why_the_allocator_forbids_graphs)
+                          trim_graph_memory, why_the_allocator_forbids_graphs)
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
@@ -499,7 +499,7 @@ def why_steps_run_eagerly(plan: MemoryPlan, batch: int, device: torch.device, pr
     """Why a training step on CUDA cannot be replayed as one CUDA graph, or None when it can. Every memory plan
     can: micro-batches, tower chunks and recomputation are more launches of the same static shapes, all on the
     GPU (so the plans that small cards need are the ones that gain most from graphs)."""
-    forbidden = why_the_allocator_forbids_graphs(compiled)
+    forbidden = why_the_allocator_forbids_graphs(compiled, device)
     if forbidden:
         return forbidden
     if autocast_dtype(device, precision) == torch.float16:
@@ -641,8 +641,7 @@ class StyleTrainer:
                     if isinstance(value, torch.Tensor):
                         value.zero_()
         self.scaler = grad_scaler(self.device, self.cfg.precision)  # fp16's loss scale starts again too
-        with quiet_captured_frees():
-            self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         self.prev_emb = self.last_emb = None
         self.history = []  # a trial replay still pending (a style too short to reach it) stays pending
 
@@ -709,8 +708,7 @@ class StyleTrainer:
             for k, v in weights.items():
                 self._set_on_device(k, self._weights[k], v)
             weights = self._weights
-        with quiet_captured_frees():  # the gradients the last replay wrote go when this step starts
-            terms, y, self.last_emb = self._eager_or_graphed_step(epoch, weights, keep_output)
+        terms, y, self.last_emb = self._eager_or_graphed_step(epoch, weights, keep_output)
         return terms, y
 
     def _set_on_device(self, name: str, tensor: torch.Tensor, value: float) -> None:
@@ -745,7 +743,7 @@ class StyleTrainer:
                 return self._step_body(epoch, weights)
         if key not in self.graphs:
             # the gradients of the steps before go now rather than inside the capture, which cannot give their memory
-            # back (under cudaMallocAsync torch defers those frees and warns about each)
+            # back (under cudaMallocAsync torch defers those frees)
             self.opt.zero_grad(set_to_none=True)
         if not len(self.graphs):
             # the eager steps' cached blocks go back before the graph's own pool is filled: on a card with room
@@ -1223,9 +1221,13 @@ def _free(trainer: StyleTrainer) -> None:
     latents and features: the LPIPS features alone are 64 MB per 512 px image), even while something else still
     refers to the trainer (a caller's local, an exception's traceback), so that emptying the cache right after
     gives it back. The trainer cannot train afterwards."""
-    with quiet_captured_frees():
-        trainer.graphs = None
-        trainer.opt = None
-        trainer.model = None
-        trainer.x = trainer.z = trainer.emb_x = trainer.feats_x = trainer.lpips_x = trainer.text_dir = None
-        trainer.prev_emb = trainer.last_emb = trainer._prev_buffer = None
+    if trainer.opt is not None:
+        # through torch (the gradients' setter), where torch's warning about a graph-allocated tensor freed outside a
+        # capture is a Python warning (cuda_graphs.ignore_captured_free_warnings); dropped with the model it is
+        # printed on stderr, once per gradient (cudaMallocAsync only)
+        trainer.opt.zero_grad(set_to_none=True)
+    trainer.graphs = None
+    trainer.opt = None
+    trainer.model = None
+    trainer.x = trainer.z = trainer.emb_x = trainer.feats_x = trainer.lpips_x = trainer.text_dir = None
+    trainer.prev_emb = trainer.last_emb = trainer._prev_buffer = None

@@ -20,12 +20,19 @@ import triton.language as tl
 
 
 class DeviceAddress(int):
-    """A tensor's device address as an ``int`` that keeps the tensor's ``dtype`` and ``data_ptr()``."""
+    """A device address as an ``int`` that keeps its tensor's ``dtype`` and answers ``data_ptr()``."""
 
-    def __new__(cls, tensor: torch.Tensor):
-        address = super().__new__(cls, tensor.data_ptr())
-        address.dtype = tensor.dtype
-        return address
+    def __new__(cls, address: int, dtype: torch.dtype):
+        obj = super().__new__(cls, address)
+        obj.dtype = dtype
+        return obj
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> DeviceAddress:
+        return cls(tensor.data_ptr(), tensor.dtype)
+
+    def __getnewargs__(self):  # copy and pickle rebuild it from both
+        return int(self), self.dtype
 
     def data_ptr(self) -> int:
         return int(self)
@@ -55,13 +62,16 @@ class AddressSafeKernel:
     def __init__(self, kernel):
         self.kernel = kernel
 
+    def __getattr__(self, name):  # the JITFunction's other attributes (fn, cache, warmup, ...)
+        return getattr(self.kernel, name)
+
     def __getitem__(self, grid):
         launch = self.kernel[grid]
 
         def run(*args, **kwargs):
             if capturing_under_async_allocator():
-                args = tuple(DeviceAddress(a) if isinstance(a, torch.Tensor) else a for a in args)
-                kwargs = {k: DeviceAddress(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+                args = tuple(DeviceAddress.of(a) if isinstance(a, torch.Tensor) else a for a in args)
+                kwargs = {k: DeviceAddress.of(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             return launch(*args, **kwargs)
 
         return run
@@ -86,14 +96,20 @@ def addresses_work(device: torch.device | str | None = None) -> str | None:
     """None when this Triton compiles a kernel given :class:`DeviceAddress` arguments as it does for tensors
     (typed pointers, bf16 kept) and runs it correctly on ``device``; else the reason. Checked once per device,
     outside any capture."""
-    dev = torch.device(device if device is not None else "cuda")
+    try:
+        dev = torch.device(device if device is not None else "cuda")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    except Exception as exc:  # noqa: BLE001 - no CUDA in this build or process
+        return f"no CUDA device ({type(exc).__name__}: {exc})"
     key = str(dev)
     if key not in _CHECKED:
         try:
-            src = torch.arange(1, 17, device=dev, dtype=torch.bfloat16)
-            dst = torch.zeros_like(src)
-            _scaled_copy_kernel[(1,)](DeviceAddress(src), DeviceAddress(dst), src.numel(), BLOCK=16)
-            ok = torch.equal(dst, src * 2)
+            with torch.cuda.device(dev):  # Triton launches on the current device
+                src = torch.arange(1, 17, device=dev, dtype=torch.bfloat16)
+                dst = torch.zeros_like(src)
+                _scaled_copy_kernel[(1,)](DeviceAddress.of(src), DeviceAddress.of(dst), src.numel(), BLOCK=16)
+                ok = torch.equal(dst, src * 2)
             _CHECKED[key] = None if ok else "a kernel given device addresses computed a wrong result"
         except Exception as exc:  # noqa: BLE001 - any failure (this Triton types the address as an integer)
             _CHECKED[key] = f"Triton does not take device addresses as pointers ({type(exc).__name__}: " \

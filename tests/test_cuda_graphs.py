@@ -417,3 +417,19 @@ def test_graphed_styles_leave_no_gpu_memory_behind(tiny_models, photo):
     after = [allocated_after_style(i) for i in range(2, 5)]
     assert max(after) - before < 2**20, f"GPU memory grew by {(max(after) - before) / 2**20:.1f} MiB over 3 styles"
     assert len(cuda_graphs._capture_streams) == 1
+
+
+def test_stylising_graphs_know_when_a_module_is_compiled(tiny_models, photo, monkeypatch):
+    """torch.compile's kernels cannot be captured under cudaMallocAsync (a failed capture there killed ComfyUI,
+    callK): graphed stylising is told whether the VAE or the style runs compiled code, ours or another pack's."""
+    from stylemamba.speed import holds_compiled
+
+    vae, text = load_vae(tiny_models["vae"]), load_text_image_encoder(tiny_models["siglip"])
+    trainer = StyleTrainer(vae, text, photo, "oil painting", small_config(epochs=1))
+    model = StyleModel.from_styles(vae, [trainer.result(0.0, 0).style])
+    assert not holds_compiled(vae, model) and not graphed_forward(vae, model).compiled
+    model.decoder.compile()  # in place, as speed.compile_module_ does (compiles lazily: nothing runs here)
+    assert holds_compiled(model) and graphed_forward(vae, model).compiled
+    assert holds_compiled(torch.compile(torch.nn.Linear(2, 2)))  # wrapped instead
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
+    assert "torch.compile" in cuda_graphs.why_the_allocator_forbids_graphs(compiled=True)

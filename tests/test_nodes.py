@@ -351,12 +351,13 @@ def test_training_networks_let_the_kept_trainer_go_when_they_move(pack):
     container; ComfyUI unloading the container, or any conversion that puts the weights elsewhere, releases it."""
     caches = sys.modules[PACK_NAME + ".nodes.caches"]
     container = caches.TrainingNetworks([torch.nn.Conv2d(3, 4, 3)])
-    kept = types.SimpleNamespace(graphs="graphs", opt="opt", model="model", device=torch.device("cpu"))
+    kept = types.SimpleNamespace(graphs="graphs", opt=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
+                                 model="model", device=torch.device("cpu"))
     container.workspace._trainer, container.workspace._kind = kept, ("a kind of style",)
     container.to("cpu")  # already there: nothing moves, the trainer stays
     assert container.workspace.holds
     container.to(torch.float64)  # new storages, as a move to another device
-    assert not container.workspace.holds and kept.graphs is None and kept.model is None
+    assert not container.workspace.holds and kept.graphs is None and kept.model is None and kept.opt is None
 
 
 def test_train_node_vgg_reduction_reaches_the_recipe(nodes, vae, text_model, photo, monkeypatch):
@@ -788,7 +789,6 @@ def test_universal_model_with_a_prompt_or_a_reference_gives_styles_the_other_nod
         clip_cond = nodes["StyleMambaTextConditioning"]().encode(clip, "a watercolor painting", "a plain photo")[0]
     with pytest.raises(ValueError, match="trained with the text model"):
         nodes["StyleMambaUniversalStyle"]().make(model, conditioning=clip_cond)
-
 
 
 def test_the_first_training_on_a_gpu_says_its_first_step_may_compile(pack, monkeypatch):
