@@ -8,7 +8,7 @@ through unchecked, so while such a capture records, :func:`address_safe` kernels
 :class:`DeviceAddress`: an ``int`` (the address) that still shows Triton the tensor's dtype and ``data_ptr()``, so
 Triton compiles and picks the same kernel (a typed, aligned pointer). Everywhere else the tensors pass unchanged.
 That relies on how Triton specialises arguments (by attributes, for a type it does not know), so
-:func:`addresses_work` checks it once per process on the device; without it graphs stay off under that allocator.
+:func:`addresses_work` checks it once per GPU; where it fails, graphs stay off under that allocator.
 
 Importing this module imports triton.
 """
@@ -63,6 +63,8 @@ class AddressSafeKernel:
         self.kernel = kernel
 
     def __getattr__(self, name):  # the JITFunction's other attributes (fn, cache, warmup, ...)
+        if name == "kernel":  # not set yet (an instance being copied or unpickled)
+            raise AttributeError(name)
         return getattr(self.kernel, name)
 
     def __getitem__(self, grid):

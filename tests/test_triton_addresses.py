@@ -1,6 +1,7 @@
 """Our Triton kernels inside CUDA graphs captured under torch's cudaMallocAsync allocator, ComfyUI's default
 (stylemamba/triton_addresses.py): tensors become typed device addresses only while such a capture records; when
 graphs may be captured under that allocator; on a GPU, the graph tests run again in a process using it."""
+import copy
 import importlib.util
 import os
 import re
@@ -22,7 +23,6 @@ HERE = Path(__file__).resolve().parent
 
 @needs_triton
 def test_an_address_keeps_the_tensors_dtype_and_triton_types_it_as_that_pointer():
-    import copy
     import pickle
 
     from stylemamba.triton_addresses import DeviceAddress
@@ -59,10 +59,13 @@ def test_kernels_get_addresses_only_while_a_capture_under_the_async_allocator_re
     launched = []
 
     class Kernel:
+        fn = "the kernel's function"
+
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launched.append((grid, args, kwargs))
 
     kernel = ta.address_safe(Kernel())
+    assert kernel.fn == copy.deepcopy(kernel).fn == Kernel.fn  # the JITFunction's attributes, also on a copy
     x, y = torch.ones(3), torch.zeros(2, dtype=torch.bfloat16)
     monkeypatch.setattr(ta, "capturing_under_async_allocator", lambda: False)
     kernel[(2,)](x, 7, out=y, BLOCK=16)
