@@ -60,17 +60,22 @@ def is_launch_bound(launched: float, ran: float) -> bool:
     return launched >= LAUNCH_BOUND * ran
 
 
+def uses_async_allocator() -> bool:
+    """Whether torch's CUDA allocator is ``cudaMallocAsync`` (ComfyUI's default unless started with
+    ``--disable-cuda-malloc``); False in a build without CUDA."""
+    try:
+        return torch.cuda.get_allocator_backend() == "cudaMallocAsync"
+    except Exception:  # noqa: BLE001 - a build without CUDA
+        return False
+
+
 def why_the_allocator_forbids_graphs(compiled: bool = False, device: torch.device | None = None) -> str | None:
     """Why CUDA graphs must not be captured in this process, or None. ComfyUI starts torch with the
     ``cudaMallocAsync`` allocator by default; under it Triton's launcher refuses the memory a capture allocates
     ("Pointer argument cannot be accessed from Triton"; the failed capture then killed the server with a CUDA error:
     H200, ComfyUI 0.3.64, bench/results/steady_h200/callK). Our own kernels get their tensors as addresses there
     (:mod:`stylemamba.triton_addresses`, checked once on the device); torch.compile's kernels (``compiled``) do not."""
-    try:
-        backend = torch.cuda.get_allocator_backend()
-    except Exception:  # noqa: BLE001 - a build without CUDA: nothing to capture anyway
-        return None
-    if backend != "cudaMallocAsync":
+    if not uses_async_allocator():
         return None
     if compiled:
         return ("torch's CUDA allocator is cudaMallocAsync (ComfyUI's default), under which torch.compile's kernels "
@@ -108,7 +113,7 @@ def trim_graph_memory(device: torch.device | int | None = None) -> bool:
     memory comes from the driver's graph pool, which keeps it after the graph is gone until trimmed, and
     ``torch.cuda.empty_cache`` trims only the default pool. (With torch's caching allocator a graph's pool is torch's
     and ``empty_cache`` returns it: nothing to do.)"""
-    if torch.cuda.get_allocator_backend() != "cudaMallocAsync":
+    if not uses_async_allocator():
         return False
     try:
         driver = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
@@ -176,7 +181,7 @@ class CapturedCalls:
         collect garbage and empty the cache first): the host records while the GPU still runs the previous
         step, so capturing costs the GPU almost nothing. Replays are ordered after that step on the caller's
         stream; the graph's memory comes from its own pool."""
-        if torch.cuda.get_allocator_backend() == "cudaMallocAsync":
+        if uses_async_allocator():
             ignore_captured_free_warnings()
         graph = torch.cuda.CUDAGraph()
         for g in self.generators:

@@ -29,7 +29,7 @@ from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
-                          trim_graph_memory, why_the_allocator_forbids_graphs)
+                          trim_graph_memory, uses_async_allocator, why_the_allocator_forbids_graphs)
 from .errors import training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
@@ -1176,8 +1176,8 @@ class TrainingWorkspace:
         self.held_bytes, self.counted_bytes = self._held_while_out
         if self._before is not None:  # its first style: what it holds from now on
             torch.cuda.empty_cache()
-            held, counted = (max(0, now - before) for now, before in zip(_memory_in_use(trainer.device), self._before))
-            self.held_bytes, self.counted_bytes = held, counted
+            self.held_bytes, self.counted_bytes = (max(0, now - before)
+                                                   for now, before in zip(_memory_in_use(trainer.device), self._before))
             self._before = None
             total = torch.cuda.get_device_properties(trainer.device).total_memory
             if self.max_share is not None and self.held_bytes > self.max_share * total:
@@ -1200,7 +1200,7 @@ def _memory_in_use(device: torch.device) -> tuple[int, int]:
     style are what it keeps. With torch's caching allocator: reserved (the graphs' pools included) and allocated.
     Under cudaMallocAsync (ComfyUI's default) the graphs' memory is the driver's, outside torch's counts, and hosts
     see it as used: both are the device's memory in use."""
-    if torch.cuda.get_allocator_backend() == "cudaMallocAsync":
+    if uses_async_allocator():
         free, total = torch.cuda.mem_get_info(device)
         return total - free, total - free
     return torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)

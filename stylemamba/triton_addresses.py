@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .cuda_graphs import uses_async_allocator
+
 
 class DeviceAddress(int):
     """A device address as an ``int`` that keeps its tensor's ``dtype`` and answers ``data_ptr()``."""
@@ -38,21 +40,9 @@ class DeviceAddress(int):
         return int(self)
 
 
-_ASYNC_ALLOCATOR: list[bool] = []  # [torch's CUDA allocator is cudaMallocAsync], filled on first use
-
-
-def _async_allocator() -> bool:
-    if not _ASYNC_ALLOCATOR:
-        try:
-            _ASYNC_ALLOCATOR.append(torch.cuda.get_allocator_backend() == "cudaMallocAsync")
-        except Exception:  # noqa: BLE001 - a build without CUDA
-            _ASYNC_ALLOCATOR.append(False)
-    return _ASYNC_ALLOCATOR[0]
-
-
 def capturing_under_async_allocator() -> bool:
     """Whether the current stream records a CUDA graph whose allocations the launcher would reject."""
-    return _async_allocator() and torch.cuda.is_current_stream_capturing()
+    return uses_async_allocator() and torch.cuda.is_current_stream_capturing()
 
 
 class AddressSafeKernel:
