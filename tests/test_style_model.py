@@ -55,6 +55,44 @@ def test_to_style_packages_a_single_style_only(trained):
         StyleModel.from_styles(vae, [style, style]).fusion
 
 
+def test_to_style_copies_the_weights_once_and_keeps_them(trained, tmp_path):
+    """Packaging brings every tensor over in one copy per device; the style is a copy, not the live weights,
+    its delta is the trained decoder minus the base (whatever dtype the base is held in), and it saves."""
+    from stylemamba.style_file import load_style, save_style
+    from stylemamba.style_model import _copies_on_host
+    from stylemamba.vae import decoder_state
+    from stylemamba.vae_layout import to_ldm
+
+    vae, trainer, _ = trained
+    style = trainer.model.to_style()
+    base = to_ldm(decoder_state(vae.decoder, vae.post_quant_conv))
+    trained_now = to_ldm(trainer.model.decoder.state_dict())
+    assert style.decoder_delta.keys() == base.keys()
+    for k, delta in style.decoder_delta.items():
+        assert delta.dtype == torch.float32 and delta.is_contiguous() and delta.device.type == "cpu"
+        torch.testing.assert_close(delta, (trained_now[k].float() - base[k].float()).reshape(delta.shape))
+    live = dict(trainer.model.fusion.named_parameters())
+    name = next(iter(live))
+    before = style.fusion_state[name].clone()
+    with torch.no_grad():
+        live[name].add_(1.0)
+    try:
+        assert torch.equal(style.fusion_state[name], before)  # not a view of the trainer's weights
+    finally:
+        with torch.no_grad():
+            live[name].sub_(1.0)
+    torch.testing.assert_close(load_style(save_style(style, tmp_path / "s.safetensors", torch.float32)["path"])
+                               .decoder_delta[k], style.decoder_delta[k])
+
+    a, b = torch.randn(3, 4), torch.randn(3, 4).to(torch.bfloat16)
+    ints = torch.arange(5)
+    diff, copy = _copies_on_host([(a, b), ints])
+    torch.testing.assert_close(diff, a - b.float())
+    assert copy.dtype == torch.float32 and copy.tolist() == [0, 1, 2, 3, 4]
+    a.add_(1)
+    torch.testing.assert_close(diff, a - 1 - b.float())  # a copy
+
+
 def test_latents_in_and_out_match_stylising_images(trained, photo):
     vae, _, style = trained
     z = encode_latents(photo, vae)
