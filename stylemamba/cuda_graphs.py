@@ -170,11 +170,15 @@ class CapturedCalls:
         return key in self._graphs
 
     def __call__(self, key: Hashable, body: Callable[[], Any]) -> Any:
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._graphs[key] = self._capture(body)
-        entry[0].replay()
-        return entry[1]
+        self.record(key, body)
+        graph, outputs = self._graphs[key]
+        graph.replay()
+        return outputs
+
+    def record(self, key: Hashable, body: Callable[[], Any]) -> None:
+        """Capture ``body`` for ``key`` without replaying it (a capture runs nothing on the GPU)."""
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(body)
 
     def _capture(self, body: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
         """Record ``body`` on a side stream WITHOUT waiting for the GPU (``torch.cuda.graph`` would synchronise,

@@ -614,9 +614,9 @@ class StyleTrainer:
         """Make this trainer, after a run, train a NEW style of the same kind (:func:`workspace_kind`) as a
         fresh one would: same recipe semantics, same random draws, same result. Every tensor the steps read
         keeps its address (new values are copied in), so the decoder copy, the optimizer and the CUDA graphs
-        of the last style are used again: no decoder copy and no eager first step; the only capture left is,
-        once, the first epoch's graph (a fresh trainer runs that step eagerly), into the same memory pool
-        (what :class:`TrainingWorkspace` is for)."""
+        of the last style are used again: no decoder copy, no eager first step and no capture (the first step's
+        graph, which a fresh trainer ran eagerly, is recorded when the workspace keeps the trainer:
+        :meth:`record_restart_step`) (what :class:`TrainingWorkspace` is for)."""
         config = config or TrainConfig()
         if _recipe_kind(config) != self._recipe:
             raise ValueError("StyleTrainer.restart: the new recipe is of another kind than the one this trainer was "
@@ -726,8 +726,7 @@ class StyleTrainer:
         the next replay."""
         if self.graphs is None:
             return self._step_body(epoch, weights)
-        lc = self.cfg.loss
-        key = (self.prev_emb is not None, lc.so > 0 and epoch >= lc.so_interval and epoch % lc.so_interval == 0)
+        key = self._graph_key(epoch)
         if not self._warm:  # the run's first step: eager (builds the optimizer state, warms up what is lazy)
             self._warm = True
             return self._step_body(epoch, weights)
@@ -750,11 +749,7 @@ class StyleTrainer:
             # for one step's memory but not two, the capture ran out of memory with them held (12 GB emulated,
             # fast plan, call J), and the allocator cannot free them during a capture
             torch.cuda.empty_cache()
-        def body():  # the terms as ONE tensor: one copy per step instead of one per term
-            logged, y, emb = self._step_body(epoch, weights)
-            self._term_names[key] = tuple(logged)
-            return torch.stack(list(logged.values())), y, emb
-
+        body = self._graph_body(epoch, weights, key)
         try:
             if self._trial is not None and self._trial[0] == key and key in self.graphs:
                 stacked, y, emb = self._timed_replay_decides(key, body)
@@ -772,6 +767,48 @@ class StyleTrainer:
         # them; otherwise end_epoch reads it before the next replay
         stacked, y, kept_emb = _copied(stacked, y if keep_output else None, emb if self.graphs is None else None)
         return dict(zip(self._term_names[key], stacked.unbind(0))), y, emb if kept_emb is None else kept_emb
+
+    def _graph_key(self, epoch: int) -> tuple[bool, bool]:
+        """The kind of step a graph records: whether L_so has a previous epoch's image, and whether it applies."""
+        lc = self.cfg.loss
+        return (self.prev_emb is not None, lc.so > 0 and epoch >= lc.so_interval and epoch % lc.so_interval == 0)
+
+    def _graph_body(self, epoch: int, weights: dict, key: tuple) -> Callable[[], tuple]:
+        def body():  # the terms as ONE tensor: one copy per step instead of one per term
+            logged, y, emb = self._step_body(epoch, weights)
+            self._term_names[key] = tuple(logged)
+            return torch.stack(list(logged.values())), y, emb
+        return body
+
+    def record_restart_step(self) -> bool:
+        """Record now the graph of a restarted style's first step, which a fresh trainer ran eagerly: the next style
+        (:meth:`restart`) then replays from its first step instead of capturing it (~0.1 s of host time at 512 px
+        on an H200, the first restart's extra in callAS/AV). With torch's own allocator nothing runs on the GPU
+        (a capture only records); under cudaMallocAsync the graph runs once (~60 ms of GPU time, see below), and
+        the restart resets all it changes. False when there is nothing to record (eager steps, a trial pending,
+        already recorded) or the recording failed (then the restart records it, as before)."""
+        if self.graphs is None or not len(self.graphs) or self._trial is not None or self.model is None:
+            return False
+        prev, self.prev_emb = self.prev_emb, None  # as after restart()
+        try:
+            key = self._graph_key(0)
+            if key in self.graphs:
+                return False
+            self.opt.zero_grad(set_to_none=True)  # as a restart's first step (outside the capture)
+            body = self._graph_body(0, self._weights, key)
+            self.graphs.record(key, body)
+            if uses_async_allocator():
+                # under cudaMallocAsync what a capture allocates exists only once its graph has run, and the restart
+                # frees the gradients the capture made: freed first, they aborted ComfyUI ("invalid argument",
+                # callAW). So the graph runs once now; the restart resets all it changes (weights, Adam's state,
+                # the generator)
+                self.graphs(key, body)
+            return True
+        except (GraphCaptureError, torch.cuda.OutOfMemoryError) as exc:
+            log.info("stylemamba: the next style's first step was not recorded ahead (%s); it will be then", exc)
+            return False
+        finally:
+            self.prev_emb = prev
 
     def _train_eagerly(self) -> None:
         """The steps from here on run eagerly: the graphs (their pool) and the buffer they read go."""
@@ -1100,8 +1137,8 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
 class TrainingWorkspace:
     """The last style's trainer, kept to train the next style of the same kind (:func:`workspace_kind`):
     :meth:`StyleTrainer.restart` reuses its decoder copy, optimizer and CUDA graphs, so a new style skips
-    the decoder copy (37 ms on an H200), the eager first step and the capture of its graphs (the first epoch's
-    graph is captured once, by the first restart).
+    the decoder copy (37 ms on an H200), the eager first step and the capture of its graphs (the graph of a
+    restarted style's first step is recorded when the trainer is first kept).
 
     It holds GPU memory between styles: the decoder copy and Adam's moments (~0.6 GB for an SD VAE) and, where
     the steps replay as CUDA graphs, the graphs' pool (the step's working memory: ~8.5 GB for the fast plan at
@@ -1174,6 +1211,7 @@ class TrainingWorkspace:
             return False
         self._trainer = trainer
         self.held_bytes, self.counted_bytes = self._held_while_out
+        trainer.record_restart_step()  # the next style's first step, recorded while this style's were timed
         if self._before is not None:  # its first style: what it holds from now on
             torch.cuda.empty_cache()
             self.held_bytes, self.counted_bytes = (max(0, now - before)

@@ -139,8 +139,9 @@ def test_a_fine_tuning_is_never_restarted(parts, photo):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_restarted_trainer_replays_its_graphs_for_the_next_style_on_gpu(tiny_models, photo, photo_loader, caplog):
-    """On the GPU the kept trainer's CUDA graphs replay the next style from its first step (no eager step, no
-    capture but the first epoch's, which the first style ran eagerly), with the losses of a fresh graphed trainer."""
+    """On the GPU the kept trainer's CUDA graphs replay the next style from its first step (no eager step and no
+    capture: the first step's graph, which the first style ran eagerly, is recorded when the trainer is kept),
+    with the losses of a fresh graphed trainer."""
     vae = load_vae(tiny_models["vae"], device="cuda")
     text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
     other = photo_loader("coffee", 64)
@@ -148,9 +149,11 @@ def test_a_restarted_trainer_replays_its_graphs_for_the_next_style_on_gpu(tiny_m
     workspace = TrainingWorkspace()
     train_style(vae, text, photo, "oil painting", small_config(epochs=4, seed=1, **cfg), workspace=workspace)
     graphs = workspace._trainer.graphs
-    assert graphs is not None and len(graphs) == 2  # epochs 1-3: L_so off / on; epoch 0 ran eagerly
+    # epochs 1-3: L_so off / on; epoch 0 ran eagerly, and a restart's first step (no previous image) was recorded
+    assert graphs is not None and len(graphs) == 3 and (False, False) in graphs
+    assert not workspace._trainer.record_restart_step()  # once
     second = train_style(vae, text, other, "pencil sketch", small_config(epochs=5, seed=2, **cfg), workspace=workspace)
-    assert workspace._trainer.graphs is graphs and len(graphs) == 3  # + epoch 0's, captured in the restart
+    assert workspace._trainer.graphs is graphs and len(graphs) == 3  # nothing captured for the second style
     fresh = train_style(vae, text, other, "pencil sketch", small_config(epochs=5, seed=2, **cfg))
     # first-order terms as in test_cuda_graphs (fp32, rtol 1e-3); L_so and the total amplify rounding
     for step, (a, b) in enumerate(zip(fresh.history, second.history)):
