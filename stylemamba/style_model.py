@@ -25,6 +25,7 @@ fusion and a trainable decoder copy (:meth:`StyleModel.for_training`) and packag
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Sequence
 
 import torch
@@ -36,6 +37,8 @@ from .speed import silu_out_of_place_
 from .style_file import Style, StyleFileError
 from .vae import SDVAE, TrainableDecoder, decoder_state
 from .vae_layout import from_ldm, to_ldm
+
+log = logging.getLogger("stylemamba")
 
 BLENDS = ("outputs", "weights")
 
@@ -224,13 +227,15 @@ class StyleModel(nn.Module):
         return Style(fusion.config.to_dict(), state, delta, host[-1], meta)
 
 
-def _copies_on_host(items: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-    """fp32 CPU copies of ``items`` (a tensor, or a pair ``(a, b)`` for ``a - b`` computed on ``a``'s device),
-    each device's share written into one buffer there and brought over in ONE device-to-host copy.
+def _copies_on_host(items: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+                    one_buffer: bool | None = None) -> list[torch.Tensor]:
+    """fp32 CPU copies of ``items`` (a tensor, or a pair ``(a, b)`` for ``a - b`` computed on ``a``'s device).
 
-    A copy per tensor waits for the GPU ~190 times per style, and each wait lets other Python threads take the
-    GIL (a ComfyUI server's): 72 ms alone, 122 ms beside a busy thread, 0.15 s inside ComfyUI
-    (bench/results/steady_h200/callAT). The copies are views of one buffer per device, each contiguous.
+    On a GPU (``one_buffer`` None) each device's share is written into one buffer there and brought over in ONE
+    device-to-host copy: a copy per tensor waits for the GPU ~190 times per style, and each wait lets other Python
+    threads take the GIL (a ComfyUI server's): 72 ms alone, 122 ms beside a busy thread, 0.15 s inside ComfyUI
+    (bench/results/steady_h200/callAT). Out of GPU memory for that buffer (~200 MB for an SD decoder) it copies
+    tensor by tensor.
     """
     firsts = [item[0] if isinstance(item, tuple) else item for item in items]
     out: list[torch.Tensor | None] = [None] * len(items)
@@ -238,17 +243,32 @@ def _copies_on_host(items: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Ten
     for i, t in enumerate(firsts):
         by_device.setdefault(t.device, []).append(i)
     for device, indices in by_device.items():
-        if device.type == "cpu":  # nothing to wait for; one fresh 200 MB buffer page-faults (~40 ms here)
-            for i in indices:
-                out[i] = _difference(items[i], device, torch.empty_like(firsts[i], dtype=torch.float32))
-            continue
-        sizes = [firsts[i].numel() for i in indices]
-        flat = torch.empty(sum(sizes), dtype=torch.float32, device=device)
-        for i, part in zip(indices, flat.split(sizes)):
-            _difference(items[i], device, part.view(firsts[i].shape))
-        for i, part in zip(indices, _to_host(flat).split(sizes)):
-            out[i] = part.view(firsts[i].shape)
+        if one_buffer if one_buffer is not None else device.type != "cpu":
+            try:
+                _one_copy(items, firsts, indices, device, out)
+                continue
+            except torch.cuda.OutOfMemoryError:
+                log.info("stylemamba: no GPU memory for one packaging buffer: copying the style tensor by tensor")
+        for i in indices:  # on the CPU nothing to wait for (one fresh 200 MB buffer page-faults: ~40 ms here)
+            out[i] = _difference(items[i], device, torch.empty(firsts[i].shape, dtype=torch.float32,
+                                                               device=device)).cpu()
     return out  # type: ignore[return-value]
+
+
+def _one_copy(items, firsts: list[torch.Tensor], indices: list[int], device: torch.device,
+              out: list[torch.Tensor | None]) -> None:
+    """``items[indices]`` into one fp32 buffer on ``device``, copied to the host once. The differences (the
+    decoder delta) are views of that host copy; the plain tensors (the fusion weights, the embedding: a few MB)
+    are cloned from it, so that saving or keeping one of them does not carry the decoder's ~200 MB."""
+    sizes = [firsts[i].numel() for i in indices]
+    flat = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    for i, part in zip(indices, flat.split(sizes)):
+        _difference(items[i], device, part.view(firsts[i].shape))
+    host = _to_host(flat)
+    del flat
+    for i, part in zip(indices, host.split(sizes)):
+        view = part.view(firsts[i].shape)
+        out[i] = view if isinstance(items[i], tuple) else view.clone()
 
 
 def _to_host(flat: torch.Tensor) -> torch.Tensor:
@@ -256,7 +276,8 @@ def _to_host(flat: torch.Tensor) -> torch.Tensor:
 
     Pageable memory straight from the GPU ran at about half the speed: the SD decoder's 198 MB in 200 ms one
     copy, 72-77 ms a copy per tensor, 55-61 ms staged (bench/results/steady_h200/callAU). The staging buffer
-    comes from torch's pinned-memory cache and goes back to it, so the next style reuses it.
+    comes from torch's pinned-memory cache and goes back to it, so the next style reuses it; torch keeps it
+    pinned for the process (~256 MB for an SD decoder, rounded up).
     """
     if flat.device.type != "cuda":
         return flat.cpu()

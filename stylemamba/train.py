@@ -13,6 +13,7 @@ and still takes the full batch's gradient.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import logging
@@ -426,6 +427,13 @@ _graphs_pay: dict[tuple, bool] = {}
 GRAPH_GAIN = 0.95
 
 
+def _never_free(obj: Any) -> None:
+    """Keep ``obj`` until the process ends, its shutdown included (one reference nothing drops): what captures
+    allocated under cudaMallocAsync for graphs that never ran, whose free aborts the process
+    (:meth:`StyleTrainer._drop_gradients_of_unrun_graph`)."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
 def step_kind(trainer: StyleTrainer) -> tuple:
     """What decides whether a trainer's steps replay faster as graphs: the networks, the device, the content's
     shape and the recipe apart from its seed, learning rates, step counts and previews (they change values or
@@ -756,7 +764,7 @@ class StyleTrainer:
             else:
                 stacked, y, emb = self.graphs(key, body)
         except GraphCaptureError as exc:
-            self.opt.zero_grad(set_to_none=True)
+            self._drop_gradients_of_unrun_graph()
             if isinstance(exc.__cause__, torch.cuda.OutOfMemoryError):
                 raise CaptureOutOfMemory(str(exc)) from None  # no traceback holding the capture's tensors
             log.warning("stylemamba: CUDA graph capture of the training step failed; training eagerly (%s)", exc)
@@ -796,19 +804,37 @@ class StyleTrainer:
                 return False
             self.opt.zero_grad(set_to_none=True)  # as a restart's first step (outside the capture)
             body = self._graph_body(0, self._weights, key)
-            self.graphs.record(key, body)
+            try:
+                self.graphs.record(key, body)
+            except (GraphCaptureError, torch.cuda.OutOfMemoryError) as exc:
+                self._drop_gradients_of_unrun_graph()
+                log.info("stylemamba: the next style's first step was not recorded ahead (%s); it will be then", exc)
+                return False
             if uses_async_allocator():
                 # under cudaMallocAsync what a capture allocates exists only once its graph has run, and the restart
                 # frees the gradients the capture made: freed first, they aborted ComfyUI ("invalid argument",
                 # callAW). So the graph runs once now; the restart resets all it changes (weights, Adam's state,
                 # the generator)
-                self.graphs(key, body)
+                try:
+                    self.graphs(key, body)
+                except Exception as exc:  # noqa: BLE001 - a launch that failed: the steps go on eagerly
+                    _never_free(self.graphs)  # its outputs too were allocated by a graph that never ran
+                    self._drop_gradients_of_unrun_graph()
+                    self._train_eagerly()
+                    log.warning("stylemamba: the recorded first step of the next style did not run (%s); the next "
+                                "styles train eagerly", exc)
+                    return False
             return True
-        except (GraphCaptureError, torch.cuda.OutOfMemoryError) as exc:
-            log.info("stylemamba: the next style's first step was not recorded ahead (%s); it will be then", exc)
-            return False
         finally:
             self.prev_emb = prev
+
+    def _drop_gradients_of_unrun_graph(self) -> None:
+        """The gradients set to None after a capture whose graph never ran (it failed, or its launch did). Under
+        cudaMallocAsync such a capture's allocations never came to exist and freeing them aborts the process
+        ("invalid argument", callAW), so they are kept, unused, until it ends."""
+        if uses_async_allocator():
+            _never_free([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.opt.zero_grad(set_to_none=True)
 
     def _train_eagerly(self) -> None:
         """The steps from here on run eagerly: the graphs (their pool) and the buffer they read go."""
@@ -1211,19 +1237,30 @@ class TrainingWorkspace:
             return False
         self._trainer = trainer
         self.held_bytes, self.counted_bytes = self._held_while_out
-        trainer.record_restart_step()  # the next style's first step, recorded while this style's were timed
-        if self._before is not None:  # its first style: what it holds from now on
-            torch.cuda.empty_cache()
-            self.held_bytes, self.counted_bytes = (max(0, now - before)
-                                                   for now, before in zip(_memory_in_use(trainer.device), self._before))
-            self._before = None
-            total = torch.cuda.get_device_properties(trainer.device).total_memory
-            if self.max_share is not None and self.held_bytes > self.max_share * total:
-                log.info("stylemamba: not keeping the trainer for the next style: it holds %.1f GB, more than %.0f%% "
-                         "of this %.0f GB card", self.held_bytes / 1e9, self.max_share * 100, total / 1e9)
-                self.release()
-                return False
+        if self._before is None:  # a restarted trainer: its graph for the next style's first step is there
+            return True
+        self._measure(trainer)  # its first style: what it holds from now on
+        total = torch.cuda.get_device_properties(trainer.device).total_memory
+        if self.max_share is not None and self.held_bytes > self.max_share * total:
+            log.info("stylemamba: not keeping the trainer for the next style: it holds %.1f GB, more than %.0f%% "
+                     "of this %.0f GB card", self.held_bytes / 1e9, self.max_share * 100, total / 1e9)
+            self.release()
+            return False
+        try:  # the next style's first step, recorded now rather than in that style's time
+            recorded = trainer.record_restart_step()
+        except Exception:  # noqa: BLE001 - the next style records it then, as without this
+            log.warning("stylemamba: recording the next style's first step failed", exc_info=True)
+            recorded = False
+        if recorded:
+            self._measure(trainer)
+        self._before = None
         return True
+
+    def _measure(self, trainer: StyleTrainer) -> None:
+        """What the kept trainer holds since before its first style (caches emptied)."""
+        torch.cuda.empty_cache()
+        self.held_bytes, self.counted_bytes = (max(0, now - before)
+                                               for now, before in zip(_memory_in_use(trainer.device), self._before))
 
     def release(self) -> None:
         """Drop the kept trainer and give its GPU memory back."""

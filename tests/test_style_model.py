@@ -73,24 +73,52 @@ def test_to_style_copies_the_weights_once_and_keeps_them(trained, tmp_path):
         torch.testing.assert_close(delta, (trained_now[k].float() - base[k].float()).reshape(delta.shape))
     live = dict(trainer.model.fusion.named_parameters())
     name = next(iter(live))
-    before = style.fusion_state[name].clone()
+    before, weight = style.fusion_state[name].clone(), live[name].detach().clone()
     with torch.no_grad():
         live[name].add_(1.0)
     try:
         assert torch.equal(style.fusion_state[name], before)  # not a view of the trainer's weights
     finally:
         with torch.no_grad():
-            live[name].sub_(1.0)
+            live[name].copy_(weight)
     torch.testing.assert_close(load_style(save_style(style, tmp_path / "s.safetensors", torch.float32)["path"])
                                .decoder_delta[k], style.decoder_delta[k])
 
+
+@pytest.mark.parametrize("one_buffer", [False, True])
+def test_host_copies_per_tensor_and_in_one_buffer(one_buffer, tmp_path, trained, monkeypatch):
+    """The copies a style is packaged from: per tensor (the CPU) or written into one buffer and copied once (a GPU,
+    forced here on the CPU): the differences are views of that one buffer, the plain tensors copies of their own,
+    and a style made so saves and loads (safetensors takes the shared storage)."""
+    import functools
+
+    from stylemamba import style_model
+    from stylemamba.style_file import load_style, save_style
+
     a, b = torch.randn(3, 4), torch.randn(3, 4).to(torch.bfloat16)
     ints = torch.arange(5)
-    diff, copy = _copies_on_host([(a, b), ints])
+    diff, other, copy = style_model._copies_on_host([(a, b), (2 * a, b), ints], one_buffer=one_buffer)
     torch.testing.assert_close(diff, a - b.float())
+    torch.testing.assert_close(other, 2 * a - b.float())
     assert copy.dtype == torch.float32 and copy.tolist() == [0, 1, 2, 3, 4]
+    assert all(t.is_contiguous() for t in (diff, other, copy))
+    shared = diff.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
+    assert shared == one_buffer and copy.untyped_storage().data_ptr() != diff.untyped_storage().data_ptr()
     a.add_(1)
-    torch.testing.assert_close(diff, a - 1 - b.float())  # a copy
+    ints.add_(1)
+    torch.testing.assert_close(diff, a - 1 - b.float())  # copies, not views of the inputs
+    assert copy.tolist() == [0, 1, 2, 3, 4]
+
+    _, trainer, _ = trained
+    monkeypatch.setattr(style_model, "_copies_on_host",
+                        functools.partial(style_model._copies_on_host, one_buffer=one_buffer))
+    style = trainer.model.to_style()
+    for dtype in (torch.float32, torch.float16):
+        loaded = load_style(save_style(style, tmp_path / f"{dtype}.safetensors", dtype)["path"])
+        for k, v in style.decoder_delta.items():
+            torch.testing.assert_close(loaded.decoder_delta[k], v.to(dtype).float(), msg=k)
+        for k, v in style.fusion_state.items():
+            assert torch.equal(loaded.fusion_state[k], v), k
 
 
 def test_latents_in_and_out_match_stylising_images(trained, photo):

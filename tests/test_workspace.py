@@ -163,6 +163,49 @@ def test_a_restarted_trainer_replays_its_graphs_for_the_next_style_on_gpu(tiny_m
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_next_styles_first_step_is_recorded_only_when_kept_and_a_failed_run_of_it_falls_back_on_gpu(
+        tiny_models, photo, photo_loader, monkeypatch):
+    """A trainer the workspace will not keep (over max_share) records nothing. Under cudaMallocAsync the recorded
+    graph runs once when recorded; when that run fails (simulated here, under either allocator) the trainer is still
+    kept and trains the next styles eagerly, with a fresh trainer's losses; nothing the unrun graph allocated is
+    freed (under cudaMallocAsync that aborted the process)."""
+    from stylemamba import train as train_module
+    from stylemamba.cuda_graphs import CapturedCalls
+
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    text = load_text_image_encoder(tiny_models["siglip"], device="cuda")
+    cfg = dict(cuda_graphs="on", precision="fp32", loss=dict(so_interval=2, so_theta=2.0))
+    recorded = []
+    real_record = StyleTrainer.record_restart_step
+    monkeypatch.setattr(StyleTrainer, "record_restart_step", lambda self: recorded.append(self) or real_record(self))
+    small = TrainingWorkspace(max_share=1e-6)
+    train_style(vae, text, photo, "oil painting", small_config(epochs=3, **cfg), workspace=small)
+    assert not small.holds and recorded == []
+
+    monkeypatch.setattr(train_module, "uses_async_allocator", lambda: True)  # the recorded graph runs at once
+    real_call = CapturedCalls.__call__
+
+    def launch_fails(self, key, body):
+        if key == (False, False):
+            self.record(key, body)  # recorded, never run
+            raise RuntimeError("CUDA error: out of memory (simulated launch failure)")
+        return real_call(self, key, body)
+
+    monkeypatch.setattr(CapturedCalls, "__call__", launch_fails)
+    workspace = TrainingWorkspace()
+    train_style(vae, text, photo, "oil painting", small_config(epochs=3, seed=1, **cfg), workspace=workspace)
+    assert recorded and workspace.holds and workspace._trainer.graphs is None  # kept, eager from now on
+    other = photo_loader("coffee", 64)
+    second = train_style(vae, text, other, "pencil sketch", small_config(epochs=3, seed=2, **cfg), workspace=workspace)
+    assert workspace._trainer.graphs is None
+    fresh = train_style(vae, text, other, "pencil sketch", small_config(epochs=3, seed=2, **{**cfg, "cuda_graphs": "off"}))
+    for step, (a, b) in enumerate(zip(fresh.history, second.history)):
+        for k in a.keys() - {"so", "total"}:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), f"step {step} term {k}"
+    workspace.release()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_workspace_says_what_it_holds_and_gives_it_all_back_on_gpu(tiny_models, photo, monkeypatch):
     import gc
 
