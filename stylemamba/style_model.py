@@ -229,46 +229,43 @@ class StyleModel(nn.Module):
 
 def _copies_on_host(items: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
                     one_buffer: bool | None = None) -> list[torch.Tensor]:
-    """fp32 CPU copies of ``items`` (a tensor, or a pair ``(a, b)`` for ``a - b`` computed on ``a``'s device).
+    """fp32 CPU copies of ``items`` (a tensor, or a pair ``(a, b)`` for ``a - b``), computed on the first item's
+    device (the model's).
 
-    On a GPU (``one_buffer`` None) each device's share is written into one buffer there and brought over in ONE
-    device-to-host copy: a copy per tensor waits for the GPU ~190 times per style, and each wait lets other Python
-    threads take the GIL (a ComfyUI server's): 72 ms alone, 122 ms beside a busy thread, 0.15 s inside ComfyUI
+    On a GPU (``one_buffer`` None) they are written into one buffer there and brought over in ONE device-to-host
+    copy: a copy per tensor waits for the GPU ~190 times per style, and each wait lets other Python threads take
+    the GIL (a ComfyUI server's): 72 ms alone, 122 ms beside a busy thread, 0.15 s inside ComfyUI
     (bench/results/steady_h200/callAT). Out of GPU memory for that buffer (~200 MB for an SD decoder) it copies
     tensor by tensor.
     """
-    firsts = [item[0] if isinstance(item, tuple) else item for item in items]
-    out: list[torch.Tensor | None] = [None] * len(items)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(firsts):
-        by_device.setdefault(t.device, []).append(i)
-    for device, indices in by_device.items():
-        if one_buffer if one_buffer is not None else device.type != "cpu":
-            try:
-                _one_copy(items, firsts, indices, device, out)
-                continue
-            except torch.cuda.OutOfMemoryError:
-                log.info("stylemamba: no GPU memory for one packaging buffer: copying the style tensor by tensor")
-        for i in indices:  # on the CPU nothing to wait for (one fresh 200 MB buffer page-faults: ~40 ms here)
-            out[i] = _difference(items[i], device, torch.empty(firsts[i].shape, dtype=torch.float32,
-                                                               device=device)).cpu()
-    return out  # type: ignore[return-value]
+    device = _first(items[0]).device
+    if one_buffer if one_buffer is not None else device.type != "cpu":
+        try:
+            return _one_copy(items, device)
+        except torch.cuda.OutOfMemoryError:
+            log.info("stylemamba: no GPU memory for one packaging buffer: copying the style tensor by tensor")
+    # on the CPU nothing to wait for (one fresh 200 MB buffer page-faults: ~40 ms here)
+    return [_difference(item, torch.empty(_first(item).shape, dtype=torch.float32, device=device)).cpu()
+            for item in items]
 
 
-def _one_copy(items, firsts: list[torch.Tensor], indices: list[int], device: torch.device,
-              out: list[torch.Tensor | None]) -> None:
-    """``items[indices]`` into one fp32 buffer on ``device``, copied to the host once. The differences (the
-    decoder delta) are views of that host copy; the plain tensors (the fusion weights, the embedding: a few MB)
-    are cloned from it, so that saving or keeping one of them does not carry the decoder's ~200 MB."""
-    sizes = [firsts[i].numel() for i in indices]
+def _one_copy(items: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device) -> list[torch.Tensor]:
+    """``items`` into one fp32 buffer on ``device``, copied to the host once. The differences (the decoder delta)
+    are views of that host copy; the plain tensors (the fusion weights, the embedding: a few MB) are cloned from
+    it, so that saving or keeping one of them does not carry the decoder's ~200 MB."""
+    sizes = [_first(item).numel() for item in items]
     flat = torch.empty(sum(sizes), dtype=torch.float32, device=device)
-    for i, part in zip(indices, flat.split(sizes)):
-        _difference(items[i], device, part.view(firsts[i].shape))
+    for item, part in zip(items, flat.split(sizes)):
+        _difference(item, part.view(_first(item).shape))
     host = _to_host(flat)
     del flat
-    for i, part in zip(indices, host.split(sizes)):
-        view = part.view(firsts[i].shape)
-        out[i] = view if isinstance(items[i], tuple) else view.clone()
+    views = [part.view(_first(item).shape) for item, part in zip(items, host.split(sizes))]
+    return [view if isinstance(item, tuple) else view.clone() for item, view in zip(items, views)]
+
+
+def _first(item: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return item[0] if isinstance(item, tuple) else item
 
 
 def _to_host(flat: torch.Tensor) -> torch.Tensor:
@@ -290,11 +287,10 @@ def _to_host(flat: torch.Tensor) -> torch.Tensor:
     return staging.clone()
 
 
-def _difference(item: torch.Tensor | tuple[torch.Tensor, torch.Tensor], device: torch.device,
-                out: torch.Tensor) -> torch.Tensor:
-    """``item`` (or ``a - b`` for a pair) written into ``out``."""
+def _difference(item: torch.Tensor | tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """``item`` (or ``a - b`` for a pair) written into ``out``, on ``out``'s device."""
     if isinstance(item, tuple):
-        return torch.sub(item[0].detach().float(), item[1].detach().to(device, torch.float32), out=out)
+        return torch.sub(*(t.detach().to(out.device, torch.float32) for t in item), out=out)
     return out.copy_(item.detach())
 
 

@@ -622,9 +622,9 @@ class StyleTrainer:
         """Make this trainer, after a run, train a NEW style of the same kind (:func:`workspace_kind`) as a
         fresh one would: same recipe semantics, same random draws, same result. Every tensor the steps read
         keeps its address (new values are copied in), so the decoder copy, the optimizer and the CUDA graphs
-        of the last style are used again: no decoder copy, no eager first step and no capture (the first step's
-        graph, which a fresh trainer ran eagerly, is recorded when the workspace keeps the trainer:
-        :meth:`record_restart_step`) (what :class:`TrainingWorkspace` is for)."""
+        of the last style are used again (what :class:`TrainingWorkspace` is for): no decoder copy, no eager first
+        step and no capture (the first step's graph, which a fresh trainer ran eagerly, is recorded when the
+        workspace keeps the trainer: :meth:`record_restart_step`)."""
         config = config or TrainConfig()
         if _recipe_kind(config) != self._recipe:
             raise ValueError("StyleTrainer.restart: the new recipe is of another kind than the one this trainer was "
