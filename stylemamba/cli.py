@@ -25,15 +25,19 @@ PRESET_NAMES = ("paper", "cpu")  # stylemamba.train.PRESETS (not imported here: 
 
 
 def pick_device(name: str) -> torch.device:
+    """The device a command runs on; a GPU other than the first is also made current (current_device.py)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu "
                          "(or install a CUDA build of PyTorch)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(check_device_exists(device))
+    return device
 
 
 def at_least(flag: str, value: int | None, low: int) -> None:

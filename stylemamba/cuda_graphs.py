@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .current_device import runs_on_device_of
+
 log = logging.getLogger("stylemamba")
 
 # "auto": replay when the step is measured to be launch-bound; "on": always replay (where it can be captured);
@@ -241,6 +243,7 @@ class GraphedForward:
         self._eager: set[Hashable] = set()  # shapes measured GPU-bound
         self.failed: str | None = None
 
+    @runs_on_device_of("x")
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device)
         seen = self._calls_seen[key] = self._calls_seen.get(key, 0) + 1

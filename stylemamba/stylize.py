@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cuda_graphs import GraphedForward, check_cuda_graph_option
+from .current_device import runs_on_device_of
 from .errors import stylizing_out_of_memory
 from .image_io import check_finite
 from .precision import autocast
@@ -215,6 +216,7 @@ def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) ->
 
 
 @torch.no_grad()
+@runs_on_device_of("vae")
 def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
                    weights: Sequence[float] | None = None, strength: float | None = None,
                    mask: torch.Tensor | None = None, tile_size: int = 1024, tile_overlap: int | None = None,
@@ -303,6 +305,7 @@ def _check_latents(z: torch.Tensor, vae: SDVAE) -> None:
 
 
 @torch.no_grad()
+@runs_on_device_of("vae")
 def encode_latents(images: torch.Tensor, vae: SDVAE, batch_size: int = 4) -> torch.Tensor:
     """(B,3,H,W) images in [0,1] -> latents in the VAE's own (unscaled) space, as samplers pass them.
 
@@ -318,6 +321,7 @@ def encode_latents(images: torch.Tensor, vae: SDVAE, batch_size: int = 4) -> tor
 
 
 @torch.no_grad()
+@runs_on_device_of("vae")
 def stylize_latents(latents: torch.Tensor, vae: SDVAE, styles: Styles, weights: Sequence[float] | None = None,
                     strength: float | None = None, batch_size: int = 4, precision: str = "auto",
                     on_batch: Callable[[int, int], None] | None = None, blend: str | None = None) -> torch.Tensor:

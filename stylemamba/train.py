@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from . import losses as L
+from .current_device import runs_on_device_of, same_device
 from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
@@ -532,6 +533,7 @@ class StyleTrainer:
     encoded here with ``text`` (``prompt_weights``, ``config.loss.source_prompt``).
     """
 
+    @runs_on_device_of("vae")
     def __init__(self, vae: SDVAE, text: ImageTextModel, content: torch.Tensor | list[torch.Tensor],
                  direction: Direction, config: TrainConfig | None = None,
                  prompt_weights: list[float] | None = None, vgg: torch.nn.Module | None = None,
@@ -543,7 +545,7 @@ class StyleTrainer:
         self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
         self.tower_layers = tower_layers(text)  # what tower_checkpointing recomputes
         for what, dev in (("VAE", vae.device), ("text model", text.device)):
-            if dev.type != self.device.type:
+            if not same_device(dev, self.device):
                 raise ValueError(f"the {what} is on {dev} but training was asked to run on {self.device}: "
                                  f"move it first (e.g. .to('{self.device}')) or pass device={str(dev)!r}")
         self.gen = torch.Generator(device=self.device)
@@ -617,6 +619,7 @@ class StyleTrainer:
         # image, stored: a restarted trainer copies the next style's into it)
         self.text_dir = self.direction.direction.to(self.device).expand(self.x.shape[0], -1).contiguous()
 
+    @runs_on_device_of("self")
     def restart(self, content, direction: Direction, config: TrainConfig | None = None,
                 prompt_weights: list[float] | None = None) -> None:
         """Make this trainer, after a run, train a NEW style of the same kind (:func:`workspace_kind`) as a
@@ -698,6 +701,7 @@ class StyleTrainer:
     def lr_at(self, epoch: int) -> float:
         return self.cfg.lr * (self.cfg.lr_decay if epoch >= self.cfg.lr_decay_epoch else 1.0)
 
+    @runs_on_device_of("self")
     def step(self, epoch: int, keep_output: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """One optimisation step; returns the detached loss terms and the raw output Y (no host sync), or None
         for Y when ``keep_output`` is False (a replayed step then copies nothing it will not need).
@@ -788,6 +792,7 @@ class StyleTrainer:
             return torch.stack(list(logged.values())), y, emb
         return body
 
+    @runs_on_device_of("self")
     def record_restart_step(self) -> bool:
         """Record now the graph of a restarted style's first step, which a fresh trainer ran eagerly: the next style
         (:meth:`restart`) then replays from its first step instead of capturing it (~0.1 s of host time at 512 px
@@ -897,6 +902,7 @@ class StyleTrainer:
         logged["total"] = total_sum
         return logged, ys[0] if len(ys) == 1 else torch.cat(ys), embs[0] if len(embs) == 1 else torch.cat(embs)
 
+    @runs_on_device_of("self")
     def loss_terms(self, epoch: int) -> dict[str, torch.Tensor]:
         """The unweighted terms of the whole batch at the current weights, as a step at ``epoch`` would take
         them, with the graph kept (for diagnostics such as each term's share of the gradient). The random
@@ -982,6 +988,7 @@ class StyleTrainer:
                 dir_loss = dir_loss + part.float() * ((end - start) / b)
         return L.second_order_gate(dir_loss, epoch, lc.so_theta, lc.so_interval)
 
+    @runs_on_device_of("self")
     def step_within_memory(self, epoch: int, keep_output: bool = True
                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """:meth:`step`; under ``memory_plan="auto"`` a step that runs out of GPU memory is retried with a
@@ -1019,6 +1026,7 @@ class StyleTrainer:
             self.plan = smaller
             log.warning("memory plan: %s (out of memory in %s; %s)", smaller.describe(), where, smaller.reason)
 
+    @runs_on_device_of("self")
     def end_epoch(self) -> None:
         """The last output becomes Y(i), the previous epoch's image of the second-order loss (copied into one
         buffer under CUDA graphs: the graph reads it at a fixed address, and its own output is overwritten)."""
@@ -1032,6 +1040,7 @@ class StyleTrainer:
         self.prev_emb = self._prev_buffer
 
     # ------------------------------------------------------------------ the loop
+    @runs_on_device_of("self")
     def run(self, on_step: Callable[[StepInfo], None] | None = None,
             should_stop: Callable[[], bool] | None = None, lag_reports: bool = True) -> TrainResult:
         """The recipe's steps. ``on_step`` hears of each step once the NEXT one is queued (the last at the end):
@@ -1114,6 +1123,7 @@ class StyleTrainer:
         return TrainResult(self.model.to_style(meta), history, seconds, steps, cancelled)
 
 
+@runs_on_device_of("vae")
 def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction, config: TrainConfig | None = None,
                 prompt_weights: list[float] | None = None, vgg=None, lpips=None, device=None,
                 on_step: Callable[[StepInfo], None] | None = None,
@@ -1192,6 +1202,7 @@ class TrainingWorkspace:
         """Whether a trainer (and its memory) is kept."""
         return self._trainer is not None
 
+    @runs_on_device_of("vae")
     def trainer(self, vae: SDVAE, text: ImageTextModel, content, direction: Direction, config: TrainConfig | None,
                 prompt_weights: list[float] | None, vgg, lpips, device, free_memory: float | None,
                 start: Style | UniversalModel | None) -> StyleTrainer:

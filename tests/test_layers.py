@@ -82,7 +82,8 @@ LAYERS = [
     ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
                 "stylemamba.speed", "stylemamba.cuda_graphs", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
                 "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed",
-                "stylemamba.group_norm", "stylemamba.group_norm_triton", "stylemamba.triton_addresses"}),
+                "stylemamba.group_norm", "stylemamba.group_norm_triton", "stylemamba.triton_addresses",
+                "stylemamba.current_device"}),
 ]
 
 
