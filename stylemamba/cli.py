@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .current_device import check_device_exists
 from .precision import PRECISIONS
 
 log = logging.getLogger("stylemamba")
@@ -114,7 +115,7 @@ def cmd_train(args) -> int:
 
     from .encoders import load_text_image_encoder
     from .image_io import list_images, load_image
-    from .style_file import save_style, style_path
+    from .style_file import free_path, save_style, style_path
     from .train import TrainConfig, TrainingCancelled, apply_preset, train_style
     from .vae import load_vae
 

@@ -156,6 +156,17 @@ def style_path(path: str | Path) -> Path:
     return path if path.suffix == EXTENSION else path.with_suffix(EXTENSION)
 
 
+def free_path(path: str | Path) -> Path:
+    """``path`` when nothing is there, else the first of ``stem-2``, ``stem-3`` ... that is free: for a file
+    the user did not name (a cancelled run's partial style), which must not replace an earlier one."""
+    path = Path(path)
+    candidate, n = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
 def style_tensors(style: Style, delta_dtype: torch.dtype | None = torch.float16) -> dict[str, torch.Tensor]:
     """The tensors of a style file, by name (what :func:`save_style` writes; ``delta_dtype`` None keeps the
     decoder delta's own dtype)."""

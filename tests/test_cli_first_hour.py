@@ -225,3 +225,47 @@ def test_video_is_streamed_to_h264_with_its_audio(tiny_models, style_file, tmp_p
     assert float(audio.duration * audio.time_base) == pytest.approx(20 / 24, abs=0.1)
     proc = run(*stylize_args(tiny_models, style_file, "--input", clip, "--output", clip))
     one_line_error(proc, "is an input file")
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(tiny_models, photos, tmp_path):
+    """The first Ctrl-C stops after the current step and saves what was trained as ``<out>-partial``; an
+    earlier partial style of that name is kept and the new one takes the next free name."""
+    import re
+    import signal
+    import threading
+
+    _, (photo, _) = photos
+    out = tmp_path / "mine.safetensors"
+    earlier = tmp_path / "mine-partial.safetensors"
+    earlier.write_bytes(b"an earlier partial style")
+    proc = subprocess.Popen([sys.executable, "-m", "stylemamba", "train", "--device", "cpu", "--vae",
+                             str(tiny_models["vae_ldm"]), "--text-model", str(tiny_models["siglip"]), "--prompt",
+                             "pop art", "--content", str(photo), "--out", str(out), "--resolution", "64",
+                             "--epochs", "2000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = bytearray()
+    reader = threading.Thread(target=lambda: [seen.extend(chunk) for chunk in iter(lambda: proc.stderr.read1(4096), b"")],
+                              daemon=True)
+    reader.start()
+    try:
+        for _ in range(2400):  # the progress bar shows a finished step (models load first): at most 240 s
+            if re.search(rb"\| *[1-9]\d*/2000", bytes(seen)) or proc.poll() is not None:
+                break
+            threading.Event().wait(0.1)
+        assert proc.poll() is None, bytes(seen).decode(errors="replace")[-2000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    err = bytes(seen).decode(errors="replace")
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    saved = tmp_path / "mine-partial-2.safetensors"
+    match = re.search(r"cancelled after (\d+) steps: partial style saved to (.+)", err)
+    assert match and Path(match.group(2).strip()) == saved, err[-2000:]
+    assert 1 <= int(match.group(1)) < 2000
+    assert earlier.read_bytes() == b"an earlier partial style" and not out.exists()
+    info = json.loads(run("info", saved, "--full").stdout)
+    assert info["recipe"]["epochs"] == 2000 and info["recipe"]["resolution"] == 64

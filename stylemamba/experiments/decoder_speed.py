@@ -125,7 +125,7 @@ def measure(base: nn.Module, device: torch.device, size: int, variants: list[str
         out["variants"][name] = row
         print(f"decoder {name:22s} fwd+bwd {row['fwd_bwd_ms']:8.2f} ms  fwd {row['fwd_ms']:7.2f} ms  "
               f"out err {row['out_rel_err']:.2e}  grad err {row['grad_rel_err']:.2e}", flush=True)
-        del dec, params
+        dec = params = fwd_bwd = fwd = None  # this variant's decoder goes before the next is built
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..cli import pick_device
+
+    device = pick_device(args.device)
     from diffusers import AutoencoderKL
 
     from ..testing.tiny_models import sd_vae_config, tiny_vae_config
