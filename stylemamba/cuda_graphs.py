@@ -177,6 +177,10 @@ class CapturedCalls:
         graph.replay()
         return outputs
 
+    def entry(self, key: Hashable) -> tuple[torch.cuda.CUDAGraph, Any]:
+        """``key``'s graph and the outputs it wrote (to keep those of a graph that never ran: train._never_free)."""
+        return self._graphs[key]
+
     def record(self, key: Hashable, body: Callable[[], Any]) -> None:
         """Capture ``body`` for ``key`` without replaying it (a capture runs nothing on the GPU)."""
         if key not in self._graphs:

@@ -40,15 +40,19 @@ def runs_on_device_of(argument: str) -> Callable[[Callable[..., Any]], Callable[
     return wrap
 
 
+def indexed(device: torch.device | str) -> torch.device:
+    """``device`` with its GPU named: "cuda" is the current GPU, which the guards above must not take for
+    whatever GPU is current when they are entered later."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:
     """Whether ``a`` and ``b`` name one device ("cuda" is the current GPU)."""
     a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.type != "cuda":
-        return True
-    return (a.index if a.index is not None else torch.cuda.current_device()) == \
-        (b.index if b.index is not None else torch.cuda.current_device())
+    return a.type == b.type and (a.type != "cuda" or indexed(a) == indexed(b))
 
 
 def check_device_exists(device: torch.device) -> torch.device:

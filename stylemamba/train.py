@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from . import losses as L
-from .current_device import runs_on_device_of, same_device
+from .current_device import indexed, runs_on_device_of, same_device
 from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
@@ -541,7 +541,7 @@ class StyleTrainer:
                  free_memory: float | None = None, start: Style | UniversalModel | None = None):
         check_image_text_model(text)
         config = config or TrainConfig()
-        self.device = torch.device(device) if device is not None else vae.device
+        self.device = indexed(device) if device is not None else vae.device  # "cuda": the VAE's GPU (current here)
         self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
         self.tower_layers = tower_layers(text)  # what tower_checkpointing recomputes
         for what, dev in (("VAE", vae.device), ("text model", text.device)):
@@ -823,7 +823,7 @@ class StyleTrainer:
                 try:
                     self.graphs(key, body)
                 except Exception as exc:  # noqa: BLE001 - a launch that failed: the steps go on eagerly
-                    _never_free(self.graphs)  # its outputs too were allocated by a graph that never ran
+                    _never_free(self.graphs.entry(key))  # its outputs were allocated by a graph that never ran
                     self._drop_gradients_of_unrun_graph()
                     self._train_eagerly()
                     log.warning("stylemamba: the recorded first step of the next style did not run (%s); the next "
@@ -879,7 +879,6 @@ class StyleTrainer:
 
     def _step_body(self, epoch: int, weights: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Forward, backward and optimizer update -> (logged terms, Y, F_I(Y) for the next epoch's L_so)."""
-        lc = self.cfg.loss
         b = self.x.shape[0]
         groups = [(s, min(s + self.plan.micro_batch, b)) for s in range(0, b, self.plan.micro_batch)]
         gate = self._second_order_gate(epoch, groups) if len(groups) > 1 else None

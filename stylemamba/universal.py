@@ -40,6 +40,7 @@ from torch import nn
 from . import losses as L
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, optimizer_from_tensors,
                          save_checkpoint)
+from .current_device import indexed, runs_on_device_of, same_device
 from .direction import TextDirection
 from .distributed import Dist
 from .encoders import check_image_text_model, model_name
@@ -285,15 +286,16 @@ class UniversalResult:
 class UniversalTrainer:
     """Everything a universal training run needs on one process; ``run()`` executes it (usable once)."""
 
+    @runs_on_device_of("vae")
     def __init__(self, vae, text, images: ImageSet | Sequence | torch.Tensor, bank: PromptBank | Sequence[str],
                  config: UniversalConfig | None = None, vgg: nn.Module | None = None, lpips: nn.Module | None = None,
                  dist: Dist | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False):
         check_image_text_model(text)
         self.cfg = config or UniversalConfig()
         self.dist = dist or Dist(device=vae.device)
-        self.device = self.dist.device
+        self.device = indexed(self.dist.device)
         for what, dev in (("VAE", vae.device), ("text model", text.device)):
-            if dev.type != self.device.type:
+            if not same_device(dev, self.device):
                 raise ValueError(f"the {what} is on {dev} but this process trains on {self.device}: move it first")
         self.vae, self.text, self.vgg, self.lpips = vae, text, vgg, lpips
         self.images = images if isinstance(images, ImageSet) else ImageSet(images, self.cfg.resolution)
@@ -375,6 +377,7 @@ class UniversalTrainer:
         return lc.so > 0 and epoch >= lc.so_interval and epoch % lc.so_interval == 0
 
     # ------------------------------------------------------------------ one step
+    @runs_on_device_of("self")
     def step(self) -> dict[str, torch.Tensor]:
         """One optimisation step on this rank's rows of the global batch; returns detached local loss terms."""
         cfg, lc, s = self.cfg, self.cfg.loss, self.step_index
@@ -441,6 +444,7 @@ class UniversalTrainer:
                                                         antialias=True)).float()
 
     # ------------------------------------------------------------------ the loop
+    @runs_on_device_of("self")
     def run(self, on_log: Callable[[LogLine], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> UniversalResult:
         """Train to ``epochs * steps_per_epoch`` steps (from the resumed step), logging and checkpointing on rank 0.
@@ -571,6 +575,7 @@ class UniversalTrainer:
                               self.e_src_image.detach().float().cpu(), style.metadata)
 
 
+@runs_on_device_of("vae")
 def train_universal(vae, text, images, bank, config: UniversalConfig | None = None, vgg=None, lpips=None,
                     dist: Dist | None = None, checkpoint_dir=None, resume: bool = False,
                     on_log: Callable[[LogLine], None] | None = None,

@@ -1,4 +1,6 @@
 """StyleModel: training and stylising run the same forward pass; the views of a step; latents in and out."""
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,8 @@ from stylemamba.style_model import StyleModel
 from stylemamba.stylize import encode_latents, stylize, stylize_latents
 from stylemamba.train import StyleTrainer, step_views
 from stylemamba.vae import load_vae
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +60,9 @@ def test_to_style_packages_a_single_style_only(trained):
 
 
 def test_to_style_copies_the_weights_once_and_keeps_them(trained, tmp_path):
-    """Packaging brings every tensor over in one copy per device; the style is a copy, not the live weights,
+    """Packaging copies every tensor to the host (in one copy on a GPU); the style is a copy, not the live weights,
     its delta is the trained decoder minus the base (whatever dtype the base is held in), and it saves."""
     from stylemamba.style_file import load_style, save_style
-    from stylemamba.style_model import _copies_on_host
     from stylemamba.vae import decoder_state
     from stylemamba.vae_layout import to_ldm
 
@@ -90,8 +93,6 @@ def test_host_copies_per_tensor_and_in_one_buffer(one_buffer, tmp_path, trained,
     """The copies a style is packaged from: per tensor (the CPU) or written into one buffer and copied once (a GPU,
     forced here on the CPU): the differences are views of that one buffer, the plain tensors copies of their own,
     and a style made so saves and loads (safetensors takes the shared storage)."""
-    import functools
-
     from stylemamba import style_model
     from stylemamba.style_file import load_style, save_style
 
@@ -119,6 +120,44 @@ def test_host_copies_per_tensor_and_in_one_buffer(one_buffer, tmp_path, trained,
             torch.testing.assert_close(loaded.decoder_delta[k], v.to(dtype).float(), msg=k)
         for k, v in style.fusion_state.items():
             assert torch.equal(loaded.fusion_state[k], v), k
+
+
+@needs_cuda
+def test_packaging_on_the_gpu_is_one_copy_equal_to_copies_per_tensor(tiny_models, monkeypatch):
+    """On a GPU the decoder delta comes over as views of ONE host buffer (not pinned: the pinned staging buffer
+    goes back to torch's cache), equal to the per-tensor copies; packaging again (the staging buffer reused)
+    leaves the first style as it was; without GPU room for the buffer it copies tensor by tensor."""
+    from stylemamba import style_model
+
+    vae = load_vae(tiny_models["vae"], device="cuda")
+    trainer = StyleTrainer(vae, load_text_image_encoder(tiny_models["siglip"], device="cuda"), load_photo(), "fire",
+                           small_config(epochs=2, lr=3e-3))
+    trainer.run()
+    one = trainer.model.to_style()
+    with monkeypatch.context() as m:
+        m.setattr(style_model, "_copies_on_host", functools.partial(style_model._copies_on_host, one_buffer=False))
+        per_tensor = trainer.model.to_style()
+    tensors = [*one.decoder_delta.values(), *one.fusion_state.values(), one.embedding]
+    assert all(t.device.type == "cpu" and not t.is_pinned() for t in tensors)
+    assert len({t.untyped_storage().data_ptr() for t in one.decoder_delta.values()}) == 1
+    assert len({t.untyped_storage().data_ptr() for t in per_tensor.decoder_delta.values()}) == len(one.decoder_delta)
+    for got, want in ((one.decoder_delta, per_tensor.decoder_delta), (one.fusion_state, per_tensor.fusion_state),
+                      ({"e": one.embedding}, {"e": per_tensor.embedding})):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    kept = {k: v.clone() for k, v in one.decoder_delta.items()}
+    with torch.no_grad():
+        for p in trainer.model.decoder.parameters():
+            p.add_(1.0)
+    again = trainer.model.to_style()
+    assert all(torch.equal(one.decoder_delta[k], kept[k]) for k in kept)
+    assert all(torch.allclose(again.decoder_delta[k], kept[k] + 1.0) for k in kept)
+
+    def no_room(items, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test: no room for the packaging buffer)")
+
+    monkeypatch.setattr(style_model, "_one_copy", no_room)
+    fallback = trainer.model.to_style()
+    assert all(torch.equal(fallback.decoder_delta[k], again.decoder_delta[k]) for k in kept)
 
 
 def test_latents_in_and_out_match_stylising_images(trained, photo):

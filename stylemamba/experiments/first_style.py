@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="tiny models at 64 px (a CPU check of this command)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..cli import pick_device
+
+    device = pick_device(args.device)
     sizes = Sizes(args.tiny)
     models = build_tiny_bench_models(device) if args.tiny else build_full_models(device, with_clip=False)
     cache = use_persistent_compile_cache() if args.compile != "off" else ""

@@ -426,11 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.vae:
         p.error("--vae is required to measure")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    from ..cli import pick_device
     from ..vae import load_vae
 
     t0 = time.perf_counter()
     setup = Setup(resolution=args.resolution, epochs=args.epochs, n_crops=args.n_crops, fusion_width=args.fusion_width)
-    bench = Bench(load_vae(args.vae, device=args.device), setup)
+    bench = Bench(load_vae(args.vae, device=pick_device(args.device)), setup)
     results = {"setup": vars(args), "defaults": LossConfig().to_dict(), "rows": {}, "partial": []}
 
     def save(row=None):

@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tower", action="store_true", help="first time the image tower alone, whole and in chunks")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..cli import pick_device
+
+    device = pick_device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     sizes = Sizes(args.tiny)

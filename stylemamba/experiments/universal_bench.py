@@ -132,7 +132,9 @@ def bench_batch(models, images: torch.Tensor, bank, batch_size: int, steps: int,
 def run(args) -> dict[str, Any]:
     from ..prompt_bank import load_prompt_bank
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..cli import pick_device
+
+    device = pick_device(args.device)
     models = build_tiny_bench_models(device) if args.tiny else build_full_models(device, with_clip=False)
     resolution = 64 if args.tiny else args.resolution
     images = content_images(max(args.batch_size) * 2, resolution, device)
