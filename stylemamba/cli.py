@@ -88,12 +88,12 @@ def add_loss_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
 
 
-def warn_unused_vgg(vgg, loss) -> None:
+def warn_unused_vgg(vgg, loss, whose: str = "the recipe's") -> None:
     """Say so when --vgg was given but the recipe's VGG weights are 0 (the default since item 5)."""
     if vgg is not None and not loss.uses_vgg:
-        log.warning("VGG content loss off: --vgg was given but the recipe's loss.vgg_weight_start / vgg_weight_end "
-                    "are 0 (the default, docs/METHOD_CHOICES.md item 5); set them in the --config recipe to use it "
-                    "(vgg_reduction 'relative' units, e.g. 10000 -> 200)")
+        log.warning("VGG content loss off: --vgg was given but %s loss.vgg_weight_start / vgg_weight_end are 0 (the "
+                    "default, docs/METHOD_CHOICES.md item 5); set them in a --config recipe of train or "
+                    "train-universal to use it (vgg_reduction 'relative' units, e.g. 10000 -> 200)", whose)
 
 
 def load_perceptual(args, device):
@@ -220,11 +220,12 @@ def cmd_train_universal(args) -> int:
     from .encoders import load_text_image_encoder
     from .image_io import list_images
     from .prompt_bank import load_prompt_bank
-    from .style_file import save_universal, style_path
+    from .style_file import free_path, save_universal, style_path
     from .universal import UniversalConfig, UniversalTrainer
     from .vae import load_vae
 
-    dist = distributed.setup(args.device)
+    # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
+    dist = distributed.setup(args.device if distributed.launched_by_torchrun() else pick_device(args.device))
     try:
         cfg = UniversalConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else UniversalConfig()
         for name in ("epochs", "steps_per_epoch", "batch_size", "lr", "resolution", "seed", "checkpoint_every",
@@ -263,7 +264,7 @@ def cmd_train_universal(args) -> int:
         if not dist.is_main:
             return 130 if result.cancelled else 0
         if result.cancelled:
-            partial = out.with_name(out.stem + "-partial.safetensors")
+            partial = free_path(out.with_name(out.stem + "-partial.safetensors"))  # never over an earlier one
             save_universal(result.model, partial)
             print(f"stopped after step {result.steps}: checkpoint {result.checkpoint}, partial model {partial}; "
                   "continue with the same command and --resume", file=sys.stderr)
@@ -288,13 +289,13 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
     """
     from .image_io import IMAGE_SUFFIXES
 
-    looks_like_file = out.suffix.lower() in IMAGE_SUFFIXES
+    looks_like_file = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
     if src.is_dir():
         if looks_like_file or out.is_file():
             raise ValueError(f"--output {out} names a file, but --input {src} is a folder of {len(files)} image(s): "
                              f"give a folder for the results, e.g. --output {out.with_suffix('')}")
         targets = [out / (f.stem + "_styled.png") for f in files]
-    elif out.suffix and not looks_like_file:
+    elif out.suffix and not looks_like_file and not out.is_dir():  # an existing folder may have a dot in its name
         raise ValueError(f"--output {out}: unknown image type {out.suffix!r}; use one of "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))}, or a folder")
     else:
@@ -312,7 +313,7 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
 def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
     from .video import OUTPUT_SUFFIXES
 
-    if out.suffix:
+    if out.suffix and not out.is_dir():  # an existing folder may have a dot in its name
         if out.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"--output {out}: a video is written as H.264 into {', '.join(sorted(OUTPUT_SUFFIXES))}; "
                              "give such a file name, or a folder")
@@ -362,12 +363,12 @@ def cmd_stylize(args) -> int:
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
     device = pick_device(args.device)
+    mask = load_mask(args.mask) if args.mask else None  # before the models: a bad mask fails fast
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
     vae = load_vae(args.vae, device=device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength,
                                                                    args.blend),
                                   compile=args.compile)
-    mask = load_mask(args.mask) if args.mask else None
     kw = dict(mask=mask, tile_size=args.tile_size, batch_size=args.batch_size, precision=args.precision or "auto")
     if video and device.type == "cuda" and args.cuda_graphs != "off":  # one graph for all the clip's batches
         kw["cuda_graphs"] = graphed_forward(vae, model, kw["precision"], args.cuda_graphs)
@@ -501,6 +502,7 @@ def cmd_demo(args) -> int:
         vae = load_vae(args.vae, device=device)
     if args.vgg or args.lpips_backbone or not known:
         vgg, lpips = load_perceptual(args, device)
+        warn_unused_vgg(vgg, cfg.loss, "the demo's recipe's")
     else:  # no pretrained VGG/LPIPS here: random backbones, as the functional check uses them
         vgg, lpips = (m.to(device) for m in content_networks())
     vae_name = ("the project's small VAE (stylemamba/testing/data/small_vae.safetensors, trained on photos that "

@@ -59,10 +59,17 @@ def has_alpha(path: str | Path) -> bool:
 
 def load_mask(path: str | Path) -> torch.Tensor:
     """A grayscale mask image -> (1,H,W) in [0,1] (white = stylise)."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"mask {path.name} is not a readable image ({exc}); use a grayscale PNG (white = "
+                         "stylise)") from exc
     return torch.from_numpy(arr)[None]
 
 

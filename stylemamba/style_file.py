@@ -259,6 +259,9 @@ def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
         meta = json.loads(header["stylemamba"])
     except json.JSONDecodeError as exc:
         raise StyleFileError(f"{path.name}: {kind} metadata is damaged ({exc}); train or download it again") from exc
+    if not isinstance(meta, dict):
+        raise StyleFileError(f"{path.name}: {kind} metadata is damaged (a JSON {type(meta).__name__}, not an object); "
+                             "train or download it again")
     newest = {FORMAT: FORMAT_VERSION, UNIVERSAL_FORMAT: UNIVERSAL_FORMAT_VERSION}.get(meta.get("format"))
     if newest is None:
         raise StyleFileError(f"{path.name}: metadata format {meta.get('format')!r} is not a StyleMamba {kind}; "

@@ -228,28 +228,22 @@ def test_video_is_streamed_to_h264_with_its_audio(tiny_models, style_file, tmp_p
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
-def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(tiny_models, photos, tmp_path):
-    """The first Ctrl-C stops after the current step and saves what was trained as ``<out>-partial``; an
-    earlier partial style of that name is kept and the new one takes the next free name."""
+def interrupted(args, progress: bytes) -> tuple[int, str]:
+    """``python -m stylemamba ARGS`` sent one SIGINT (a user's Ctrl-C) once its stderr matches ``progress`` (a
+    regular expression: a step done, after the models loaded); its exit code and stderr."""
     import re
     import signal
     import threading
 
-    _, (photo, _) = photos
-    out = tmp_path / "mine.safetensors"
-    earlier = tmp_path / "mine-partial.safetensors"
-    earlier.write_bytes(b"an earlier partial style")
-    proc = subprocess.Popen([sys.executable, "-m", "stylemamba", "train", "--device", "cpu", "--vae",
-                             str(tiny_models["vae_ldm"]), "--text-model", str(tiny_models["siglip"]), "--prompt",
-                             "pop art", "--content", str(photo), "--out", str(out), "--resolution", "64",
-                             "--epochs", "2000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "stylemamba", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = bytearray()
-    reader = threading.Thread(target=lambda: [seen.extend(chunk) for chunk in iter(lambda: proc.stderr.read1(4096), b"")],
-                              daemon=True)
+    reader = threading.Thread(target=lambda: [seen.extend(chunk) for chunk in iter(lambda: proc.stderr.read1(4096),
+                                                                                   b"")], daemon=True)
     reader.start()
     try:
-        for _ in range(2400):  # the progress bar shows a finished step (models load first): at most 240 s
-            if re.search(rb"\| *[1-9]\d*/2000", bytes(seen)) or proc.poll() is not None:
+        for _ in range(2400):  # at most 240 s
+            if re.search(progress, bytes(seen)) or proc.poll() is not None:
                 break
             threading.Event().wait(0.1)
         assert proc.poll() is None, bytes(seen).decode(errors="replace")[-2000:]
@@ -259,8 +253,22 @@ def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(ti
         if proc.poll() is None:
             proc.kill()
     reader.join(timeout=10)
-    err = bytes(seen).decode(errors="replace")
-    assert proc.returncode == 130, err[-2000:]
+    return proc.returncode, bytes(seen).decode(errors="replace")
+
+
+def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(tiny_models, photos, tmp_path):
+    """The first Ctrl-C stops after the current step and saves what was trained as ``<out>-partial``; an
+    earlier partial style of that name is kept and the new one takes the next free name."""
+    import re
+
+    _, (photo, _) = photos
+    out = tmp_path / "mine.safetensors"
+    earlier = tmp_path / "mine-partial.safetensors"
+    earlier.write_bytes(b"an earlier partial style")
+    code, err = interrupted(("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model",
+                             tiny_models["siglip"], "--prompt", "pop art", "--content", photo, "--out", out,
+                             "--resolution", "64", "--epochs", "2000"), rb"\| *[1-9]\d*/2000")
+    assert code == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     saved = tmp_path / "mine-partial-2.safetensors"
     match = re.search(r"cancelled after (\d+) steps: partial style saved to (.+)", err)
@@ -269,3 +277,58 @@ def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(ti
     assert earlier.read_bytes() == b"an earlier partial style" and not out.exists()
     info = json.loads(run("info", saved, "--full").stdout)
     assert info["recipe"]["epochs"] == 2000 and info["recipe"]["resolution"] == 64
+
+
+def test_ctrl_c_during_universal_training_keeps_an_earlier_partial_model(tiny_models, photos, tmp_path):
+    folder, _ = photos
+    bank = tmp_path / "bank.txt"
+    bank.write_text("oil painting\nwatercolor\n")
+    out = tmp_path / "uni.safetensors"
+    earlier = tmp_path / "uni-partial.safetensors"
+    earlier.write_bytes(b"an earlier partial model")
+    code, err = interrupted(("train-universal", "--device", "cpu", "--vae", tiny_models["vae"], "--text-model",
+                             tiny_models["siglip"], "--bank", bank, "--images", folder, "--out", out,
+                             "--checkpoint-dir", tmp_path / "ck", "--resolution", "64", "--batch-size", "2",
+                             "--epochs", "1", "--steps-per-epoch", "2000", "--log-every", "1"), rb"step [1-9]\d*/2000")
+    assert code == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    saved = tmp_path / "uni-partial-2.safetensors"
+    assert f"partial model {saved}" in err and saved.is_file(), err[-2000:]
+    assert earlier.read_bytes() == b"an earlier partial model" and not out.exists()
+    assert json.loads(run("info", saved).stdout)
+
+
+# ------------------------------------------------------------------------------------------ found in a review
+@pytest.mark.parametrize("make, needles", [
+    (lambda p: p.write_text("not an image"), ("mask bank.txt is not a readable image", "grayscale PNG")),
+    (lambda p: p.mkdir(), ("mask image not found", "bank.txt")),
+])
+def test_a_bad_mask_is_named_before_any_model_loads(tiny_models, style_file, photos, tmp_path, make, needles):
+    _, (photo, _) = photos
+    mask = tmp_path / "bank.txt"
+    make(mask)
+    proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input", photo,
+               "--output", tmp_path / "x.png", "--mask", mask)
+    one_line_error(proc, *needles)
+
+
+def test_an_existing_folder_with_a_dot_in_its_name_takes_the_result(tiny_models, style_file, photos, tmp_path):
+    _, (photo, _) = photos
+    folder = tmp_path / "results.v2"
+    folder.mkdir()
+    proc = run(*stylize_args(tiny_models, style_file, "--input", photo, "--output", folder))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (folder / f"{photo.stem}_styled.png").is_file()
+
+
+def test_train_universal_checks_its_device_flag_first(tmp_path):
+    proc = run("train-universal", "--device", "gpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no",
+               "--bank", tmp_path / "bank.txt", "--images", tmp_path, "--out", tmp_path / "u",
+               "--checkpoint-dir", tmp_path / "ck")
+    one_line_error(proc, "--device 'gpu' is not a device", "cuda:N")
+
+
+def test_the_demo_says_when_its_recipe_leaves_the_given_vgg_unused(tiny_models, tmp_path):
+    proc = run("demo", "--out", tmp_path / "demo", "--vgg", tiny_models["vgg19"], "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "VGG content loss off: --vgg was given but the demo's recipe's loss.vgg_weight_start" in proc.stderr

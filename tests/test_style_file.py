@@ -79,6 +79,9 @@ def test_foreign_truncated_and_other_vae_files_are_refused(tmp_path, trained, ti
               metadata={"stylemamba": json.dumps({"format": "stylemamba.style", "format_version": "one"})})
     with pytest.raises(StyleFileError, match="damaged"):
         load_style(odd)
+    save_file({"embedding": torch.zeros(2)}, str(odd), metadata={"stylemamba": json.dumps([1, 2])})
+    with pytest.raises(StyleFileError, match=r"metadata is damaged \(a JSON list, not an object\)"):
+        load_style(odd)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_style(tmp_path / "missing.safetensors")
     other = load_vae(tiny_models["vae"])
