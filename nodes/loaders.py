@@ -39,19 +39,7 @@ def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ImportError("downloading needs huggingface_hub: pip install huggingface_hub") from exc
-    tqdm_class = None
-    if progress is not None:
-        from tqdm.auto import tqdm
-
-        class _ComfyTqdm(tqdm):  # forwards snapshot_download's per-file progress to the node
-            def update(self, n=1):
-                out = super().update(n)
-                if self.total:
-                    progress.total = int(self.total)
-                    progress.update(int(self.n))
-                return out
-
-        tqdm_class = _ComfyTqdm
+    tqdm_class = download_progress(progress) if progress is not None else None
     log.info("downloading %s into %s", hf_id, folder)
     try:
         snapshot_download(repo_id=hf_id, local_dir=str(folder), allow_patterns=_HF_PATTERNS, tqdm_class=tqdm_class)
@@ -60,6 +48,26 @@ def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path
     if not (folder / "config.json").is_file():
         raise RuntimeError(_offline_message(hf_id, folder, "the download has no config.json"))
     return folder
+
+
+def download_progress(progress: ch.Progress) -> type:
+    """A tqdm class that shows snapshot_download's progress on the node. It takes the keywords some
+    huggingface_hub versions pass to their own bars (``name``), which a plain tqdm refuses with an error that
+    would read as a failed download."""
+    from tqdm.auto import tqdm
+
+    class _ComfyTqdm(tqdm):
+        def __init__(self, *args, name: str | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                progress.total = int(self.total)
+                progress.update(int(self.n))
+            return out
+
+    return _ComfyTqdm
 
 
 class StyleMambaLoadTextModel:

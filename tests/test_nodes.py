@@ -274,6 +274,23 @@ def test_hf_id_offline_gives_a_clear_message(nodes, models_dir, monkeypatch):
     assert str(models_dir / "siglip" / "siglip-base-patch16-224") in message
 
 
+def test_the_download_bar_takes_the_keywords_huggingface_hub_passes_and_moves_the_node_bar(pack):
+    import io
+
+    loaders = importlib.import_module(PACK_NAME + ".nodes.loaders")
+    helpers = importlib.import_module(PACK_NAME + ".nodes.comfy_helpers")
+
+    class Recorded(helpers.Progress):  # ComfyUI's bar is absent here: keep what the node would show
+        def update(self, value, preview=None, max_size=512):
+            self.shown = (int(value), self.total)
+
+    progress = Recorded(1)
+    bar = loaders.download_progress(progress)(total=4, name="huggingface_hub.snapshot_download", file=io.StringIO())
+    bar.update(3)
+    assert progress.shown == (3, 4)
+    bar.close()
+
+
 def test_load_perceptual(nodes):
     node = nodes["StyleMambaLoadPerceptual"]()
     with torch.inference_mode():
