@@ -96,6 +96,20 @@ def warn_unused_vgg(vgg, loss, whose: str = "the recipe's") -> None:
                     "train-universal to use it (vgg_reduction 'relative' units, e.g. 10000 -> 200)", whose)
 
 
+def read_recipe(path: str) -> dict:
+    """The JSON object of a --config recipe file, or an error that names the file and what is wrong with it."""
+    try:
+        recipe = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--config {path} is not a readable JSON recipe ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config {path}: a recipe is a JSON object of the recipe's fields (see README), not a "
+                         f"JSON {type(recipe).__name__}")
+    return recipe
+
+
 def load_perceptual(args, device):
     """VGG19 features (content loss) and LPIPS, or None with a warning when no weights are given."""
     from .perceptual import LPIPSLoss, VGGFeatures
@@ -121,6 +135,9 @@ def cmd_train(args) -> int:
 
     if bool(args.prompt) == bool(args.reference):
         raise ValueError("give the style as --prompt TEXT or as --reference PICTURE (exactly one of the two)")
+    if args.reference and args.weights:
+        raise ValueError("--weights mixes several --prompt styles; a --reference picture has none to mix: "
+                         "drop --weights")
     out = style_path(args.out)
     files = [f for src in args.content for f in list_images(src)]
     refuse_inputs([out], files)
@@ -128,7 +145,7 @@ def cmd_train(args) -> int:
     for flag, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch)):
         at_least(flag, value, 1)
     device = pick_device(args.device)
-    cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
+    cfg = TrainConfig.from_dict(read_recipe(args.config)) if args.config else TrainConfig()
     if args.preset:
         cfg = apply_preset(cfg, args.preset)
     for name in ("epochs", "steps_per_epoch", "lr", "resolution", "seed"):
@@ -227,7 +244,7 @@ def cmd_train_universal(args) -> int:
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
     dist = distributed.setup(args.device if distributed.launched_by_torchrun() else pick_device(args.device))
     try:
-        cfg = UniversalConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else UniversalConfig()
+        cfg = UniversalConfig.from_dict(read_recipe(args.config)) if args.config else UniversalConfig()
         for name in ("epochs", "steps_per_epoch", "batch_size", "lr", "resolution", "seed", "checkpoint_every",
                      "log_every"):
             value = getattr(args, name)

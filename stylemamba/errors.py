@@ -40,8 +40,10 @@ def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_imag
 
 
 def _stylizing(n: Mapping[str, str | None], what: str, batch_size: int, tile_size: int) -> str:
-    lower = [f"{n['batch_size']} (now {batch_size})" if n["batch_size"] else None,
-             f"{n['tile_size']} (now {tile_size}, e.g. 512)" if n["tile_size"] else None]
+    # only what can still go lower: a batch above 1, a tile above the smallest without seams (256)
+    lower = [f"{n['batch_size']} (now {batch_size})" if n["batch_size"] and batch_size > 1 else None,
+             f"{n['tile_size']} (now {tile_size}, e.g. {max(256, tile_size // 16 * 8)})"
+             if n["tile_size"] and tile_size > 256 else None]
     text = f"out of GPU memory while stylising {what}{_lower([k for k in lower if k])}"
     if n["device"]:
         text += f", or use {n['device']}"

@@ -77,6 +77,19 @@ def test_out_of_memory_advice_names_the_cli_flags(monkeypatch, capsys):
     assert "--gradient-checkpointing" in err and "TrainConfig" not in err
 
 
+@pytest.mark.parametrize("batch, tile, advice", [
+    (4, 1024, "Lower --batch-size (now 4) or --tile-size (now 1024, e.g. 512)"),
+    (1, 512, "Lower --tile-size (now 512, e.g. 256)"),
+    (1, 256, "while stylising 1 image(s) of 4096x4096, or use --device cpu"),  # nothing left to lower
+])
+def test_stylising_out_of_memory_suggests_only_what_can_go_lower(batch, tile, advice):
+    from stylemamba.cli import OOM_NAMES
+    from stylemamba.errors import stylizing_out_of_memory
+
+    message = str(stylizing_out_of_memory("1 image(s) of 4096x4096", batch, tile, OOM_NAMES))
+    assert advice in message and (". Lower" in message) == (batch > 1 or tile > 256), message
+
+
 def test_stylize_mixes_by_pictures_unless_told_otherwise():
     from stylemamba.cli import build_parser
 

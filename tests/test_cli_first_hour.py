@@ -332,3 +332,27 @@ def test_the_demo_says_when_its_recipe_leaves_the_given_vgg_unused(tiny_models, 
     proc = run("demo", "--out", tmp_path / "demo", "--vgg", tiny_models["vgg19"], "--epochs", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "VGG content loss off: --vgg was given but the demo's recipe's loss.vgg_weight_start" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe, needles", [
+    ("{not json", ("--config", "bad.json is not a readable JSON recipe")),
+    ("[1, 2]", ("--config", "bad.json: a recipe is a JSON object", "not a JSON list")),
+    (None, ("--config", "bad.json: no such file")),
+])
+def test_train_names_a_bad_config_file(photos, tmp_path, recipe, needles):
+    _, (photo, _) = photos
+    if recipe is not None:
+        (tmp_path / "bad.json").write_text(recipe)
+    for command in ("train", "train-universal"):
+        args = (("--prompt", "pop art", "--content", photo) if command == "train" else
+                ("--bank", tmp_path / "bank.txt", "--images", photo, "--checkpoint-dir", tmp_path / "ck"))
+        proc = run(command, "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no", *args,
+                   "--out", tmp_path / "s", "--config", tmp_path / "bad.json")
+        one_line_error(proc, *needles)
+
+
+def test_train_refuses_weights_with_a_reference_picture(photos, tmp_path):
+    _, (photo, other) = photos
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no",
+               "--reference", other, "--weights", "1", "--content", photo, "--out", tmp_path / "s")
+    one_line_error(proc, "--weights mixes several --prompt styles", "drop --weights")
