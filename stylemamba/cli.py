@@ -441,7 +441,14 @@ def styles_from_args(args, device) -> list:
             universal = load_universal(path)
             name = args.text_model or universal.text_model
             if text is None or text.name != name:
-                text = load_text_image_encoder(name, device=device)
+                try:
+                    text = load_text_image_encoder(name, device=device)
+                except (OSError, ValueError) as exc:
+                    if args.text_model:
+                        raise
+                    raise ValueError(f"universal model {Path(path).name} names its text model {name!r}, which is "
+                                     f"not found here ({str(exc).splitlines()[0][:200]}); give it with --text-model "
+                                     "(a folder or a Hugging Face id)") from exc
             for prompt in args.prompt or []:
                 styles.append(style_from_universal(universal, universal_direction(universal, text, prompt=prompt)))
             for ref in args.reference or []:

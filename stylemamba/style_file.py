@@ -49,8 +49,13 @@ class Style:
         return str(self.metadata.get("name") or ", ".join(self.metadata.get("prompts", [])) or "style")
 
     def check_vae(self, vae: SDVAE) -> None:
-        """Refuse to apply the decoder delta to a VAE other than the one the style was trained on."""
-        _check_vae(self.metadata, vae, "style", self.name)
+        """Refuse to apply the decoder delta to a VAE other than the one the style was trained on (for a universal
+        model's style of a prompt, the one that model was trained on: the error names the model)."""
+        universal = self.metadata.get("universal_model")
+        if universal and not self.metadata.get("steps"):
+            _check_vae(self.metadata, vae, "universal model", str(universal))
+        else:
+            _check_vae(self.metadata, vae, "style", self.name)
 
     def digest(self, exact: bool = False) -> str:
         """SHA-256 of the style's tensors: as a style file stores them (fp16 decoder delta; equal digests, same

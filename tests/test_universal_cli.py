@@ -67,6 +67,11 @@ def test_stylize_with_a_prompt_or_a_reference_and_the_errors(setup, capsys):
     assert "add --prompt" in capsys.readouterr().err
     assert main(run + ["--prompt", "watercolor", "--output", str(root / "e.png")]) == 2
     assert "give one with --universal" in capsys.readouterr().err
+    # the model records its text model by name only: without --text-model, the error says to give it
+    assert main(["stylize", *common, "--input", photo, "--quiet", "--universal", str(root / "uni.safetensors"),
+                 "--prompt", "watercolor", "--output", str(root / "e.png")]) == 2
+    err = capsys.readouterr().err
+    assert "universal model uni.safetensors names its text model" in err and "give it with --text-model" in err, err
     info = main(["info", str(root / "uni.safetensors")])
     out = json.loads(capsys.readouterr().out)
     assert info == 0 and out["kind"] == "universal" and out["bank_size"] == 3 and "bank_prompts" not in out
