@@ -306,13 +306,14 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
     """
     from .image_io import IMAGE_SUFFIXES
 
-    looks_like_file = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    folder = out.is_dir()  # an existing folder may have a dot in its name
+    looks_like_file = out.suffix.lower() in IMAGE_SUFFIXES and not folder
     if src.is_dir():
         if looks_like_file or out.is_file():
             raise ValueError(f"--output {out} names a file, but --input {src} is a folder of {len(files)} image(s): "
                              f"give a folder for the results, e.g. --output {out.with_suffix('')}")
         targets = [out / (f.stem + "_styled.png") for f in files]
-    elif out.suffix and not looks_like_file and not out.is_dir():  # an existing folder may have a dot in its name
+    elif out.suffix and not looks_like_file and not folder:
         raise ValueError(f"--output {out}: unknown image type {out.suffix!r}; use one of "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))}, or a folder")
     else:

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .cuda_graphs import uses_async_allocator
+from .current_device import indexed, on_device
 
 
 class DeviceAddress(int):
@@ -89,15 +90,13 @@ def addresses_work(device: torch.device | str | None = None) -> str | None:
     (typed pointers, bf16 kept) and runs it correctly on ``device``; else the reason. Checked once per device,
     outside any capture."""
     try:
-        dev = torch.device(device if device is not None else "cuda")
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = indexed(device if device is not None else "cuda")
     except Exception as exc:  # noqa: BLE001 - no CUDA in this build or process
         return f"no CUDA device ({type(exc).__name__}: {exc})"
     key = str(dev)
     if key not in _CHECKED:
         try:
-            with torch.cuda.device(dev):  # Triton launches on the current device
+            with on_device(dev):  # Triton launches on the current device
                 src = torch.arange(1, 17, device=dev, dtype=torch.bfloat16)
                 dst = torch.zeros_like(src)
                 _scaled_copy_kernel[(1,)](DeviceAddress.of(src), DeviceAddress.of(dst), src.numel(), BLOCK=16)
