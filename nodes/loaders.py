@@ -51,20 +51,27 @@ def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path
 
 
 def download_progress(progress: ch.Progress) -> type:
-    """A tqdm class that shows snapshot_download's progress on the node. It takes the keywords some
-    huggingface_hub versions pass to their own bars (``name``), which a plain tqdm refuses with an error that
-    would read as a failed download."""
+    """A tqdm class that shows snapshot_download's progress on the node.
+
+    Newer huggingface_hub versions open three bars (bytes received, bytes written, files); the node follows the
+    one with the largest total (bytes when there are byte bars, else files), so it does not jump between them.
+    It takes the keywords hub versions pass to their own bars (``name``), which a plain tqdm refuses with an
+    error that would read as a failed download."""
     from tqdm.auto import tqdm
+
+    bars: list[tqdm] = []
 
     class _ComfyTqdm(tqdm):
         def __init__(self, *args, name: str | None = None, **kwargs):
             super().__init__(*args, **kwargs)
+            bars.append(self)
 
         def update(self, n=1):
             out = super().update(n)
-            if self.total:
-                progress.total = int(self.total)
-                progress.update(int(self.n))
+            shown = max(bars, key=lambda bar: bar.total or 0)  # ties: the first bar opened
+            if shown.total:
+                progress.total = int(shown.total)
+                progress.update(min(int(shown.n), progress.total))
             return out
 
     return _ComfyTqdm

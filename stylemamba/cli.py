@@ -84,7 +84,8 @@ def add_loss_models(p: argparse.ArgumentParser) -> None:
                    help="SigLIP or CLIP: Hugging Face id or local folder")
     p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
     p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
-                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
+                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off; "
+                        "vgg / alex need --lpips-backbone")
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
 
 
@@ -119,6 +120,9 @@ def load_perceptual(args, device):
     if args.lpips == "auto" and not args.lpips_backbone:
         log.warning("LPIPS loss off: no --lpips-backbone given (an LPIPS with a random backbone would be wrong)")
     elif args.lpips != "off":
+        if not args.lpips_backbone:
+            raise ValueError(f"--lpips {args.lpips} needs --lpips-backbone FILE.safetensors (an LPIPS with a random "
+                             "backbone measures nothing; see README: Models); give the backbone, or --lpips off")
         net = "vgg" if args.lpips == "auto" else args.lpips
         lp = LPIPSLoss(net=net, backbone_path=args.lpips_backbone).to(device)
     return vgg, lp
@@ -168,10 +172,10 @@ def cmd_train(args) -> int:
         cfg.memory_plan = args.memory_plan
     cfg.__post_init__()
     content = [load_image(f) for f in files]
+    vgg, lp = load_perceptual(args, device)  # first: its flag mistakes are named before the big models load
+    warn_unused_vgg(vgg, cfg.loss)
     vae = load_vae(args.vae, device=device)
     text = load_text_image_encoder(args.text_model, device=device)
-    vgg, lp = load_perceptual(args, device)
-    warn_unused_vgg(vgg, cfg.loss)
     direction = args.prompt
     if args.reference:
         from .direction import TextDirection
@@ -260,10 +264,10 @@ def cmd_train_universal(args) -> int:
             bank = bank.without(args.hold_out)
         files = [f for src in args.images for f in list_images(src)]
         refuse_inputs([out], files)
+        vgg, lp = load_perceptual(args, dist.device)  # first: its flag mistakes are named before the big models
+        warn_unused_vgg(vgg, cfg.loss)
         vae = load_vae(args.vae, device=dist.device)
         text = load_text_image_encoder(args.text_model, device=dist.device)
-        vgg, lp = load_perceptual(args, dist.device)
-        warn_unused_vgg(vgg, cfg.loss)
         if dist.is_main:
             print(f"universal training: {len(bank)} prompts x {len(files)} images, {cfg.total_steps} steps of "
                   f"{cfg.batch_size} pairs on {dist.world_size} process(es) ({dist.device})", file=sys.stderr)
@@ -689,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         + f" (default: {KNOWN_DEMO_MODELS[0]})")
     p.add_argument("--vgg", help="VGG19 features .safetensors")
     p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
-                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off")
+                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off; "
+                        "vgg / alex need --lpips-backbone")
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS")
     p.add_argument("--resolution", type=int, help="training size (default 128 with the known-meaning models, else 512)")
     p.add_argument("--epochs", type=int, default=20)

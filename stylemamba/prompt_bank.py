@@ -95,7 +95,11 @@ class PromptBank:
         missing = drop - {_key(p.text) for p in self.prompts}
         if missing:
             raise PromptBankError(f"{self.source}: cannot hold out {sorted(missing)}: not in the bank")
-        return PromptBank(tuple(p for p in self.prompts if _key(p.text) not in drop), self.source)
+        kept = tuple(p for p in self.prompts if _key(p.text) not in drop)
+        if not kept:
+            raise PromptBankError(f"{self.source}: holding out {len(drop)} prompt(s) leaves none of the bank's "
+                                  f"{len(self)} to train on; hold out fewer, or add prompts to the bank")
+        return PromptBank(kept, self.source)
 
     def to_text(self) -> str:
         """The bank in its file format (tags written per line, no sections); parses back to the same bank."""

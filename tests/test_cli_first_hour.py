@@ -356,3 +356,14 @@ def test_train_refuses_weights_with_a_reference_picture(photos, tmp_path):
     proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no",
                "--reference", other, "--weights", "1", "--content", photo, "--out", tmp_path / "s")
     one_line_error(proc, "--weights mixes several --prompt styles", "drop --weights")
+
+
+def test_an_lpips_backbone_named_without_its_weights_is_refused_before_the_models_load(photos, tmp_path):
+    _, (photo, _) = photos
+    (tmp_path / "bank.txt").write_text("pop art\nink wash\n")
+    for command in ("train", "train-universal"):
+        args = (("--prompt", "pop art", "--content", photo) if command == "train" else
+                ("--bank", tmp_path / "bank.txt", "--images", photo, "--checkpoint-dir", tmp_path / "ck"))
+        proc = run(command, "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no", *args,
+                   "--out", tmp_path / "s", "--lpips", "alex")
+        one_line_error(proc, "--lpips alex needs --lpips-backbone", "or --lpips off")

@@ -290,6 +290,20 @@ def test_the_download_bar_takes_the_keywords_huggingface_hub_passes_and_moves_th
     assert progress.shown == (3, 4)
     bar.close()
 
+    # huggingface_hub 1.x/2.x opens bytes-received and bytes-written bars (totals grow as files start) and a files
+    # bar; the node follows the bytes, never jumping to "1 of 2 files" and back
+    progress, shown = Recorded(1), []
+    progress_class = loaders.download_progress(progress)
+    received, written = (progress_class(total=0, unit="B", name=n, file=io.StringIO()) for n in ("t", "w"))
+    files = progress_class(total=2, file=io.StringIO())
+    for size in (100, 900):
+        received.total += size
+        written.total += size
+    for bar, n in ((received, 50), (written, 50), (files, 1), (received, 950), (written, 950), (files, 1)):
+        bar.update(n)
+        shown.append(progress.shown)
+    assert shown == [(50, 1000), (50, 1000), (50, 1000), (1000, 1000), (1000, 1000), (1000, 1000)]
+
 
 def test_load_perceptual(nodes):
     node = nodes["StyleMambaLoadPerceptual"]()

@@ -30,6 +30,8 @@ def test_format_sections_weights_tags_comments():
     assert [p.line for p in bank.prompts] == [4, 5, 7]
     assert bank.with_tags(["quick"]).texts == ["a pen drawing"]
     assert bank.without(["A SUMI-E painting"]).texts == ["a pen drawing", "a photo with a #hashtag"]
+    with pytest.raises(PromptBankError, match="leaves none of the bank's 3 to train on; hold out fewer"):
+        bank.without(bank.texts)
     again = parse_prompt_bank(bank.to_text())
     assert [(p.text, p.weight, p.tags) for p in again.prompts] == [(p.text, p.weight, p.tags) for p in bank.prompts]
 
