@@ -197,7 +197,8 @@ def mix_two_styles():
             {"key": "vae", "type": "VAELoader", "col": C_LOAD, "widgets": {"vae_name": VAE}},
             {"key": "img", "type": "LoadImage", "col": C_LOAD, "widgets": {"image": "example.png"}},
             {"key": "mix", "type": "StyleMambaMixStyles", "col": C_MID, "widgets": {"blend": 0.5}},
-            note("n1", C_MID, "Both styles must be trained with the same VAE. blend 0 = only A, 1 = only B. "
+            note("n1", C_MID, "Both styles must be trained with the same VAE. blend 0 = only A, 1 = only B; "
+                              "blend_mode outputs averages the two styles' pictures (weights: the 0.1.0 mix). "
                               "Chain Mix Styles nodes for three or more styles.", size=(400, 110)),
             {"key": "sty", "type": "StyleMambaStylize", "col": C_MID},
             {"key": "out", "type": "SaveImage", "col": C_TRAIN, "y": 40,
