@@ -1,6 +1,7 @@
 """Reading and writing images (and video frames) as (B,C,H,W) float tensors in [0,1]."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +28,44 @@ def check_finite(images: torch.Tensor, what: str = "image", first: int = 0) -> N
 
 def load_image(path: str | Path, keep_alpha: bool = False) -> torch.Tensor:
     """One image file -> (1,C,H,W) in [0,1]; C is 3, or 4 with ``keep_alpha`` and an alpha channel."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
+    im = _open_upright(path, "", "use PNG, JPEG or WebP")
+    arr = _pixels(im, "RGBA" if keep_alpha and _alpha(im) else "RGB", path.name)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def _open_upright(path: Path, what: str, fix: str):
+    """The image as viewers (and ComfyUI's Load Image) show it: a phone photo's EXIF orientation applied."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with Image.open(path) as im:
             im.load()
-            mode = "RGBA" if keep_alpha and _alpha(im) else "RGB"
-            arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+            return ImageOps.exif_transpose(im)  # a copy, turned when the file says so
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise ValueError(f"{what}{path.name} is too large to open ({exc}); downscale it or cut it into parts "
+                         "first") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path.name} is not a readable image ({exc}); use PNG, JPEG or WebP") from exc
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+        raise ValueError(f"{what}{path.name} is not a readable image ({exc}); {fix}") from exc
+
+
+# Pillow's high-bit-depth grayscale modes (16-bit PNG / TIFF); Pillow's convert("RGB") would clip them at 255
+_WIDE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def _pixels(im, mode: str, name: str) -> np.ndarray:
+    """``im`` as float32 (H,W,C) in [0,1] with ``mode``'s channels ("RGB", "RGBA" or "L")."""
+    if im.mode not in _WIDE:
+        arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+        return arr if arr.ndim == 3 else arr[:, :, None]
+    gray = np.asarray(im, dtype=np.float32) / _WIDE[im.mode]
+    if not np.isfinite(gray).all() or gray.size and (gray.min() < 0 or gray.max() > 1):
+        raise ValueError(f"{name}: a {im.mode!r} (high bit depth) image whose values are not in the "
+                         f"{'0..1' if im.mode == 'F' else '0..65535'} range; save it as an 8- or 16-bit PNG")
+    channels = [gray] * (1 if mode == "L" else 3) + ([np.ones_like(gray)] if mode == "RGBA" else [])
+    return np.stack(channels, axis=2)
 
 
 def _alpha(im) -> bool:
@@ -53,24 +79,20 @@ def has_alpha(path: str | Path) -> bool:
     try:
         with Image.open(path) as im:
             return _alpha(im)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{Path(path).name} is too large to open ({exc}); downscale it or cut it into parts "
+                         "first") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{Path(path).name} is not a readable image ({exc}); use PNG, JPEG or WebP") from exc
 
 
 def load_mask(path: str | Path) -> torch.Tensor:
     """A grayscale mask image -> (1,H,W) in [0,1] (white = stylise)."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"mask {path.name} is not a readable image ({exc}); use a grayscale PNG (white = "
-                         "stylise)") from exc
-    return torch.from_numpy(arr)[None]
+    im = _open_upright(path, "mask ", "use a grayscale PNG (white = stylise)")
+    return torch.from_numpy(_pixels(im, "L", path.name)[:, :, 0].copy())[None]
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
@@ -85,15 +107,39 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
                          "image; save it as .png or .webp")
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save(path)
+    # written beside, then renamed: a Ctrl-C or a full disk never leaves a truncated file under the final name
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
+
+
+def check_readable(files: list[Path]) -> None:
+    """Open every file's header (fast: no pixels are decoded), so that a bad file in a folder is named before any
+    work starts rather than after half the results are written."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f):
+                pass
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            bad.append(f"{f.name} ({' '.join(str(exc).split())[:120]})")
+    if bad:
+        raise ValueError(f"{len(bad)} of the {len(files)} input file(s) are not readable images: "
+                         f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; fix or move them out, then retry")
 
 
 def list_images(source: str | Path) -> list[Path]:
     """A file, or every image in a folder (sorted)."""
     source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if source.is_dir():  # not sub-folders named like images, nor the ._x.png copies macOS leaves on shared disks
+        files = sorted(p for p in source.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("._"))
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {source}")
         return files

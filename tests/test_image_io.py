@@ -1,9 +1,13 @@
-"""Image files: alpha is kept where the format can store it, and refused where it cannot."""
+"""Image files: alpha is kept where the format can store it, and refused where it cannot; 16-bit tones, EXIF
+orientation and Pillow's size guard are read as a user expects; a write never leaves half a file."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from stylemamba.image_io import has_alpha, load_image, save_image
+from stylemamba.image_io import has_alpha, load_image, load_mask, save_image
 
 
 def test_alpha_to_jpeg_is_refused_and_palettes_without_transparency_are_rgb(tmp_path):
@@ -17,3 +21,51 @@ def test_alpha_to_jpeg_is_refused_and_palettes_without_transparency_are_rgb(tmp_
     assert load_image(tmp_path / "palette.png", keep_alpha=True).shape[1] == 3
     Image.new("P", (8, 8)).save(tmp_path / "clear.png", transparency=0)
     assert has_alpha(tmp_path / "clear.png") and load_image(tmp_path / "clear.png", keep_alpha=True).shape[1] == 4
+
+
+def test_sixteen_bit_grayscale_keeps_its_tones_in_images_and_masks(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # what Pillow makes of a 16-bit PNG: convert("RGB") clips it at 255
+    image, mask = load_image(tmp_path / "g16.png"), load_mask(tmp_path / "g16.png")
+    expected = torch.from_numpy(ramp.astype(np.float32) / 65535)
+    assert image.shape == (1, 3, 64, 64) and torch.allclose(image[0, 1], expected, atol=1e-6)
+    assert mask.shape == (1, 64, 64) and torch.allclose(mask[0], expected, atol=1e-6)
+    Image.fromarray(np.full((8, 8), 2.5, np.float32)).save(tmp_path / "hdr.tif")  # floats beyond 0..1
+    with pytest.raises(ValueError, match="hdr.tif: a 'F' .high bit depth. image whose values are not in the 0..1"):
+        load_image(tmp_path / "hdr.tif")
+
+
+def test_a_phone_photo_is_read_the_way_up_its_exif_orientation_says(tmp_path):
+    wide = Image.new("RGB", (64, 40))
+    wide.paste((255, 0, 0), (0, 0, 8, 40))  # a red band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    wide.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    wide.convert("L").save(tmp_path / "mask.png", exif=exif)
+    image, mask = load_image(tmp_path / "phone.jpg"), load_mask(tmp_path / "mask.png")
+    assert image.shape == (1, 3, 64, 40) and mask.shape == (1, 64, 40)  # portrait, as viewers show it
+    assert image[0, 0, :8].mean() > 0.9 and image[0, 0, -8:].mean() < 0.1  # the band is now at the top
+
+
+def test_an_image_beyond_pillows_size_guard_is_a_clear_error(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1200 pixels > twice the limit: Pillow's error
+    for read in (load_image, load_mask, has_alpha):
+        with pytest.raises(ValueError, match="big.png is too large to open .* downscale it"):
+            read(tmp_path / "big.png")
+
+
+def test_save_image_never_leaves_a_truncated_file_under_the_final_name(tmp_path, monkeypatch):
+    save_image(torch.zeros(3, 8, 8), tmp_path / "out.png")
+    before = (tmp_path / "out.png").read_bytes()
+
+    def fail_midway(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", fail_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_image(torch.ones(3, 8, 8), tmp_path / "out.png")
+    assert (tmp_path / "out.png").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
