@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..stylemamba.errors import is_out_of_memory as library_is_out_of_memory
+
 log = logging.getLogger("stylemamba")
 
 # Model folders this pack registers (ComfyUI/models/<name>), with the file extensions listed.
@@ -269,7 +271,7 @@ def empty_cache() -> None:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    if library_is_out_of_memory(exc):  # the GPU's, or the CPU allocator's (a plain RuntimeError)
         return True
     try:
         import comfy.model_management as mm

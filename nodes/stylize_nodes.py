@@ -56,7 +56,7 @@ class StyleMambaStylize:
         }
 
     def stylize(self, style, vae, images, strength, tile_size, batch_size, mask=None, unique_id=None, prompt=None):
-        from ..stylemamba.errors import stylizing_out_of_memory
+        from ..stylemamba.errors import memory_kind, stylizing_out_of_memory
         from ..stylemamba.stylize import memory_estimate, stylize_images
 
         styles, weights = style_parts(style)
@@ -74,7 +74,8 @@ class StyleMambaStylize:
                                  on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
             if ch.is_out_of_memory(exc):
-                raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", batch_size, tile_size, OOM_NAMES) from exc
+                raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", batch_size, tile_size, OOM_NAMES,
+                                              memory_kind(exc)) from exc
             raise
         return (image_to_comfy(out),)
 
@@ -173,7 +174,7 @@ class StyleMambaStylizeLatent:
         }
 
     def decode(self, style, vae, samples, strength, unique_id=None, prompt=None):
-        from ..stylemamba.errors import stylizing_out_of_memory
+        from ..stylemamba.errors import memory_kind, stylizing_out_of_memory
         from ..stylemamba.stylize import stylize_latents
 
         z = samples["samples"] if isinstance(samples, dict) else samples
@@ -187,7 +188,7 @@ class StyleMambaStylizeLatent:
         except Exception as exc:
             if ch.is_out_of_memory(exc):
                 raise stylizing_out_of_memory(f"latents of shape {tuple(z.shape)}", LATENT_BATCH, 0,
-                                              {"batch_size": None, "tile_size": None}) from exc
+                                              {"batch_size": None, "tile_size": None}, memory_kind(exc)) from exc
             raise
         return (image_to_comfy(out),)
 

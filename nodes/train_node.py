@@ -149,7 +149,7 @@ class StyleMambaTrain:
               resolution, seed, n_crops, crop_fraction, mask_ratio, so_interval, so_theta, dir_weight,
               patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
               lpips_weight, precision, perceptual=None, preset=None, vgg_reduction=None, unique_id=None, prompt=None):
-        from ..stylemamba.errors import training_out_of_memory
+        from ..stylemamba.errors import memory_kind, training_out_of_memory
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
         from ..stylemamba.train import (TrainConfig, TrainingCancelled, apply_preset, memory_estimate,
@@ -219,7 +219,8 @@ class StyleMambaTrain:
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error
         except Exception as exc:
             if ch.is_out_of_memory(exc):  # still torch's OOM type, so ComfyUI unloads its cached models
-                raise training_out_of_memory(config.resolution, config.loss.n_crops, batch, OOM_NAMES) from exc
+                raise training_out_of_memory(config.resolution, config.loss.n_crops, batch, OOM_NAMES,
+                                             memory_kind(exc)) from exc
             raise
         finally:
             if patcher is None:  # without ComfyUI nobody else would move them off the GPU

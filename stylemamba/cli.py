@@ -315,11 +315,14 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
     if src.is_dir():
         if looks_like_file or out.is_file():
             raise ValueError(f"--output {out} names a file, but --input {src} is a folder of {len(files)} image(s): "
-                             f"give a folder for the results, e.g. --output {out.with_suffix('')}")
-        targets = [out / (f.stem + "_styled.png") for f in files]
+                             f"give a folder for the results, e.g. --output {out.parent / (out.stem + '_styled')}")
+        targets = [out / name for name in styled_names(files)]
     elif out.suffix and not looks_like_file and not folder:
         raise ValueError(f"--output {out}: unknown image type {out.suffix!r}; use one of "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))}, or a folder")
+    elif out.exists() and not folder and not looks_like_file:
+        raise ValueError(f"--output {out} is an existing file, not a folder: give a folder, or a file name ending "
+                         f"in .png (e.g. --output {out.parent / (files[0].stem + '_styled.png')})")
     else:
         targets = [out if looks_like_file else out / (files[0].stem + "_styled.png")]
     refuse_inputs(targets, files)
@@ -332,9 +335,31 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
     return targets
 
 
-def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
-    from .video import OUTPUT_SUFFIXES
+def styled_names(files: list[Path]) -> list[str]:
+    """``<name>_styled.png`` for each image of a folder; names that would meet (a.png and a.jpg, or A.png and a.png
+    on a case-blind disk) keep their source's suffix too (a_png_styled.png, a_jpg_styled.png), so no result
+    writes over another."""
+    from collections import Counter
 
+    stems = Counter(f.stem.lower() for f in files)
+    names = [f"{f.stem}_{f.suffix.lstrip('.').lower()}_styled.png" if stems[f.stem.lower()] > 1 else
+             f"{f.stem}_styled.png" for f in files]
+    seen: dict[str, Path] = {}
+    for f, name in zip(files, names):
+        if name.lower() in seen:  # only the case differs (A.png, a.PNG)
+            raise ValueError(f"{seen[name.lower()].name} and {f.name} would both be written as {name} on a disk that "
+                             "ignores case: rename one of them")
+        seen[name.lower()] = f
+    return names
+
+
+def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
+    from .video import OUTPUT_SUFFIXES, check_destination
+
+    if out.is_file() and out.suffix.lower() not in OUTPUT_SUFFIXES:  # not even --overwrite: it is not a video
+        raise ValueError(f"--output {out} is an existing file, not a folder: give a folder, or a video file name "
+                         f"ending in {', '.join(sorted(OUTPUT_SUFFIXES))} (e.g. --output "
+                         f"{out.parent / (src.stem + '_styled.mp4')})")
     if out.suffix and not out.is_dir():  # an existing folder may have a dot in its name
         if out.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"--output {out}: a video is written as H.264 into {', '.join(sorted(OUTPUT_SUFFIXES))}; "
@@ -344,6 +369,7 @@ def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
         target = out / (src.stem + "_styled.mp4")
     refuse_inputs([target], [src])
     refuse_existing(target, overwrite)
+    check_destination(src, target)  # a file in the way of its folder, found before any model loads
     return target
 
 
@@ -359,7 +385,7 @@ def refuse_alpha_loss(src: Path, target: Path, alpha: bool) -> None:
 def cmd_stylize(args) -> int:
     from tqdm import tqdm
 
-    from .image_io import has_alpha, list_images, load_image, load_mask, save_image
+    from .image_io import check_readable, has_alpha, list_images, load_image, load_mask, save_image
     from .speed import prepare_for_inference
     from .style_model import StyleModel
     from .stylize import graphed_forward, stylize
@@ -384,6 +410,8 @@ def cmd_stylize(args) -> int:
         targets = plan_outputs(src, files, out, args.overwrite)
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
+        else:
+            check_readable(files)
     device = pick_device(args.device)
     mask = load_mask(args.mask) if args.mask else None  # before the models: a bad mask fails fast
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
@@ -746,14 +774,18 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+    except KeyboardInterrupt:  # Ctrl-C outside training (which keeps its partial style itself): no traceback
+        print("stylemamba: cancelled (Ctrl-C); results written so far are kept, nothing half-written is left",
+              file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's OOM (a RuntimeError)
-        if not isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) and "out of memory" not in str(exc):
-            raise
-        from .errors import OutOfMemory, out_of_memory
+    except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's GPU and CPU OOM errors
+        from .errors import OutOfMemory, is_out_of_memory, out_of_memory
 
+        if not is_out_of_memory(exc):
+            raise
         oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
         print(f"error: {one_line(oom.advice(OOM_NAMES))}", file=sys.stderr)
         return 3

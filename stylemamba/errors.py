@@ -30,24 +30,30 @@ def _lower(names: list[str]) -> str:
     return ". Lower " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
 
 
-def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_images: int) -> str:
+def _close_others(memory: str) -> str:
+    return "close other GPU work" if memory == "GPU memory" else "close other programs"
+
+
+def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_images: int,
+              memory: str = "GPU memory") -> str:
     lower = [f"{n['resolution']} (e.g. 384 or 256)"] + [n[k] for k in ("n_crops", "images") if n[k]]
-    text = (f"out of GPU memory while training at {resolution}x{resolution} with {n_crops} crops on {n_images} "
+    text = (f"out of {memory} while training at {resolution}x{resolution} with {n_crops} crops on {n_images} "
             f"content image(s){_lower(lower)}")
     if n["gradient_checkpointing"]:
         text += f", or turn on {n['gradient_checkpointing']}"
-    return text + "; close other GPU work and retry. A trained style works at any image size afterwards."
+    return text + f"; {_close_others(memory)} and retry. A trained style works at any image size afterwards."
 
 
-def _stylizing(n: Mapping[str, str | None], what: str, batch_size: int, tile_size: int) -> str:
+def _stylizing(n: Mapping[str, str | None], what: str, batch_size: int, tile_size: int,
+               memory: str = "GPU memory") -> str:
     # only what can still go lower: a batch above 1, a tile above the smallest without seams (256)
     lower = [f"{n['batch_size']} (now {batch_size})" if n["batch_size"] and batch_size > 1 else None,
              f"{n['tile_size']} (now {tile_size}, e.g. {max(256, tile_size // 16 * 8)})"
              if n["tile_size"] and tile_size > 256 else None]
-    text = f"out of GPU memory while stylising {what}{_lower([k for k in lower if k])}"
-    if n["device"]:
+    text = f"out of {memory} while stylising {what}{_lower([k for k in lower if k])}"
+    if n["device"] and memory == "GPU memory":
         text += f", or use {n['device']}"
-    return text + "; close other GPU work and retry."
+    return text + f"; {_close_others(memory)} and retry."
 
 
 def _other(n: Mapping[str, str | None], detail: str) -> str:
@@ -55,7 +61,7 @@ def _other(n: Mapping[str, str | None], detail: str) -> str:
     text = f"out of memory ({detail}){_lower(knobs)}"
     if n["device"]:
         text += f", or use {n['device']}"
-    return text + "; close other GPU work and retry."
+    return text + "; close other GPU work or programs and retry."
 
 
 _ADVICE = {"training": _training, "stylizing": _stylizing, "other": _other}
@@ -77,14 +83,29 @@ class OutOfMemory(torch.cuda.OutOfMemoryError):
 
 
 def training_out_of_memory(resolution: int, n_crops: int, n_images: int,
-                           names: Mapping[str, str | None] | None = None) -> OutOfMemory:
+                           names: Mapping[str, str | None] | None = None, memory: str = "GPU memory") -> OutOfMemory:
     return OutOfMemory("training", {"resolution": int(resolution), "n_crops": int(n_crops),
-                                    "n_images": int(n_images)}, names)
+                                    "n_images": int(n_images), "memory": memory}, names)
 
 
 def stylizing_out_of_memory(what: str, batch_size: int, tile_size: int,
-                            names: Mapping[str, str | None] | None = None) -> OutOfMemory:
-    return OutOfMemory("stylizing", {"what": what, "batch_size": int(batch_size), "tile_size": int(tile_size)}, names)
+                            names: Mapping[str, str | None] | None = None, memory: str = "GPU memory") -> OutOfMemory:
+    return OutOfMemory("stylizing", {"what": what, "batch_size": int(batch_size), "tile_size": int(tile_size),
+                                     "memory": memory}, names)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's GPU out-of-memory error, Python's MemoryError, or the CPU allocator's, which torch raises as a
+    plain RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("can't allocate memory", "out of memory")))
+
+
+def memory_kind(exc: BaseException) -> str:
+    """What ran out, in words: "GPU memory" for torch's CUDA error, "memory" (the machine's) otherwise."""
+    if isinstance(exc, OutOfMemory):
+        return exc.facts.get("memory", "GPU memory")
+    return "GPU memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "memory"
 
 
 def out_of_memory(detail: str, names: Mapping[str, str | None] | None = None) -> OutOfMemory:

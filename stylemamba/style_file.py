@@ -156,9 +156,12 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 1
 
 
 def style_path(path: str | Path) -> Path:
-    """Where :func:`save_style` writes ``path`` (the .safetensors extension is added when missing)."""
+    """Where :func:`save_style` writes ``path``: the .safetensors extension is added when missing, to the whole
+    name (``monet_v1.5`` -> ``monet_v1.5.safetensors``: replacing what follows a dot would name another file)."""
     path = Path(path)
-    return path if path.suffix == EXTENSION else path.with_suffix(EXTENSION)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the style a file name in it, e.g. {path / ('mystyle' + EXTENSION)}")
+    return path if path.suffix.lower() == EXTENSION else path.with_name(path.name + EXTENSION)
 
 
 def free_path(path: str | Path) -> Path:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .cuda_graphs import GraphedForward, check_cuda_graph_option
 from .current_device import runs_on_device_of
-from .errors import stylizing_out_of_memory
+from .errors import OutOfMemory, is_out_of_memory, memory_kind, stylizing_out_of_memory
 from .image_io import check_finite
 from .precision import autocast
 from .speed import holds_compiled
@@ -199,12 +199,16 @@ def stylize(images: torch.Tensor, vae: SDVAE, styles: Styles, *args, **kwargs) -
     """Stylise images; see :func:`stylize_images`. Out of memory becomes an error that says what to lower."""
     try:
         return stylize_images(images, vae, styles, *args, **kwargs)
-    except torch.cuda.OutOfMemoryError as exc:
+    except (RuntimeError, MemoryError) as exc:  # torch's GPU and CPU out-of-memory errors, Python's
+        if not is_out_of_memory(exc) or isinstance(exc, OutOfMemory):
+            raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise stylizing_out_of_memory(
-            f"{images.shape[0] if images.dim() == 4 else 1} image(s) of {images.shape[-1]}x{images.shape[-2]}", kwargs.get("batch_size", 4),
-                                      kwargs.get("tile_size", 1024)) from exc
+        count = images.shape[0] if images.dim() == 4 else 1
+        raise stylizing_out_of_memory(f"{count} image(s) of {images.shape[-1]}x{images.shape[-2]}",
+                                      min(kwargs.get("batch_size", 4), count),  # a lower batch size than the
+                                      kwargs.get("tile_size", 1024),            # images there are changes nothing
+                                      memory=memory_kind(exc)) from exc
 
 
 def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) -> float:

@@ -32,7 +32,7 @@ from .direction import TextDirection
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
                           trim_graph_memory, uses_async_allocator, why_the_allocator_forbids_graphs)
-from .errors import training_out_of_memory
+from .errors import OutOfMemory, is_out_of_memory, memory_kind, training_out_of_memory
 from .fusion import FusionConfig
 from .image_io import check_finite
 from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
@@ -666,6 +666,8 @@ class StyleTrainer:
             return MemoryPlan(b, 0, forced, reason="TrainConfig.memory_plan='fast': no memory saving")
         if option == "auto":
             free = free_memory if free_memory is not None else free_training_memory(self.device)
+            if free is None and self.device.type == "cpu":
+                return MemoryPlan(b, 0, forced, reason="training on the CPU: no GPU memory to save")
             return choose_plan(free, Recipe.of(b, cfg, self.lpips is not None), splittable, True if forced else None,
                                bool(self.tower_layers))
         micro = min(option.micro_batch or b, b)
@@ -1159,9 +1161,12 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
         if workspace is not None:  # a cancelled trainer stopped between whole steps: it can start the next style
             kept = workspace.keep(trainer)
         raise
-    except torch.cuda.OutOfMemoryError as exc:
+    except (RuntimeError, MemoryError) as exc:  # torch's GPU and CPU out-of-memory errors, Python's
+        if not is_out_of_memory(exc) or isinstance(exc, OutOfMemory):
+            raise
         cfg = config or TrainConfig()
-        raise training_out_of_memory(cfg.resolution, cfg.loss.n_crops, image_count(content)) from exc
+        raise training_out_of_memory(cfg.resolution, cfg.loss.n_crops, image_count(content),
+                                     memory=memory_kind(exc)) from exc
     finally:
         if trainer is not None and not kept:
             _free(trainer)  # the graphs' memory pools first of all

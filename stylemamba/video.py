@@ -4,7 +4,9 @@ Frames are STREAMED: at most one batch of frames is in memory at a time (a minut
 float32 tensor would need tens of GB). PyAV (FFmpeg's libraries, the ``video`` extra) decodes any
 format FFmpeg reads and writes H.264 (libx264, yuv420p) into .mp4/.mov/.mkv. The input's audio is
 copied as it is when the output container can hold it, else re-encoded to AAC; it is cut where
-the video stops (``max_frames``).
+the video stops (``max_frames``). Each frame keeps its own timestamp (a phone's variable frame rate
+plays as shot), and a video stored sideways with a display rotation is turned upright before it is
+stylised, so the output plays the same way round in every player.
 """
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ import torch
 
 log = logging.getLogger("stylemamba")
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
+# containers FFmpeg reads that cameras, phones and the web write (inputs); outputs are OUTPUT_SUFFIXES only
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mts", ".m2ts", ".ts", ".mpg", ".mpeg", ".m2v",
+                  ".vob", ".3gp", ".3g2", ".wmv", ".asf", ".flv", ".f4v", ".ogv", ".mxf", ".dv"}
 OUTPUT_SUFFIXES = {".mp4", ".mov", ".mkv", ".m4v"}  # containers that hold H.264 and common audio codecs
-# audio codecs the mp4/mov muxer accepts as they are (anything else is re-encoded to AAC)
-_MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+# audio codecs the mp4 and mov muxers accept as they are (anything else is re-encoded to AAC; Matroska takes all):
+# FFmpeg writes Opus and FLAC into MP4 only
+_COPIED_AUDIO = {"mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+                 "mov": {"aac", "mp3", "ac3", "eac3", "alac"}}
 
 INSTALL_HINT = "pip install 'stylemamba[video]' (or: pip install av)"
 
@@ -40,16 +46,18 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
                   on_frames: Callable[[int, int | None], None] | None = None) -> dict:
     """Decode ``src``, apply ``fn`` ((B,3,H,W) in [0,1] -> same) to batches of frames, write ``dst`` (H.264).
 
-    ``on_frames(done, total_or_None)`` reports progress. Returns {'path', 'frames', 'fps', 'size', 'audio'}.
+    ``on_frames(done, total_or_None)`` reports progress. Returns {'path', 'frames', 'fps', 'size', 'audio'}
+    ('size': as the video is shown, after its display rotation).
     The output is written to a temporary name and renamed at the end, so a failure leaves no half file.
     """
     av = require_av()
     src, dst = Path(src), Path(dst)
+    check_destination(src, dst)
     try:
         inp = av.open(str(src))
     except (av.error.FFmpegError, OSError) as exc:
         raise ValueError(f"could not open video {src.name} ({exc}); is it a complete video file?") from exc
-    tmp = dst.with_name(dst.name + ".partial" + dst.suffix)
+    tmp = None
     written, audio_note, width, height = 0, "none", 0, 0
     try:
         if not inp.streams.video:
@@ -61,14 +69,22 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
         if max_frames is not None:
             total = min(total, max_frames) if total else max_frames
         fps = vin.average_rate or vin.guessed_rate or Fraction(24)
+        time_base = vin.time_base or 1 / fps
+        step = max(1, round(1 / (fps * time_base)))  # one frame, in time_base ticks
+        turns = _display_turns(av, src)
         width, height = vin.codec_context.width, vin.codec_context.height
+        if turns % 2:
+            width, height = height, width
+            log.info("video: %s is stored sideways; its frames are turned upright (%dx%d) before stylising",
+                     src.name, width, height)
         dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _partial_file(dst)
         out = av.open(str(tmp), "w", format=_container_format(dst))
         try:
-            vout = _video_stream(out, fps, width, height, crf)
+            vout = _video_stream(out, fps, time_base, width, height, crf)
             aout, transcode = None, False
             if ain is not None:
-                if ain.codec_context.name in _MP4_AUDIO or dst.suffix.lower() == ".mkv":
+                if _copies_audio(ain.codec_context.name, dst):
                     aout = out.add_stream_from_template(ain)
                     audio_note = f"{ain.codec_context.name} (copied)"
                 else:
@@ -76,12 +92,13 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
                     transcode = True
                     audio_note = f"{ain.codec_context.name} re-encoded to aac"
             batch: list = []
+            last_pts = None
 
             def flush() -> None:
-                nonlocal written
+                nonlocal written, last_pts
                 if not batch:
                     return
-                x = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in batch]))
+                x = torch.from_numpy(np.stack([np.rot90(f.to_ndarray(format="rgb24"), turns) for f in batch]))
                 y = fn(x.permute(0, 3, 1, 2).float().div_(255.0))
                 if tuple(y.shape[-2:]) != (height, width):
                     raise ValueError(f"stylised frames are {y.shape[-1]}x{y.shape[-2]}, the video {width}x{height}")
@@ -89,9 +106,9 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
                        .permute(0, 2, 3, 1).cpu().numpy())
                 for frame_in, rgb in zip(batch, arr):
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_even(rgb)), format="rgb24")
-                    frame.pts, frame.time_base = frame_in.pts, frame_in.time_base
-                    for packet in vout.encode(frame):
-                        out.mux(packet)
+                    frame.pts = last_pts = _output_pts(frame_in, time_base, last_pts, step)
+                    frame.time_base = time_base
+                    _mux(out, vout.encode(frame), src, dst)
                 written += len(batch)
                 batch.clear()
                 if on_frames is not None:
@@ -103,7 +120,7 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
             streams = [vin] + ([ain] if ain is not None else [])
             for packet in inp.demux(*streams):
                 if packet.stream.type == "audio":
-                    _mux_audio(out, packet, aout, transcode)
+                    _mux_audio(out, packet, aout, transcode, src, dst)
                     continue
                 for frame in packet.decode():
                     if full():
@@ -116,16 +133,15 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
             flush()
             if written == 0:
                 raise ValueError(f"video {src.name} has no readable frames")
-            for packet in vout.encode():
-                out.mux(packet)
+            _mux(out, vout.encode(), src, dst)
             if transcode:
-                for packet in aout.encode():
-                    out.mux(packet)
+                _mux(out, aout.encode(), src, dst)
         finally:
             out.close()
         tmp.replace(dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            _remove_partial(tmp)
         raise
     finally:
         inp.close()
@@ -133,12 +149,98 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
             "audio": audio_note}
 
 
+def check_destination(src: Path, dst: Path) -> None:
+    """Refuse, before any frame is decoded, an output that cannot be written or would replace the input."""
+    if dst.is_dir():
+        raise ValueError(f"output {dst} is a folder; give a video file name, e.g. {dst / (src.stem + '_styled.mp4')}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"output {dst} is the input video: StyleMamba never overwrites its inputs; "
+                         "choose another output name")
+    folder = next(p for p in dst.parents if p.exists())
+    if not folder.is_dir():
+        raise ValueError(f"output {dst} cannot be written: {folder} is a file, not a folder; choose an output "
+                         "inside a folder (nothing was changed)")
+
+
+def _partial_file(dst: Path) -> Path:
+    """A new file next to ``dst`` to write into, renamed at the end: a failure never leaves a half ``dst``,
+    and a file that already has the temporary name (the user's, or another run's) is never taken."""
+    for n in range(1000):
+        tmp = dst.with_name(f"{dst.name}.partial{n or ''}{dst.suffix}")
+        try:
+            tmp.touch(exist_ok=False)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dst.parent} is full of unfinished {dst.name}.partial* files; delete them and try again")
+
+
+def _remove_partial(tmp: Path) -> None:
+    """Delete the unfinished output; a failure here is only logged, so that it never hides the error that
+    stopped the writing."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not delete the unfinished output %s (%s); delete it by hand", tmp, exc)
+
+
+def _display_turns(av, src: Path) -> int:
+    """Counter-clockwise quarter turns that show ``src`` upright. Phones store portrait video sideways with a
+    display rotation; turning the pixels (rather than copying the rotation) gives the model the picture as
+    seen and an output that plays upright even in players that ignore the rotation. PyAV reports it on
+    decoded frames only, so the first frame is decoded here (0 with a PyAV without ``VideoFrame.rotation``)."""
+    try:
+        with av.open(str(src)) as probe:
+            frame = next(probe.decode(video=0), None)
+    except (av.error.FFmpegError, OSError):
+        return 0
+    degrees = float(getattr(frame, "rotation", 0) or 0)
+    if degrees % 90:
+        log.warning("video: %s has a display rotation of %g degrees; turned by the nearest quarter turn",
+                    src.name, degrees)
+    return round(degrees / 90) % 4
+
+
+def _output_pts(frame, time_base: Fraction, last: int | None, step: int) -> int:
+    """The frame's own time in ``time_base``, so that a variable frame rate plays as shot; always after
+    ``last`` (a missing or repeated source timestamp would make the muxer refuse the file)."""
+    if frame.pts is None or frame.time_base is None:
+        return 0 if last is None else last + step
+    pts = round(frame.pts * Fraction(frame.time_base) / time_base)
+    return pts if last is None or pts > last else last + 1
+
+
+def _mux(out, packets, src: Path, dst: Path) -> None:
+    """Write packets; FFmpeg's bare 'Invalid argument ... returned 22' becomes a message naming the cause."""
+    import av
+
+    for packet in packets:
+        try:
+            out.mux(packet)
+        except av.error.FFmpegError as exc:
+            kind = getattr(packet.stream, "type", "video")
+            at = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else 0.0
+            raise ValueError(
+                f"could not write the {kind} of {src.name} into {dst.name} at {at:.3f} s: FFmpeg's muxer refused "
+                f"it ({exc}); the input's {kind} timestamps or codec do not fit the {dst.suffix} container. Re-mux "
+                f"the input first (ffmpeg -i {src.name} -c copy -fflags +genpts fixed.mkv) and stylise fixed.mkv, "
+                "or write an .mkv --output") from exc
+
+
 def _container_format(dst: Path) -> str:
     return {".mkv": "matroska", ".mov": "mov"}.get(dst.suffix.lower(), "mp4")
 
 
-def _video_stream(out, fps: Fraction, width: int, height: int, crf: int):
+def _copies_audio(codec: str, dst: Path) -> bool:
+    """Whether ``dst``'s container holds this audio codec as it is (no generation loss), else it is re-encoded."""
+    container = _container_format(dst)
+    return container == "matroska" or codec in _COPIED_AUDIO[container]
+
+
+def _video_stream(out, fps: Fraction, time_base: Fraction, width: int, height: int, crf: int):
     stream = out.add_stream("libx264", rate=fps)
+    # the input's clock, not 1/fps: rounding a variable frame rate to 1/fps repeats or reorders timestamps
+    stream.codec_context.time_base = stream.time_base = time_base
     stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sides
     stream.pix_fmt = "yuv420p"
     stream.options = {"crf": str(crf), "preset": "medium"}
@@ -155,15 +257,14 @@ def _even(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _mux_audio(out, packet, aout, transcode: bool) -> None:
+def _mux_audio(out, packet, aout, transcode: bool, src: Path, dst: Path) -> None:
     """Copy one audio packet into the output, or decode and re-encode it to AAC."""
     if packet.dts is None:  # the demuxer's flush packet
         return
     if transcode:
         for frame in packet.decode():
             frame.pts = None
-            for p in aout.encode(frame):
-                out.mux(p)
+            _mux(out, aout.encode(frame), src, dst)
     else:
         packet.stream = aout
-        out.mux(packet)
+        _mux(out, [packet], src, dst)

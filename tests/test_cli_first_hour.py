@@ -367,3 +367,85 @@ def test_an_lpips_backbone_named_without_its_weights_is_refused_before_the_model
         proc = run(command, "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no", *args,
                    "--out", tmp_path / "s", "--lpips", "alex")
         one_line_error(proc, "--lpips alex needs --lpips-backbone", "or --lpips off")
+
+
+def test_images_of_one_name_in_a_folder_each_keep_their_result(tiny_models, style_file, tmp_path, photo_loader):
+    folder = tmp_path / "mixed"
+    save_image(photo_loader("astronaut", (40, 56))[0], folder / "a.png")
+    save_image(photo_loader("coffee", (40, 56))[0], folder / "a.jpg")
+    save_image(photo_loader("coffee", (40, 56))[0], folder / "b.png")
+    (folder / "sub.jpg").mkdir()  # a folder named like an image, and macOS's ._ copy of a file: not inputs
+    (folder / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sorted(Path(p).name for p in json.loads(proc.stdout)["images"])
+    assert written == ["a_jpg_styled.png", "a_png_styled.png", "b_styled.png"]  # before: a_styled.png twice
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
+
+
+def test_a_broken_file_in_a_folder_is_named_before_any_result_is_written(tiny_models, style_file, photos, tmp_path):
+    folder, _ = photos
+    (folder / "b_broken.png").write_text("not a picture")
+    proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input", folder,
+               "--output", tmp_path / "out")
+    one_line_error(proc, "1 of the 3 input file(s) are not readable images: b_broken.png", "fix or move them out")
+    assert not (tmp_path / "out").exists()  # before: astronaut_styled.png written, then the error
+
+
+def test_an_existing_file_as_output_folder_is_refused_first(tiny_models, style_file, photos, tmp_path):
+    folder, (photo, _) = photos
+    notes = tmp_path / "notes"
+    notes.write_text("the user's notes")
+    proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input", photo,
+               "--output", notes)
+    one_line_error(proc, f"--output {notes} is an existing file, not a folder", "astronaut_styled.png")
+    proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input", folder,
+               "--output", notes)
+    one_line_error(proc, f"e.g. --output {tmp_path / 'notes_styled'}")  # before: suggested the same path again
+    pytest.importorskip("av")
+    from video_clip import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=2)
+    for output, needle in ((notes, f"--output {notes} is an existing file, not a folder: give a folder, or a video"),
+                           (notes / "x.mp4", f"{notes} is a file, not a folder")):
+        proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input",
+                   clip, "--output", output, "--overwrite")
+        one_line_error(proc, needle)  # before: a traceback (NotADirectoryError) after the models loaded
+    assert notes.read_text() == "the user's notes"
+
+
+def test_ctrl_c_while_stylising_a_folder_keeps_whole_results_and_prints_no_traceback(tiny_models, style_file,
+                                                                                    tmp_path, photo_loader):
+    folder = tmp_path / "many"
+    for i in range(60):
+        save_image(photo_loader("astronaut", (96, 128))[0], folder / f"p{i:02d}.png")
+    code, err = interrupted(("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", style_file,
+                             "--input", folder, "--output", tmp_path / "out"), rb"\| *[1-9]\d*/60")
+    assert code == 130 and "Traceback" not in err, err[-2000:]
+    assert "stylemamba: cancelled (Ctrl-C)" in err
+    written = sorted((tmp_path / "out").iterdir())
+    assert 1 <= len(written) < 60 and all(p.name.endswith("_styled.png") for p in written)  # no half-written file
+    assert all(load_image(p).shape == (1, 3, 96, 128) for p in written)
+
+
+def test_running_out_of_cpu_memory_gives_the_advice_not_a_traceback(tiny_models, style_file, tmp_path):
+    big = tmp_path / "big.png"
+    save_image(torch.full((3, 4000, 4000), 0.5), big)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))"  # a 6 GB machine
+    proc = run(*stylize_args(tiny_models, style_file, "--input", big, "--output", tmp_path / "out.png",
+                             "--tile-size", "4096"), python_prelude=limit)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # one image: a lower --batch-size would change nothing, so it is not suggested
+    assert "error: out of memory while stylising 1 image(s) of 4000x4000. Lower --tile-size (now 4096" in proc.stderr
+    assert "close other programs" in proc.stderr and "GPU" not in proc.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_style_name_with_a_dot_keeps_all_of_it_and_a_folder_is_refused(tmp_path):
+    from stylemamba.style_file import style_path
+
+    assert style_path(tmp_path / "monet_v1.5") == tmp_path / "monet_v1.5.safetensors"  # before: monet_v1.safetensors
+    assert style_path(tmp_path / "van.gogh") == tmp_path / "van.gogh.safetensors"
+    assert style_path(tmp_path / "mine.SafeTensors") == tmp_path / "mine.SafeTensors"
+    with pytest.raises(ValueError, match="is a folder: give the style a file name in it, e.g. .*mystyle.safetensors"):
+        style_path(tmp_path)
