@@ -307,7 +307,7 @@ class StyleMambaSaveStyle:
         stem = safe_style_filename(filename_prefix)[: -len(".safetensors")]
         path = next_free_path(folder, stem)
         meta = dict(style.metadata)
-        meta.setdefault("name", stem)
+        meta.setdefault("name", path.stem)  # the file's own name (counter included): two saved styles differ
         info = save_style(dataclasses.replace(style, metadata=meta), path)
         message = f"saved {path.name} ({info['bytes'] / 1e6:.1f} MB) in {folder}"
         log.info("%s", message)

@@ -109,7 +109,7 @@ def test_default_plan_on_cpu_is_the_fast_one_and_is_logged(parts, photo, caplog)
     with caplog.at_level(logging.INFO, logger="stylemamba"):
         trainer = StyleTrainer(vae, text, photo, "pop art", small_config())
     assert trainer.plan.micro_batch == 1 and trainer.plan.view_chunk == 0 and not trainer.plan.checkpointing
-    assert "memory plan: micro_batch=1, view_chunk=all, checkpointing=off (no GPU memory limit known" in caplog.text
+    assert "memory plan: micro_batch=1, view_chunk=all, checkpointing=off (training on the CPU: no GPU memory to save)" in caplog.text
     # a host's own free-memory count (the node passes ComfyUI's) drives "auto"
     small = StyleTrainer(vae, text, photo, "pop art", small_config(resolution=512), free_memory=4 * GB)
     assert small.plan.checkpointing and "4.0 GB are free" in small.plan.reason  # 7 views: chunks would not pay

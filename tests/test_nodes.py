@@ -468,6 +468,10 @@ def test_save_style_sanitises_the_name_never_overwrites_and_never_duplicates(nod
                                                         "évil ünïcode 名前_00002.safetensors"]
     assert not (models_dir.parent / "outside").exists()
     assert "évil ünïcode 名前_00002.safetensors" in nodes["StyleMambaLoadStyle"].INPUT_TYPES()["required"]["style_name"][0]
+    load = nodes["StyleMambaLoadStyle"]()  # each style is named after its file (before: both 'évil ünïcode 名前')
+    assert [load.load(name)[0].name for name in ("évil ünïcode 名前_00001.safetensors",
+                                                 "évil ünïcode 名前_00002.safetensors")] == \
+        ["évil ünïcode 名前_00001", "évil ünïcode 名前_00002"]
 
 
 def test_load_style_round_trip_and_clear_errors(nodes, trained, models_dir):
