@@ -148,35 +148,43 @@ def test_batches_match_single_images(setup, photo_batch):
 
 
 def test_tiles_have_no_visible_seams(setup, tiny_models):
-    """Tiles only bound the VAE's memory; the fusion sees the whole latent. The style here is trained with
-    CLIPstyler's patch weight 9000 (the 0.1.0 default): with today's 500 a style leans more on global context
-    and on the tiny RANDOM test models its tiled picture differs more from the whole one (this style, measured
-    with today's other defaults: mean difference 0.078 and seam jump 0.050 at patch 500, 0.026 and 0.024 at
-    9000; docs/METHOD_CHOICES.md), which would drown the bounds this test checks the feathering with. What is
-    tested is the tiling, not the recipe."""
+    """Tiles only bound the VAE's memory; the fusion sees the whole latent. A seam is a jump between neighbouring
+    pixel columns (rows) that the untiled picture does not have: feathered tiles must show far less of it than a
+    naive split (no overlap, no shared statistics) of the same style, which this metric does see.
+
+    Bounds are relative to that naive split, not absolute: the tiny RANDOM models change with the diffusers /
+    transformers versions that build them, and so does how much a style leans on the decoder's attention (global
+    context), which tiles cut. Measured over three training seeds on two stacks (torch 2.14 / diffusers 0.42 and
+    torch 2.1 / diffusers 0.27): feathered 0.025-0.049, naive 0.108-0.244, ratio at most 0.33 (0.51 with the feathering
+    turned off: overlaps averaged flat); tiled vs whole mean difference 0.030-0.078. The image's outer 8 px are left out: no seam can lie there. The style is trained with
+    CLIPstyler's patch weight 9000 (the 0.1.0 default), which leans less on global context."""
     vae, _, _ = setup
     text = load_text_image_encoder(tiny_models["siglip"])
     a = train_style(vae, text, load_photo(), "fire", small_config(epochs=3, lr=3e-3, loss=dict(patch=9000.0))).style
     from skimage import data
 
+    from stylemamba import stylize as mod
+
     img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
     img = torch.nn.functional.interpolate(img, size=(256, 256), antialias=True, mode="bilinear")
     whole = stylize(img, vae, a, tile_size=1024)
     tiled = stylize(img, vae, a, tile_size=128, tile_overlap=64)
-    assert tiled.shape == whole.shape
-    # tiles see less context, so the result differs a little from the untiled one ...
-    assert (tiled - whole).abs().mean() < 0.04
-    # ... but without seams: the pixel-to-pixel jumps across columns/rows match the untiled image's
-    for dim in (-1, -2):
-        jumps_tiled = tiled.diff(dim=dim).abs().mean(dim=(0, 1, 2 if dim == -1 else 3))
-        jumps_whole = whole.diff(dim=dim).abs().mean(dim=(0, 1, 2 if dim == -1 else 3))
-        assert (jumps_tiled - jumps_whole).abs().max() < 0.05
-    # a deliberately naive tiling (no overlap, no shared statistics) does show the seam this test looks for
-    from stylemamba import stylize as mod
     naive = torch.cat([mod.stylize(img[..., :, :128], vae, a), mod.stylize(img[..., :, 128:], vae, a)], dim=-1)
-    jumps_naive = naive.diff(dim=-1).abs().mean(dim=(0, 1, 2))
-    jumps_whole = whole.diff(dim=-1).abs().mean(dim=(0, 1, 2))
-    assert (jumps_naive - jumps_whole).abs().max() >= 0.05
+    assert tiled.shape == whole.shape == naive.shape
+
+    def seam(picture: torch.Tensor, dim: int) -> float:
+        """The largest change, against the untiled picture, of the mean jump between neighbouring lines."""
+        mean_over = (0, 1, 2 if dim == -1 else 3)
+        jumps = picture.diff(dim=dim).abs().mean(dim=mean_over) - whole.diff(dim=dim).abs().mean(dim=mean_over)
+        return float(jumps.abs()[8:-8].max())
+
+    naive_seam = seam(naive, -1)
+    assert naive_seam >= 0.08  # the metric sees a real seam ...
+    for dim in (-1, -2):
+        assert seam(tiled, dim) < 0.42 * naive_seam, (dim, seam(tiled, dim), naive_seam)  # ... and feathering hides it
+    # tiles see less context, so the picture differs a little from the untiled one; a misplaced or unweighted
+    # tile would differ by about the image's own contrast (0.2-0.3)
+    assert (tiled - whole).abs().mean() < 0.1
 
 
 def test_styles_with_different_embedding_sizes_mix(setup, photo):
