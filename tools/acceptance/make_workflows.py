@@ -7,6 +7,8 @@
 Writes <out>/<name>.json with the paper's defaults, and <small-out>/<name>.json: the same graph with
 small widget values (tiny models, 64 px, 2 epochs) for CPU acceptance runs. Both are made by the
 frontend itself: nodes created with LiteGraph.createNode, widgets set by name, graph.serialize().
+SHIPPED_ONLY workflows (hand-written in <pack>/workflows/) are only loaded into the frontend for their
+small copy; <out> is not written for them.
 """
 import argparse
 import json
@@ -47,6 +49,11 @@ BUILD_JS = r"""(spec) => {
   }
   G.setDirtyCanvas(true, true);
   return JSON.parse(JSON.stringify(G.serialize()));
+}"""
+
+LOAD_JS = r"""(wf) => {
+  const G = window.app.graph; G.clear(); G.configure(wf); G.setDirtyCanvas(true, true);
+  return G.nodes.map(n => n.type);
 }"""
 
 SMALL_JS = r"""(changes) => {
@@ -269,6 +276,9 @@ SMALL = {
     "StyleMambaTrain": {"epochs": 2, "resolution": 64, "n_crops": 4, "crop_fraction": 0.5, "lr_decay_epoch": 1,
                         "so_interval": 1, "so_theta": 2.0, "vgg_weight_switch_epoch": 1},
 }
+# Shipped workflows that are NOT generated here (written by hand): their small copy is made by loading the shipped
+# file (<pack>/workflows/<name>.json) in the frontend and applying SMALL; the shipped file is never rewritten.
+SHIPPED_ONLY = ("universal_prompt_and_reference",)
 SMALL_EXTRA = {"stylize_in_mask": {"LoadImage": {"image": "astronaut_masked.png"},
                                    "StyleMambaStylize": {"tile_size": 256}}}
 
@@ -299,6 +309,21 @@ def main():
                 with open(os.path.join(a.small_out, name + ".json"), "w") as fh:
                     json.dump(small, fh, indent=1)
                 H.log(f"wrote {name}: {len(wf['nodes'])} nodes, {len(wf['links'])} links; small copy: {done}")
+            for name in SHIPPED_ONLY:
+                if a.only and name not in a.only:
+                    continue
+                with open(os.path.join(a.pack, "workflows", name + ".json")) as fh:
+                    shipped = json.load(fh)
+                types = b.page.evaluate(LOAD_JS, shipped)
+                if len(types) != len(shipped["nodes"]):
+                    raise SystemExit(f"{name}: the frontend loaded {len(types)} of {len(shipped['nodes'])} nodes")
+                changes = {k: dict(v) for k, v in SMALL.items()}
+                for t, v in SMALL_EXTRA.get(name, {}).items():
+                    changes.setdefault(t, {}).update(v)
+                small, done = b.page.evaluate(SMALL_JS, changes)
+                with open(os.path.join(a.small_out, name + ".json"), "w") as fh:
+                    json.dump(small, fh, indent=1)
+                H.log(f"small copy of shipped {name} ({len(types)} nodes, not rewritten): {done}")
 
 
 if __name__ == "__main__":
