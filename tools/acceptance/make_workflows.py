@@ -296,18 +296,23 @@ def main():
     with H.ComfyServer(a.pack, models_dir=a.models_dir) as srv:
         srv.check_pack_imported()
         with H.ComfyBrowser(srv, wait_types=list(srv.pack_nodes())) as b:
-            for name, build in WORKFLOWS.items():
-                if a.only and name not in a.only:
-                    continue
-                wf = b.page.evaluate(BUILD_JS, build())
-                with open(os.path.join(a.out, name + ".json"), "w") as fh:
-                    json.dump(wf, fh, indent=1)
+            def write_small(name: str) -> str:
+                """The graph now in the frontend with SMALL's values, written to <small-out>/<name>.json."""
                 changes = {k: dict(v) for k, v in SMALL.items()}
                 for t, v in SMALL_EXTRA.get(name, {}).items():
                     changes.setdefault(t, {}).update(v)
                 small, done = b.page.evaluate(SMALL_JS, changes)
                 with open(os.path.join(a.small_out, name + ".json"), "w") as fh:
                     json.dump(small, fh, indent=1)
+                return done
+
+            for name, build in WORKFLOWS.items():
+                if a.only and name not in a.only:
+                    continue
+                wf = b.page.evaluate(BUILD_JS, build())
+                with open(os.path.join(a.out, name + ".json"), "w") as fh:
+                    json.dump(wf, fh, indent=1)
+                done = write_small(name)
                 H.log(f"wrote {name}: {len(wf['nodes'])} nodes, {len(wf['links'])} links; small copy: {done}")
             for name in SHIPPED_ONLY:
                 if a.only and name not in a.only:
@@ -317,14 +322,8 @@ def main():
                 types = b.page.evaluate(LOAD_JS, shipped)
                 if len(types) != len(shipped["nodes"]):
                     raise SystemExit(f"{name}: the frontend loaded {len(types)} of {len(shipped['nodes'])} nodes")
-                changes = {k: dict(v) for k, v in SMALL.items()}
-                for t, v in SMALL_EXTRA.get(name, {}).items():
-                    changes.setdefault(t, {}).update(v)
-                small, done = b.page.evaluate(SMALL_JS, changes)
-                with open(os.path.join(a.small_out, name + ".json"), "w") as fh:
-                    json.dump(small, fh, indent=1)
+                done = write_small(name)
                 H.log(f"small copy of shipped {name} ({len(types)} nodes, not rewritten): {done}")
-
 
 if __name__ == "__main__":
     main()
