@@ -72,14 +72,15 @@ def grad_scaler(device: torch.device | str, precision: str = "auto"):
 
 def _active_autocast_dtype(kind: str) -> torch.dtype | None:
     """The dtype autocast is running in on this device type, or None when it is off (torch >= 2.1)."""
-    try:
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4: one function for every device type
         return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
-    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
-        if kind == "cuda":
-            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-        if kind == "cpu":
-            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-        return None
+    # older torch: per-device functions (decided by a feature test, not by catching the TypeError, which
+    # torch.compile turns into an internal error while tracing)
+    if kind == "cuda":
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+    if kind == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return None
 
 
 class AutocastGroupNorm(nn.GroupNorm):
