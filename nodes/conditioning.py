@@ -6,6 +6,7 @@ here); the Train node hands it to training as it is.
 from __future__ import annotations
 
 from ..stylemamba.direction import DEFAULT_SOURCE_PROMPT, TextDirection
+from . import comfy_helpers as ch
 from .common import CATEGORY, CONDITIONING, TEXT_MODEL, image_to_library
 
 
@@ -35,10 +36,14 @@ class StyleMambaTextConditioning:
                     "default": DEFAULT_SOURCE_PROMPT, "multiline": False,
                     "tooltip": "Describes the unstylised content (the paper uses 'a plain photo'). The style is "
                                "learned as the difference style_prompt - source_prompt."}),
-            }
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def encode(self, text_model, style_prompt, source_prompt):
+    def encode(self, text_model, style_prompt, source_prompt, unique_id=None):
+        for _, cut in text_model.cut_prompts([" ".join(style_prompt.split())]):  # the text tower never sees it
+            ch.Progress(1, unique_id).text(f"prompt too long: its end '{cut[-60:]}' is ignored (SigLIP reads 64 "
+                                           "tokens, CLIP 77); shorten it")
         return (TextDirection.encode(text_model, [style_prompt], source_prompt=source_prompt),)
 
 

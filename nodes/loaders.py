@@ -87,7 +87,8 @@ class StyleMambaLoadTextModel:
     CATEGORY = CATEGORY
     RETURN_TYPES = (TEXT_MODEL,)
     RETURN_NAMES = ("text_model",)
-    OUTPUT_TOOLTIPS = ("The text and image towers (kept on the CPU between runs; moved to the GPU while training).",)
+    OUTPUT_TOOLTIPS = ("The text and image towers (moved to the GPU by Train and kept there under ComfyUI's model "
+                       "management, which moves them off when another model needs the room).",)
     FUNCTION = "load"
 
     @classmethod
@@ -212,6 +213,11 @@ class StyleMambaLoadStyle:
         }
 
     @classmethod
+    def VALIDATE_INPUTS(cls, style_name):
+        # Replaces ComfyUI's bare "Value not in list ... not in []" with where styles go and how to get one.
+        return style_file_missing(style_name, "style", "train one with Train Style -> Save Style")
+
+    @classmethod
     def IS_CHANGED(cls, style_name):
         try:
             st = ch.resolve("stylemamba", style_name).stat()
@@ -249,6 +255,10 @@ class StyleMambaLoadUniversalModel:
                                "with a note: load those with Load Style)."}),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name):
+        return style_file_missing(model_name, "universal model", "train one with python -m stylemamba train-universal")
 
     @classmethod
     def IS_CHANGED(cls, model_name):
@@ -305,9 +315,9 @@ class StyleMambaSaveStyle:
             ch.Progress(1, unique_id).text(message)
             return {"ui": {"text": [message]}, "result": (same,)}
         stem = safe_style_filename(filename_prefix)[: -len(".safetensors")]
-        path = next_free_path(folder, stem)
+        path = next_free_path(folder, stem, [Path(f) for f in ch.folder_paths_for("stylemamba")])
         meta = dict(style.metadata)
-        meta.setdefault("name", path.stem)  # the file's own name (counter included): two saved styles differ
+        meta["name"] = path.stem  # the file's own name (counter included): two saved styles differ
         info = save_style(dataclasses.replace(style, metadata=meta), path)
         message = f"saved {path.name} ({info['bytes'] / 1e6:.1f} MB) in {folder}"
         log.info("%s", message)
@@ -332,10 +342,21 @@ def find_identical_style(digest: str) -> str | None:
     return None
 
 
-def next_free_path(folder: Path, stem: str) -> Path:
-    """``folder/stem_00001.safetensors``, the first counter not taken (existing files are never overwritten)."""
+def style_file_missing(name: str, kind: str, how: str) -> bool | str:
+    """True when ``name`` is a file Load Style / Load Universal Model lists, else what to do (shown by ComfyUI)."""
+    if name in ch.list_files("stylemamba"):
+        return True
+    where = ", ".join(ch.folder_paths_for("stylemamba"))
+    return (f"{kind} file '{name}' not found in {where}: {how}, or copy the .safetensors file there, then press R "
+            "(refresh) and pick it")
+
+
+def next_free_path(folder: Path, stem: str, others: list[Path] = ()) -> Path:
+    """``folder/stem_00001.safetensors``, the first counter whose name is taken neither there nor in ``others``
+    (the other folders Load Style lists, e.g. from extra_model_paths.yaml): a new style must not hide one of the
+    same name that saved workflows load (existing files are never overwritten either)."""
     counter = 1
-    while (folder / f"{stem}_{counter:05d}.safetensors").exists():
+    while any((f / f"{stem}_{counter:05d}.safetensors").exists() for f in (folder, *others)):
         counter += 1
     return folder / f"{stem}_{counter:05d}.safetensors"
 

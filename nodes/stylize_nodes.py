@@ -67,6 +67,9 @@ class StyleMambaStylize:
         # ask ComfyUI to make room (it unloads cached models): the style's decoder copy and the activations
         sdvae = ch.prepare_vae(vae, memory_required=activations, name=ch.linked_file_name(prompt, unique_id, "vae"))
         progress = ch.Progress(b, unique_id)
+        if m is not None and float(m.max()) == 0.0:  # Load Image's MASK of an unpainted picture: said on the node
+            progress.text("the mask is empty, so nothing is stylised: paint the area in the Mask Editor, or "
+                          "disconnect mask to stylise the whole image")
         try:
             model, _ = caches.style_model(sdvae, vae, styles, weights, float(strength), activations,
                                           blend_mode(style))

@@ -116,6 +116,9 @@ class TextImageEncoder(nn.Module):
         if not prompts or bad:
             raise ValueError("empty style prompt: write what the style should look like, e.g. \"Van Gogh's starry night\"")
         length = _TEXT_LENGTH[self.kind]
+        for prompt, cut in self.cut_prompts(prompts):
+            log.warning("a prompt is longer than the %d tokens %s reads: its end '%s' is ignored; shorten the prompt",
+                        length, self.kind.upper(), cut if len(cut) <= 60 else "..." + cut[-57:])
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt")
         kwargs = {"input_ids": tok["input_ids"].to(self.device)}
@@ -123,6 +126,16 @@ class TextImageEncoder(nn.Module):
             kwargs["attention_mask"] = tok["attention_mask"].to(self.device)
         emb = _features(self.model.get_text_features(**kwargs)).float()
         return F.normalize(emb, dim=-1)
+
+    def cut_prompts(self, prompts: list[str]) -> list[tuple[str, str]]:
+        """(prompt, the words the text tower never sees) for each prompt longer than its token window (64 for
+        SigLIP, 77 for CLIP): the tokenizer cuts them silently, so two prompts that differ only there encode alike."""
+        length, cut = _TEXT_LENGTH[self.kind], []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"]  # its own warning: ours
+            if len(ids) > length:
+                cut.append((prompt, self.tokenizer.decode(ids[length - 1:], skip_special_tokens=True).strip()))
+        return cut
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
         """Differentiable resize (antialiased bicubic) to the tower's size and normalisation."""

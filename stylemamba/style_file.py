@@ -139,9 +139,11 @@ def safe_style_filename(name: str) -> str:
 
     Letters and digits of every script are kept (a Japanese or accented name stays readable); only
     characters that are unsafe in file names on some system (path separators, ``<>:"|?*``, control
-    characters) become ``_``, and names Windows reserves (``CON``, ``NUL``, ``COM1`` ...) get a ``_``.
+    characters) become ``_``, and names Windows reserves (``CON``, ``NUL``, ``COM1`` ...) get a ``_``. Folders
+    join the name (``monet/v1`` -> ``monet_v1``: nothing typed is dropped) except ``.`` and ``..``.
     """
-    base = os.path.basename(str(name).replace("\\", "/")).strip()
+    parts = [p.strip() for p in str(name).replace("\\", "/").split("/")]
+    base = "_".join(p for p in parts if p not in ("", ".", ".."))
     base = unicodedata.normalize("NFC", base)
     if base.lower().endswith(EXTENSION):
         base = base[: -len(EXTENSION)]

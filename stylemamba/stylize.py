@@ -173,6 +173,7 @@ def _prepare_mask(mask: torch.Tensor | None, b: int, h: int, w: int, device) -> 
                          "mask to the image size")
     if m.shape[0] not in (1, b):
         raise ValueError(f"mask batch {m.shape[0]} does not match the image batch {b}; give one mask or one per image")
+    check_finite(m, "mask")  # clamp keeps NaN: the result would be NaN where the mask is
     return m.clamp(0, 1).to(device)
 
 
@@ -244,6 +245,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     model = as_style_model(vae, styles, weights, strength, blend)
     rgb, alpha = _as_rgb(images)
     b, _, h, w = rgb.shape
+    _check_not_empty(b, "image")
     if h < 8 or w < 8:
         raise ValueError(f"image is {w}x{h} (width x height); it must be at least 8x8 pixels")
     device = vae.device
@@ -306,6 +308,17 @@ def _check_latents(z: torch.Tensor, vae: SDVAE) -> None:
     if z.dim() != 4 or z.shape[1] != vae.latent_channels:
         raise ValueError(f"latent of shape {tuple(z.shape)} does not fit this VAE ({vae.latent_channels} "
                          "channels, 2D): use latents made with the same VAE / model family")
+    _check_not_empty(z.shape[0], "latent")
+    for i in range(z.shape[0]):
+        if not bool(torch.isfinite(z[i]).all()):
+            raise ValueError(f"latent {i} has NaN or infinite values: the sampler or VAE that made it failed (e.g. "
+                             "overflowed in fp16); fix that step, or try it in fp32 / bf16")
+
+
+def _check_not_empty(count: int, what: str) -> None:
+    if count == 0:
+        raise ValueError(f"the {what} batch is empty (0 {what}s): the node or step before gave nothing, e.g. a video "
+                         "loader with no frames left; check its settings")
 
 
 @torch.no_grad()
@@ -319,7 +332,9 @@ def encode_latents(images: torch.Tensor, vae: SDVAE, batch_size: int = 4) -> tor
     if h < 8 or w < 8:
         raise ValueError(f"images of {images.shape[-1]}x{images.shape[-2]} are too small: at least 8x8 pixels")
     top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
-    x = images[:, :3, top:top + h, left:left + w]
+    rgb, _ = _as_rgb(images)  # gray as gray RGB, alpha dropped, as stylising takes them
+    _check_not_empty(rgb.shape[0], "image")
+    x = rgb[:, :, top:top + h, left:left + w]
     z = torch.cat([vae.encode(chunk.to(vae.device)).cpu() for chunk in x.split(max(1, batch_size))])
     return z / vae.scaling_factor
 

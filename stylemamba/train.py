@@ -522,8 +522,22 @@ def _as_direction(text: ImageTextModel, direction: Direction, prompt_weights: li
         if prompt_weights is not None:
             raise ValueError("prompt_weights belong to the TextDirection: pass them to TextDirection.encode")
         direction.check_text_model(text)
-        return direction
-    return TextDirection.encode(text, direction, prompt_weights, source_prompt)
+    else:
+        direction = TextDirection.encode(text, direction, prompt_weights, source_prompt)
+    return _check_length(direction)
+
+
+def _check_length(direction: TextDirection) -> TextDirection:
+    """Refuse a style that points nowhere: its prompt encodes as the source prompt (or its reference picture as
+    the content photos), so the directional losses stay at 1 and give no gradient; the "style" would be noise."""
+    length = float(direction.direction.norm())
+    if length < 1e-4:
+        styles = ", ".join(repr(p) for p in direction.prompts)
+        raise ValueError(f"the style {styles} encodes the same as the source prompt {direction.source_prompt!r} "
+                         f"(direction length {length:.1e}): there is nothing to learn; write a style prompt that "
+                         "differs from the source prompt (for a reference picture: one that does not look like the "
+                         "content photos)")
+    return direction
 
 
 class StyleTrainer:

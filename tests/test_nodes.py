@@ -317,6 +317,22 @@ def test_load_perceptual(nodes):
 
 
 # ---------------------------------------------------------------------------------------------------- conditioning
+def test_a_prompt_longer_than_the_text_tower_reads_is_said(nodes, pack, text_model, monkeypatch, caplog):
+    """SigLIP reads 64 tokens: two long prompts that differ only after that encode alike, which the node and
+    the log now say (before: silently)."""
+    helpers = importlib.import_module(PACK_NAME + ".nodes.comfy_helpers")
+    shown = []
+    monkeypatch.setattr(helpers.Progress, "text", lambda self, message: shown.append(message))
+    long = "an oil painting " * 40
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="stylemamba"):
+        red = nodes["StyleMambaTextConditioning"]().encode(text_model, long + "in red", "a plain photo", "3")[0]
+        blue = nodes["StyleMambaTextConditioning"]().encode(text_model, long + "in blue", "a plain photo", "3")[0]
+        nodes["StyleMambaTextConditioning"]().encode(text_model, "in red", "a plain photo", "3")
+    assert torch.equal(red.embeddings, blue.embeddings)  # what the warning is for
+    assert len(shown) == 2 and shown[0].startswith("prompt too long: its end '") and "in red' is ignored" in shown[0]
+    assert caplog.text.count("tokens SIGLIP reads: its end") == 2
+
+
 def test_text_conditioning_and_mix(nodes, text_model):
     enc, mix = nodes["StyleMambaTextConditioning"](), nodes["StyleMambaConditioningMix"]()
     with torch.inference_mode():
@@ -456,15 +472,16 @@ def test_save_style_sanitises_the_name_never_overwrites_and_never_duplicates(nod
     style = trained["style"]
     other = dataclasses.replace(style, embedding=style.embedding + 0.01)  # a different style
     first = save.save(style, "../../outside/évil ünïcode 名前: a/b")
-    assert first["result"] == ("b_00001.safetensors",)  # folders are never taken from the name
-    first = save.save(other, "../../outside/évil ünïcode 名前")
+    assert first["result"] == ("outside_évil ünïcode 名前_ a_b_00001.safetensors",)  # never a folder, nothing dropped
+    first = save.save(other, "évil ünïcode 名前")
     assert first["result"] == ("évil ünïcode 名前_00001.safetensors",)  # Unicode letters are kept
     again = save.save(other, "another name")  # the identical style is recognised on disk
     assert again["result"] == first["result"] and "nothing written" in again["ui"]["text"][0]
     second = save.save(dataclasses.replace(other, embedding=other.embedding + 0.01), "évil ünïcode 名前")
     assert second["result"] == ("évil ünïcode 名前_00002.safetensors",)  # never overwritten: numbered
     folder = models_dir / "stylemamba"
-    assert sorted(p.name for p in folder.iterdir()) == ["b_00001.safetensors", "évil ünïcode 名前_00001.safetensors",
+    assert sorted(p.name for p in folder.iterdir()) == ["outside_évil ünïcode 名前_ a_b_00001.safetensors",
+                                                        "évil ünïcode 名前_00001.safetensors",
                                                         "évil ünïcode 名前_00002.safetensors"]
     assert not (models_dir.parent / "outside").exists()
     assert "évil ünïcode 名前_00002.safetensors" in nodes["StyleMambaLoadStyle"].INPUT_TYPES()["required"]["style_name"][0]
@@ -472,6 +489,33 @@ def test_save_style_sanitises_the_name_never_overwrites_and_never_duplicates(nod
     assert [load.load(name)[0].name for name in ("évil ünïcode 名前_00001.safetensors",
                                                  "évil ünïcode 名前_00002.safetensors")] == \
         ["évil ünïcode 名前_00001", "évil ünïcode 名前_00002"]
+
+
+def test_a_new_style_never_takes_a_name_another_style_folder_has(nodes, pack, trained, tmp_path, monkeypatch):
+    """With a stylemamba folder in extra_model_paths.yaml (ComfyUI lists it first), Save Style writes there; a
+    name the models folder already has would hide that style from Load Style and every saved workflow."""
+    helpers = importlib.import_module(PACK_NAME + ".nodes.comfy_helpers")
+    extra, default = tmp_path / "extra", tmp_path / "models_stylemamba"
+    default.mkdir()
+    (default / "StyleMamba_00001.safetensors").write_bytes(b"the user's Van Gogh style")
+    monkeypatch.setattr(helpers, "folder_paths_for", lambda kind: [str(extra), str(default)])
+    style = dataclasses.replace(trained["style"], embedding=trained["style"].embedding + 0.02)
+    saved = nodes["StyleMambaSaveStyle"]().save(style, "StyleMamba")
+    assert saved["result"] == ("StyleMamba_00002.safetensors",)  # before: StyleMamba_00001 in extra/
+    assert (extra / "StyleMamba_00002.safetensors").is_file()
+    assert (default / "StyleMamba_00001.safetensors").read_bytes() == b"the user's Van Gogh style"
+
+
+def test_a_missing_style_file_says_where_styles_go_and_how_to_get_one(nodes, trained, models_dir):
+    """ComfyUI's own check of a combo said only "Value not in list: ... not in []" for a shared workflow whose
+    style is not here (or an empty models/stylemamba)."""
+    name = nodes["StyleMambaSaveStyle"]().save(trained["style"], "validated")["result"][0]
+    assert nodes["StyleMambaLoadStyle"].VALIDATE_INPUTS(name) is True
+    message = nodes["StyleMambaLoadStyle"].VALIDATE_INPUTS("StyleMamba_00099.safetensors")
+    assert message.startswith("style file 'StyleMamba_00099.safetensors' not found in ") and \
+        str(models_dir / "stylemamba") in message and "train one with Train Style -> Save Style" in message
+    message = nodes["StyleMambaLoadUniversalModel"].VALIDATE_INPUTS("StyleMamba_universal.safetensors")
+    assert "universal model file" in message and "python -m stylemamba train-universal" in message
 
 
 def test_load_style_round_trip_and_clear_errors(nodes, trained, models_dir):
@@ -517,6 +561,21 @@ def test_node_errors_reach_comfyui_as_builtin_types_and_oom_stays_oom(pack):
 
 
 # ---------------------------------------------------------------------------------------------------- stylise
+def test_an_empty_mask_is_said_on_the_node(nodes, pack, trained, vae, photo_loader, monkeypatch):
+    """Load Image gives an all-zero MASK for a picture nobody painted: Stylize then changes nothing, which the
+    node says where the user looks (before: one console line)."""
+    helpers = importlib.import_module(PACK_NAME + ".nodes.comfy_helpers")
+    shown = []
+    monkeypatch.setattr(helpers.Progress, "text", lambda self, message: shown.append(message))
+    images = comfy_images(photo_loader("astronaut", (40, 48)))
+    with torch.inference_mode():
+        out = nodes["StyleMambaStylize"]().stylize(trained["style"], vae, images, 1.0, 1024, 1,
+                                                   mask=torch.zeros(1, 40, 48), unique_id="7")[0]
+    assert torch.equal(out, images)
+    assert shown == ["the mask is empty, so nothing is stylised: paint the area in the Mask Editor, or disconnect "
+                     "mask to stylise the whole image"]
+
+
 def test_stylize_any_size_batch_with_mask_and_strength(nodes, trained, vae, photo_loader):
     stylize = nodes["StyleMambaStylize"]()
     images = comfy_images(torch.cat([photo_loader("astronaut", (44, 60)), photo_loader("coffee", (44, 60))]))

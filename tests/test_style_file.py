@@ -118,8 +118,9 @@ def test_pickled_files_are_refused_as_pickles(tmp_path):
 
 
 def test_file_names_are_sanitised():
-    assert safe_style_filename("../../etc/passwd") == "passwd.safetensors"
-    assert safe_style_filename("C:\\x\\my style.safetensors") == "my style.safetensors"
+    assert safe_style_filename("../../etc/passwd") == "etc_passwd.safetensors"  # no escape, nothing typed dropped
+    assert safe_style_filename("C:\\x\\my style.safetensors") == "C_x_my style.safetensors"
+    assert safe_style_filename("monet/v1") == "monet_v1.safetensors"  # before: v1 (the tooltip promised '_')
     assert safe_style_filename("<|>") == "_.safetensors"
     assert safe_style_filename("") == "style.safetensors"
     assert "/" not in safe_style_filename("a/b/c")

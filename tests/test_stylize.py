@@ -214,3 +214,27 @@ def test_a_style_remembers_its_latent_scaling(setup, tiny_models, photo):
     assert a.metadata["scaling_factor"] == vae.scaling_factor
     other = load_vae(tiny_models["vae"], scaling_factor=0.13025)  # same VAE, loaded with another convention
     torch.testing.assert_close(stylize(photo, other, a), stylize(photo, vae, a), atol=1e-5, rtol=1e-4)
+
+
+def test_gray_nan_and_empty_inputs_are_taken_or_named(setup, photo):
+    """Found by driving the nodes: VAE Encode refused a 1-channel image that Stylize takes; NaN latents (a failed
+    sampler) and a NaN mask gave a NaN picture without a word; an empty batch ended in a torch error."""
+    from stylemamba.stylize import encode_latents, stylize_images, stylize_latents
+
+    vae, a, _ = setup
+    gray = photo.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(encode_latents(gray, vae), encode_latents(gray.expand(-1, 3, -1, -1), vae))
+    z = encode_latents(photo, vae)
+    bad = z.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="latent 0 has NaN or infinite values: the sampler or VAE that made it"):
+        stylize_latents(bad, vae, a)
+    mask = torch.ones(photo.shape[-2:])
+    mask[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="mask 0 has 1 NaN or infinite"):
+        stylize_images(photo, vae, a, mask=mask)
+    for call, what in ((lambda: stylize_images(photo[:0], vae, a), "image"),
+                       (lambda: encode_latents(photo[:0], vae), "image"),
+                       (lambda: stylize_latents(z[:0], vae, a), "latent")):
+        with pytest.raises(ValueError, match=f"the {what} batch is empty"):
+            call()

@@ -166,6 +166,15 @@ def test_bad_inputs(parts, photo):
         train_style(vae, text, torch.rand(1, 2, 64, 64), "x", small_config(epochs=1))
     with pytest.raises(ValueError, match="no content images"):
         train_style(vae, text, [], "x", small_config(epochs=1))
+    # a style prompt that is the source prompt (or a reference that looks like the content) points nowhere: the
+    # directional losses would sit at 1 with no gradient (before: trained without a word)
+    with pytest.raises(ValueError, match="encodes the same as the source prompt 'a photo'.*nothing to learn"):
+        train_style(vae, text, photo, "a photo", small_config(epochs=1, loss=dict(source_prompt="a photo")))
+    from stylemamba.direction import TextDirection
+
+    same = TextDirection.from_reference(text, photo, source_images=photo)
+    with pytest.raises(ValueError, match="does not look like the content photos"):
+        train_style(vae, text, photo, same, small_config(epochs=1))
     with pytest.raises(ValueError, match="resolution"):
         small_config(resolution=100)
     with pytest.raises(ValueError, match="unknown training option"):
