@@ -42,7 +42,8 @@ class StyleMambaTextConditioning:
 
     def encode(self, text_model, style_prompt, source_prompt, unique_id=None):
         for _, cut in text_model.cut_prompts([" ".join(style_prompt.split())]):  # the text tower never sees it
-            ch.Progress(1, unique_id).text(f"prompt too long: its end '{cut[-60:]}' is ignored (SigLIP reads 64 "
+            shown = cut if len(cut) <= 60 else "..." + cut[-57:].lstrip()
+            ch.Progress(1, unique_id).text(f"prompt too long: its end '{shown}' is ignored (SigLIP reads 64 "
                                            "tokens, CLIP 77); shorten it")
         return (TextDirection.encode(text_model, [style_prompt], source_prompt=source_prompt),)
 

@@ -276,7 +276,8 @@ class StyleMambaSaveStyle:
     DISPLAY_NAME = "StyleMamba Save Style"
     REQUIRED_PACKAGES = ()
     DESCRIPTION = ("Saves a trained style as .safetensors (with its prompts and recipe as metadata) into "
-                   "ComfyUI/models/stylemamba/; never overwrites: a counter is added to the name. A style "
+                   "ComfyUI/models/stylemamba/ (or the first stylemamba folder of extra_model_paths.yaml); never "
+                   "overwrites: a counter is added to the name, skipping names any style folder has. A style "
                    "already saved (same weights) is not written again: its file name is returned.")
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
