@@ -41,7 +41,8 @@ class StyleMambaTextConditioning:
         }
 
     def encode(self, text_model, style_prompt, source_prompt, unique_id=None):
-        for _, cut in text_model.cut_prompts([" ".join(style_prompt.split())]):  # the text tower never sees it
+        cut_prompts = getattr(text_model, "cut_prompts", lambda prompts: [])  # image-text models without a tokenizer
+        for _, cut in cut_prompts([" ".join(style_prompt.split())]):  # the text tower never sees it
             shown = cut if len(cut) <= 60 else "..." + cut[-57:].lstrip()
             ch.Progress(1, unique_id).text(f"prompt too long: its end '{shown}' is ignored (SigLIP reads 64 "
                                            "tokens, CLIP 77); shorten it")
