@@ -154,10 +154,12 @@ def test_tiles_have_no_visible_seams(setup, tiny_models):
 
     Bounds are relative to that naive split, not absolute: the tiny RANDOM models change with the diffusers /
     transformers versions that build them, and so does how much a style leans on the decoder's attention (global
-    context), which tiles cut. Measured over three training seeds on two stacks (torch 2.14 / diffusers 0.42 and
-    torch 2.1 / diffusers 0.27): feathered 0.025-0.049, naive 0.108-0.244, ratio at most 0.33 (0.51 with the feathering
-    turned off: overlaps averaged flat); tiled vs whole mean difference 0.030-0.078. The image's outer 8 px are left out: no seam can lie there. The style is trained with
-    CLIPstyler's patch weight 9000 (the 0.1.0 default), which leans less on global context."""
+    context), which tiles cut. The outer 24 px are left out: tiles meet only inside (from 64 px here), and near the
+    image border the tiled and whole pictures differ for that reason alone. Measured over three training seeds on
+    three stacks (torch 2.14 / diffusers 0.42, 2.4 / 0.30, 2.1 / 0.27): feathered at most 0.32 x the naive seam
+    (0.0765-0.244), the same tiles without feathering (flat averages) at least 0.47 x; tiled vs whole mean
+    difference 0.029-0.078. The style is trained with CLIPstyler's patch weight 9000 (the 0.1.0 default), which
+    leans less on global context."""
     vae, _, _ = setup
     text = load_text_image_encoder(tiny_models["siglip"])
     a = train_style(vae, text, load_photo(), "fire", small_config(epochs=3, lr=3e-3, loss=dict(patch=9000.0))).style
@@ -176,12 +178,12 @@ def test_tiles_have_no_visible_seams(setup, tiny_models):
         """The largest change, against the untiled picture, of the mean jump between neighbouring lines."""
         mean_over = (0, 1, 2 if dim == -1 else 3)
         jumps = picture.diff(dim=dim).abs().mean(dim=mean_over) - whole.diff(dim=dim).abs().mean(dim=mean_over)
-        return float(jumps.abs()[8:-8].max())
+        return float(jumps.abs()[24:-24].max())
 
     naive_seam = seam(naive, -1)
-    assert naive_seam >= 0.08  # the metric sees a real seam ...
+    assert naive_seam >= 0.06  # the metric sees a real seam ...
     for dim in (-1, -2):
-        assert seam(tiled, dim) < 0.42 * naive_seam, (dim, seam(tiled, dim), naive_seam)  # ... and feathering hides it
+        assert seam(tiled, dim) < 0.4 * naive_seam, (dim, seam(tiled, dim), naive_seam)  # ... and feathering hides it
     # tiles see less context, so the picture differs a little from the untiled one; a misplaced or unweighted
     # tile would differ by about the image's own contrast (0.2-0.3)
     assert (tiled - whole).abs().mean() < 0.1
