@@ -144,12 +144,31 @@ class VGGFeatures(nn.Module):
         from safetensors.torch import load_file
 
         state = load_file(path)
+        _refuse_other_network(state, path, "VGG19", "VGG content network (--vgg, the node's vgg19 input)")
         widths = _widths_from_state(state, path)
         model = cls(layers=layers, widths=widths)
         _load_strict(model, state, path, "VGG19 features")
         if device is not None:
             model = model.to(device)
         return model
+
+
+# torchvision ``features`` convolutions per network: a file's count names what it holds
+_CONVOLUTIONS = {5: "AlexNet", 13: "VGG16", 16: "VGG19"}
+# where each network goes in this pack (the CLI flag, the Load VGG/LPIPS node's input)
+_SLOT = {"VGG19": "the VGG content network (--vgg, the node's vgg19 input)",
+         "VGG16": "the LPIPS backbone with --lpips vgg (--lpips-backbone, the node's lpips_backbone, lpips_net vgg)",
+         "AlexNet": "the LPIPS backbone with --lpips alex (--lpips-backbone, the node's lpips_backbone, lpips_net alex)"}
+
+
+def _refuse_other_network(state: Dict[str, torch.Tensor], path: str, expected: str, slot: str) -> None:
+    """A file of another known network (VGG16 picked as VGG19, VGG19 as an LPIPS backbone ...) is named as such,
+    with where it belongs, instead of a list of missing and unexpected keys."""
+    convs = sum(1 for k, v in state.items() if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4)
+    found = _CONVOLUTIONS.get(convs)
+    if found is not None and found != expected:
+        raise ValueError(f"{os.path.basename(path)} holds {found} weights ({convs} convolutions), not {expected} "
+                         f"({slot}): pick it as {_SLOT[found]}, and a {expected} file here")
 
 
 def _widths_from_state(state: Dict[str, torch.Tensor], path: str) -> Tuple[int, ...]:
@@ -279,6 +298,8 @@ class LPIPSLoss(nn.Module):
         from safetensors.torch import load_file
 
         state = load_file(path)
+        expected = "VGG16" if self.net_name == "vgg" else "AlexNet"
+        _refuse_other_network(state, path, expected, f"the LPIPS {self.net_name} backbone")
         mapping = self._backbone_key_map()
         lpips_keys = set(mapping.values())
         converted: Dict[str, torch.Tensor] = {}

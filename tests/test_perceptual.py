@@ -160,7 +160,17 @@ def test_lpips_backbone_errors(tmp_path):
         LPIPSLoss(net="alex", backbone_path=tmp_path / "missing.safetensors")
     vgg_tiny = tmp_path / "vgg_tiny.safetensors"
     VGGFeatures(widths=TINY).save_safetensors(vgg_tiny)
-    with pytest.raises(ValueError, match="missing keys.*unexpected keys"):
+    # a file of another known network is named, with where it belongs (before: a list of missing / unexpected keys)
+    with pytest.raises(ValueError, match=r"vgg_tiny.safetensors holds VGG19 weights \(16 convolutions\), not AlexNet "
+                                         r".*pick it as the VGG content network \(--vgg, the node's vgg19 input\)"):
         LPIPSLoss(net="alex", backbone_path=vgg_tiny)
+    vgg16 = tmp_path / "vgg16.safetensors"
+    save_file({f"features.{i}.weight": torch.zeros(4, 4, 3, 3) for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)},
+              str(vgg16))
+    with pytest.raises(ValueError, match=r"vgg16.safetensors holds VGG16 weights \(13 convolutions\), not VGG19 .*"
+                                         r"pick it as the LPIPS backbone with --lpips vgg"):
+        VGGFeatures.from_safetensors(vgg16)
+    with pytest.raises(ValueError, match="holds VGG16 weights .* not AlexNet"):
+        LPIPSLoss(net="alex", backbone_path=vgg16)
     with pytest.raises(ValueError, match="net must be"):
         LPIPSLoss(net="squeeze")
