@@ -316,7 +316,7 @@ class StyleMambaSaveStyle:
             ch.Progress(1, unique_id).text(message)
             return {"ui": {"text": [message]}, "result": (same,)}
         stem = safe_style_filename(filename_prefix)[: -len(".safetensors")]
-        path = next_free_path(folder, stem, [Path(f) for f in ch.folder_paths_for("stylemamba")])
+        path = next_free_path([Path(f) for f in ch.folder_paths_for("stylemamba")], stem)  # saved in the first
         meta = dict(style.metadata)
         meta["name"] = path.stem  # the file's own name (counter included): two saved styles differ
         info = save_style(dataclasses.replace(style, metadata=meta), path)
@@ -352,14 +352,14 @@ def style_file_missing(name: str, kind: str, how: str) -> bool | str:
             "(refresh) and pick it")
 
 
-def next_free_path(folder: Path, stem: str, others: list[Path] = ()) -> Path:
-    """``folder/stem_00001.safetensors``, the first counter whose name is taken neither there nor in ``others``
-    (the other folders Load Style lists, e.g. from extra_model_paths.yaml): a new style must not hide one of the
-    same name that saved workflows load (existing files are never overwritten either)."""
+def next_free_path(folders: list[Path], stem: str) -> Path:
+    """``folders[0]/stem_00001.safetensors``, the first counter whose name no folder has: the others are those Load
+    Style lists too (e.g. from extra_model_paths.yaml), and a new style must not hide one of the same name that
+    saved workflows load (existing files are never overwritten either)."""
     counter = 1
-    while any((f / f"{stem}_{counter:05d}.safetensors").exists() for f in (folder, *others)):
+    while any((f / f"{stem}_{counter:05d}.safetensors").exists() for f in folders):
         counter += 1
-    return folder / f"{stem}_{counter:05d}.safetensors"
+    return folders[0] / f"{stem}_{counter:05d}.safetensors"
 
 
 NODES = [StyleMambaLoadTextModel, StyleMambaLoadPerceptual, StyleMambaLoadStyle, StyleMambaSaveStyle,

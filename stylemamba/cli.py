@@ -78,14 +78,16 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
 
 
+LPIPS_HELP = "LPIPS backbone; auto = vgg when --lpips-backbone is given, else off; vgg / alex need --lpips-backbone"
+
+
 def add_loss_models(p: argparse.ArgumentParser) -> None:
     """The frozen networks a training command reads: the image-text model, VGG19, LPIPS."""
     p.add_argument("--text-model", default="google/siglip-base-patch16-224",
                    help="SigLIP or CLIP: Hugging Face id or local folder")
     p.add_argument("--vgg", help="VGG19 features .safetensors for the VGG content loss (see README: Models)")
     p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
-                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off; "
-                        "vgg / alex need --lpips-backbone")
+                   help=LPIPS_HELP)
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS (see README: Models)")
 
 
@@ -721,8 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         + f" (default: {KNOWN_DEMO_MODELS[0]})")
     p.add_argument("--vgg", help="VGG19 features .safetensors")
     p.add_argument("--lpips", default="auto", choices=["auto", "vgg", "alex", "off"],
-                   help="LPIPS backbone; auto = vgg when --lpips-backbone is given, else off; "
-                        "vgg / alex need --lpips-backbone")
+                   help=LPIPS_HELP)
     p.add_argument("--lpips-backbone", help=".safetensors backbone weights for LPIPS")
     p.add_argument("--resolution", type=int, help="training size (default 128 with the known-meaning models, else 512)")
     p.add_argument("--epochs", type=int, default=20)

@@ -1,6 +1,7 @@
 """Reading and writing images (and video frames) as (B,C,H,W) float tensors in [0,1]."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -38,12 +39,22 @@ def load_image(path: str | Path, keep_alpha: bool = False) -> torch.Tensor:
 
 def _open_upright(path: Path, what: str, fix: str):
     """The image as viewers (and ComfyUI's Load Image) show it: a phone photo's EXIF orientation applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
+
+    with _opened(path, what, fix) as im:
+        im.load()
+        return ImageOps.exif_transpose(im)  # a copy, turned when the file says so
+
+
+@contextlib.contextmanager
+def _opened(path: Path, what: str = "", fix: str = "use PNG, JPEG or WebP"):
+    """``Image.open(path)`` (lazy: the header only, until pixels are asked for), with Pillow's errors turned into
+    one that names the file and the fix, for the pixels read inside the block too."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)  # a copy, turned when the file says so
+            yield im
     except Image.DecompressionBombError as exc:  # not an OSError
         raise ValueError(f"{what}{path.name} is too large to open ({exc}); downscale it or cut it into parts "
                          "first") from None
@@ -74,16 +85,8 @@ def _alpha(im) -> bool:
 
 def has_alpha(path: str | Path) -> bool:
     """Whether an image file has an alpha channel (read from its header; what ``load_image(keep_alpha=True)`` keeps)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return _alpha(im)
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"{Path(path).name} is too large to open ({exc}); downscale it or cut it into parts "
-                         "first") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{Path(path).name} is not a readable image ({exc}); use PNG, JPEG or WebP") from exc
+    with _opened(Path(path)) as im:
+        return _alpha(im)
 
 
 def load_mask(path: str | Path) -> torch.Tensor:
@@ -120,15 +123,13 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
 def check_readable(files: list[Path]) -> None:
     """Open every file's header (fast: no pixels are decoded), so that a bad file in a folder is named before any
     work starts rather than after half the results are written."""
-    from PIL import Image, UnidentifiedImageError
-
     bad = []
     for f in files:
         try:
-            with Image.open(f):
+            with _opened(f):
                 pass
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            bad.append(f"{f.name} ({' '.join(str(exc).split())[:120]})")
+        except ValueError as exc:  # Pillow's own words, without the file name and fix said once below
+            bad.append(f"{f.name} ({' '.join(str(exc.__cause__ or exc).split())[:120]})")
     if bad:
         raise ValueError(f"{len(bad)} of the {len(files)} input file(s) are not readable images: "
                          f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; fix or move them out, then retry")
