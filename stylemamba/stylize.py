@@ -233,7 +233,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     the styles' pictures, "weights" is 0.1.0's blend), or a built :class:`StyleModel` (then ``weights``/
     ``strength``/``blend`` must be left out: see :func:`as_style_model`). ``strength``: 0 = the VAE's
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
-    outside it. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
+    outside it; a batch whose mask is empty skips the pass. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
     over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
     real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: with at least 3 untiled batches of one size on CUDA
     (video frames), "auto" times the second batch and replays the rest as a CUDA graph if it was
@@ -270,16 +270,18 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     for start in range(0, b, batch_size):
         check_finite(rgb[start:start + batch_size], "image", first=start)
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
+        mm = None if m is None else m if m.shape[0] == 1 else m[start:start + batch_size]
         xp, (oh, ow) = _pad8(x)
-        if max(xp.shape[-2:]) > tile:
+        if mm is not None and float(mm.max()) == 0.0:
+            y = x  # nothing painted in these images: their pixels as they were, without the VAE's pass
+        elif max(xp.shape[-2:]) > tile:
             with autocast(device, precision):
                 z = _tiled(vae.encode, vae.encoder, xp, tile, overlap, 1 / 8, vae.latent_channels, 8)
                 y = _tiled(model.decoder, model.decoder, model.fuse(z), tile // 8, overlap // 8, 8, 3, 1)
         else:
             y = forward(xp)
         y = y.float().clamp(0, 1)[:, :, :oh, :ow]
-        if m is not None:
-            mm = m if m.shape[0] == 1 else m[start:start + batch_size]
+        if mm is not None:
             y = mm * y + (1 - mm) * x
         outs.append(y.cpu())
         if on_batch is not None:

@@ -86,6 +86,24 @@ def test_mask_keeps_original_pixels_outside(setup, photo):
         stylize(photo, vae, a, mask=torch.ones(1, 32, 32))
 
 
+def test_an_unpainted_mask_skips_the_pass(setup, photo, monkeypatch):
+    """Images whose mask is empty come back as they were, without the encoder and decoder's time (a video masked
+    in a few frames only, or a Mask Editor left blank, paid the whole pass for nothing)."""
+    vae, a, _ = setup
+    calls = []
+    encode = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda x: calls.append(x.shape[0]) or encode(x))
+    two = torch.cat([photo, photo.flip(-1)])
+    assert torch.equal(stylize(two, vae, a, mask=torch.zeros(1, 64, 64)), two)
+    assert calls == []
+    mask = torch.zeros(2, 64, 64)
+    mask[1] = 1
+    y = stylize(two, vae, a, mask=mask, batch_size=1)
+    assert calls == [1]  # the painted image only
+    assert torch.equal(y[:1], two[:1])
+    torch.testing.assert_close(y[1:], stylize(two[1:], vae, a))
+
+
 def test_mixing_two_styles_by_their_pictures(setup, photo):
     """blend="outputs" (the default): each style stylises at the strength and the pictures are averaged, so a
     50/50 mix lies exactly halfway between the two styles' pictures (docs/METHOD_CHOICES.md, item 7)."""
