@@ -12,19 +12,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 ALPHA_SUFFIXES = IMAGE_SUFFIXES - {".jpg", ".jpeg"}  # formats that store an alpha channel
 
 
-def check_finite(images: torch.Tensor, what: str = "image", first: int = 0) -> None:
-    """Refuse NaN or infinite pixels in (B,...) images: they would silently give NaN results.
+def check_finite(images: torch.Tensor, what: str = "image", first: int = 0, unit: str = "pixel value",
+                 cause: str = "whatever made it produced invalid pixels (e.g. a VAE decode that overflowed in fp16); "
+                              "fix or replace that image") -> None:
+    """Refuse NaN or infinite values in (B,...) images (or masks, latents): they would silently give NaN results.
 
     They come from an upstream step that failed (e.g. a VAE decode that overflowed in fp16).
-    Checked one image at a time, so a long video is never copied whole.
+    Checked one item at a time, so a long video is never copied whole.
     """
     for i in range(images.shape[0]):
         finite = torch.isfinite(images[i])
         if not bool(finite.all()):
             bad = int((~finite).sum())
-            raise ValueError(f"{what} {first + i} has {bad} NaN or infinite pixel value(s) out of "
-                             f"{images[i].numel()}: whatever made it produced invalid pixels (e.g. a VAE decode "
-                             "that overflowed in fp16); fix or replace that image")
+            raise ValueError(f"{what} {first + i} has {bad} NaN or infinite {unit}(s) out of {images[i].numel()}: "
+                             f"{cause}")
 
 
 def load_image(path: str | Path, keep_alpha: bool = False) -> torch.Tensor:

@@ -233,14 +233,14 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     the styles' pictures, "weights" is 0.1.0's blend), or a built :class:`StyleModel` (then ``weights``/
     ``strength``/``blend`` must be left out: see :func:`as_style_model`). ``strength``: 0 = the VAE's
     reconstruction, 1 (default) = the full style. ``mask`` (1 = stylise) keeps the original pixels
-    outside it; a batch whose mask is empty skips the pass. Images larger than ``tile_size`` on a side run the VAE in overlapping tiles (feathered
-    over ``tile_overlap`` pixels, default min(128, tile_size / 2); tile_size at least 128, 256 or more for
-    real SD VAEs). ``on_batch(done, total)`` reports progress. ``cuda_graphs``: with at least 3 untiled batches of one size on CUDA
-    (video frames), "auto" times the second batch and replays the rest as a CUDA graph if it was
-    launch-bound, "on" replays from the second batch (the graph is freed at the end of the call); "off":
-    eager; or a
-    :func:`graphed_forward` of the same VAE, model and precision, kept by the caller across calls (a video
-    stylised batch by batch).
+    outside it; a batch whose mask is empty skips the pass. Images larger than ``tile_size`` on a side
+    run the VAE in overlapping tiles (feathered over ``tile_overlap`` pixels, default min(128, tile_size
+    / 2); tile_size at least 128, 256 or more for real SD VAEs). ``on_batch(done, total)`` reports
+    progress. ``cuda_graphs``: with at least 3 untiled batches of one size on CUDA (video frames),
+    "auto" times the second batch and replays the rest as a CUDA graph if it was launch-bound, "on"
+    replays from the second batch (the graph is freed at the end of the call); "off": eager; or a
+    :func:`graphed_forward` of the same VAE, model and precision, kept by the caller across calls (a
+    video stylised batch by batch).
     """
     model = as_style_model(vae, styles, weights, strength, blend)
     rgb, alpha = _as_rgb(images)
@@ -311,10 +311,8 @@ def _check_latents(z: torch.Tensor, vae: SDVAE) -> None:
         raise ValueError(f"latent of shape {tuple(z.shape)} does not fit this VAE ({vae.latent_channels} "
                          "channels, 2D): use latents made with the same VAE / model family")
     _check_not_empty(z.shape[0], "latent")
-    for i in range(z.shape[0]):
-        if not bool(torch.isfinite(z[i]).all()):
-            raise ValueError(f"latent {i} has NaN or infinite values: the sampler or VAE that made it failed (e.g. "
-                             "overflowed in fp16); fix that step, or try it in fp32 / bf16")
+    check_finite(z, "latent", unit="value", cause="the sampler or VAE that made it failed (e.g. overflowed in fp16); "
+                                                   "fix that step, or try it in fp32 / bf16")
 
 
 def _check_not_empty(count: int, what: str) -> None:
