@@ -1,5 +1,5 @@
 #!/bin/bash
-# call AY (prepared 2026-12-04, NOT YET RUN: no device machine was lent that session). On the GPU: the review fixes
+# call AY (prepared 2026-12-04, run 2026-12-05). On the GPU: the review fixes
 # ce64257 / 629e3c6 and the current-device guards 52e7621 / 2ca66b9 (the workspace, graph, style-model and
 # current-device tests, with the cudaMallocAsync re-run; the nodes inside ComfyUI); which step of a second graph
 # slows every replay (callAY_graphs.py); where a new style's Stylize time goes (callAY_build.py).
