@@ -1,4 +1,5 @@
 """StyleModel: training and stylising run the same forward pass; the views of a step; latents in and out."""
+import dataclasses
 import functools
 
 import pytest
@@ -120,6 +121,30 @@ def test_host_copies_per_tensor_and_in_one_buffer(one_buffer, tmp_path, trained,
             torch.testing.assert_close(loaded.decoder_delta[k], v.to(dtype).float(), msg=k)
         for k, v in style.fusion_state.items():
             assert torch.equal(loaded.fusion_state[k], v), k
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_a_built_style_gets_its_decoder_delta_in_one_copy_equal_to_copies_per_tensor(device, trained, tiny_models,
+                                                                                      monkeypatch):
+    """Building a style's model adds its decoder delta to a decoder copy; the delta goes to the decoder's device
+    as ONE buffer (pinned where CUDA allows), which must give the same weights as a copy per tensor, for one
+    style and for a weights-blend of two."""
+    from stylemamba import style_model
+
+    vae, _, style = trained
+    vae = load_vae(tiny_models["vae"], device=device) if device != "cpu" else vae
+    other = dataclasses.replace(style, decoder_delta={k: -0.5 * v for k, v in style.decoder_delta.items()})
+    built = {}
+    for one_buffer in (False, True):
+        with monkeypatch.context() as m:
+            m.setattr(style_model, "_add_deltas", functools.partial(style_model._add_deltas, one_buffer=one_buffer))
+            built[one_buffer] = [StyleModel.from_styles(vae, [style], strength=0.7),
+                                 StyleModel.from_styles(vae, [style, other], [0.3, 0.7], blend="weights")]
+    for a, b in zip(built[False], built[True]):
+        state_a, state_b = a.decoder.state_dict(), b.decoder.state_dict()
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    base = vae.make_decoder().state_dict()
+    assert any(not torch.equal(base[k], v) for k, v in built[True][0].decoder.state_dict().items())
 
 
 @needs_cuda
