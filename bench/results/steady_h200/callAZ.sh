@@ -23,4 +23,6 @@ for env in unset 0 1; do
 done
 timeout 90 python3 -c "import os, sys, torch; torch.zeros(1, device='cuda'); os.environ['CUDA_GRAPHS_USE_NODE_PRIORITY'] = '0'; sys.argv = ['x', 'none']; exec(open('$S/callAT_cupti.py').read())" > $OUT/tiny_late0.txt 2>&1
 echo "tiny env=0 set inside the process exit $?"; grep "RESULT\|Error" $OUT/tiny_late0.txt | cut -c1-300
+t build
+timeout 90 python3 $S/callAZ_build.py > $OUT/build.txt 2>&1; echo "build exit $?"; grep "RESULT\|Error" $OUT/build.txt
 t done
