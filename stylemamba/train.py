@@ -269,6 +269,10 @@ class StepViews:
 
 
 def _resize(y: torch.Tensor, size: int) -> torch.Tensor:
+    """``y`` resized for the image tower; on the CPU in fp32 (its antialiased bicubic has no bf16 / fp16 kernel,
+    so ``precision="bf16"`` on a CPU failed in the first step)."""
+    if y.device.type == "cpu" and y.dtype in (torch.bfloat16, torch.float16):
+        return _resize(y.float(), size).to(y.dtype)
     return F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
