@@ -161,10 +161,12 @@ def test_rgba_result_to_jpeg_is_refused_before_work(tiny_models, style_file, tmp
     (("--tile-size", "0"), ("--tile-size 0", "at least 256")),
     (("--tile-size", "100"), ("--tile-size 100", "multiple of 8")),
     (("--device", "cuda"), ("no CUDA GPU", "--device cpu")),
+    (("--device", "mps"), ("--device 'mps' is not available here", "use auto, cpu, cuda")),  # before: a traceback
 ])
 def test_bad_numbers_and_devices(tiny_models, style_file, photos, tmp_path, flags, needles):
-    if flags[0] == "--device" and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+    there = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(flags[1])
+    if there is not None and there():
+        pytest.skip(f"this machine has {flags[1]}")
     _, (photo, _) = photos
     proc = run(*stylize_args(tiny_models, style_file, "--input", photo, "--output", tmp_path / "x.png", *flags))
     one_line_error(proc, *needles)
