@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +65,21 @@ def check_tile_size(value: int) -> None:
 def refuse_existing(path: Path, overwrite: bool, what: str = "output") -> None:
     if path.exists() and not overwrite:
         raise ValueError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another name")
+
+
+def refuse_unwritable(path: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output whose folder cannot take it (a file in the way, a folder not writable):
+    found only when the result was saved, it lost the whole training run."""
+    folder = next(p for p in path.absolute().parents if p.exists())
+    why = None if folder.is_dir() else "is a file, not a folder"
+    if why is None:
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            why = f"takes no new file ({exc.strerror or exc})"
+    if why:
+        raise ValueError(f"{flag} {path} cannot be written: {folder} {why}; choose a place in a folder you can write "
+                         "to (nothing was changed)")
 
 
 def refuse_inputs(targets: list[Path], inputs: list[Path]) -> None:
@@ -154,6 +170,7 @@ def cmd_train(args) -> int:
     files = [f for src in args.content for f in list_images(src)]
     refuse_inputs([out], files)
     refuse_existing(out, args.overwrite, "style file")
+    refuse_unwritable(out)
     for flag, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch)):
         at_least(flag, value, 1)
     device = pick_device(args.device)
@@ -267,6 +284,7 @@ def cmd_train_universal(args) -> int:
         cfg.__post_init__()
         out = style_path(args.out)
         refuse_existing(out, args.overwrite, "universal model")
+        refuse_unwritable(out)
         bank = load_prompt_bank(args.bank, tags=args.tags.split(",") if args.tags else None)
         if args.hold_out:
             bank = bank.without(args.hold_out)

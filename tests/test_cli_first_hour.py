@@ -121,6 +121,23 @@ def test_train_refuses_to_overwrite_a_style(tiny_models, style_file, photos, tmp
     assert existing.read_bytes() == style_file.read_bytes()
 
 
+@pytest.mark.parametrize("command", ["train", "train-universal"])
+def test_an_out_that_cannot_be_written_is_refused_before_training(photos, tmp_path, command):
+    """Before, a file in the way of --out's folder (or a folder not writable) was found only when the trained
+    style was saved: the whole run was lost, with "[Errno 17] File exists" (or a traceback) as the only word."""
+    folder, (photo, _) = photos
+    (tmp_path / "styles").write_text("a file, not a folder")
+    common = ("--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no-model",
+              "--out", tmp_path / "styles" / "mine")
+    if command == "train":
+        proc = run("train", *common, "--prompt", "pop art", "--content", photo)
+    else:
+        proc = run("train-universal", *common, "--images", folder, "--checkpoint-dir", tmp_path / "ck")
+    one_line_error(proc, f"--out {tmp_path / 'styles' / 'mine.safetensors'} cannot be written",
+                   f"{tmp_path / 'styles'} is a file, not a folder", "folder you can write to")
+    assert (tmp_path / "styles").read_text() == "a file, not a folder"
+
+
 @pytest.mark.slow
 def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
     _, (photo, _) = photos
