@@ -156,9 +156,9 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from .encoders import load_text_image_encoder
-    from .image_io import list_images, load_image
+    from .image_io import list_images
     from .style_file import free_path, save_style, style_path
-    from .train import TrainConfig, TrainingCancelled, apply_preset, train_style
+    from .train import TrainConfig, TrainingCancelled, apply_preset, load_content, train_style
     from .vae import load_vae
 
     if bool(args.prompt) == bool(args.reference):
@@ -196,7 +196,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"--memory-plan: {exc}") from None
         cfg.memory_plan = args.memory_plan
     cfg.__post_init__()
-    content = [load_image(f) for f in files]
+    content = [load_content(f, cfg.resolution) for f in files]
     vgg, lp = load_perceptual(args, device)  # first: its flag mistakes are named before the big models load
     warn_unused_vgg(vgg, cfg.loss)
     vae = load_vae(args.vae, device=device)
@@ -206,7 +206,7 @@ def cmd_train(args) -> int:
         from .direction import TextDirection
         from .train import prepare_content
 
-        refs = [load_image(f) for src in args.reference for f in list_images(src)]
+        refs = [load_content(f, cfg.resolution) for src in args.reference for f in list_images(src)]
         direction = TextDirection.from_reference(text, prepare_content(refs, cfg.resolution),
                                                  source_images=prepare_content(content, cfg.resolution),
                                                  source_prompt=cfg.loss.source_prompt,

@@ -19,6 +19,7 @@ import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_opt
                           trim_graph_memory, uses_async_allocator, why_the_allocator_forbids_graphs)
 from .errors import OutOfMemory, is_out_of_memory, memory_kind, training_out_of_memory
 from .fusion import FusionConfig
-from .image_io import check_finite
+from .image_io import check_finite, load_image
 from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
                           smaller_plan)
 from .options import from_options
@@ -184,17 +185,26 @@ class TrainingCancelled(Exception):
         self.partial = partial
 
 
-def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int) -> torch.Tensor:
-    """(B,3,H,W) or a list of (3,H,W)/(1,3,H,W) images in [0,1] -> (B,3,res,res): short side resized, centre crop."""
+def load_content(path: str | Path, resolution: int) -> torch.Tensor:
+    """An image file as training content (1,3,res,res), brought to the training size as it is read: a folder of
+    phone photos kept at full size until training held gigabytes (12 MP: 144 MB each); a mistake names the file."""
+    return prepare_content(load_image(path), resolution, names=[Path(path).name])
+
+
+def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
+                    names: Sequence[str] | None = None) -> torch.Tensor:
+    """(B,3,H,W) or a list of (3,H,W)/(1,3,H,W) images in [0,1] -> (B,3,res,res): short side resized, centre crop.
+    ``names``: what errors call the images (their files), else their positions."""
     items = list(images) if isinstance(images, (list, tuple)) else list(images.unbind(0)) if images.dim() == 4 else [images]
     if not items:
         raise ValueError("no content images: give at least one image to train the style on")
     out = []
     for i, im in enumerate(items):
+        what = f"content image {names[i] if names else i}"
         if im.dim() == 4 and im.shape[0] == 1:
             im = im[0]
         if im.dim() != 3 or im.shape[0] not in (1, 3, 4):
-            raise ValueError(f"content image {i} has shape {tuple(im.shape)}; expected (3,H,W) RGB in [0,1]")
+            raise ValueError(f"{what} has shape {tuple(im.shape)}; expected (3,H,W) RGB in [0,1]")
         im = im.float()
         check_finite(im[None], "content image", first=i)
         if im.shape[0] == 1:
@@ -203,7 +213,7 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int) 
             im = im[:3]
         h, w = im.shape[-2:]
         if min(h, w) < 8:
-            raise ValueError(f"content image {i} is {w}x{h} (width x height); it must be at least 8 pixels on each side")
+            raise ValueError(f"{what} is {w}x{h} (width x height); it must be at least 8 pixels on each side")
         scale = resolution / min(h, w)
         nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
         im = F.interpolate(im[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]

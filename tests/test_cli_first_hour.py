@@ -138,6 +138,17 @@ def test_an_out_that_cannot_be_written_is_refused_before_training(photos, tmp_pa
     assert (tmp_path / "styles").read_text() == "a file, not a folder"
 
 
+def test_a_content_image_too_small_is_named_by_its_file_before_the_models_load(photos, tmp_path):
+    """Before: 'content image 2 is 200x4', once the VAE and the text model had loaded (which file of a folder is
+    image 2?). Content images are now brought to the training size as they are read (a folder of phone photos
+    no longer sits in memory at full size), so a mistake is found there, by file."""
+    folder, _ = photos
+    save_image(torch.rand(3, 4, 200), folder / "strip.png")
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no-model",
+               "--prompt", "pop art", "--content", folder, "--out", tmp_path / "s")
+    one_line_error(proc, "content image strip.png is 200x4", "at least 8 pixels")
+
+
 @pytest.mark.slow
 def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
     _, (photo, _) = photos
