@@ -166,6 +166,13 @@ def cmd_train(args) -> int:
     if args.reference and args.weights:
         raise ValueError("--weights mixes several --prompt styles; a --reference picture has none to mix: "
                          "drop --weights")
+    if args.weights:  # checked here, not after the models have loaded, and named by its flag
+        from .mixing import normalise_weights
+
+        try:
+            normalise_weights(args.weights, len(args.prompt), "prompt")
+        except ValueError as exc:
+            raise ValueError(f"--weights: {exc} (one per --prompt, in their order)") from None
     out = style_path(args.out)
     files = [f for src in args.content for f in list_images(src)]
     refuse_inputs([out], files)

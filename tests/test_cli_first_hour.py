@@ -389,6 +389,17 @@ def test_train_refuses_weights_with_a_reference_picture(photos, tmp_path):
     one_line_error(proc, "--weights mixes several --prompt styles", "drop --weights")
 
 
+@pytest.mark.parametrize("weights, needle", [(["1"], "must be 2 non-negative"), (["1", "-1"], "[1.0, -1.0]"),
+                                             (["0", "0"], "positive sum")])
+def test_train_checks_its_weights_against_the_prompts_before_the_models_load(photos, tmp_path, weights, needle):
+    """Before: 'prompt weights [1.0] must be 2 ...' once the VAE and the text model had loaded, without the flag."""
+    _, (photo, _) = photos
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no-model",
+               "--prompt", "fire", "--prompt", "ice", "--weights", *weights, "--content", photo,
+               "--out", tmp_path / "s")
+    one_line_error(proc, "--weights: prompt weights", needle, "one per --prompt")
+
+
 def test_an_lpips_backbone_named_without_its_weights_is_refused_before_the_models_load(photos, tmp_path):
     _, (photo, _) = photos
     (tmp_path / "bank.txt").write_text("pop art\nink wash\n")
