@@ -630,6 +630,9 @@ def cmd_check(args) -> int:
     """The functional proof as a health check: train styles with known-meaning models, judge held-out photos."""
     from .testing.check import run_check
 
+    at_least("--threads", args.threads, 0)
+    if args.json:  # found before minutes of training, not when the figures are written
+        refuse_unwritable(Path(args.json), "--json")
     return run_check(quick=args.quick, long=args.long, seed=args.seed, json_path=args.json, threads=args.threads,
                      broken=args.broken, perceptual=args.perceptual)
 

@@ -2,6 +2,7 @@
 
 Every case runs ``python -m stylemamba`` in a subprocess, as a user types it.
 """
+import io
 import json
 import os
 import subprocess
@@ -398,6 +399,21 @@ def test_train_checks_its_weights_against_the_prompts_before_the_models_load(pho
                "--prompt", "fire", "--prompt", "ice", "--weights", *weights, "--content", photo,
                "--out", tmp_path / "s")
     one_line_error(proc, "--weights: prompt weights", needle, "one per --prompt")
+
+
+def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
+    """Before: --threads -2 was a RuntimeError traceback, and a --json that could not be written failed only after
+    the minutes of training; a --json in a folder not there yet failed then too (it is now made)."""
+    one_line_error(run("check", "--threads", "-2"), "--threads -2 is too small", "at least 0")
+    (tmp_path / "results").write_text("a file")
+    proc = run("check", "--quick", "--json", tmp_path / "results" / "check.json")
+    one_line_error(proc, f"--json {tmp_path / 'results' / 'check.json'} cannot be written", "is a file, not a folder")
+    assert "trained" not in proc.stdout
+    from stylemamba.testing.check import report
+    from stylemamba.testing.proof import Row
+
+    report([Row("r", "1", "> 0", True, "it works")], 1.0, io.StringIO(), str(tmp_path / "new" / "check.json"))
+    assert json.loads((tmp_path / "new" / "check.json").read_text())[0]["name"] == "r"
 
 
 def test_an_lpips_backbone_named_without_its_weights_is_refused_before_the_models_load(photos, tmp_path):

@@ -79,6 +79,7 @@ def report(rows: Sequence[Row], seconds: float, out=sys.stdout, json_path: str |
                else f"expected: {r.proves}")
         print(f"  {r.status} {r.name}: {why}", file=out)
     if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps([{"name": r.name, "status": r.status, "measured": r.value,
                                                 "bound": r.bound, "proves": r.proves,
                                                 **({"perceptual": perceptual} if perceptual else {}), **r.numbers}
