@@ -567,6 +567,8 @@ def cmd_demo(args) -> int:
     from .vae import load_vae
 
     out = Path(args.out)
+    refuse_unwritable(out / "demo-style.safetensors", "--out")
+    at_least("--epochs", args.epochs, 1)
     device = pick_device(args.device)
     text_name = args.text_model or KNOWN_DEMO_MODELS[0]
     known = text_name in KNOWN_DEMO_MODELS

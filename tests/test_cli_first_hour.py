@@ -401,6 +401,17 @@ def test_train_checks_its_weights_against_the_prompts_before_the_models_load(pho
     one_line_error(proc, "--weights: prompt weights", needle, "one per --prompt")
 
 
+def test_the_demo_checks_its_out_and_epochs_before_it_trains(tmp_path):
+    """Before: a file in the way of --out was a NotADirectoryError traceback after the training; --epochs 0 was
+    named 'TrainConfig.epochs'."""
+    (tmp_path / "results").write_text("a file")
+    proc = run("demo", "--device", "cpu", "--out", tmp_path / "results" / "demo")
+    one_line_error(proc, f"--out {tmp_path / 'results' / 'demo' / 'demo-style.safetensors'} cannot be written",
+                   "is a file, not a folder")
+    assert "demo: prompt" not in proc.stdout
+    one_line_error(run("demo", "--device", "cpu", "--out", tmp_path / "d", "--epochs", "0"), "--epochs 0 is too small")
+
+
 def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
     """Before: --threads -2 was a RuntimeError traceback, and a --json that could not be written failed only after
     the minutes of training; a --json in a folder not there yet failed then too (it is now made)."""
