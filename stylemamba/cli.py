@@ -545,6 +545,7 @@ def cmd_info(args) -> int:
 def cmd_tiny_models(args) -> int:
     from .testing.tiny_models import build_tiny_models
 
+    refuse_unwritable(Path(args.out) / "manifest.json", "tiny-models")
     paths = build_tiny_models(args.out, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0

@@ -412,6 +412,11 @@ def test_the_demo_checks_its_out_and_epochs_before_it_trains(tmp_path):
     one_line_error(run("demo", "--device", "cpu", "--out", tmp_path / "d", "--epochs", "0"), "--epochs 0 is too small")
 
 
+def test_tiny_models_into_a_place_it_cannot_write_is_one_line(tmp_path):
+    (tmp_path / "models").write_text("a file")  # before: a NotADirectoryError traceback
+    one_line_error(run("tiny-models", tmp_path / "models" / "tiny"), f"{tmp_path / 'models'} is a file, not a folder")
+
+
 def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
     """Before: --threads -2 was a RuntimeError traceback, and a --json that could not be written failed only after
     the minutes of training; a --json in a folder not there yet failed then too (it is now made)."""
