@@ -112,13 +112,28 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     # written beside, then renamed: a Ctrl-C or a full disk never leaves a truncated file under the final name
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    partial = partial_file(path)
     try:
         Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save(partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def partial_file(dst: Path, keep_suffix: bool = True) -> Path:
+    """A new hidden file next to ``dst`` to write into, renamed over ``dst`` at the end: a failure never leaves a
+    half ``dst``, and a file that already has the temporary name (the user's, or another run's) is never taken.
+    ``keep_suffix``: end in ``dst``'s suffix (writers that pick the format by it); else the name ends in
+    ``.partialN``, so that a folder listing of ``dst``'s kind does not show it while it is written."""
+    for n in range(1000):
+        tmp = dst.with_name(f".{dst.name}.partial{n or ''}{dst.suffix if keep_suffix else ''}")
+        try:
+            tmp.touch(exist_ok=False)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dst.parent} is full of unfinished .{dst.name}.partial* files; delete them and try again")
 
 
 def check_readable(files: list[Path]) -> None:

@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .image_io import partial_file
+
 log = logging.getLogger("stylemamba")
 
 # containers FFmpeg reads that cameras, phones and the web write (inputs); outputs are OUTPUT_SUFFIXES only
@@ -78,7 +80,7 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
             log.info("video: %s is stored sideways; its frames are turned upright (%dx%d) before stylising",
                      src.name, width, height)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _partial_file(dst)
+        tmp = partial_file(dst)
         out = av.open(str(tmp), "w", format=_container_format(dst))
         try:
             vout = _video_stream(out, fps, time_base, width, height, crf)
@@ -160,19 +162,6 @@ def check_destination(src: Path, dst: Path) -> None:
     if not folder.is_dir():
         raise ValueError(f"output {dst} cannot be written: {folder} is a file, not a folder; choose an output "
                          "inside a folder (nothing was changed)")
-
-
-def _partial_file(dst: Path) -> Path:
-    """A new file next to ``dst`` to write into, renamed at the end: a failure never leaves a half ``dst``,
-    and a file that already has the temporary name (the user's, or another run's) is never taken."""
-    for n in range(1000):
-        tmp = dst.with_name(f"{dst.name}.partial{n or ''}{dst.suffix}")
-        try:
-            tmp.touch(exist_ok=False)
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{dst.parent} is full of unfinished {dst.name}.partial* files; delete them and try again")
 
 
 def _remove_partial(tmp: Path) -> None:

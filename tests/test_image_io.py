@@ -69,3 +69,12 @@ def test_save_image_never_leaves_a_truncated_file_under_the_final_name(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         save_image(torch.ones(3, 8, 8), tmp_path / "out.png")
     assert (tmp_path / "out.png").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_save_image_keeps_a_file_that_has_its_temporary_name(tmp_path):
+    """The temporary name a save writes into first may be taken (the user's file, another run's): never by us."""
+    (tmp_path / ".out.png.partial.png").write_bytes(b"the user's file")
+    save_image(torch.zeros(3, 8, 8), tmp_path / "out.png")
+    assert (tmp_path / ".out.png.partial.png").read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.png.partial.png", "out.png"]
+

@@ -35,6 +35,30 @@ def test_save_load_gives_identical_outputs(tmp_path, trained, photo):
     assert torch.equal(stylize(photo, vae, loaded), stylize(photo, vae, style))
 
 
+def test_saving_a_style_keeps_a_file_that_has_its_temporary_name_and_leaves_nothing_when_it_fails(
+        tmp_path, trained, monkeypatch):
+    """A style is written under a temporary name, then renamed: a file that already has that name (the user's,
+    or another run's saving the same style) is not taken, and a failed write leaves neither file behind."""
+    import safetensors.torch
+
+    _, style = trained
+    (tmp_path / "starry.safetensors.partial").write_bytes(b"the user's file")
+    (tmp_path / ".starry.safetensors.partial").write_bytes(b"another run's")
+    save_style(style, tmp_path / "starry")
+    assert (tmp_path / "starry.safetensors.partial").read_bytes() == b"the user's file"
+    assert (tmp_path / ".starry.safetensors.partial").read_bytes() == b"another run's"
+    assert load_style(tmp_path / "starry.safetensors").digest() == style.digest()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_style(style, tmp_path / "other")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".starry.safetensors.partial", "starry.safetensors",
+                                                         "starry.safetensors.partial"]
+
+
 def test_fp16_delta_is_close_and_smaller(tmp_path, trained, photo):
     vae, style = trained
     full = save_style(style, tmp_path / "a", delta_dtype=torch.float32)

@@ -221,18 +221,18 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_frame(tmp_path):
 
 def test_a_file_in_the_way_of_the_temporary_output_is_kept(tmp_path):
     clip = write_clip(tmp_path / "in.mp4")
-    (tmp_path / "out.mp4.partial.mp4").write_bytes(b"the user's file")
+    (tmp_path / ".out.mp4.partial.mp4").write_bytes(b"the user's file")
     stylize_video(clip, tmp_path / "out.mp4", lambda x: x)
-    assert (tmp_path / "out.mp4.partial.mp4").read_bytes() == b"the user's file"
+    assert (tmp_path / ".out.mp4.partial.mp4").read_bytes() == b"the user's file"
     assert len(frame_times(tmp_path / "out.mp4")) == 10
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "out.mp4.partial.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.mp4.partial.mp4", "in.mp4", "out.mp4"]
 
 
 def test_a_failed_cleanup_never_hides_the_error_that_stopped_the_video(tmp_path, caplog):
     clip = write_clip(tmp_path / "in.mp4")
 
     def broken(x):
-        partial = tmp_path / "out.mp4.partial.mp4"  # something else takes the unfinished file's place
+        partial = tmp_path / ".out.mp4.partial.mp4"  # something else takes the unfinished file's place
         partial.unlink(missing_ok=True)
         (partial / "kept").mkdir(parents=True)
         raise RuntimeError("out of luck")
