@@ -249,6 +249,8 @@ def cmd_train(args) -> int:
         if cancelled.partial is None:
             print("cancelled before the first step: no style written", file=sys.stderr)
             return 130
+        if args.name:
+            cancelled.partial.style.metadata["name"] = args.name
         info = save_style(cancelled.partial.style, free_path(out.with_name(out.stem + "-partial.safetensors")))
         print(f"cancelled after {cancelled.partial.steps} steps: partial style saved to {info['path']}",
               file=sys.stderr)

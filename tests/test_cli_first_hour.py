@@ -299,7 +299,7 @@ def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(ti
     earlier.write_bytes(b"an earlier partial style")
     code, err = interrupted(("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model",
                              tiny_models["siglip"], "--prompt", "pop art", "--content", photo, "--out", out,
-                             "--resolution", "64", "--epochs", "2000"), rb"\| *[1-9]\d*/2000")
+                             "--name", "Pop v2", "--resolution", "64", "--epochs", "2000"), rb"\| *[1-9]\d*/2000")
     assert code == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     saved = tmp_path / "mine-partial-2.safetensors"
@@ -309,6 +309,7 @@ def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(ti
     assert earlier.read_bytes() == b"an earlier partial style" and not out.exists()
     info = json.loads(run("info", saved, "--full").stdout)
     assert info["recipe"]["epochs"] == 2000 and info["recipe"]["resolution"] == 64
+    assert info["name"] == "Pop v2"  # --name holds for the partial style too
 
 
 def test_ctrl_c_during_universal_training_keeps_an_earlier_partial_model(tiny_models, photos, tmp_path):
