@@ -620,8 +620,10 @@ class StyleTrainer:
         its content (latents, image embeddings, VGG features), computed once before the steps."""
         self._recipe = _recipe_kind(config)  # what a restart must keep (the buffers the steps read depend on it)
         self.direction = _as_direction(self.text, direction, prompt_weights, config.loss.source_prompt)
-        if isinstance(start, UniversalModel):  # fine-tuning: the universal model's style for this direction
-            start = start.style(self.direction.e_t, self.direction.metadata())
+        if isinstance(start, UniversalModel):  # fine-tuning: the universal model's style for this direction,
+            from .universal import style_from_universal  # checked to come from its text model (universal imports us)
+
+            start = style_from_universal(start, self.direction)
         self.start = start
         # the recipe recorded in the style names the source prompt the direction really used (and the
         # architecture of the starting style's fusion module, when there is one)

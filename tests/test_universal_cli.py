@@ -94,3 +94,17 @@ def test_train_from_a_reference_picture_and_from_the_universal_model(setup, caps
     capsys.readouterr()
     assert main(base + ["--out", str(root / "x.safetensors")]) == 2
     assert "--prompt TEXT or as --reference" in capsys.readouterr().err
+
+
+def test_fine_tuning_from_a_universal_model_refuses_another_text_model(setup, tiny_models, capsys):
+    """The tiny CLIP has SigLIP's embedding size: only the check of the text model tells them apart."""
+    root, common, _ = setup
+    recipe = root / "style_recipe.json"
+    recipe.write_text(json.dumps({"epochs": 1, "resolution": 64, "loss": {"n_crops": 2, "crop_fraction": 0.5},
+                                  "fusion": {"width": 8, "depth": 1, "d_state": 2}}))
+    out = root / "clip_fine.safetensors"
+    assert main(["train", *common, "--text-model", str(tiny_models["clip"]), "--content", str(root / "rocket.png"),
+                 "--config", str(recipe), "--quiet", "--prompt", "watercolor", "--start-from",
+                 str(root / "uni.safetensors"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with the text model 'siglip'" in err and not out.exists(), err
