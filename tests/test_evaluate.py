@@ -14,6 +14,7 @@ from stylemamba.experiments.baselines.clipstyler import StyleUNet
 from stylemamba.experiments.evaluate import read_prompts, run_evaluation
 from stylemamba.experiments.metrics import count_parameters
 from stylemamba.image_io import save_image
+from stylemamba.style_file import load_style
 from stylemamba.perceptual import LPIPSLoss
 
 PROMPTS = ["an oil painting by Van Gogh", "ukiyo-e woodblock print"]
@@ -176,3 +177,22 @@ def test_bad_inputs_are_explained(setup, tiny_models, tmp_path):
     code = cli.main(["eval", "--device", "cpu", "--content", str(tmp_path / "missing"), "--prompts",
                      str(setup / "prompts.txt"), "--out", str(tmp_path / "o")])
     assert code == 2
+
+
+def test_prompts_or_images_alike_in_file_name_keep_their_own_files(setup, tiny_models, tmp_path):
+    """'pop art' and 'Pop Art!' (or two long prompts alike in their first 40 characters) have one slug: each gets its
+    own style and image, not the other's; a.png and a.jpg would share their results' names: refused up front."""
+    prompts = ["pop art", "Pop Art!"]
+    report = run_evaluation([setup / "content" / "chelsea.png"], prompts, tmp_path / "out", "stylemamba",
+                            vae=tiny_models["vae"], train_config=small_config(epochs=1),
+                            train_text_model=tiny_models["siglip"], resolution=64, device="cpu", progress=False,
+                            print_table=False)
+    styles = report["models"]["stylemamba"]["styles"]
+    assert {s["train_seconds_from"] for s in styles.values()} == {"measured"}
+    assert {p: load_style(s["file"]).metadata["prompts"] for p, s in styles.items()} == {p: [p] for p in prompts}
+    outputs = {r["output"] for r in report["rows"]}
+    assert len(outputs) == 2 and all((tmp_path / "out" / o).is_file() for o in outputs)
+    shutil.copy(setup / "content" / "chelsea.png", tmp_path / "Chelsea.jpg")
+    with pytest.raises(ValueError, match="chelsea.png and Chelsea.jpg would share"):
+        run_evaluation([setup / "content" / "chelsea.png", tmp_path / "Chelsea.jpg"], prompts, tmp_path / "o2",
+                       device="cpu")

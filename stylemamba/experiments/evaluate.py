@@ -64,6 +64,12 @@ def slug(text: str, limit: int = 40) -> str:
     return (s[:limit].rstrip("-") or "prompt")
 
 
+def prompt_stem(prompt: str) -> str:
+    """A prompt's part of its files' names: its slug and a short hash of it, because prompts differing only in case,
+    punctuation or after 40 characters share a slug and one would read (or write over) the other's style and images."""
+    return f"{slug(prompt)}-{_hash(prompt)[:6]}"
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -88,6 +94,12 @@ def _content_files(sources: Sequence[str | Path]) -> list[Path]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"content images with the same file name {dupes}: rename them (names identify rows)")
+    stems: dict[str, Path] = {}
+    for f in files:  # results are named by the stem (a case-blind disk ignores its case)
+        other = stems.setdefault(f.stem.lower(), f)
+        if other is not f:
+            raise ValueError(f"content images {other.name} and {f.name} would share their results' file names: "
+                             "rename one of them")
     return files
 
 
@@ -258,7 +270,7 @@ class _Session:
         """Measure, save the image, append the row to results.jsonl (flushed: an interruption loses nothing)."""
         from ..image_io import save_image
 
-        rel = Path("images") / method / f"{Path(name).stem}__{slug(prompt)}.png"
+        rel = Path("images") / method / f"{Path(name).stem}__{prompt_stem(prompt)}.png"
         save_image(y, self.out / rel)
         row = {"method": method, "image": name, "prompt": prompt, **self.suite.measure(x, y, prompt), **fields,
                "output": rel.as_posix()}
@@ -549,7 +561,7 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
     pending_prompts = [p for p in prompts if any(k[2] == p for k in todo)]
     train_images = None
     for prompt in tqdm(pending_prompts, desc="StyleMamba styles", unit="style", **bar_kw):
-        cached = cache_dir / f"{slug(prompt)}-{key}.safetensors"
+        cached = cache_dir / f"{prompt_stem(prompt)}-{key}.safetensors"
         if prompt in library:
             style = load_style(library[prompt])
             source, train_s = str(library[prompt]), style.metadata.get("train_seconds")
