@@ -121,16 +121,16 @@ def warn_unused_vgg(vgg, loss, whose: str = "the recipe's") -> None:
                     "train-universal to use it (vgg_reduction 'relative' units, e.g. 10000 -> 200)", whose)
 
 
-def read_recipe(path: str) -> dict:
-    """The JSON object of a --config recipe file, or an error that names the file and what is wrong with it."""
+def read_recipe(path: str, flag: str = "--config") -> dict:
+    """The JSON object of a recipe file given with ``flag``, or an error that names the file and what is wrong."""
     try:
         recipe = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"--config {path}: no such file") from None
+        raise ValueError(f"{flag} {path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--config {path} is not a readable JSON recipe ({exc})") from None
+        raise ValueError(f"{flag} {path} is not a readable JSON recipe ({exc})") from None
     if not isinstance(recipe, dict):
-        raise ValueError(f"--config {path}: a recipe is a JSON object of the recipe's fields (see README), not a "
+        raise ValueError(f"{flag} {path}: a recipe is a JSON object of the recipe's fields (see README), not a "
                          f"JSON {type(recipe).__name__}")
     return recipe
 

@@ -196,3 +196,18 @@ def test_prompts_or_images_alike_in_file_name_keep_their_own_files(setup, tiny_m
     with pytest.raises(ValueError, match="chelsea.png and Chelsea.jpg would share"):
         run_evaluation([setup / "content" / "chelsea.png", tmp_path / "Chelsea.jpg"], prompts, tmp_path / "o2",
                        device="cpu")
+
+
+def test_unreadable_prompts_and_recipe_files_are_named(setup, tmp_path, capsys):
+    latin = tmp_path / "prompts.txt"
+    latin.write_bytes("une aquarelle très douce\n".encode("latin-1"))
+    broken = tmp_path / "recipe.json"
+    broken.write_text("{epochs: 2}")
+    base = ["eval", "--device", "cpu", "--content", str(setup / "content"), "--out", str(tmp_path / "o")]
+    assert cli.main(base + ["--prompts", str(latin)]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.txt" in err and "save it as UTF-8" in err, err
+    for flag in ("--config", "--clipstyler-config"):
+        assert cli.main(base + ["--prompts", str(setup / "prompts.txt"), flag, str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {broken} is not a readable JSON recipe" in err, err

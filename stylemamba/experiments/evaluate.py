@@ -79,7 +79,12 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path} (a text file with one style prompt per line)")
-    prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompts file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                         "UTF-8") from None
+    prompts = [ln.strip() for ln in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise ValueError(f"{path} holds no prompts: write one style prompt per line")
@@ -694,9 +699,10 @@ def add_parser(subparsers) -> None:
 def build_configs(args):
     """TrainConfig and ClipStylerConfig from the CLI arguments (JSON files, then overrides and ablations)."""
     from .baselines.clipstyler import ClipStylerConfig
+    from ..cli import read_recipe
     from ..train import TrainConfig
 
-    cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
+    cfg = TrainConfig.from_dict(read_recipe(args.config)) if args.config else TrainConfig()
     if args.epochs is not None:
         cfg.epochs = args.epochs
     if args.seed is not None:
@@ -716,7 +722,7 @@ def build_configs(args):
     cfg.__post_init__()
     cfg.fusion.__post_init__()
     cfg.loss.__post_init__()
-    cs = ClipStylerConfig.from_dict(json.loads(Path(args.clipstyler_config).read_text())) \
+    cs = ClipStylerConfig.from_dict(read_recipe(args.clipstyler_config, "--clipstyler-config")) \
         if args.clipstyler_config else ClipStylerConfig()
     if args.clipstyler_steps is not None:
         cs.steps = args.clipstyler_steps
