@@ -33,3 +33,25 @@ def test_bench_universal_tiny_runs_and_reports(tmp_path, capsys):
         assert run["allreduce_world_1"]["backend"] == "gloo"
         assert run["allreduce_world_1"]["bytes"] == 4 * run["trained_parameters"]
     assert report["strong_scaling"][0]["global_batch"] == 4 and report["strong_scaling"][0]["processes"] == 2
+
+
+def test_bad_options_and_outputs_are_refused_before_any_model_is_built(tmp_path, capsys, monkeypatch):
+    """A mistake found after the timing (a folder as --out, --bus-gbps 0) lost the whole run; an existing report was
+    replaced without --overwrite."""
+    import stylemamba.experiments.universal_bench as ub
+
+    def built(*args, **kwargs):
+        raise AssertionError("the models were built before the options were checked")
+
+    monkeypatch.setattr(ub, "build_tiny_bench_models", built)
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    base = ["bench-universal", "--tiny", "--device", "cpu", "--steps", "1", "--warmup", "0"]
+    for extra, message in ((["--steps", "0"], "--steps 0 is too small"), (["--warmup", "-1"], "--warmup -1"),
+                           (["--batch-size", "2", "0"], "--batch-size 0 is too small"),
+                           (["--bus-gbps", "0"], "--bus-gbps 0.0"), (["--out", str(tmp_path)], "is a folder"),
+                           (["--out", str(existing)], "pass --overwrite")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err, (extra, err)
+    assert existing.read_text() == "{}"

@@ -189,11 +189,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bus-gbps", type=float, default=350.0,
                    help="all-reduce bus bandwidth assumed for the scaling estimate (GB/s)")
     p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     p.set_defaults(func=cmd_bench_universal)
     return p
 
 
+def check_options(args) -> None:
+    """Every flag, before any model is built: a mistake found after the timing would lose the whole run."""
+    from ..cli import at_least, refuse_existing
+
+    at_least("--steps", args.steps, 1)
+    at_least("--warmup", args.warmup, 0)
+    for b in args.batch_size:
+        at_least("--batch-size", b, 1)
+    if not args.bus_gbps > 0:
+        raise ValueError(f"--bus-gbps {args.bus_gbps} is invalid: the all-reduce bandwidth is a number of GB/s above "
+                         "0 (default 350)")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the report a file name, e.g. "
+                         f"{Path(args.out) / 'universal.json'}")
+    if args.out:
+        refuse_existing(Path(args.out), args.overwrite, "report")
+
+
 def cmd_bench_universal(args) -> int:
+    check_options(args)
     report = run(args)
     text = json.dumps(report, indent=2, default=str)
     if args.out:
