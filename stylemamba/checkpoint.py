@@ -140,6 +140,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(state, dict) or type(state.get("step")) is not int:  # another tool's, or edited by hand
+            raise ValueError(f"{STATE_FILE} holds no step number: not a state this trainer wrote")
         tensors = load_file(str(path / MODEL_FILE))
         opt_tensors = load_file(str(path / OPTIMIZER_FILE))
         with safe_open(str(path / OPTIMIZER_FILE), framework="pt") as f:
@@ -147,4 +149,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as exc:  # OSError, JSON errors, safetensors' own error type
         raise CheckpointError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); delete that folder to "
                               "resume from the one before it") from exc
-    return Checkpoint(path, int(state["step"]), tensors, opt_tensors, opt_meta, state)
+    return Checkpoint(path, state["step"], tensors, opt_tensors, opt_meta, state)

@@ -66,3 +66,13 @@ def test_partial_folders_are_ignored_old_ones_pruned_and_mismatches_named(tmp_pa
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(latest_checkpoint(tmp_path))
     assert json.loads((tmp_path / "step-00000002" / "trainer.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("state", ["[1, 2]", "{}", '{"step": "ten"}', "null"])
+def test_a_foreign_or_edited_trainer_state_is_named_not_a_traceback(tmp_path, state):
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    path = save_checkpoint(tmp_path, 1, net.state_dict(), opt, [n for n, _ in net.named_parameters()], {})
+    (path / "trainer.json").write_text(state)
+    with pytest.raises(CheckpointError, match="trainer.json holds no step number.*delete that folder"):
+        load_checkpoint(path)
