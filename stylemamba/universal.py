@@ -543,13 +543,11 @@ class UniversalTrainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         ck = load_checkpoint(path)
-        mine, theirs = self._identity(), ck.state.get("identity", {})
-        diff = sorted(k for k in mine if json.dumps(mine[k], sort_keys=True, default=str)
-                      != json.dumps(theirs.get(k), sort_keys=True, default=str))
+        diff = _differences(self._identity(), ck.state.get("identity", {}))
         if diff:
-            raise CheckpointError(f"checkpoint {ck.path} belongs to another run: its {', '.join(diff)} differ from this "
-                                  "one's. Resume with the same prompt bank, images, models and recipe (only the "
-                                  "number of epochs may grow), or start in an empty checkpoint directory")
+            raise CheckpointError(f"checkpoint {ck.path} belongs to another run: {'; '.join(diff)}. Resume with the "
+                                  "same prompt bank, images, models and recipe (only the number of epochs may grow), "
+                                  "or start in an empty checkpoint directory")
         weights = {k: v for k, v in ck.tensors.items() if not k.startswith(tuple(_SNAPSHOTS))}
         self.net.load_state_dict(weights)
         for prefix, snap in _SNAPSHOTS.items():
@@ -573,6 +571,21 @@ class UniversalTrainer:
         style = self.net.model.to_style(meta)  # fusion weights and decoder delta, as a style stores them
         return UniversalModel(style.fusion_config, style.fusion_state, style.decoder_delta, self.e_src.detach().cpu(),
                               self.e_src_image.detach().float().cpu(), style.metadata)
+
+
+def _differences(mine: dict[str, Any], theirs: Any, prefix: str = "") -> list[str]:
+    """What differs between this run's identity and a checkpoint's, by name ('recipe.lr 0.002 in the checkpoint,
+    0.001 now'), so a user who resumed with another flag sees which one."""
+    theirs = theirs if isinstance(theirs, dict) else {}
+    out = []
+    for k in sorted(mine):
+        a, b = mine[k], theirs.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(f"{prefix}{k} {b!r} in the checkpoint, {a!r} now" if not isinstance(a, dict) and
+                       not isinstance(b, dict) else f"{prefix}{k} (not recorded in the checkpoint)")
+    return out
 
 
 @runs_on_device_of("vae")

@@ -108,3 +108,14 @@ def test_fine_tuning_from_a_universal_model_refuses_another_text_model(setup, ti
                  str(root / "uni.safetensors"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "was trained with the text model 'siglip'" in err and not out.exists(), err
+
+
+def test_resuming_with_another_recipe_names_the_option_that_differs(setup, capsys):
+    root, common, text = setup
+    args = ["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images", str(root / "images"),
+            "--config", str(root / "recipe.json"), "--out", str(root / "other_lr.safetensors"), "--checkpoint-dir",
+            str(root / "ck"), "--resume", "--quiet"]
+    assert main(args + ["--lr", "0.001", "--resolution", "72"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe.lr 0.002 in the checkpoint, 0.001 now" in err and "recipe.resolution 64 in the checkpoint, 72 now" \
+        in err, err
