@@ -302,6 +302,9 @@ class UniversalTrainer:
         if self.images.resolution != self.cfg.resolution:
             raise ValueError(f"the image set is prepared at {self.images.resolution} px but the recipe trains at "
                              f"{self.cfg.resolution} px")
+        if isinstance(bank, (str, Path)):  # a string is a sequence of its letters: each would become a prompt
+            raise TypeError(f"bank: give a list of prompts or a PromptBank, not the string '{bank}' (a bank file: "
+                            f"load_prompt_bank('{bank}'); one prompt: ['{bank}'])")
         self.bank = bank if isinstance(bank, PromptBank) else PromptBank(
             tuple(BankPrompt(" ".join(str(p).split()), line=i + 1) for i, p in enumerate(bank)), "<prompts>")
         lc = self.cfg.loss

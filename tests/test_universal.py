@@ -209,3 +209,12 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same(models, images):
     assert torch.allclose(a["total"], b["total"], rtol=1e-5)
     for (k, p), q in zip(plain.net.named_parameters(), saving.net.parameters()):
         assert torch.allclose(p, q, atol=1e-6), k
+
+
+@pytest.mark.parametrize("bank", ["watercolor", "prompts.txt"])
+def test_a_string_as_the_bank_is_refused_not_read_letter_by_letter(models, images, bank):
+    """A string is a sequence of its letters: 'abc' trained on the prompts 'a', 'b', 'c'; a file name failed with
+    "prompt 't' repeats line 9"."""
+    vae, text = models
+    with pytest.raises(TypeError, match=f"not the string '{bank}'.*load_prompt_bank"):
+        UniversalTrainer(vae, text, images, bank, tiny_config())
