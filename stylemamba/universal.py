@@ -516,6 +516,9 @@ class UniversalTrainer:
             if resume:
                 raise ValueError("resume asked for but no checkpoint directory given")
             return
+        if self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
+            raise FileExistsError(f"checkpoint directory {self.checkpoint_dir} is a file, not a folder: give a folder "
+                                  "(a new one, or the one of the run to --resume)")
         latest = latest_checkpoint(self.checkpoint_dir)
         if latest is None:
             if resume:

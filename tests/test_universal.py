@@ -218,3 +218,12 @@ def test_a_string_as_the_bank_is_refused_not_read_letter_by_letter(models, image
     vae, text = models
     with pytest.raises(TypeError, match=f"not the string '{bank}'.*load_prompt_bank"):
         UniversalTrainer(vae, text, images, bank, tiny_config())
+
+
+def test_a_file_as_the_checkpoint_directory_is_named(models, images, tmp_path):
+    vae, text = models
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt is a file, not a folder: give a folder"):
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=taken)
+    assert taken.read_text() == "mine"
