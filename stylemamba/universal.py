@@ -648,6 +648,9 @@ def _check_text_model(universal: UniversalModel, direction: TextDirection) -> No
     elif same and universal.text_model:
         same = direction.text_model.rstrip("/").split("/")[-1] == universal.text_model.rstrip("/").split("/")[-1]
     if not same:
+        encoded = (f"another model named '{direction.text_model}' (its embedding of the source prompt '{source}' is "
+                   "not the stored one: other weights)" if direction.text_model == universal.text_model
+                   else f"'{direction.text_model}'")
         raise ValueError(f"universal model '{universal.name}' was trained with the text model '{universal.text_model}' "
-                         f"but the conditioning was encoded with '{direction.text_model}': encode the prompt with "
-                         "the model it was trained with (its embedding space is the only one it knows)")
+                         f"but the conditioning was encoded with {encoded}: encode the prompt with the model it was "
+                         "trained with (its embedding space is the only one it knows)")

@@ -9,6 +9,7 @@ import torch
 from conftest import load_photo
 
 from stylemamba.cli import main
+from stylemamba.direction import TextDirection
 from stylemamba.image_io import load_image, save_image
 from stylemamba.style_file import load_style
 
@@ -119,3 +120,20 @@ def test_resuming_with_another_recipe_names_the_option_that_differs(setup, capsy
     err = capsys.readouterr().err
     assert "recipe.lr 0.002 in the checkpoint, 0.001 now" in err and "recipe.resolution 64 in the checkpoint, 72 now" \
         in err, err
+
+
+def test_another_text_model_of_the_same_name_is_told_apart(setup, tiny_models):
+    """Two local folders named 'siglip' (or a fine-tuned SigLIP): the error said "trained with 'siglip' but encoded with
+    'siglip'"; it now says the names agree but the weights do not."""
+    import dataclasses
+
+    from stylemamba.encoders import load_text_image_encoder
+    from stylemamba.style_file import load_universal
+    from stylemamba.universal import style_from_universal
+
+    root, _, _ = setup
+    universal = load_universal(root / "uni.safetensors")
+    direction = TextDirection.encode(load_text_image_encoder(tiny_models["siglip"]), "watercolor")
+    other = dataclasses.replace(direction, source_embedding=-direction.source_embedding)  # another model's space
+    with pytest.raises(ValueError, match="another model named 'siglip'.*source prompt 'a plain photo'"):
+        style_from_universal(universal, other)
