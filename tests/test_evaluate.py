@@ -211,3 +211,16 @@ def test_unreadable_prompts_and_recipe_files_are_named(setup, tmp_path, capsys):
         assert cli.main(base + ["--prompts", str(setup / "prompts.txt"), flag, str(broken)]) == 2
         err = capsys.readouterr().err
         assert f"{flag} {broken} is not a readable JSON recipe" in err, err
+
+
+def test_eval_checks_its_output_thumb_and_repeated_prompts_before_any_work(setup, tmp_path):
+    """--thumb 0 failed in the contact sheet after every style was trained; a file as --out said '[Errno 17]'."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt is a file.*give a folder"):
+        run_evaluation([setup / "content"], ["a"], taken, device="cpu")
+    with pytest.raises(ValueError, match="thumb 0.*at least 1"):
+        run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu", thumb=0)
+    with pytest.raises(ValueError, match="'b' is repeated"):
+        run_evaluation([setup / "content"], ["a", "b", "b "], tmp_path / "o", device="cpu")
+    assert taken.read_text() == "mine" and not (tmp_path / "o").exists()

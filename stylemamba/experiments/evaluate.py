@@ -329,9 +329,18 @@ def run_evaluation(
     if any(m not in METHODS for m in methods):
         raise ValueError(f"unknown method {method!r}; choose stylemamba, clipstyler or both")
     prompts = list(prompts)
-    if not prompts or len(set(prompts)) != len(prompts) or any(not str(p).strip() for p in prompts):
-        raise ValueError("give at least one prompt, no empty or repeated ones")
+    keys = [" ".join(str(p).split()) for p in prompts]  # as the text model reads them: spacing does not count
+    if not prompts or not all(keys):
+        raise ValueError("give at least one prompt, no empty ones")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"prompt {', '.join(map(repr, repeated))} is repeated: give each prompt once")
+    if int(thumb) < 1:
+        raise ValueError(f"thumb {thumb}: the contact sheet's tiles are a number of pixels, at least 1 (default 192)")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: eval writes a folder (results.*, contact_sheet.png, images/, styles/); "
+                         "give a folder")
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
     train_cfg = train_config if train_config is not None else TrainConfig()
