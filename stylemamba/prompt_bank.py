@@ -87,14 +87,18 @@ class PromptBank:
         if unknown:
             raise PromptBankError(f"{self.source}: no prompt has the tag(s) {', '.join(unknown)}; "
                                   f"tags in this bank: {', '.join(self.tags) or '(none)'}")
-        return PromptBank(tuple(p for p in self.prompts if wanted & set(p.tags)), self.source)
+        source = f"{self.source} (tags {','.join(sorted(wanted))})"  # errors then say the selection is not the file
+        return PromptBank(tuple(p for p in self.prompts if wanted & set(p.tags)), source)
 
     def without(self, texts: Iterable[str]) -> PromptBank:
         """The bank minus ``texts`` (e.g. prompts held out for evaluation); unknown texts are an error."""
+        texts = list(texts)
         drop = {_key(t) for t in texts}
-        missing = drop - {_key(p.text) for p in self.prompts}
+        have = {_key(p.text) for p in self.prompts}
+        missing = [t for t in texts if _key(t) not in have]
         if missing:
-            raise PromptBankError(f"{self.source}: cannot hold out {sorted(missing)}: not in the bank")
+            raise PromptBankError(f"{self.source}: cannot hold out {missing}: not among its prompts (check the spelling "
+                                  "and --tags)")
         kept = tuple(p for p in self.prompts if _key(p.text) not in drop)
         if not kept:
             raise PromptBankError(f"{self.source}: holding out {len(drop)} prompt(s) leaves none of the bank's "

@@ -71,3 +71,11 @@ def test_files_missing_folders_non_utf8_and_unknown_tags(tmp_path):
     with pytest.raises(PromptBankError, match="tags in this bank: ink"):
         load_prompt_bank(good, tags=["oil"])
     assert SHIPPED_BANK.is_file()
+
+
+def test_holding_out_a_prompt_outside_the_tag_selection_says_so():
+    """The prompt is in the bank file but not among the --tags chosen: 'not in the bank' (lowercased) misled."""
+    bank = parse_prompt_bank("[ink]\na Pen drawing\n[oil]\nan oil painting\n", "bank.txt").with_tags(["oil"])
+    with pytest.raises(PromptBankError, match=r"bank.txt \(tags oil\): cannot hold out \['a Pen drawing'\]: not "
+                                              r"among its prompts"):
+        bank.without(["a Pen drawing"])
