@@ -97,8 +97,8 @@ class PromptBank:
         have = {_key(p.text) for p in self.prompts}
         missing = [t for t in texts if _key(t) not in have]
         if missing:
-            raise PromptBankError(f"{self.source}: cannot hold out {missing}: not among its prompts (check the spelling "
-                                  "and --tags)")
+            raise PromptBankError(f"{self.source}: cannot hold out {missing}: not among its prompts (check the "
+                                  "spelling and --tags)")
         kept = tuple(p for p in self.prompts if _key(p.text) not in drop)
         if not kept:
             raise PromptBankError(f"{self.source}: holding out {len(drop)} prompt(s) leaves none of the bank's "

@@ -278,11 +278,11 @@ class StepViews:
         return (emb[:k] if self.ref_crops else None), (emb[k:k + self.batch] if self.ref_masked else None)
 
 
-def _resize(y: torch.Tensor, size: int) -> torch.Tensor:
-    """``y`` resized for the image tower; on the CPU in fp32 (its antialiased bicubic has no bf16 / fp16 kernel,
-    so ``precision="bf16"`` on a CPU failed in the first step)."""
+def resize_for_tower(y: torch.Tensor, size: int) -> torch.Tensor:
+    """Images at the image tower's size; on the CPU in fp32 (its antialiased bicubic has no bf16 / fp16 kernel,
+    so ``precision="bf16"`` on a CPU failed in the first step), back in ``y``'s dtype."""
     if y.device.type == "cpu" and y.dtype in (torch.bfloat16, torch.float16):
-        return _resize(y.float(), size).to(y.dtype)
+        return resize_for_tower(y.float(), size).to(y.dtype)
     return F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
@@ -341,7 +341,7 @@ def step_views(y: torch.Tensor, loss: L.LossConfig, image_size: int,
     b = y.shape[0]
     if draws is None:
         draws = ViewDraws.draw(b, y, loss, image_size, generator)
-    views, refs = [_resize(y, image_size)], []
+    views, refs = [resize_for_tower(y, image_size)], []
     ref_crops = loss.patch > 0 and loss.crop_reference == "same-crop"
     ref_masked = loss.md > 0 and loss.mask_reference == "same-mask"
     if (ref_crops or ref_masked) and content is None:
@@ -353,9 +353,10 @@ def step_views(y: torch.Tensor, loss: L.LossConfig, image_size: int,
         if ref_crops:
             refs.append(_crops(content.to(y.dtype), draws.grid, draws.valid))
     if loss.md > 0:
-        views.append(_resize(L.apply_mask(y, draws.mask, fill=loss.mask_fill), image_size))
+        views.append(resize_for_tower(L.apply_mask(y, draws.mask, fill=loss.mask_fill), image_size))
         if ref_masked:
-            refs.append(_resize(L.apply_mask(content.to(y.dtype), draws.mask, fill=loss.mask_fill), image_size))
+            masked = L.apply_mask(content.to(y.dtype), draws.mask, fill=loss.mask_fill)
+            refs.append(resize_for_tower(masked, image_size))
     references = torch.cat([v.to(y.dtype) for v in refs]).detach() if refs else None
     return StepViews(torch.cat([v.to(y.dtype) for v in views]), b, n_crops, loss.md > 0, references, ref_crops,
                      ref_masked)
@@ -1014,7 +1015,7 @@ class StyleTrainer:
         with torch.no_grad(), autocast(self.device, self.cfg.precision):
             for start, end in groups:
                 y = seen_output(self.model.raw_output(self.z[start:end]), lc)
-                emb = self.encode_image(_resize(y, self.text.image_size).to(y.dtype))
+                emb = self.encode_image(resize_for_tower(y, self.text.image_size).to(y.dtype))
                 part = L.directional_loss(emb, self.emb_x[start:end], self.text_dir[start:end])
                 dir_loss = dir_loss + part.float() * ((end - start) / b)
         return L.second_order_gate(dir_loss, epoch, lc.so_theta, lc.so_interval)

@@ -49,8 +49,8 @@ from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank
 from .style_file import Style, UniversalModel
 from .style_model import StyleModel
-from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, prepare_content, seen_output,
-                    skipped_losses, step_views)
+from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, prepare_content, resize_for_tower,
+                    seen_output, skipped_losses, step_views)
 
 log = logging.getLogger("stylemamba")
 
@@ -442,9 +442,7 @@ class UniversalTrainer:
         """F_I(Y(i)): this batch through the snapshot weights (the previous epoch's model), no gradient."""
         with torch.no_grad():
             y = seen_output(torch.func.functional_call(self.net, self.snapshot, (z, e_t)), self.cfg.loss)
-            size = self.text.image_size
-            return self.text.encode_image(F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False,
-                                                        antialias=True)).float()
+            return self.text.encode_image(resize_for_tower(y, self.text.image_size)).float()
 
     # ------------------------------------------------------------------ the loop
     @runs_on_device_of("self")
