@@ -273,7 +273,7 @@ def cmd_train_universal(args) -> int:
     """Universal model over a prompt bank x images; the same command under torchrun for many GPUs / nodes."""
     from . import distributed
     from .encoders import load_text_image_encoder
-    from .image_io import list_images
+    from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
     from .universal import UniversalConfig, UniversalTrainer
@@ -299,6 +299,7 @@ def cmd_train_universal(args) -> int:
             bank = bank.without(args.hold_out)
         files = [f for src in args.images for f in list_images(src)]
         refuse_inputs([out], files)
+        check_readable(files)  # the trainer reads the photos when drawn: a bad one would stop the run in mid-course
         vgg, lp = load_perceptual(args, dist.device)  # first: its flag mistakes are named before the big models
         warn_unused_vgg(vgg, cfg.loss)
         vae = load_vae(args.vae, device=dist.device)

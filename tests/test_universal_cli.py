@@ -137,3 +137,18 @@ def test_another_text_model_of_the_same_name_is_told_apart(setup, tiny_models):
     other = dataclasses.replace(direction, source_embedding=-direction.source_embedding)  # another model's space
     with pytest.raises(ValueError, match="another model named 'siglip'.*source prompt 'a plain photo'"):
         style_from_universal(universal, other)
+
+
+def test_an_unreadable_photo_is_named_before_any_model_loads(setup, tmp_path, capsys):
+    """Only the first 256 photos are read before training: a bad one further on stopped a long run in mid-course."""
+    root, _, text = setup
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "chelsea"):
+        (folder / f"{name}.png").write_bytes((root / "images" / f"{name}.png").read_bytes())
+    (folder / "zz_download_failed.jpg").write_text("<html>404</html>")
+    assert main(["train-universal", "--device", "cpu", "--vae", str(tmp_path / "no-vae"), *text, "--bank",
+                 str(root / "bank.txt"), "--images", str(folder), "--out", str(tmp_path / "u.safetensors"),
+                 "--checkpoint-dir", str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert "zz_download_failed.jpg" in err and "not readable images" in err, err
