@@ -173,9 +173,14 @@ class PairSampler:
 
 
 class ImageSet:
-    """Content images (tensors or files), each resized and centre-cropped to the training resolution on access."""
+    """Content images (tensors, files, or a folder), each resized and centre-cropped to the training resolution on
+    access."""
 
-    def __init__(self, images: Sequence[torch.Tensor | str | Path] | torch.Tensor, resolution: int):
+    def __init__(self, images: Sequence[torch.Tensor | str | Path] | torch.Tensor | str | Path, resolution: int):
+        if isinstance(images, (str, Path)):  # a folder or one file, as --images reads it (not the name's letters)
+            from .image_io import list_images
+
+            images = list_images(images)
         self.items = list(images.unbind(0)) if torch.is_tensor(images) and images.dim() == 4 else list(images)
         if not self.items:
             raise ValueError("no content images: give at least one image (file, folder or tensor) to train on")

@@ -236,3 +236,16 @@ def test_bf16_on_the_cpu_trains(models, images):
     result = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(precision="bf16")).run()
     assert result.steps == 4 and "so" in result.history[-1]
     assert all(torch.isfinite(torch.tensor(v)) for v in result.history[-1].values())
+
+
+def test_a_folder_or_file_name_as_the_images_is_read_as_photos(tmp_path):
+    """A string is a sequence of its letters: ImageSet('photos') held the 'files' 'p', 'h', 'o' ... ('image not found:
+    p'); a folder or a file name is now read as the command line reads --images."""
+    from stylemamba.image_io import save_image
+    from stylemamba.universal import ImageSet
+
+    for name in ("astronaut", "chelsea"):
+        save_image(load_photo(name, 64)[0], tmp_path / f"{name}.png")
+    assert [p.name for p in ImageSet(str(tmp_path), 64).items] == ["astronaut.png", "chelsea.png"]
+    one = ImageSet(tmp_path / "chelsea.png", 64)
+    assert len(one) == 1 and one[0].shape == (3, 64, 64)
