@@ -202,6 +202,8 @@ def check_options(args) -> None:
     at_least("--warmup", args.warmup, 0)
     for b in args.batch_size:
         at_least("--batch-size", b, 1)
+    if args.resolution < 64 or args.resolution % 8:  # the recipe's rule, found after the full models were built
+        raise ValueError(f"--resolution {args.resolution} is invalid: a multiple of 8, at least 64 (default 512)")
     if not args.bus_gbps > 0:
         raise ValueError(f"--bus-gbps {args.bus_gbps} is invalid: the all-reduce bandwidth is a number of GB/s above "
                          "0 (default 350)")
