@@ -489,44 +489,42 @@ def cmd_stylize(args) -> int:
 
 def styles_from_args(args, device) -> list:
     """--style files (styles, or universal models recognised by their kind) and --universal models made into
-    styles with each --prompt / --reference; all of them are mixed with --weights."""
+    styles with each --prompt / --reference, in the order --weights follows: the --style files as given (a
+    universal one: one style per --prompt, then per --reference), then the --universal models likewise."""
     from .encoders import load_text_image_encoder
     from .image_io import load_image
     from .style_file import file_kind, load_style, load_universal
     from .universal import style_from_universal, universal_direction
 
-    universal_files, styles = list(args.universal or []), []
-    for path in args.style or []:
-        if file_kind(path) == "universal":
-            universal_files.append(path)
-        else:
-            styles.append(load_style(path))
-    if universal_files:
-        if not (args.prompt or args.reference):
-            raise ValueError("a universal model makes a style from a prompt or a reference image: add --prompt "
-                             "'a watercolor painting' (or --reference picture.png)")
-        text = None
-        for path in universal_files:
-            universal = load_universal(path)
-            name = args.text_model or universal.text_model
-            if text is None or text.name != name:
-                try:
-                    text = load_text_image_encoder(name, device=device)
-                except (OSError, ValueError) as exc:
-                    if args.text_model:
-                        raise
-                    raise ValueError(f"universal model {Path(path).name} names its text model {name!r}, which is "
-                                     f"not found here ({str(exc).splitlines()[0][:200]}); give it with --text-model "
-                                     "(a folder or a Hugging Face id)") from exc
-            for prompt in args.prompt or []:
-                styles.append(style_from_universal(universal, universal_direction(universal, text, prompt=prompt)))
-            for ref in args.reference or []:
-                direction = universal_direction(universal, text, reference=load_image(ref),
-                                                name=f"reference {Path(ref).name}")
-                styles.append(style_from_universal(universal, direction))
-    elif args.prompt or args.reference:
+    kinds = [(p, file_kind(p)) for p in args.style or []] + [(p, "universal") for p in args.universal or []]
+    if any(kind == "universal" for _, kind in kinds) and not (args.prompt or args.reference):
+        raise ValueError("a universal model makes a style from a prompt or a reference image: add --prompt "
+                         "'a watercolor painting' (or --reference picture.png)")
+    if (args.prompt or args.reference) and all(kind != "universal" for _, kind in kinds):
         raise ValueError("--prompt and --reference make a style from a universal model: give one with --universal "
                          "FILE (trained with train-universal), or train a style with the train command")
+    styles, text = [], None
+    for path, kind in kinds:
+        if kind != "universal":
+            styles.append(load_style(path))
+            continue
+        universal = load_universal(path)
+        name = args.text_model or universal.text_model
+        if text is None or text.name != name:
+            try:
+                text = load_text_image_encoder(name, device=device)
+            except (OSError, ValueError) as exc:
+                if args.text_model:
+                    raise
+                raise ValueError(f"universal model {Path(path).name} names its text model {name!r}, which is "
+                                 f"not found here ({str(exc).splitlines()[0][:200]}); give it with --text-model "
+                                 "(a folder or a Hugging Face id)") from exc
+        for prompt in args.prompt or []:
+            styles.append(style_from_universal(universal, universal_direction(universal, text, prompt=prompt)))
+        for ref in args.reference or []:
+            direction = universal_direction(universal, text, reference=load_image(ref),
+                                            name=f"reference {Path(ref).name}")
+            styles.append(style_from_universal(universal, direction))
     if not styles:
         raise ValueError("nothing to stylise with: give --style FILE (a trained style), or --universal FILE with "
                          "--prompt")
@@ -722,8 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "take; repeat to mix several")
     p.add_argument("--text-model", help="with --universal: the SigLIP/CLIP it was trained with (default: the one "
                                         "its file names)")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per style (--style files first, then each "
-                                                            "--prompt, then each --reference)")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per style, in order: the --style files as "
+                                                            "given (a universal one: one per --prompt, then per "
+                                                            "--reference), then the --universal models likewise")
     p.add_argument("--strength", type=float, default=1.0, help="0 = VAE reconstruction, 1 = full style")
     p.add_argument("--blend", choices=("outputs", "weights"), default="outputs",
                    help="how several styles mix: outputs = average the styles' pictures (a 50/50 mix lands halfway; "

@@ -152,3 +152,23 @@ def test_an_unreadable_photo_is_named_before_any_model_loads(setup, tmp_path, ca
                  "--checkpoint-dir", str(tmp_path / "ck")]) == 2
     err = capsys.readouterr().err
     assert "zz_download_failed.jpg" in err and "not readable images" in err, err
+
+
+def test_weights_follow_the_order_of_the_style_files_a_universal_one_included(setup, tiny_models, capsys):
+    """--style UNI --style STYLE --prompt p --weights 1 0 gave the weight 1 to STYLE (universal files were moved after
+    the styles); the weights now follow the --style files as given, a universal one taking one per --prompt."""
+    from stylemamba.encoders import load_text_image_encoder
+    from stylemamba.style_file import load_universal, save_style
+    from stylemamba.universal import style_from_universal, universal_direction
+
+    root, common, text = setup
+    universal = load_universal(root / "uni.safetensors")
+    sketch = style_from_universal(universal, universal_direction(
+        universal, load_text_image_encoder(tiny_models["siglip"]), prompt="pencil sketch"))
+    save_style(sketch, root / "sketch.safetensors")
+    run = ["stylize", *common, *text, "--input", str(root / "rocket.png"), "--quiet"]
+    assert main(run + ["--style", str(root / "uni.safetensors"), "--style", str(root / "sketch.safetensors"),
+                       "--prompt", "watercolor", "--weights", "1", "0", "--output", str(root / "w_mix.png")]) == 0
+    assert main(run + ["--universal", str(root / "uni.safetensors"), "--prompt", "watercolor", "--output",
+                       str(root / "w_uni.png")]) == 0
+    assert torch.equal(load_image(root / "w_mix.png"), load_image(root / "w_uni.png"))
