@@ -172,3 +172,14 @@ def test_weights_follow_the_order_of_the_style_files_a_universal_one_included(se
     assert main(run + ["--universal", str(root / "uni.safetensors"), "--prompt", "watercolor", "--output",
                        str(root / "w_uni.png")]) == 0
     assert torch.equal(load_image(root / "w_mix.png"), load_image(root / "w_uni.png"))
+
+
+def test_a_run_resumes_with_gradient_checkpointing_added(setup, capsys):
+    """Resuming on fewer GPUs puts more of the global batch on each: --gradient-checkpointing (the same steps, less
+    memory) was refused as 'another run'."""
+    root, common, text = setup
+    out = root / "resumed_gc.safetensors"
+    assert main(["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images", str(root / "images"),
+                 "--config", str(root / "recipe.json"), "--out", str(out), "--checkpoint-dir", str(root / "ck"),
+                 "--resume", "--quiet", "--gradient-checkpointing"]) == 0, capsys.readouterr().err
+    assert out.is_file()
