@@ -296,6 +296,10 @@ class UniversalTrainer:
                  config: UniversalConfig | None = None, vgg: nn.Module | None = None, lpips: nn.Module | None = None,
                  dist: Dist | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False):
         check_image_text_model(text)
+        if config is not None and not isinstance(config, UniversalConfig):  # it lacks batch_size, checkpoint_every...
+            raise TypeError(f"config: give a UniversalConfig (the train recipe plus batch_size, checkpoints ...), not "
+                            f"a {type(config).__name__}; UniversalConfig.from_dict(config.to_dict()) keeps its fields "
+                            "(its lr and VGG term then too, not the universal defaults)")
         self.cfg = config or UniversalConfig()
         self.dist = dist or Dist(device=vae.device)
         self.device = indexed(self.dist.device)

@@ -249,3 +249,12 @@ def test_a_folder_or_file_name_as_the_images_is_read_as_photos(tmp_path):
     assert [p.name for p in ImageSet(str(tmp_path), 64).items] == ["astronaut.png", "chelsea.png"]
     one = ImageSet(tmp_path / "chelsea.png", 64)
     assert len(one) == 1 and one[0].shape == (3, 64, 64)
+
+
+def test_a_per_style_recipe_as_the_config_is_named(models, images):
+    """A TrainConfig (the README's per-style recipe) failed with "'TrainConfig' object has no attribute 'batch_size'"."""
+    from stylemamba.train import TrainConfig
+
+    vae, text = models
+    with pytest.raises(TypeError, match="UniversalConfig.*not a TrainConfig"):
+        UniversalTrainer(vae, text, images, PROMPTS, TrainConfig(resolution=64))
