@@ -183,3 +183,20 @@ def test_a_run_resumes_with_gradient_checkpointing_added(setup, capsys):
                  "--config", str(root / "recipe.json"), "--out", str(out), "--checkpoint-dir", str(root / "ck"),
                  "--resume", "--quiet", "--gradient-checkpointing"]) == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+def test_a_decoder_delta_of_the_wrong_shape_is_named_not_a_traceback(setup, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    root, common, text = setup
+    with safe_open(str(root / "uni.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    first = next(k for k in tensors if k.startswith("decoder_delta."))
+    tensors[first] = tensors[first].flatten()[:1]  # a file edited or made for another decoder
+    save_file(tensors, str(root / "uni_bad_delta.safetensors"), metadata=meta)
+    assert main(["stylize", *common, *text, "--input", str(root / "rocket.png"), "--universal",
+                 str(root / "uni_bad_delta.safetensors"), "--prompt", "watercolor", "--output",
+                 str(root / "bad.png")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this decoder" in err and "damaged" in err, err
