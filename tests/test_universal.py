@@ -252,7 +252,8 @@ def test_a_folder_or_file_name_as_the_images_is_read_as_photos(tmp_path):
 
 
 def test_a_per_style_recipe_as_the_config_is_named(models, images):
-    """A TrainConfig (the README's per-style recipe) failed with "'TrainConfig' object has no attribute 'batch_size'"."""
+    """A TrainConfig (the README's per-style recipe) failed with "'TrainConfig' object has no attribute
+    'batch_size'"."""
     from stylemamba.train import TrainConfig
 
     vae, text = models
