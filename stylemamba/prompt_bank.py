@@ -80,8 +80,10 @@ class PromptBank:
         """Every tag used, sorted."""
         return sorted({t for p in self.prompts for t in p.tags})
 
-    def with_tags(self, tags: Iterable[str]) -> PromptBank:
-        """The prompts carrying at least one of ``tags``; an error lists the tags there are when none match."""
+    def with_tags(self, tags: Iterable[str] | str) -> PromptBank:
+        """The prompts carrying at least one of ``tags`` (names, or one comma-separated string as ``--tags`` takes);
+        an error lists the tags there are when none match."""
+        tags = tags.split(",") if isinstance(tags, str) else tags  # not the string's letters
         wanted = {t.strip() for t in tags if t.strip()}
         unknown = sorted(wanted - set(self.tags))
         if unknown:
@@ -181,7 +183,7 @@ def parse_prompt_bank(text: str, source: str = "<string>") -> PromptBank:
     return PromptBank(tuple(prompts), source)
 
 
-def load_prompt_bank(path: str | Path | None = None, tags: Sequence[str] | None = None) -> PromptBank:
+def load_prompt_bank(path: str | Path | None = None, tags: Sequence[str] | str | None = None) -> PromptBank:
     """A bank from ``path`` (the shipped bank when None), optionally only the prompts with one of ``tags``."""
     path = Path(path) if path is not None else SHIPPED_BANK
     if path.is_dir():

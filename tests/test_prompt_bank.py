@@ -79,3 +79,10 @@ def test_holding_out_a_prompt_outside_the_tag_selection_says_so():
     with pytest.raises(PromptBankError, match=r"bank.txt \(tags oil\): cannot hold out \['a Pen drawing'\]: not "
                                               r"among its prompts"):
         bank.without(["a Pen drawing"])
+
+
+def test_tags_given_as_one_string_are_read_as_comma_separated_names():
+    """load_prompt_bank(tags='medium') looked for the tags 'm', 'e', 'd', 'i', 'u' (a string is a sequence of letters)."""
+    medium = load_prompt_bank(tags=["medium"])
+    assert load_prompt_bank(tags="medium").texts == medium.texts
+    assert len(load_prompt_bank(tags="medium, mood")) == len(load_prompt_bank(tags=["medium", "mood"]))
