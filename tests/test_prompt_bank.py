@@ -82,7 +82,8 @@ def test_holding_out_a_prompt_outside_the_tag_selection_says_so():
 
 
 def test_tags_given_as_one_string_are_read_as_comma_separated_names():
-    """load_prompt_bank(tags='medium') looked for the tags 'm', 'e', 'd', 'i', 'u' (a string is a sequence of letters)."""
+    """load_prompt_bank(tags='medium') looked for the tags 'm', 'e', 'd', 'i', 'u' (a string is a sequence of
+    letters)."""
     medium = load_prompt_bank(tags=["medium"])
     assert load_prompt_bank(tags="medium").texts == medium.texts
     assert len(load_prompt_bank(tags="medium, mood")) == len(load_prompt_bank(tags=["medium", "mood"]))
