@@ -92,9 +92,10 @@ class PromptBank:
         source = f"{self.source} (tags {','.join(sorted(wanted))})"  # errors then say the selection is not the file
         return PromptBank(tuple(p for p in self.prompts if wanted & set(p.tags)), source)
 
-    def without(self, texts: Iterable[str]) -> PromptBank:
-        """The bank minus ``texts`` (e.g. prompts held out for evaluation); unknown texts are an error."""
-        texts = list(texts)
+    def without(self, texts: Iterable[str] | str) -> PromptBank:
+        """The bank minus ``texts`` (e.g. prompts held out for evaluation; one prompt may be a string); unknown texts
+        are an error."""
+        texts = [texts] if isinstance(texts, str) else list(texts)  # not the string's letters
         drop = {_key(t) for t in texts}
         have = {_key(p.text) for p in self.prompts}
         missing = [t for t in texts if _key(t) not in have]

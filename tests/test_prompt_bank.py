@@ -87,3 +87,9 @@ def test_tags_given_as_one_string_are_read_as_comma_separated_names():
     medium = load_prompt_bank(tags=["medium"])
     assert load_prompt_bank(tags="medium").texts == medium.texts
     assert len(load_prompt_bank(tags="medium, mood")) == len(load_prompt_bank(tags=["medium", "mood"]))
+
+
+def test_one_prompt_held_out_as_a_string():
+    """bank.without('watercolor') tried to hold out the prompts 'w', 'a', 't' ... (a string read as its letters)."""
+    bank = parse_prompt_bank("oil painting\nwatercolor\n", "bank.txt")
+    assert bank.without("watercolor").texts == ["oil painting"]
