@@ -12,10 +12,7 @@ EXPERIMENTS = {  # name: (what, environment)
     "driver_f9": ("driver API, AutoFreeOnLaunch | UseNodePriority (torch's flags)", {}),
     "torch": ("torch.cuda.graph, g1 then g2 then g1", {}),
     "torch_env0": ("torch, CUDA_GRAPHS_USE_NODE_PRIORITY=0 in the environment", {"CUDA_GRAPHS_USE_NODE_PRIORITY": "0"}),
-    "torch_env1": ("torch, CUDA_GRAPHS_USE_NODE_PRIORITY=1 in the environment", {"CUDA_GRAPHS_USE_NODE_PRIORITY": "1"}),
     "torch_late_env0": ("torch, the variable set by the process after CUDA is initialised", {}),
-    "driver_f9_env0": ("driver API with torch's flags, CUDA_GRAPHS_USE_NODE_PRIORITY=0",
-                       {"CUDA_GRAPHS_USE_NODE_PRIORITY": "0"}),
 }
 
 
