@@ -421,7 +421,7 @@ def refuse_alpha_loss(src: Path, target: Path, alpha: bool) -> None:
 def cmd_stylize(args) -> int:
     from tqdm import tqdm
 
-    from .image_io import check_readable, has_alpha, list_images, load_image, load_mask, save_image
+    from .image_io import check_readable, has_alpha, list_images, load_image, load_mask, not_a_file, save_image
     from .speed import prepare_for_inference
     from .style_model import StyleModel
     from .stylize import graphed_forward, stylize
@@ -430,7 +430,7 @@ def cmd_stylize(args) -> int:
 
     for p in (args.style or []) + (args.universal or []):
         if not Path(p).is_file():
-            raise FileNotFoundError(f"style file not found: {p}")
+            raise not_a_file(Path(p), "style file")
     at_least("--batch-size", args.batch_size, 1)
     at_least("--max-frames", args.max_frames, 1)
     check_tile_size(args.tile_size)

@@ -28,11 +28,18 @@ def check_finite(images: torch.Tensor, what: str = "image", first: int = 0, unit
                              f"{cause}")
 
 
+def not_a_file(path: Path, what: str) -> FileNotFoundError:
+    """The error for a ``what`` that is not a file: missing, or a folder ("not found" misled for a folder)."""
+    if path.is_dir():
+        return FileNotFoundError(f"{what} {path} is a folder, not a file: give one file (e.g. one in it)")
+    return FileNotFoundError(f"{what} not found: {path}")
+
+
 def load_image(path: str | Path, keep_alpha: bool = False) -> torch.Tensor:
     """One image file -> (1,C,H,W) in [0,1]; C is 3, or 4 with ``keep_alpha`` and an alpha channel."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise not_a_file(path, "image")
     im = _open_upright(path, "", "use PNG, JPEG or WebP")
     arr = _pixels(im, "RGBA" if keep_alpha and _alpha(im) else "RGB", path.name)
     return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
@@ -94,7 +101,7 @@ def load_mask(path: str | Path) -> torch.Tensor:
     """A grayscale mask image -> (1,H,W) in [0,1] (white = stylise)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mask image not found: {path}")
+        raise not_a_file(path, "mask image")
     im = _open_upright(path, "mask ", "use a grayscale PNG (white = stylise)")
     return torch.from_numpy(_pixels(im, "L", path.name)[:, :, 0].copy())[None]
 

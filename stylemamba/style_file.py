@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .image_io import partial_file
+from .image_io import not_a_file, partial_file
 from .vae import SDVAE, fingerprints_match, weights_id
 
 FORMAT = "stylemamba.style"
@@ -255,7 +255,7 @@ def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{kind} file not found: {path}")
+        raise not_a_file(path, f"{kind} file")
     refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -334,7 +334,7 @@ def test_ctrl_c_during_universal_training_keeps_an_earlier_partial_model(tiny_mo
 # ------------------------------------------------------------------------------------------ found in a review
 @pytest.mark.parametrize("make, needles", [
     (lambda p: p.write_text("not an image"), ("mask bank.txt is not a readable image", "grayscale PNG")),
-    (lambda p: p.mkdir(), ("mask image not found", "bank.txt")),
+    (lambda p: p.mkdir(), ("mask image", "bank.txt is a folder, not a file")),
 ])
 def test_a_bad_mask_is_named_before_any_model_loads(tiny_models, style_file, photos, tmp_path, make, needles):
     _, (photo, _) = photos
@@ -343,6 +343,19 @@ def test_a_bad_mask_is_named_before_any_model_loads(tiny_models, style_file, pho
     proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input", photo,
                "--output", tmp_path / "x.png", "--mask", mask)
     one_line_error(proc, *needles)
+
+
+def test_a_folder_where_one_file_is_wanted_is_called_a_folder(tiny_models, style_file, photos, tmp_path):
+    """A folder given as the reference picture, the style file or to info was said to be 'not found', though
+    the user could see it there."""
+    folder, (photo, _) = photos
+    one_line_error(run("info", folder), "style file", "is a folder, not a file")
+    one_line_error(run("stylize", "--device", "cpu", "--style", folder, "--input", photo, "--output",
+                       tmp_path / "x.png"), "style file", "is a folder, not a file")
+    from stylemamba.image_io import load_image  # what --reference reads
+
+    with pytest.raises(FileNotFoundError, match="image .* is a folder, not a file"):
+        load_image(folder)
 
 
 def test_an_existing_folder_with_a_dot_in_its_name_takes_the_result(tiny_models, style_file, photos, tmp_path):
