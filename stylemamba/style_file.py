@@ -8,6 +8,7 @@ the safetensors header as JSON. Only safetensors is read: a style file is never 
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import re
@@ -22,6 +23,8 @@ import torch
 from . import __version__
 from .image_io import not_a_file, partial_file
 from .vae import SDVAE, fingerprints_match, weights_id
+
+log = logging.getLogger("stylemamba")
 
 FORMAT = "stylemamba.style"
 FORMAT_VERSION = 1
@@ -305,13 +308,17 @@ def load_style(path: str | Path) -> Style:
     """Read a style file; corrupt, truncated or foreign files raise :class:`StyleFileError`."""
     path = Path(path)
     meta = read_style_metadata(path)
-    tensors, fusion, delta = _read_weights(path, "style", ("embedding",))
+    tensors, fusion, delta = _read_weights(path, "style", ("embedding",), meta)
     meta["file"] = path.name
     return Style(meta.get("fusion", {}), fusion, delta, tensors["embedding"].float(), meta)
 
 
-def _read_weights(path: Path, kind: str, required: tuple[str, ...]):
-    """A weight file's tensors, its fusion weights and its decoder delta; missing ``required`` tensors are an error."""
+def _read_weights(path: Path, kind: str, required: tuple[str, ...], meta: dict[str, Any]):
+    """A weight file's tensors, its fusion weights and its decoder delta; missing ``required`` tensors are an error.
+
+    Tensors that differ from the checksum the file was saved with are said, not refused: safetensors checks no
+    data, so a copy damaged in transit would load silently, but a style edited on purpose (merged by a script)
+    is still the user's to use (~0.1 s for a 115 MB style)."""
     from safetensors.torch import load_file
 
     try:
@@ -321,6 +328,9 @@ def _read_weights(path: Path, kind: str, required: tuple[str, ...]):
     missing = [k for k in required if k not in tensors]
     if missing:
         raise StyleFileError(f"{path.name}: {kind} file has no {', '.join(missing)} tensor; it is damaged")
+    if meta.get("tensor_sha256") and tensor_digest(tensors) != meta["tensor_sha256"]:
+        log.warning("stylemamba: %s: its weights are not the ones it was saved with (checksum differs): damaged in a "
+                    "copy or download (get it again), or edited by another tool", path.name)
     fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")}
     delta = {k[len("decoder_delta."):]: v.float() for k, v in tensors.items() if k.startswith("decoder_delta.")}
     return tensors, fusion, delta
@@ -399,7 +409,8 @@ def load_universal(path: str | Path) -> UniversalModel:
     """Read a universal model file; corrupt, foreign or per-prompt style files raise :class:`StyleFileError`."""
     path = Path(path)
     meta = read_universal_metadata(path)
-    tensors, fusion, delta = _read_weights(path, "universal model", ("source_embedding", "source_image_embedding"))
+    tensors, fusion, delta = _read_weights(path, "universal model", ("source_embedding", "source_image_embedding"),
+                                           meta)
     meta["file"] = path.name
     return UniversalModel(meta.get("fusion", {}), fusion, delta, tensors["source_embedding"].float(),
                           tensors["source_image_embedding"].float(), meta)

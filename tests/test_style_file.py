@@ -1,6 +1,7 @@
 """Style files: round trip, metadata, and every bad file gives a clear error."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from conftest import load_photo
@@ -57,6 +58,22 @@ def test_saving_a_style_keeps_a_file_that_has_its_temporary_name_and_leaves_noth
         save_style(style, tmp_path / "other")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".starry.safetensors.partial", "starry.safetensors",
                                                          "starry.safetensors.partial"]
+
+
+def test_weights_damaged_after_saving_are_said_when_loaded(tmp_path, trained, caplog):
+    """safetensors checks no data: a byte changed in a copy or download loaded silently. The checksum saved with
+    the file is compared on load and a difference is said (not refused: a style merged by a script is the user's)."""
+    _, style = trained
+    path = Path(save_style(style, tmp_path / "starry")["path"])
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        load_style(path)
+    assert "checksum" not in caplog.text
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # a bit of the last tensor's data
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        load_style(path)
+    assert "starry.safetensors: its weights are not the ones it was saved with (checksum differs)" in caplog.text
 
 
 def test_fp16_delta_is_close_and_smaller(tmp_path, trained, photo):
