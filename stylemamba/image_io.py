@@ -28,6 +28,20 @@ def check_finite(images: torch.Tensor, what: str = "image", first: int = 0, unit
                              f"{cause}")
 
 
+def check_pixels(images: torch.Tensor, what: str = "image", first: int = 0) -> None:
+    """:func:`check_finite`, and pixels on the [0, 1] scale: 0-255 images (``torchvision.io.read_image``, numpy
+    arrays from Pillow) were clamped to a white picture without a word."""
+    if not images.is_floating_point():
+        raise ValueError(f"{what}s are {str(images.dtype).replace('torch.', '')} (0-255 integers?): give floats in "
+                         "[0, 1], e.g. images.float() / 255")
+    check_finite(images, what, first)
+    for i in range(images.shape[0]):
+        top = float(images[i].amax()) if images[i].numel() else 0.0
+        if top > 2.0:  # a little over 1 is an upstream rounding, clamped; 2 or more is another scale
+            raise ValueError(f"{what} {first + i} has pixel values up to {top:.4g}: pixels are floats in [0, 1]; "
+                             "divide 0-255 values by 255")
+
+
 def not_a_file(path: Path, what: str) -> FileNotFoundError:
     """The error for a ``what`` that is not a file: missing, or a folder ("not found" misled for a folder)."""
     if path.is_dir():

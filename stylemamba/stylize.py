@@ -20,7 +20,7 @@ from torch import nn
 from .cuda_graphs import GraphedForward, check_cuda_graph_option
 from .current_device import runs_on_device_of
 from .errors import OutOfMemory, is_out_of_memory, memory_kind, stylizing_out_of_memory
-from .image_io import check_finite
+from .image_io import check_finite, check_pixels
 from .precision import autocast
 from .speed import holds_compiled
 from .style_file import Style
@@ -268,7 +268,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
         forward = GraphedForward(forward, cuda_graphs, compiled=holds_compiled(vae, model))
     outs = []
     for start in range(0, b, batch_size):
-        check_finite(rgb[start:start + batch_size], "image", first=start)
+        check_pixels(rgb[start:start + batch_size], "image", first=start)
         x = rgb[start:start + batch_size].to(device).float().clamp(0, 1)
         mm = None if m is None else m if m.shape[0] == 1 else m[start:start + batch_size]
         xp, (oh, ow) = _pad8(x)

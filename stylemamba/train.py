@@ -35,7 +35,7 @@ from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_opt
                           trim_graph_memory, uses_async_allocator, why_the_allocator_forbids_graphs)
 from .errors import OutOfMemory, is_out_of_memory, memory_kind, training_out_of_memory
 from .fusion import FusionConfig
-from .image_io import check_finite, load_image
+from .image_io import check_pixels, load_image
 from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
                           smaller_plan)
 from .options import from_options
@@ -205,8 +205,8 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
             im = im[0]
         if im.dim() != 3 or im.shape[0] not in (1, 3, 4):
             raise ValueError(f"{what} has shape {tuple(im.shape)}; expected (3,H,W) RGB in [0,1]")
+        check_pixels(im[None], "content image", first=i)
         im = im.float()
-        check_finite(im[None], "content image", first=i)
         if im.shape[0] == 1:
             im = im.expand(3, -1, -1)
         elif im.shape[0] == 4:

@@ -48,6 +48,21 @@ def test_nan_or_infinite_pixels_are_an_error(setup, photo_batch):
         prepare_content(bad, 64)
 
 
+def test_pixels_on_another_scale_are_an_error(setup, photo):
+    """0-255 pictures (torchvision's read_image gives uint8, a numpy array from Pillow 0-255 floats) were clamped
+    to a white picture without a word, in stylising and training alike."""
+    from stylemamba.train import prepare_content
+
+    vae, a, _ = setup
+    for bad, needle in (((photo * 255).round().to(torch.uint8), r"images are uint8 \(0-255 integers\?\): give floats"),
+                        (photo * 255, "image 0 has pixel values up to 2")):
+        with pytest.raises(ValueError, match=needle):
+            stylize(bad, vae, a)
+        with pytest.raises(ValueError, match=needle.replace("image", "content image")):
+            prepare_content(bad, 64)
+    stylize(photo * 1.01, vae, a)  # a little over 1 (an upstream rounding) is clamped as before
+
+
 def test_channels(setup, photo):
     vae, a, _ = setup
     rgba = torch.cat([photo, torch.rand(1, 1, 64, 64)], 1)
