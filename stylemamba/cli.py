@@ -40,8 +40,9 @@ def pick_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):  # e.g. mps on a machine (or a PyTorch build) without it
         try:
             torch.empty(0, device=device)
-        except RuntimeError as exc:
-            raise ValueError(f"--device {name!r} is not available here ({one_line(exc)}); use auto, cpu, cuda "
+        except (RuntimeError, AssertionError, ImportError) as exc:  # mps: a page-long dispatcher error; xpu: assert
+            why = one_line(exc).split(". ")[0][:160]
+            raise ValueError(f"--device {name!r} is not available here ({why}); use auto, cpu, cuda "
                              "or cuda:N") from None
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(check_device_exists(device))

@@ -101,3 +101,15 @@ def test_the_cli_makes_its_gpu_current():
         assert pick_device("cuda:1") == torch.device("cuda", 1) and torch.cuda.current_device() == 1
     finally:
         torch.cuda.set_device(0)
+
+
+@pytest.mark.parametrize("name", ["mps", "xpu"])
+def test_a_device_type_this_pytorch_lacks_is_one_short_sentence(name):
+    """mps's error is a page of dispatcher keys and xpu's an AssertionError (a traceback): both become the named
+    flag error, short enough to read."""
+    there = getattr(torch.backends, name, None) if name == "mps" else getattr(torch, name, None)
+    if there is not None and there.is_available():
+        pytest.skip(f"this machine has {name}")
+    with pytest.raises(ValueError, match=f"--device '{name}' is not available here") as info:
+        pick_device(name)
+    assert len(str(info.value)) < 300, str(info.value)
