@@ -345,14 +345,9 @@ def _add_deltas(decoder: TrainableDecoder, styles: Sequence[Style], weights: Seq
         for style, w in zip(styles, weights):
             try:  # deltas are stored with LDM names; this decoder may use diffusers names
                 delta = from_ldm(style.decoder_delta, state)
-            except (KeyError, RuntimeError) as exc:  # RuntimeError: a delta of another shape
+            except (KeyError, ValueError) as exc:  # ValueError: a delta of another size, named
                 raise StyleFileError(f"style '{style.name}' does not fit this decoder ({exc}); "
                                      "it was made for a different VAE, or the file is damaged") from exc
-            wrong = next((k for k, v in state.items() if delta[k].shape != v.shape), None)
-            if wrong is not None:
-                raise StyleFileError(f"style '{style.name}' does not fit this decoder ({wrong}: "
-                                     f"{tuple(delta[wrong].shape)} in the file, {tuple(state[wrong].shape)} here); it "
-                                     "was made for a different VAE, or the file is damaged")
             moved = _on_device([delta[k] for k in state], next(iter(state.values())).device, one_buffer)
             for v, d in zip(state.values(), moved):
                 v.add_(d.to(v.dtype), alpha=float(strength) * w)

@@ -84,10 +84,13 @@ def to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def from_ldm(ldm: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """LDM-named tensors -> the keys and shapes of ``target`` (a state dict in either layout).
 
-    Raises KeyError listing the target keys the LDM dict lacks.
+    Raises KeyError listing the target keys the LDM dict lacks, ValueError naming a tensor of another size.
     """
     names = ldm_names(target)
     missing = [k for k, n in names.items() if n not in ldm]
     if missing:
         raise KeyError(f"{len(missing)} weights missing, e.g. {missing[:3]}")
+    for k, n in names.items():  # only the layouts differ (attention: 1x1 conv or linear), never the sizes
+        if ldm[n].numel() != target[k].numel():
+            raise ValueError(f"{n}: {tuple(ldm[n].shape)} in the file, {tuple(target[k].shape)} here")
     return {k: ldm[n].reshape(target[k].shape) for k, n in names.items()}

@@ -1,6 +1,7 @@
 """StyleModel: training and stylising run the same forward pass; the views of a step; latents in and out."""
 import dataclasses
 import functools
+import re
 
 import pytest
 import torch
@@ -145,6 +146,20 @@ def test_a_built_style_gets_its_decoder_delta_in_one_copy_equal_to_copies_per_te
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     base = vae.make_decoder().state_dict()
     assert any(not torch.equal(base[k], v) for k, v in built[True][0].decoder.state_dict().items())
+
+
+def test_a_decoder_delta_of_another_size_names_the_tensor_and_both_shapes(trained):
+    """A delta of another size (a file edited, or made for another decoder) said only PyTorch's "shape '[16]' is
+    invalid for input of size 1", not which weight; the shape check meant to name it could never run."""
+    from stylemamba.style_file import StyleFileError
+
+    vae, _, style = trained
+    first = next(iter(style.decoder_delta))
+    bad = dataclasses.replace(style, decoder_delta={**style.decoder_delta,
+                                                    first: style.decoder_delta[first].flatten()[:1]})
+    with pytest.raises(StyleFileError, match=rf"{re.escape(first)}: \(1,\) in the file, \(\d+(, \d+)*\) here\); it was made "
+                                             "for a different VAE, or the file is damaged"):
+        StyleModel.from_styles(vae, [bad])
 
 
 @needs_cuda
