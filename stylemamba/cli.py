@@ -71,6 +71,8 @@ def refuse_existing(path: Path, overwrite: bool, what: str = "output") -> None:
 def refuse_unwritable(path: Path, flag: str = "--out") -> None:
     """Refuse, before any work, an output whose folder cannot take it (a file in the way, a folder not writable):
     found only when the result was saved, it lost the whole training run."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: give the name of a file (in it, or elsewhere)")
     folder = next(p for p in path.absolute().parents if p.exists())
     why = None if folder.is_dir() else "is a file, not a folder"
     if why is None:

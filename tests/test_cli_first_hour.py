@@ -438,6 +438,9 @@ def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
     (tmp_path / "results").write_text("a file")
     proc = run("check", "--quick", "--json", tmp_path / "results" / "check.json")
     one_line_error(proc, f"--json {tmp_path / 'results' / 'check.json'} cannot be written", "is a file, not a folder")
+    proc = run("check", "--quick", "--json", tmp_path)  # a folder: before, IsADirectoryError after the training
+    one_line_error(proc, f"--json {tmp_path} is a folder", "the name of a file")
+    assert "trained" not in proc.stdout
     assert "trained" not in proc.stdout
     from stylemamba.testing.check import report
     from stylemamba.testing.proof import Row
