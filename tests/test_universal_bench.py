@@ -51,6 +51,7 @@ def test_bad_options_and_outputs_are_refused_before_any_model_is_built(tmp_path,
                            (["--batch-size", "2", "0"], "--batch-size 0 is too small"),
                            (["--bus-gbps", "0"], "--bus-gbps 0.0"), (["--resolution", "100"], "--resolution 100"),
                            (["--out", str(tmp_path)], "is a folder"),
+                           (["--out", str(existing / "r.json")], "is a file, not a folder"),
                            (["--out", str(existing)], "pass --overwrite")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err

@@ -196,7 +196,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def check_options(args) -> None:
     """Every flag, before any model is built: a mistake found after the timing would lose the whole run."""
-    from ..cli import at_least, refuse_existing
+    from ..cli import at_least, refuse_existing, refuse_unwritable
 
     at_least("--steps", args.steps, 1)
     at_least("--warmup", args.warmup, 0)
@@ -207,10 +207,8 @@ def check_options(args) -> None:
     if not args.bus_gbps > 0:
         raise ValueError(f"--bus-gbps {args.bus_gbps} is invalid: the all-reduce bandwidth is a number of GB/s above "
                          "0 (default 350)")
-    if args.out and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder: give the report a file name, e.g. "
-                         f"{Path(args.out) / 'universal.json'}")
     if args.out:
+        refuse_unwritable(Path(args.out))  # a folder, or a file in the way of its folder
         refuse_existing(Path(args.out), args.overwrite, "report")
 
 
