@@ -454,6 +454,14 @@ def cmd_stylize(args) -> int:
     device = pick_device(args.device)
     mask = load_mask(args.mask) if args.mask else None  # before the models: a bad mask fails fast
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
+    if args.weights:  # named by its flag, as train's --weights is, before the VAE loads
+        from .mixing import normalise_weights
+
+        try:
+            normalise_weights(args.weights, len(styles), "style")
+        except ValueError as exc:
+            raise ValueError(f"--weights: {exc} (one per style: the --style files as given, a universal one per "
+                             "--prompt then per --reference, then the --universal models likewise)") from None
     vae = load_vae(args.vae, device=device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength,
                                                                    args.blend),

@@ -201,6 +201,14 @@ def test_bad_numbers_and_devices(tiny_models, style_file, photos, tmp_path, flag
     one_line_error(proc, *needles)
 
 
+def test_stylize_names_its_weights_flag_before_the_vae_loads(style_file, photos, tmp_path):
+    """Before: 'style weights [1.0] must be 2 ...' once the VAE had loaded, without the flag train names."""
+    _, (photo, _) = photos
+    proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--style",
+               style_file, "--weights", "1", "--input", photo, "--output", tmp_path / "x.png")
+    one_line_error(proc, "--weights: style weights [1.0] must be 2", "one per style")
+
+
 def test_a_pickle_passed_as_style_is_named_as_such(tiny_models, photos, tmp_path):
     _, (photo, _) = photos
     pickled = tmp_path / "style.pt"
