@@ -170,6 +170,8 @@ def test_bad_inputs_are_explained(setup, tiny_models, tmp_path):
         read_prompts(p)
     with pytest.raises(FileNotFoundError, match="prompts file"):
         read_prompts(tmp_path / "none.txt")
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):  # before: 'not found'
+        read_prompts(tmp_path)
     with pytest.raises(ValueError, match="repeated"):
         run_evaluation([setup / "content"], ["a", "a"], tmp_path / "o", device="cpu")
     with pytest.raises(ValueError, match="unknown method"):

@@ -77,6 +77,10 @@ def _hash(obj: Any) -> str:
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are ignored; duplicates refused."""
     path = Path(path)
+    if path.is_dir():  # "not found" misled for a folder
+        from ..image_io import not_a_file
+
+        raise not_a_file(path, "prompts file")
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path} (a text file with one style prompt per line)")
     try:
