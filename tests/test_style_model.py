@@ -157,8 +157,8 @@ def test_a_decoder_delta_of_another_size_names_the_tensor_and_both_shapes(traine
     first = next(iter(style.decoder_delta))
     bad = dataclasses.replace(style, decoder_delta={**style.decoder_delta,
                                                     first: style.decoder_delta[first].flatten()[:1]})
-    with pytest.raises(StyleFileError, match=rf"{re.escape(first)}: \(1,\) in the file, \(\d+(, \d+)*\) here\); it was made "
-                                             "for a different VAE, or the file is damaged"):
+    with pytest.raises(StyleFileError, match=rf"{re.escape(first)}: \(1,\) in the file, \(\d+(, \d+)*\) here\); "
+                                             "it was made for a different VAE, or the file is damaged"):
         StyleModel.from_styles(vae, [bad])
 
 
