@@ -297,7 +297,7 @@ def cmd_train_universal(args) -> int:
         out = style_path(args.out)
         refuse_existing(out, args.overwrite, "universal model")
         refuse_unwritable(out)
-        bank = load_prompt_bank(args.bank, tags=args.tags.split(",") if args.tags else None)
+        bank = load_prompt_bank(args.bank, tags=args.tags or None)
         if args.hold_out:
             bank = bank.without(args.hold_out)
         files = [f for src in args.images for f in list_images(src)]

@@ -289,7 +289,7 @@ def stylize_images(images: torch.Tensor, vae: SDVAE, styles: Styles,
     out = torch.cat(outs)
     if alpha is not None:
         out = torch.cat([out, alpha.float().cpu()], dim=1)
-    return out.to(images.dtype) if images.is_floating_point() else out
+    return out.to(images.dtype)  # floats only (check_pixels)
 
 
 def graphed_forward(vae: SDVAE, styles: Styles, precision: str = "auto", mode: str = "auto") -> GraphedForward:
