@@ -37,6 +37,8 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "meta":  # accepted by torch, but its tensors hold no data: every step would fail later
+        raise ValueError(f"--device {name!r} holds no data (a placeholder device): use auto, cpu, cuda or cuda:N")
     if device.type not in ("cpu", "cuda"):  # e.g. mps on a machine (or a PyTorch build) without it
         try:
             torch.empty(0, device=device)

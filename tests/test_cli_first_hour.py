@@ -191,6 +191,7 @@ def test_rgba_result_to_jpeg_is_refused_before_work(tiny_models, style_file, tmp
     (("--tile-size", "100"), ("--tile-size 100", "multiple of 8")),
     (("--device", "cuda"), ("no CUDA GPU", "--device cpu")),
     (("--device", "mps"), ("--device 'mps' is not available here", "use auto, cpu, cuda")),  # before: a traceback
+    (("--device", "meta"), ("--device 'meta' holds no data", "use auto, cpu, cuda")),  # before: a traceback later
 ])
 def test_bad_numbers_and_devices(tiny_models, style_file, photos, tmp_path, flags, needles):
     there = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(flags[1])
