@@ -299,6 +299,9 @@ def cmd_train_universal(args) -> int:
         out = style_path(args.out)
         refuse_existing(out, args.overwrite, "universal model")
         refuse_unwritable(out)
+        if args.checkpoint_dir and Path(args.checkpoint_dir).is_file():  # before the models load, not after
+            raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is a file, not a folder: give a folder (a new "
+                             "one, or the one of the run to --resume)")
         bank = load_prompt_bank(args.bank, tags=args.tags or None)
         if args.hold_out:
             bank = bank.without(args.hold_out)

@@ -549,3 +549,13 @@ def test_a_style_name_with_a_dot_keeps_all_of_it_and_a_folder_is_refused(tmp_pat
     assert style_path(tmp_path / "mine.SafeTensors") == tmp_path / "mine.SafeTensors"
     with pytest.raises(ValueError, match="is a folder: give the style a file name in it, e.g. .*mystyle.safetensors"):
         style_path(tmp_path)
+
+
+def test_a_file_as_the_checkpoint_dir_is_named_before_the_models_load(tmp_path):
+    """Before: named only once the VAE and the text model had loaded (a missing VAE here would fail first)."""
+    (tmp_path / "ck").write_text("notes")
+    proc = run("train-universal", "--device", "cpu", "--vae", tmp_path / "no-vae", "--images", tmp_path,
+               "--out", tmp_path / "u.safetensors", "--checkpoint-dir", tmp_path / "ck")
+    one_line_error(proc, f"--checkpoint-dir {tmp_path / 'ck'} is a file, not a folder")
+    assert (tmp_path / "ck").read_text() == "notes"
+
