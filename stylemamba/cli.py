@@ -87,6 +87,16 @@ def refuse_unwritable(path: Path, flag: str = "--out") -> None:
                          "to (nothing was changed)")
 
 
+def check_weights_flag(weights: list[float], count: int, what: str, order: str) -> None:
+    """``--weights`` checked before any model loads (found after, the loading time was lost), named by its flag."""
+    from .mixing import normalise_weights
+
+    try:
+        normalise_weights(weights, count, what)
+    except ValueError as exc:
+        raise ValueError(f"--weights: {exc} ({order})") from None
+
+
 def refuse_inputs(targets: list[Path], inputs: list[Path]) -> None:
     """Never write over an input file, --overwrite or not."""
     resolved = {p.resolve() for p in inputs}
@@ -171,13 +181,8 @@ def cmd_train(args) -> int:
     if args.reference and args.weights:
         raise ValueError("--weights mixes several --prompt styles; a --reference picture has none to mix: "
                          "drop --weights")
-    if args.weights:  # checked here, not after the models have loaded, and named by its flag
-        from .mixing import normalise_weights
-
-        try:
-            normalise_weights(args.weights, len(args.prompt), "prompt")
-        except ValueError as exc:
-            raise ValueError(f"--weights: {exc} (one per --prompt, in their order)") from None
+    if args.weights:
+        check_weights_flag(args.weights, len(args.prompt), "prompt", "one per --prompt, in their order")
     out = style_path(args.out)
     files = [f for src in args.content for f in list_images(src)]
     refuse_inputs([out], files)
@@ -281,7 +286,7 @@ def cmd_train_universal(args) -> int:
     from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
-    from .universal import UniversalConfig, UniversalTrainer
+    from .universal import UniversalConfig, UniversalTrainer, check_checkpoint_dir
     from .vae import load_vae
 
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
@@ -299,9 +304,7 @@ def cmd_train_universal(args) -> int:
         out = style_path(args.out)
         refuse_existing(out, args.overwrite, "universal model")
         refuse_unwritable(out)
-        if args.checkpoint_dir and Path(args.checkpoint_dir).is_file():  # before the models load, not after
-            raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is a file, not a folder: give a folder (a new "
-                             "one, or the one of the run to --resume)")
+        check_checkpoint_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the models load, not after
         bank = load_prompt_bank(args.bank, tags=args.tags or None)
         if args.hold_out:
             bank = bank.without(args.hold_out)
@@ -459,14 +462,9 @@ def cmd_stylize(args) -> int:
     device = pick_device(args.device)
     mask = load_mask(args.mask) if args.mask else None  # before the models: a bad mask fails fast
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast
-    if args.weights:  # named by its flag, as train's --weights is, before the VAE loads
-        from .mixing import normalise_weights
-
-        try:
-            normalise_weights(args.weights, len(styles), "style")
-        except ValueError as exc:
-            raise ValueError(f"--weights: {exc} (one per style: the --style files as given, a universal one per "
-                             "--prompt then per --reference, then the --universal models likewise)") from None
+    if args.weights:
+        check_weights_flag(args.weights, len(styles), "style", "one per style: the --style files as given, a "
+                           "universal one per --prompt then per --reference, then the --universal models likewise")
     vae = load_vae(args.vae, device=device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength,
                                                                    args.blend),

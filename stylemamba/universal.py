@@ -523,9 +523,7 @@ class UniversalTrainer:
             if resume:
                 raise ValueError("resume asked for but no checkpoint directory given")
             return
-        if self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
-            raise FileExistsError(f"checkpoint directory {self.checkpoint_dir} is a file, not a folder: give a folder "
-                                  "(a new one, or the one of the run to --resume)")
+        check_checkpoint_dir(self.checkpoint_dir)
         latest = latest_checkpoint(self.checkpoint_dir)
         if latest is None:
             if resume:
@@ -584,6 +582,13 @@ class UniversalTrainer:
         style = self.net.model.to_style(meta)  # fusion weights and decoder delta, as a style stores them
         return UniversalModel(style.fusion_config, style.fusion_state, style.decoder_delta, self.e_src.detach().cpu(),
                               self.e_src_image.detach().float().cpu(), style.metadata)
+
+
+def check_checkpoint_dir(path: str | Path | None, label: str = "checkpoint directory") -> None:
+    """A checkpoint directory that is a file is refused (the file left alone); the CLI asks before models load."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise FileExistsError(f"{label} {path} is a file, not a folder: give a folder (a new one, or the one of the "
+                              "run to --resume)")
 
 
 def _differences(mine: dict[str, Any], theirs: Any, prefix: str = "") -> list[str]:
