@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -241,19 +240,10 @@ def cmd_train(args) -> int:
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in info.losses.items() if k in ("total", "dir", "vgg")})
 
-    stop = {"asked": False}
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop after the current step and keep what was trained
-        if stop["asked"]:
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     t0 = time.perf_counter()
-    try:
+    try:  # without should_stop, the first Ctrl-C stops after the current step and keeps what was trained
         result = train_style(vae, text, content, direction, cfg, prompt_weights=args.weights, vgg=vgg, lpips=lp,
-                             device=device, on_step=on_step, should_stop=lambda: stop["asked"], start=start)
+                             device=device, on_step=on_step, start=start)
     except TrainingCancelled as cancelled:
         bar.close()
         if cancelled.partial is None:
@@ -265,8 +255,6 @@ def cmd_train(args) -> int:
         print(f"cancelled after {cancelled.partial.steps} steps: partial style saved to {info['path']}",
               file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
     bar.close()
     if args.name:
         result.style.metadata["name"] = args.name

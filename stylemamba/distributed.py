@@ -120,11 +120,15 @@ def shutdown(dist: Dist) -> None:
 
 
 class StopRequest:
-    """Context manager: SIGINT / SIGTERM set :attr:`asked` (stop after this step); a second SIGINT aborts."""
+    """Context manager: SIGINT (and SIGTERM, unless ``signals`` says otherwise) set :attr:`asked` (stop after this
+    step); a second SIGINT aborts. ``keeps`` says what stopping keeps, in the line printed on the first signal."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, keeps: str = "writing a checkpoint",
+                 signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
         self.asked = False
         self.announce = announce
+        self.keeps = keeps
+        self.signals = signals
         self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame):
@@ -132,11 +136,11 @@ class StopRequest:
             raise KeyboardInterrupt
         self.asked = True
         if self.announce:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
-                  "(Ctrl-C again to abort without one)...", file=sys.stderr)
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and {self.keeps} "
+                  "(Ctrl-C again to abort without it)...", file=sys.stderr)
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. inside a server): no signal handling

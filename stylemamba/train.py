@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import functools
 import logging
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from . import losses as L
 from .current_device import indexed, runs_on_device_of, same_device
 from .decoder_attention import attention_by_matmul_
 from .direction import TextDirection
+from .distributed import StopRequest
 from .encoders import ImageTextModel, check_image_text_model
 from .cuda_graphs import (CapturedCalls, GraphCaptureError, check_cuda_graph_option, is_launch_bound, timed_call,
                           trim_graph_memory, uses_async_allocator, why_the_allocator_forbids_graphs)
@@ -178,10 +180,14 @@ class TrainResult:
 
 
 class TrainingCancelled(Exception):
-    """Raised when ``should_stop`` asks to stop; ``partial`` holds the usable style of the last finished step."""
+    """Raised when ``should_stop`` (or, without one, Ctrl-C) asks to stop; ``partial`` holds the usable style of the
+    last finished step. Its message says where the style is: a script that does not catch it still has it (in
+    IPython / Jupyter as ``sys.last_value.partial``)."""
 
     def __init__(self, partial: TrainResult | None):
-        super().__init__("training cancelled")
+        super().__init__(f"training cancelled after {partial.steps} steps; the style of those steps is this "
+                         "exception's .partial.style (save it with stylemamba.style_file.save_style)"
+                         if partial is not None else "training cancelled before the first step: nothing trained")
         self.partial = partial
 
 
@@ -1171,7 +1177,8 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
     ``start``: fine-tune from a universal model (its style for this direction) or from a trained style,
     instead of a fresh fusion module and the VAE's decoder (the recipe's fusion architecture is then
     the starting style's). ``workspace``: a :class:`TrainingWorkspace` that keeps the trainer for the next style
-    (faster; holds GPU memory until released).
+    (faster; holds GPU memory until released). Without ``should_stop``, Ctrl-C (in the main thread) stops after
+    the current step and raises :class:`TrainingCancelled` with the style trained so far, as the CLI does.
     """
     trainer, kept = None, False
     try:
@@ -1183,7 +1190,11 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
             trainer = StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device,
                                    free_memory, start)
         setup = time.perf_counter() - t0
-        result = trainer.run(on_step, should_stop)
+        if should_stop is None:  # Ctrl-C would lose the steps trained so far: it stops after this step instead
+            with StopRequest(keeps="keeping the style of the finished steps", signals=(signal.SIGINT,)) as ctrl_c:
+                result = trainer.run(on_step, lambda: ctrl_c.asked)
+        else:
+            result = trainer.run(on_step, should_stop)
         result.phases["setup"] = setup
         if workspace is not None:
             kept = workspace.keep(trainer)

@@ -42,7 +42,7 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, op
                          save_checkpoint)
 from .current_device import indexed, runs_on_device_of, same_device
 from .direction import TextDirection
-from .distributed import Dist
+from .distributed import Dist, StopRequest
 from .encoders import check_image_text_model, model_name
 from .options import from_options
 from .precision import autocast, grad_scaler
@@ -611,9 +611,14 @@ def train_universal(vae, text, images, bank, config: UniversalConfig | None = No
                     dist: Dist | None = None, checkpoint_dir=None, resume: bool = False,
                     on_log: Callable[[LogLine], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> UniversalResult:
-    """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job."""
+    """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job.
+    Without ``should_stop``, Ctrl-C / SIGTERM stop after the current step (a checkpoint is written if there is a
+    ``checkpoint_dir``; the result says ``cancelled``) instead of losing the run."""
     trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
-    return trainer.run(on_log, should_stop)
+    if should_stop is not None:
+        return trainer.run(on_log, should_stop)
+    with StopRequest(announce=trainer.dist.is_main, keeps="returning the model trained so far") as stop:
+        return trainer.run(on_log, lambda: stop.asked)
 
 
 # ------------------------------------------------------------------------------------------ using it

@@ -1,5 +1,6 @@
 """The training loop: the recipe, losses going down, cancel, reproducibility, bad inputs."""
 import dataclasses
+import signal
 import time
 
 import pytest
@@ -107,6 +108,37 @@ def test_cancel_stops_at_the_next_step_and_leaves_a_usable_style(parts, photo):
     with pytest.raises(TrainingCancelled) as info:
         train_style(vae, text, photo, "ukiyo-e", small_config(), should_stop=lambda: True)
     assert info.value.partial is None  # nothing trained yet: no model rather than a broken one
+
+
+class _CtrlCReachedTheCaller(Exception):
+    pass
+
+
+def test_ctrl_c_from_python_keeps_the_steps_trained_so_far(parts, photo):
+    """A script or notebook calling train_style without should_stop: Ctrl-C stops after the step and the style of
+    the finished steps is on the exception (it used to be a KeyboardInterrupt that lost the run)."""
+    vae, text, _, _ = parts
+
+    def caller_handler(signum, frame):
+        raise _CtrlCReachedTheCaller()
+
+    previous = signal.signal(signal.SIGINT, caller_handler)
+    try:
+        seen = []
+
+        def on_step(info):
+            seen.append(info.step)
+            if info.step == 2:
+                signal.raise_signal(signal.SIGINT)
+
+        with pytest.raises(TrainingCancelled) as info:
+            train_style(vae, text, photo, "ukiyo-e", small_config(epochs=6), on_step=on_step)
+        partial = info.value.partial
+        assert partial is not None and partial.cancelled and partial.steps == 3 and seen == [1, 2, 3]
+        assert "after 3 steps" in str(info.value) and ".partial" in str(info.value)
+        assert signal.getsignal(signal.SIGINT) is caller_handler  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_progress_reports_losses_and_previews(parts, photo):

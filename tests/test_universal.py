@@ -1,6 +1,8 @@
 """Universal model training in one process: sampler, per-row prompts, files, styles from it, checkpoints and resume."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from conftest import load_photo
@@ -182,6 +184,28 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(models, images, tm
     assert len(list_checkpoints(tmp_path / "b")) == 2  # keep_checkpoints
     with pytest.raises(CheckpointError, match="belongs to another run: bank '[0-9a-f]+' in the checkpoint"):
         UniversalTrainer(vae, text, images, PROMPTS[:2], tiny_config(), checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_ctrl_c_from_python_stops_after_the_step_with_a_checkpoint(models, images, tmp_path):
+    """train_universal called from a script without should_stop: Ctrl-C used to raise KeyboardInterrupt in mid-step
+    and lose the run; it now stops after the step, writes the checkpoint and returns the model so far."""
+    vae, text = models
+
+    def caller_handler(signum, frame):
+        raise AssertionError("Ctrl-C reached the caller: the run was lost")
+
+    def on_log(line):
+        if line.step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, caller_handler)
+    try:
+        result = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck",
+                                 on_log=on_log)
+        assert signal.getsignal(signal.SIGINT) is caller_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.cancelled and result.steps == 2 and result.checkpoint.name == "step-00000002"
 
 
 def test_a_frozen_decoder_trains_only_the_fusion_module(models, images, tmp_path):
