@@ -37,6 +37,16 @@ def logged_enter(self):
 
 
 torch.cuda.StreamContext.__enter__ = logged_enter
+_set_stream = torch.cuda.set_stream
+
+
+def logged_set_stream(s):
+    if s is not None and s != torch.cuda.default_stream(dev):
+        entered.append({"stream": hex(s.cuda_stream), "where": "set_stream: " + traceback.format_stack(limit=4)[-2].strip()[:300]})
+    return _set_stream(s)
+
+
+torch.cuda.set_stream = logged_set_stream
 
 
 def probe_us():
