@@ -30,7 +30,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message says why and what to do."""
+    """A checkpoint that cannot be written or resumed from; the message says why and what to do."""
 
 
 @dataclass
@@ -98,14 +98,23 @@ def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.T
     folder = Path(folder)
     final = step_dir(folder, step)
     tmp = final.with_name(final.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / MODEL_FILE),
-              metadata={"format": "stylemamba.checkpoint"})
     opt_tensors, opt_meta = optimizer_to_tensors(opt, names)
-    save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata={"optimizer": json.dumps(opt_meta)})
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1, default=str))
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / MODEL_FILE),
+                  metadata={"format": "stylemamba.checkpoint"})
+        save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata={"optimizer": json.dumps(opt_meta)})
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1, default=str))
+    except Exception as exc:  # a full disk, a folder gone read-only (OSError; safetensors raises its own type)
+        shutil.rmtree(tmp, ignore_errors=True)  # the half checkpoint would hold the space the next one needs
+        last = latest_checkpoint(folder)
+        raise CheckpointError(f"checkpoint {final.name} could not be written in {folder} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())}); nothing of it is left. "
+                              + (f"The last complete checkpoint, {last.name}, is intact" if last else
+                                 "No earlier checkpoint exists") + ": make room (or choose another folder) "
+                              "and resume") from exc
     if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -322,7 +322,8 @@ def cmd_train_universal(args) -> int:
         if result.cancelled:
             partial = free_path(out.with_name(out.stem + "-partial.safetensors"))  # never over an earlier one
             save_universal(result.model, partial)
-            print(f"stopped after step {result.steps}: checkpoint {result.checkpoint}, partial model {partial}; "
+            written = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint written (see above)"
+            print(f"stopped after step {result.steps}: {written}, partial model {partial}; "
                   "continue with the same command and --resume", file=sys.stderr)
             return 130
         if args.name:

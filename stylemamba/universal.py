@@ -264,6 +264,7 @@ def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators:
 
 
 _SNAPSHOTS = {"so_snapshot.": "snapshot", "so_next_snapshot.": "next_snapshot"}  # checkpoint key prefixes
+LOG_FILE = "log.jsonl"  # rank 0's log lines, in the checkpoint directory
 
 
 @dataclass
@@ -488,7 +489,9 @@ class UniversalTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
-        path = self.save_checkpoint() if self.checkpoint_dir is not None and self.step_index > first else None
+        # keep_going: a checkpoint that cannot be written (a full disk) must not take the trained model with it
+        path = self.save_checkpoint(keep_going=True) if self.checkpoint_dir is not None and self.step_index > first \
+            else None
         return UniversalResult(self.result(seconds, cancelled), list(self.history), self.step_index, seconds,
                                cancelled, path)
 
@@ -502,8 +505,11 @@ class UniversalTrainer:
         line = LogLine(self.step_index, self.cfg.total_steps, self.epoch_of(self.step_index - 1), losses, elapsed,
                        n * self.cfg.batch_size / max(seconds, 1e-9))
         if self.checkpoint_dir is not None:
-            with open(self.checkpoint_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(dataclasses.asdict(line)) + "\n")
+            try:
+                with open(self.checkpoint_dir / LOG_FILE, "a") as f:
+                    f.write(json.dumps(dataclasses.asdict(line)) + "\n")
+            except OSError as exc:  # a full disk: the loss curve loses a line, the run goes on
+                log.warning("%s not written (%s): the run goes on", LOG_FILE, exc.strerror or exc)
         if on_log is not None:
             on_log(line)
 
@@ -536,8 +542,12 @@ class UniversalTrainer:
                                   "to continue it, or choose an empty checkpoint directory")
         self.load_checkpoint(latest)
 
-    def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes the checkpoint of the current step; every rank waits for it. Returns its path on rank 0."""
+    def save_checkpoint(self, keep_going: bool = False) -> Path | None:
+        """Rank 0 writes the checkpoint of the current step; every rank waits for it. Returns its path on rank 0.
+
+        ``keep_going``: a write that fails is logged and None returned instead of raising (the run's last checkpoint:
+        the trained model is still returned and can be saved elsewhere).
+        """
         path = None
         if self.dist.is_main and self.checkpoint_dir is not None:
             tensors = dict(self.net.state_dict())
@@ -546,9 +556,14 @@ class UniversalTrainer:
             state = {"identity": self._identity(), "history": self.history,
                      "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                      "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
-            path = save_checkpoint(self.checkpoint_dir, self.step_index, tensors, self.opt, self.names, state,
-                                   keep=self.cfg.keep_checkpoints)
-            log.info("checkpoint: %s", path)
+            try:
+                path = save_checkpoint(self.checkpoint_dir, self.step_index, tensors, self.opt, self.names, state,
+                                       keep=self.cfg.keep_checkpoints)
+                log.info("checkpoint: %s", path)
+            except CheckpointError as exc:
+                if not keep_going:
+                    raise
+                log.error("%s", exc)
         self.dist.barrier()
         return path
 

@@ -76,3 +76,31 @@ def test_a_foreign_or_edited_trainer_state_is_named_not_a_traceback(tmp_path, st
     (path / "trainer.json").write_text(state)
     with pytest.raises(CheckpointError, match="trainer.json holds no step number.*delete that folder"):
         load_checkpoint(path)
+
+
+def test_a_write_that_fails_leaves_no_half_checkpoint_and_names_the_last_good_one(tmp_path, monkeypatch):
+    """A full disk while writing: the run stopped with safetensors' own error and a traceback, and the half-written
+    step-N.partial kept the space the next write needed; now nothing of it is left and the error names the last
+    complete checkpoint."""
+    import errno
+
+    import safetensors.torch
+
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    _steps(net, opt, 1)
+    names = [n for n, _ in net.named_parameters()]
+    save_checkpoint(tmp_path, 1, net.state_dict(), opt, names, {})
+    real = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        if filename.endswith("optimizer.safetensors"):  # the weights went in, the optimizer state does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match=r"step-00000002 could not be written .*No space left on device.*"
+                                              r"step-00000001, is intact"):
+        save_checkpoint(tmp_path, 2, net.state_dict(), opt, names, {})
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]
+    assert load_checkpoint(latest_checkpoint(tmp_path)).step == 1

@@ -283,3 +283,25 @@ def test_a_per_style_recipe_as_the_config_is_named(models, images):
     vae, text = models
     with pytest.raises(TypeError, match="UniversalConfig.*not a TrainConfig"):
         UniversalTrainer(vae, text, images, PROMPTS, TrainConfig(resolution=64))
+
+
+def test_a_last_checkpoint_that_cannot_be_written_keeps_the_trained_model(models, images, tmp_path, monkeypatch,
+                                                                         caplog):
+    """With checkpoint_every 0 (a checkpoint only at the end) a full disk at the end lost the whole run: the error
+    came before the model was returned. Now it is logged and the model returned (to be saved elsewhere)."""
+    import errno
+
+    import safetensors.torch
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    vae, text = models
+    with caplog.at_level("ERROR", logger="stylemamba"):
+        result = train_universal(vae, text, images, PROMPTS, tiny_config(epochs=1, checkpoint_every=0),
+                                 checkpoint_dir=tmp_path / "ck")
+    assert result.steps == 2 and result.checkpoint is None and result.model.decoder_delta
+    assert "step-00000002 could not be written" in caplog.text and "No earlier checkpoint" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["log.jsonl"]  # no half checkpoint
+
