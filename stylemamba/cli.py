@@ -293,6 +293,7 @@ def cmd_train_universal(args) -> int:
         refuse_existing(out, args.overwrite, "universal model")
         refuse_unwritable(out)
         check_checkpoint_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the models load, not after
+        refuse_unwritable(Path(args.checkpoint_dir) / "log.jsonl", "--checkpoint-dir")  # not at the first log line
         bank = load_prompt_bank(args.bank, tags=args.tags or None)
         if args.hold_out:
             bank = bank.without(args.hold_out)

@@ -534,13 +534,34 @@ class UniversalTrainer:
         if latest is None:
             if resume:
                 log.warning("no checkpoint in %s yet: starting from step 0", self.checkpoint_dir)
-            if self.dist.is_main:
-                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            return
-        if not resume:
+        elif not resume:
             raise FileExistsError(f"{self.checkpoint_dir} already holds a run (checkpoint {latest.name}): pass --resume "
                                   "to continue it, or choose an empty checkpoint directory")
-        self.load_checkpoint(latest)
+        else:
+            self.load_checkpoint(latest)
+        if self.dist.is_main:
+            self._restart_log()
+
+    def _restart_log(self) -> None:
+        """Keep the lines of log.jsonl up to the step this run starts from: a run killed after its last checkpoint
+        had logged steps that the resumed run takes again (twice in the loss curve). Written now, a folder that
+        takes no file is named before the first step, not at the first log line."""
+        path = self.checkpoint_dir / LOG_FILE
+        kept = []
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                if json.loads(line)["step"] <= self.step_index:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line half-written when the run was killed
+                pass
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(LOG_FILE + ".partial")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+        except OSError as exc:
+            raise ValueError(f"checkpoint directory {self.checkpoint_dir} cannot be written ({exc.strerror or exc}): "
+                             "choose a folder you can write to") from None
 
     def save_checkpoint(self, keep_going: bool = False) -> Path | None:
         """Rank 0 writes the checkpoint of the current step; every rank waits for it. Returns its path on rank 0.

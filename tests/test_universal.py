@@ -305,3 +305,20 @@ def test_a_last_checkpoint_that_cannot_be_written_keeps_the_trained_model(models
     assert "step-00000002 could not be written" in caplog.text and "No earlier checkpoint" in caplog.text
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["log.jsonl"]  # no half checkpoint
 
+
+def test_a_run_killed_after_its_last_checkpoint_logs_each_step_once(models, images, tmp_path):
+    """Killed after step 4 was logged but before its checkpoint was written, the run resumed from step 2 and logged
+    steps 3 and 4 again: log.jsonl held them twice (and a line half-written by the kill stayed broken)."""
+    import json
+    import shutil
+
+    vae, text = models
+    ck = tmp_path / "ck"
+    train_universal(vae, text, images, PROMPTS, tiny_config(checkpoint_every=2), checkpoint_dir=ck)
+    shutil.rmtree(ck / "step-00000004")  # what a kill before the last checkpoint leaves
+    with open(ck / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "total_st')
+    result = train_universal(vae, text, images, PROMPTS, tiny_config(checkpoint_every=2), checkpoint_dir=ck,
+                             resume=True)
+    assert result.steps == 4
+    assert [json.loads(line)["step"] for line in (ck / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -200,3 +200,17 @@ def test_a_decoder_delta_of_the_wrong_shape_is_named_not_a_traceback(setup, caps
                  str(root / "bad.png")]) == 2
     err = capsys.readouterr().err
     assert "does not fit this decoder" in err and "damaged" in err, err
+
+
+def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_the_models_load(tmp_path, capsys):
+    """A --checkpoint-dir in a folder that takes no file was found after the models loaded and the first steps ran
+    (at the first log line or checkpoint), with a traceback."""
+    (tmp_path / "runs").write_text("a file, not a folder")
+    (tmp_path / "images").mkdir()
+    save_image(load_photo("chelsea", 64)[0], tmp_path / "images" / "chelsea.png")
+    assert main(["train-universal", "--device", "cpu", "--vae", str(tmp_path / "no-vae"), "--text-model",
+                 str(tmp_path / "no-model"), "--images", str(tmp_path / "images"), "--out",
+                 str(tmp_path / "u.safetensors"), "--checkpoint-dir", str(tmp_path / "runs" / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint-dir {tmp_path / 'runs' / 'ck' / 'log.jsonl'} cannot be written" in err, err
+    assert "is a file, not a folder" in err and "no-vae" not in err
