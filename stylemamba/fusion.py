@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .options import from_options
+from .options import check_kinds, from_options
 from .ssm import BACKENDS, MambaMixer
 
 KINDS = ("mamba", "cross_attention")
@@ -53,6 +53,7 @@ class FusionConfig:
     backend: str = "auto"  # selective-scan backend (mamba only), see ssm.py
 
     def __post_init__(self):
+        check_kinds(self, "FusionConfig")
         if self.kind not in KINDS:
             raise ValueError(f"FusionConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.scan not in SCANS:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
@@ -24,3 +26,25 @@ def from_options(cls: type[T], data: Mapping[str, Any], what: str, renamed: Mapp
     if unknown:
         raise ValueError(f"unknown {what} option(s) {unknown}; valid: {sorted(known)}")
     return cls(**data)
+
+
+_KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number"}
+
+
+def check_kinds(options: Any, what: str) -> None:
+    """Refuse, by name, a value of the wrong kind in a field annotated ``int``, ``float`` or ``bool``: from the Python
+    API a string "8" failed later with "'>=' not supported", 2.5 epochs ran, and the string "false" turned a switch on.
+    """
+    for f in dataclasses.fields(options):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        value = getattr(options, f.name)
+        if kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "int":
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{what}.{f.name} must be {_KINDS[kind]}, got {value!r}")

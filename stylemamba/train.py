@@ -40,7 +40,7 @@ from .fusion import FusionConfig
 from .image_io import check_pixels, load_image
 from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
                           smaller_plan)
-from .options import from_options
+from .options import check_kinds, from_options
 from .precision import autocast, autocast_dtype, check_precision, grad_scaler, groupnorm_in_autocast_dtype_
 from .speed import COMPILE_MODES, compile_callable, compile_module_, train_in_channels_last_
 from .style_file import Style, UniversalModel
@@ -97,6 +97,7 @@ class TrainConfig:
             self.loss = L.LossConfig.from_dict(self.loss)
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
+        check_kinds(self, type(self).__name__)
         self.precision = check_precision(self.precision)
         try:
             check_cuda_graph_option(self.cuda_graphs)
@@ -107,7 +108,10 @@ class TrainConfig:
         except ValueError as exc:
             raise ValueError(f"TrainConfig.{exc}") from None
         checks = [("epochs", self.epochs >= 1, ">= 1"), ("steps_per_epoch", self.steps_per_epoch >= 1, ">= 1"),
-                  ("lr", self.lr > 0, "> 0"), ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
+                  ("lr", self.lr > 0, "> 0"), ("lr_decay", self.lr_decay > 0, "> 0"),
+                  ("lr_decay_epoch", self.lr_decay_epoch >= 0, ">= 0"),
+                  ("preview_every", self.preview_every >= 0, ">= 0"),
+                  ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
                   "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
                   f"one of {', '.join(COMPILE_MODES)}")]
         for name, ok, rule in checks:

@@ -1,8 +1,10 @@
 """The training loop: the recipe, losses going down, cancel, reproducibility, bad inputs."""
 import dataclasses
+import re
 import signal
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -314,3 +316,25 @@ def test_same_crop_and_same_mask_references_use_the_steps_boxes_and_mask(parts, 
             assert abs(ha[k] - hb[k]) <= 1e-4 * abs(ha[k]) + 1e-7, (k, ha[k], hb[k])
     full = train_style(vae, text, photo_batch, "pop art", small_config(epochs=1))
     assert full.history[0]["patch"] != runs[0].history[0]["patch"]  # the reference changes the term
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": "3"}, "TrainConfig.epochs must be an integer, got '3'"),
+    ({"lr": "1e-3"}, "TrainConfig.lr must be a finite number, got '1e-3'"),
+    ({"epochs": 2.5}, "TrainConfig.epochs must be an integer, got 2.5"),
+    ({"gradient_checkpointing": "false"}, "TrainConfig.gradient_checkpointing must be true or false, got 'false'"),
+    ({"lr": float("inf")}, "TrainConfig.lr must be a finite number"),
+    ({"lr_decay": -0.5}, "TrainConfig.lr_decay=-0.5 is invalid: it must be > 0"),
+    ({"preview_every": -1}, "TrainConfig.preview_every=-1 is invalid"),
+    ({"fusion": {"width": "16"}}, "FusionConfig.width must be an integer, got '16'"),
+])
+def test_options_of_the_wrong_kind_are_named(options, message):
+    """Options given as strings from the Python API (or a --config file): "3" failed with "'>=' not supported between
+    'str' and 'int'" (a TypeError: a traceback from the CLI), 2.5 epochs and an infinite lr trained, and the string
+    "false" turned gradient checkpointing on."""
+    from stylemamba.train import TrainConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig.from_dict(options)
+    assert TrainConfig.from_dict({"epochs": np.int64(3), "lr": np.float32(1e-3), "lr_decay": 1}).epochs == 3
+

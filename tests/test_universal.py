@@ -1,6 +1,7 @@
 """Universal model training in one process: sampler, per-row prompts, files, styles from it, checkpoints and resume."""
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -322,3 +323,15 @@ def test_a_run_killed_after_its_last_checkpoint_logs_each_step_once(models, imag
                              resume=True)
     assert result.steps == 4
     assert [json.loads(line)["step"] for line in (ck / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": "8"}, "UniversalConfig.batch_size must be an integer, got '8'"),
+    ({"checkpoint_every": 1.5}, "UniversalConfig.checkpoint_every must be an integer, got 1.5"),
+    ({"keep_checkpoints": True}, "UniversalConfig.keep_checkpoints must be an integer, got True"),
+])
+def test_universal_options_of_the_wrong_kind_are_named(options, message):
+    """A string "8" as the batch size failed with a TypeError; 1.5 as checkpoint_every wrote a checkpoint every 3
+    steps."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        UniversalConfig.from_dict(options)
