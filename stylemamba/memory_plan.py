@@ -118,7 +118,7 @@ class Recipe:
 
 def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:
     """Working memory (bytes) of a run under ``plan``, frozen networks NOT included (see module docstring)."""
-    m = min(plan.micro_batch, recipe.n_images)
+    m = _group(plan, recipe)
     area = (recipe.resolution / 512) ** 2
     views = m * recipe.views_per_image
     if plan.tower_checkpointing and not plan.view_chunk:
@@ -134,7 +134,7 @@ def estimate_bytes(plan: MemoryPlan, recipe: Recipe) -> float:
 def relative_time(plan: MemoryPlan, recipe: Recipe) -> float:
     """Seconds per 20 default steps the time model predicts (only compared between plans)."""
     n = recipe.n_images
-    m = min(plan.micro_batch, n)
+    m = _group(plan, recipe)
     t = math.ceil(n / m) * GROUP_S + n * PER_IMAGE_S
     if plan.checkpointing:
         t *= CHECKPOINTING_COST
@@ -144,6 +144,11 @@ def relative_time(plan: MemoryPlan, recipe: Recipe) -> float:
     if plan.view_chunk and plan.view_chunk < views:
         t *= 1 + CHUNK_COST * (math.ceil(views / plan.view_chunk) - 1)
     return t
+
+
+def _group(plan: MemoryPlan, recipe: Recipe) -> int:
+    """Images per group under ``plan``: micro_batch 0 (an explicit plan without one) is the whole batch, not none."""
+    return min(plan.micro_batch or recipe.n_images, recipe.n_images)
 
 
 def candidate_plans(recipe: Recipe, micro_batching: bool = True, checkpointing: bool | None = None,
@@ -217,9 +222,12 @@ def parse_plan(value: str | Mapping[str, Any]) -> str | MemoryPlan:
             '(e.g. "micro_batch=1,view_chunk=16,checkpointing=on" or "checkpointing=on,tower_checkpointing=on")')
     if isinstance(value, str):
         try:
-            items = dict(part.split("=", 1) for part in value.replace(" ", "").split(",") if part)
+            pairs = [part.split("=", 1) for part in value.replace(" ", "").split(",") if part]
+            items = dict(pairs)
         except ValueError:
             raise ValueError(f"memory_plan {value!r} is not understood: use {rule}") from None
+        if len(items) < len(pairs):  # "micro_batch=1,micro_batch=2" took the last one without a word
+            raise ValueError(f"memory_plan {value!r} names a key twice: use {rule}")
     elif isinstance(value, Mapping):
         items = dict(value)
     else:
@@ -228,8 +236,7 @@ def parse_plan(value: str | Mapping[str, Any]) -> str | MemoryPlan:
     if unknown:
         raise ValueError(f"memory_plan has unknown keys {unknown}: use {rule}")
     try:
-        micro = int(items.get("micro_batch", 0))
-        chunk = int(items.get("view_chunk", 0))
+        micro, chunk = (_count(items.get(key, 0)) for key in ("micro_batch", "view_chunk"))
         ckpt, tower = (_switch(items.get(key, False)) for key in ("checkpointing", "tower_checkpointing"))
     except (TypeError, ValueError):
         raise ValueError(f"memory_plan {value!r} is not understood: use {rule}") from None
@@ -239,6 +246,13 @@ def parse_plan(value: str | Mapping[str, Any]) -> str | MemoryPlan:
         raise ValueError(f"memory_plan {value!r}: view_chunk and tower_checkpointing both save the image tower's "
                          "memory; use one of them (tower_checkpointing is the faster)")
     return MemoryPlan(micro, chunk, ckpt, tower, "explicit (TrainConfig.memory_plan)")
+
+
+def _count(value: Any) -> int:
+    """A micro_batch / view_chunk entry: a whole number (1.5 was cut to 1, and True read as 1)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
 
 
 def _switch(value: Any) -> bool:

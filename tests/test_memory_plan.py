@@ -277,3 +277,21 @@ def test_saving_plan_matches_the_fast_plan_on_gpu_and_free_memory_honours_the_ca
         assert plan.checkpointing and (plan.view_chunk or plan.tower_checkpointing)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
+def test_an_explicit_plan_without_micro_batch_is_estimated_as_the_whole_batch():
+    """parse_plan("checkpointing=on") has micro_batch 0 ("whole batch"): estimate_bytes counted no image at all (1.7
+    GB for 4 images at 512 px) and relative_time divided by zero."""
+    recipe = Recipe(4)
+    whole, parsed = MemoryPlan(4, 0, True), parse_plan("checkpointing=on")
+    assert estimate_bytes(parsed, recipe) == estimate_bytes(whole, recipe) > 2 * GB
+    assert mp.relative_time(parsed, recipe) == mp.relative_time(whole, recipe)
+
+
+@pytest.mark.parametrize("bad", ["micro_batch=1,micro_batch=2", {"micro_batch": 1.5}, {"micro_batch": True},
+                                 {"view_chunk": 8.5}])
+def test_a_plan_number_that_is_not_whole_or_given_twice_is_refused(bad):
+    """{"micro_batch": 1.5} ran micro-batches of 1, True ran 1, and a key given twice took the last one."""
+    with pytest.raises(ValueError, match="memory_plan"):
+        parse_plan(bad)
+    assert parse_plan({"micro_batch": 2.0, "view_chunk": "16"}).view_chunk == 16
