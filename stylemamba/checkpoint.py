@@ -107,8 +107,10 @@ def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.T
                   metadata={"format": "stylemamba.checkpoint"})
         save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata={"optimizer": json.dumps(opt_meta)})
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1, default=str))
-    except Exception as exc:  # a full disk, a folder gone read-only (OSError; safetensors raises its own type)
+    except BaseException as exc:  # a full disk, a folder gone read-only (OSError; safetensors raises its own type)
         shutil.rmtree(tmp, ignore_errors=True)  # the half checkpoint would hold the space the next one needs
+        if not isinstance(exc, Exception):  # a second Ctrl-C: abort as asked, with nothing half-written left
+            raise
         last = latest_checkpoint(folder)
         raise CheckpointError(f"checkpoint {final.name} could not be written in {folder} ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())}); nothing of it is left. "

@@ -104,3 +104,21 @@ def test_a_write_that_fails_leaves_no_half_checkpoint_and_names_the_last_good_on
         save_checkpoint(tmp_path, 2, net.state_dict(), opt, names, {})
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]
     assert load_checkpoint(latest_checkpoint(tmp_path)).step == 1
+
+
+def test_a_second_ctrl_c_while_writing_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C twice (abort) while a checkpoint was written left step-N.partial behind, though the CLI then says
+    "nothing half-written is left"."""
+    import safetensors.torch
+
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    _steps(net, opt, 1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 1, net.state_dict(), opt, [n for n, _ in net.named_parameters()], {})
+    assert list(tmp_path.iterdir()) == []
