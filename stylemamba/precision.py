@@ -8,6 +8,7 @@ recipes (``TrainConfig.amp``); it is read as "fp32".
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 
 import torch
@@ -16,8 +17,11 @@ from torch import nn
 
 from .group_norm import group_norm, pays_here
 
+log = logging.getLogger("stylemamba")
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _OLD_SPELLINGS = {"off": "fp32"}
+_TOLD_NO_FP16: set[str] = set()  # device types already told that fp16 runs there in fp32 (asked at every step)
 
 
 def check_precision(precision: str) -> str:
@@ -44,7 +48,13 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch
     """
     precision = check_precision(precision)
     device = torch.device(device)
-    if precision == "fp32" or (precision == "fp16" and device.type != "cuda"):
+    if precision == "fp16" and device.type != "cuda":
+        if device.type not in _TOLD_NO_FP16:  # said once: the flag was followed without a word
+            _TOLD_NO_FP16.add(device.type)
+            log.warning("precision fp16 needs a CUDA GPU: on %s the computation runs in fp32 (bf16 is the reduced "
+                        "precision the CPU has)", device.type)
+        return None
+    if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16

@@ -191,3 +191,12 @@ def test_the_trained_decoder_copy_runs_silu_out_of_place(tiny_models, photo):
     trainer = StyleTrainer(vae, load_text_image_encoder(tiny_models["siglip"]), photo, "pop art", TrainConfig(epochs=1))
     assert not any(isinstance(m, torch.nn.SiLU) and m.inplace for m in trainer.model.decoder.modules())
     assert all(m.inplace for m in silus)
+
+
+def test_fp16_asked_on_the_cpu_says_once_that_it_runs_in_fp32(monkeypatch, caplog):
+    """--precision fp16 --device cpu trained in fp32 without a word (and the recipe says fp16)."""
+    monkeypatch.setattr(precision, "_TOLD_NO_FP16", set())
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        assert precision.autocast_dtype("cpu", "fp16") is None and precision.autocast_dtype("cpu", "fp16") is None
+        assert precision.autocast_dtype("cpu", "fp32") is None and precision.autocast_dtype("cpu", "bf16") is not None
+    assert caplog.text.count("fp16 needs a CUDA GPU: on cpu the computation runs in fp32") == 1, caplog.text
