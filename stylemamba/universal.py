@@ -531,6 +531,13 @@ class UniversalTrainer:
             return
         check_checkpoint_dir(self.checkpoint_dir)
         latest = latest_checkpoint(self.checkpoint_dir)
+        if self.dist.active:  # a rank that saw another checkpoint would train other steps with weights of its own
+            mine = latest.name if latest is not None else None
+            main = self.dist.broadcast_object(mine)
+            if self.dist.any(main != mine):
+                raise CheckpointError(f"the processes of this job do not see the same checkpoints in "
+                                      f"{self.checkpoint_dir} (rank 0: {main or 'none'}, rank {self.dist.rank}: "
+                                      f"{mine or 'none'}): on several nodes, give a folder on storage they share")
         if latest is None:
             if resume:
                 log.warning("no checkpoint in %s yet: starting from step 0", self.checkpoint_dir)

@@ -177,3 +177,44 @@ def test_ctrl_c_stops_every_rank_with_a_checkpoint_that_resumes_on_one_process(j
     diff = _compare(job, result.checkpoint)
     print(f"2 processes stopped at step {step}, resumed on 1:", diff)
     assert diff["losses"] < 1e-5 and diff["params"] < 1e-4 and diff["pixels"] < 1e-4, diff
+
+
+SPLIT_STORAGE = """
+import json, sys
+from pathlib import Path
+from stylemamba import distributed
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.prompt_bank import load_prompt_bank
+from stylemamba.universal import UniversalConfig, train_universal
+from stylemamba.vae import load_vae
+
+root, vae, siglip = map(Path, sys.argv[1:4])
+dist = distributed.setup("cpu", timeout_s=60)
+try:
+    cfg = UniversalConfig.from_dict({**json.loads((root / "recipe.json").read_text()), "epochs": 4})
+    result = train_universal(load_vae(vae), load_text_image_encoder(siglip), sorted((root / "images").iterdir()),
+                             load_prompt_bank(root / "bank.txt"), cfg, dist=dist, resume=True,
+                             checkpoint_dir=root / ("shared" if dist.rank == 0 else "this-node-only"))
+    print(f"rank {dist.rank} trained to step {result.steps}")
+finally:
+    distributed.shutdown(dist)
+"""
+
+
+def test_processes_that_see_other_checkpoints_are_stopped_before_a_step(job, tmp_path):
+    """Two nodes without shared storage: rank 0 resumed from step 4 and rank 1 started from step 0 with its own initial
+    weights; DDP averaged the gradients of different steps into both until rank 1 hung in the all-reduce rank 0 had
+    left. Now every rank stops at once, naming what each saw."""
+    import shutil
+
+    shutil.copytree(job["root"] / "reference", job["root"] / "shared", dirs_exist_ok=True)
+    (tmp_path / "split.py").write_text(SPLIT_STORAGE)
+    models = job["models"]
+    proc = _start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(_free_port()), str(tmp_path / "split.py"), str(job["root"]), str(models["vae"]),
+                   str(models["siglip"])])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "trained to step" not in out, out + err[-3000:]
+    assert err.count("do not see the same checkpoints") >= 2, err[-3000:]
+    assert "rank 0: step-00000004, rank 1: none" in err and "storage they share" in err, err[-3000:]
+    assert not (job["root"] / "this-node-only").exists()
