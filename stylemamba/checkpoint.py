@@ -27,6 +27,7 @@ import torch
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFT_OVER = re.compile(r"^step-(\d+)(\.partial)?$")
 
 
 class CheckpointError(ValueError):
@@ -120,8 +121,13 @@ def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.T
     if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-max(1, keep)]:
+    complete = list_checkpoints(folder)
+    for old in complete[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
+    for p in folder.iterdir():  # of earlier steps, left by a kill while writing or pruning: never listed, never reused
+        m = _LEFT_OVER.match(p.name)
+        if m and int(m.group(1)) < step and p.is_dir() and p not in complete:
+            shutil.rmtree(p, ignore_errors=True)
     return final
 
 

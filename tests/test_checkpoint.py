@@ -122,3 +122,20 @@ def test_a_second_ctrl_c_while_writing_leaves_no_half_checkpoint(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, 1, net.state_dict(), opt, [n for n, _ in net.named_parameters()], {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folders_left_by_a_kill_are_removed_with_the_next_checkpoint(tmp_path):
+    """A run killed while writing its last checkpoint (step 5, not a multiple of checkpoint_every: the Ctrl-C one)
+    or while pruning an old one left step-5.partial and a step folder without its weights on the disk for good: no
+    later write had their name. Each holds up to a checkpoint's size."""
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    _steps(net, opt, 1)
+    names = [n for n, _ in net.named_parameters()]
+    save_checkpoint(tmp_path, 4, net.state_dict(), opt, names, {})
+    for left in ("step-00000001", "step-00000005.partial", "step-00000009.partial"):
+        (tmp_path / left).mkdir()
+        (tmp_path / left / "trainer.json").write_text('{"step": 1}')
+    save_checkpoint(tmp_path, 6, net.state_dict(), opt, names, {}, keep=2)
+    # a later step's partial folder is left to the write of that step (it replaces it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006", "step-00000009.partial"]
