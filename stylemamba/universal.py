@@ -321,6 +321,10 @@ class UniversalTrainer:
         self.skipped_losses = skipped_losses(lc, vgg, lpips)
         for name in self.skipped_losses:
             log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
+        if self.cfg.memory_plan != "auto":  # an override followed by nothing, and no log line said so
+            log.warning("UniversalConfig.memory_plan %s is not used: universal training runs each process's rows "
+                        "at once (gradient_checkpointing saves the decoder's memory; more processes, each its "
+                        "share of the batch)", json.dumps(self.cfg.memory_plan))
         self.sampler = PairSampler(len(self.images), self.bank.weights, self.cfg.batch_size, self.cfg.seed)
         self.rows = self.sampler.rows(self.dist.rank, self.dist.world_size)
 

@@ -335,3 +335,16 @@ def test_universal_options_of_the_wrong_kind_are_named(options, message):
     steps."""
     with pytest.raises(ValueError, match=re.escape(message)):
         UniversalConfig.from_dict(options)
+
+
+def test_a_memory_plan_in_the_universal_recipe_is_said_to_be_unused(models, images, caplog):
+    """memory_plan 'micro_batch=1' in a universal recipe was followed by nothing, without a word: the run took the
+    memory of the whole batch as if no plan had been asked for."""
+    vae, text = models
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(memory_plan="micro_batch=1"))
+    assert 'memory_plan {"micro_batch": 1, "view_chunk": 0, "checkpointing": false} is not used' in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config())
+    assert "memory_plan" not in caplog.text
