@@ -274,7 +274,7 @@ def cmd_train_universal(args) -> int:
     from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
-    from .universal import UniversalConfig, UniversalTrainer, check_checkpoint_dir
+    from .universal import UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir
     from .vae import load_vae
 
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
@@ -289,6 +289,7 @@ def cmd_train_universal(args) -> int:
         cfg.precision = args.precision or cfg.precision
         cfg.gradient_checkpointing = cfg.gradient_checkpointing or args.gradient_checkpointing
         cfg.__post_init__()
+        check_batch_split(cfg.batch_size, dist.world_size)
         out = style_path(args.out)
         refuse_existing(out, args.overwrite, "universal model")
         refuse_unwritable(out)

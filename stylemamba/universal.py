@@ -165,11 +165,16 @@ class PairSampler:
         return images, prompts
 
     def rows(self, rank: int, world_size: int) -> range:
-        if self.batch_size % world_size:
-            raise ValueError(f"batch size {self.batch_size} does not split evenly over {world_size} processes: use a "
-                             f"multiple of {world_size} (each process takes the same number of pairs)")
+        check_batch_split(self.batch_size, world_size)
         per = self.batch_size // world_size
         return range(rank * per, (rank + 1) * per)
+
+
+def check_batch_split(batch_size: int, world_size: int) -> None:
+    """Each process takes the same number of pairs; the CLI asks before the models load (after, on every GPU)."""
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} processes: use a "
+                         f"multiple of {world_size} (each process takes the same number of pairs)")
 
 
 class ImageSet:

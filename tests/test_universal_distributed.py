@@ -218,3 +218,18 @@ def test_processes_that_see_other_checkpoints_are_stopped_before_a_step(job, tmp
     assert err.count("do not see the same checkpoints") >= 2, err[-3000:]
     assert "rank 0: step-00000004, rank 1: none" in err and "storage they share" in err, err[-3000:]
     assert not (job["root"] / "this-node-only").exists()
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_the_models_load(tmp_path):
+    """3 processes for a batch of 4 were refused only after every process had loaded the VAE and the text model
+    (minutes with real models on 8 GPUs)."""
+    (tmp_path / "images").mkdir()
+    save_image(load_photo("chelsea", 64)[0], tmp_path / "images" / "chelsea.png")
+    proc = _start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port",
+                   str(_free_port()), "-m", "stylemamba", "train-universal", "--device", "cpu", "--vae",
+                   str(tmp_path / "no-vae"), "--text-model", str(tmp_path / "no-model"), "--images",
+                   str(tmp_path / "images"), "--batch-size", "4", "--out", str(tmp_path / "u.safetensors"),
+                   "--checkpoint-dir", str(tmp_path / "ck")])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and err.count("batch size 4 does not split evenly over 3 processes") == 3, err[-3000:]
+    assert "no-vae" not in err, err[-3000:]
