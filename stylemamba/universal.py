@@ -364,6 +364,7 @@ class UniversalTrainer:
         self.next_snapshot: dict[str, torch.Tensor] | None = None
         self.step_index = 0
         self.history: list[dict[str, float]] = []
+        self._window: tuple[dict[str, torch.Tensor], int] = ({}, 0)  # (loss sums, steps) of the open log interval
         # called with a phase name as each part of a step ends (inputs, forward, views+tower, losses, backward,
         # optimizer): the benchmark's timer (bench-universal); None in training
         self.on_phase: Callable[[str], None] | None = None
@@ -475,36 +476,37 @@ class UniversalTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         first = self.step_index
-        acc: dict[str, torch.Tensor] = {}
-        n_acc, t_log = 0, time.perf_counter()
+        acc, n_acc = self._window  # the loss sums of a log interval begun before the checkpoint resumed from
+        timed, t_log = 0, time.perf_counter()
         cancelled = False
         while self.step_index < cfg.total_steps:
             terms = self.step()
-            for k, v in terms.items():
-                acc[k] = acc.get(k, torch.zeros((), device=v.device)) + v
-            n_acc += 1
+            acc = {**acc, **{k: acc.get(k, torch.zeros((), device=v.device)) + v for k, v in terms.items()}}
+            n_acc, timed = n_acc + 1, timed + 1
             s = self.step_index
             if s % cfg.log_every == 0 or s == cfg.total_steps:
-                self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0)
-                acc, n_acc, t_log = {}, 0, time.perf_counter()
+                self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0, timed)
+                acc, n_acc, timed, t_log = {}, 0, 0, time.perf_counter()
+            self._window = (acc, n_acc)
             stop = self.dist.any(bool(should_stop and should_stop()))
             if stop and s < cfg.total_steps:
                 cancelled = True
                 break
             if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < cfg.total_steps:
                 self.save_checkpoint()
-        if n_acc:
-            self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
         # keep_going: a checkpoint that cannot be written (a full disk) must not take the trained model with it
         path = self.save_checkpoint(keep_going=True) if self.checkpoint_dir is not None and self.step_index > first \
             else None
+        if n_acc:  # stopped in mid-interval: said now, after the checkpoint (it keeps the interval's sums instead, so
+            # a resumed run logs the lines of an uninterrupted one)
+            self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0, timed)
         return UniversalResult(self.result(seconds, cancelled), list(self.history), self.step_index, seconds,
                                cancelled, path)
 
-    def _log(self, acc, n, seconds, on_log, elapsed) -> None:
+    def _log(self, acc, n, seconds, on_log, elapsed, timed) -> None:
         keys = sorted(acc)
         mean = self.dist.mean(torch.stack([acc[k] for k in keys]) / n)  # global means (one all-reduce)
         losses = {k: float(v) for k, v in zip(keys, mean.tolist())}
@@ -512,7 +514,7 @@ class UniversalTrainer:
         if not self.dist.is_main:
             return
         line = LogLine(self.step_index, self.cfg.total_steps, self.epoch_of(self.step_index - 1), losses, elapsed,
-                       n * self.cfg.batch_size / max(seconds, 1e-9))
+                       timed * self.cfg.batch_size / max(seconds, 1e-9))
         if self.checkpoint_dir is not None:
             try:
                 with open(self.checkpoint_dir / LOG_FILE, "a") as f:
@@ -559,14 +561,16 @@ class UniversalTrainer:
             self._restart_log()
 
     def _restart_log(self) -> None:
-        """Keep the lines of log.jsonl up to the step this run starts from: a run killed after its last checkpoint
-        had logged steps that the resumed run takes again (twice in the loss curve). Written now, a folder that
-        takes no file is named before the first step, not at the first log line."""
+        """Keep the lines of log.jsonl that the checkpoint's history holds: a run killed after its last checkpoint
+        had logged steps that the resumed run takes again (twice in the loss curve), a stopped one the interval it
+        stopped in (logged whole when resumed). Written now, a folder that takes no file is named before the first
+        step, not at the first log line."""
         path = self.checkpoint_dir / LOG_FILE
+        logged = {h.get("step") for h in self.history}
         kept = []
         for line in path.read_text().splitlines() if path.is_file() else []:
             try:
-                if json.loads(line)["step"] <= self.step_index:
+                if json.loads(line)["step"] in logged:
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):  # a line half-written when the run was killed
                 pass
@@ -586,13 +590,17 @@ class UniversalTrainer:
         the trained model is still returned and can be saved elsewhere).
         """
         path = None
+        sums, steps = self._window
+        keys = sorted(sums)  # the same on every rank (the ranks take the same steps): a collective all of them call
+        means = self.dist.mean(torch.stack([sums[k] for k in keys])).tolist() if keys else []
         if self.dist.is_main and self.checkpoint_dir is not None:
             tensors = dict(self.net.state_dict())
             for prefix, snap in _SNAPSHOTS.items():
                 tensors.update({prefix + k: v for k, v in (getattr(self, snap) or {}).items()})
             state = {"identity": self._identity(), "history": self.history,
                      "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                     "world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+                     "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
+                     "log_window": {"steps": steps, "sums": dict(zip(keys, means))}}
             try:
                 path = save_checkpoint(self.checkpoint_dir, self.step_index, tensors, self.opt, self.names, state,
                                        keep=self.cfg.keep_checkpoints)
@@ -621,6 +629,9 @@ class UniversalTrainer:
             self.scaler.load_state_dict(ck.state["scaler"])
         self.step_index = ck.step
         self.history = list(ck.state.get("history", []))
+        window = ck.state.get("log_window") or {}
+        self._window = ({k: torch.tensor(float(v), device=self.device) for k, v in window.get("sums", {}).items()},
+                        int(window.get("steps", 0)))
         log.info("resumed from %s (step %d of %d)", ck.path, ck.step, self.cfg.total_steps)
 
     # ------------------------------------------------------------------ the artefact

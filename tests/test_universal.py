@@ -348,3 +348,30 @@ def test_a_memory_plan_in_the_universal_recipe_is_said_to_be_unused(models, imag
     with caplog.at_level("WARNING", logger="stylemamba"):
         UniversalTrainer(vae, text, images, PROMPTS, tiny_config())
     assert "memory_plan" not in caplog.text
+
+
+def test_a_run_stopped_between_two_log_lines_resumes_to_the_same_losses(models, images, tmp_path):
+    """Stopped at step 3 with a loss line every 2 steps, the resumed run's history held a line at step 3 and one at
+    step 4 for step 4 alone: the model file's final_losses and log.jsonl differed from an uninterrupted run's (the
+    weights did not). The checkpoint now keeps the open interval's loss sums."""
+    import json
+
+    vae, text = models
+    straight = train_universal(vae, text, images, PROMPTS, tiny_config(log_every=2, checkpoint_every=2),
+                               checkpoint_dir=tmp_path / "a")
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    stopped = train_universal(vae, text, images, PROMPTS, tiny_config(log_every=2, checkpoint_every=2),
+                              checkpoint_dir=tmp_path / "b", should_stop=stop_after_three)
+    assert stopped.cancelled and [h["step"] for h in stopped.history] == [2, 3]  # the stop still shows its losses
+    resumed = train_universal(vae, text, images, PROMPTS, tiny_config(log_every=2, checkpoint_every=2),
+                              checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.history == straight.history and [h["step"] for h in resumed.history] == [2, 4]
+    assert resumed.model.metadata["final_losses"] == straight.model.metadata["final_losses"]
+    lines = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["losses"]) for x in lines] == [(h["step"], {k: v for k, v in h.items() if k != "step"})
+                                                         for h in straight.history]
