@@ -115,9 +115,8 @@ def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.T
         last = latest_checkpoint(folder)
         raise CheckpointError(f"checkpoint {final.name} could not be written in {folder} ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())}); nothing of it is left. "
-                              + (f"The last complete checkpoint, {last.name}, is intact" if last else
-                                 "No earlier checkpoint exists") + ": make room (or choose another folder) "
-                              "and resume") from exc
+                              + (f"The last complete checkpoint, {last.name}, is intact: make room, then resume from it"
+                                 if last else "No earlier checkpoint exists: make room, then start again")) from exc
     if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
