@@ -11,7 +11,8 @@ Why not ``torch.save(optimizer.state_dict())``: loading that back needs ``torch.
 and checkpoints get copied between machines and people; safetensors + JSON can be read from anyone
 safely, and keying the state by parameter NAME (not position) makes a mismatch an error that names the
 parameter. A folder is written as ``step-N.partial`` and renamed when complete, so a run killed while
-writing leaves the previous checkpoint intact, and :func:`latest_checkpoint` never sees a half one.
+writing leaves the previous checkpoint intact, and :func:`latest_checkpoint` never sees a half one; a write that
+fails (a full disk) removes its half folder, and folders a kill left behind go with the next checkpoint.
 """
 from __future__ import annotations
 
