@@ -120,6 +120,50 @@ elif case.startswith("capture_n"):  # capture_n5000: a graph of that many elemen
         for i in range(n):
             big[i % 200].mul_(1.0001)
     keep.append(capture(many))
+elif case == "capture_while_busy":  # as CapturedCalls._capture: no sync, the GPU still runs earlier work
+    big_a = torch.randn(4096, 4096, device=dev)
+    for _ in range(20):
+        big_a = big_a @ big_a / 64
+    o = torch.empty_like(x)
+    keep.append(capture(lambda: torch.mul(x, 2.0, out=o)))
+elif case == "destroy_graph":  # a second graph captured, replayed and freed
+    g2 = capture(lambda: x * 2.0)
+    torch.cuda.synchronize()
+    del g2
+elif case == "capture_twice_no_replay":  # two graphs recorded ahead, never replayed before the probe
+    o = torch.empty_like(x)
+    for _ in range(2):
+        g = torch.cuda.CUDAGraph()
+        s2 = torch.cuda.Stream()
+        with torch.cuda.stream(s2):
+            g.capture_begin()
+            torch.mul(x, 2.0, out=o)
+            g.capture_end()
+        keep.append(g)
+elif case == "capture_with_generator":  # a registered non-default CUDA generator (the trainer's crops)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0)
+    g = torch.cuda.CUDAGraph()
+    g.register_generator_state(gen)
+    s2 = torch.cuda.Stream()
+    with torch.cuda.stream(s2):
+        g.capture_begin()
+        out = torch.rand(64, device=dev, generator=gen)
+        g.capture_end()
+    g.replay()
+    keep.append((g, out))
+elif case == "trainer_step":  # the tiny trainer itself, for the reference
+    import copy
+    from stylemamba.experiments import bench as B
+    from stylemamba.train import StyleTrainer
+    m = B.build_tiny_bench_models(dev)
+    sizes = B.Sizes(True)
+    cfg = sizes.train_config("mamba", "off", "on")
+    tr = StyleTrainer(m.vae, m.siglip, B.content_images(1, sizes.train, dev), B.PROMPT, copy.deepcopy(cfg),
+                      vgg=m.vgg, lpips=m.lpips, device=dev)
+    for i in range(3):
+        tr.step(i % cfg.epochs, keep_output=False)
+    keep.append(tr)
 else:
     raise SystemExit(f"unknown case {case}")
 torch.cuda.synchronize()
