@@ -17,6 +17,8 @@ def normalise_weights(weights: Sequence[float] | None, n: int, what: str) -> tup
     w = [1.0] * n if weights is None else [float(x) for x in weights]
     if len(w) != n or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
         raise ValueError(f"{what} weights {list(weights or [])} must be {n} non-negative numbers with a positive sum")
+    if not math.isfinite(sum(w)):  # huge weights (1e308, 1e308): their sum is inf, which made every weight 0
+        w = [x / max(w) for x in w]
     total = sum(w)
     return tuple(x / total for x in w)
 
