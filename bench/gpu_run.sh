@@ -23,5 +23,5 @@ if [ -z "$SKIP_GPU_TESTS" ]; then
   timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider ${GPU_TESTS:-tests/test_ssm.py tests/test_bench.py} \
     -k "${GPU_TESTS_K:-mamba_ssm_kernel or gpu}" 2>&1 | tail -15 | tee -a "$OUT/gpu_tests.txt"
 fi
-timeout "${BENCH_TIMEOUT:-420}" python3 -m stylemamba bench --json "$OUT/bench.json" "$@" 2>&1 \
+timeout "${BENCH_TIMEOUT:-420}" python3 -m stylemamba bench --json "$OUT/bench.json" --overwrite "$@" 2>&1 \
   | grep -v -e "it/s]" -e "Warning: " | tee "$OUT/bench_log.txt"

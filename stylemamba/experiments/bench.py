@@ -1076,6 +1076,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-clipstyler-full-run", action="store_true",
                    help="estimate CLIPstyler's per-image time from its steps instead of running all of them")
     p.add_argument("--json", default="bench_results.json", help="where to write the results")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists (default: refuse)")
     p.add_argument("--memory-caps", type=parse_caps, metavar="GB,GB",
                    help="also run the default recipe (1 and 4 content images) on emulated cards of these sizes "
                         "(e.g. 8,12) with torch.cuda.set_per_process_memory_fraction; CUDA only (on a CPU the "
@@ -1086,12 +1087,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def check_options(args) -> None:
+    """Every flag, before any model is built: found later, a mistake was a traceback mid-run (--steps -1, --json a
+    folder) or lost the results of an earlier run (its --json written over)."""
+    from ..cli import at_least, refuse_existing, refuse_unwritable
+
+    for flag in ("--steps", "--repeats", "--video-frames", "--video-batch", "--caps-repeats"):
+        at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    if args.memory_caps_only and not args.memory_caps:
+        raise ValueError("--memory-caps-only needs --memory-caps (e.g. --memory-caps 8,12)")
+    if args.models_dir and Path(args.models_dir).is_file():
+        raise ValueError(f"--models-dir {args.models_dir} is a file: give a folder (the tiny models are built there "
+                         "when it holds none)")
+    refuse_unwritable(Path(args.json), "--json")
+    refuse_existing(Path(args.json), args.overwrite, "--json")
+
+
 def cmd_bench(args) -> int:
     from ..cli import pick_device
 
+    check_options(args)
     device = pick_device(args.device)
-    if args.memory_caps_only and not args.memory_caps:
-        raise SystemExit("--memory-caps-only needs --memory-caps (e.g. --memory-caps 8,12)")
     sizes = Sizes(args.tiny, args.video_frames, args.video_batch)
     t0 = time.perf_counter()
     if args.tiny:
