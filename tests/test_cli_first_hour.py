@@ -450,6 +450,18 @@ def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
     proc = run("check", "--quick", "--json", tmp_path)  # a folder: before, IsADirectoryError after the training
     one_line_error(proc, f"--json {tmp_path} is a folder", "the name of a file")
     assert "trained" not in proc.stdout
+
+
+def test_check_refuses_huge_threads_and_an_existing_json_before_it_trains(tmp_path):
+    """Before: --threads 100000 crashed torch mid-check (a segmentation fault or a MemoryError), and an earlier
+    check's --json file was written over without a word."""
+    one_line_error(run("check", "--quick", "--threads", "100000"), "--threads 100000 is more than the",
+                   f"at most {os.cpu_count()}")
+    earlier = tmp_path / "check.json"
+    earlier.write_text("the last release's figures")
+    proc = run("check", "--quick", "--json", earlier)
+    one_line_error(proc, f"--json {earlier} already exists", "--overwrite")
+    assert "trained" not in proc.stdout and earlier.read_text() == "the last release's figures"
     assert "trained" not in proc.stdout
     from stylemamba.testing.check import report
     from stylemamba.testing.proof import Row
