@@ -223,6 +223,30 @@ def test_eval_checks_its_output_thumb_and_repeated_prompts_before_any_work(setup
         run_evaluation([setup / "content"], ["a"], taken, device="cpu")
     with pytest.raises(ValueError, match="thumb 0.*at least 1"):
         run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu", thumb=0)
+    with pytest.raises(ValueError, match="thumb 100000.*at most 1024"):  # before: out of memory after the work
+        run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu", thumb=100000)
+    with pytest.raises(ValueError, match="cannot be written.*notes.txt is a file, not a folder"):  # a traceback
+        run_evaluation([setup / "content"], ["a"], taken / "o", device="cpu")
+    for styles, what in ((taken, "a file"), (tmp_path / "none", "not there")):  # both were 'styles folder not found'
+        with pytest.raises(ValueError, match=f"--styles .* is {what}: give the folder of trained styles"):
+            run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu", styles_dir=styles)
     with pytest.raises(ValueError, match="'b' is repeated"):
         run_evaluation([setup / "content"], ["a", "b", "b "], tmp_path / "o", device="cpu")
     assert taken.read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+def test_another_configuration_in_the_same_folder_keeps_this_ones_images(setup, tiny_models, tmp_path):
+    """Before: a run with another seed wrote over the first run's images (same names), and resuming the first
+    configuration then reported its own numbers beside the other run's images (and contact sheet)."""
+    def run(seed):
+        return run_evaluation([setup / "content" / "chelsea.png"], ["pop art"], tmp_path / "out", "stylemamba",
+                              vae=tiny_models["vae"], train_config=small_config(epochs=1, seed=seed),
+                              train_text_model=tiny_models["siglip"], resolution=64, device="cpu", progress=False,
+                              print_table=False)["rows"][0]
+
+    first = run(0)
+    first_image = (tmp_path / "out" / first["output"]).read_bytes()
+    other = run(1)
+    assert other["output"] != first["output"]
+    again = run(0)  # resumed: nothing trained, the first run's row and image
+    assert again == first and (tmp_path / "out" / again["output"]).read_bytes() == first_image

@@ -35,6 +35,7 @@ log = logging.getLogger("stylemamba")
 
 METHODS = ("stylemamba", "clipstyler")
 RESULTS_JSONL = "results.jsonl"
+MAX_THUMB = 1024  # a contact sheet tile; --thumb 100000 ran out of memory (or for ever) after every pair was done
 
 # What each number means (written into results.json and EVAL.md).
 SCALES = {
@@ -279,7 +280,9 @@ class _Session:
         """Measure, save the image, append the row to results.jsonl (flushed: an interruption loses nothing)."""
         from ..image_io import save_image
 
-        rel = Path("images") / method / f"{Path(name).stem}__{prompt_stem(prompt)}.png"
+        # the configuration in the name: another one's run into this folder wrote over these images, and resuming
+        # this one then showed that one's images beside this one's numbers
+        rel = Path("images") / method / f"{Path(name).stem}__{prompt_stem(prompt)}-{fields['config_key'][:6]}.png"
         save_image(y, self.out / rel)
         row = {"method": method, "image": name, "prompt": prompt, **self.suite.measure(x, y, prompt), **fields,
                "output": rel.as_posix()}
@@ -326,7 +329,7 @@ def run_evaluation(
     both methods and for the metrics (default: the recipe's, 512). Returns what ``results.json`` holds.
     """
     from .baselines.clipstyler import ClipStylerConfig
-    from ..cli import pick_device
+    from ..cli import pick_device, refuse_unwritable
     from ..train import TrainConfig
 
     methods = list(METHODS) if method == "both" else [method]
@@ -339,12 +342,17 @@ def run_evaluation(
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ValueError(f"prompt {', '.join(map(repr, repeated))} is repeated: give each prompt once")
-    if int(thumb) < 1:
-        raise ValueError(f"thumb {thumb}: the contact sheet's tiles are a number of pixels, at least 1 (default 192)")
+    if not 1 <= int(thumb) <= MAX_THUMB:
+        raise ValueError(f"thumb {thumb}: the contact sheet's tiles are a number of pixels, at least 1 and at most "
+                         f"{MAX_THUMB} (default 192)")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file: eval writes a folder (results.*, contact_sheet.png, images/, styles/); "
                          "give a folder")
+    if styles_dir and not Path(styles_dir).is_dir():  # before the models load, and a file is not 'not found'
+        raise ValueError(f"--styles {styles_dir} is {'a file' if Path(styles_dir).exists() else 'not there'}: give "
+                         "the folder of trained styles (.safetensors), or leave --styles out to train them")
+    refuse_unwritable(out / RESULTS_JSONL, "--out")  # a file in the way of its folder: a traceback before
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
     train_cfg = train_config if train_config is not None else TrainConfig()
@@ -564,8 +572,6 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
     library: dict[str, Path] = {}
     if styles_dir:
         folder = Path(styles_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"styles folder not found: {folder}")
         for f in sorted(folder.glob("*.safetensors")):
             try:
                 meta = read_style_metadata(f)
