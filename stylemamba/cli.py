@@ -549,9 +549,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_tiny_models(args) -> int:
-    from .testing.tiny_models import build_tiny_models
+    from .testing.tiny_models import build_tiny_models, existing_outputs
 
     refuse_unwritable(Path(args.out) / "manifest.json", "tiny-models")
+    taken = existing_outputs(args.out)
+    if taken and not args.overwrite:
+        raise ValueError(f"{args.out} already holds {', '.join(p.name for p in taken)}: the tiny models would "
+                         "replace them; pass --overwrite to replace them, or choose another folder")
     paths = build_tiny_models(args.out, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
@@ -801,6 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-models", help="build tiny random-weight models (for tests and CPU demos)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace tiny models (or files of their names) already "
+                                                            "in OUT (default: refuse)")
     p.set_defaults(func=cmd_tiny_models)
 
     for module_name in ("evaluate", "bench", "universal_bench"):

@@ -121,19 +121,21 @@ def test_bench_subcommand_is_registered():
     (["--video-frames", "0"], "--video-frames 0 is too small"), (["--caps-repeats", "0"], "--caps-repeats 0"),
     (["--memory-caps-only"], "--memory-caps-only needs --memory-caps"),
     (["--models-dir", "{earlier}"], "is a file: give a folder"),
+    (["--models-dir", "{mine}"], "holds vae but no manifest.json of tiny models"),
     (["--json", "{folder}"], "is a folder: give the name of a file"),
     (["--json", "{earlier}/b.json"], "is a file, not a folder"),
     ([], "already exists; pass --overwrite"),
 ])
 def test_bench_checks_its_flags_before_any_model_is_built(tmp_path, capsys, monkeypatch, extra, needle):
     """Before: --steps -1 or --repeats -1 were tracebacks mid-run, --json a folder one after the models were built,
-    and an earlier run's results were written over without a word."""
+    an earlier run's results were written over without a word, and so was a --models-dir of the user's models."""
     from stylemamba import cli
 
     earlier = tmp_path / "earlier.json"
     earlier.write_text('{"results": "an hour on the GPU"}')
     monkeypatch.setattr(bench, "build_tiny_bench_models", lambda *a: pytest.fail("models built before the check"))
-    extra = [e.format(earlier=earlier, folder=tmp_path) for e in extra]
+    (tmp_path / "mine" / "vae").mkdir(parents=True)  # a user's own models: tiny ones would be built over them
+    extra = [e.format(earlier=earlier, folder=tmp_path, mine=tmp_path / "mine") for e in extra]
     assert cli.main(["bench", "--tiny", "--device", "cpu", "--json", str(earlier), *extra]) == 2
     assert needle in capsys.readouterr().err
     assert earlier.read_text() == '{"results": "an hour on the GPU"}'

@@ -440,6 +440,17 @@ def test_tiny_models_into_a_place_it_cannot_write_is_one_line(tmp_path):
     one_line_error(run("tiny-models", tmp_path / "models" / "tiny"), f"{tmp_path / 'models'} is a file, not a folder")
 
 
+def test_tiny_models_never_replace_a_users_models_without_overwrite(tmp_path):
+    """Before: `tiny-models models` into a folder holding the user's own vae/ gave it random weights silently."""
+    mine = tmp_path / "models" / "vae" / "config.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text('{"my": "real VAE"}')
+    one_line_error(run("tiny-models", tmp_path / "models"), "already holds vae", "--overwrite")
+    assert mine.read_text() == '{"my": "real VAE"}' and not (tmp_path / "models" / "manifest.json").exists()
+    assert run("tiny-models", tmp_path / "models", "--overwrite").returncode == 0
+    assert (tmp_path / "models" / "manifest.json").is_file() and mine.read_text() != '{"my": "real VAE"}'
+
+
 def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
     """Before: --threads -2 was a RuntimeError traceback, and a --json that could not be written failed only after
     the minutes of training; a --json in a folder not there yet failed then too (it is now made)."""

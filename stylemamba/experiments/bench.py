@@ -1099,6 +1099,14 @@ def check_options(args) -> None:
     if args.models_dir and Path(args.models_dir).is_file():
         raise ValueError(f"--models-dir {args.models_dir} is a file: give a folder (the tiny models are built there "
                          "when it holds none)")
+    if args.models_dir and not (Path(args.models_dir) / "manifest.json").is_file():
+        from ..testing.tiny_models import existing_outputs
+
+        taken = existing_outputs(args.models_dir)
+        if taken:  # not tiny models (no manifest): building them there would write over these
+            raise ValueError(f"--models-dir {args.models_dir} holds {', '.join(p.name for p in taken)} but no "
+                             "manifest.json of tiny models: building them there would replace those; give the folder "
+                             "of `python -m stylemamba tiny-models`, or an empty one")
     refuse_unwritable(Path(args.json), "--json")
     refuse_existing(Path(args.json), args.overwrite, "--json")
 

@@ -422,6 +422,15 @@ def _build_vgg(out_dir: Path, seed: int) -> Tuple[Path, dict]:
 # Entry points
 # --------------------------------------------------------------------------------------------
 
+OUTPUT_NAMES = ("vae", "vae_ldm.safetensors", "siglip", "clip", "vgg19_tiny.safetensors", "manifest.json")
+
+
+def existing_outputs(out_dir: PathLike) -> List[Path]:
+    """What :func:`build_tiny_models` would write over in ``out_dir`` (there, a user's own ``vae/`` folder would get
+    random weights), for front ends to refuse without an explicit flag."""
+    return [Path(out_dir) / name for name in OUTPUT_NAMES if (Path(out_dir) / name).exists()]
+
+
 def build_tiny_models(out_dir: PathLike, seed: int = 0) -> Dict[str, Path]:
     """Build every tiny model into ``out_dir`` and return their paths.
 
