@@ -113,7 +113,8 @@ class TrainConfig:
                   ("preview_every", self.preview_every >= 0, ">= 0"),
                   ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
                   "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
-                  f"one of {', '.join(COMPILE_MODES)}")]
+                  f"one of {', '.join(COMPILE_MODES)}"),
+                  ("seed", -2**63 <= self.seed < 2**64, "from -2**63 to 2**64 - 1, what torch's generators take")]
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")

@@ -463,6 +463,19 @@ def test_check_names_a_bad_threads_or_json_flag_before_it_trains(tmp_path):
     assert "trained" not in proc.stdout
 
 
+def test_a_seed_torch_cannot_take_is_named_before_any_work(photos, tmp_path):
+    """Before: 'error: Overflow when unpacking long long', after the check's header or after train loaded its
+    models, naming neither the seed nor what it may be."""
+    huge = str(2**64)
+    proc = run("check", "--quick", "--seed", huge)
+    one_line_error(proc, f"seed={huge} is invalid", "2**64 - 1")
+    assert "functional check" not in proc.stdout
+    folder, _ = photos
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae-needed", "--prompt", "x", "--content", folder,
+               "--out", tmp_path / "s", "--seed", huge)  # refused before the (missing) VAE is looked for
+    one_line_error(proc, f"seed={huge} is invalid")
+
+
 def test_check_refuses_huge_threads_and_an_existing_json_before_it_trains(tmp_path):
     """Before: --threads 100000 crashed torch mid-check (a segmentation fault or a MemoryError), and an earlier
     check's --json file was written over without a word."""

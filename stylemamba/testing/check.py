@@ -35,6 +35,7 @@ def run_check(quick: bool = False, long: bool = False, seed: int = 0, json_path:
     if broken is not None and broken not in BREAKAGES:
         raise ValueError(f"unknown breakage {broken!r}; choose one of {', '.join(BREAKAGES)}")
     cfg = config_for(quick, long, seed, perceptual)
+    cfg.recipe()  # its checks (a --seed torch cannot take) before anything is printed or trained
     t0 = time.perf_counter()
     print(f"StyleMamba functional check: styles trained on {', '.join(STYLE_PHOTOS)}, judged on held-out "
           f"{', '.join(HELD_OUT_PHOTOS)} at {cfg.resolution} px ({cfg.epochs} epochs, the trainer's default losses "
