@@ -31,7 +31,8 @@ def loss_curve_image(history: Sequence[Mapping[str, float]], width: int = 640, h
     """
     from PIL import Image, ImageDraw
 
-    width, height = max(160, int(width)), max(120, int(height))
+    # room for the axis labels (52 px) and the legend (124 px): at 160 px wide the plot area was negative, an error
+    width, height = max(240, int(width)), max(120, int(height))
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     font = _font()
