@@ -163,6 +163,22 @@ def test_aesthetic_scorer_refuses_wrong_models(tmp_path, tiny_models):
         M.AestheticScorer(tmp_path / "other.safetensors", clip_encoder=clip)
 
 
+def test_aesthetic_scorer_names_a_damaged_or_foreign_head_in_one_line(tmp_path, tiny_models):
+    """Before: a damaged file (or a pickle renamed .safetensors) was a SafetensorError traceback, a bias of two
+    numbers a RuntimeError one, another model's file listed every tensor it holds, and a folder was 'not found'."""
+    clip = load_text_image_encoder(tiny_models["clip"])
+    (tmp_path / "head.safetensors").write_bytes(b"\x80\x04 a pickle by another name")
+    with pytest.raises(ValueError, match="head.safetensors is not a readable .safetensors file.*docs/EVAL.md"):
+        M.AestheticScorer(tmp_path / "head.safetensors", clip_encoder=clip)
+    save_file({"weight": torch.zeros(1, clip.embed_dim), "bias": torch.zeros(2)}, str(tmp_path / "b2.safetensors"))
+    with pytest.raises(ValueError, match="not a LAION aesthetic head"):
+        M.AestheticScorer(tmp_path / "b2.safetensors", clip_encoder=clip)
+    with pytest.raises(ValueError, match="not a LAION aesthetic head") as info:
+        M.AestheticScorer(tiny_models["vae_ldm"], clip_encoder=clip)
+    assert "more" in str(info.value) and len(str(info.value)) < 400
+    assert "is a folder" in M.AestheticScorer(tmp_path, clip_encoder=clip).message
+
+
 def test_aesthetic_scorer_says_which_weights_are_missing(tmp_path):
     s = M.AestheticScorer(None, None)
     assert not s.available

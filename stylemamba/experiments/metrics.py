@@ -186,6 +186,8 @@ class AestheticScorer:
         problems = []
         if not head_path:
             problems.append("no LAION aesthetic head given (--aesthetic-head)")
+        elif Path(head_path).is_dir():
+            problems.append(f"LAION aesthetic head {head_path} is a folder: give the .safetensors file in it")
         elif not Path(head_path).is_file():
             problems.append(f"LAION aesthetic head not found: {head_path}")
         elif Path(head_path).suffix.lower() in (".pth", ".pt", ".bin", ".ckpt", ".pkl"):
@@ -228,12 +230,18 @@ class AestheticScorer:
     def _load_head(path: Path) -> nn.Linear:
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors' own error: a damaged file, or a pickle given another name
+            raise ValueError(f"{path} is not a readable .safetensors file ({str(exc)[:120]}); the LAION aesthetic "
+                             "head is converted once from its .pth (see docs/EVAL.md)") from None
         weights = {k.rsplit(".", 1)[-1]: v for k, v in state.items()}
         if set(weights) != {"weight", "bias"} or len(state) != 2 or weights["weight"].dim() != 2 \
-                or weights["weight"].shape[0] != 1:
+                or weights["weight"].shape[0] != 1 or weights["bias"].numel() != 1:
+            found = [(k, tuple(v.shape)) for k, v in state.items()]  # a whole other model's list ran for pages
             raise ValueError(f"{path} is not a LAION aesthetic head: expected tensors 'weight' (1, 768) and "
-                             f"'bias' (1,), found {[(k, tuple(v.shape)) for k, v in state.items()]}")
+                             f"'bias' (1,), found {found[:4]}" + (f" and {len(found) - 4} more" if len(found) > 4
+                                                                else ""))
         head = nn.Linear(weights["weight"].shape[1], 1)
         head.load_state_dict({"weight": weights["weight"].float(), "bias": weights["bias"].float().reshape(1)})
         return head.eval().requires_grad_(False)
