@@ -134,6 +134,8 @@ class VGGFeatures(nn.Module):
         file -> ``FileNotFoundError``; missing / unexpected keys or wrong shapes -> ``ValueError``.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise FileNotFoundError(f"VGG19 weights {path!r} is a folder, not a file: give the .safetensors file")
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"VGG19 weights not found: {path!r}. Put there a .safetensors file holding "
@@ -141,9 +143,7 @@ class VGGFeatures(nn.Module):
                 "weights, VGG19_Weights.IMAGENET1K_V1); on a machine with internet, "
                 "stylemamba.perceptual.convert_torchvision_vgg19(path) writes it."
             )
-        from safetensors.torch import load_file
-
-        state = load_file(path)
+        state = _read_safetensors(path, "VGG19 weights")
         _refuse_other_network(state, path, "VGG19", "VGG content network (--vgg, the node's vgg19 input)")
         widths = _widths_from_state(state, path)
         model = cls(layers=layers, widths=widths)
@@ -159,6 +159,19 @@ _CONVOLUTIONS = {5: "AlexNet", 13: "VGG16", 16: "VGG19"}
 _SLOT = {"VGG19": "the VGG content network (--vgg, the node's vgg19 input)",
          "VGG16": "the LPIPS backbone with --lpips vgg (--lpips-backbone, the node's lpips_backbone, lpips_net vgg)",
          "AlexNet": "the LPIPS backbone with --lpips alex (--lpips-backbone, the node's lpips_backbone, lpips_net alex)"}
+
+
+def _read_safetensors(path: str, what: str) -> Dict[str, torch.Tensor]:
+    """A weight file's tensors; a damaged file (or a pickle under a .safetensors name) was a SafetensorError
+    traceback, now a one-line error."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors' own error type, not a subclass of anything more precise
+        raise ValueError(f"{what} {path!r} is not a readable .safetensors file ({str(exc)[:120]}); it may be "
+                         "truncated, or a pickle under another name (never loaded): get or convert it again "
+                         "(README: Models)") from None
 
 
 def _refuse_other_network(state: Dict[str, torch.Tensor], path: str, expected: str, slot: str) -> None:
@@ -289,15 +302,16 @@ class LPIPSLoss(nn.Module):
     def load_backbone(self, path: PathLike) -> None:
         """Load backbone weights from a safetensors file (see class docstring for the keys)."""
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise FileNotFoundError(f"LPIPS backbone weights {path!r} is a folder, not a file: give the .safetensors "
+                                    "file")
         if not os.path.isfile(path):
             arch = "VGG16" if self.net_name == "vgg" else "AlexNet"
             raise FileNotFoundError(
                 f"LPIPS backbone weights not found: {path!r}. Put there a .safetensors file with "
                 f"torchvision's ImageNet {arch} `features.N.weight` / `features.N.bias` tensors."
             )
-        from safetensors.torch import load_file
-
-        state = load_file(path)
+        state = _read_safetensors(path, "LPIPS backbone weights")
         expected = "VGG16" if self.net_name == "vgg" else "AlexNet"
         _refuse_other_network(state, path, expected, f"the LPIPS {self.net_name} backbone")
         mapping = self._backbone_key_map()

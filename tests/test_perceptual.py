@@ -174,3 +174,18 @@ def test_lpips_backbone_errors(tmp_path):
         LPIPSLoss(net="alex", backbone_path=vgg16)
     with pytest.raises(ValueError, match="net must be"):
         LPIPSLoss(net="squeeze")
+
+
+def test_a_damaged_weight_file_or_a_folder_is_named_in_one_line(tmp_path):
+    """Before: a damaged file (or a pickle renamed .safetensors) given as --vgg or --lpips-backbone was a
+    SafetensorError traceback, and a folder was 'not found'."""
+    damaged = tmp_path / "vgg19.safetensors"
+    damaged.write_bytes(b"\x80\x04 a pickle by another name")
+    with pytest.raises(ValueError, match="VGG19 weights .*vgg19.safetensors' is not a readable .safetensors file"):
+        VGGFeatures.from_safetensors(damaged)
+    with pytest.raises(ValueError, match="LPIPS backbone weights .* is not a readable .safetensors file"):
+        LPIPSLoss(net="alex", backbone_path=damaged)
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        VGGFeatures.from_safetensors(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        LPIPSLoss(net="alex", backbone_path=tmp_path)
