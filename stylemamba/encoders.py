@@ -191,7 +191,11 @@ def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: s
                              f"like {DEFAULT_SIGLIP}")
     try:
         with quiet_loading():
-            config = AutoConfig.from_pretrained(src)
+            try:
+                config = AutoConfig.from_pretrained(src)
+            except ValueError as exc:  # e.g. a diffusers VAE folder: "Unrecognized model ... `model_type` key"
+                raise ValueError(f"{src} is not a SigLIP or CLIP model ({str(exc).split('. ')[0]}); give a folder "
+                                 f"of one, e.g. {DEFAULT_SIGLIP}") from None
         kind = config.model_type
         if kind not in ("siglip", "clip"):
             raise ValueError(f"{src} is a '{kind}' model; StyleMamba needs a SigLIP or CLIP model (e.g. {DEFAULT_SIGLIP})")

@@ -47,6 +47,12 @@ def test_bad_inputs(encoder, tmp_path, photo):
         load_text_image_encoder(f)
 
 
+def test_a_vae_folder_given_as_the_text_model_says_what_to_give(tiny_models):
+    """Before: transformers' 'Unrecognized model in ... Should have a `model_type` key', naming no fix."""
+    with pytest.raises(ValueError, match="is not a SigLIP or CLIP model .*give a folder of one, e.g. google/siglip"):
+        load_text_image_encoder(tiny_models["vae"])
+
+
 class MeanColour(torch.nn.Module):
     """An image-text model that is neither SigLIP nor CLIP, written only against the ImageTextModel protocol:
     an image's embedding is its mean colour (plus a constant), a word's is the colour it names."""
