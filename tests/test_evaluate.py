@@ -128,6 +128,7 @@ def test_styles_are_matched_to_prompts_by_metadata(first_run, setup, tiny_models
     library.mkdir()
     for i, f in enumerate(sorted((first_run / "styles").glob("*.safetensors"))):
         shutil.copy(f, library / f"style_{i}.safetensors")  # names say nothing: the metadata decides
+    (library / "damaged.safetensors").write_bytes(b"cut short")  # before: left out without a word
     report = run_evaluation([setup / "content" / "chelsea.png"], PROMPTS, tmp_path / "out", "stylemamba",
                             vae=tiny_models["vae"], styles_dir=library, train_config=small_config(epochs=2),
                             eval_text_models=[tiny_models["clip"]], resolution=64, device="cpu", progress=False,
@@ -136,6 +137,8 @@ def test_styles_are_matched_to_prompts_by_metadata(first_run, setup, tiny_models
     assert {s["train_seconds_from"] for s in styles.values()} == {"style metadata"}
     assert all(s["file"].startswith(str(library)) for s in styles.values())
     assert not (tmp_path / "out" / "styles").exists()  # nothing was trained
+    damaged = next(s for s in report["skipped"] if s["what"] == "damaged.safetensors in --styles")
+    assert "not a readable .safetensors file" in damaged["why"]
     assert len(report["rows"]) == 2 and all(r["train_s"] > 0 for r in report["rows"])
     # the same style gives the same image as in the first run
     first = json.loads((first_run / "results.json").read_text())["rows"]

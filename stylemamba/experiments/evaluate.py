@@ -575,7 +575,8 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
         for f in sorted(folder.glob("*.safetensors")):
             try:
                 meta = read_style_metadata(f)
-            except ValueError:
+            except ValueError as exc:  # said, not silent: a damaged style's prompt is trained again instead
+                session.skipped.append({"what": f"{f.name} in --styles", "why": f"not read ({exc})"})
                 continue
             ps = meta.get("prompts") or []
             if len(ps) == 1 and ps[0] not in library:
