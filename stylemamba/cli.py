@@ -551,6 +551,8 @@ def cmd_info(args) -> int:
 def cmd_tiny_models(args) -> int:
     from .testing.tiny_models import build_tiny_models, existing_outputs
 
+    if not -2**63 <= args.seed < 2**64:  # torch's range: 'Overflow when unpacking long long' named nothing
+        raise ValueError(f"--seed {args.seed} is out of range: give one from -2**63 to 2**64 - 1 (default 0)")
     refuse_unwritable(Path(args.out) / "manifest.json", "tiny-models")
     taken = existing_outputs(args.out)
     if taken and not args.overwrite:

@@ -446,6 +446,8 @@ def test_tiny_models_never_replace_a_users_models_without_overwrite(tmp_path):
     mine.parent.mkdir(parents=True)
     mine.write_text('{"my": "real VAE"}')
     one_line_error(run("tiny-models", tmp_path / "models"), "already holds vae", "--overwrite")
+    one_line_error(run("tiny-models", tmp_path / "new", "--seed", 2**64), f"--seed {2**64} is out of range")
+    assert not (tmp_path / "new").exists()  # before: 'Overflow when unpacking long long', an empty folder left
     assert mine.read_text() == '{"my": "real VAE"}' and not (tmp_path / "models" / "manifest.json").exists()
     assert run("tiny-models", tmp_path / "models", "--overwrite").returncode == 0
     assert (tmp_path / "models" / "manifest.json").is_file() and mine.read_text() != '{"my": "real VAE"}'
