@@ -235,6 +235,9 @@ def test_eval_checks_its_output_thumb_and_repeated_prompts_before_any_work(setup
             run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu", styles_dir=styles)
     with pytest.raises(ValueError, match="'b' is repeated"):
         run_evaluation([setup / "content"], ["a", "b", "b "], tmp_path / "o", device="cpu")
+    with pytest.raises(FileNotFoundError, match="no-such-photos"):  # before: after the measuring models loaded
+        run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu",
+                       train_content=[tmp_path / "no-such-photos"], eval_text_models=[tmp_path / "not loaded"])
     assert taken.read_text() == "mine" and not (tmp_path / "o").exists()
 
 

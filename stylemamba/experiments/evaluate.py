@@ -352,6 +352,8 @@ def run_evaluation(
     if styles_dir and not Path(styles_dir).is_dir():  # before the models load, and a file is not 'not found'
         raise ValueError(f"--styles {styles_dir} is {'a file' if Path(styles_dir).exists() else 'not there'}: give "
                          "the folder of trained styles (.safetensors), or leave --styles out to train them")
+    files = _content_files(content)
+    train_files = _content_files(train_content) if train_content else files  # a typo: named before the models load
     refuse_unwritable(out / RESULTS_JSONL, "--out")  # a file in the way of its folder: a traceback before
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
@@ -359,7 +361,6 @@ def run_evaluation(
     res = int(resolution or train_cfg.resolution)
     cs_cfg = dataclasses.replace(clipstyler_config if clipstyler_config is not None else ClipStylerConfig(),
                                  resolution=res)
-    files = _content_files(content)
     names = [f.name for f in files]
     session = _Session(out, dev, files, res, progress)
     skipped, text_model = session.skipped, session.text_model
@@ -399,7 +400,6 @@ def run_evaluation(
     metric_setup = {"resolution": res, "eval": [(c, e.name, e.kind) for c, e in eval_models],
                     "vgg": str(vgg) if vgg else None, "lpips": [lpips_net, str(lpips_backbone)] if lpips_backbone else None,
                     "aesthetic": [str(aesthetic_head), str(aesthetic_clip)] if aesthetic.available else None}
-    train_files = _content_files(train_content) if train_content else files
     method_setup = {
         "stylemamba": {"recipe": train_cfg.to_dict(), "vae": str(vae), "styles_dir": str(styles_dir) if styles_dir else None,
                        "train_text_model": str(train_text_model), "train_content": [str(f) for f in train_files]},
