@@ -256,3 +256,14 @@ def test_another_configuration_in_the_same_folder_keeps_this_ones_images(setup, 
     assert other["output"] != first["output"]
     again = run(0)  # resumed: nothing trained, the first run's row and image
     assert again == first and (tmp_path / "out" / again["output"]).read_bytes() == first_image
+
+
+def test_clipstyler_without_a_clip_model_is_named_before_the_stylemamba_work(setup, tiny_models, tmp_path):
+    """Before: --method both trained and measured every StyleMamba pair, then stopped: 'CLIPstyler needs a CLIP
+    model'."""
+    with pytest.raises(ValueError, match="CLIPstyler needs a CLIP model"):
+        run_evaluation([setup / "content" / "chelsea.png"], ["pop art"], tmp_path / "out", "both",
+                       vae=tiny_models["vae"], train_config=small_config(epochs=1),
+                       train_text_model=tiny_models["siglip"], eval_text_models=[tiny_models["siglip"]],
+                       resolution=64, device="cpu", progress=False, print_table=False)
+    assert not (tmp_path / "out" / "styles").exists() and not (tmp_path / "out" / "images").exists()

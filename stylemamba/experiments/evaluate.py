@@ -439,6 +439,15 @@ def run_evaluation(
         "aesthetic": {"head": str(aesthetic_head), "clip": str(aesthetic_clip), "note": aesthetic.note}
         if aesthetic.available else None,
     }
+    cs_text_path, cs_text = None, None
+    if "clipstyler" in methods:  # its model checked and loaded before the StyleMamba work, not found missing after it
+        cs_text_path = clipstyler_text_model or next((p for (c, e), p in zip(eval_models, eval_paths)
+                                                      if e.kind == "clip"), None)
+        if any(k[0] == "clipstyler" for k in todo):
+            if not cs_text_path:
+                raise ValueError("CLIPstyler needs a CLIP model: pass --clipstyler-text-model (the paper: "
+                                 "openai/clip-vit-base-patch32) or a CLIP --eval-text-model")
+            cs_text = text_model(cs_text_path)
     # ------------------------------------------------------------------ StyleMamba
     if "stylemamba" in methods:
         sm_todo = [k for k in todo if k[0] == "stylemamba"]
@@ -452,14 +461,8 @@ def run_evaluation(
     # ------------------------------------------------------------------ CLIPstyler
     if "clipstyler" in methods:
         cs_todo = [k for k in todo if k[0] == "clipstyler"]
-        cs_text_path = clipstyler_text_model or next((p for (c, e), p in zip(eval_models, eval_paths)
-                                                      if e.kind == "clip"), None)
         models_info["clipstyler"] = {"text_model": str(cs_text_path), "config": cs_cfg.to_dict()}
         if cs_todo:
-            if not cs_text_path:
-                raise ValueError("CLIPstyler needs a CLIP model: pass --clipstyler-text-model (the paper: "
-                                 "openai/clip-vit-base-patch32) or a CLIP --eval-text-model")
-            cs_text = text_model(cs_text_path)
             if cs_text.kind != "clip":
                 log.warning("CLIPstyler runs on %s (%s); the paper's baseline uses CLIP ViT-B/32", cs_text.name,
                             cs_text.kind)
