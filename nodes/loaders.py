@@ -294,9 +294,10 @@ class StyleMambaSaveStyle:
                                              "file: save its parts."}),
                 "filename_prefix": ("STRING", {
                     "default": "StyleMamba",
-                    "tooltip": "Name of the file; '_00001' etc. is appended. Letters of any language, digits, "
-                               "spaces and common punctuation are kept; characters that are unsafe in file names "
-                               "(/ \\ : * ? \" < > |) become '_'; folders are not allowed."}),
+                    "tooltip": "Name of the file; '_00001' etc. is appended. Letters and digits of any language, "
+                               "spaces and . _ - ( ) [ ] + , & ' ! # @ = ~ are kept; every other character (: * ? "
+                               "\" < > | % ; $, emoji) becomes '_', and a folder joins the name (monet/v1 -> "
+                               "monet_v1)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -92,3 +92,14 @@ def test_user_visible_text_cites_no_issue_numbers():
                 if re.search(r"\bissues?\s*#?\d", line, re.I):
                     offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_save_style_name_rule_is_the_one_the_readme_gives():
+    from stylemamba.style_file import safe_style_filename
+
+    rule = re.search(r"The name keeps letters and digits of any language,\s+spaces and `([^`]+)`", README)
+    kept = rule.group(1).split()
+    assert safe_style_filename("Öl モネ 7 " + "".join(kept) + "x") == "Öl モネ 7 " + "".join(kept) + "x.safetensors"
+    for other in (":", "*", "?", '"', "<", ">", "|", "%", ";", "$", "\U0001f600", "\x07"):
+        assert safe_style_filename(f"a{other}b") == "a_b.safetensors", other
+    assert safe_style_filename("monet/v1") == "monet_v1.safetensors"
