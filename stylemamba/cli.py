@@ -255,7 +255,8 @@ def cmd_train(args) -> int:
         print(f"cancelled after {cancelled.partial.steps} steps: partial style saved to {info['path']}",
               file=sys.stderr)
         return 130
-    bar.close()
+    finally:
+        bar.close()  # before main prints an error: else the bar is drawn again under it at exit
     if args.name:
         result.style.metadata["name"] = args.name
     info = save_style(result.style, out)

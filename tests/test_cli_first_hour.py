@@ -150,6 +150,18 @@ def test_a_content_image_too_small_is_named_by_its_file_before_the_models_load(p
     one_line_error(proc, "content image strip.png is 200x4", "at least 8 pixels")
 
 
+def test_an_error_during_training_is_its_own_line_after_the_progress_bar(tiny_models, style_file, photos, tmp_path):
+    """Before, an error raised once the bar was drawn (here: --start-from a style of another VAE) was printed on
+    the bar's line ("...step/s]error: ..."), and the bar was drawn again below it when the process ended."""
+    _, (photo, _) = photos
+    small_vae = ROOT / "stylemamba" / "testing" / "data" / "small_vae.safetensors"
+    proc = run("train", "--device", "cpu", "--vae", small_vae, "--text-model", tiny_models["siglip"],
+               "--prompt", "pop art", "--content", photo, "--start-from", style_file, "--out", tmp_path / "s",
+               "--epochs", "1", "--resolution", "64")
+    one_line_error(proc, "was trained on the VAE", "Connect the VAE the style was trained with")
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("error:"), proc.stderr[-1000:]
+
+
 @pytest.mark.slow
 def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
     _, (photo, _) = photos
