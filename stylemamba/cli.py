@@ -787,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="prove the method works: styles trained with image-text models of known meaning "
                                      "must move HELD-OUT photos along their prompts and keep content (table, exit 1 on "
-                                     "failure; 2-4 minutes on 2 CPU cores, --quick about half)")
+                                     "failure; 13 styles of about 3 s each on 2 idle CPU cores, --quick 6)")
     speed = p.add_mutually_exclusive_group()
     speed.add_argument("--quick", action="store_true", help="the main rows only, no loss-term ablations (~half the time)")
     speed.add_argument("--long", action="store_true", help="larger proof: 128 px, 64 crops, 40 epochs (several minutes)")
