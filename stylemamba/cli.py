@@ -111,7 +111,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="arithmetic precision (autocast): auto = bf16 on CUDA (fp16 on pre-Ampere GPUs), fp32 on CPU; "
                         "for train, default: the --config recipe's, else auto (--dtype: the 0.1.0 name)")
     p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse",
-                   help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file")
+                   help="SD VAE: Hugging Face id, diffusers folder, or single .safetensors file (default: "
+                        "%(default)s); a style works only with the VAE it was trained with")
 
 
 LPIPS_HELP = "LPIPS backbone; auto = vgg when --lpips-backbone is given, else off; vgg / alex need --lpips-backbone"
