@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,13 @@ log = logging.getLogger("stylemamba")
 OOM_NAMES = {"resolution": "--resolution", "n_crops": "loss.n_crops in the --config recipe",
              "images": "the number of --content images", "gradient_checkpointing": "--gradient-checkpointing",
              "batch_size": "--batch-size", "tile_size": "--tile-size", "device": "--device cpu"}
+# what to do when the machine refuses a file (cli.main): a full disk, a read-only or foreign folder
+DISK_FIXES = {errno.ENOSPC: "free some space on that disk or write elsewhere (--out), then run the command again",
+              getattr(errno, "EDQUOT", -1): "your disk quota is used up: free some space or write elsewhere (--out)",
+              errno.EROFS: "that disk is mounted read-only: write elsewhere (--out)",
+              errno.EACCES: "you may not read or write there: check its permissions or use another path",
+              errno.EPERM: "you may not read or write there: check its permissions or use another path",
+              errno.ENAMETOOLONG: "shorten the file or folder name"}
 PRESET_NAMES = ("paper", "cpu")  # stylemamba.train.PRESETS (not imported here: the parser stays light)
 
 
@@ -474,9 +482,11 @@ def cmd_stylize(args) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        info = stylize_video(src, target, lambda frames: stylize(frames, vae, model, **kw), batch_size=args.batch_size,
-                             max_frames=args.max_frames, on_frames=progress)
-        bar.close()
+        try:
+            info = stylize_video(src, target, lambda frames: stylize(frames, vae, model, **kw),
+                                 batch_size=args.batch_size, max_frames=args.max_frames, on_frames=progress)
+        finally:
+            bar.close()  # before main prints an error: else the bar is drawn again under it at exit
         log.info("wrote %s: %d frames %s at %g fps, H.264, audio: %s", info["path"], info["frames"], info["size"],
                  info["fps"], info["audio"])
         print(json.dumps({"video": info["path"], "frames": info["frames"], "audio": info["audio"]}))
@@ -841,6 +851,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130  # 128 + SIGINT, what a shell reports
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine refused a read or write: the user's to fix, not a traceback
+        if exc.errno not in DISK_FIXES:
+            raise
+        print(f"error: {one_line(exc)}; {DISK_FIXES[exc.errno]}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's GPU and CPU OOM errors
         from .errors import OutOfMemory, is_out_of_memory, out_of_memory

@@ -609,3 +609,10 @@ def test_a_file_as_the_checkpoint_dir_is_named_before_the_models_load(tmp_path):
     one_line_error(proc, f"--checkpoint-dir {tmp_path / 'ck'} is a file, not a folder")
     assert (tmp_path / "ck").read_text() == "notes"
 
+
+
+def test_a_file_the_machine_refuses_is_one_line_with_its_fix(tmp_path):
+    """An OSError from the machine (here a name over the file system's 255 bytes; a full disk, a read-only mount
+    alike) was a traceback: it is the user's to fix, so it is one line naming what to do."""
+    proc = run("tiny-models", tmp_path / ("x" * 300))
+    one_line_error(proc, "File name too long", "shorten the file or folder name")
