@@ -22,6 +22,17 @@ log = logging.getLogger("stylemamba")
 OOM_NAMES = {"resolution": "--resolution", "n_crops": "loss.n_crops in the --config recipe",
              "images": "the number of --content images", "gradient_checkpointing": "--gradient-checkpointing",
              "batch_size": "--batch-size", "tile_size": "--tile-size", "device": "--device cpu"}
+# commands whose flags differ from train's and stylize's (None: the command has no such knob, the advice skips it)
+_NO_KNOBS = dict.fromkeys(OOM_NAMES)
+OOM_NAMES_BY_COMMAND = {
+    "train-universal": {**OOM_NAMES, "images": "--batch-size", "tile_size": None},
+    "bench-universal": {**_NO_KNOBS, "resolution": "--resolution", "images": "--batch-size", "device": "--device cpu"},
+    "eval": {**_NO_KNOBS, "resolution": "--resolution", "n_crops": "loss.n_crops in the --config recipe",
+             "gradient_checkpointing": "gradient_checkpointing in the --config recipe", "device": "--device cpu"},
+    "demo": {**_NO_KNOBS, "resolution": "--resolution", "device": "--device cpu"},
+    "bench": {**_NO_KNOBS, "device": "--device cpu"},
+    "check": _NO_KNOBS,  # a fixed recipe on the CPU: only closing other programs helps
+}
 # what to do when the machine refuses a file (cli.main): a full disk, a read-only or foreign folder
 DISK_FIXES = {errno.ENOSPC: "free some space on that disk or write elsewhere (--out), then run the command again",
               getattr(errno, "EDQUOT", -1): "your disk quota is used up: free some space or write elsewhere (--out)",
@@ -863,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         if not is_out_of_memory(exc):
             raise
         oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
-        print(f"error: {one_line(oom.advice(OOM_NAMES))}", file=sys.stderr)
+        print(f"error: {one_line(oom.advice(OOM_NAMES_BY_COMMAND.get(args.command, OOM_NAMES)))}", file=sys.stderr)
         return 3
 
 

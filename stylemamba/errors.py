@@ -36,7 +36,8 @@ def _close_others(memory: str) -> str:
 
 def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_images: int,
               memory: str = "GPU memory") -> str:
-    lower = [f"{n['resolution']} (e.g. 384 or 256)"] + [n[k] for k in ("n_crops", "images") if n[k]]
+    lower = [f"{n['resolution']} (e.g. 384 or 256)"] * bool(n["resolution"]) + [n[k] for k in ("n_crops", "images")
+                                                                               if n[k]]
     text = (f"out of {memory} while training at {resolution}x{resolution} with {n_crops} crops on {n_images} "
             f"content image(s){_lower(lower)}")
     if n["gradient_checkpointing"]:

@@ -98,3 +98,19 @@ def test_stylize_mixes_by_pictures_unless_told_otherwise():
     assert build_parser().parse_args(base + ["--blend", "weights"]).blend == "weights"
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--blend", "both"])
+
+
+@pytest.mark.parametrize("command", ["check", "bench", "eval", "demo", "bench-universal", "train-universal"])
+def test_out_of_memory_advice_names_only_the_commands_own_flags(command):
+    """check, bench, eval... ran out of memory with train's advice: '--content images', '--tile-size', flags those
+    commands do not have. Each names its own knobs (or none)."""
+    from stylemamba.cli import OOM_NAMES_BY_COMMAND, build_parser
+    from stylemamba.errors import training_out_of_memory
+
+    names = OOM_NAMES_BY_COMMAND[command]
+    advice = training_out_of_memory(512, 8, 2).advice(names)
+    flags = {a for sub in build_parser()._subparsers._group_actions[0].choices[command]._actions
+             for a in sub.option_strings if a.startswith("--")}
+    named = {w.rstrip(",.;)") for w in advice.split() if w.startswith("--")}
+    assert named <= flags, (command, named - flags, advice)
+    assert "None" not in advice and "memory while training at 512x512" in advice, advice
