@@ -152,18 +152,26 @@ elif case == "capture_with_generator":  # a registered non-default CUDA generato
         g.capture_end()
     g.replay()
     keep.append((g, out))
-elif case == "trainer_step":  # the tiny trainer itself, for the reference
+elif case.split(":")[0] == "trainer_step":  # the tiny trainer itself; "trainer_step:{json}" overrides its recipe
     import copy
     from stylemamba.experiments import bench as B
     from stylemamba.train import StyleTrainer
     m = B.build_tiny_bench_models(dev)
     sizes = B.Sizes(True)
-    cfg = sizes.train_config("mamba", "off", "on")
+    overrides = json.loads(case.split(":", 1)[1]) if ":" in case else {}
+    cfg = sizes.train_config(overrides.pop("kind", "mamba"), "off", "on")
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                setattr(getattr(cfg, k), kk, vv)
+        else:
+            setattr(cfg, k, v)
     tr = StyleTrainer(m.vae, m.siglip, B.content_images(1, sizes.train, dev), B.PROMPT, copy.deepcopy(cfg),
                       vgg=m.vgg, lpips=m.lpips, device=dev)
     for i in range(3):
         tr.step(i % cfg.epochs, keep_output=False)
     keep.append(tr)
+    case += f" graphed={tr.graphs is not None}"
 else:
     raise SystemExit(f"unknown case {case}")
 torch.cuda.synchronize()
