@@ -619,6 +619,11 @@ class UniversalTrainer:
             raise CheckpointError(f"checkpoint {ck.path} belongs to another run: {'; '.join(diff)}. Resume with the "
                                   "same prompt bank, images, models and recipe (only the number of epochs may grow), "
                                   "or start in an empty checkpoint directory")
+        if ck.step > self.cfg.total_steps:  # its model would be written as this shorter recipe's, trained longer
+            need = -(-ck.step // self.cfg.steps_per_epoch)
+            raise CheckpointError(f"checkpoint {ck.path} is at step {ck.step}, past this recipe's "
+                                  f"{self.cfg.total_steps} steps ({self.cfg.epochs} epochs): resume with at least "
+                                  f"{need} epochs (--epochs {need}), or start in an empty checkpoint directory")
         weights = {k: v for k, v in ck.tensors.items() if not k.startswith(tuple(_SNAPSHOTS))}
         self.net.load_state_dict(weights)
         for prefix, snap in _SNAPSHOTS.items():

@@ -375,3 +375,16 @@ def test_a_run_stopped_between_two_log_lines_resumes_to_the_same_losses(models, 
     lines = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [(x["step"], x["losses"]) for x in lines] == [(h["step"], {k: v for k, v in h.items() if k != "step"})
                                                          for h in straight.history]
+
+
+def test_resuming_with_fewer_epochs_than_the_checkpoint_is_refused(models, images, tmp_path):
+    """A checkpoint at step 4 resumed with a 1-epoch recipe (2 steps) wrote its 4-step model as the 2-step recipe's,
+    with no word; now it is named, with how many epochs resume."""
+    vae, text = models
+    train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=r"at step 4, past this recipe's 2 steps \(1 epochs\): resume with at "
+                                              r"least 2 epochs \(--epochs 2\)"):
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(epochs=1), checkpoint_dir=tmp_path / "ck",
+                         resume=True)
+    same = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck", resume=True)
+    assert same.step_index == 4  # as many epochs as the checkpoint: nothing left to train, accepted
