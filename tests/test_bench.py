@@ -342,3 +342,17 @@ def test_copy_sources_names_the_line_that_copies():
     assert rows[0]["layouts"] == "channels_last -> contiguous" and rows[0]["shape"] == [2, 16, 32, 32]
     assert rows[0]["mb"] == round(2 * x.numel() * 4 / 2**20, 2) and rows[0]["calls"] == 1
     assert rows[0]["stack"][0] == f"test_bench.py:{line} converts"
+
+
+def test_tiny_bench_models_leave_no_temporary_folder(monkeypatch, tmp_path):
+    """bench --tiny without --models-dir left a stylemamba_bench_* folder of models behind on every run."""
+    import tempfile
+
+    from stylemamba.experiments import bench
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    models = bench.build_tiny_bench_models(torch.device("cpu"))
+    assert list(tmp_path.iterdir()) == []
+    with torch.no_grad():  # the models still work once their files are gone
+        latents = models.vae.encode(torch.rand(1, 3, 64, 64))
+        assert torch.isfinite(latents).all() and models.siglip.encode_text(["red"]).shape[0] == 1

@@ -328,13 +328,17 @@ def build_full_models(device: torch.device, with_clip: bool = True) -> Models:
 
 
 def build_tiny_bench_models(device: torch.device, folder: str | Path | None = None) -> Models:
-    """The tiny models (built into ``folder`` or a temporary one) through the real loaders."""
+    """The tiny models (built into ``folder``, or a temporary one removed once they are loaded: each run left
+    one behind) through the real loaders."""
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="stylemamba_bench_") as tmp:
+            return build_tiny_bench_models(device, tmp)
     from ..encoders import load_text_image_encoder
     from ..perceptual import LPIPSLoss, VGGFeatures
     from ..testing.tiny_models import build_tiny_models
     from ..vae import load_vae
 
-    folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="stylemamba_bench_"))
+    folder = Path(folder)
     paths = build_tiny_models(folder) if not (folder / "manifest.json").is_file() else {
         "vae": folder / "vae", "siglip": folder / "siglip", "clip": folder / "clip",
         "vgg19": folder / "vgg19_tiny.safetensors"}
