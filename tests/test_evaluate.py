@@ -218,6 +218,16 @@ def test_unreadable_prompts_and_recipe_files_are_named(setup, tmp_path, capsys):
         assert f"{flag} {broken} is not a readable JSON recipe" in err, err
 
 
+def test_eval_names_its_own_flags_for_bad_numbers(setup, tmp_path, capsys):
+    """eval --epochs 0 said 'TrainConfig.epochs=0 is invalid', a name the eval user never typed."""
+    base = ["eval", "--device", "cpu", "--content", str(setup / "content"), "--prompts", str(setup / "prompts.txt"),
+            "--out", str(tmp_path / "o")]
+    for flag in ("--epochs", "--clipstyler-steps"):
+        assert cli.main(base + [flag, "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} 0 is too small: it must be at least 1" in err, err
+
+
 def test_eval_checks_its_output_thumb_and_repeated_prompts_before_any_work(setup, tmp_path):
     """--thumb 0 failed in the contact sheet after every style was trained; a file as --out said '[Errno 17]'."""
     taken = tmp_path / "notes.txt"
