@@ -157,6 +157,20 @@ def partial_file(dst: Path, keep_suffix: bool = True) -> Path:
     raise FileExistsError(f"{dst.parent} is full of unfinished .{dst.name}.partial* files; delete them and try again")
 
 
+def write_text_whole(path: str | Path, text: str) -> Path:
+    """``path.write_text(text)`` that never leaves half a file: a report rewritten during a long run (bench after
+    each measure, check --json) was truncated by a full disk or a kill in mid-write, losing the previous one too."""
+    path = Path(path)
+    tmp = partial_file(path, keep_suffix=False)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def check_readable(files: list[Path]) -> None:
     """Open every file's header (fast: no pixels are decoded), so that a bad file in a folder is named before any
     work starts rather than after half the results are written."""

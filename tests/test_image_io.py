@@ -1,5 +1,7 @@
 """Image files: alpha is kept where the format can store it, and refused where it cannot; 16-bit tones, EXIF
 orientation and Pillow's size guard are read as a user expects; a write never leaves half a file."""
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,25 @@ def test_save_image_keeps_a_file_that_has_its_temporary_name(tmp_path):
     assert (tmp_path / ".out.png.partial.png").read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.png.partial.png", "out.png"]
 
+
+
+def test_a_report_rewritten_on_a_full_disk_keeps_the_previous_one(tmp_path):
+    """check --json (bench's and eval's reports alike) truncated the previous report before writing: a full disk or a
+    kill in mid-write left neither. Here the disk is 'full' through the file-size limit (EFBIG, as ENOSPC)."""
+    resource = pytest.importorskip("resource")
+    del resource  # imported in the child, which limits its own file size
+    report_path = tmp_path / "check.json"
+    report_path.write_text("previous report")
+    child = ("import io, resource, signal, sys\n"
+             "from stylemamba.testing.check import report\n"
+             "from stylemamba.testing.proof import Row\n"
+             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+             "rows = [Row('red', '+0.3', '> 0', True, 'it works')]\n"
+             "try:\n    report(rows, 1.0, io.StringIO(), json_path=sys.argv[1])\n"
+             "except OSError as exc:\n    print('failed', exc.errno)\n")
+    proc = subprocess.run([sys.executable, "-c", child, str(report_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.startswith("failed"), (proc.stdout, proc.stderr[-2000:])
+    assert report_path.read_text() == "previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["check.json"]  # no half temporary file left

@@ -826,7 +826,8 @@ def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes:
     def save():
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report, indent=1, default=str))
+            from ..image_io import write_text_whole
+            write_text_whole(json_path, json.dumps(report, indent=1, default=str))
 
     report["env"]["matmul_bf16_tflops"] = matmul_peak_tflops(device)
     save()
@@ -1135,7 +1136,8 @@ def cmd_bench(args) -> int:
                        memory_caps=args.memory_caps, caps_repeats=args.caps_repeats,
                        cuda_graphs=tuple(args.cuda_graphs))
     report["command"] = "python -m stylemamba bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])
-    Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    from ..image_io import write_text_whole
+    write_text_whole(args.json, json.dumps(report, indent=1, default=str))
     if report["results"]:
         print(format_table(report))
     if "memory_caps" in report:

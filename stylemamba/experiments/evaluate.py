@@ -515,7 +515,8 @@ def run_evaluation(
         "outputs": {"csv": "results.csv", "jsonl": RESULTS_JSONL, "contact_sheet": sheet.name, "images": "images/"},
         "seconds": round(time.perf_counter() - t_start, 3),
     }
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    from ..image_io import write_text_whole
+    write_text_whole(out / "results.json", json.dumps(report, indent=2, default=str))
     text = render_report(report)
     report["table"] = text
     if print_table:

@@ -218,6 +218,7 @@ def cmd_bench_universal(args) -> int:
     text = json.dumps(report, indent=2, default=str)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        from ..image_io import write_text_whole
+        write_text_whole(args.out, text)
     print(text)
     return 0

@@ -81,9 +81,9 @@ def report(rows: Sequence[Row], seconds: float, out=sys.stdout, json_path: str |
         print(f"  {r.status} {r.name}: {why}", file=out)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps([{"name": r.name, "status": r.status, "measured": r.value,
-                                                "bound": r.bound, "proves": r.proves,
-                                                **({"perceptual": perceptual} if perceptual else {}), **r.numbers}
-                                               for r in rows],
-                                              indent=2))
+        from ..image_io import write_text_whole
+        write_text_whole(json_path, json.dumps([{"name": r.name, "status": r.status, "measured": r.value,
+                                                 "bound": r.bound, "proves": r.proves,
+                                                 **({"perceptual": perceptual} if perceptual else {}), **r.numbers}
+                                                for r in rows], indent=2))
     return 1 if failed else 0

@@ -228,7 +228,8 @@ def run_universal_proof(vae, cfg: UniversalProofConfig | None = None, out_dir: s
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "universal_proof.json").write_text(json.dumps(report, indent=1))
+        from ..image_io import write_text_whole
+        write_text_whole(out / "universal_proof.json", json.dumps(report, indent=1))
         _grid(outputs, out / "universal_proof.png")
     return report
 
