@@ -681,7 +681,10 @@ def cmd_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stylemamba", description=__doc__)
+    # the console script's usage names the console script (argparse's default, sys.argv[0]'s name, says "__main__.py"
+    # under python -m)
+    prog = "stylemamba" if Path(sys.argv[0]).stem == "stylemamba" else "python -m stylemamba"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -616,3 +616,16 @@ def test_a_file_the_machine_refuses_is_one_line_with_its_fix(tmp_path):
     alike) was a traceback: it is the user's to fix, so it is one line naming what to do."""
     proc = run("tiny-models", tmp_path / ("x" * 300))
     one_line_error(proc, "File name too long", "shorten the file or folder name")
+
+
+def test_the_console_script_names_itself_in_its_usage():
+    """`stylemamba --help` said 'usage: python -m stylemamba', a command the user did not type."""
+    import shutil
+
+    script = shutil.which("stylemamba", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the stylemamba console script is not installed beside this Python")
+    usage = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert usage.startswith("usage: stylemamba "), usage[:200]
+    assert subprocess.run([sys.executable, "-m", "stylemamba", "--help"], capture_output=True, text=True,
+                          timeout=120).stdout.startswith("usage: python -m stylemamba ")
