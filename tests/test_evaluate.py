@@ -243,6 +243,8 @@ def test_eval_checks_its_output_thumb_and_repeated_prompts_before_any_work(setup
     for styles, what in ((taken, "a file"), (tmp_path / "none", "not there")):  # both were 'styles folder not found'
         with pytest.raises(ValueError, match=f"--styles .* is {what}: give the folder of trained styles"):
             run_evaluation([setup / "content"], ["a"], tmp_path / "o", device="cpu", styles_dir=styles)
+    with pytest.raises(ValueError, match="is a content folder: eval writes its results"):  # read back as photos
+        run_evaluation([setup / "content"], ["a"], setup / "content", device="cpu")
     with pytest.raises(ValueError, match="'b' is repeated"):
         run_evaluation([setup / "content"], ["a", "b", "b "], tmp_path / "o", device="cpu")
     with pytest.raises(FileNotFoundError, match="no-such-photos"):  # before: after the measuring models loaded

@@ -354,6 +354,10 @@ def run_evaluation(
                          "the folder of trained styles (.safetensors), or leave --styles out to train them")
     files = _content_files(content)
     train_files = _content_files(train_content) if train_content else files  # a typo: named before the models load
+    sources = {Path(c).resolve() for c in [*content, *(train_content or [])] if Path(c).is_dir()}
+    if out.resolve() in sources:  # its contact_sheet.png would be a content photo of the next (resumed) run
+        raise ValueError(f"--out {out} is a content folder: eval writes its results (contact_sheet.png, results.*) "
+                         "there, and the next run would read them as photos; give another folder")
     refuse_unwritable(out / RESULTS_JSONL, "--out")  # a file in the way of its folder: a traceback before
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
