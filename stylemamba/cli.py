@@ -859,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
-    except KeyboardInterrupt:  # Ctrl-C outside training (which keeps its partial style itself): no traceback
+    except (KeyboardInterrupt, *_training_cancelled()):  # Ctrl-C outside `train` (which keeps its partial style)
         print("stylemamba: cancelled (Ctrl-C); results written so far are kept, nothing half-written is left",
               file=sys.stderr)
         return 130  # 128 + SIGINT, what a shell reports
@@ -879,6 +879,14 @@ def main(argv: list[str] | None = None) -> int:
         oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
         print(f"error: {one_line(oom.advice(OOM_NAMES_BY_COMMAND.get(args.command, OOM_NAMES)))}", file=sys.stderr)
         return 3
+
+
+def _training_cancelled() -> tuple[type[BaseException], ...]:
+    """train_style's TrainingCancelled: its answer to a Ctrl-C in the commands that train without a should_stop
+    (demo, check, eval, bench) is a Ctrl-C, not a traceback. Looked up, not imported: the parser stays light (it
+    was raised only if train is loaded)."""
+    train = sys.modules.get(f"{__package__}.train")
+    return (train.TrainingCancelled,) if train is not None else ()
 
 
 def one_line(exc: BaseException) -> str:

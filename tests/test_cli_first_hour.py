@@ -629,3 +629,26 @@ def test_the_console_script_names_itself_in_its_usage():
     assert usage.startswith("usage: stylemamba "), usage[:200]
     assert subprocess.run([sys.executable, "-m", "stylemamba", "--help"], capture_output=True, text=True,
                           timeout=120).stdout.startswith("usage: python -m stylemamba ")
+
+
+def test_ctrl_c_while_a_command_trains_without_should_stop_is_a_ctrl_c_not_a_traceback(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """demo, check, eval and bench call train_style without should_stop: since train_style takes the first Ctrl-C
+    itself, it raised TrainingCancelled, which the CLI printed as a traceback (exit 1) instead of 'cancelled'."""
+    import signal
+
+    from stylemamba import cli, train
+
+    step = train.StyleTrainer.step_within_memory
+    calls = []
+
+    def ctrl_c_in_the_first_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.StyleTrainer, "step_within_memory", ctrl_c_in_the_first_step)
+    assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "3", "--resolution", "64"]) == 130
+    assert "stylemamba: cancelled (Ctrl-C)" in capsys.readouterr().err
+    assert len(calls) == 1 and not (tmp_path / "demo-style.safetensors").exists()

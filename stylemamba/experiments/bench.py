@@ -818,6 +818,8 @@ def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes:
 
     ``memory_caps``: GB cards to emulate (:func:`bench_memory_caps`), measured first; ``variants`` may be
     empty to measure only those."""
+    from ..train import TrainingCancelled
+
     report: dict[str, Any] = {"env": environment(device), "models": models.kind,
                               "sizes": {"train": sizes.train, "stylise": list(sizes.stylise),
                                         "video_frames": sizes.video_frames, "video_batch": sizes.video_batch},
@@ -851,6 +853,8 @@ def run_bench(models: Models, sizes: Sizes, device: torch.device, compile_modes:
                                                           full_parts=(kind == "mamba"), res=partial, progress=save,
                                                           cuda_graphs=graphs)
                 del report["partial"][key]
+            except TrainingCancelled:  # a Ctrl-C (train_style's answer to it) stops the bench, as before
+                raise
             except Exception as exc:  # keep the other measurements; the JSON says what failed
                 if sizes.tiny:
                     raise

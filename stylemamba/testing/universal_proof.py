@@ -151,6 +151,8 @@ def run_universal_proof(vae, cfg: UniversalProofConfig | None = None, out_dir: s
     uni = train_universal(vae, model, content, list(BANK), cfg.universal_recipe(), **nets,
                           on_log=lambda line: say(f"  universal step {line.step}/{line.total_steps}: dir "
                                                   f"{line.losses['dir']:.3f}"))
+    if uni.cancelled:  # a Ctrl-C (train_universal's answer to it): a cut-short model is not judged as the proof's
+        raise KeyboardInterrupt
     report["universal_seconds"] = round(time.perf_counter() - t0, 1)
     report["universal_history"] = uni.history
     universal = uni.model
