@@ -338,3 +338,17 @@ def test_options_of_the_wrong_kind_are_named(options, message):
         TrainConfig.from_dict(options)
     assert TrainConfig.from_dict({"epochs": np.int64(3), "lr": np.float32(1e-3), "lr_decay": 1}).epochs == 3
 
+
+
+def test_numpy_and_torch_scalars_and_0_1_switches_still_train_as_plain_values():
+    """Refused by the kind checks, though they trained before: np.bool_ (what a numpy comparison gives) and 0 / 1 for
+    a switch, and torch.tensor(1e-3) for lr. They are kept as Python's own numbers (a recipe writes those)."""
+    from stylemamba.train import TrainConfig
+
+    cfg = TrainConfig(gradient_checkpointing=np.bool_(True), channels_last=0, lr=torch.tensor(1e-3),
+                      epochs=np.int64(3), fusion={"mlp_ratio": np.float32(0.5)})
+    assert cfg.gradient_checkpointing is True and cfg.channels_last is False
+    assert type(cfg.lr) is float and cfg.lr == pytest.approx(1e-3) and type(cfg.epochs) is int
+    assert type(cfg.fusion.mlp_ratio) is float
+    with pytest.raises(ValueError, match="channels_last must be true or false, got 2"):
+        TrainConfig(channels_last=2)
