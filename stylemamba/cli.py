@@ -295,7 +295,7 @@ def cmd_train_universal(args) -> int:
     from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
-    from .universal import UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir
+    from .universal import LOG_FILE, UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir
     from .vae import load_vae
 
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
@@ -315,7 +315,7 @@ def cmd_train_universal(args) -> int:
         refuse_existing(out, args.overwrite, "universal model")
         refuse_unwritable(out)
         check_checkpoint_dir(args.checkpoint_dir, "--checkpoint-dir")  # before the models load, not after
-        refuse_unwritable(Path(args.checkpoint_dir) / "log.jsonl", "--checkpoint-dir")  # not at the first log line
+        refuse_unwritable(Path(args.checkpoint_dir) / LOG_FILE, "--checkpoint-dir")  # not at the first log line
         bank = load_prompt_bank(args.bank, tags=args.tags or None)
         if args.hold_out:
             bank = bank.without(args.hold_out)
@@ -572,10 +572,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_tiny_models(args) -> int:
+    from .options import SEED_RULE, in_seed_range
     from .testing.tiny_models import build_tiny_models, existing_outputs
 
-    if not -2**63 <= args.seed < 2**64:  # torch's range: 'Overflow when unpacking long long' named nothing
-        raise ValueError(f"--seed {args.seed} is out of range: give one from -2**63 to 2**64 - 1 (default 0)")
+    if not in_seed_range(args.seed):
+        raise ValueError(f"--seed {args.seed} is out of range: give one {SEED_RULE} (default 0)")
     refuse_unwritable(Path(args.out) / "manifest.json", "tiny-models")
     taken = existing_outputs(args.out)
     if taken and not args.overwrite:

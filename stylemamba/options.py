@@ -28,6 +28,15 @@ def from_options(cls: type[T], data: Mapping[str, Any], what: str, renamed: Mapp
     return cls(**data)
 
 
+SEED_RULE = "from -2**63 to 2**64 - 1, what torch's generators take"
+
+
+def in_seed_range(seed: int) -> bool:
+    """Whether torch.Generator.manual_seed takes ``seed`` (outside: 'Overflow when unpacking long long', naming
+    nothing); the one rule of TrainConfig.seed and the seed flags (SEED_RULE says it)."""
+    return -2**63 <= seed < 2**64
+
+
 _KINDS = {"bool": "true or false", "int": "an integer", "float": "a finite number"}
 
 

@@ -143,7 +143,7 @@ class VGGFeatures(nn.Module):
                 "weights, VGG19_Weights.IMAGENET1K_V1); on a machine with internet, "
                 "stylemamba.perceptual.convert_torchvision_vgg19(path) writes it."
             )
-        state = _read_safetensors(path, "VGG19 weights")
+        state = read_safetensors(path, "VGG19 weights")
         _refuse_other_network(state, path, "VGG19", "VGG content network (--vgg, the node's vgg19 input)")
         widths = _widths_from_state(state, path)
         model = cls(layers=layers, widths=widths)
@@ -161,17 +161,17 @@ _SLOT = {"VGG19": "the VGG content network (--vgg, the node's vgg19 input)",
          "AlexNet": "the LPIPS backbone with --lpips alex (--lpips-backbone, the node's lpips_backbone, lpips_net alex)"}
 
 
-def _read_safetensors(path: str, what: str) -> Dict[str, torch.Tensor]:
+def read_safetensors(path: str, what: str, fix: str = "get or convert it again (README: Models)"
+                     ) -> Dict[str, torch.Tensor]:
     """A weight file's tensors; a damaged file (or a pickle under a .safetensors name) was a SafetensorError
-    traceback, now a one-line error."""
+    traceback, now a one-line error that ends with ``fix``."""
     from safetensors.torch import load_file
 
     try:
         return load_file(path)
     except Exception as exc:  # safetensors' own error type, not a subclass of anything more precise
         raise ValueError(f"{what} {path!r} is not a readable .safetensors file ({str(exc)[:120]}); it may be "
-                         "truncated, or a pickle under another name (never loaded): get or convert it again "
-                         "(README: Models)") from None
+                         f"truncated, or a pickle under another name (never loaded): {fix}") from None
 
 
 def _refuse_other_network(state: Dict[str, torch.Tensor], path: str, expected: str, slot: str) -> None:
@@ -311,7 +311,7 @@ class LPIPSLoss(nn.Module):
                 f"LPIPS backbone weights not found: {path!r}. Put there a .safetensors file with "
                 f"torchvision's ImageNet {arch} `features.N.weight` / `features.N.bias` tensors."
             )
-        state = _read_safetensors(path, "LPIPS backbone weights")
+        state = read_safetensors(path, "LPIPS backbone weights")
         expected = "VGG16" if self.net_name == "vgg" else "AlexNet"
         _refuse_other_network(state, path, expected, f"the LPIPS {self.net_name} backbone")
         mapping = self._backbone_key_map()

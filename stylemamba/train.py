@@ -40,7 +40,7 @@ from .fusion import FusionConfig
 from .image_io import check_pixels, load_image
 from .memory_plan import (MemoryPlan, Recipe, choose_plan, free_training_memory, parse_plan, plan_to_option,
                           smaller_plan)
-from .options import check_kinds, from_options
+from .options import SEED_RULE, check_kinds, from_options, in_seed_range
 from .precision import autocast, autocast_dtype, check_precision, grad_scaler, groupnorm_in_autocast_dtype_
 from .speed import COMPILE_MODES, compile_callable, compile_module_, train_in_channels_last_
 from .style_file import Style, UniversalModel
@@ -114,7 +114,7 @@ class TrainConfig:
                   ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
                   "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
                   f"one of {', '.join(COMPILE_MODES)}"),
-                  ("seed", -2**63 <= self.seed < 2**64, "from -2**63 to 2**64 - 1, what torch's generators take")]
+                  ("seed", in_seed_range(self.seed), SEED_RULE)]
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: it must be {rule}")

@@ -168,7 +168,7 @@ def test_aesthetic_scorer_names_a_damaged_or_foreign_head_in_one_line(tmp_path, 
     numbers a RuntimeError one, another model's file listed every tensor it holds, and a folder was 'not found'."""
     clip = load_text_image_encoder(tiny_models["clip"])
     (tmp_path / "head.safetensors").write_bytes(b"\x80\x04 a pickle by another name")
-    with pytest.raises(ValueError, match="head.safetensors is not a readable .safetensors file.*docs/EVAL.md"):
+    with pytest.raises(ValueError, match="head.safetensors' is not a readable .safetensors file.*docs/EVAL.md"):
         M.AestheticScorer(tmp_path / "head.safetensors", clip_encoder=clip)
     save_file({"weight": torch.zeros(1, clip.embed_dim), "bias": torch.zeros(2)}, str(tmp_path / "b2.safetensors"))
     with pytest.raises(ValueError, match="not a LAION aesthetic head"):

@@ -228,13 +228,10 @@ class AestheticScorer:
 
     @staticmethod
     def _load_head(path: Path) -> nn.Linear:
-        from safetensors.torch import load_file
+        from ..perceptual import read_safetensors
 
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # safetensors' own error: a damaged file, or a pickle given another name
-            raise ValueError(f"{path} is not a readable .safetensors file ({str(exc)[:120]}); the LAION aesthetic "
-                             "head is converted once from its .pth (see docs/EVAL.md)") from None
+        state = read_safetensors(str(path), "LAION aesthetic head", "it is converted once from its .pth (see "
+                                 "docs/EVAL.md)")
         weights = {k.rsplit(".", 1)[-1]: v for k, v in state.items()}
         if set(weights) != {"weight", "bias"} or len(state) != 2 or weights["weight"].dim() != 2 \
                 or weights["weight"].shape[0] != 1 or weights["bias"].numel() != 1:
