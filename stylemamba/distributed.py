@@ -135,6 +135,10 @@ class StopRequest:
         if self.asked and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.asked = True
+        outer = getattr(self._previous.get(signum), "__self__", None)
+        while isinstance(outer, StopRequest):  # nested (train_universal in a caller's StopRequest): the caller
+            outer.asked = True  # stops too, as the one Ctrl-C asked, instead of going on to its next run
+            outer = getattr(outer._previous.get(signum), "__self__", None)
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: stopping after this step and {self.keeps} "
                   "(Ctrl-C again to abort without it)...", file=sys.stderr)

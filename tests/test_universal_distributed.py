@@ -233,3 +233,18 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_the_mo
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0 and err.count("batch size 4 does not split evenly over 3 processes") == 3, err[-3000:]
     assert "no-vae" not in err, err[-3000:]
+
+
+def test_a_stop_request_inside_another_tells_the_outer_one_too():
+    """train_universal's own StopRequest inside a caller's (a loop over runs): the one Ctrl-C stopped the inner run
+    only, and the caller, not told, went on to its next run."""
+    import signal
+
+    from stylemamba.distributed import StopRequest
+
+    with StopRequest(announce=False) as outer:
+        with StopRequest(announce=False) as inner:
+            signal.raise_signal(signal.SIGINT)
+        assert inner.asked and outer.asked
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts, as it would have in the inner one
+            signal.raise_signal(signal.SIGINT)
