@@ -74,6 +74,12 @@ def at_least(flag: str, value: int | None, low: int) -> None:
         raise ValueError(f"{flag} {value} is too small: it must be at least {low}")
 
 
+def flags_at_least(args: argparse.Namespace, flags: tuple[str, ...], low: int) -> None:
+    """:func:`at_least` for each of ``flags`` ("--video-frames" is ``args.video_frames``), named by flag."""
+    for flag in flags:
+        at_least(flag, getattr(args, flag[2:].replace("-", "_")), low)
+
+
 MIN_TILE = 256  # smaller tiles show seams with real SD VAEs (the overlap can no longer hide them)
 
 

@@ -1099,10 +1099,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def check_options(args) -> None:
     """Every flag, before any model is built: found later, a mistake was a traceback mid-run (--steps -1, --json a
     folder) or lost the results of an earlier run (its --json written over)."""
-    from ..cli import at_least, refuse_existing, refuse_unwritable
+    from ..cli import flags_at_least, refuse_existing, refuse_unwritable
 
-    for flag in ("--steps", "--repeats", "--video-frames", "--video-batch", "--caps-repeats"):
-        at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    flags_at_least(args, ("--steps", "--repeats", "--video-frames", "--video-batch", "--caps-repeats"), 1)
     if args.memory_caps_only and not args.memory_caps:
         raise ValueError("--memory-caps-only needs --memory-caps (e.g. --memory-caps 8,12)")
     if args.models_dir and Path(args.models_dir).is_file():

@@ -727,11 +727,10 @@ def add_parser(subparsers) -> None:
 def build_configs(args):
     """TrainConfig and ClipStylerConfig from the CLI arguments (JSON files, then overrides and ablations)."""
     from .baselines.clipstyler import ClipStylerConfig
-    from ..cli import at_least, read_recipe
+    from ..cli import flags_at_least, read_recipe
     from ..train import TrainConfig
 
-    for flag in ("--epochs", "--clipstyler-steps"):  # named by flag, not as TrainConfig.epochs
-        at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    flags_at_least(args, ("--epochs", "--clipstyler-steps"), 1)  # named by flag, not as TrainConfig.epochs
     cfg = TrainConfig.from_dict(read_recipe(args.config)) if args.config else TrainConfig()
     if args.epochs is not None:
         cfg.epochs = args.epochs
