@@ -30,6 +30,14 @@ def _lower(names: list[str]) -> str:
     return ". Lower " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
 
 
+def _fixes(lower: list[str], other: str | None) -> str:
+    """". Lower a or b, or use c"; without anything to lower ". Use c" (it was "..., or use c" after nothing)."""
+    text = _lower(lower)
+    if other:
+        text += f", or {other}" if text else f". {other[0].upper()}{other[1:]}"
+    return text
+
+
 def _close_others(memory: str) -> str:
     return "close other GPU work" if memory == "GPU memory" else "close other programs"
 
@@ -39,9 +47,8 @@ def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_imag
     lower = [f"{n['resolution']} (e.g. 384 or 256)"] * bool(n["resolution"]) + [n[k] for k in ("n_crops", "images")
                                                                                if n[k]]
     text = (f"out of {memory} while training at {resolution}x{resolution} with {n_crops} crops on {n_images} "
-            f"content image(s){_lower(lower)}")
-    if n["gradient_checkpointing"]:
-        text += f", or turn on {n['gradient_checkpointing']}"
+            f"content image(s)"
+            f"{_fixes(lower, n['gradient_checkpointing'] and 'turn on ' + n['gradient_checkpointing'])}")
     return text + f"; {_close_others(memory)} and retry. A trained style works at any image size afterwards."
 
 
@@ -51,17 +58,14 @@ def _stylizing(n: Mapping[str, str | None], what: str, batch_size: int, tile_siz
     lower = [f"{n['batch_size']} (now {batch_size})" if n["batch_size"] and batch_size > 1 else None,
              f"{n['tile_size']} (now {tile_size}, e.g. {max(256, tile_size // 16 * 8)})"
              if n["tile_size"] and tile_size > 256 else None]
-    text = f"out of {memory} while stylising {what}{_lower([k for k in lower if k])}"
-    if n["device"] and memory == "GPU memory":
-        text += f", or use {n['device']}"
+    device = n["device"] and memory == "GPU memory" and f"use {n['device']}"
+    text = f"out of {memory} while stylising {what}{_fixes([k for k in lower if k], device)}"
     return text + f"; {_close_others(memory)} and retry."
 
 
 def _other(n: Mapping[str, str | None], detail: str) -> str:
     knobs = [n[k] for k in ("resolution", "batch_size", "tile_size") if n[k]]
-    text = f"out of memory ({detail}){_lower(knobs)}"
-    if n["device"]:
-        text += f", or use {n['device']}"
+    text = f"out of memory ({detail}){_fixes(knobs, n['device'] and 'use ' + n['device'])}"
     return text + "; close other GPU work or programs and retry."
 
 

@@ -80,7 +80,7 @@ def test_out_of_memory_advice_names_the_cli_flags(monkeypatch, capsys):
 @pytest.mark.parametrize("batch, tile, advice", [
     (4, 1024, "Lower --batch-size (now 4) or --tile-size (now 1024, e.g. 512)"),
     (1, 512, "Lower --tile-size (now 512, e.g. 256)"),
-    (1, 256, "while stylising 1 image(s) of 4096x4096, or use --device cpu"),  # nothing left to lower
+    (1, 256, "while stylising 1 image(s) of 4096x4096. Use --device cpu"),  # nothing left to lower
 ])
 def test_stylising_out_of_memory_suggests_only_what_can_go_lower(batch, tile, advice):
     from stylemamba.cli import OOM_NAMES
@@ -114,3 +114,18 @@ def test_out_of_memory_advice_names_only_the_commands_own_flags(command):
     named = {w.rstrip(",.;)") for w in advice.split() if w.startswith("--")}
     assert named <= flags, (command, named - flags, advice)
     assert "None" not in advice and "memory while training at 512x512" in advice, advice
+
+
+@pytest.mark.parametrize("command", ["stylize", "check", "bench", "eval", "demo", "bench-universal"])
+def test_out_of_memory_advice_reads_as_a_sentence_when_nothing_can_be_lowered(command):
+    """With nothing to lower (a batch of 1, the smallest tile, or a command without those flags) the advice said
+    "while stylising 1 image, or use --device cpu", "(CUDA out of memory), or use ...": an 'or' after nothing."""
+    from stylemamba.cli import OOM_NAMES, OOM_NAMES_BY_COMMAND
+    from stylemamba.errors import out_of_memory, stylizing_out_of_memory
+
+    names = OOM_NAMES_BY_COMMAND.get(command, OOM_NAMES)
+    for oom in (stylizing_out_of_memory("1 image", 1, 256), out_of_memory("CUDA out of memory")):
+        advice = oom.advice(names)
+        assert ", or" not in advice.split(". Lower")[0], advice
+        if names["device"]:
+            assert "se --device cpu" in advice, advice
