@@ -301,7 +301,8 @@ def cmd_train_universal(args) -> int:
     from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
-    from .universal import LOG_FILE, UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir
+    from .universal import (LOG_FILE, UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir,
+                            run_until_ctrl_c)
     from .vae import load_vae
 
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
@@ -344,8 +345,7 @@ def cmd_train_universal(args) -> int:
                 print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
                       f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
 
-        with distributed.StopRequest(announce=dist.is_main) as stop:
-            result = trainer.run(on_log, should_stop=lambda: stop.asked)
+        result = run_until_ctrl_c(trainer, on_log)
         if not dist.is_main:
             return 130 if result.cancelled else 0
         if result.cancelled:

@@ -685,7 +685,13 @@ def train_universal(vae, text, images, bank, config: UniversalConfig | None = No
     trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
     if should_stop is not None:
         return trainer.run(on_log, should_stop)
-    with StopRequest(announce=trainer.dist.is_main, keeps="returning the model trained so far") as stop:
+    return run_until_ctrl_c(trainer, on_log)
+
+
+def run_until_ctrl_c(trainer: UniversalTrainer, on_log: Callable[[LogLine], None] | None = None) -> UniversalResult:
+    """``trainer.run`` that a Ctrl-C / SIGTERM stops after the current step: train_universal's and the CLI's."""
+    keeps = "writing a checkpoint" if trainer.checkpoint_dir is not None else "returning the model trained so far"
+    with StopRequest(announce=trainer.dist.is_main, keeps=keeps) as stop:
         return trainer.run(on_log, lambda: stop.asked)
 
 
