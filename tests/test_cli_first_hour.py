@@ -652,3 +652,12 @@ def test_ctrl_c_while_a_command_trains_without_should_stop_is_a_ctrl_c_not_a_tra
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "3", "--resolution", "64"]) == 130
     assert "stylemamba: cancelled (Ctrl-C)" in capsys.readouterr().err
     assert len(calls) == 1 and not (tmp_path / "demo-style.safetensors").exists()
+
+
+def test_tiny_models_run_again_into_their_own_folder_as_in_0_1_0(tmp_path):
+    """--overwrite was asked for the folder of an earlier `tiny-models` run too (0.1.0 rebuilt it): tiny models
+    replaced by tiny models lose nothing; a user's own models are still refused (the test above)."""
+    assert run("tiny-models", tmp_path / "tiny").returncode == 0
+    proc = run("tiny-models", tmp_path / "tiny", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["seed"] == 1

@@ -427,8 +427,16 @@ OUTPUT_NAMES = ("vae", "vae_ldm.safetensors", "siglip", "clip", "vgg19_tiny.safe
 
 def existing_outputs(out_dir: PathLike) -> List[Path]:
     """What :func:`build_tiny_models` would write over in ``out_dir`` (there, a user's own ``vae/`` folder would get
-    random weights), for front ends to refuse without an explicit flag."""
-    return [Path(out_dir) / name for name in OUTPUT_NAMES if (Path(out_dir) / name).exists()]
+    random weights), for front ends to refuse without an explicit flag. Nothing in an earlier build's folder (its
+    manifest.json): tiny models replaced by tiny models lose nothing, and `tiny-models DIR` ran again as in 0.1.0."""
+    out = Path(out_dir)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and {"seed", "paths", "configs"} <= set(manifest):
+            return []
+    except (OSError, ValueError):  # none, or not ours
+        pass
+    return [out / name for name in OUTPUT_NAMES if (out / name).exists()]
 
 
 def build_tiny_models(out_dir: PathLike, seed: int = 0) -> Dict[str, Path]:
