@@ -134,9 +134,7 @@ class VGGFeatures(nn.Module):
         file -> ``FileNotFoundError``; missing / unexpected keys or wrong shapes -> ``ValueError``.
         """
         path = os.fspath(path)
-        if os.path.isdir(path):
-            raise FileNotFoundError(f"VGG19 weights {path!r} is a folder, not a file: give the .safetensors file")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):  # a folder: read_safetensors names it
             raise FileNotFoundError(
                 f"VGG19 weights not found: {path!r}. Put there a .safetensors file holding "
                 "torchvision's VGG19 `features.N.weight` / `features.N.bias` tensors (ImageNet "
@@ -164,9 +162,11 @@ _SLOT = {"VGG19": "the VGG content network (--vgg, the node's vgg19 input)",
 def read_safetensors(path: str, what: str, fix: str = "get or convert it again (README: Models)"
                      ) -> Dict[str, torch.Tensor]:
     """A weight file's tensors; a damaged file (or a pickle under a .safetensors name) was a SafetensorError
-    traceback, now a one-line error that ends with ``fix``."""
+    traceback, now a one-line error that ends with ``fix``. A folder is named as one (FileNotFoundError)."""
     from safetensors.torch import load_file
 
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"{what} {path!r} is a folder, not a file: give the .safetensors file")
     try:
         return load_file(path)
     except Exception as exc:  # safetensors' own error type, not a subclass of anything more precise
@@ -302,10 +302,7 @@ class LPIPSLoss(nn.Module):
     def load_backbone(self, path: PathLike) -> None:
         """Load backbone weights from a safetensors file (see class docstring for the keys)."""
         path = os.fspath(path)
-        if os.path.isdir(path):
-            raise FileNotFoundError(f"LPIPS backbone weights {path!r} is a folder, not a file: give the .safetensors "
-                                    "file")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):  # a folder: read_safetensors names it
             arch = "VGG16" if self.net_name == "vgg" else "AlexNet"
             raise FileNotFoundError(
                 f"LPIPS backbone weights not found: {path!r}. Put there a .safetensors file with "
