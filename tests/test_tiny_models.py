@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,19 @@ def test_cli_builds_everything_and_prints_paths(tmp_path, capsys, tiny_models):
     b = load_file(printed["vae_ldm"])
     assert set(a) == set(b)
     assert not torch.equal(a["encoder.conv_in.weight"], b["encoder.conv_in.weight"])  # other seed
+
+
+def test_the_top_seed_the_cli_accepts_builds_and_in_range_seeds_keep_their_weights(tmp_path):
+    """tiny-models --seed 2**64 - 1 passed the range check, then the text models' seed + 1 overflowed ('Overflow when
+    unpacking long long') with vae/ already written. Seeds that built before build the same weights."""
+    top = 2**64 - 1
+    paths = tm.build_tiny_models(tmp_path / "top", seed=top)
+    assert json.loads(Path(paths["manifest"]).read_text())["seed"] == top
+    with tm._seeded(top + 3):  # torch's reading of the seed: modulo 2**64, as for a negative one
+        wrapped = torch.rand(4)
+    with tm._seeded(2):
+        assert torch.equal(wrapped, torch.rand(4))
+    with tm._seeded(-1):
+        minus_one = torch.rand(4)
+    torch.manual_seed(-1)
+    assert torch.equal(minus_one, torch.rand(4))

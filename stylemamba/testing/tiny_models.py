@@ -133,9 +133,10 @@ def style_corpus() -> List[str]:
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch for a build step without disturbing the caller's global RNG state."""
+    """Seed torch for a build step without disturbing the caller's global RNG state. The steps take seed + 1..3:
+    modulo 2**64 (torch's own reading of a negative seed), a top seed the CLI accepts did not overflow."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed % 2**64)
         yield
 
 
