@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -33,13 +34,29 @@ OOM_NAMES_BY_COMMAND = {
     "bench": {**_NO_KNOBS, "device": "--device cpu"},
     "check": _NO_KNOBS,  # a fixed recipe on the CPU: only closing other programs helps
 }
-# what to do when the machine refuses a file (cli.main): a full disk, a read-only or foreign folder
-DISK_FIXES = {errno.ENOSPC: "free some space on that disk or write elsewhere (--out), then run the command again",
-              getattr(errno, "EDQUOT", -1): "your disk quota is used up: free some space or write elsewhere (--out)",
-              errno.EROFS: "that disk is mounted read-only: write elsewhere (--out)",
+# what to do when the machine refuses a file (cli.main): a full disk, a read-only or foreign folder; {where} is the
+# command's own output flag (disk_fix)
+DISK_FIXES = {errno.ENOSPC: "free some space on that disk or write elsewhere{where}, then run the command again",
+              getattr(errno, "EDQUOT", -1): "your disk quota is used up: free some space or write elsewhere{where}",
+              errno.EFBIG: "the file is too large for that disk (FAT32 takes at most 4 GB) or for your file-size "
+                           "limit: write elsewhere{where}",
+              errno.EROFS: "that disk is mounted read-only: write elsewhere{where}",
               errno.EACCES: "you may not read or write there: check its permissions or use another path",
               errno.EPERM: "you may not read or write there: check its permissions or use another path",
               errno.ENAMETOOLONG: "shorten the file or folder name"}
+# where each command writes (the fix named '--out' for every command: stylize, check, bench and tiny-models have none)
+OUTPUT_FLAGS = {"train": "--out", "train-universal": "--checkpoint-dir, --out", "stylize": "--output", "demo": "--out",
+                "check": "--json", "tiny-models": "another OUT folder", "eval": "--out", "bench": "--json",
+                "bench-universal": "--out"}
+
+
+def disk_fix(errno_: int | None, command: str | None) -> str | None:
+    """What to do about a file the machine refused (DISK_FIXES), in ``command``'s own flags; None: not ours to fix."""
+    fix = DISK_FIXES.get(errno_)
+    flag = OUTPUT_FLAGS.get(command or "")
+    return fix.format(where=f" ({flag})" if flag else "") if fix else None
+
+
 PRESET_NAMES = ("paper", "cpu")  # stylemamba.train.PRESETS (not imported here: the parser stays light)
 
 
@@ -873,10 +890,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except OSError as exc:  # the machine refused a read or write: the user's to fix, not a traceback
-        if exc.errno not in DISK_FIXES:
+    except (OSError, *_safetensors_error()) as exc:  # the machine refused a read or write: the user's to fix
+        fix = disk_fix(refused_errno(exc), args.command)
+        if fix is None:
             raise
-        print(f"error: {one_line(exc)}; {DISK_FIXES[exc.errno]}", file=sys.stderr)
+        print(f"error: {one_line(exc)}; {fix}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's GPU and CPU OOM errors
         from .errors import OutOfMemory, is_out_of_memory, out_of_memory
@@ -894,6 +912,22 @@ def _training_cancelled() -> tuple[type[BaseException], ...]:
     was raised only if train is loaded)."""
     train = sys.modules.get(f"{__package__}.train")
     return (train.TrainingCancelled,) if train is not None else ()
+
+
+def _safetensors_error() -> tuple[type[BaseException], ...]:
+    """safetensors' own error type, raised by its writes (a style, a universal model, the tiny models) for a full
+    disk too; looked up, not imported, as :func:`_training_cancelled`."""
+    module = sys.modules.get("safetensors")
+    return (module.SafetensorError,) if getattr(module, "SafetensorError", None) else ()
+
+
+def refused_errno(exc: BaseException) -> int | None:
+    """The errno of a file the machine refused: an OSError's, or the one in safetensors' message ('I/O error: No
+    space left on device (os error 28)'): its writes raise no OSError, so a full disk was a traceback."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
 
 
 def one_line(exc: BaseException) -> str:

@@ -129,3 +129,47 @@ def test_out_of_memory_advice_reads_as_a_sentence_when_nothing_can_be_lowered(co
         assert ", or" not in advice.split(". Lower")[0], advice
         if names["device"]:
             assert "se --device cpu" in advice, advice
+
+
+@pytest.mark.parametrize("command", ["train", "train-universal", "stylize", "demo", "check", "eval", "bench",
+                                     "bench-universal", "tiny-models", "info"])
+def test_a_full_disk_is_told_to_write_elsewhere_through_the_commands_own_flag(command):
+    """The fix for a full disk, a used-up quota or a read-only mount said 'write elsewhere (--out)' for every
+    command: stylize's flag is --output, check's and bench's --json, and tiny-models takes a folder, no --out."""
+    import errno
+
+    from stylemamba.cli import build_parser, disk_fix
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {a for sub in parser._actions for a in sub.option_strings if a.startswith("--")}
+    for code in (errno.ENOSPC, errno.EROFS, errno.EFBIG):
+        fix = disk_fix(code, command)
+        named = {w.strip(",.;()") for w in fix.split() if w.startswith(("--", "(--"))}
+        assert named <= flags, (command, named - flags, fix)
+        if command in ("stylize", "check", "bench"):
+            assert named, fix  # the flag that moves the output is named
+    assert disk_fix(errno.ENOENT, command) is None  # not the machine's refusal: a traceback, as before
+
+
+@pytest.mark.parametrize("command", ["tiny-models", "train"])
+def test_a_file_too_large_for_the_disk_is_one_line_naming_where_to_write(command, tmp_path, tiny_models, photo):
+    """A full disk (here the file-size limit: EFBIG, as a FAT32 disk's 4 GB) while writing a .safetensors file (the
+    trained style, the tiny models) was a SafetensorError traceback: safetensors raises no OSError. It is one line
+    with what to do, in the command's own words (tiny-models takes a folder, not --out)."""
+    pytest.importorskip("resource")
+    prelude = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+               "import sys\nfrom stylemamba.cli import main\nsys.exit(main(sys.argv[1:]))")
+    if command == "train":
+        content = save_image(photo[0], tmp_path / "content.png")  # before the limit: the child only writes the style
+        args = ["train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
+                "--prompt", "pop art", "--content", content, "--epochs", "1", "--resolution", "64", "--quiet",
+                "--out", tmp_path / "pop.safetensors"]
+        fix = "write elsewhere (--out)"
+    else:
+        args, fix = ["tiny-models", tmp_path / "tiny"], "write elsewhere (another OUT folder)"
+    proc = subprocess.run([sys.executable, "-c", prelude, *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "File too large" in error[0] and fix in error[0], proc.stderr
