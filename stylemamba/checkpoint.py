@@ -17,7 +17,6 @@ fails (a full disk) removes its half folder, and folders a kill left behind go w
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from .image_io import replace_durably
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -120,7 +121,7 @@ def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.T
                                  if last else "No earlier checkpoint exists: make room, then start again")) from exc
     if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_durably(tmp, final)
     complete = list_checkpoints(folder)
     for old in complete[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,10 @@
-"""Reading and writing images (and video frames) as (B,C,H,W) float tensors in [0,1]."""
+"""Reading and writing images (and video frames) as (B,C,H,W) float tensors in [0,1], and writing any file whole."""
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -133,13 +134,7 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     # written beside, then renamed: a Ctrl-C or a full disk never leaves a truncated file under the final name
-    partial = partial_file(path)
-    try:
-        Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_whole(path, Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save, keep_suffix=True)
 
 
 def partial_file(dst: Path, keep_suffix: bool = True) -> Path:
@@ -160,15 +155,60 @@ def partial_file(dst: Path, keep_suffix: bool = True) -> Path:
 def write_text_whole(path: str | Path, text: str) -> Path:
     """``path.write_text(text)`` that never leaves half a file: a report rewritten during a long run (bench after
     each measure, check --json) was truncated by a full disk or a kill in mid-write, losing the previous one too."""
+    return write_whole(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_whole(path: str | Path, write: Callable[[Path], object], keep_suffix: bool = False) -> Path:
+    """Call ``write(temporary path)``, then put that file in ``path``'s place durably (:func:`replace_durably`):
+    the one way this package writes a file, so that neither a failure nor a power cut leaves half of one."""
     path = Path(path)
-    tmp = partial_file(path, keep_suffix=False)
+    tmp = partial_file(path, keep_suffix=keep_suffix)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write(tmp)
+        replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_durably(src: Path, dst: Path) -> None:
+    """``os.replace(src, dst)`` that a power cut cannot undo by halves: ``src``'s bytes (a file's, or each file's
+    of a folder) reach the disk before the rename, the rename itself before we return. Without it a filesystem
+    may store the rename first, and a crash leaves an empty or truncated file under the final name."""
+    src, dst = Path(src), Path(dst)
+    for f in ([p for p in src.iterdir() if p.is_file()] if src.is_dir() else [src]):
+        sync_file(f)
+    if src.is_dir():
+        sync_folder(src)
+    os.replace(src, dst)
+    sync_folder(dst.parent)
+
+
+def sync_file(path: Path) -> None:
+    """Flush a written file's bytes to the disk (os.fsync). Windows flushes only handles opened for writing."""
+    fd = os.open(path, (os.O_RDWR if os.name == "nt" else os.O_RDONLY) | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename, a new file) to the disk. POSIX only: Windows cannot open a folder
+    as a file, and NTFS journals its renames; some filesystems (network, FUSE) refuse it, which is no error."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_readable(files: list[Path]) -> None:

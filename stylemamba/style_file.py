@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .image_io import not_a_file, partial_file
+from .image_io import not_a_file, write_whole
 from .vae import SDVAE, fingerprints_match, weights_id
 
 log = logging.getLogger("stylemamba")
@@ -226,15 +226,14 @@ def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | P
     meta.pop("file", None)
     header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": fmt}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_file(path, keep_suffix=False)
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(tensors, str(tmp), metadata=header)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a style file is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_whole(path, write)
     return {"path": str(path), "bytes": path.stat().st_size}
 
 

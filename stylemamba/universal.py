@@ -44,6 +44,7 @@ from .current_device import indexed, runs_on_device_of, same_device
 from .direction import TextDirection
 from .distributed import Dist, StopRequest
 from .encoders import check_image_text_model, model_name
+from .image_io import write_text_whole
 from .options import from_options
 from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank
@@ -576,9 +577,7 @@ class UniversalTrainer:
                 pass
         try:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(LOG_FILE + ".partial")
-            tmp.write_text("".join(kept))
-            tmp.replace(path)
+            write_text_whole(path, "".join(kept))
         except OSError as exc:
             raise ValueError(f"checkpoint directory {self.checkpoint_dir} cannot be written ({exc.strerror or exc}): "
                              "choose a folder you can write to") from None

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .image_io import partial_file
+from .image_io import partial_file, replace_durably
 
 log = logging.getLogger("stylemamba")
 
@@ -140,7 +140,7 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
                 _mux(out, aout.encode(), src, dst)
         finally:
             out.close()
-        tmp.replace(dst)
+        replace_durably(tmp, dst)
     except BaseException:
         if tmp is not None:
             _remove_partial(tmp)
