@@ -353,8 +353,6 @@ def cmd_train_universal(args) -> int:
         if dist.is_main:
             print(f"universal training: {len(bank)} prompts x {len(files)} images, {cfg.total_steps} steps of "
                   f"{cfg.batch_size} pairs on {dist.world_size} process(es) ({dist.device})", file=sys.stderr)
-        trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
-                                   checkpoint_dir=args.checkpoint_dir, resume=args.resume)
 
         def on_log(line):
             if not args.quiet:
@@ -362,6 +360,8 @@ def cmd_train_universal(args) -> int:
                 print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
                       f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
 
+        trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
+                                   checkpoint_dir=args.checkpoint_dir, resume=args.resume)
         result = run_until_ctrl_c(trainer, on_log)
         if not dist.is_main:
             return 130 if result.cancelled else 0
@@ -871,6 +871,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a terminal closed under a running command cannot make its messages crash it."""
+    from .logs import stderr_outliving_the_terminal
+
+    with stderr_outliving_the_terminal():
+        return run_command(argv)
+
+
+def run_command(argv: list[str] | None = None) -> int:
     from .logs import setup_cli_logging
 
     parser = build_parser()

@@ -7,9 +7,9 @@ opens the process group (NCCL for CUDA, gloo for the CPU) and pins each process 
 torchrun it returns a world of one and opens nothing. The collectives below are no-ops in a world of
 one, so callers never branch on it.
 
-Ctrl-C: :class:`StopRequest` turns SIGINT / SIGTERM (what torchrun forwards to its workers) into a
-flag; the trainer asks :meth:`Dist.any` at the end of each step, so every rank stops after the same
-step, writes one checkpoint and exits cleanly. A second Ctrl-C aborts at once.
+Ctrl-C: :class:`StopRequest` turns SIGINT / SIGTERM (what torchrun forwards to its workers) / SIGHUP (the
+terminal closed, an SSH session dropped) into a flag; the trainer asks :meth:`Dist.any` at the end of each step,
+so every rank stops after the same step, writes one checkpoint and exits cleanly. A second Ctrl-C aborts at once.
 """
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ import torch
 import torch.distributed as tdist
 
 log = logging.getLogger("stylemamba")
+
+# what asks a training run to stop after its step and keep it: Ctrl-C, torchrun's or `kill`'s SIGTERM, and SIGHUP
+# (the terminal closed, an SSH session dropped) where the platform has it (not Windows)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @dataclass
@@ -120,11 +124,12 @@ def shutdown(dist: Dist) -> None:
 
 
 class StopRequest:
-    """Context manager: SIGINT (and SIGTERM, unless ``signals`` says otherwise) set :attr:`asked` (stop after this
-    step); a second SIGINT aborts. ``keeps`` says what stopping keeps, in the line printed on the first signal."""
+    """Context manager: SIGINT, SIGTERM and SIGHUP (:data:`STOP_SIGNALS`, unless ``signals`` says otherwise) set
+    :attr:`asked` (stop after this step); a second SIGINT aborts. ``keeps`` says what stopping keeps, in the line
+    printed on the first signal."""
 
     def __init__(self, announce: bool = True, keeps: str = "writing a checkpoint",
-                 signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+                 signals: tuple[int, ...] = STOP_SIGNALS):
         self.asked = False
         self.announce = announce
         self.keeps = keeps
@@ -140,11 +145,13 @@ class StopRequest:
             outer.asked = True  # stops too, as the one Ctrl-C asked, instead of going on to its next run
             outer = getattr(outer._previous.get(signum), "__self__", None)
         if self.announce:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and {self.keeps} "
-                  "(Ctrl-C again to abort without it)...", file=sys.stderr)
+            _tell(f"\n{signal.Signals(signum).name}: stopping after this step and {self.keeps} "
+                  "(Ctrl-C again to abort without it)...")
 
     def __enter__(self) -> StopRequest:
         for sig in self.signals:
+            if _ignored_hangup(sig):
+                continue
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. inside a server): no signal handling
@@ -154,3 +161,18 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, old in self._previous.items():
             signal.signal(sig, old)
+
+
+def _ignored_hangup(sig: int) -> bool:
+    """SIGHUP ignored when we start: ``nohup`` (or a service manager) asked that closing the terminal not stop the
+    run, so it stays ignored rather than becoming a stop."""
+    return sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN
+
+
+def _tell(text: str) -> None:
+    """Print to stderr, or nothing when it cannot: after SIGHUP the terminal is gone (EIO, a broken pipe), and a
+    signal that lands in the middle of another print makes this one reentrant. Either must not stop the save."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError, RuntimeError):
+        pass

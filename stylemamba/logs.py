@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import warnings
 
 LOGGER = "stylemamba"
@@ -100,3 +101,57 @@ def quiet_loading():
             lib.set_verbosity(verbosity)
             if bars:
                 lib.enable_progress_bar()
+
+
+class OutlivesItsTerminal:
+    """The command line's stderr, which a lost terminal cannot turn into an exception: after SIGHUP (the terminal
+    closed, an SSH session dropped) a write fails (EIO, a broken pipe), and a progress line or a log line must not
+    stop a training run from saving what it trained. At the first failure its descriptor is pointed at os.devnull,
+    so that later writes (tqdm's, a C library's) and Python's last flush at exit succeed too."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.dup2(devnull, self._stream.fileno())
+            self._stream.flush()  # the text that could not be written goes, so that no flush fails again
+        except (OSError, ValueError):  # no descriptor (a test's stream), or closed
+            pass
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def stderr_outliving_the_terminal():
+    """While a command runs, ``sys.stderr`` is :class:`OutlivesItsTerminal`; the stream before is put back after."""
+    previous = sys.stderr
+    sys.stderr = OutlivesItsTerminal(previous)
+    try:
+        yield
+    finally:
+        sys.stderr = previous

@@ -17,7 +17,6 @@ import ctypes
 import dataclasses
 import functools
 import logging
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1182,8 +1181,9 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
     ``start``: fine-tune from a universal model (its style for this direction) or from a trained style,
     instead of a fresh fusion module and the VAE's decoder (the recipe's fusion architecture is then
     the starting style's). ``workspace``: a :class:`TrainingWorkspace` that keeps the trainer for the next style
-    (faster; holds GPU memory until released). Without ``should_stop``, Ctrl-C (in the main thread) stops after
-    the current step and raises :class:`TrainingCancelled` with the style trained so far, as the CLI does.
+    (faster; holds GPU memory until released). Without ``should_stop``, Ctrl-C, SIGTERM or SIGHUP (a closed
+    terminal; in the main thread) stop after the current step and raise :class:`TrainingCancelled` with the style
+    trained so far, as the CLI does.
     """
     trainer, kept = None, False
     try:
@@ -1195,8 +1195,8 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
             trainer = StyleTrainer(vae, text, content, direction, config, prompt_weights, vgg, lpips, device,
                                    free_memory, start)
         setup = time.perf_counter() - t0
-        if should_stop is None:  # Ctrl-C would lose the steps trained so far: it stops after this step instead
-            with StopRequest(keeps="keeping the style of the finished steps", signals=(signal.SIGINT,)) as ctrl_c:
+        if should_stop is None:  # Ctrl-C, a kill, a closed terminal would lose the steps trained: stop after this one
+            with StopRequest(keeps="keeping the style of the finished steps") as ctrl_c:
                 result = trainer.run(on_step, lambda: ctrl_c.asked)
         else:
             result = trainer.run(on_step, should_stop)

@@ -679,8 +679,8 @@ def train_universal(vae, text, images, bank, config: UniversalConfig | None = No
                     on_log: Callable[[LogLine], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> UniversalResult:
     """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job.
-    Without ``should_stop``, Ctrl-C / SIGTERM stop after the current step (a checkpoint is written if there is a
-    ``checkpoint_dir``; the result says ``cancelled``) instead of losing the run."""
+    Without ``should_stop``, Ctrl-C / SIGTERM / SIGHUP stop after the current step (a checkpoint is written if there
+    is a ``checkpoint_dir``; the result says ``cancelled``) instead of losing the run."""
     trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
     if should_stop is not None:
         return trainer.run(on_log, should_stop)
@@ -688,7 +688,8 @@ def train_universal(vae, text, images, bank, config: UniversalConfig | None = No
 
 
 def run_until_ctrl_c(trainer: UniversalTrainer, on_log: Callable[[LogLine], None] | None = None) -> UniversalResult:
-    """``trainer.run`` that a Ctrl-C / SIGTERM stops after the current step: train_universal's and the CLI's."""
+    """``trainer.run`` that a Ctrl-C / SIGTERM / SIGHUP stops after the current step: train_universal's and the
+    CLI's."""
     keeps = "writing a checkpoint" if trainer.checkpoint_dir is not None else "returning the model trained so far"
     with StopRequest(announce=trainer.dist.is_main, keeps=keeps) as stop:
         return trainer.run(on_log, lambda: stop.asked)

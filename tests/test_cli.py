@@ -1,7 +1,12 @@
 """`python -m stylemamba train` then `stylize` then `info`, end to end on the tiny models, as a user runs them."""
 import json
+import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +178,43 @@ def test_a_file_too_large_for_the_disk_is_one_line_naming_where_to_write(command
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "File too large" in error[0] and fix in error[0], proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not hasattr(os, "openpty"), reason="no SIGHUP on Windows")
+def test_a_closed_terminal_stops_train_after_its_step_and_keeps_the_style(tmp_path, tiny_models, photo):
+    """Closing the terminal (or an SSH drop) sends SIGHUP, which killed the run and lost its steps; and after it
+    the terminal is gone, so a message written to it fails (EIO) and must not stop the save either."""
+    import fcntl
+    import struct
+    import termios
+
+    from stylemamba.style_file import load_style
+
+    content = save_image(photo[0], tmp_path / "content.png")
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps(small_config(epochs=1000, loss={"n_crops": 2}, fusion={"depth": 1}).to_dict()))
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size: a bar shows
+    proc = subprocess.Popen([sys.executable, "-m", "stylemamba", "train", "--device", "cpu", "--vae",
+                             tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"], "--prompt", "starry night",
+                             "--content", content, "--config", cfg, "--out", tmp_path / "starry.safetensors"],
+                            cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    shown, deadline = b"", time.monotonic() + 180
+    try:
+        while not re.search(rb"\| *[1-9][0-9]*/1000 \[", shown):  # the progress bar: a step is done
+            assert proc.poll() is None and time.monotonic() < deadline, shown.decode(errors="replace")[-2000:]
+            if select.select([master], [], [], 0.2)[0]:
+                shown += os.read(master, 65536)
+        proc.send_signal(signal.SIGHUP)
+        os.close(master)  # the terminal is gone: every later write of the run fails
+        master = None
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if master is not None:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    style = load_style(tmp_path / "starry-partial.safetensors")
+    assert style.metadata["cancelled"] and 1 <= style.metadata["steps"] < 1000

@@ -143,6 +143,26 @@ def test_ctrl_c_from_python_keeps_the_steps_trained_so_far(parts, photo):
         signal.signal(signal.SIGINT, previous)
 
 
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_a_run_under_nohup_goes_on_when_the_terminal_closes():
+    """nohup starts a process with SIGHUP ignored so that closing the terminal does not stop it; a training run
+    stops on SIGHUP only where nobody asked for that."""
+    from stylemamba.distributed import StopRequest
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopRequest(announce=False) as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert not stop.asked and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with StopRequest(announce=False) as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert stop.asked
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
 def test_progress_reports_losses_and_previews(parts, photo):
     vae, text, _, _ = parts
     infos = []
