@@ -360,9 +360,10 @@ def cmd_train_universal(args) -> int:
                 print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
                       f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
 
-        trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
-                                   checkpoint_dir=args.checkpoint_dir, resume=args.resume)
-        result = run_until_ctrl_c(trainer, on_log)
+        with distributed.naming_a_stopped_rank(dist):  # another process gone: say so, not torch's socket error
+            trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
+                                       checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+            result = run_until_ctrl_c(trainer, on_log)
         if not dist.is_main:
             return 130 if result.cancelled else 0
         if result.cancelled:
@@ -904,6 +905,9 @@ def run_command(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(exc)}; {fix}", file=sys.stderr)
         return 2
+    except _rank_stopped() as exc:  # another process of a multi-process job is gone: it says which and what to do
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as exc:  # OutOfMemory, MemoryError and torch's GPU and CPU OOM errors
         from .errors import OutOfMemory, is_out_of_memory, out_of_memory
 
@@ -936,6 +940,13 @@ def refused_errno(exc: BaseException) -> int | None:
         return exc.errno
     found = re.search(r"\(os error (\d+)\)", str(exc))
     return int(found.group(1)) if found else None
+
+
+def _rank_stopped() -> tuple[type[BaseException], ...]:
+    """distributed.RankStopped where a command loaded it (train-universal); looked up as
+    :func:`_training_cancelled` is."""
+    distributed = sys.modules.get(f"{__package__}.distributed")
+    return (distributed.RankStopped,) if distributed is not None else ()
 
 
 def one_line(exc: BaseException) -> str:

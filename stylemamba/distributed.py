@@ -13,9 +13,11 @@ so every rank stops after the same step, writes one checkpoint and exits cleanly
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ class Dist:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str = ""  # "" when no process group was opened (a single process)
+    timeout_s: float | None = None  # how long a rank waits for the others (None: a process group opened elsewhere)
 
     @property
     def is_main(self) -> bool:
@@ -78,15 +81,44 @@ class Dist:
         return box[0]
 
 
+TIMEOUT_VAR = "STYLEMAMBA_DIST_TIMEOUT"
+# seconds a rank waits for the others: started by hand (RANK, WORLD_SIZE, MASTER_ADDR set), nobody stops the job when
+# a process dies, and torch's 30 min kept the rest waiting; torchrun's agent stops every process when one dies, so
+# its runs keep torch's wait, for a process that hangs
+BY_HAND_TIMEOUT_S, TORCHRUN_TIMEOUT_S = 600.0, 1800.0
+
+
 def launched_by_torchrun() -> bool:
+    """RANK and WORLD_SIZE are set: by torchrun, or by hand (see :func:`supervised_by_torchrun`)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def setup(device: str | torch.device = "auto", backend: str | None = None, timeout_s: float = 1800) -> Dist:
-    """Join the job torchrun started (or be a world of one). ``device``: "auto", "cpu", "cuda".
+def supervised_by_torchrun() -> bool:
+    """torchrun's agent watches this process (it stops the job when a process dies); not so when started by hand."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def wait_timeout() -> float:
+    """How long a rank waits for the others: STYLEMAMBA_DIST_TIMEOUT seconds, else 10 min by hand, 30 under torchrun."""
+    text = os.environ.get(TIMEOUT_VAR, "").strip()
+    if not text:
+        return TORCHRUN_TIMEOUT_S if supervised_by_torchrun() else BY_HAND_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_VAR}={text!r}: give the seconds a process waits for the others, e.g. 1800")
+    return seconds
+
+
+def setup(device: str | torch.device = "auto", backend: str | None = None, timeout_s: float | None = None) -> Dist:
+    """Join the job torchrun (or the user, setting RANK, WORLD_SIZE, MASTER_ADDR/PORT) started, or be a world of
+    one. ``device``: "auto", "cpu", "cuda".
 
     Under torchrun with CUDA, rank ``r`` computes on ``cuda:LOCAL_RANK``; ``backend`` defaults to NCCL for
-    CUDA and gloo for the CPU. A process group that is already open (e.g. a test's) is reused.
+    CUDA and gloo for the CPU. A process group that is already open (e.g. a test's) is reused. ``timeout_s``: how
+    long a rank waits for another one before it stops with :class:`RankStopped` (default :func:`wait_timeout`).
     """
     want = str(device)
     if want == "auto":
@@ -110,11 +142,53 @@ def setup(device: str | torch.device = "auto", backend: str | None = None, timeo
         return Dist(tdist.get_rank(), tdist.get_world_size(), local, dev, tdist.get_backend())
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if world > 1:
-        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                 **({"device_id": dev} if dev.type == "cuda" else {}))
-        log.info("distributed: rank %d/%d on %s (%s)", rank, world, dev, backend)
-        return Dist(rank, world, local, dev, backend)
+        dist = Dist(rank, world, local, dev, backend, timeout_s or wait_timeout())
+        with naming_a_stopped_rank(dist, joining=True):
+            tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=dist.timeout_s),
+                                     **({"device_id": dev} if dev.type == "cuda" else {}))
+        log.info("distributed: rank %d/%d on %s (%s); a process waits %.0f s for the others (%s)", rank, world, dev,
+                 backend, dist.timeout_s, TIMEOUT_VAR)
+        return dist
     return Dist(rank, world, local, dev)
+
+
+class RankStopped(RuntimeError):
+    """Another process of a multi-process job stopped, never joined, or did not answer in time."""
+
+
+# gloo's words (a RuntimeError) when a peer is gone or silent; the store's and NCCL's errors are torch's DistError
+_PEER_GONE = re.compile(r"closed by peer|reset by peer|timed out|broken pipe|connection refused", re.IGNORECASE)
+
+
+def peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.distributed saying another process is gone or did not answer in time."""
+    if isinstance(exc, RankStopped) or not isinstance(exc, RuntimeError):
+        return False
+    dist_error = getattr(tdist, "DistError", None)  # torch >= 2.1
+    return (dist_error is not None and isinstance(exc, dist_error)) or bool(_PEER_GONE.search(str(exc)))
+
+
+@contextlib.contextmanager
+def naming_a_stopped_rank(dist: Dist, joining: bool = False):
+    """Turn torch's error for a process that is gone (or silent) into :class:`RankStopped`, which says so and what
+    to do; ``joining``: while the processes meet (one that failed before it got there never joins)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not dist.active or not peer_gone(exc):
+            raise
+        raise RankStopped(rank_stopped_message(dist, exc, joining)) from exc
+
+
+def rank_stopped_message(dist: Dist, exc: BaseException, joining: bool) -> str:
+    waited = f"{dist.timeout_s:.0f} s" if dist.timeout_s else "the process group's timeout"
+    what = (f"not all {dist.world_size} processes joined within {waited}" if joining else
+            f"another process stopped, or did not answer within {waited}")
+    words = " ".join(str(exc).split("\n")[0].split())[:200].rstrip(".")
+    return (f"rank {dist.rank} of {dist.world_size}: {what} ({words}). Read the other processes' output for their "
+            "error, end any still running, fix it and start all of them again (--resume continues from the last "
+            f"checkpoint). A slow process (a model download): set {TIMEOUT_VAR} to the seconds to wait; torchrun "
+            "stops every process when one dies")
 
 
 def shutdown(dist: Dist) -> None:

@@ -42,7 +42,7 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, op
                          save_checkpoint)
 from .current_device import indexed, runs_on_device_of, same_device
 from .direction import TextDirection
-from .distributed import Dist, StopRequest
+from .distributed import Dist, StopRequest, naming_a_stopped_rank
 from .encoders import check_image_text_model, model_name
 from .image_io import write_text_whole
 from .options import from_options
@@ -681,10 +681,11 @@ def train_universal(vae, text, images, bank, config: UniversalConfig | None = No
     """Train a universal model over ``bank`` x ``images`` (see :class:`UniversalConfig`); on every rank of a job.
     Without ``should_stop``, Ctrl-C / SIGTERM / SIGHUP stop after the current step (a checkpoint is written if there
     is a ``checkpoint_dir``; the result says ``cancelled``) instead of losing the run."""
-    trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
-    if should_stop is not None:
-        return trainer.run(on_log, should_stop)
-    return run_until_ctrl_c(trainer, on_log)
+    with naming_a_stopped_rank(dist or Dist()):  # another process gone: say so, not torch's socket error
+        trainer = UniversalTrainer(vae, text, images, bank, config, vgg, lpips, dist, checkpoint_dir, resume)
+        if should_stop is not None:
+            return trainer.run(on_log, should_stop)
+        return run_until_ctrl_c(trainer, on_log)
 
 
 def run_until_ctrl_c(trainer: UniversalTrainer, on_log: Callable[[LogLine], None] | None = None) -> UniversalResult:

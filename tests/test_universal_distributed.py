@@ -248,3 +248,34 @@ def test_a_stop_request_inside_another_tells_the_outer_one_too():
         assert inner.asked and outer.asked
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts, as it would have in the inner one
             signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("gone", [1, 0])
+def test_a_process_started_by_hand_that_stops_is_named_within_the_stated_wait(tmp_path, gone):
+    """RANK / WORLD_SIZE / MASTER_ADDR set by hand (no torchrun to stop the job): one process stopped early (here a
+    mistyped flag) and the other waited torch's 30 minutes, then failed with a store or socket error. It now waits
+    STYLEMAMBA_DIST_TIMEOUT seconds and says that a process did not join and what to do."""
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        flags = ["--no-such-flag"] if rank == gone else []
+        env = {**_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": port, "STYLEMAMBA_DIST_TIMEOUT": "4"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "stylemamba", "train-universal", "--device", "cpu",
+                                       "--images", str(tmp_path), "--out", str(tmp_path / "u.safetensors"),
+                                       "--checkpoint-dir", str(tmp_path / "ck"), *flags],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    t0 = time.monotonic()
+    try:
+        _, err = procs[1 - gone].communicate(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    waited = time.monotonic() - t0
+    assert procs[gone].returncode == 2
+    assert procs[1 - gone].returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert f"rank {1 - gone} of 2: not all 2 processes joined within 4 s" in err, err[-3000:]
+    assert "STYLEMAMBA_DIST_TIMEOUT" in err and "start all of them again" in err, err[-3000:]
+    assert waited < 40, f"it waited {waited:.0f} s"
