@@ -55,10 +55,13 @@ call 26 ms forward + backward, in chunks of 32 77 ms, plan_sweep --tower), so ch
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 import torch
+
+from .options import plain
 
 GB = 1e9
 DECODER_PER_IMAGE = 2.6 * GB
@@ -249,19 +252,24 @@ def parse_plan(value: str | Mapping[str, Any]) -> str | MemoryPlan:
 
 
 def _count(value: Any) -> int:
-    """A micro_batch / view_chunk entry: a whole number (1.5 was cut to 1, and True read as 1)."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    """A micro_batch / view_chunk entry: a whole number (1.5 was cut to 1, True read as 1, and numpy's 2.5 as 2)."""
+    value = plain(value)
+    if isinstance(value, bool) or (isinstance(value, numbers.Real) and not float(value).is_integer()):
         raise ValueError(value)
     return int(value)
 
 
 def _switch(value: Any) -> bool:
-    """An on/off plan entry: a bool, or on/off/true/false/1/0."""
+    """An on/off plan entry: a bool, 0 / 1, or on/off/true/false/1/0, as the options' switches (2 or None read as
+    on / off without a word)."""
+    value = plain(value)
     if isinstance(value, str):
         if value.lower() not in ("on", "off", "true", "false", "1", "0"):
             raise ValueError(value)
         return value.lower() in ("on", "true", "1")
-    return bool(value)
+    if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    raise ValueError(value)
 
 
 def plan_to_option(plan: str | MemoryPlan) -> str | dict[str, Any]:

@@ -48,7 +48,7 @@ def check_kinds(options: Any, what: str) -> None:
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         if kind not in _KINDS:
             continue
-        value = _plain(getattr(options, f.name))
+        value = plain(getattr(options, f.name))
         if kind == "bool":
             if type(value) is int and value in (0, 1):  # 0 / 1, as memory_plan's switches take them
                 value = bool(value)
@@ -62,7 +62,7 @@ def check_kinds(options: Any, what: str) -> None:
         setattr(options, f.name, value)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A numpy scalar or a 0-d array / tensor as the Python number it holds: np.bool_ (a numpy comparison) and
     torch.tensor(1e-3) trained before the kinds were checked, and a plain number is what a recipe is written with."""
     if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):

@@ -1,6 +1,7 @@
 """Memory plans: the plan function and its calibration, the option, and that a saving plan trains like the fast one."""
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -299,3 +300,15 @@ def test_a_plan_number_that_is_not_whole_or_given_twice_is_refused(bad):
         parse_plan(bad)
     assert parse_plan({"micro_batch": 2.0, "view_chunk": "16"}).view_chunk == 16
 
+
+@pytest.mark.parametrize("bad", [{"micro_batch": np.float32(2.5)}, {"checkpointing": 2}, {"checkpointing": None},
+                                 {"tower_checkpointing": 0.5}])
+def test_plan_entries_follow_the_rule_of_the_recipe_options(bad):
+    """numpy's 2.5 ran micro-batches of 2, a switch of 2 turned checkpointing on and None off, without a word, where
+    the recipe's own options (check_kinds) take only whole numbers and true / false / 0 / 1."""
+    with pytest.raises(ValueError, match="memory_plan"):
+        parse_plan(bad)
+    taken = parse_plan({"micro_batch": np.int64(2), "view_chunk": torch.tensor(4), "checkpointing": np.bool_(True),
+                        "tower_checkpointing": 0})
+    assert (taken.micro_batch, taken.view_chunk, taken.checkpointing, taken.tower_checkpointing) == (2, 4, True, False)
+    assert type(taken.micro_batch) is int and type(taken.checkpointing) is bool
