@@ -331,7 +331,8 @@ def build_tiny_bench_models(device: torch.device, folder: str | Path | None = No
     """The tiny models (built into ``folder``, or a temporary one removed once they are loaded: each run left
     one behind) through the real loaders."""
     if folder is None:
-        with tempfile.TemporaryDirectory(prefix="stylemamba_bench_") as tmp:
+        # Windows refuses to delete a file still memory-mapped by the loaded weights: left there, not an error
+        with tempfile.TemporaryDirectory(prefix="stylemamba_bench_", ignore_cleanup_errors=True) as tmp:
             return build_tiny_bench_models(device, tmp)
     from ..encoders import load_text_image_encoder
     from ..perceptual import LPIPSLoss, VGGFeatures

@@ -615,9 +615,11 @@ def _run_stylemamba(session: _Session, todo, prompts, key, vae_src, styles_dir, 
                     train_style(vae, text, train_images, [prompt], one_step, vgg=vgg_net, lpips=use_lpips, device=dev)
             total = train_cfg.epochs * train_cfg.steps_per_epoch
             bar = tqdm(total=total, desc=f"training '{prompt[:30]}'", unit="step", leave=False, **bar_kw)
-            result = train_style(vae, text, train_images, [prompt], train_cfg, vgg=vgg_net, lpips=use_lpips,
-                                 device=dev, on_step=(lambda i: bar.update(1)) if not bar.disable else None)
-            bar.close()
+            try:  # closed on an error too (out of memory, Ctrl-C): the bar was drawn again below the message
+                result = train_style(vae, text, train_images, [prompt], train_cfg, vgg=vgg_net, lpips=use_lpips,
+                                     device=dev, on_step=(lambda i: bar.update(1)) if not bar.disable else None)
+            finally:
+                bar.close()
             style = result.style
             save_style(style, cached)
             source, train_s, train_s_from = str(cached), result.seconds, "measured"
