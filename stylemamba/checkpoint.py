@@ -12,7 +12,9 @@ and checkpoints get copied between machines and people; safetensors + JSON can b
 safely, and keying the state by parameter NAME (not position) makes a mismatch an error that names the
 parameter. A folder is written as ``step-N.partial`` and renamed when complete, so a run killed while
 writing leaves the previous checkpoint intact, and :func:`latest_checkpoint` never sees a half one; a write that
-fails (a full disk) removes its half folder, and folders a kill left behind go with the next checkpoint.
+fails (a full disk) removes its half folder, and folders a kill left behind go with the next checkpoint. The same
+step written again sets the old folder aside as ``step-N.replaced`` (listed while ``step-N`` is missing) until the
+new one is in place.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ import torch
 from .image_io import replace_durably
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-_LEFT_OVER = re.compile(r"^step-(\d+)(\.partial)?$")
+_STEP_DIR = re.compile(r"^step-(\d+)(\.replaced)?$")  # .replaced: set aside while the same step is written again
+_LEFT_OVER = re.compile(r"^step-(\d+)(\.partial|\.replaced)?$")
 
 
 class CheckpointError(ValueError):
@@ -119,9 +121,13 @@ def save_checkpoint(folder: str | Path, step: int, tensors: Mapping[str, torch.T
                               f"{' '.join(str(exc).split())}); nothing of it is left. "
                               + (f"The last complete checkpoint, {last.name}, is intact: make room, then resume from it"
                                  if last else "No earlier checkpoint exists: make room, then start again")) from exc
-    if final.exists():  # the same step written again (e.g. a resumed run stopped at once): replace it
-        shutil.rmtree(final)
+    aside = final.with_name(final.name + ".replaced")
+    if final.exists():  # the same step written again (e.g. a resumed run stopped at once): set aside, not deleted
+        if aside.exists():  # a kill between rmtree and rename left it there: it was never this step's only copy
+            shutil.rmtree(aside)
+        final.rename(aside)  # a kill before the new one is in place leaves it listed (list_checkpoints)
     replace_durably(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
     complete = list_checkpoints(folder)
     for old in complete[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -137,12 +143,12 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = []
-    for p in folder.iterdir():
+    found: dict[int, Path] = {}
+    for p in sorted(folder.iterdir(), key=lambda p: p.name.endswith(".replaced")):  # step-N before step-N.replaced
         m = _STEP_DIR.match(p.name)
         if m and p.is_dir() and all((p / f).is_file() for f in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)):
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+            found.setdefault(int(m.group(1)), p)
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

@@ -139,3 +139,30 @@ def test_folders_left_by_a_kill_are_removed_with_the_next_checkpoint(tmp_path):
     save_checkpoint(tmp_path, 6, net.state_dict(), opt, names, {}, keep=2)
     # a later step's partial folder is left to the write of that step (it replaces it)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006", "step-00000009.partial"]
+
+
+def test_a_kill_while_the_same_step_is_written_again_keeps_a_checkpoint_of_it(tmp_path, monkeypatch):
+    """A resumed run stopped at once writes its step again: the old folder was deleted before the new one was renamed
+    into place, so a kill between the two left no checkpoint of that step (with keep=1, none at all)."""
+    import stylemamba.checkpoint as ck
+
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    _steps(net, opt, 1)
+    names = [n for n, _ in net.named_parameters()]
+    save_checkpoint(tmp_path, 3, net.state_dict(), opt, names, {"run": "first"}, keep=1)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed before the rename")
+
+    monkeypatch.setattr(ck, "replace_durably", killed)
+    with pytest.raises(SystemExit):
+        save_checkpoint(tmp_path, 3, net.state_dict(), opt, names, {"run": "second"}, keep=1)
+    kept = latest_checkpoint(tmp_path)
+    assert kept is not None and load_checkpoint(kept).step == 3 and load_checkpoint(kept).state["run"] == "first"
+    monkeypatch.undo()
+    save_checkpoint(tmp_path, 3, net.state_dict(), opt, names, {"run": "third"}, keep=1)  # the next write tidies
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003"]
+    assert load_checkpoint(latest_checkpoint(tmp_path)).state["run"] == "third"
+    save_checkpoint(tmp_path, 3, net.state_dict(), opt, names, {"run": "fourth"}, keep=1)  # replaced when all goes well
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000003"]
