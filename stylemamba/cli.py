@@ -418,6 +418,20 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
     return targets
 
 
+def skip_earlier_results(src: Path, files: list[Path], out: Path) -> list[Path]:
+    """The folder's photos without the results of an earlier run into the same folder (a file named as another
+    file's result, e.g. a_styled.png beside a.png): read as photos, they became a_styled_styled.png."""
+    if not src.is_dir() or out.resolve() != src.resolve():
+        return files
+    results = set(styled_names(files))
+    kept = [f for f in files if f.name not in results]
+    if len(kept) < len(files):
+        skipped = [f.name for f in files if f.name in results]
+        log.info("skipped %d earlier result(s) in %s (e.g. %s): they are not stylised again; stylise into another "
+                 "--output folder to keep results apart", len(skipped), src, skipped[0])
+    return kept
+
+
 def styled_names(files: list[Path]) -> list[str]:
     """``<name>_styled.png`` for each image of a folder; names that would meet (a.png and a.jpg, or A.png and a.png
     on a case-blind disk) keep their source's suffix too (a_png_styled.png, a_jpg_styled.png), so no result
@@ -489,7 +503,7 @@ def cmd_stylize(args) -> int:
         require_av()
         target = plan_video_output(src, out, args.overwrite)
     else:
-        files = list_images(src)
+        files = skip_earlier_results(src, list_images(src), out)
         targets = plan_outputs(src, files, out, args.overwrite)
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))

@@ -533,6 +533,28 @@ def test_images_of_one_name_in_a_folder_each_keep_their_result(tiny_models, styl
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
 
 
+def test_a_folder_stylised_into_itself_skips_its_earlier_results(tiny_models, style_file, photos):
+    folder, _ = photos
+    results = ["astronaut_styled.png", "coffee_styled.png"]
+    inside = folder / "styled"  # a folder inside the input folder is not read: no result of a result
+    for _ in range(2):
+        proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", inside, "--overwrite"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in inside.iterdir()) == results
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", folder))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", folder))
+    one_line_error(proc, "2 of the 2 outputs already exist", "--overwrite")  # before: "... is an input file"
+    assert "skipped 2 earlier result(s)" in proc.stderr
+    before = (folder / results[0]).stat().st_mtime_ns
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", folder, "--overwrite"))
+    assert proc.returncode == 0, proc.stderr[-2000:]  # before: the results were read as photos
+    assert sorted(Path(p).name for p in json.loads(proc.stdout)["images"]) == results
+    assert f"skipped 2 earlier result(s) in {folder}" in proc.stderr
+    assert (folder / results[0]).stat().st_mtime_ns != before  # replaced, as --overwrite asks
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(["astronaut.png", "coffee.png", *results])
+
+
 def test_a_broken_file_in_a_folder_is_named_before_any_result_is_written(tiny_models, style_file, photos, tmp_path):
     folder, _ = photos
     (folder / "b_broken.png").write_text("not a picture")
