@@ -115,6 +115,9 @@ class TextImageEncoder(nn.Module):
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if not prompts or bad:
             raise ValueError("empty style prompt: write what the style should look like, e.g. \"Van Gogh's starry night\"")
+        wordless = self.wordless(prompts)
+        if wordless:
+            raise ValueError(wordless_error(wordless[0], self.name or self.kind))
         length = _TEXT_LENGTH[self.kind]
         for prompt, cut in self.cut_prompts(prompts):
             log.warning("a prompt is longer than the %d tokens %s reads: its end '%s' is ignored; shorten the prompt",
@@ -126,6 +129,18 @@ class TextImageEncoder(nn.Module):
             kwargs["attention_mask"] = tok["attention_mask"].to(self.device)
         emb = _features(self.model.get_text_features(**kwargs)).float()
         return F.normalize(emb, dim=-1)
+
+    def wordless(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts this tokenizer reads as only unknown, padding or special tokens (emoji or punctuation for
+        SigLIP's): each would encode as the same meaningless text and train a style of nothing, silently."""
+        tok = self.tokenizer
+        special = {i for i in (*tok.all_special_ids, tok.unk_token_id, tok.pad_token_id) if i is not None}
+        found = []
+        for prompt in prompts:
+            ids = [i for i in tok(prompt, truncation=False, verbose=False)["input_ids"] if i not in special]
+            if not tok.decode(ids, skip_special_tokens=True).strip():  # SentencePiece's lone '▁' decodes to ''
+                found.append(prompt)
+        return found
 
     def cut_prompts(self, prompts: list[str]) -> list[tuple[str, str]]:
         """(prompt, the words the text tower never sees) for each prompt longer than its token window (64 for
@@ -155,6 +170,13 @@ class TextImageEncoder(nn.Module):
         pixels = self.preprocess(x01)
         emb = _features(self.model.get_image_features(pixel_values=pixels)).float()
         return F.normalize(emb, dim=-1)
+
+
+def wordless_error(prompt: str, model: str) -> str:
+    """What to do about a prompt the text model reads as no words (see :meth:`TextImageEncoder.wordless`)."""
+    return (f"prompt '{prompt}' has no words the text model knows ({model} reads it as unknown or special tokens "
+            "only, e.g. emoji or punctuation): it would train a style of nothing; describe the style in words, e.g. "
+            "\"ocean waves in watercolor\" or \"pop art\"")
 
 
 def _read_preprocessor(folder: Path, kind: str) -> tuple[int | None, list[float], list[float]]:

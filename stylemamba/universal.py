@@ -43,11 +43,11 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, op
 from .current_device import indexed, runs_on_device_of, same_device
 from .direction import TextDirection
 from .distributed import Dist, StopRequest, naming_a_stopped_rank
-from .encoders import check_image_text_model, model_name
+from .encoders import check_image_text_model, model_name, wordless_error
 from .image_io import write_text_whole
 from .options import from_options
 from .precision import autocast, grad_scaler
-from .prompt_bank import BankPrompt, PromptBank
+from .prompt_bank import BankPrompt, PromptBank, PromptBankError
 from .style_file import Style, UniversalModel
 from .style_model import StyleModel
 from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, prepare_content, resize_for_tower,
@@ -212,6 +212,15 @@ class ImageSet:
         return h.hexdigest()[:16]
 
 
+def refuse_wordless_prompts(text, bank: PromptBank) -> None:
+    """A bank prompt the text model reads as no words (emoji, punctuation), named by its line: encode_text names
+    only the prompt, and a bank may hold thousands."""
+    wordless = set(text.wordless(bank.texts)) if hasattr(text, "wordless") else set()
+    for p in bank.prompts:
+        if p.text in wordless:
+            raise PromptBankError(f"{bank.source}: line {p.line}: {wordless_error(p.text, model_name(text))}")
+
+
 def encode_bank(text, prompts: Sequence[str], chunk: int = 64) -> torch.Tensor:
     """(P, D) L2-normalised text embeddings of the prompts, encoded in chunks (banks can be large)."""
     with torch.no_grad():
@@ -335,6 +344,7 @@ class UniversalTrainer:
         self.rows = self.sampler.rows(self.dist.rank, self.dist.world_size)
 
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        refuse_wordless_prompts(text, self.bank)
         self.prompt_emb = encode_bank(text, self.bank.texts).to(self.device)
         self.e_src = text.encode_text([lc.source_prompt])[0].float().to(self.device)
         self.net = UniversalNet(StyleModel.for_training(vae, self.cfg.fusion, self.e_src))

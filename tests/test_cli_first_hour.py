@@ -162,6 +162,16 @@ def test_an_error_during_training_is_its_own_line_after_the_progress_bar(tiny_mo
     assert proc.stderr.rstrip().splitlines()[-1].startswith("error:"), proc.stderr[-1000:]
 
 
+def test_train_refuses_a_prompt_of_only_emoji_or_punctuation(tiny_models, photos, tmp_path):
+    _, (photo, _) = photos
+    for prompt in ("🎨🌊", "!!!"):
+        proc = run("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
+                   "--prompt", prompt, "--content", photo, "--preset", "cpu", "--epochs", "1", "--out",
+                   tmp_path / "s.safetensors", "--quiet")
+        one_line_error(proc, f"prompt '{prompt}' has no words the text model knows", "describe the style in words")
+        assert not (tmp_path / "s.safetensors").exists()  # before: a style of one unknown token
+
+
 @pytest.mark.slow
 def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
     _, (photo, _) = photos

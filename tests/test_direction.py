@@ -41,6 +41,16 @@ def test_bad_prompts_and_weights_are_refused_before_encoding(siglip, prompts, we
         TextDirection.encode(siglip, prompts, weights, source)
 
 
+@pytest.mark.parametrize("prompt", ["🎨🌊", "!!!", "... ?"])
+def test_a_prompt_of_no_words_the_text_model_knows_is_refused(siglip, tiny_models, prompt):
+    with pytest.raises(ValueError, match="has no words the text model knows") as caught:  # before: a style of nothing
+        TextDirection.encode(siglip, ["fire", prompt])
+    assert f"prompt '{prompt}'" in str(caught.value) and "describe the style in words" in str(caught.value)
+    assert TextDirection.encode(siglip, "🎨 fire").prompts == ("🎨 fire",)  # one known word is enough
+    clip = load_text_image_encoder(tiny_models["clip"])  # byte-level: emoji are tokens it knows, as in real CLIP
+    assert clip.wordless(["🎨🌊", "fire"]) == [] and siglip.wordless(["🎨🌊", "fire", "!!!"]) == ["🎨🌊", "!!!"]
+
+
 def test_mix_weights_prompts_and_refusals(siglip, tiny_models):
     a, b = TextDirection.encode(siglip, "fire"), TextDirection.encode(siglip, "ice")
     ab = TextDirection.mix(a, b, 0.25)

@@ -78,6 +78,20 @@ def test_stylize_with_a_prompt_or_a_reference_and_the_errors(setup, capsys):
     assert info == 0 and out["kind"] == "universal" and out["bank_size"] == 3 and "bank_prompts" not in out
 
 
+def test_prompts_of_no_words_the_text_model_knows_are_refused(setup, capsys):
+    root, common, text = setup
+    assert main(["stylize", *common, *text, "--input", str(root / "rocket.png"), "--quiet", "--universal",
+                 str(root / "uni.safetensors"), "--prompt", "🎨🌊", "--output", str(root / "emoji.png")]) == 2
+    err = capsys.readouterr().err  # before: a style of one unknown token, written silently
+    assert "prompt '🎨🌊' has no words the text model knows" in err and not (root / "emoji.png").exists()
+    (root / "odd_bank.txt").write_text("oil painting\n!!!\nwatercolor\n", encoding="utf-8")
+    assert main(["train-universal", *common, *text, "--bank", str(root / "odd_bank.txt"), "--images",
+                 str(root / "images"), "--config", str(root / "recipe.json"), "--out", str(root / "odd.safetensors"),
+                 "--checkpoint-dir", str(root / "ck_odd"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'odd_bank.txt'}: line 2: prompt '!!!' has no words the text model knows" in err, err
+
+
 def test_train_from_a_reference_picture_and_from_the_universal_model(setup, capsys):
     root, common, text = setup
     recipe = root / "style_recipe.json"
