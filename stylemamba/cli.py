@@ -199,7 +199,8 @@ def load_perceptual(args, device):
     vgg = VGGFeatures.from_safetensors(args.vgg).to(device) if args.vgg else None
     lp = None
     if args.lpips == "auto" and not args.lpips_backbone:
-        log.warning("LPIPS loss off: no --lpips-backbone given (an LPIPS with a random backbone would be wrong)")
+        log.warning("LPIPS loss off: no --lpips-backbone given (an LPIPS with a random backbone would be wrong); give "
+                    "--lpips-backbone FILE.safetensors to use it (see README: Models), or --lpips off")
     elif args.lpips != "off":
         if not args.lpips_backbone:
             raise ValueError(f"--lpips {args.lpips} needs --lpips-backbone FILE.safetensors (an LPIPS with a random "
@@ -900,7 +901,8 @@ def run_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_cli_logging(verbose=args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with lpips_said_here(args):
+            return int(args.func(args) or 0)
     except BrokenPipeError:
         # the reader went away (`stylemamba info x | head`): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -930,6 +932,16 @@ def run_command(argv: list[str] | None = None) -> int:
         oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
         print(f"error: {one_line(oom.advice(OOM_NAMES_BY_COMMAND.get(args.command, OOM_NAMES)))}", file=sys.stderr)
         return 3
+
+
+def lpips_said_here(args):
+    """The commands with --lpips say themselves, naming their flags, why LPIPS is off (load_perceptual): the
+    library's own warning would say it a second time."""
+    from contextlib import nullcontext
+
+    from .logs import said_already
+
+    return said_already("lpips loss skipped") if hasattr(args, "lpips") else nullcontext()
 
 
 def _training_cancelled() -> tuple[type[BaseException], ...]:

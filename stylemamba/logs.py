@@ -76,6 +76,29 @@ def setup_cli_logging(verbose: bool = False) -> None:
         quiet_third_party_warnings()
 
 
+class DropTopics(logging.Filter):
+    """Drops the records logged with ``extra={"topic": t}`` for a ``t`` in ``topics``."""
+
+    def __init__(self, topics):
+        super().__init__()
+        self.topics = frozenset(topics)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "topic", None) not in self.topics
+
+
+@contextlib.contextmanager
+def said_already(*topics: str):
+    """While a front end runs the library: drop the library's warnings on ``topics`` (e.g. "lpips loss skipped"),
+    which the front end gave in its own words, naming its flags; the same warning twice reads as two problems."""
+    logger, drop = logging.getLogger(LOGGER), DropTopics(topics)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 @contextlib.contextmanager
 def quiet_loading():
     """While loading a model: transformers' and diffusers' warnings and progress bars off, then restored.

@@ -249,6 +249,14 @@ def skipped_losses(loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch
     return out
 
 
+def warn_skipped_losses(names: list[str]) -> None:
+    """Say which content losses :func:`skipped_losses` found; each under the topic "<name> loss skipped", so a
+    front end that said it in its own words (logs.said_already) is not repeated."""
+    for name in names:
+        log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper(),
+                    extra={"topic": f"{name} loss skipped"})
+
+
 def memory_estimate(n_images: int, resolution: int, n_crops: int) -> float:
     """Rough bytes a training run allocates on the GPU besides the VAE (for a front end to make room)."""
     return 1.5e9 + n_images * (n_crops + 2) * 6e7 + n_images * 4e9 * (resolution / 512) ** 2
@@ -643,8 +651,7 @@ class StyleTrainer:
             config.loss, source_prompt=self.direction.source_prompt))
         lc = self.cfg.loss
         self.skipped_losses = skipped_losses(lc, self.vgg, self.lpips)  # recorded in the style's metadata
-        for name in self.skipped_losses:
-            log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
+        warn_skipped_losses(self.skipped_losses)
 
         torch.manual_seed(self.cfg.seed)
         self.gen.manual_seed(self.cfg.seed)

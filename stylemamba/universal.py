@@ -51,7 +51,7 @@ from .prompt_bank import BankPrompt, PromptBank, PromptBankError
 from .style_file import Style, UniversalModel
 from .style_model import StyleModel
 from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, prepare_content, resize_for_tower,
-                    seen_output, skipped_losses, step_views)
+                    seen_output, skipped_losses, step_views, warn_skipped_losses)
 
 log = logging.getLogger("stylemamba")
 
@@ -334,8 +334,7 @@ class UniversalTrainer:
             tuple(BankPrompt(" ".join(str(p).split()), line=i + 1) for i, p in enumerate(bank)), "<prompts>")
         lc = self.cfg.loss
         self.skipped_losses = skipped_losses(lc, vgg, lpips)
-        for name in self.skipped_losses:
-            log.warning("no %s network given: the %s loss is skipped", name.upper(), name.upper())
+        warn_skipped_losses(self.skipped_losses)
         if self.cfg.memory_plan != "auto":  # an override followed by nothing, and no log line said so
             log.warning("UniversalConfig.memory_plan %s is not used: universal training runs each process's rows "
                         "at once (gradient_checkpointing saves the decoder's memory; more processes, each its "

@@ -172,6 +172,16 @@ def test_train_refuses_a_prompt_of_only_emoji_or_punctuation(tiny_models, photos
         assert not (tmp_path / "s.safetensors").exists()  # before: a style of one unknown token
 
 
+def test_train_without_an_lpips_backbone_warns_once_naming_the_flag(tiny_models, photos, tmp_path):
+    _, (photo, _) = photos
+    proc = run("train", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"],
+               "--prompt", "pop art", "--content", photo, "--preset", "cpu", "--epochs", "1", "--steps-per-epoch", "1",
+               "--resolution", "64", "--out", tmp_path / "s.safetensors", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lpips = [line for line in proc.stderr.splitlines() if "LPIPS" in line]
+    assert len(lpips) == 1 and "--lpips-backbone" in lpips[0], lpips  # before: the library's warning too
+
+
 @pytest.mark.slow
 def test_train_cpu_preset_and_overwrite(tiny_models, photos, tmp_path):
     _, (photo, _) = photos

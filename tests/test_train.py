@@ -13,6 +13,7 @@ from stylemamba.encoders import load_text_image_encoder
 from stylemamba.perceptual import LPIPSLoss, VGGFeatures
 from stylemamba.stylize import stylize
 from stylemamba.errors import OutOfMemory
+from stylemamba.logs import said_already
 from stylemamba.train import StyleTrainer, TrainingCancelled, prepare_content, seen_output, train_style
 from stylemamba.vae import load_vae
 
@@ -55,6 +56,17 @@ def test_training_lowers_the_total_loss(parts, photo_batch):
     assert set(p) == {"setup", "steps", "package", "median_step"} and all(v > 0 for v in p.values()), p
     assert p["setup"] + p["steps"] + p["package"] <= wall and p["median_step"] < p["steps"] / 4
     assert result.describe_time().startswith("set-up ") and "12 steps" in result.describe_time()
+
+
+def test_a_front_end_that_said_why_lpips_is_off_is_not_repeated(parts, photo, caplog):
+    vae, text, _, _ = parts
+    trainer = StyleTrainer(vae, text, photo, "oil painting", small_config())  # a library user: told once
+    assert len([r for r in caplog.records if "no LPIPS network given: the LPIPS loss is skipped" in r.getMessage()]) == 1
+    assert "lpips" in trainer.skipped_losses
+    caplog.clear()
+    with said_already("lpips loss skipped"):  # a front end (the CLI) said it, naming its flag
+        assert "lpips" in StyleTrainer(vae, text, photo, "oil painting", small_config()).skipped_losses
+    assert not [r for r in caplog.records if "LPIPS" in r.getMessage()]
 
 
 def test_lpips_compares_with_the_content_features_computed_once(parts, photo_batch):
