@@ -669,17 +669,25 @@ def check_checkpoint_dir(path: str | Path | None, label: str = "checkpoint direc
 
 def _differences(mine: dict[str, Any], theirs: Any, prefix: str = "") -> list[str]:
     """What differs between this run's identity and a checkpoint's, by name ('recipe.lr 0.002 in the checkpoint,
-    0.001 now'), so a user who resumed with another flag sees which one."""
+    0.001 now'), so a user who resumed with another flag sees which one. Fields only the checkpoint has are
+    not compared: an older version's free field (since dropped from the identity) must not block a resume."""
     theirs = theirs if isinstance(theirs, dict) else {}
     out = []
     for k in sorted(mine):
         a, b = mine[k], theirs.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{k}.")
+        elif k not in theirs:
+            out.append(f"{prefix}{k} not recorded in the checkpoint, {_shown(a)} now")
         elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            out.append(f"{prefix}{k} {b!r} in the checkpoint, {a!r} now" if not isinstance(a, dict) and
-                       not isinstance(b, dict) else f"{prefix}{k} (not recorded in the checkpoint)")
+            out.append(f"{prefix}{k} {_shown(b)} in the checkpoint, {_shown(a)} now")
     return out
+
+
+def _shown(value: Any) -> str:
+    """A value of a run's identity as the resume error shows it: 0.002, 'auto', {"width": 16} (one form for
+    scalars and nested fields, so a field that became nested, or stopped being, reads as the change it is)."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list, tuple)) else repr(value)
 
 
 @runs_on_device_of("vae")

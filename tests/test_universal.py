@@ -187,6 +187,21 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(models, images, tm
         UniversalTrainer(vae, text, images, PROMPTS[:2], tiny_config(), checkpoint_dir=tmp_path / "b", resume=True)
 
 
+def test_resuming_where_a_field_changed_between_a_value_and_nested_fields_names_both(models, images, tmp_path):
+    vae, text = models
+    first = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path,
+                            should_stop=lambda: True)
+    assert first.checkpoint is not None
+    plan = {"micro_batch": 1, "view_chunk": 0, "checkpointing": False}
+    with pytest.raises(CheckpointError) as caught:
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(memory_plan=plan), checkpoint_dir=tmp_path,
+                         resume=True)
+    # before: "recipe.memory_plan (not recorded in the checkpoint)", though the checkpoint records 'auto'
+    assert ("recipe.memory_plan 'auto' in the checkpoint, {\"checkpointing\": false, \"micro_batch\": 1, "
+            "\"view_chunk\": 0} now") in str(caught.value)
+    assert "not recorded" not in str(caught.value)
+
+
 def test_ctrl_c_from_python_stops_after_the_step_with_a_checkpoint(models, images, tmp_path):
     """train_universal called from a script without should_stop: Ctrl-C used to raise KeyboardInterrupt in mid-step
     and lose the run; it now stops after the step, writes the checkpoint and returns the model so far."""
