@@ -226,6 +226,21 @@ def check_readable(files: list[Path]) -> None:
                          f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; fix or move them out, then retry")
 
 
+def check_sizes(files: list[Path], low: int = 8) -> None:
+    """Name, before any work, the images too small to use (read from their headers): found when their turn came,
+    a folder's run stopped half-way, after the models loaded, with an error that named no file."""
+    small = []
+    for f in files:
+        with _opened(f) as im:
+            w, h = im.size
+        if min(w, h) < low:
+            small.append(f"{f.name} ({w}x{h})")
+    if small:
+        raise ValueError(f"{len(small)} of the {len(files)} input image(s) are smaller than {low} pixels on a side: "
+                         f"{'; '.join(small[:5])}{' ...' if len(small) > 5 else ''} (width x height); enlarge them "
+                         "or move them out, then retry")
+
+
 def list_images(source: str | Path) -> list[Path]:
     """A file, or every image in a folder (sorted)."""
     source = Path(source)

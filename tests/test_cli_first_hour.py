@@ -584,6 +584,16 @@ def test_a_broken_file_in_a_folder_is_named_before_any_result_is_written(tiny_mo
     assert not (tmp_path / "out").exists()  # before: astronaut_styled.png written, then the error
 
 
+def test_an_image_too_small_in_a_folder_is_named_before_any_result_is_written(style_file, photos, tmp_path):
+    folder, _ = photos
+    save_image(torch.ones(3, 1, 1), folder / "b_dot.png")
+    for source in (folder, folder / "b_dot.png"):
+        proc = run("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input",
+                   source, "--output", tmp_path / "out")
+        one_line_error(proc, "smaller than 8 pixels on a side: b_dot.png (1x1)", "move them out")
+    assert not (tmp_path / "out").exists()  # before: astronaut_styled.png written, then "image is 1x1" (no name)
+
+
 def test_an_existing_file_as_output_folder_is_refused_first(tiny_models, style_file, photos, tmp_path):
     folder, (photo, _) = photos
     notes = tmp_path / "notes"

@@ -166,6 +166,13 @@ def test_an_unreadable_photo_is_named_before_any_model_loads(setup, tmp_path, ca
                  "--checkpoint-dir", str(tmp_path / "ck")]) == 2
     err = capsys.readouterr().err
     assert "zz_download_failed.jpg" in err and "not readable images" in err, err
+    (folder / "zz_download_failed.jpg").unlink()
+    save_image(torch.ones(3, 4, 64), folder / "zz_strip.png")  # a 64x4 strip: too small to train on
+    assert main(["train-universal", "--device", "cpu", "--vae", str(tmp_path / "no-vae"), *text, "--bank",
+                 str(root / "bank.txt"), "--images", str(folder), "--out", str(tmp_path / "u.safetensors"),
+                 "--checkpoint-dir", str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err  # before: the run stopped when the strip was drawn, after the models loaded
+    assert "smaller than 8 pixels on a side: zz_strip.png (64x4)" in err, err
 
 
 def test_weights_follow_the_order_of_the_style_files_a_universal_one_included(setup, tiny_models, capsys):
