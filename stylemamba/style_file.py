@@ -248,6 +248,22 @@ def refuse_pickle(path: Path) -> None:
                              "StyleMamba's train command or Save Style node")
 
 
+# the first bytes of the picture formats a user may rename by mistake
+_PICTURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+             (b"RIFF", "a WebP image or other RIFF file"))
+
+
+def refuse_picture(path: Path, kind: str) -> None:
+    """A picture renamed .safetensors is named as what it is, not as a corrupt weight file ("header too large")."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    for magic, what in _PICTURES:
+        if head.startswith(magic):
+            raise StyleFileError(f"{path.name} is {what}, not a {kind} file (renamed?): a {kind} is the "
+                                 ".safetensors file StyleMamba's training wrote; a picture is an input to stylise, "
+                                 "or a reference picture")
+
+
 def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
     """The JSON metadata of a StyleMamba weight file of either kind, without loading its tensors.
 
@@ -259,6 +275,7 @@ def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
     if not path.is_file():
         raise not_a_file(path, f"{kind} file")
     refuse_pickle(path)
+    refuse_picture(path, kind)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

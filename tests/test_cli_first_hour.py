@@ -250,6 +250,15 @@ def test_a_pickle_passed_as_style_is_named_as_such(tiny_models, photos, tmp_path
     one_line_error(proc, "pickled files are not loaded")
 
 
+def test_a_picture_renamed_as_a_style_is_named_as_a_picture(tiny_models, photos, tmp_path):
+    _, (photo, _) = photos
+    renamed = tmp_path / "starry.safetensors"
+    renamed.write_bytes(save_image(load_image(photo)[0], tmp_path / "p.jpg").read_bytes())
+    for command in (("info", renamed), stylize_args(tiny_models, renamed, "--input", photo, "--output", tmp_path)):
+        proc = run(*command)  # before: "not a readable .safetensors file (... header too large) ... corrupt"
+        one_line_error(proc, "starry.safetensors is a JPEG image, not a style file", "input to stylise")
+
+
 def test_video_without_the_video_extra(tiny_models, style_file, tmp_path):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"\x00" * 64)
