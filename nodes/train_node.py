@@ -150,6 +150,7 @@ class StyleMambaTrain:
               patch_weight, md_weight, so_weight, vgg_weight_start, vgg_weight_end, vgg_weight_switch_epoch,
               lpips_weight, precision, perceptual=None, preset=None, vgg_reduction=None, unique_id=None, prompt=None):
         from ..stylemamba.errors import memory_kind, training_out_of_memory
+        from ..stylemamba.logs import said_already
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
         from ..stylemamba.train import (TrainConfig, TrainingCancelled, apply_preset, memory_estimate,
@@ -210,10 +211,11 @@ class StyleMambaTrain:
                 ch.load_on_device([getattr(vae, "patcher", None), patcher], networks, device, working_memory)
                 without_inference_tensors(networks)  # ComfyUI may have moved them inside inference mode
                 moved_in = time.perf_counter() - t0
-                result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
-                                     lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
-                                     free_memory=ch.free_memory_now(device),
-                                     workspace=networks.workspace if device.type == "cuda" else None)
+                with said_already("vgg loss skipped", "lpips loss skipped"):  # said above, naming the node's input
+                    result = train_style(sdvae, text_model, content, conditioning, config, vgg=nets.vgg,
+                                         lpips=nets.lpips, device=device, on_step=on_step, should_stop=ch.interrupted,
+                                         free_memory=ch.free_memory_now(device),
+                                         workspace=networks.workspace if device.type == "cuda" else None)
         except TrainingCancelled:
             log.info("Train: cancelled by the user")
             ch.raise_interrupted()  # ComfyUI's own interrupt: the UI shows "cancelled", not an error

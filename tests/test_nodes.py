@@ -377,6 +377,21 @@ def test_train_node_outputs_a_style_and_a_loss_curve(trained, vae, text_model):
     assert text_model.device.type == "cpu"  # moved back after training
 
 
+def test_train_node_says_a_skipped_loss_once(nodes, vae, text_model, caplog):
+    """The node says which content losses it skips, naming its input; the library said it again in its own words."""
+    from conftest import load_photo
+
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="stylemamba"):
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "watercolor", "a plain photo")[0]
+        images = comfy_images(load_photo("astronaut", (48, 56)))
+        style, _ = nodes["StyleMambaTrain"]().train(vae, text_model, cond, images, **train_args())
+    assert style.metadata["losses_skipped"] == ["vgg", "lpips"]
+    for name in ("VGG", "LPIPS"):
+        said = [m for m in (r.getMessage() for r in caplog.records)
+                if any(f in m for f in (f"{name} loss skipped", f"{name} content loss skipped", f"the {name} loss is"))]
+        assert len(said) == 1 and "connect Load VGG/LPIPS" in said[0], said
+
+
 def test_training_networks_are_one_managed_model_per_set(pack, text_model):
     """The text model, VGG and LPIPS go to ComfyUI's model management as one container, the same for the same
     networks (so they stay loaded between trainings), replaced when the set changes; None entries left out."""
