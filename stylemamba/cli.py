@@ -213,7 +213,7 @@ def load_perceptual(args, device):
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .encoders import load_text_image_encoder
+    from .encoders import EMPTY_PROMPT, load_text_image_encoder
     from .image_io import list_images
     from .style_file import free_path, save_style, style_path
     from .train import TrainConfig, TrainingCancelled, apply_preset, load_content, train_style
@@ -221,6 +221,8 @@ def cmd_train(args) -> int:
 
     if bool(args.prompt) == bool(args.reference):
         raise ValueError("give the style as --prompt TEXT or as --reference PICTURE (exactly one of the two)")
+    if args.prompt and not all(p.strip() for p in args.prompt):  # before the models load, not after
+        raise ValueError(EMPTY_PROMPT)
     if args.reference and args.weights:
         raise ValueError("--weights mixes several --prompt styles; a --reference picture has none to mix: "
                          "drop --weights")

@@ -21,6 +21,7 @@ from .logs import quiet_loading
 from .vae import ModelFileError
 
 log = logging.getLogger("stylemamba")
+EMPTY_PROMPT = "empty style prompt: write what the style should look like, e.g. \"Van Gogh's starry night\""
 
 DEFAULT_SIGLIP = "google/siglip-base-patch16-224"
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -114,7 +115,7 @@ class TextImageEncoder(nn.Module):
             prompts = [prompts]
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if not prompts or bad:
-            raise ValueError("empty style prompt: write what the style should look like, e.g. \"Van Gogh's starry night\"")
+            raise ValueError(EMPTY_PROMPT)
         wordless = self.wordless(prompts)
         if wordless:
             raise ValueError(wordless_error(wordless[0], self.name or self.kind))

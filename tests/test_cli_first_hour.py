@@ -722,3 +722,13 @@ def test_tiny_models_run_again_into_their_own_folder_as_in_0_1_0(tmp_path):
     proc = run("tiny-models", tmp_path / "tiny", "--seed", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["seed"] == 1
+
+
+def test_a_blank_prompt_is_named_before_the_models_load(photos, tmp_path):
+    """--prompt "  " was found only once the VAE and the text model had loaded (here: a VAE that does not exist was
+    named instead of the prompt)."""
+    _, (photo, _) = photos
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no-siglip",
+               "--prompt", " \n ", "--content", photo, "--out", tmp_path / "s")
+    one_line_error(proc, "empty style prompt")
+    assert not (tmp_path / "s.safetensors").exists()
