@@ -539,8 +539,9 @@ class UniversalTrainer:
         """What must match for a checkpoint to be resumed (anything else would train a different model)."""
         recipe = self.cfg.to_dict()
         for free in ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "cache_images", "compile",
-                     "preview_every", "gradient_checkpointing"):
-            recipe.pop(free)  # extending a run, its bookkeeping, or recomputing activations (same steps) is fine
+                     "preview_every", "gradient_checkpointing", "memory_plan"):
+            recipe.pop(free)  # extending a run, its bookkeeping, or recomputing activations (same steps) is fine;
+            # memory_plan is not used by universal training (it says so)
         bank = hashlib.sha256(json.dumps([self.bank.texts, self.bank.weights]).encode()).hexdigest()[:16]
         return {"recipe": recipe, "bank": bank, "images": self.images.fingerprint(),
                 "text_model": model_name(self.text), "base_vae": self.vae.identity.get("arch")}
