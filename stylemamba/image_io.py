@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Callable
@@ -186,12 +187,20 @@ def replace_durably(src: Path, dst: Path) -> None:
 
 
 def sync_file(path: Path) -> None:
-    """Flush a written file's bytes to the disk (os.fsync). Windows flushes only handles opened for writing."""
+    """Flush a written file's bytes to the disk (os.fsync). Windows flushes only handles opened for writing. A
+    filesystem that cannot flush (EINVAL, ENOTSUP: some network and FUSE mounts) saves as it did before; a flush
+    that fails (EIO, a full disk) is an error: the bytes did not reach the disk."""
     fd = os.open(path, (os.O_RDWR if os.name == "nt" else os.O_RDONLY) | getattr(os, "O_BINARY", 0))
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_FLUSH:
+            raise
     finally:
         os.close(fd)
+
+
+_CANNOT_FLUSH = {errno.EINVAL, getattr(errno, "ENOTSUP", -1), getattr(errno, "EOPNOTSUPP", -1)}
 
 
 def sync_folder(folder: Path) -> None:

@@ -84,3 +84,25 @@ def test_a_stylised_video_is_on_the_disk_before_its_name(tmp_path, flushed):
     flushed.clear()
     info = stylize_video(clip, tmp_path / "out.mp4", lambda x: 1 - x, batch_size=4)
     assert_durable(flushed, tmp_path / os.path.basename(info["path"]))
+
+
+@pytest.mark.parametrize("code", ["EINVAL", "EIO"])
+def test_a_filesystem_that_cannot_flush_still_saves_but_a_failed_flush_is_an_error(tmp_path, monkeypatch, code):
+    """Some network and FUSE mounts refuse fsync (EINVAL): a style saved there before the flush was added must still
+    save; EIO means the bytes did not reach the disk, and the old file is kept."""
+    import errno
+
+    def refuse(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    monkeypatch.setattr(os, "fsync", refuse)
+    if code == "EINVAL":
+        write_text_whole(target, "new")
+        assert target.read_text() == "new"
+    else:
+        with pytest.raises(OSError):
+            write_text_whole(target, "new")
+        assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left beside it
