@@ -318,7 +318,7 @@ def cmd_train_universal(args) -> int:
     """Universal model over a prompt bank x images; the same command under torchrun for many GPUs / nodes."""
     from . import distributed
     from .encoders import load_text_image_encoder
-    from .image_io import check_readable, check_sizes, list_images
+    from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
     from .universal import (LOG_FILE, UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir,
@@ -349,7 +349,6 @@ def cmd_train_universal(args) -> int:
         files = [f for src in args.images for f in list_images(src)]
         refuse_inputs([out], files)
         check_readable(files)  # the trainer reads the photos when drawn: a bad one would stop the run in mid-course
-        check_sizes(files)
         vgg, lp = load_perceptual(args, dist.device)  # first: its flag mistakes are named before the big models
         warn_unused_vgg(vgg, cfg.loss)
         vae = load_vae(args.vae, device=dist.device)
@@ -486,8 +485,7 @@ def refuse_alpha_loss(src: Path, target: Path, alpha: bool) -> None:
 def cmd_stylize(args) -> int:
     from tqdm import tqdm
 
-    from .image_io import (check_readable, check_sizes, has_alpha, list_images, load_image, load_mask, not_a_file,
-                           save_image)
+    from .image_io import check_readable, has_alpha, list_images, load_image, load_mask, not_a_file, save_image
     from .speed import prepare_for_inference
     from .style_model import StyleModel
     from .stylize import graphed_forward, stylize
@@ -512,9 +510,7 @@ def cmd_stylize(args) -> int:
         targets = plan_outputs(src, files, out, args.overwrite)
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
-        else:
-            check_readable(files)
-        check_sizes(files)
+        check_readable(files)
     device = pick_device(args.device)
     mask = load_mask(args.mask) if args.mask else None  # before the models: a bad mask fails fast
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast

@@ -220,34 +220,27 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def check_readable(files: list[Path]) -> None:
-    """Open every file's header (fast: no pixels are decoded), so that a bad file in a folder is named before any
-    work starts rather than after half the results are written."""
-    bad = []
+def check_readable(files: list[Path], min_side: int = 8) -> None:
+    """Open every file's header (fast: no pixels are decoded), so that a bad file in a folder, or an image too small
+    to use (under ``min_side`` pixels on a side), is named before any work starts rather than when its turn came,
+    after the models loaded and half the results were written (a size error then named no file)."""
+    bad, small = [], []
     for f in files:
         try:
-            with _opened(f):
-                pass
+            with _opened(f) as im:
+                w, h = im.size
         except ValueError as exc:  # Pillow's own words, without the file name and fix said once below
             bad.append(f"{f.name} ({' '.join(str(exc.__cause__ or exc).split())[:120]})")
+            continue
+        if min(w, h) < min_side:
+            small.append(f"{f.name} ({w}x{h})")
     if bad:
         raise ValueError(f"{len(bad)} of the {len(files)} input file(s) are not readable images: "
                          f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; fix or move them out, then retry")
-
-
-def check_sizes(files: list[Path], low: int = 8) -> None:
-    """Name, before any work, the images too small to use (read from their headers): found when their turn came,
-    a folder's run stopped half-way, after the models loaded, with an error that named no file."""
-    small = []
-    for f in files:
-        with _opened(f) as im:
-            w, h = im.size
-        if min(w, h) < low:
-            small.append(f"{f.name} ({w}x{h})")
     if small:
-        raise ValueError(f"{len(small)} of the {len(files)} input image(s) are smaller than {low} pixels on a side: "
-                         f"{'; '.join(small[:5])}{' ...' if len(small) > 5 else ''} (width x height); enlarge them "
-                         "or move them out, then retry")
+        raise ValueError(f"{len(small)} of the {len(files)} input image(s) are smaller than {min_side} pixels on a "
+                         f"side: {'; '.join(small[:5])}{' ...' if len(small) > 5 else ''} (width x height); enlarge "
+                         "them or move them out, then retry")
 
 
 def list_images(source: str | Path) -> list[Path]:
