@@ -321,8 +321,7 @@ def cmd_train_universal(args) -> int:
     from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
-    from .universal import (LOG_FILE, UniversalConfig, UniversalTrainer, check_batch_split, check_checkpoint_dir,
-                            run_until_ctrl_c)
+    from .universal import LOG_FILE, UniversalConfig, check_batch_split, check_checkpoint_dir, train_universal
     from .vae import load_vae
 
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
@@ -363,10 +362,9 @@ def cmd_train_universal(args) -> int:
                 print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
                       f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
 
-        with distributed.naming_a_stopped_rank(dist):  # another process gone: say so, not torch's socket error
-            trainer = UniversalTrainer(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
-                                       checkpoint_dir=args.checkpoint_dir, resume=args.resume)
-            result = run_until_ctrl_c(trainer, on_log)
+        # Ctrl-C / SIGTERM / SIGHUP: a checkpoint after this step; another process gone: named, not a socket error
+        result = train_universal(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
+                                 checkpoint_dir=args.checkpoint_dir, resume=args.resume, on_log=on_log)
         if not dist.is_main:
             return 130 if result.cancelled else 0
         if result.cancelled:
