@@ -237,8 +237,9 @@ def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | P
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
-def refuse_pickle(path: Path) -> None:
-    """A pickled file (torch.save, .ckpt/.pt/.pth/.bin) is refused before anything reads it."""
+def refuse_foreign(path: Path, kind: str) -> None:
+    """From its first bytes: a pickled file (torch.save, .ckpt/.pt/.pth/.bin) is refused before anything reads it,
+    and a picture renamed .safetensors is named as what it is, not as a corrupt weight file ("header too large")."""
     with open(path, "rb") as f:
         head = f.read(4)
     zipped_or_pickled = head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
@@ -246,22 +247,16 @@ def refuse_pickle(path: Path) -> None:
         raise StyleFileError(f"{path.name} is a pickled PyTorch file: pickled files are not loaded (unpickling can "
                              "run any code). A StyleMamba style is a .safetensors file; pick one made by "
                              "StyleMamba's train command or Save Style node")
-
-
-# the first bytes of the picture formats a user may rename by mistake
-_PICTURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
-             (b"RIFF", "a WebP image or other RIFF file"))
-
-
-def refuse_picture(path: Path, kind: str) -> None:
-    """A picture renamed .safetensors is named as what it is, not as a corrupt weight file ("header too large")."""
-    with open(path, "rb") as f:
-        head = f.read(4)
     for magic, what in _PICTURES:
         if head.startswith(magic):
             raise StyleFileError(f"{path.name} is {what}, not a {kind} file (renamed?): a {kind} is the "
                                  ".safetensors file StyleMamba's training wrote; a picture is an input to stylise, "
                                  "or a reference picture")
+
+
+# the first bytes of the picture formats a user may rename by mistake
+_PICTURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+             (b"RIFF", "a WebP image or other RIFF file"))
 
 
 def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
@@ -274,8 +269,7 @@ def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path, f"{kind} file")
-    refuse_pickle(path)
-    refuse_picture(path, kind)
+    refuse_foreign(path, kind)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
