@@ -61,7 +61,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .options import plain
+from .options import as_switch, plain
 
 GB = 1e9
 DECODER_PER_IMAGE = 2.6 * GB
@@ -267,9 +267,10 @@ def _switch(value: Any) -> bool:
         if value.lower() not in ("on", "off", "true", "false", "1", "0"):
             raise ValueError(value)
         return value.lower() in ("on", "true", "1")
-    if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
-        return bool(value)
-    raise ValueError(value)
+    switch = as_switch(value)
+    if switch is None:
+        raise ValueError(value)
+    return switch
 
 
 def plan_to_option(plan: str | MemoryPlan) -> str | dict[str, Any]:

@@ -50,9 +50,9 @@ def check_kinds(options: Any, what: str) -> None:
             continue
         value = plain(getattr(options, f.name))
         if kind == "bool":
-            if type(value) is int and value in (0, 1):  # 0 / 1, as memory_plan's switches take them
-                value = bool(value)
-            ok = isinstance(value, bool)
+            switch = as_switch(value)
+            ok = switch is not None
+            value = switch if ok else value
         elif kind == "int":
             ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         elif kind == "float":
@@ -60,6 +60,15 @@ def check_kinds(options: Any, what: str) -> None:
         if not ok:
             raise ValueError(f"{what}.{f.name} must be {_KINDS[kind]}, got {value!r}")
         setattr(options, f.name, value)
+
+
+def as_switch(value: Any) -> bool | None:
+    """A switch's value: a bool, or 0 / 1 (numpy's too); None for anything else (2, None, "false"). The one rule of
+    the recipes' bool fields and memory_plan's switches."""
+    value = plain(value)
+    if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    return None
 
 
 def plain(value: Any) -> Any:
