@@ -4,7 +4,8 @@
 # Carry [".whl"]; run as: bash bench/results/steady_h200/callBJ.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-for o in '{"precision": "fp32"}' '{"channels_last": false}' '{"kind": "cross_attention"}' '{"loss": {"lpips": 0.0}}' \
+for o in '{}' '{"cuda_graphs": "off"}' '{"autocast_groupnorm": false}' '{"matmul_attention": false}' '{"precision": "fp32"}' '{"channels_last": false}' '{"kind": "cross_attention"}' '{"loss": {"lpips": 0.0}}' \
+         '{"loss": {"patch": 0.0}}' '{"loss": {"md": 0.0}}' '{"loss": {"so": 0.0}}' \
          '{"precision": "fp32", "channels_last": false, "kind": "cross_attention", "loss": {"lpips": 0.0, "patch": 0.0, "md": 0.0, "so": 0.0}}'; do
   timeout 60 python3 bench/results/steady_h200/callBH_trigger.py "trainer_step:$o" 2>&1 | grep "RESULT\|Error" | cut -c1-400
 done | tee $OUT/trainer_parts.txt
