@@ -34,6 +34,8 @@ OOM_NAMES_BY_COMMAND = {
     "bench": {**_NO_KNOBS, "device": "--device cpu"},
     "check": _NO_KNOBS,  # a fixed recipe on the CPU: only closing other programs helps
 }
+# the commands that keep what a Ctrl-C stops (a partial style, a checkpoint); the others train only to measure
+KEEPS_STOPPED_TRAINING = ("train", "train-universal")
 # what to do when the machine refuses a file (cli.main): a full disk, a read-only or foreign folder; {where} is the
 # command's own output flag (disk_fix)
 DISK_FIXES = {errno.ENOSPC: "free some space on that disk or write elsewhere{where}, then run the command again",
@@ -900,7 +902,7 @@ def run_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_cli_logging(verbose=args.verbose)
     try:
-        with lpips_said_here(args):
+        with lpips_said_here(args), stop_words_here(args):
             return int(args.func(args) or 0)
     except BrokenPipeError:
         # the reader went away (`stylemamba info x | head`): stop quietly, as Unix tools do
@@ -941,6 +943,18 @@ def lpips_said_here(args):
     from .logs import said_already
 
     return said_already("lpips loss skipped") if hasattr(args, "lpips") else nullcontext()
+
+
+def stop_words_here(args):
+    """Only `train` and `train-universal` keep what a Ctrl-C stops (a partial style, a checkpoint); the other
+    commands that train end without it, and the line printed on Ctrl-C says so."""
+    from contextlib import nullcontext
+
+    if args.command in KEEPS_STOPPED_TRAINING:
+        return nullcontext()
+    from .logs import stopping_keeps
+
+    return stopping_keeps("keeping the results written so far, not the style in training")
 
 
 def _training_cancelled() -> tuple[type[BaseException], ...]:

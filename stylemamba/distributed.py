@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from .logs import stopping_keeps_said
+
 log = logging.getLogger("stylemamba")
 
 # what asks a training run to stop after its step and keep it: Ctrl-C, torchrun's or `kill`'s SIGTERM, and SIGHUP
@@ -219,7 +221,8 @@ class StopRequest:
             outer.asked = True  # stops too, as the one Ctrl-C asked, instead of going on to its next run
             outer = getattr(outer._previous.get(signum), "__self__", None)
         if self.announce:
-            _tell(f"\n{signal.Signals(signum).name}: stopping after this step and {self.keeps} "
+            keeps = stopping_keeps_said(self.keeps)
+            _tell(f"\n{signal.Signals(signum).name}: stopping after this step and {keeps} "
                   "(Ctrl-C again to abort without it)...")
 
     def __enter__(self) -> StopRequest:

@@ -99,6 +99,25 @@ def said_already(*topics: str):
         logger.removeFilter(drop)
 
 
+_CALLER_KEEPS: list[str] = []
+
+
+@contextlib.contextmanager
+def stopping_keeps(words: str):
+    """What stopping on Ctrl-C keeps, in the line every StopRequest inside prints instead of its own words: a command
+    that trains only to measure (demo, check, eval, bench) drops the style a stopped ``train_style`` keeps."""
+    _CALLER_KEEPS.append(words)
+    try:
+        yield
+    finally:
+        _CALLER_KEEPS.pop()
+
+
+def stopping_keeps_said(own: str) -> str:
+    """The words of the outermost :func:`stopping_keeps`, else ``own``."""
+    return _CALLER_KEEPS[0] if _CALLER_KEEPS else own
+
+
 @contextlib.contextmanager
 def quiet_loading():
     """While loading a model: transformers' and diffusers' warnings and progress bars off, then restored.

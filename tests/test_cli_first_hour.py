@@ -352,6 +352,7 @@ def test_ctrl_c_during_training_keeps_the_partial_style_beside_an_earlier_one(ti
                              "--name", "Pop v2", "--resolution", "64", "--epochs", "2000"), rb"\| *[1-9]\d*/2000")
     assert code == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
+    assert "stopping after this step and keeping the style of the finished steps" in err, err[-2000:]
     saved = tmp_path / "mine-partial-2.safetensors"
     match = re.search(r"cancelled after (\d+) steps: partial style saved to (.+)", err)
     assert match and Path(match.group(2).strip()) == saved, err[-2000:]
@@ -711,7 +712,11 @@ def test_ctrl_c_while_a_command_trains_without_should_stop_is_a_ctrl_c_not_a_tra
 
     monkeypatch.setattr(train.StyleTrainer, "step_within_memory", ctrl_c_in_the_first_step)
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "3", "--resolution", "64"]) == 130
-    assert "stylemamba: cancelled (Ctrl-C)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stylemamba: cancelled (Ctrl-C)" in err
+    # the line printed on the Ctrl-C said "keeping the style of the finished steps", which demo drops
+    assert "SIGINT: stopping after this step and keeping the results written so far, not the style in training" in err
+    assert "keeping the style" not in err
     assert len(calls) == 1 and not (tmp_path / "demo-style.safetensors").exists()
 
 
