@@ -279,3 +279,29 @@ def test_clipstyler_without_a_clip_model_is_named_before_the_stylemamba_work(set
                        train_text_model=tiny_models["siglip"], eval_text_models=[tiny_models["siglip"]],
                        resolution=64, device="cpu", progress=False, print_table=False)
     assert not (tmp_path / "out" / "styles").exists() and not (tmp_path / "out" / "images").exists()
+
+
+def test_a_results_table_cut_short_in_mid_write_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """results.csv was rewritten in place: a kill or a full disk in mid-write left the table of a resumed run
+    truncated, the earlier rows lost with it."""
+    import csv
+
+    from stylemamba.experiments import evaluate
+
+    path = tmp_path / "results.csv"
+    path.write_text("method,image,prompt\nours,a.png,red\n", encoding="utf-8")
+    rows = [{"method": "ours", "image": f"{i}.png", "prompt": "red"} for i in range(3)]
+    written = []
+
+    def a_full_disk_at_the_second_row(self, row):
+        written.append(row)
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, row)
+
+    real = csv.DictWriter.writerow
+    monkeypatch.setattr(csv.DictWriter, "writerow", a_full_disk_at_the_second_row)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate._write_csv(path, rows, {}, ["method", "image", "prompt"])
+    assert path.read_text(encoding="utf-8") == "method,image,prompt\nours,a.png,red\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no half-written file beside it

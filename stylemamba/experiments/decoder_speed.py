@@ -29,7 +29,6 @@ import copy
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -154,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = measure(vae.decoder, device, size, args.variants, repeat=args.repeat,
                   warmup=1 if args.tiny else 3)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        from ..image_io import write_text_whole
+        write_text_whole(args.json, json.dumps(out, indent=1))
     for name in ("nchw", "channels_last"):
         for k in out["variants"].get(name, {}).get("kernels", [])[:25]:
             print(f"  {name} {k['ms']:8.3f} ms {k['calls']:4d}x  {k['kernel']}")

@@ -529,6 +529,13 @@ def run_evaluation(
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], averages: dict[str, dict[str, Any]], columns: list[str]) -> None:
+    from ..image_io import write_whole
+
+    write_whole(path, lambda tmp: _write_csv_rows(tmp, rows, averages, columns))
+
+
+def _write_csv_rows(path: Path, rows: list[dict[str, Any]], averages: dict[str, dict[str, Any]],
+                    columns: list[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()

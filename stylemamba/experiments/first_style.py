@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
            "cache_files_after": cache_files(cache), "torch": torch.__version__, "device": str(device)}
     print(json.dumps(out), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        from ..image_io import write_text_whole
+        write_text_whole(args.json, json.dumps(out, indent=1))
     return out
 
 

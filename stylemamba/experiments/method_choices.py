@@ -438,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if row is not None:
             results["partial"].append(row)
         results["seconds"] = round(time.perf_counter() - t0, 1)
-        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+        from ..image_io import write_text_whole
+        write_text_whole(args.out, json.dumps(results, indent=1, default=str))
 
     bench.on_row = save
     for item in args.items:

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -160,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             out["rows"].append(run_plan(models, sizes, device, n, text, args.repeats, args.steps))
             if args.json:
-                Path(args.json).write_text(json.dumps(out, indent=1))
+                from ..image_io import write_text_whole
+                write_text_whole(args.json, json.dumps(out, indent=1))
     return out
 
 
