@@ -118,8 +118,10 @@ class VGGFeatures(nn.Module):
         """Save the weights as safetensors with torchvision's ``features.N.*`` keys."""
         from safetensors.torch import save_file
 
+        from .image_io import write_whole
+
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, os.fspath(path))
+        write_whole(path, lambda tmp: save_file(state, os.fspath(tmp)))
 
     @classmethod
     def from_safetensors(
@@ -240,7 +242,9 @@ def convert_torchvision_vgg19(out_path: PathLike) -> str:
         ) from exc
     state = {f"features.{k}": v.detach().cpu().contiguous() for k, v in net.features.state_dict().items()}
     out_path = os.fspath(out_path)
-    save_file(state, out_path)
+    from .image_io import write_whole
+
+    write_whole(out_path, lambda tmp: save_file(state, os.fspath(tmp)))
     return out_path
 
 

@@ -58,6 +58,26 @@ def test_vgg_tiny_roundtrip_through_safetensors(tmp_path, photos):
     assert not torch.equal(fresh(photos)[0], a[0])  # loading really changed the weights
 
 
+def test_vgg_weights_cut_short_in_mid_write_leave_the_earlier_file_whole(tmp_path, monkeypatch):
+    """save_safetensors wrote in place: a full disk in mid-write left a truncated VGG file where a good one was."""
+    import safetensors.torch
+
+    path = tmp_path / "vgg19.safetensors"
+    VGGFeatures(widths=TINY).save_safetensors(path)
+    before = path.read_bytes()
+
+    def a_full_disk_half_way(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", a_full_disk_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        VGGFeatures(widths=TINY).save_safetensors(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["vgg19.safetensors"]
+
+
 def test_vgg_is_frozen_but_passes_gradients(photos):
     vgg = VGGFeatures(widths=TINY)
     assert all(not p.requires_grad for p in vgg.parameters())
