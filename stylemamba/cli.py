@@ -422,17 +422,31 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
 
 
 def skip_earlier_results(src: Path, files: list[Path], out: Path) -> list[Path]:
-    """The folder's photos without the results of an earlier run into the same folder (a file named as another
-    file's result, e.g. a_styled.png beside a.png): read as photos, they became a_styled_styled.png."""
-    if not src.is_dir() or out.resolve() != src.resolve():
+    """The folder's photos without the results of an earlier run into that folder (a file named as another file's
+    result, e.g. a_styled.png beside a.png): read as photos, they became a_styled_styled.png. Stylised into the
+    same folder, the name tells; into another folder, only a result that also carries stylize's PNG note is
+    skipped (a photo of the user's may have such a name)."""
+    if not src.is_dir():
         return files
+    from .image_io import read_note
+
+    into_itself = out.resolve() == src.resolve()
     results = set(styled_names(files))
-    kept = [f for f in files if f.name not in results]
-    if len(kept) < len(files):
-        skipped = [f.name for f in files if f.name in results]
-        log.info("skipped %d earlier result(s) in %s (e.g. %s): they are not stylised again; stylise into another "
-                 "--output folder to keep results apart", len(skipped), src, skipped[0])
-    return kept
+    skipped = [f for f in files if f.name in results and (into_itself or _noted(f, read_note))]
+    if skipped:
+        fix = ("stylise into another --output folder to keep results apart" if into_itself else
+               "move them out of the folder to stylise them again")
+        log.info("skipped %d earlier result(s) of stylize in %s (e.g. %s): they are not stylised again; %s",
+                 len(skipped), src, skipped[0].name, fix)
+    return [f for f in files if f not in skipped]
+
+
+def _noted(path: Path, read_note) -> bool:
+    """Whether a picture carries stylize's note (an unreadable one is left for check_readable to name)."""
+    try:
+        return read_note(path) is not None
+    except ValueError:
+        return False
 
 
 def styled_names(files: list[Path]) -> list[str]:
@@ -542,17 +556,30 @@ def cmd_stylize(args) -> int:
                  info["fps"], info["audio"])
         print(json.dumps({"video": info["path"], "frames": info["frames"], "audio": info["audio"]}))
         return 0
-    written = []
+    written, made_by = [], result_note(args, styles)
     for f, target in tqdm(list(zip(files, targets)), desc="stylising", unit="image",
                           disable=args.quiet or len(files) == 1):
         image = load_image(f, keep_alpha=True)
         refuse_alpha_loss(f, target, image.shape[1] == 4)
         y = stylize(image, vae, model, **kw)
-        written.append(str(save_image(y, target)))
+        written.append(str(save_image(y, target, note={**made_by, "input": f.name})))
     where = written[0] if len(written) == 1 else f"{len(written)} images in {targets[0].parent}"
     log.info("wrote %s", where)
     print(json.dumps({"images": written}, indent=2))
     return 0
+
+
+def result_note(args, styles: list) -> dict:
+    """What made a stylised picture, kept in its PNG (``info picture.png`` shows it): a shared result says which
+    style(s), from which prompts, at what strength."""
+    from . import __version__
+
+    return {"made_by": f"stylemamba {__version__}",
+            "styles": [{"name": s.name, "prompts": s.metadata.get("prompts", []),
+                        **({"universal_model": s.metadata["universal_model"]} if s.metadata.get("universal_model")
+                           else {})} for s in styles],
+            "weights": args.weights, "strength": args.strength, "blend": args.blend if len(styles) > 1 else None,
+            "mask": Path(args.mask).name if args.mask else None}
 
 
 def styles_from_args(args, device) -> list:
@@ -600,8 +627,12 @@ def styles_from_args(args, device) -> list:
 
 
 def cmd_info(args) -> int:
+    from .image_io import IMAGE_SUFFIXES
     from .style_file import describe_style, describe_vae
 
+    if Path(args.style).suffix.lower() in IMAGE_SUFFIXES:
+        print(json.dumps(picture_note(Path(args.style)), indent=2, default=str))
+        return 0
     info = describe_style(args.style)
     if not args.full:
         info.pop("recipe", None)
@@ -609,6 +640,20 @@ def cmd_info(args) -> int:
             info["base_vae"] = describe_vae(info.pop("base_vae_name", None), info["base_vae"])
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def picture_note(path: Path) -> dict:
+    """What made a stylised picture (its PNG note), or an error that says why there is none."""
+    from .image_io import not_a_file, read_note
+
+    if not path.is_file():
+        raise not_a_file(path, "picture")
+    note = read_note(path)
+    if note is None:
+        raise ValueError(f"{path.name} is a picture without StyleMamba's note: it was not written by `stylemamba "
+                         "stylize` as a PNG, or another program saved it again without the note. `info` reads style "
+                         "files (.safetensors) and the PNGs that stylize wrote")
+    return note
 
 
 def cmd_tiny_models(args) -> int:
@@ -829,8 +874,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_stylize)
 
-    p = sub.add_parser("info", help="what a style file holds")
-    p.add_argument("style")
+    p = sub.add_parser("info", help="what a style file holds, or which style made a picture that stylize wrote")
+    p.add_argument("style", help="a style or universal model (.safetensors), or a PNG written by stylize")
     p.add_argument("--full", action="store_true", help="include the full training recipe")
     p.set_defaults(func=cmd_info)
 

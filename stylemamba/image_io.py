@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -122,9 +123,14 @@ def load_mask(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(_pixels(im, "L", path.name)[:, :, 0].copy())[None]
 
 
-def save_image(image: torch.Tensor, path: str | Path) -> Path:
-    """(C,H,W) or (1,C,H,W) in [0,1] -> PNG/JPEG file."""
-    from PIL import Image
+# the PNG text chunk in which a stylised picture says what made it (``stylemamba info picture.png`` reads it)
+NOTE_KEY = "stylemamba"
+
+
+def save_image(image: torch.Tensor, path: str | Path, note: dict | None = None) -> Path:
+    """(C,H,W) or (1,C,H,W) in [0,1] -> PNG/JPEG file. ``note``: what made the picture, kept as JSON in a PNG's
+    text (other formats are written without it): a shared result can tell which style and strength made it."""
+    from PIL import Image, PngImagePlugin
 
     if image.dim() == 4:
         image = image[0]
@@ -134,8 +140,24 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
                          "image; save it as .png or .webp")
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
+    picture, extra = Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]), {}
+    if note is not None and path.suffix.lower() == ".png":
+        extra["pnginfo"] = PngImagePlugin.PngInfo()
+        extra["pnginfo"].add_text(NOTE_KEY, json.dumps(note, default=str))
     # written beside, then renamed: a Ctrl-C or a full disk never leaves a truncated file under the final name
-    return write_whole(path, Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]).save, keep_suffix=True)
+    return write_whole(path, lambda tmp: picture.save(tmp, **extra), keep_suffix=True)
+
+
+def read_note(path: str | Path) -> dict | None:
+    """What made a picture, as :func:`save_image` noted it; None for a picture without a note (not ours, or saved
+    again by a program that drops PNG text)."""
+    with _opened(Path(path)) as im:
+        text = getattr(im, "text", {}).get(NOTE_KEY) if im.format == "PNG" else None
+    try:
+        note = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return note if isinstance(note, dict) else None
 
 
 def partial_file(dst: Path, keep_suffix: bool = True) -> Path:

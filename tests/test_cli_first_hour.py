@@ -580,9 +580,32 @@ def test_a_folder_stylised_into_itself_skips_its_earlier_results(tiny_models, st
     proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", folder, "--overwrite"))
     assert proc.returncode == 0, proc.stderr[-2000:]  # before: the results were read as photos
     assert sorted(Path(p).name for p in json.loads(proc.stdout)["images"]) == results
-    assert f"skipped 2 earlier result(s) in {folder}" in proc.stderr
+    assert f"skipped 2 earlier result(s) of stylize in {folder}" in proc.stderr
     assert (folder / results[0]).stat().st_mtime_ns != before  # replaced, as --overwrite asks
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(["astronaut.png", "coffee.png", *results])
+
+
+def test_a_result_says_what_made_it_and_is_not_stylised_again_into_another_folder(tiny_models, style_file, photos,
+                                                                                   tmp_path):
+    """A stylised PNG did not say which style made it; and stylising a folder that held earlier results into ANOTHER
+    folder read them as photos (a_styled.png -> a_styled_styled.png). A photo of the user's that is only named
+    like a result is still stylised."""
+    folder, _ = photos
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", folder, "--strength", "0.7"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = run("info", folder / "coffee_styled.png")
+    assert info.returncode == 0, info.stderr[-2000:]
+    note = json.loads(info.stdout)
+    assert note["input"] == "coffee.png" and note["strength"] == 0.7 and note["made_by"].startswith("stylemamba ")
+    assert note["styles"][0]["prompts"] == json.loads(run("info", style_file).stdout)["prompts"]
+    (folder / "mine.png").write_bytes((folder / "coffee.png").read_bytes())
+    (folder / "mine_styled.png").write_bytes((folder / "coffee.png").read_bytes())  # the user's photo, no note
+    proc = run(*stylize_args(tiny_models, style_file, "--input", folder, "--output", tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipped 2 earlier result(s) of stylize in {folder}" in proc.stderr
+    assert sorted(Path(p).name for p in json.loads(proc.stdout)["images"]) == [
+        "astronaut_styled.png", "coffee_styled.png", "mine_styled.png", "mine_styled_styled.png"]
+    one_line_error(run("info", folder / "mine_styled.png"), "mine_styled.png is a picture without StyleMamba's note")
 
 
 def test_a_broken_file_in_a_folder_is_named_before_any_result_is_written(tiny_models, style_file, photos, tmp_path):
