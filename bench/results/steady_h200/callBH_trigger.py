@@ -152,6 +152,23 @@ elif case == "capture_with_generator":  # a registered non-default CUDA generato
         g.capture_end()
     g.replay()
     keep.append((g, out))
+elif case.split(":")[0] in ("copies", "copies_odd", "memsets", "clones"):  # callBJ: "copies:200" ... graphs of the
+    # trainer's other node kinds (callAJ/AL: its copies and fills ran as copy-engine operations in later graphs)
+    kind, n = case.split(":")[0], int(case.split(":")[1])
+    size = 4097 if kind == "copies_odd" else 4096
+    src = [torch.randn(size + 1, device=dev)[1:] if kind == "copies_odd" else torch.randn(size, device=dev)
+           for _ in range(n)]
+    dst = [torch.empty(size, device=dev) for _ in range(n)]
+
+    def nodes():
+        if kind == "clones":
+            return [t.clone() for t in src]
+        for a, b in zip(dst, src):
+            if kind == "memsets":
+                a.zero_()
+            else:
+                a.copy_(b)
+    keep.append(capture(nodes))
 elif case.split(":")[0] == "trainer_step":  # the tiny trainer itself; "trainer_step:{json}" overrides its recipe
     import copy
     from stylemamba.experiments import bench as B

@@ -9,3 +9,6 @@ for o in '{}' '{"cuda_graphs": "off"}' '{"autocast_groupnorm": false}' '{"matmul
          '{"precision": "fp32", "channels_last": false, "kind": "cross_attention", "loss": {"lpips": 0.0, "patch": 0.0, "md": 0.0, "so": 0.0}}'; do
   timeout 60 python3 bench/results/steady_h200/callBH_trigger.py "trainer_step:$o" 2>&1 | grep "RESULT\|Error" | cut -c1-400
 done | tee $OUT/trainer_parts.txt
+for c in copies:40 copies:400 copies_odd:40 memsets:40 memsets:400 clones:40 clones:400; do  # the trainer's node kinds
+  timeout 60 python3 bench/results/steady_h200/callBH_trigger.py "$c" 2>&1 | grep "RESULT\|Error" | cut -c1-400
+done | tee $OUT/node_kinds.txt
