@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .logs import quiet_loading
-from .vae import ModelFileError
+from .vae import ModelFileError, refuse_missing_local
 
 log = logging.getLogger("stylemamba")
 EMPTY_PROMPT = "empty style prompt: write what the style should look like, e.g. \"Van Gogh's starry night\""
@@ -212,6 +212,8 @@ def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: s
     if not path.is_dir() and src.count("/") != 1:
         raise ModelFileError(f"text-image model not found: '{src}' is neither a folder nor a Hugging Face id "
                              f"like {DEFAULT_SIGLIP}")
+    if not path.is_dir():
+        refuse_missing_local(src, "text-image model")
     try:
         with quiet_loading():
             try:

@@ -31,6 +31,20 @@ class ModelFileError(FileNotFoundError):
     """A model file or folder is missing or unreadable; the message says which and where to put it."""
 
 
+def refuse_missing_local(src: str, what: str) -> None:
+    """Refuse an 'owner/name' that is a mistyped local path, not a Hugging Face id: its first part is a folder here
+    (``models/vea``) but the whole is not. Asked of the hub, it waited through the hub's retries offline, then told
+    the user to download a repository that does not exist."""
+    path = Path(src).expanduser()
+    if path.exists() or not path.parent.is_dir() or path.parent == Path("."):
+        return
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.parent.iterdir() if not p.name.startswith("."))
+    there = f"it holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else "it is empty"
+    raise ModelFileError(f"{what} not found: {path} does not exist (a typo? the folder {path.parent} is here, but "
+                         f"{there}); give an existing file or folder. A Hugging Face id is looked up only where no "
+                         f"folder of its first part ({path.parent}) is in the current folder")
+
+
 def _identity_module(module: nn.Module | None) -> nn.Module:
     return nn.Identity() if module is None else module
 
@@ -315,6 +329,7 @@ def load_vae(source: str | Path = DEFAULT_VAE, device: str | torch.device | None
     elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise ValueError(f"{path}: pickled checkpoints are not loaded (unsafe); convert it to .safetensors")
     elif src.count("/") == 1 and not path.exists():
+        refuse_missing_local(src, "VAE")
         try:
             with quiet_loading():
                 vae = _checked(AutoencoderKL.from_pretrained(src, use_safetensors=True, output_loading_info=True), src)

@@ -47,6 +47,15 @@ def test_bad_inputs(encoder, tmp_path, photo):
         load_text_image_encoder(f)
 
 
+def test_a_mistyped_local_folder_is_not_asked_of_the_hub(tmp_path, monkeypatch):
+    """'models/siglp' has the shape of a Hugging Face id: it was asked of the hub (retries offline), then the user
+    was told to download https://huggingface.co/models/siglp."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "siglip").mkdir(parents=True)
+    with pytest.raises(ModelFileError, match=r"model not found: models/siglp does not exist \(a typo\?.*siglip/"):
+        load_text_image_encoder("models/siglp")
+
+
 def test_a_vae_folder_given_as_the_text_model_says_what_to_give(tiny_models):
     """Before: transformers' 'Unrecognized model in ... Should have a `model_type` key', naming no fix."""
     with pytest.raises(ValueError, match="is not a SigLIP or CLIP model .*give a folder of one, e.g. google/siglip"):

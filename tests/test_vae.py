@@ -102,3 +102,14 @@ def test_bad_inputs_have_clear_errors(tmp_path, vae, photo):
     truncated.write_bytes(foreign.read_bytes()[:20])
     with pytest.raises(ModelFileError, match="could not read VAE file"):
         load_vae(truncated)
+
+
+def test_a_mistyped_local_path_is_not_asked_of_the_hub(tmp_path, monkeypatch):
+    """'models/vea' (a typo of models/vae) has the shape of a Hugging Face id: it was asked of the hub, which waited
+    through retries offline and then said to download https://huggingface.co/models/vea."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "vae").mkdir(parents=True)
+    with pytest.raises(ModelFileError, match=r"VAE not found: models/vea does not exist \(a typo\?.*holds vae/"):
+        load_vae("models/vea")
+    with pytest.raises(ModelFileError, match="Hugging Face hub"):  # no local folder 'nobody': still a hub id
+        load_vae("nobody/no-such-vae")
