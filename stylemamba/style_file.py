@@ -241,7 +241,7 @@ def refuse_foreign(path: Path, kind: str) -> None:
     """From its first bytes: a pickled file (torch.save, .ckpt/.pt/.pth/.bin) is refused before anything reads it,
     and a picture renamed .safetensors is named as what it is, not as a corrupt weight file ("header too large")."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(12)
     zipped_or_pickled = head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
     if path.suffix.lower() in PICKLE_SUFFIXES or zipped_or_pickled:
         raise StyleFileError(f"{path.name} is a pickled PyTorch file: pickled files are not loaded (unpickling can "
@@ -252,11 +252,23 @@ def refuse_foreign(path: Path, kind: str) -> None:
             raise StyleFileError(f"{path.name} is {what}, not a {kind} file (renamed?): a {kind} is the "
                                  ".safetensors file StyleMamba's training wrote; a picture is an input to stylise, "
                                  "or a reference picture")
+    video = _video_kind(head)
+    if video:  # `info clip_styled.mp4` (as `info out.png`) was "not a readable .safetensors file ... corrupt"
+        raise StyleFileError(f"{path.name} is {video}, not a {kind} file: a {kind} is the .safetensors file "
+                             "StyleMamba's training wrote; a video is an input to stylise (--input), and a stylised "
+                             "video keeps no note of its style (only the PNGs stylize writes do)")
 
 
 # the first bytes of the picture formats a user may rename by mistake
 _PICTURES = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
              (b"RIFF", "a WebP image or other RIFF file"))
+
+
+def _video_kind(head: bytes) -> str | None:
+    """The video a file's first 12 bytes show (what stylize reads and writes), or None."""
+    if head[4:8] == b"ftyp" and head[8:12] not in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"):
+        return "an MP4 / QuickTime video"
+    return "a Matroska / WebM video" if head.startswith(b"\x1a\x45\xdf\xa3") else None
 
 
 def _read_metadata(path: str | Path, kind: str) -> dict[str, Any]:

@@ -259,6 +259,17 @@ def test_a_picture_renamed_as_a_style_is_named_as_a_picture(tiny_models, photos,
         one_line_error(proc, "starry.safetensors is a JPEG image, not a style file", "input to stylise")
 
 
+@pytest.mark.parametrize("name, head, what", [
+    ("clip_styled.mp4", b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00", "an MP4 / QuickTime video"),
+    ("clip_styled.mkv", b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "a Matroska / WebM video")])
+def test_info_on_a_video_says_it_is_a_video(tmp_path, name, head, what):
+    """`info out.png` shows what made a stylised PNG; `info` on the stylised video said 'not a readable .safetensors
+    file (header too large); it may be truncated or corrupt: copy or download it again'."""
+    video = tmp_path / name
+    video.write_bytes(head + b"\x00" * 500)
+    one_line_error(run("info", video), f"{name} is {what}, not a style file", "keeps no note of its style")
+
+
 def test_video_without_the_video_extra(tiny_models, style_file, tmp_path):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"\x00" * 64)
