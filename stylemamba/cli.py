@@ -503,7 +503,6 @@ def cmd_stylize(args) -> int:
     from .speed import prepare_for_inference
     from .style_model import StyleModel
     from .stylize import graphed_forward, stylize
-    from .vae import load_vae
     from .video import VIDEO_SUFFIXES, require_av, stylize_video
 
     for p in (args.style or []) + (args.universal or []):
@@ -531,7 +530,7 @@ def cmd_stylize(args) -> int:
     if args.weights:
         check_weights_flag(args.weights, len(styles), "style", "one per style: the --style files as given, a "
                            "universal one per --prompt then per --reference, then the --universal models likewise")
-    vae = load_vae(args.vae, device=device)
+    vae = load_vae_for(styles, args.vae, device)
     model = prepare_for_inference(vae, StyleModel.from_styles(vae, styles, args.weights, args.strength,
                                                                    args.blend),
                                   compile=args.compile)
@@ -567,6 +566,24 @@ def cmd_stylize(args) -> int:
     log.info("wrote %s", where)
     print(json.dumps({"images": written}, indent=2))
     return 0
+
+
+def load_vae_for(styles: list, source: str, device):
+    """The --vae of stylize; when it cannot be loaded, the error also names the VAE the style was trained on: a style
+    trained on a VAE file or folder, stylised without --vae, was told to download stabilityai/sd-vae-ft-mse (the
+    default), which it would then refuse."""
+    from .style_file import describe_vae
+    from .vae import ModelFileError, load_vae
+
+    try:
+        return load_vae(source, device=device)
+    except ModelFileError as exc:
+        other = next((s for s in styles if s.metadata.get("base_vae_name") not in (None, "", str(source))), None)
+        if other is None:
+            raise
+        trained_on = describe_vae(other.metadata["base_vae_name"], other.metadata.get("base_vae") or {})
+        raise ModelFileError(f"{exc} Note: style '{other.name}' was trained on the VAE {trained_on}, not on --vae "
+                             f"{source}: give that VAE with --vae (its file or folder), as train was given it") from exc
 
 
 def result_note(args, styles: list) -> dict:

@@ -242,6 +242,16 @@ def test_stylize_names_its_weights_flag_before_the_vae_loads(style_file, photos,
     one_line_error(proc, "--weights: style weights [1.0] must be 2", "one per style")
 
 
+def test_stylize_without_vae_names_the_vae_the_style_was_trained_on(style_file, photos, tmp_path):
+    """The README's `stylize --style ... --input ... --output ...` without --vae, for a style trained on a VAE file:
+    the default hub VAE failed (offline) with only 'Download https://huggingface.co/stabilityai/sd-vae-ft-mse',
+    a VAE the style would then refuse."""
+    _, (photo, _) = photos
+    proc = run("stylize", "--device", "cpu", "--style", style_file, "--input", photo, "--output", tmp_path / "x.png")
+    one_line_error(proc, "'stabilityai/sd-vae-ft-mse'", "style 'pop art' was trained on the VAE 'vae_ldm.safetensors'",
+                   "give that VAE with --vae")
+
+
 def test_a_pickle_passed_as_style_is_named_as_such(tiny_models, photos, tmp_path):
     _, (photo, _) = photos
     pickled = tmp_path / "style.pt"
