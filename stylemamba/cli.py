@@ -964,17 +964,17 @@ def run_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_cli_logging(verbose=args.verbose)
     try:
-        with lpips_said_here(args), stop_words_here(args):
+        with lpips_said_here(args), stop_words_here(args), terminate_as_interrupt():
             return int(args.func(args) or 0)
     except BrokenPipeError:
         # the reader went away (`stylemamba info x | head`): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
-    except (KeyboardInterrupt, *_training_cancelled()):  # Ctrl-C outside `train` (which keeps its partial style)
-        print("stylemamba: cancelled (Ctrl-C); results written so far are kept, nothing half-written is left",
-              file=sys.stderr)
-        return 130  # 128 + SIGINT, what a shell reports
+    except (KeyboardInterrupt, *_training_cancelled()) as exc:  # Ctrl-C outside `train` (which keeps its partial)
+        how = f"stopped ({exc})" if isinstance(exc, Terminated) else "cancelled (Ctrl-C)"
+        print(f"stylemamba: {how}; results written so far are kept, nothing half-written is left", file=sys.stderr)
+        return 128 + (exc.signum if isinstance(exc, Terminated) else 2)  # 128 + the signal, what a shell reports
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -995,6 +995,47 @@ def run_command(argv: list[str] | None = None) -> int:
         oom = exc if isinstance(exc, OutOfMemory) else out_of_memory(str(exc).split("\n")[0] or type(exc).__name__)
         print(f"error: {one_line(oom.advice(OOM_NAMES_BY_COMMAND.get(args.command, OOM_NAMES)))}", file=sys.stderr)
         return 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`) or SIGHUP (a closed terminal) outside training, raised as a Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def terminate_as_interrupt():
+    """SIGTERM and SIGHUP end a command as Ctrl-C does, removing what it was writing: killed outright, `stylize` left
+    a hidden ``.NAME.partial`` file of the video it was encoding beside its output. While a style trains, the
+    trainer's own handlers take them over (stop after the step, keep it). A SIGHUP ignored at start (nohup) stays
+    ignored."""
+    import signal
+    from contextlib import contextmanager
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    @contextmanager
+    def installed():
+        previous = {}
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is None or (name == "SIGHUP" and signal.getsignal(sig) == signal.SIG_IGN):
+                continue
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: the caller's signal handling stays
+                pass
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    return installed()
 
 
 def lpips_said_here(args):

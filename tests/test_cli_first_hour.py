@@ -331,9 +331,9 @@ def test_video_is_streamed_to_h264_with_its_audio(tiny_models, style_file, tmp_p
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
-def interrupted(args, progress: bytes) -> tuple[int, str]:
-    """``python -m stylemamba ARGS`` sent one SIGINT (a user's Ctrl-C) once its stderr matches ``progress`` (a
-    regular expression: a step done, after the models loaded); its exit code and stderr."""
+def interrupted(args, progress: bytes, signum: int | None = None) -> tuple[int, str]:
+    """``python -m stylemamba ARGS`` sent one SIGINT (a user's Ctrl-C; or ``signum``) once its stderr matches
+    ``progress`` (a regular expression: a step done, after the models loaded); its exit code and stderr."""
     import re
     import signal
     import threading
@@ -350,7 +350,7 @@ def interrupted(args, progress: bytes) -> tuple[int, str]:
                 break
             threading.Event().wait(0.1)
         assert proc.poll() is None, bytes(seen).decode(errors="replace")[-2000:]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum or signal.SIGINT)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -401,6 +401,24 @@ def test_ctrl_c_during_universal_training_keeps_an_earlier_partial_model(tiny_mo
     assert f"partial model {saved}" in err and saved.is_file(), err[-2000:]
     assert earlier.read_bytes() == b"an earlier partial model" and not out.exists()
     assert json.loads(run("info", saved).stdout)
+
+
+@pytest.mark.slow
+def test_kill_during_a_video_leaves_no_partial_file(tiny_models, style_file, tmp_path):
+    """`kill` (SIGTERM) of stylize killed it outright: a hidden .clip_styled.mp4.partial.mp4 was left in the output
+    folder (Ctrl-C removed it). Now it ends as Ctrl-C does, exit code 143 (128 + SIGTERM)."""
+    import signal
+
+    pytest.importorskip("av")
+    from video_clip import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=2000, audio=None)
+    out = tmp_path / "out"
+    code, err = interrupted(("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", style_file,
+                             "--input", clip, "--output", out), rb"\| *[1-9]\d*/2000", signal.SIGTERM)
+    assert code == 143, err[-2000:]
+    assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
+    assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
 
 
 # ------------------------------------------------------------------------------------------ found in a review
