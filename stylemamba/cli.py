@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -1007,35 +1008,31 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+@contextlib.contextmanager
 def terminate_as_interrupt():
     """SIGTERM and SIGHUP end a command as Ctrl-C does, removing what it was writing: killed outright, `stylize` left
     a hidden ``.NAME.partial`` file of the video it was encoding beside its output. While a style trains, the
     trainer's own handlers take them over (stop after the step, keep it). A SIGHUP ignored at start (nohup) stays
     ignored."""
     import signal
-    from contextlib import contextmanager
 
     def handler(signum, frame):
         raise Terminated(signum)
 
-    @contextmanager
-    def installed():
-        previous = {}
-        for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)
-            if sig is None or (name == "SIGHUP" and signal.getsignal(sig) == signal.SIG_IGN):
-                continue
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread: the caller's signal handling stays
-                pass
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is None or (name == "SIGHUP" and signal.getsignal(sig) == signal.SIG_IGN):
+            continue
         try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-    return installed()
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: the caller's signal handling stays
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def lpips_said_here(args):
