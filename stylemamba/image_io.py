@@ -183,11 +183,15 @@ def write_text_whole(path: str | Path, text: str) -> Path:
 
 def write_whole(path: str | Path, write: Callable[[Path], object], keep_suffix: bool = False) -> Path:
     """Call ``write(temporary path)``, then put that file in ``path``'s place durably (:func:`replace_durably`):
-    the one way this package writes a file, so that neither a failure nor a power cut leaves half of one."""
+    the one way this package writes a file, so that neither a failure nor a power cut leaves half of one. The file
+    gets the mode the user's umask gives new files, whatever mode the writer chose."""
     path = Path(path)
     tmp = partial_file(path, keep_suffix=keep_suffix)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a new file's usual mode: safetensors writes 0600, unreadable to a shared host
         replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

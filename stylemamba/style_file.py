@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import json
-import os
 import re
 import time
 import unicodedata
@@ -227,13 +226,7 @@ def _write(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | P
     header = {"stylemamba": json.dumps(meta, sort_keys=True, default=str), "format": fmt}
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp), metadata=header)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a style file is meant to be shared
-
-    write_whole(path, write)
+    write_whole(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))  # readable by others (umask)
     return {"path": str(path), "bytes": path.stat().st_size}
 
 

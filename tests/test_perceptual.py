@@ -78,6 +78,20 @@ def test_vgg_weights_cut_short_in_mid_write_leave_the_earlier_file_whole(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["vgg19.safetensors"]
 
 
+def test_vgg_weights_are_readable_by_others_as_a_new_file_is(tmp_path):
+    """safetensors writes 0600: a VGG file converted by one user was unreadable to a ComfyUI run as another."""
+    import os
+    import stat
+
+    path = tmp_path / "vgg19.safetensors"
+    umask = os.umask(0o022)
+    try:
+        VGGFeatures(widths=TINY).save_safetensors(path)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_vgg_is_frozen_but_passes_gradients(photos):
     vgg = VGGFeatures(widths=TINY)
     assert all(not p.requires_grad for p in vgg.parameters())
