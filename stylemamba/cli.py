@@ -549,7 +549,8 @@ def cmd_stylize(args) -> int:
 
         try:
             info = stylize_video(src, target, lambda frames: stylize(frames, vae, model, **kw),
-                                 batch_size=args.batch_size, max_frames=args.max_frames, on_frames=progress)
+                                 batch_size=args.batch_size, max_frames=args.max_frames, on_frames=progress,
+                                 note={**result_note(args, styles), "input": src.name})
         finally:
             bar.close()  # before main prints an error: else the bar is drawn again under it at exit
         log.info("wrote %s: %d frames %s at %g fps, H.264, audio: %s", info["path"], info["frames"], info["size"],
@@ -647,9 +648,10 @@ def styles_from_args(args, device) -> list:
 def cmd_info(args) -> int:
     from .image_io import IMAGE_SUFFIXES
     from .style_file import describe_style, describe_vae
+    from .video import VIDEO_SUFFIXES
 
-    if Path(args.style).suffix.lower() in IMAGE_SUFFIXES:
-        print(json.dumps(picture_note(Path(args.style)), indent=2, default=str))
+    if Path(args.style).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        print(json.dumps(result_note_of(Path(args.style)), indent=2, default=str))
         return 0
     info = describe_style(args.style)
     if not args.full:
@@ -660,17 +662,21 @@ def cmd_info(args) -> int:
     return 0
 
 
-def picture_note(path: Path) -> dict:
-    """What made a stylised picture (its PNG note), or an error that says why there is none."""
+def result_note_of(path: Path) -> dict:
+    """What made a stylised picture or video (the note stylize wrote into it), or an error that says why there is
+    none."""
     from .image_io import not_a_file, read_note
+    from .video import VIDEO_SUFFIXES, read_video_note
 
     if not path.is_file():
-        raise not_a_file(path, "picture")
-    note = read_note(path)
+        raise not_a_file(path, "video" if path.suffix.lower() in VIDEO_SUFFIXES else "picture")
+    video = path.suffix.lower() in VIDEO_SUFFIXES
+    note = read_video_note(path) if video else read_note(path)
     if note is None:
-        raise ValueError(f"{path.name} is a picture without StyleMamba's note: it was not written by `stylemamba "
-                         "stylize` as a PNG, or another program saved it again without the note. `info` reads style "
-                         "files (.safetensors) and the PNGs that stylize wrote")
+        what, written = ("a video", "a video") if video else ("a picture", "a PNG")
+        raise ValueError(f"{path.name} is {what} without StyleMamba's note: it was not written by `stylemamba "
+                         f"stylize` as {written}, or another program saved it again without the note. `info` reads "
+                         "style files (.safetensors) and the PNGs and videos that stylize wrote")
     return note
 
 
@@ -892,8 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_stylize)
 
-    p = sub.add_parser("info", help="what a style file holds, or which style made a picture that stylize wrote")
-    p.add_argument("style", help="a style or universal model (.safetensors), or a PNG written by stylize")
+    p = sub.add_parser("info", help="what a style file holds, or which style made a picture or video that stylize wrote")
+    p.add_argument("style", help="a style or universal model (.safetensors), or a PNG or video written by stylize")
     p.add_argument("--full", action="store_true", help="include the full training recipe")
     p.set_defaults(func=cmd_info)
 

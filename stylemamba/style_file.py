@@ -248,8 +248,8 @@ def refuse_foreign(path: Path, kind: str) -> None:
     video = _video_kind(head)
     if video:  # `info clip_styled.mp4` (as `info out.png`) was "not a readable .safetensors file ... corrupt"
         raise StyleFileError(f"{path.name} is {video}, not a {kind} file: a {kind} is the .safetensors file "
-                             "StyleMamba's training wrote; a video is an input to stylise (--input), and a stylised "
-                             "video keeps no note of its style (only the PNGs stylize writes do)")
+                             "StyleMamba's training wrote; a video is an input to stylise (--input), and `info` on a "
+                             "video that stylize wrote (.mp4, .mov, .mkv) shows which style made it")
 
 
 # the first bytes of the picture formats a user may rename by mistake

@@ -10,6 +10,7 @@ stylised, so the output plays the same way round in every player.
 """
 from __future__ import annotations
 
+import json
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -45,10 +46,11 @@ def require_av():
 
 def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor], torch.Tensor],
                   batch_size: int = 4, max_frames: int | None = None, crf: int = 18,
-                  on_frames: Callable[[int, int | None], None] | None = None) -> dict:
+                  on_frames: Callable[[int, int | None], None] | None = None, note: dict | None = None) -> dict:
     """Decode ``src``, apply ``fn`` ((B,3,H,W) in [0,1] -> same) to batches of frames, write ``dst`` (H.264).
 
-    ``on_frames(done, total_or_None)`` reports progress. Returns {'path', 'frames', 'fps', 'size', 'audio'}
+    ``on_frames(done, total_or_None)`` reports progress. ``note``: what made the video, kept as JSON in the
+    container's comment (:func:`read_video_note`). Returns {'path', 'frames', 'fps', 'size', 'audio'}
     ('size': as the video is shown, after its display rotation).
     The output is written to a temporary name and renamed at the end, so a failure leaves no half file.
     """
@@ -83,6 +85,8 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
         tmp = partial_file(dst)
         out = av.open(str(tmp), "w", format=_container_format(dst))
         try:
+            if note is not None:
+                out.metadata["comment"] = json.dumps(note, default=str)
             vout = _video_stream(out, fps, time_base, width, height, crf)
             aout, transcode = None, False
             if ain is not None:
@@ -149,6 +153,21 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
         inp.close()
     return {"path": str(dst), "frames": written, "fps": round(float(fps), 3), "size": f"{width}x{height}",
             "audio": audio_note}
+
+
+def read_video_note(path: str | Path) -> dict | None:
+    """What made a stylised video, as :func:`stylize_video` noted it; None for a video without our note."""
+    av = require_av()
+    try:
+        with av.open(str(path)) as container:
+            meta = {k.lower(): v for k, v in container.metadata.items()}
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ValueError(f"could not open video {Path(path).name} ({exc}); is it a complete video file?") from exc
+    try:
+        note = json.loads(meta.get("comment") or "null")
+    except ValueError:
+        return None
+    return note if isinstance(note, dict) and str(note.get("made_by", "")).startswith("stylemamba") else None
 
 
 def check_destination(src: Path, dst: Path) -> None:

@@ -275,9 +275,9 @@ def test_a_picture_renamed_as_a_style_is_named_as_a_picture(tiny_models, photos,
 def test_info_on_a_video_says_it_is_a_video(tmp_path, name, head, what):
     """`info out.png` shows what made a stylised PNG; `info` on the stylised video said 'not a readable .safetensors
     file (header too large); it may be truncated or corrupt: copy or download it again'."""
-    video = tmp_path / name
+    video = tmp_path / (name + ".safetensors")  # renamed, or given as a style
     video.write_bytes(head + b"\x00" * 500)
-    one_line_error(run("info", video), f"{name} is {what}, not a style file", "keeps no note of its style")
+    one_line_error(run("info", video), f"{video.name} is {what}, not a style file", "shows which style made it")
 
 
 def test_video_without_the_video_extra(tiny_models, style_file, tmp_path):
@@ -328,6 +328,13 @@ def test_video_is_streamed_to_h264_with_its_audio(tiny_models, style_file, tmp_p
     assert seconds == pytest.approx(20 / 24, abs=0.1)
     proc = run(*stylize_args(tiny_models, style_file, "--input", clip, "--output", clip))
     one_line_error(proc, "is an input file")
+    # the video says what made it, as a stylised PNG does (`info` on it was an error)
+    info = run("info", tmp_path / "out.mp4")
+    assert info.returncode == 0, info.stderr[-2000:]
+    note = json.loads(info.stdout)
+    assert note["input"] == "clip.mp4" and note["strength"] == 1.0 and note["made_by"].startswith("stylemamba ")
+    assert note["styles"][0]["prompts"] == json.loads(run("info", style_file).stdout)["prompts"]
+    one_line_error(run("info", clip), "clip.mp4 is a video without StyleMamba's note")
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
