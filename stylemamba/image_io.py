@@ -189,14 +189,24 @@ def write_whole(path: str | Path, write: Callable[[Path], object], keep_suffix: 
     tmp = partial_file(path, keep_suffix=keep_suffix)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a new file's usual mode: safetensors writes 0600, unreadable to a shared host
+        _give_new_file_mode(tmp)
         replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _give_new_file_mode(path: Path) -> None:
+    """Give ``path`` the mode a new file gets (0666 less the umask): safetensors writes 0600, unreadable to a ComfyUI
+    run as another user. A filesystem that refuses chmod (FAT, some network and FUSE mounts: EPERM) keeps the mode it
+    gives; the file is written all the same."""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass
 
 
 def replace_durably(src: Path, dst: Path) -> None:

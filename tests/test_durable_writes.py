@@ -106,3 +106,18 @@ def test_a_filesystem_that_cannot_flush_still_saves_but_a_failed_flush_is_an_err
             write_text_whole(target, "new")
         assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left beside it
+
+
+def test_a_folder_that_refuses_chmod_still_gets_the_file(tmp_path, monkeypatch):
+    """write_whole gave every file the umask's mode with os.chmod: on a FAT stick or a network mount that refuses
+    chmod (EPERM), every stylised PNG, report and style failed with 'Operation not permitted' after it was written."""
+    import errno
+
+    def refused(path, mode, *args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(os, "chmod", refused)
+    save_image(torch.rand(3, 8, 8), tmp_path / "out.png")
+    write_text_whole(tmp_path / "report.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "report.json"]
+    assert (tmp_path / "report.json").read_text() == "{}"
