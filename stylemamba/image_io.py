@@ -201,12 +201,25 @@ def _give_new_file_mode(path: Path) -> None:
     """Give ``path`` the mode a new file gets (0666 less the umask): safetensors writes 0600, unreadable to a ComfyUI
     run as another user. A filesystem that refuses chmod (FAT, some network and FUSE mounts: EPERM) keeps the mode it
     gives; the file is written all the same."""
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, 0o666 & ~_umask())
     except OSError:
         pass
+
+
+def _umask() -> int:
+    """The process's umask, from /proc where Linux shows it: setting it to read it (os.umask) would, for that moment,
+    give the files and folders that other threads create (a ComfyUI server's) mode 0666 / 0777."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # the safe value for the moment it is set
+    os.umask(umask)
+    return umask
 
 
 def replace_durably(src: Path, dst: Path) -> None:

@@ -121,3 +121,17 @@ def test_a_folder_that_refuses_chmod_still_gets_the_file(tmp_path, monkeypatch):
     write_text_whole(tmp_path / "report.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "report.json"]
     assert (tmp_path / "report.json").read_text() == "{}"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the umask from Linux's /proc")
+def test_writing_a_file_never_changes_the_process_umask(tmp_path, monkeypatch):
+    """write_whole read the umask by setting it to 0 and back: for that moment the files and folders other threads
+    created (a ComfyUI server's, while a node saved a style) were world-writable."""
+    set_to = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or real(mask))
+    write_text_whole(tmp_path / "report.json", "{}")
+    assert set_to == []
+    mask = real(0o022)
+    real(mask)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o666 & ~mask
