@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,27 @@ class ModelFileError(FileNotFoundError):
 
 
 def refuse_missing_local(src: str, what: str) -> None:
-    """Refuse an 'owner/name' that is a mistyped local path, not a Hugging Face id: its first part is a folder here
-    (``models/vea``) but the whole is not. Asked of the hub, it waited through the hub's retries offline, then told
-    the user to download a repository that does not exist."""
+    """Refuse an 'owner/name' that is a mistyped local path, not a Hugging Face id: one that no hub id can be
+    (``./vea``, ``/models/vea``, ``~/vea``, ``vea/``), or one whose first part is a folder here (``models/vea``) but
+    the whole is not. Asked of the hub, it waited through the hub's retries
+    offline, then told the user to download a repository that does not exist."""
     path = Path(src).expanduser()
-    if path.exists() or not path.parent.is_dir() or path.parent == Path("."):
+    if path.exists():
         return
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.parent.iterdir() if not p.name.startswith("."))
-    there = f"it holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else "it is empty"
-    raise ModelFileError(f"{what} not found: {path} does not exist (a typo? the folder {path.parent} is here, but "
-                         f"{there}); give an existing file or folder. A Hugging Face id is looked up only where no "
-                         f"folder of its first part ({path.parent}) is in the current folder")
+    hub_shaped = bool(re.fullmatch(r"\w[\w.-]*/[\w.-]*\w", src)) and ".." not in src
+    if hub_shaped and not path.parent.is_dir():
+        return
+    where = "the current folder" if path.parent == Path(".") else f"the folder {path.parent}"
+    names = (sorted(p.name + ("/" if p.is_dir() else "") for p in path.parent.iterdir() if not p.name.startswith("."))
+             if path.parent.is_dir() else [])
+    there = f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else "nothing"
+    if not hub_shaped:
+        raise ModelFileError(f"{what} not found: {path} does not exist" +
+                             (f" ({where} holds {there})" if path.parent.is_dir() else "") +
+                             "; give an existing file or folder")
+    raise ModelFileError(f"{what} not found: {path} does not exist (a typo? {where} is here, but it holds {there}); "
+                         f"give an existing file or folder. A Hugging Face id is looked up only where no folder of "
+                         f"its first part ({path.parent}) is in the current folder")
 
 
 def _identity_module(module: nn.Module | None) -> nn.Module:

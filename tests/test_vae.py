@@ -113,3 +113,21 @@ def test_a_mistyped_local_path_is_not_asked_of_the_hub(tmp_path, monkeypatch):
         load_vae("models/vea")
     with pytest.raises(ModelFileError, match="Hugging Face hub"):  # no local folder 'nobody': still a hub id
         load_vae("nobody/no-such-vae")
+
+
+@pytest.mark.parametrize("src", ["./vea", "vea/"])
+def test_a_local_path_that_no_hub_id_can_be_is_not_asked_of_the_hub(tmp_path, monkeypatch, src):
+    """'./vea' and 'vea/' hold one '/' as an 'owner/name' id does: they were asked of the hub, then the user was
+    told to download https://huggingface.co/./vea; the current folder was the one folder not looked at."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(ModelFileError, match=r"^VAE not found: vea does not exist \(the current folder holds vae/\)"):
+        load_vae(src)
+
+
+def test_an_absolute_path_is_not_explained_as_a_hub_id():
+    """'/vea' was said to be looked up on the hub 'only where no folder of its first part (/) is in the current
+    folder': no hub id starts with '/'."""
+    with pytest.raises(ModelFileError, match=r"^VAE not found: /no-such-vae does not exist \(the folder / holds ") as e:
+        load_vae("/no-such-vae")
+    assert "Hugging Face" not in str(e.value)
