@@ -35,13 +35,13 @@ class ModelFileError(FileNotFoundError):
 def refuse_missing_local(src: str, what: str) -> None:
     """Refuse an 'owner/name' that is a mistyped local path, not a Hugging Face id: one that no hub id can be
     (``./vea``, ``/models/vea``, ``~/vea``, ``vea/``), or one whose first part is a folder here (``models/vea``) but
-    the whole is not. Asked of the hub, it waited through the hub's retries
+    the whole is not, and that the hub cache does not hold. Asked of the hub, it waited through the hub's retries
     offline, then told the user to download a repository that does not exist."""
     path = Path(src).expanduser()
     if path.exists():
         return
     hub_shaped = bool(re.fullmatch(r"\w[\w.-]*/[\w.-]*\w", src)) and ".." not in src
-    if hub_shaped and not path.parent.is_dir():
+    if hub_shaped and (not path.parent.is_dir() or _in_hub_cache(src)):
         return
     where = "the current folder" if path.parent == Path(".") else f"the folder {path.parent}"
     names = (sorted(p.name + ("/" if p.is_dir() else "") for p in path.parent.iterdir() if not p.name.startswith("."))
@@ -54,6 +54,16 @@ def refuse_missing_local(src: str, what: str) -> None:
     raise ModelFileError(f"{what} not found: {path} does not exist (a typo? {where} is here, but it holds {there}); "
                          f"give an existing file or folder. A Hugging Face id is looked up only where no folder of "
                          f"its first part ({path.parent}) is in the current folder")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo_id`` (its config.json): a real id, loadable offline."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # no huggingface_hub, an id it refuses: not cached
+        return False
 
 
 def _identity_module(module: nn.Module | None) -> nn.Module:

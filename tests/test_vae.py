@@ -131,3 +131,21 @@ def test_an_absolute_path_is_not_explained_as_a_hub_id():
     with pytest.raises(ModelFileError, match=r"^VAE not found: /no-such-vae does not exist \(the folder / holds ") as e:
         load_vae("/no-such-vae")
     assert "Hugging Face" not in str(e.value)
+
+
+def test_a_hub_id_in_the_cache_loads_beside_a_folder_of_its_owner_name(tiny_models, tmp_path, monkeypatch):
+    """A folder 'stabilityai/' here (another model of that owner, downloaded into it) made the cached hub id
+    'stabilityai/sd-vae-ft-mse' a 'mistyped local path': refused, though it loads offline from the cache."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--stabilityai--sd-vae-ft-mse"
+    shutil.copytree(tiny_models["vae"], repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stabilityai" / "sd-vae-ft-ema").mkdir(parents=True)
+    assert isinstance(load_vae("stabilityai/sd-vae-ft-mse"), SDVAE)
