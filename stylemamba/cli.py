@@ -580,7 +580,8 @@ def load_vae_for(styles: list, source: str, device):
     try:
         return load_vae(source, device=device)
     except ModelFileError as exc:
-        other = next((s for s in styles if s.metadata.get("base_vae_name") not in (None, "", str(source))), None)
+        given = (str(source), Path(str(source)).expanduser().name)  # a file or folder is noted by its name alone
+        other = next((s for s in styles if s.metadata.get("base_vae_name") not in (None, "", *given)), None)
         if other is None:
             raise
         trained_on = describe_vae(other.metadata["base_vae_name"], other.metadata.get("base_vae") or {})

@@ -218,3 +218,24 @@ def test_a_closed_terminal_stops_train_after_its_step_and_keeps_the_style(tmp_pa
             proc.wait()
     style = load_style(tmp_path / "starry-partial.safetensors")
     assert style.metadata["cancelled"] and 1 <= style.metadata["steps"] < 1000
+
+
+def test_a_broken_vae_file_is_not_said_to_be_another_vae_than_the_styles(tmp_path):
+    """--vae models/vae.safetensors, truncated, for a style trained on that file: its error said the style 'was
+    trained on the VAE 'vae.safetensors', not on --vae models/vae.safetensors: give that VAE with --vae' (the one
+    given), as the style notes a VAE file by its name alone."""
+    from types import SimpleNamespace
+
+    from stylemamba.cli import load_vae_for
+    from stylemamba.vae import ModelFileError
+
+    (tmp_path / "models").mkdir()
+    broken = tmp_path / "models" / "vae.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    style = SimpleNamespace(name="pop", metadata={"base_vae_name": "vae.safetensors", "base_vae": {}})
+    with pytest.raises(ModelFileError) as e:
+        load_vae_for([style], str(broken), "cpu")
+    assert "trained on" not in str(e.value), str(e.value)
+    other = SimpleNamespace(name="pop", metadata={"base_vae_name": "other.safetensors", "base_vae": {}})
+    with pytest.raises(ModelFileError, match="style 'pop' was trained on the VAE 'other.safetensors'"):
+        load_vae_for([other], str(broken), "cpu")
