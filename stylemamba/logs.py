@@ -120,7 +120,8 @@ def stopping_keeps_said(own: str) -> str:
 
 @contextlib.contextmanager
 def quiet_loading():
-    """While loading a model: transformers' and diffusers' warnings and progress bars off, then restored.
+    """While loading a model: transformers' and diffusers' warnings and progress bars off, then restored; and
+    huggingface_hub's warning about an argument diffusers passes it (``local_dir_use_symlinks``).
 
     Used inside ComfyUI too, where the process-wide settings are not ours to change for good. Safe because
     the loaders check for missing weights themselves (an error, not a warning).
@@ -137,7 +138,9 @@ def quiet_loading():
         if bars:
             lib.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():  # an argument diffusers passes, deprecated by huggingface_hub: not the user's
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+            yield
     finally:
         for lib, verbosity, bars in saved:
             lib.set_verbosity(verbosity)
