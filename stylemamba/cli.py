@@ -295,15 +295,16 @@ def cmd_train(args) -> int:
                              device=device, on_step=on_step, start=start)
     except TrainingCancelled as cancelled:
         bar.close()
+        code = 128 + (cancelled.signum or 2)  # what a shell reports: 130 for Ctrl-C, 143 for SIGTERM, 129 SIGHUP
         if cancelled.partial is None:
             print("cancelled before the first step: no style written", file=sys.stderr)
-            return 130
+            return code
         if args.name:
             cancelled.partial.style.metadata["name"] = args.name
         info = save_style(cancelled.partial.style, free_path(out.with_name(out.stem + "-partial.safetensors")))
         print(f"cancelled after {cancelled.partial.steps} steps: partial style saved to {info['path']}",
               file=sys.stderr)
-        return 130
+        return code
     finally:
         bar.close()  # before main prints an error: else the bar is drawn again under it at exit
     if args.name:
@@ -980,9 +981,12 @@ def run_command(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except (KeyboardInterrupt, *_training_cancelled()) as exc:  # Ctrl-C outside `train` (which keeps its partial)
-        how = f"stopped ({exc})" if isinstance(exc, Terminated) else "cancelled (Ctrl-C)"
+        import signal
+
+        signum = getattr(exc, "signum", None) or signal.SIGINT  # Terminated's, or train_style's handler's
+        how = "cancelled (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
         print(f"stylemamba: {how}; results written so far are kept, nothing half-written is left", file=sys.stderr)
-        return 128 + (exc.signum if isinstance(exc, Terminated) else 2)  # 128 + the signal, what a shell reports
+        return 128 + signum  # what a shell reports
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

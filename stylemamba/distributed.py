@@ -207,6 +207,7 @@ class StopRequest:
     def __init__(self, announce: bool = True, keeps: str = "writing a checkpoint",
                  signals: tuple[int, ...] = STOP_SIGNALS):
         self.asked = False
+        self.signum: int | None = None  # the first signal that asked (a command exits 128 + it)
         self.announce = announce
         self.keeps = keeps
         self.signals = signals
@@ -216,6 +217,7 @@ class StopRequest:
         if self.asked and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.asked = True
+        self.signum = self.signum or signum
         outer = getattr(self._previous.get(signum), "__self__", None)
         while isinstance(outer, StopRequest):  # nested (train_universal in a caller's StopRequest): the caller
             outer.asked = True  # stops too, as the one Ctrl-C asked, instead of going on to its next run

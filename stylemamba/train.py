@@ -188,6 +188,8 @@ class TrainingCancelled(Exception):
     last finished step. Its message says where the style is: a script that does not catch it still has it (in
     IPython / Jupyter as ``sys.last_value.partial``)."""
 
+    signum: int | None = None  # the signal that stopped it, where train_style's own handler took one
+
     def __init__(self, partial: TrainResult | None):
         super().__init__(f"training cancelled after {partial.steps} steps; the style of those steps is this "
                          "exception's .partial.style (save it with stylemamba.style_file.save_style)"
@@ -1204,7 +1206,11 @@ def train_style(vae: SDVAE, text: ImageTextModel, content, direction: Direction,
         setup = time.perf_counter() - t0
         if should_stop is None:  # Ctrl-C, a kill, a closed terminal would lose the steps trained: stop after this one
             with StopRequest(keeps="keeping the style of the finished steps") as ctrl_c:
-                result = trainer.run(on_step, lambda: ctrl_c.asked)
+                try:
+                    result = trainer.run(on_step, lambda: ctrl_c.asked)
+                except TrainingCancelled as cancelled:
+                    cancelled.signum = ctrl_c.signum
+                    raise
         else:
             result = trainer.run(on_step, should_stop)
         result.phases["setup"] = setup

@@ -762,10 +762,13 @@ def test_the_console_script_names_itself_in_its_usage():
                           timeout=120).stdout.startswith("usage: python -m stylemamba ")
 
 
+@pytest.mark.parametrize("signum, said, code", [("SIGINT", "cancelled (Ctrl-C)", 130),
+                                                 ("SIGTERM", "stopped (SIGTERM)", 143)])
 def test_ctrl_c_while_a_command_trains_without_should_stop_is_a_ctrl_c_not_a_traceback(tmp_path, monkeypatch,
-                                                                                       capsys):
+                                                                                       capsys, signum, said, code):
     """demo, check, eval and bench call train_style without should_stop: since train_style takes the first Ctrl-C
-    itself, it raised TrainingCancelled, which the CLI printed as a traceback (exit 1) instead of 'cancelled'."""
+    itself, it raised TrainingCancelled, which the CLI printed as a traceback (exit 1) instead of 'cancelled'. A
+    `kill` (SIGTERM) there was reported as a Ctrl-C (exit 130)."""
     import signal
 
     from stylemamba import cli, train
@@ -776,15 +779,16 @@ def test_ctrl_c_while_a_command_trains_without_should_stop_is_a_ctrl_c_not_a_tra
     def ctrl_c_in_the_first_step(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(getattr(signal, signum))
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(train.StyleTrainer, "step_within_memory", ctrl_c_in_the_first_step)
-    assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "3", "--resolution", "64"]) == 130
+    assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "3", "--resolution", "64"]) == code
     err = capsys.readouterr().err
-    assert "stylemamba: cancelled (Ctrl-C)" in err
+    assert f"stylemamba: {said}" in err
     # the line printed on the Ctrl-C said "keeping the style of the finished steps", which demo drops
-    assert "SIGINT: stopping after this step and keeping the results written so far, not the style in training" in err
+    assert (f"{signum}: stopping after this step and keeping the results written so far, not the style in "
+            "training") in err
     assert "keeping the style" not in err
     assert len(calls) == 1 and not (tmp_path / "demo-style.safetensors").exists()
 
