@@ -26,12 +26,10 @@ import torch
 import torch.distributed as tdist
 
 from .logs import stopping_keeps_said
+from .stop_signals import STOP_SIGNALS, install, restore
 
 log = logging.getLogger("stylemamba")
 
-# what asks a training run to stop after its step and keep it: Ctrl-C, torchrun's or `kill`'s SIGTERM, and SIGHUP
-# (the terminal closed, an SSH session dropped) where the platform has it (not Windows)
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @dataclass
@@ -228,24 +226,11 @@ class StopRequest:
                   "(Ctrl-C again to abort without it)...")
 
     def __enter__(self) -> StopRequest:
-        for sig in self.signals:
-            if _ignored_hangup(sig):
-                continue
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread (e.g. inside a server): no signal handling
-                pass
+        self._previous = install(self.signals, self._handler)  # none outside the main thread (e.g. in a server)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, old in self._previous.items():
-            signal.signal(sig, old)
-
-
-def _ignored_hangup(sig: int) -> bool:
-    """SIGHUP ignored when we start: ``nohup`` (or a service manager) asked that closing the terminal not stop the
-    run, so it stays ignored rather than becoming a stop."""
-    return sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN
+        restore(self._previous)
 
 
 def _tell(text: str) -> None:

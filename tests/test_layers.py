@@ -83,6 +83,7 @@ LAYERS = [
                 "stylemamba.speed", "stylemamba.cuda_graphs", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
                 "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed",
                 "stylemamba.group_norm", "stylemamba.group_norm_triton", "stylemamba.triton_addresses",
+                "stylemamba.stop_signals",
                 "stylemamba.current_device"}),
 ]
 
