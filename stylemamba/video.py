@@ -57,10 +57,7 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
     av = require_av()
     src, dst = Path(src), Path(dst)
     check_destination(src, dst)
-    try:
-        inp = av.open(str(src))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise ValueError(f"could not open video {src.name} ({exc}); is it a complete video file?") from exc
+    inp = _open_video(av, src)
     tmp = None
     written, audio_note, width, height = 0, "none", 0, 0
     try:
@@ -157,17 +154,21 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
 
 def read_video_note(path: str | Path) -> dict | None:
     """What made a stylised video, as :func:`stylize_video` noted it; None for a video without our note."""
-    av = require_av()
-    try:
-        with av.open(str(path)) as container:
-            meta = {k.lower(): v for k, v in container.metadata.items()}
-    except (av.error.FFmpegError, OSError) as exc:
-        raise ValueError(f"could not open video {Path(path).name} ({exc}); is it a complete video file?") from exc
+    with _open_video(require_av(), Path(path)) as container:
+        meta = {k.lower(): v for k, v in container.metadata.items()}
     try:
         note = json.loads(meta.get("comment") or "null")
     except ValueError:
         return None
     return note if isinstance(note, dict) and str(note.get("made_by", "")).startswith("stylemamba") else None
+
+
+def _open_video(av, src: Path):
+    """``av.open(src)`` for reading, with an error that names the file when FFmpeg cannot open it."""
+    try:
+        return av.open(str(src))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ValueError(f"could not open video {src.name} ({exc}); is it a complete video file?") from exc
 
 
 def check_destination(src: Path, dst: Path) -> None:
