@@ -430,21 +430,22 @@ def skip_earlier_results(src: Path, files: list[Path], out: Path) -> list[Path]:
     skipped (a photo of the user's may have such a name)."""
     if not src.is_dir():
         return files
-    from .image_io import read_note
-
     into_itself = out.resolve() == src.resolve()
     results = set(styled_names(files))
-    skipped = [f for f in files if f.name in results and (into_itself or _noted(f, read_note))]
+    skipped = [f for f in files if f.name in results and (into_itself or _noted(f))]
+    dropped = set(skipped)
     if skipped:
         fix = ("stylise into another --output folder to keep results apart" if into_itself else
                "move them out of the folder to stylise them again")
         log.info("skipped %d earlier result(s) of stylize in %s (e.g. %s): they are not stylised again; %s",
                  len(skipped), src, skipped[0].name, fix)
-    return [f for f in files if f not in skipped]
+    return [f for f in files if f not in dropped]
 
 
-def _noted(path: Path, read_note) -> bool:
+def _noted(path: Path) -> bool:
     """Whether a picture carries stylize's note (an unreadable one is left for check_readable to name)."""
+    from .image_io import read_note
+
     try:
         return read_note(path) is not None
     except ValueError:
@@ -591,8 +592,8 @@ def load_vae_for(styles: list, source: str, device):
 
 
 def result_note(args, styles: list) -> dict:
-    """What made a stylised picture, kept in its PNG (``info picture.png`` shows it): a shared result says which
-    style(s), from which prompts, at what strength."""
+    """What made a stylised picture or video, kept in its PNG or container (``info result.png`` shows it): a shared
+    result says which style(s), from which prompts, at what strength."""
     from . import __version__
 
     return {"made_by": f"stylemamba {__version__}",
@@ -670,9 +671,9 @@ def result_note_of(path: Path) -> dict:
     from .image_io import not_a_file, read_note
     from .video import VIDEO_SUFFIXES, read_video_note
 
-    if not path.is_file():
-        raise not_a_file(path, "video" if path.suffix.lower() in VIDEO_SUFFIXES else "picture")
     video = path.suffix.lower() in VIDEO_SUFFIXES
+    if not path.is_file():
+        raise not_a_file(path, "video" if video else "picture")
     note = read_video_note(path) if video else read_note(path)
     if note is None:
         what, written = ("a video", "a video") if video else ("a picture", "a PNG")
@@ -1027,23 +1028,16 @@ def terminate_as_interrupt():
     ignored."""
     import signal
 
+    from .stop_signals import STOP_SIGNALS, install, restore
+
     def handler(signum, frame):
         raise Terminated(signum)
 
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is None or (name == "SIGHUP" and signal.getsignal(sig) == signal.SIG_IGN):
-            continue
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: the caller's signal handling stays
-            pass
+    previous = install(tuple(s for s in STOP_SIGNALS if s != signal.SIGINT), handler)  # SIGINT: KeyboardInterrupt
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        restore(previous)
 
 
 def lpips_said_here(args):
