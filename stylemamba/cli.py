@@ -693,7 +693,7 @@ def cmd_tiny_models(args) -> int:
     taken = existing_outputs(args.out)
     if taken and not args.overwrite:
         raise ValueError(f"{args.out} already holds {', '.join(p.name for p in taken)}: the tiny models would "
-                         "replace them; pass --overwrite to replace them, or choose another folder")
+                         "be written over them; pass --overwrite to replace them, or choose another folder")
     paths = build_tiny_models(args.out, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0

@@ -162,10 +162,14 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 1
 
 def style_path(path: str | Path) -> Path:
     """Where :func:`save_style` writes ``path``: the .safetensors extension is added when missing, to the whole
-    name (``monet_v1.5`` -> ``monet_v1.5.safetensors``: replacing what follows a dot would name another file)."""
+    name (``monet_v1.5`` -> ``monet_v1.5.safetensors``: replacing what follows a dot would name another file).
+    A pickled weight file's extension is replaced (``y.pt`` -> ``y.safetensors``, not ``y.pt.safetensors``): the
+    user asked for a weight file by habit, and a style is always a safetensors one."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the style a file name in it, e.g. {path / ('mystyle' + EXTENSION)}")
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.stem:
+        return path.with_suffix(EXTENSION)
     return path if path.suffix.lower() == EXTENSION else path.with_name(path.name + EXTENSION)
 
 

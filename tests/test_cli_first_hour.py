@@ -533,7 +533,8 @@ def test_tiny_models_never_replace_a_users_models_without_overwrite(tmp_path):
     mine = tmp_path / "models" / "vae" / "config.json"
     mine.parent.mkdir(parents=True)
     mine.write_text('{"my": "real VAE"}')
-    one_line_error(run("tiny-models", tmp_path / "models"), "already holds vae", "--overwrite")
+    one_line_error(run("tiny-models", tmp_path / "models"), "already holds vae",
+                   "would be written over them; pass --overwrite")  # before: 'replace them' twice in one line
     one_line_error(run("tiny-models", tmp_path / "new", "--seed", 2**64), f"--seed {2**64} is out of range")
     assert not (tmp_path / "new").exists()  # before: 'Overflow when unpacking long long', an empty folder left
     assert mine.read_text() == '{"my": "real VAE"}' and not (tmp_path / "models" / "manifest.json").exists()
@@ -728,6 +729,8 @@ def test_a_style_name_with_a_dot_keeps_all_of_it_and_a_folder_is_refused(tmp_pat
     assert style_path(tmp_path / "monet_v1.5") == tmp_path / "monet_v1.5.safetensors"  # before: monet_v1.safetensors
     assert style_path(tmp_path / "van.gogh") == tmp_path / "van.gogh.safetensors"
     assert style_path(tmp_path / "mine.SafeTensors") == tmp_path / "mine.SafeTensors"
+    assert style_path(tmp_path / "y.pt") == tmp_path / "y.safetensors"  # before: y.pt.safetensors
+    assert style_path(tmp_path / "old.CKPT") == tmp_path / "old.safetensors"
     with pytest.raises(ValueError, match="is a folder: give the style a file name in it, e.g. .*mystyle.safetensors"):
         style_path(tmp_path)
 
