@@ -390,11 +390,13 @@ def cmd_train_universal(args) -> int:
         distributed.shutdown(dist)
 
 
-def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> list[Path]:
-    """Where each stylised image goes; every problem is found before any work starts.
+def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool,
+                 skip_existing: bool = False) -> tuple[list[Path], list[Path]]:
+    """The images to stylise and where each result goes; every problem is found before any work starts.
 
     One image: ``--output`` is the file, or a folder (no image suffix) that gets ``<name>_styled.png``.
-    A folder of images: ``--output`` must be a folder (``<name>_styled.png`` for each).
+    A folder of images: ``--output`` must be a folder (``<name>_styled.png`` for each). With ``skip_existing``
+    the images whose result is already there are left out (a stopped run finished later).
     """
     from .image_io import IMAGE_SUFFIXES
 
@@ -415,12 +417,19 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool) -> li
         targets = [out if looks_like_file else out / (files[0].stem + "_styled.png")]
     refuse_inputs(targets, files)
     existing = [t for t in targets if t.exists()]
+    if skip_existing:
+        pairs = [(f, t) for f, t in zip(files, targets) if not t.exists()]
+        if existing:
+            log.info("skipping %d of the %d images: their results are already in %s", len(existing), len(targets),
+                     targets[0].parent)
+        return [f for f, _ in pairs], [t for _, t in pairs]
     if existing and not overwrite:
         if len(targets) == 1:
             refuse_existing(existing[0], overwrite)
         raise ValueError(f"{len(existing)} of the {len(targets)} outputs already exist in {out} (e.g. "
-                         f"{existing[0].name}); pass --overwrite to replace them, or choose another --output folder")
-    return targets
+                         f"{existing[0].name}); pass --skip-existing to stylise only the others, --overwrite to "
+                         "replace them, or choose another --output folder")
+    return files, targets
 
 
 def skip_earlier_results(src: Path, files: list[Path], out: Path) -> list[Path]:
@@ -523,7 +532,11 @@ def cmd_stylize(args) -> int:
         target = plan_video_output(src, out, args.overwrite)
     else:
         files = skip_earlier_results(src, list_images(src), out)
-        targets = plan_outputs(src, files, out, args.overwrite)
+        files, targets = plan_outputs(src, files, out, args.overwrite, args.skip_existing)
+        if not files:
+            log.info("every image of %s already has its result in %s: nothing to do", src, out)
+            print(json.dumps({"images": []}, indent=2))
+            return 0
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
         check_readable(files)
@@ -553,6 +566,9 @@ def cmd_stylize(args) -> int:
             info = stylize_video(src, target, lambda frames: stylize(frames, vae, model, **kw),
                                  batch_size=args.batch_size, max_frames=args.max_frames, on_frames=progress,
                                  note={**result_note(args, styles), "input": src.name})
+        except KeyboardInterrupt as exc:
+            exc.kept = f"{target.name} was not written (nothing half-written is left)"
+            raise
         finally:
             bar.close()  # before main prints an error: else the bar is drawn again under it at exit
         log.info("wrote %s: %d frames %s at %g fps, H.264, audio: %s", info["path"], info["frames"], info["size"],
@@ -560,16 +576,28 @@ def cmd_stylize(args) -> int:
         print(json.dumps({"video": info["path"], "frames": info["frames"], "audio": info["audio"]}))
         return 0
     written, made_by = [], result_note(args, styles)
-    for f, target in tqdm(list(zip(files, targets)), desc="stylising", unit="image",
-                          disable=args.quiet or len(files) == 1):
-        image = load_image(f, keep_alpha=True)
-        refuse_alpha_loss(f, target, image.shape[1] == 4)
-        y = stylize(image, vae, model, **kw)
-        written.append(str(save_image(y, target, note={**made_by, "input": f.name})))
+    try:
+        for f, target in tqdm(list(zip(files, targets)), desc="stylising", unit="image",
+                              disable=args.quiet or len(files) == 1):
+            image = load_image(f, keep_alpha=True)
+            refuse_alpha_loss(f, target, image.shape[1] == 4)
+            y = stylize(image, vae, model, **kw)
+            written.append(str(save_image(y, target, note={**made_by, "input": f.name})))
+    except KeyboardInterrupt as exc:
+        exc.kept = stopped_images_kept(written, targets)
+        raise
     where = written[0] if len(written) == 1 else f"{len(written)} images in {targets[0].parent}"
     log.info("wrote %s", where)
     print(json.dumps({"images": written}, indent=2))
     return 0
+
+
+def stopped_images_kept(written: list[str], targets: list[Path]) -> str:
+    """The Ctrl-C line of a stopped `stylize`: which results are on disk, and how to finish without redoing them."""
+    if len(targets) == 1:
+        return f"{targets[0].name} was not written (nothing half-written is left)"
+    return (f"{len(written)} of the {len(targets)} images were written to {targets[0].parent} and are kept; "
+            "run the same command with --skip-existing to stylise the rest")
 
 
 def load_vae_for(styles: list, source: str, device):
@@ -886,7 +914,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="output file (one image: .png/.jpg/.webp ...; a video: .mp4/.mov/.mkv) or a folder "
                         "(a folder of images always needs a folder)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
+    done = p.add_mutually_exclusive_group()
+    done.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
+    done.add_argument("--skip-existing", action="store_true",
+                      help="a folder: stylise only the images whose result is not there yet (to finish a stopped run)")
     p.add_argument("--mask", help="grayscale mask image: white = stylise, black = keep")
     p.add_argument("--tile-size", type=int, default=1024,
                    help=f"run the VAE in tiles above this size (pixels; a multiple of 8, at least {MIN_TILE})")
@@ -986,7 +1017,8 @@ def run_command(argv: list[str] | None = None) -> int:
 
         signum = getattr(exc, "signum", None) or signal.SIGINT  # Terminated's, or train_style's handler's
         how = "cancelled (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
-        print(f"stylemamba: {how}; results written so far are kept, nothing half-written is left", file=sys.stderr)
+        kept = getattr(exc, "kept", "results written so far are kept, nothing half-written is left")
+        print(f"stylemamba: {how}; {kept}", file=sys.stderr)
         return 128 + signum  # what a shell reports
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -425,7 +425,41 @@ def test_kill_during_a_video_leaves_no_partial_file(tiny_models, style_file, tmp
                              "--input", clip, "--output", out), rb"\| *[1-9]\d*/2000", signal.SIGTERM)
     assert code == 143, err[-2000:]
     assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
+    assert "clip_styled.mp4 was not written" in err, err[-2000:]  # before: 'results written so far are kept'
     assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+
+
+def test_a_stopped_folder_run_says_what_it_kept_and_skip_existing_finishes_it(tiny_models, style_file, tmp_path):
+    """Ctrl-C in a folder of images said only 'results written so far are kept', and running the command again was
+    refused ('N of the M outputs already exist'), leaving --overwrite (all redone) as the only way on."""
+    import re
+
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(300):
+        Image.new("RGB", (64, 64), (i % 256, 90, 200 - i % 200)).save(photos / f"p{i:03d}.png")
+    out = tmp_path / "out"
+    args = ("stylize", "--device", "cpu", "--vae", tiny_models["vae_ldm"], "--style", style_file, "--input", photos,
+            "--output", out)
+    code, err = interrupted(args, rb"\| *[1-9]\d*/300")
+    assert code == 130 and "Traceback" not in err, err[-2000:]
+    said = re.search(r"cancelled \(Ctrl-C\); (\d+) of the 300 images were written to (.+) and are kept; run the same "
+                     r"command with --skip-existing to stylise the rest", err)
+    assert said and Path(said.group(2)) == out, err[-2000:]
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert len(kept) == int(said.group(1)) and 1 <= len(kept) < 300, len(kept)  # no half-written file among them
+    one_line_error(run(*args), f"{len(kept)} of the 300 outputs already exist", "pass --skip-existing")
+    proc = run(*args, "--skip-existing", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(json.loads(proc.stdout)["images"]) == 300 - len(kept)
+    assert sorted(p.name for p in out.iterdir()) == [f"p{i:03d}_styled.png" for i in range(300)]
+    assert all(out.joinpath(name).stat().st_mtime_ns == t for name, t in kept.items())  # the kept ones untouched
+    again = run(*args, "--skip-existing")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"images": []} and "nothing to do" in again.stderr
+    both = run(*args, "--skip-existing", "--overwrite")
+    assert both.returncode == 2 and "argument --overwrite: not allowed with argument --skip-existing" in both.stderr
 
 
 # ------------------------------------------------------------------------------------------ found in a review
