@@ -1056,8 +1056,8 @@ class Terminated(KeyboardInterrupt):
 def terminate_as_interrupt():
     """SIGTERM and SIGHUP end a command as Ctrl-C does, removing what it was writing: killed outright, `stylize` left
     a hidden ``.NAME.partial`` file of the video it was encoding beside its output. While a style trains, the
-    trainer's own handlers take them over (stop after the step, keep it). A SIGHUP ignored at start (nohup) stays
-    ignored."""
+    trainer's own handlers take them over (stop after the step, keep it). A signal ignored at start (nohup's SIGHUP)
+    stays ignored."""
     import signal
 
     from .stop_signals import STOP_SIGNALS, install, restore

@@ -11,12 +11,15 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 def install(signals: tuple[int, ...], handler: Callable) -> dict[int, object]:
-    """``handler`` for each of ``signals``; returns the handlers it replaced, for :func:`restore`. A SIGHUP ignored
-    at start stays ignored (``nohup`` or a service manager asked that closing the terminal not stop the run), and
-    outside the main thread (e.g. inside a server) nothing is installed: the host's handling stays."""
+    """``handler`` for each of ``signals``; returns the handlers it replaced, for :func:`restore`. A signal ignored
+    at start stays ignored (``nohup``, a background job's SIGINT, a service manager's choice: the caller asked that
+    it not stop the run, as Python itself leaves an ignored SIGINT alone); a handler installed outside Python (by a
+    host program embedding it) is kept, since it could not be given back; and outside the main thread (e.g. inside a
+    server) nothing is installed: the host's handling stays."""
     previous = {}
     for sig in signals:
-        if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+        current = signal.getsignal(sig)
+        if current == signal.SIG_IGN or current is None:
             continue
         try:
             previous[sig] = signal.signal(sig, handler)

@@ -157,23 +157,45 @@ def test_ctrl_c_from_python_keeps_the_steps_trained_so_far(parts, photo):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
-def test_a_run_under_nohup_goes_on_when_the_terminal_closes():
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGTERM", "SIGINT"])
+def test_a_run_under_nohup_goes_on_when_the_terminal_closes(name):
     """nohup starts a process with SIGHUP ignored so that closing the terminal does not stop it; a training run
-    stops on SIGHUP only where nobody asked for that."""
+    stops on SIGHUP only where nobody asked for that. Likewise an ignored SIGTERM (a service manager's) or SIGINT (a
+    background job's): before, only SIGHUP was left ignored."""
     from stylemamba.distributed import StopRequest
 
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sig = getattr(signal, name)
+    previous = signal.signal(sig, signal.SIG_IGN)
     try:
         with StopRequest(announce=False) as stop:
-            signal.raise_signal(signal.SIGHUP)
-            assert not stop.asked and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.raise_signal(sig)
+            assert not stop.asked and signal.getsignal(sig) == signal.SIG_IGN
+        signal.signal(sig, signal.SIG_DFL if name != "SIGINT" else signal.default_int_handler)
         with StopRequest(announce=False) as stop:
-            signal.raise_signal(signal.SIGHUP)
+            signal.raise_signal(sig)
             assert stop.asked
-        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        assert signal.getsignal(sig) == (signal.SIG_DFL if name != "SIGINT" else signal.default_int_handler)
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        signal.signal(sig, previous)
+
+
+def test_a_handler_installed_outside_python_is_left_in_place(monkeypatch):
+    """A program embedding Python may install a C handler first; signal.getsignal reports it as None, which
+    signal.signal cannot put back: restoring it was a TypeError after the run. Such a signal is left to the host."""
+    from stylemamba.stop_signals import install, restore
+
+    seen = []
+    real = signal.getsignal
+    monkeypatch.setattr(signal, "getsignal", lambda sig: None if sig == signal.SIGTERM else real(sig))
+    before = real(signal.SIGINT)
+    previous = install((signal.SIGINT, signal.SIGTERM), lambda signum, frame: seen.append(signum))
+    try:
+        assert list(previous) == [signal.SIGINT] and real(signal.SIGTERM) == signal.SIG_DFL
+        signal.raise_signal(signal.SIGINT)
+        assert seen == [signal.SIGINT]
+    finally:
+        restore(previous)
+    assert real(signal.SIGINT) is before
 
 def test_progress_reports_losses_and_previews(parts, photo):
     vae, text, _, _ = parts
