@@ -20,6 +20,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdi
 
 import functools
 import random
+import signal
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple, Union
 
@@ -29,6 +30,14 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(2)
+
+# A runner that starts the tests as a background job without job control ignores SIGINT (and may ignore SIGTERM):
+# the library then leaves them ignored, as asked, and the Ctrl-C / kill tests (here and in the commands they start,
+# which inherit an ignored signal) would wait for a stop that never comes. The tests play a user at a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # Photos shipped inside scikit-image's wheel (others in skimage.data are downloaded on demand).
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
