@@ -305,3 +305,36 @@ def test_a_results_table_cut_short_in_mid_write_leaves_the_earlier_one_whole(tmp
         evaluate._write_csv(path, rows, {}, ["method", "image", "prompt"])
     assert path.read_text(encoding="utf-8") == "method,image,prompt\nours,a.png,red\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no half-written file beside it
+
+
+def test_each_methods_own_text_model_is_on_the_device_only_while_that_method_runs(setup, tiny_models, tmp_path,
+                                                                                  monkeypatch):
+    """With a CLIPstyler CLIP that no metric uses, it was loaded onto the GPU before StyleMamba trained, and the
+    StyleMamba training model stayed there while CLIPstyler ran: both methods' models held at once."""
+    from stylemamba.experiments import evaluate as ev
+
+    cs_clip = tmp_path / "clipstyler_clip"
+    shutil.copytree(tiny_models["clip"], cs_clip)
+    held = {}
+    real_sm, real_cs = ev._run_stylemamba, ev._run_clipstyler
+
+    def stylemamba_run(session, *args, **kwargs):
+        held["stylemamba"] = sorted(session._text)
+        return real_sm(session, *args, **kwargs)
+
+    def clipstyler_run(session, todo, key, cfg, text, vgg_net):
+        held["clipstyler"] = sorted(session._text)
+        held["clipstyler_model"] = text
+        return real_cs(session, todo, key, cfg, text, vgg_net)
+
+    monkeypatch.setattr(ev, "_run_stylemamba", stylemamba_run)
+    monkeypatch.setattr(ev, "_run_clipstyler", clipstyler_run)
+    args = eval_args(setup, tiny_models, tmp_path / "out", "--method", "both", "--epochs", "1")
+    args[args.index("--eval-text-model"):args.index("--eval-text-model") + 2] = []  # the metrics: CLIP only
+    assert cli.main(args + ["--clipstyler-text-model", str(cs_clip)]) == 0
+    assert held["stylemamba"] == [str(tiny_models["clip"])]  # the CLIPstyler model waits off the session
+    assert held["clipstyler"] == [str(tiny_models["clip"])]  # the training SigLIP was let go
+    assert held["clipstyler_model"].kind == "clip" and held["clipstyler_model"].device == torch.device("cpu")
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["models"]["clipstyler"]["text_model"] == str(cs_clip)
+    assert report["averages"]["stylemamba"]["pairs"] == report["averages"]["clipstyler"]["pairs"] == 4

@@ -266,6 +266,11 @@ class _Session:
             self._text[key] = load_text_image_encoder(path, device=self.device)
         return self._text[key]
 
+    def let_go(self, path) -> None:
+        """Forget the model loaded for ``path`` and give its GPU memory back, once nothing else will use it."""
+        if self._text.pop(str(path), None) is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def content_image(self, name: str) -> torch.Tensor:
         """The content image, resized (short side) and centre-cropped to the resolution, as both methods see it."""
         from ..image_io import load_image
@@ -330,6 +335,7 @@ def run_evaluation(
     """
     from .baselines.clipstyler import ClipStylerConfig
     from ..cli import pick_device, refuse_unwritable
+    from ..encoders import load_text_image_encoder
     from ..train import TrainConfig
 
     methods = list(METHODS) if method == "both" else [method]
@@ -451,7 +457,10 @@ def run_evaluation(
             if not cs_text_path:
                 raise ValueError("CLIPstyler needs a CLIP model: pass --clipstyler-text-model (the paper: "
                                  "openai/clip-vit-base-patch32) or a CLIP --eval-text-model")
-            cs_text = text_model(cs_text_path)
+            # loaded now, so a bad model is named before the StyleMamba work; on the GPU only while CLIPstyler runs
+            # (unless the metrics use it too): an 8 GB card trains StyleMamba without it
+            cs_text = (text_model(cs_text_path) if str(cs_text_path) in eval_paths
+                       else load_text_image_encoder(cs_text_path, device="cpu"))
     # ------------------------------------------------------------------ StyleMamba
     if "stylemamba" in methods:
         sm_todo = [k for k in todo if k[0] == "stylemamba"]
@@ -461,6 +470,8 @@ def run_evaluation(
             models_info["stylemamba"].update(_run_stylemamba(
                 session, sm_todo, prompts, keys["stylemamba"], vae, styles_dir, train_cfg, train_files,
                 train_text_model, vgg_net, lpips_mod))
+        if train_text_model and str(train_text_model) not in eval_paths:  # not measured with: its memory to CLIPstyler
+            session.let_go(train_text_model)
 
     # ------------------------------------------------------------------ CLIPstyler
     if "clipstyler" in methods:
@@ -470,7 +481,7 @@ def run_evaluation(
             if cs_text.kind != "clip":
                 log.warning("CLIPstyler runs on %s (%s); the paper's baseline uses CLIP ViT-B/32", cs_text.name,
                             cs_text.kind)
-            _run_clipstyler(session, cs_todo, keys["clipstyler"], cs_cfg, cs_text, vgg_net)
+            _run_clipstyler(session, cs_todo, keys["clipstyler"], cs_cfg, cs_text.to(session.device), vgg_net)
         used = str(cs_text_path) if cs_text_path else None
         models_info["clipstyler"]["used_for_training_column"] = [c for (c, _), p in zip(eval_models, eval_paths)
                                                                  if used and p == used]
