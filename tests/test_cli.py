@@ -180,6 +180,12 @@ def test_a_file_too_large_for_the_disk_is_one_line_naming_where_to_write(command
     assert len(error) == 1 and "File too large" in error[0] and fix in error[0], proc.stderr
 
 
+def _hangup_not_ignored():
+    """The command starts as from a terminal, with SIGHUP not ignored, even when the tests run under nohup (an
+    ignored SIGHUP is inherited, and a command started that way rightly goes on when the terminal closes)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not hasattr(os, "openpty"), reason="no SIGHUP on Windows")
 def test_a_closed_terminal_stops_train_after_its_step_and_keeps_the_style(tmp_path, tiny_models, photo):
     """Closing the terminal (or an SSH drop) sends SIGHUP, which killed the run and lost its steps; and after it
@@ -198,7 +204,8 @@ def test_a_closed_terminal_stops_train_after_its_step_and_keeps_the_style(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "stylemamba", "train", "--device", "cpu", "--vae",
                              tiny_models["vae_ldm"], "--text-model", tiny_models["siglip"], "--prompt", "starry night",
                              "--content", content, "--config", cfg, "--out", tmp_path / "starry.safetensors"],
-                            cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+                            cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+                            preexec_fn=_hangup_not_ignored)
     os.close(terminal)
     shown, deadline = b"", time.monotonic() + 180
     try:
