@@ -529,7 +529,11 @@ def cmd_stylize(args) -> int:
         if not src.is_file():
             raise FileNotFoundError(f"video not found: {src}")
         require_av()
-        target = plan_video_output(src, out, args.overwrite)
+        target = plan_video_output(src, out, args.overwrite or args.skip_existing)
+        if args.skip_existing and target.exists():
+            log.info("%s already has its result %s: nothing to do", src.name, target)
+            print(json.dumps({"video": None}))
+            return 0
     else:
         files = skip_earlier_results(src, list_images(src), out)
         files, targets = plan_outputs(src, files, out, args.overwrite, args.skip_existing)
@@ -917,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     done = p.add_mutually_exclusive_group()
     done.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs are never replaced)")
     done.add_argument("--skip-existing", action="store_true",
-                      help="a folder: stylise only the images whose result is not there yet (to finish a stopped run)")
+                      help="stylise only what has no result yet (a folder's other images; finishes a stopped run)")
     p.add_argument("--mask", help="grayscale mask image: white = stylise, black = keep")
     p.add_argument("--tile-size", type=int, default=1024,
                    help=f"run the VAE in tiles above this size (pixels; a multiple of 8, at least {MIN_TILE})")

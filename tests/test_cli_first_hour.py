@@ -462,6 +462,22 @@ def test_a_stopped_folder_run_says_what_it_kept_and_skip_existing_finishes_it(ti
     assert both.returncode == 2 and "argument --overwrite: not allowed with argument --skip-existing" in both.stderr
 
 
+def test_skip_existing_leaves_a_finished_video_alone(style_file, tmp_path):
+    pytest.importorskip("av")
+    from video_clip import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, audio=None)
+    done = tmp_path / "out" / "clip_styled.mp4"
+    done.parent.mkdir()
+    done.write_bytes(b"an earlier result")
+    args = ("stylize", "--device", "cpu", "--vae", tmp_path / "no-vae", "--style", style_file, "--input", clip,
+            "--output", tmp_path / "out")
+    one_line_error(run(*args), "clip_styled.mp4 already exists; pass --overwrite")
+    proc = run(*args, "--skip-existing")  # before any model loads: --vae names nothing
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"video": None}, proc.stderr[-2000:]
+    assert "clip.mp4 already has its result" in proc.stderr and done.read_bytes() == b"an earlier result"
+
+
 # ------------------------------------------------------------------------------------------ found in a review
 @pytest.mark.parametrize("make, needles", [
     (lambda p: p.write_text("not an image"), ("mask bank.txt is not a readable image", "grayscale PNG")),
