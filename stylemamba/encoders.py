@@ -116,11 +116,12 @@ class TextImageEncoder(nn.Module):
         bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
         if not prompts or bad:
             raise ValueError(EMPTY_PROMPT)
-        wordless = self.wordless(prompts)
+        ids = self.token_ids(prompts)
+        wordless = self.wordless(prompts, ids)
         if wordless:
             raise ValueError(wordless_error(wordless[0], self.name or self.kind))
         length = _TEXT_LENGTH[self.kind]
-        for prompt, cut in self.cut_prompts(prompts):
+        for prompt, cut in self.cut_prompts(prompts, ids):
             log.warning("a prompt is longer than the %d tokens %s reads: its end '%s' is ignored; shorten the prompt",
                         length, self.kind.upper(), cut if len(cut) <= 60 else "..." + cut[-57:])
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
@@ -131,26 +132,31 @@ class TextImageEncoder(nn.Module):
         emb = _features(self.model.get_text_features(**kwargs)).float()
         return F.normalize(emb, dim=-1)
 
-    def wordless(self, prompts: Sequence[str]) -> list[str]:
+    def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt's token ids, uncut (its own over-length warning off: :meth:`cut_prompts` says it), read once
+        for the checks of :meth:`encode_text` (a bank may hold thousands of prompts)."""
+        return self.tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
+
+    def wordless(self, prompts: Sequence[str], ids: list[list[int]] | None = None) -> list[str]:
         """The prompts this tokenizer reads as only unknown, padding or special tokens (emoji or punctuation for
-        SigLIP's): each would encode as the same meaningless text and train a style of nothing, silently."""
+        SigLIP's): each would encode as the same meaningless text and train a style of nothing, silently.
+        ``ids``: the prompts' :meth:`token_ids`, when already read."""
         tok = self.tokenizer
         special = {i for i in (*tok.all_special_ids, tok.unk_token_id, tok.pad_token_id) if i is not None}
         found = []
-        for prompt in prompts:
-            ids = [i for i in tok(prompt, truncation=False, verbose=False)["input_ids"] if i not in special]
-            if not tok.decode(ids, skip_special_tokens=True).strip():  # SentencePiece's lone '▁' decodes to ''
+        for prompt, row in zip(prompts, self.token_ids(prompts) if ids is None else ids):
+            words = [i for i in row if i not in special]
+            if not tok.decode(words, skip_special_tokens=True).strip():  # SentencePiece's lone '▁' decodes to ''
                 found.append(prompt)
         return found
 
-    def cut_prompts(self, prompts: list[str]) -> list[tuple[str, str]]:
+    def cut_prompts(self, prompts: list[str], ids: list[list[int]] | None = None) -> list[tuple[str, str]]:
         """(prompt, the words the text tower never sees) for each prompt longer than its token window (64 for
         SigLIP, 77 for CLIP): the tokenizer cuts them silently, so two prompts that differ only there encode alike."""
         length, cut = _TEXT_LENGTH[self.kind], []
-        for prompt in prompts:
-            ids = self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"]  # its own warning: ours
-            if len(ids) > length:
-                cut.append((prompt, self.tokenizer.decode(ids[length - 1:], skip_special_tokens=True).strip()))
+        for prompt, row in zip(prompts, self.token_ids(prompts) if ids is None else ids):
+            if len(row) > length:
+                cut.append((prompt, self.tokenizer.decode(row[length - 1:], skip_special_tokens=True).strip()))
         return cut
 
     def preprocess(self, x01: torch.Tensor) -> torch.Tensor:
