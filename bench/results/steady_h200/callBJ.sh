@@ -5,8 +5,8 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # first, the driver's hardware queues: do later trainers replay at the first one's speed when every stream shares one
-# queue (CUDA_DEVICE_MAX_CONNECTIONS=1), or with more queues (32), or with modules loaded eagerly?
-for e in CUDA_DEVICE_MAX_CONNECTIONS=8 CUDA_DEVICE_MAX_CONNECTIONS=1 CUDA_DEVICE_MAX_CONNECTIONS=32 CUDA_MODULE_LOADING=EAGER; do
+# queue (CUDA_DEVICE_MAX_CONNECTIONS=1), or with more queues (32)? (eager module loading: no change, callAV)
+for e in CUDA_DEVICE_MAX_CONNECTIONS=8 CUDA_DEVICE_MAX_CONNECTIONS=1 CUDA_DEVICE_MAX_CONNECTIONS=32; do
   echo "== $e"; env $e timeout 120 python3 bench/results/steady_h200/callBH_tiny.py own 2>&1 | grep "RESULT\|Error" | cut -c1-120
 done | tee $OUT/queues.txt
 for o in '{}' '{"cuda_graphs": "off"}' '{"autocast_groupnorm": false}' '{"matmul_attention": false}' '{"precision": "fp32"}' '{"channels_last": false}' '{"kind": "cross_attention"}' '{"loss": {"lpips": 0.0}}' \
