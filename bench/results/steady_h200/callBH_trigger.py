@@ -169,7 +169,15 @@ elif case.split(":")[0] in ("copies", "copies_odd", "memsets", "clones"):  # cal
             else:
                 a.copy_(b)
     keep.append(capture(nodes))
-elif case.split(":")[0] == "trainer_step":  # the tiny trainer itself; "trainer_step:{json}" overrides its recipe
+elif case == "empty_cache":  # callBK: the trainer empties torch's cache before its first capture (cudaFree)
+    held = [torch.empty(2**18, device=dev) for _ in range(100)] + [torch.empty(2**24, device=dev) for _ in range(8)]
+    del held
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+elif case.split(":")[0] in ("trainer_step", "trainer_step_keep_cache"):  # the tiny trainer; ":{json}" overrides
+    # its recipe; trainer_step_keep_cache (callBK): torch.cuda.empty_cache does nothing while it trains
+    if case.startswith("trainer_step_keep_cache"):
+        torch.cuda.empty_cache = lambda: None
     import copy
     from stylemamba.experiments import bench as B
     from stylemamba.train import StyleTrainer
