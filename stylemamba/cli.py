@@ -419,9 +419,13 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool,
     existing = [t for t in targets if t.exists()]
     if skip_existing:
         pairs = [(f, t) for f, t in zip(files, targets) if not t.exists()]
-        if existing:
+        if not src.is_dir() and existing:
+            log.info("%s already has its result %s: nothing to do", src.name, existing[0])
+        elif existing and not pairs:
+            log.info("every image of %s already has its result in %s: nothing to do", src, out)
+        elif existing:
             log.info("skipping %d of the %d images: their results are already in %s", len(existing), len(targets),
-                     targets[0].parent)
+                     out)
         return [f for f, _ in pairs], [t for _, t in pairs]
     if existing and not overwrite:
         if len(targets) == 1:
@@ -537,8 +541,7 @@ def cmd_stylize(args) -> int:
     else:
         files = skip_earlier_results(src, list_images(src), out)
         files, targets = plan_outputs(src, files, out, args.overwrite, args.skip_existing)
-        if not files:
-            log.info("every image of %s already has its result in %s: nothing to do", src, out)
+        if not files:  # plan_outputs said so
             print(json.dumps({"images": []}, indent=2))
             return 0
         if len(files) == 1:  # found before any model is loaded
@@ -588,7 +591,7 @@ def cmd_stylize(args) -> int:
             y = stylize(image, vae, model, **kw)
             written.append(str(save_image(y, target, note={**made_by, "input": f.name})))
     except KeyboardInterrupt as exc:
-        exc.kept = stopped_images_kept(written, targets)
+        exc.kept = stopped_images_kept(written, targets, src.is_dir(), args.overwrite)
         raise
     where = written[0] if len(written) == 1 else f"{len(written)} images in {targets[0].parent}"
     log.info("wrote %s", where)
@@ -596,12 +599,23 @@ def cmd_stylize(args) -> int:
     return 0
 
 
-def stopped_images_kept(written: list[str], targets: list[Path]) -> str:
-    """The Ctrl-C line of a stopped `stylize`: which results are on disk, and how to finish without redoing them."""
-    if len(targets) == 1:
-        return f"{targets[0].name} was not written (nothing half-written is left)"
-    return (f"{len(written)} of the {len(targets)} images were written to {targets[0].parent} and are kept; "
-            "run the same command with --skip-existing to stylise the rest")
+def stopped_images_kept(written: list[str], targets: list[Path], folder: bool = True, overwrite: bool = False) -> str:
+    """The Ctrl-C line of a stopped `stylize`: which results are on disk, and how to finish without redoing them.
+    After ``--overwrite``, an image not reached yet may still hold an earlier run's result, which ``--skip-existing``
+    would keep (and the two flags cannot be given together)."""
+    if not folder:
+        return (f"{targets[0].name} was written and is kept" if written else
+                f"{targets[0].name} was not written (nothing half-written is left)")
+    where = targets[0].parent
+    done = (f"{len(written)} of the {len(targets)} images were written to {where} and are kept" if written else
+            f"none of the {len(targets)} images was written to {where} (nothing half-written is left)")
+    stale = [t for t in targets[len(written):] if t.exists()] if overwrite else []
+    if stale:
+        return (f"{done}; {len(stale)} of the others still hold an earlier run's result, which --skip-existing would "
+                "keep: run the same command again to replace them all")
+    how = "the same command with --skip-existing instead of --overwrite" if overwrite else \
+        "the same command with --skip-existing"
+    return f"{done}; run {how} to stylise the rest"
 
 
 def load_vae_for(styles: list, source: str, device):

@@ -478,6 +478,48 @@ def test_skip_existing_leaves_a_finished_video_alone(style_file, tmp_path):
     assert "clip.mp4 already has its result" in proc.stderr and done.read_bytes() == b"an earlier result"
 
 
+def test_skip_existing_with_one_image_whose_result_exists_says_so_once(tmp_path):
+    """One image: its own line (not 'every image of photo.png ... in out.png' after 'skipping 1 of the 1 images')."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(photo)
+    done = tmp_path / "photo_styled.png"
+    done.write_bytes(b"an earlier result")
+    style = tmp_path / "s.safetensors"
+    style.write_bytes(b"never read: nothing to do")
+    proc = run("stylize", "--vae", tmp_path / "no-vae", "--style", style, "--input", photo, "--output", tmp_path,
+               "--skip-existing")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"images": []}, proc.stderr[-2000:]
+    said = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert said == [f"stylemamba: photo.png already has its result {done}: nothing to do"], proc.stderr
+    assert done.read_bytes() == b"an earlier result"
+
+
+def test_a_stopped_overwrite_run_does_not_advise_skip_existing_over_earlier_results(tmp_path):
+    """After --overwrite, the images not reached still hold the earlier run's results: --skip-existing would keep
+    them (and argparse refuses it beside --overwrite), yet the line said to run with --skip-existing."""
+    from stylemamba.cli import stopped_images_kept
+
+    targets = [tmp_path / f"p{i}_styled.png" for i in range(4)]
+    for t in targets[:2]:
+        t.write_bytes(b"x")
+    plain = stopped_images_kept([str(t) for t in targets[:2]], targets)
+    assert plain.endswith("run the same command with --skip-existing to stylise the rest"), plain
+    fresh = stopped_images_kept([str(t) for t in targets[:2]], targets, overwrite=True)
+    assert "--skip-existing instead of --overwrite" in fresh, fresh
+    for t in targets:
+        t.write_bytes(b"x")
+    stale = stopped_images_kept([str(t) for t in targets[:2]], targets, overwrite=True)
+    assert stale.startswith(f"2 of the 4 images were written to {tmp_path} and are kept; 2 of the others still "
+                            "hold an earlier run's result"), stale
+    assert "run the same command again to replace them all" in stale, stale
+    none = stopped_images_kept([], targets)
+    assert none.startswith("none of the 4 images was written"), none
+    one = stopped_images_kept([], targets[:1], folder=False)
+    assert one == "p0_styled.png was not written (nothing half-written is left)", one
+
+
 # ------------------------------------------------------------------------------------------ found in a review
 @pytest.mark.parametrize("make, needles", [
     (lambda p: p.write_text("not an image"), ("mask bank.txt is not a readable image", "grayscale PNG")),
