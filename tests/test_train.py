@@ -197,6 +197,7 @@ def test_a_handler_installed_outside_python_is_left_in_place(monkeypatch):
         restore(previous)
     assert real(signal.SIGINT) is before
 
+
 def test_progress_reports_losses_and_previews(parts, photo):
     vae, text, _, _ = parts
     infos = []
