@@ -338,3 +338,32 @@ def test_each_methods_own_text_model_is_on_the_device_only_while_that_method_run
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert report["models"]["clipstyler"]["text_model"] == str(cs_clip)
     assert report["averages"]["stylemamba"]["pairs"] == report["averages"]["clipstyler"]["pairs"] == 4
+
+
+def test_a_text_model_that_trains_both_methods_is_loaded_once(setup, tiny_models, tmp_path, monkeypatch):
+    """CLIPstyler run on the StyleMamba training model (no metric uses it): it was loaded a second time, on the CPU,
+    and the session's copy let go before CLIPstyler ran."""
+    from stylemamba.experiments import evaluate as ev
+
+    seen = {}
+    real_cs = ev._run_clipstyler
+
+    def clipstyler_run(session, todo, key, cfg, text, vgg_net):
+        seen["held"], seen["model"] = dict(session._text), text
+        return real_cs(session, todo, key, cfg, text, vgg_net)
+
+    monkeypatch.setattr(ev, "_run_clipstyler", clipstyler_run)
+    from stylemamba import encoders
+
+    loads, real_load = [], encoders.load_text_image_encoder
+
+    def counted(path, *args, **kwargs):
+        loads.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(encoders, "load_text_image_encoder", counted)
+    args = eval_args(setup, tiny_models, tmp_path / "out", "--method", "both", "--epochs", "1")
+    args[args.index("--eval-text-model"):args.index("--eval-text-model") + 2] = []  # the metrics: CLIP only
+    assert cli.main(args + ["--clipstyler-text-model", str(tiny_models["siglip"])]) == 0
+    assert seen["model"] is seen["held"][str(tiny_models["siglip"])]  # the session's one copy, kept for CLIPstyler
+    assert loads.count(str(tiny_models["siglip"])) == 1, loads

@@ -458,9 +458,9 @@ def run_evaluation(
                 raise ValueError("CLIPstyler needs a CLIP model: pass --clipstyler-text-model (the paper: "
                                  "openai/clip-vit-base-patch32) or a CLIP --eval-text-model")
             # loaded now, so a bad model is named before the StyleMamba work; on the GPU only while CLIPstyler runs
-            # (unless the metrics use it too): an 8 GB card trains StyleMamba without it
-            cs_text = (text_model(cs_text_path) if str(cs_text_path) in eval_paths
-                       else load_text_image_encoder(cs_text_path, device="cpu"))
+            # (unless the metrics or StyleMamba use it too): an 8 GB card trains StyleMamba without it
+            shared = str(cs_text_path) in (*eval_paths, str(train_text_model))
+            cs_text = text_model(cs_text_path) if shared else load_text_image_encoder(cs_text_path, device="cpu")
     # ------------------------------------------------------------------ StyleMamba
     if "stylemamba" in methods:
         sm_todo = [k for k in todo if k[0] == "stylemamba"]
@@ -470,8 +470,8 @@ def run_evaluation(
             models_info["stylemamba"].update(_run_stylemamba(
                 session, sm_todo, prompts, keys["stylemamba"], vae, styles_dir, train_cfg, train_files,
                 train_text_model, vgg_net, lpips_mod))
-        if train_text_model and str(train_text_model) not in eval_paths:  # not measured with: its memory to CLIPstyler
-            session.let_go(train_text_model)
+        if train_text_model and str(train_text_model) not in (*eval_paths, str(cs_text_path)):
+            session.let_go(train_text_model)  # neither measures nor runs CLIPstyler: its memory to CLIPstyler
 
     # ------------------------------------------------------------------ CLIPstyler
     if "clipstyler" in methods:
