@@ -418,9 +418,10 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool,
     refuse_inputs(targets, files)
     existing = [t for t in targets if t.exists()]
     if skip_existing:
-        pairs = [(f, t) for f, t in zip(files, targets) if not t.exists()]
+        done = set(existing)
+        pairs = [(f, t) for f, t in zip(files, targets) if t not in done]
         if not src.is_dir() and existing:
-            log.info("%s already has its result %s: nothing to do", src.name, existing[0])
+            said_already_done(src, existing[0])
         elif existing and not pairs:
             log.info("every image of %s already has its result in %s: nothing to do", src, out)
         elif existing:
@@ -483,7 +484,8 @@ def styled_names(files: list[Path]) -> list[str]:
     return names
 
 
-def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
+def plan_video_output(src: Path, out: Path, overwrite: bool, skip_existing: bool = False) -> Path | None:
+    """Where the stylised video goes; None with ``skip_existing`` when its result is already there."""
     from .video import OUTPUT_SUFFIXES, check_destination
 
     if out.is_file() and out.suffix.lower() not in OUTPUT_SUFFIXES:  # not even --overwrite: it is not a video
@@ -498,9 +500,17 @@ def plan_video_output(src: Path, out: Path, overwrite: bool) -> Path:
     else:
         target = out / (src.stem + "_styled.mp4")
     refuse_inputs([target], [src])
+    if skip_existing and target.exists():
+        said_already_done(src, target)
+        return None
     refuse_existing(target, overwrite)
     check_destination(src, target)  # a file in the way of its folder, found before any model loads
     return target
+
+
+def said_already_done(src: Path, target: Path) -> None:
+    """The line of ``--skip-existing`` for an input whose result is already there."""
+    log.info("%s already has its result %s: nothing to do", src.name, target)
 
 
 def refuse_alpha_loss(src: Path, target: Path, alpha: bool) -> None:
@@ -533,9 +543,8 @@ def cmd_stylize(args) -> int:
         if not src.is_file():
             raise FileNotFoundError(f"video not found: {src}")
         require_av()
-        target = plan_video_output(src, out, args.overwrite or args.skip_existing)
-        if args.skip_existing and target.exists():
-            log.info("%s already has its result %s: nothing to do", src.name, target)
+        target = plan_video_output(src, out, args.overwrite, args.skip_existing)
+        if target is None:  # plan_video_output said so
             print(json.dumps({"video": None}))
             return 0
     else:
