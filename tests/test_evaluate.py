@@ -307,6 +307,13 @@ def test_a_results_table_cut_short_in_mid_write_leaves_the_earlier_one_whole(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no half-written file beside it
 
 
+def both_methods_measured_with_clip_only(setup, tiny_models, out) -> list[str]:
+    """eval_args for both methods, one epoch, whose metrics use the CLIP model only (not the training SigLIP)."""
+    args = eval_args(setup, tiny_models, out, "--method", "both", "--epochs", "1")
+    args[args.index("--eval-text-model"):args.index("--eval-text-model") + 2] = []
+    return args
+
+
 def test_each_methods_own_text_model_is_on_the_device_only_while_that_method_runs(setup, tiny_models, tmp_path,
                                                                                   monkeypatch):
     """With a CLIPstyler CLIP that no metric uses, it was loaded onto the GPU before StyleMamba trained, and the
@@ -329,8 +336,7 @@ def test_each_methods_own_text_model_is_on_the_device_only_while_that_method_run
 
     monkeypatch.setattr(ev, "_run_stylemamba", stylemamba_run)
     monkeypatch.setattr(ev, "_run_clipstyler", clipstyler_run)
-    args = eval_args(setup, tiny_models, tmp_path / "out", "--method", "both", "--epochs", "1")
-    args[args.index("--eval-text-model"):args.index("--eval-text-model") + 2] = []  # the metrics: CLIP only
+    args = both_methods_measured_with_clip_only(setup, tiny_models, tmp_path / "out")
     assert cli.main(args + ["--clipstyler-text-model", str(cs_clip)]) == 0
     assert held["stylemamba"] == [str(tiny_models["clip"])]  # the CLIPstyler model waits off the session
     assert held["clipstyler"] == [str(tiny_models["clip"])]  # the training SigLIP was let go
@@ -362,8 +368,7 @@ def test_a_text_model_that_trains_both_methods_is_loaded_once(setup, tiny_models
         return real_load(path, *args, **kwargs)
 
     monkeypatch.setattr(encoders, "load_text_image_encoder", counted)
-    args = eval_args(setup, tiny_models, tmp_path / "out", "--method", "both", "--epochs", "1")
-    args[args.index("--eval-text-model"):args.index("--eval-text-model") + 2] = []  # the metrics: CLIP only
+    args = both_methods_measured_with_clip_only(setup, tiny_models, tmp_path / "out")
     assert cli.main(args + ["--clipstyler-text-model", str(tiny_models["siglip"])]) == 0
     assert seen["model"] is seen["held"][str(tiny_models["siglip"])]  # the session's one copy, kept for CLIPstyler
     assert loads.count(str(tiny_models["siglip"])) == 1, loads
