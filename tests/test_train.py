@@ -165,16 +165,17 @@ def test_a_run_under_nohup_goes_on_when_the_terminal_closes(name):
     from stylemamba.distributed import StopRequest
 
     sig = getattr(signal, name)
+    default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL  # Python's own at start
     previous = signal.signal(sig, signal.SIG_IGN)
     try:
         with StopRequest(announce=False) as stop:
             signal.raise_signal(sig)
             assert not stop.asked and signal.getsignal(sig) == signal.SIG_IGN
-        signal.signal(sig, signal.SIG_DFL if name != "SIGINT" else signal.default_int_handler)
+        signal.signal(sig, default)
         with StopRequest(announce=False) as stop:
             signal.raise_signal(sig)
             assert stop.asked
-        assert signal.getsignal(sig) == (signal.SIG_DFL if name != "SIGINT" else signal.default_int_handler)
+        assert signal.getsignal(sig) == default
     finally:
         signal.signal(sig, previous)
 
