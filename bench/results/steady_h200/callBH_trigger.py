@@ -174,6 +174,12 @@ elif case == "empty_cache":  # callBK: the trainer empties torch's cache before 
     del held
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
+elif case == "empty_cache_then_capture":  # callBK: the cache emptied, then a capture that allocates (as the trainer)
+    held = [torch.empty(2**24, device=dev) for _ in range(8)]
+    del held
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    keep.append(capture(lambda: [x * 2.0 for _ in range(50)]))
 elif case.split(":")[0] in ("trainer_step", "trainer_step_keep_cache"):  # the tiny trainer; ":{json}" overrides
     # its recipe; trainer_step_keep_cache (callBK): torch.cuda.empty_cache does nothing while it trains
     if case.startswith("trainer_step_keep_cache"):
