@@ -180,6 +180,28 @@ elif case == "empty_cache_then_capture":  # callBK: the cache emptied, then a ca
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     keep.append(capture(lambda: [x * 2.0 for _ in range(50)]))
+elif case.split(":")[0] in ("h2d", "d2h", "fork"):  # callBL: node kinds a linear graph of device work lacks
+    kind, n = case.split(":")[0], int(case.split(":")[1])
+    dev_t = [torch.empty(4096, device=dev) for _ in range(n)]
+    host_t = [torch.randn(4096).pin_memory() for _ in range(n)]
+    branch = torch.cuda.Stream()
+
+    def nodes():
+        if kind == "fork":  # two branches that join: a graph with parallel paths
+            here = torch.cuda.current_stream()
+            branch.wait_stream(here)
+            with torch.cuda.stream(branch):
+                for t in dev_t[: n // 2]:
+                    t.mul_(1.0001)
+            for t in dev_t[n // 2:]:
+                t.mul_(1.0001)
+            here.wait_stream(branch)
+        for d, h in zip(dev_t, host_t):
+            if kind == "h2d":
+                d.copy_(h, non_blocking=True)
+            elif kind == "d2h":
+                h.copy_(d, non_blocking=True)
+    keep.append(capture(nodes))
 elif case.split(":")[0] in ("trainer_step", "trainer_step_keep_cache"):  # the tiny trainer; ":{json}" overrides
     # its recipe; trainer_step_keep_cache (callBK): torch.cuda.empty_cache does nothing while it trains
     if case.startswith("trainer_step_keep_cache"):
@@ -197,11 +219,23 @@ elif case.split(":")[0] in ("trainer_step", "trainer_step_keep_cache"):  # the t
                 setattr(getattr(cfg, k), kk, vv)
         else:
             setattr(cfg, k, v)
+    if os.environ.get("DUMP_GRAPHS"):  # callBL: keep each graph's topology to write it out as DOT
+        dumped = []
+
+        class DebugGraph(torch.cuda.CUDAGraph):
+            def __init__(self, *a, **k):
+                super().__init__()
+                self.enable_debug_mode()
+                dumped.append(self)
+        torch.cuda.CUDAGraph = DebugGraph
     tr = StyleTrainer(m.vae, m.siglip, B.content_images(1, sizes.train, dev), B.PROMPT, copy.deepcopy(cfg),
                       vgg=m.vgg, lpips=m.lpips, device=dev)
     for i in range(3):
         tr.step(i % cfg.epochs, keep_output=False)
     keep.append(tr)
+    if os.environ.get("DUMP_GRAPHS"):
+        for i, g in enumerate(dumped):
+            g.debug_dump(os.path.join(os.environ["DUMP_GRAPHS"], f"graph{i}.dot"))
     case += f" graphed={tr.graphs is not None}"
 else:
     raise SystemExit(f"unknown case {case}")
