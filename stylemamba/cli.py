@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -369,15 +370,16 @@ def cmd_train_universal(args) -> int:
         # Ctrl-C / SIGTERM / SIGHUP: a checkpoint after this step; another process gone: named, not a socket error
         result = train_universal(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
                                  checkpoint_dir=args.checkpoint_dir, resume=args.resume, on_log=on_log)
+        stopped_code = 128 + (result.signum or signal.SIGINT)  # what a shell reports: 130 Ctrl-C, 143 SIGTERM ...
         if not dist.is_main:
-            return 130 if result.cancelled else 0
+            return stopped_code if result.cancelled else 0
         if result.cancelled:
             partial = free_path(out.with_name(out.stem + "-partial.safetensors"))  # never over an earlier one
             save_universal(result.model, partial)
             written = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint written (see above)"
             print(f"stopped after step {result.steps}: {written}, partial model {partial}; "
                   "continue with the same command and --resume", file=sys.stderr)
-            return 130
+            return stopped_code
         if args.name:
             result.model.metadata["name"] = args.name
         info = save_universal(result.model, out)
@@ -1040,8 +1042,6 @@ def run_command(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except (KeyboardInterrupt, *_training_cancelled()) as exc:  # Ctrl-C outside `train` (which keeps its partial)
-        import signal
-
         signum = getattr(exc, "signum", None) or signal.SIGINT  # Terminated's, or train_style's handler's
         how = "cancelled (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
         kept = getattr(exc, "kept", "results written so far are kept, nothing half-written is left")
@@ -1073,8 +1073,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`) or SIGHUP (a closed terminal) outside training, raised as a Ctrl-C is."""
 
     def __init__(self, signum: int):
-        import signal
-
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
@@ -1085,8 +1083,6 @@ def terminate_as_interrupt():
     a hidden ``.NAME.partial`` file of the video it was encoding beside its output. While a style trains, the
     trainer's own handlers take them over (stop after the step, keep it). A signal ignored at start (nohup's SIGHUP)
     stays ignored."""
-    import signal
-
     from .stop_signals import STOP_SIGNALS, install, restore
 
     def handler(signum, frame):

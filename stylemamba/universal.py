@@ -302,6 +302,7 @@ class UniversalResult:
     seconds: float
     cancelled: bool = False
     checkpoint: Path | None = None
+    signum: int | None = None  # the signal that stopped it (run_until_ctrl_c); a command exits 128 + it
 
 
 class UniversalTrainer:
@@ -711,7 +712,9 @@ def run_until_ctrl_c(trainer: UniversalTrainer, on_log: Callable[[LogLine], None
     CLI's."""
     keeps = "writing a checkpoint" if trainer.checkpoint_dir is not None else "returning the model trained so far"
     with StopRequest(announce=trainer.dist.is_main, keeps=keeps) as stop:
-        return trainer.run(on_log, lambda: stop.asked)
+        result = trainer.run(on_log, lambda: stop.asked)
+    result.signum = stop.signum if result.cancelled else None
+    return result
 
 
 # ------------------------------------------------------------------------------------------ using it

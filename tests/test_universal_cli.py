@@ -235,3 +235,38 @@ def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_the_models_lo
     err = capsys.readouterr().err
     assert f"--checkpoint-dir {tmp_path / 'runs' / 'ck' / 'log.jsonl'} cannot be written" in err, err
     assert "is a file, not a folder" in err and "no-vae" not in err
+
+
+def test_sigterm_stops_train_universal_after_its_step_with_the_shells_code(setup, capsys):
+    """A service manager's SIGTERM stops the run as Ctrl-C does (a checkpoint, a partial model), and the command says
+    which signal it was by its exit code, 143 as a shell reports it: it returned 130 (Ctrl-C's) for any signal."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from stylemamba.style_file import load_universal
+    from stylemamba.universal import LOG_FILE
+
+    root, common, text = setup
+    log_file = root / "ck_term" / LOG_FILE
+    sent = threading.Event()
+
+    def terminate_after_the_first_logged_step():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (log_file.is_file() and log_file.stat().st_size):
+            time.sleep(0.05)
+        sent.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=terminate_after_the_first_logged_step, daemon=True)
+    watcher.start()
+    code = main(["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images", str(root / "images"),
+                 "--config", str(root / "recipe.json"), "--epochs", "1000", "--out", str(root / "term.safetensors"),
+                 "--checkpoint-dir", str(root / "ck_term"), "--quiet"])
+    watcher.join()
+    err = capsys.readouterr().err
+    assert sent.is_set() and code == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopping after this step" in err and "continue with the same command and --resume" in err, err
+    partial = load_universal(root / "term-partial.safetensors")
+    assert partial.metadata["cancelled"] and not (root / "term.safetensors").exists()
