@@ -16,6 +16,16 @@ if mode == "shared":
         _init(self, *a, **k)
         self._pool = shared
     cuda_graphs.CapturedCalls.__init__ = init
+if mode == "nocudnn":  # callBL: the probe stays fast when the trainer's captured backward uses no cuDNN
+    torch.backends.cudnn.enabled = False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+if mode == "warmcudnn":  # callBL: cuDNN's conv and attention backward run once on the autograd thread before any trainer
+    bf = dict(device=dev, dtype=torch.bfloat16)
+    c = torch.nn.Conv2d(32, 32, 3, padding=1).to(**bf)
+    q = torch.randn(1, 2, 64, 32, **bf, requires_grad=True)
+    (c(torch.randn(1, 32, 16, 16, **bf)).float().sum() +
+     torch.nn.functional.scaled_dot_product_attention(q, q, q).float().sum()).backward()
+    torch.cuda.synchronize()
 m = B.build_tiny_bench_models(dev)
 sizes = B.Sizes(True)
 rows = []

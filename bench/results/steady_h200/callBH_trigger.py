@@ -4,6 +4,10 @@ nothing, did not). One action per process (the effect stays): argv[1] names it; 
 import json, os, statistics, sys, torch
 
 dev = torch.device("cuda", 0)
+if os.environ.get("NO_CUDNN"):  # callBL: is cuDNN (its handle on the autograd thread, its kernels) the trigger?
+    torch.backends.cudnn.enabled = False
+if os.environ.get("NO_CUDNN_SDP"):
+    torch.backends.cuda.enable_cudnn_sdp(False)
 x = torch.randn(64, 256, device=dev)
 bufs = [[torch.empty_like(x) for _ in range(3)] for _ in range(40)]
 
@@ -54,6 +58,27 @@ x @ w
 torch.randn(4, device=dev)
 torch.cuda.synchronize()
 case = sys.argv[1]
+suffix = ""
+if case.startswith("trainer_part:"):  # callBL: the trainer's step captured only up to forward / backward
+    part = case.split(":")[1]
+    from stylemamba import losses as L
+    from stylemamba import train as T
+    full = T.StyleTrainer._step_body
+
+    def partial_step(self, epoch, weights):
+        if part == "full":
+            return full(self, epoch, weights)
+        self.opt.zero_grad(set_to_none=True)
+        with T.autocast(self.device, self.cfg.precision):
+            y, emb_y, terms, _ = self._forward_terms(0, self.x.shape[0], epoch, None, None)
+            total = L.total_loss(terms, weights)
+        if part == "backward":
+            self.scaler.scale(total).backward()
+        logged = {k: v.detach().float() for k, v in terms.items()}
+        logged["total"] = total.detach().float()
+        return logged, y.detach(), emb_y.detach().float()
+    T.StyleTrainer._step_body = partial_step
+    case, suffix = "trainer_step:{}", f" part={part}"
 before = probe_us()
 if case == "none":
     pass
@@ -202,6 +227,86 @@ elif case.split(":")[0] in ("h2d", "d2h", "fork"):  # callBL: node kinds a linea
             elif kind == "d2h":
                 h.copy_(d, non_blocking=True)
     keep.append(capture(nodes))
+elif case.split(":")[0] in ("bf16_matmul", "bf16_conv", "cudnn_sdpa"):  # callBL: the sm90 kernels in the trainer's
+    # graph (DOT: cuBLAS nvjet_sm90 with 164-213 KB of shared memory, cuDNN sm90_xmma convolutions with 226 KB, cuDNN
+    # flash attention), captured after one eager warm-up; ":eager" runs them eagerly only
+    kind, eager_only = case.split(":")[0], case.endswith(":eager")
+    bf = dict(device=dev, dtype=torch.bfloat16)
+    if kind == "bf16_matmul":
+        a, b = torch.randn(64, 256, **bf), torch.randn(256, 256, **bf)
+        op = lambda: a @ b  # noqa: E731
+    elif kind == "bf16_conv":
+        c = torch.nn.Conv2d(64, 64, 3, padding=1).to(**bf).to(memory_format=torch.channels_last)
+        im = torch.randn(1, 64, 32, 32, **bf).to(memory_format=torch.channels_last)
+        op = lambda: c(im)  # noqa: E731
+    else:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        q = torch.randn(1, 4, 256, 64, **bf)
+
+        def op():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    with torch.no_grad():
+        op()
+        torch.cuda.synchronize()
+        keep.append(op() if eager_only else capture(op))
+elif case.startswith("bwd_"):  # callBL: the trainer's graph slows the probe only with its backward pass in it;
+    # which backward? each captured as forward + backward after one eager warm-up (grads kept, as a trainer's)
+    import torch.nn.functional as F
+    bf = dict(device=dev, dtype=torch.bfloat16)
+    kind = case[4:]
+    if kind == "conv":
+        mod = torch.nn.Conv2d(64, 64, 3, padding=1).to(**bf).to(memory_format=torch.channels_last)
+        inp = torch.randn(1, 64, 32, 32, **bf).to(memory_format=torch.channels_last)
+        loss = lambda: mod(inp).float().square().mean()  # noqa: E731
+    elif kind == "sdpa":
+        q = torch.randn(1, 4, 256, 64, **bf, requires_grad=True)
+        loss = lambda: F.scaled_dot_product_attention(q, q, q).float().square().mean()  # noqa: E731
+    elif kind == "gn":
+        mod = torch.nn.GroupNorm(8, 64).to(dev)
+        inp = torch.randn(1, 64, 32, 32, device=dev)
+        loss = lambda: mod(inp).square().mean()  # noqa: E731
+    elif kind == "upsample":
+        inp = torch.randn(1, 64, 16, 16, **bf, requires_grad=True)
+        loss = lambda: F.interpolate(inp, scale_factor=2.0, mode="nearest").float().square().mean()  # noqa: E731
+    elif kind == "linear":
+        mod = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)]).to(**bf)
+        inp = torch.randn(64, 256, **bf)
+        loss = lambda: mod(inp).float().square().mean()  # noqa: E731
+    elif kind == "many":  # a long backward of small elementwise nodes
+        p_ = torch.randn(4096, device=dev, requires_grad=True)
+
+        def loss():
+            h = p_
+            for _ in range(300):
+                h = torch.tanh(h) * 1.01
+            return h.square().mean()
+    else:
+        raise SystemExit(f"unknown case {case}")
+    loss().backward()
+    torch.cuda.synchronize()
+    keep.append(capture(lambda: loss().backward()))
+elif case == "distinct_kernels":  # callBL: a graph of ~150 different kernel functions (the trainer's has many)
+    ts = {dt: torch.rand(4096, device=dev, dtype=dt) + 0.5 for dt in (torch.float32, torch.float16, torch.bfloat16,
+                                                                     torch.float64)}
+    fns = [torch.sin, torch.cos, torch.exp, torch.log, torch.tanh, torch.sigmoid, torch.abs, torch.neg, torch.sqrt,
+           torch.rsqrt, torch.erf, torch.atan, torch.floor, torch.ceil, torch.round, torch.reciprocal, torch.relu,
+           torch.nn.functional.gelu, torch.nn.functional.silu, torch.cumsum, torch.sum, torch.amax, torch.softmax,
+           torch.sort, torch.log_softmax, torch.square, torch.expm1, torch.log1p, torch.sinh, torch.cosh,
+           torch.asin, torch.trunc, torch.sign, torch.frac, torch.lgamma, torch.digamma, torch.erfinv, torch.logit]
+    ops = []
+    for f in fns:
+        for t in ts.values():
+            call = (lambda f=f, t=t: f(t, 0)) if f in (torch.cumsum, torch.softmax, torch.log_softmax) \
+                else (lambda f=f, t=t: f(t))
+            try:
+                call()
+                ops.append(call)
+            except RuntimeError:
+                pass
+    torch.cuda.synchronize()
+    keep.append(capture(lambda: [op() for op in ops]))
+    case += f" ops={len(ops)}"
 elif case.split(":")[0] in ("trainer_step", "trainer_step_keep_cache"):  # the tiny trainer; ":{json}" overrides
     # its recipe; trainer_step_keep_cache (callBK): torch.cuda.empty_cache does nothing while it trains
     if case.startswith("trainer_step_keep_cache"):
@@ -221,26 +326,78 @@ elif case.split(":")[0] in ("trainer_step", "trainer_step_keep_cache"):  # the t
             setattr(cfg, k, v)
     if os.environ.get("DUMP_GRAPHS"):  # callBL: keep each graph's topology to write it out as DOT
         dumped = []
+        begin = torch.cuda.CUDAGraph.capture_begin
 
-        class DebugGraph(torch.cuda.CUDAGraph):
-            def __init__(self, *a, **k):
-                super().__init__()
-                self.enable_debug_mode()
-                dumped.append(self)
-        torch.cuda.CUDAGraph = DebugGraph
+        new = torch.cuda.CUDAGraph.__new__
+
+        def debug_capture_begin(self, *a, **k):
+            dumped.append(self)
+            return begin(self, *a, **k)
+        torch.cuda.CUDAGraph.capture_begin = debug_capture_begin
+        # the cudaGraph_t must outlive capture_end (enable_debug_mode alone did not keep it in torch 2.11)
+        # (torch 2.11's pybind __init__ takes keep_graph: __new__ alone did not keep it either)
+        init = torch.cuda.CUDAGraph.__init__
+        torch.cuda.CUDAGraph.__new__ = staticmethod(lambda cls, keep_graph=False: new(cls, True))
+        torch.cuda.CUDAGraph.__init__ = lambda self, keep_graph=False: init(self, True)
     tr = StyleTrainer(m.vae, m.siglip, B.content_images(1, sizes.train, dev), B.PROMPT, copy.deepcopy(cfg),
                       vgg=m.vgg, lpips=m.lpips, device=dev)
+    profiling = os.environ.get("PROFILE_STREAMS")  # callBL: the GPU work of the trainer's steps by stream
+    if profiling:
+        from torch.profiler import ProfilerActivity, profile
+        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        prof.__enter__()
     for i in range(3):
-        tr.step(i % cfg.epochs, keep_output=False)
+        if profiling:
+            torch.cuda.synchronize()
+            with torch.profiler.record_function(f"STEP{i}"):
+                tr.step(i % cfg.epochs, keep_output=False)
+                torch.cuda.synchronize()
+        else:
+            tr.step(i % cfg.epochs, keep_output=False)
+    if profiling:
+        prof.__exit__(None, None, None)
+        import collections
+        prof.export_chrome_trace("/tmp/trace.json")
+        events = json.load(open("/tmp/trace.json"))["traceEvents"]
+        by_stream = collections.Counter()
+        names = collections.defaultdict(collections.Counter)
+        for e in events:
+            if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+                st = (e.get("args") or {}).get("stream")
+                by_stream[st] += 1
+                names[st][e["name"][:90]] += 1
+        print("STREAMS", dict(by_stream), flush=True)
+        for st, c in names.items():
+            print("STREAM", st, c.most_common(8), flush=True)
+        apis = collections.Counter(e["name"] for e in events if e.get("cat") == "cuda_runtime" or
+                                   e.get("cat") == "cuda_driver")
+        print("APIS", apis.most_common(40), flush=True)
+        spans = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("user_annotation", "cpu_op",
+                                                                              "python_function")]
+        odd = [e for e in events if e.get("name") in ("cudaStreamCreateWithFlags", "cudaHostAlloc",
+                                                      "cudaHostGetDevicePointer", "cudaStreamCreate",
+                                                      "cudaStreamCreateWithPriority")
+               or (e.get("name") == "cudaMemsetAsync" and (e.get("args") or {}).get("stream") not in (None, 7))]
+        launches = {(e.get("args") or {}).get("correlation"): e for e in events
+                    if e.get("cat") in ("cuda_runtime", "cuda_driver")}
+        for e in events:
+            if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and (e.get("args") or {}).get("stream") != 7:
+                odd.append(launches.get(e["args"].get("correlation"), e))
+        for e in odd[:40]:
+            inside = [sp["name"][:60] for sp in spans if sp["ts"] <= e["ts"] <= sp["ts"] + sp.get("dur", 0)
+                      and (sp["tid"] == e["tid"] or sp["name"].startswith("STEP"))]
+            print("ODD", e["name"], e.get("args", {}).get("stream"), "tid", e["tid"], inside[-6:], flush=True)
     keep.append(tr)
     if os.environ.get("DUMP_GRAPHS"):
         for i, g in enumerate(dumped):
+            g.enable_debug_mode()
             g.debug_dump(os.path.join(os.environ["DUMP_GRAPHS"], f"graph{i}.dot"))
+        print("DUMP", len(dumped), os.listdir(os.environ["DUMP_GRAPHS"]), flush=True)
     case += f" graphed={tr.graphs is not None}"
 else:
     raise SystemExit(f"unknown case {case}")
 torch.cuda.synchronize()
 after = probe_us()
 after2 = probe_us()
-print("RESULT", json.dumps({"case": case, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+print("RESULT", json.dumps({"case": case + suffix + "".join(f" {k}" for k in ("NO_CUDNN", "NO_CUDNN_SDP") if os.environ.get(k)), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                             "before_us": before, "after_us": after, "again_us": after2}), flush=True)
