@@ -419,6 +419,8 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool,
         targets = [out if looks_like_file else out / (files[0].stem + "_styled.png")]
     refuse_inputs(targets, files)
     existing = [t for t in targets if t.exists()]
+    for t in existing:
+        refuse_folder_at_result(t, files[targets.index(t)])
     if skip_existing:
         done = set(existing)
         pairs = [(f, t) for f, t in zip(files, targets) if t not in done]
@@ -502,12 +504,21 @@ def plan_video_output(src: Path, out: Path, overwrite: bool, skip_existing: bool
     else:
         target = out / (src.stem + "_styled.mp4")
     refuse_inputs([target], [src])
+    refuse_folder_at_result(target, src)
     if skip_existing and target.exists():
         said_already_done(src, target)
         return None
     refuse_existing(target, overwrite)
     check_destination(src, target)  # a file in the way of its folder, found before any model loads
     return target
+
+
+def refuse_folder_at_result(target: Path, src: Path) -> None:
+    """A folder where ``src``'s result goes is not a result: ``--skip-existing`` took it for one (and left the input
+    unstylised), ``--overwrite`` failed on it only when the result was saved, after the work."""
+    if target.exists() and not target.is_file():
+        raise ValueError(f"{target} is a folder, where the result of {src.name} goes: rename or move that folder, or "
+                         "choose another --output")
 
 
 def said_already_done(src: Path, target: Path) -> None:
@@ -550,8 +561,8 @@ def cmd_stylize(args) -> int:
             print(json.dumps({"video": None}))
             return 0
     else:
-        files = skip_earlier_results(src, list_images(src), out)
-        files, targets = plan_outputs(src, files, out, args.overwrite, args.skip_existing)
+        listed = skip_earlier_results(src, list_images(src), out)
+        files, targets = plan_outputs(src, listed, out, args.overwrite, args.skip_existing)
         if not files:  # plan_outputs said so
             print(json.dumps({"images": []}, indent=2))
             return 0
@@ -602,7 +613,7 @@ def cmd_stylize(args) -> int:
             y = stylize(image, vae, model, **kw)
             written.append(str(save_image(y, target, note={**made_by, "input": f.name})))
     except KeyboardInterrupt as exc:
-        exc.kept = stopped_images_kept(written, targets, src.is_dir(), args.overwrite)
+        exc.kept = stopped_images_kept(written, targets, src.is_dir(), args.overwrite, len(listed) - len(files))
         raise
     where = written[0] if len(written) == 1 else f"{len(written)} images in {targets[0].parent}"
     log.info("wrote %s", where)
@@ -610,16 +621,21 @@ def cmd_stylize(args) -> int:
     return 0
 
 
-def stopped_images_kept(written: list[str], targets: list[Path], folder: bool = True, overwrite: bool = False) -> str:
+def stopped_images_kept(written: list[str], targets: list[Path], folder: bool = True, overwrite: bool = False,
+                        skipped: int = 0) -> str:
     """The Ctrl-C line of a stopped `stylize`: which results are on disk, and how to finish without redoing them.
     After ``--overwrite``, an image not reached yet may still hold an earlier run's result, which ``--skip-existing``
-    would keep (and the two flags cannot be given together)."""
+    would keep (and the two flags cannot be given together). ``skipped``: images a ``--skip-existing`` run left out
+    because an earlier run had written them (``targets`` are the others)."""
     if not folder:
         return (f"{targets[0].name} was written and is kept" if written else
                 f"{targets[0].name} was not written (nothing half-written is left)")
     where = targets[0].parent
-    done = (f"{len(written)} of the {len(targets)} images were written to {where} and are kept" if written else
-            f"none of the {len(targets)} images was written to {where} (nothing half-written is left)")
+    images = f"the {len(targets)} images left" if skipped else f"the {len(targets)} images"
+    done = (f"{len(written)} of {images} were written to {where} and are kept" if written else
+            f"none of {images} was written to {where} (nothing half-written is left)")
+    if skipped:
+        done += f" (as are the {skipped} an earlier run wrote)"
     stale = [t for t in targets[len(written):] if t.exists()] if overwrite else []
     if stale:
         return (f"{done}; {len(stale)} of the others still hold an earlier run's result, which --skip-existing would "

@@ -905,3 +905,47 @@ def test_a_blank_prompt_is_named_before_the_models_load(photos, tmp_path):
                "--prompt", " \n ", "--content", photo, "--out", tmp_path / "s")
     one_line_error(proc, "empty style prompt")
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_a_stopped_skip_existing_run_counts_the_images_left_and_the_earlier_ones(tmp_path):
+    """After --skip-existing, the line said '2 of the 4 images were written' for a folder of 10 whose 6 earlier
+    results it had left alone: the count was of this run's images only, and did not say so."""
+    from stylemamba.cli import stopped_images_kept
+
+    targets = [tmp_path / f"p{i}_styled.png" for i in range(6, 10)]
+    line = stopped_images_kept([str(t) for t in targets[:2]], targets, skipped=6)
+    assert line == (f"2 of the 4 images left were written to {tmp_path} and are kept (as are the 6 an earlier run "
+                    "wrote); run the same command with --skip-existing to stylise the rest"), line
+    none = stopped_images_kept([], targets, skipped=6)
+    assert none.startswith("none of the 4 images left was written") and "(as are the 6 an earlier run wrote)" in none
+
+
+@pytest.mark.parametrize("flag", ["--skip-existing", "--overwrite"])
+def test_a_folder_where_a_result_goes_is_refused_before_any_model_loads(tmp_path, flag):
+    """A folder named like a result (out/b_styled.png/) counted as b's result under --skip-existing (b was left
+    unstylised and the run said nothing), and --overwrite failed on it only when saving, after the work."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(photos / f"{name}.png")
+    (tmp_path / "out" / "b_styled.png").mkdir(parents=True)
+    style = tmp_path / "s.safetensors"
+    style.write_bytes(b"never read: refused before")
+    proc = run("stylize", "--vae", tmp_path / "no-vae", "--style", style, "--input", photos, "--output",
+               tmp_path / "out", flag)
+    one_line_error(proc, f"{tmp_path / 'out' / 'b_styled.png'} is a folder, where the result of b.png goes: rename "
+                         "or move that folder, or choose another --output")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_styled.png"]
+
+
+def test_a_folder_where_a_videos_result_goes_is_not_taken_for_its_result(tmp_path):
+    from stylemamba.cli import plan_video_output
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read")
+    (tmp_path / "out" / "clip_styled.mp4").mkdir(parents=True)
+    for skip in (True, False):
+        with pytest.raises(ValueError, match="clip_styled.mp4 is a folder, where the result of clip.mp4 goes"):
+            plan_video_output(clip, tmp_path / "out", overwrite=not skip, skip_existing=skip)
