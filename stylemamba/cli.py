@@ -418,9 +418,9 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool,
     else:
         targets = [out if looks_like_file else out / (files[0].stem + "_styled.png")]
     refuse_inputs(targets, files)
+    for f, t in zip(files, targets):
+        refuse_folder_at_result(t, f)
     existing = [t for t in targets if t.exists()]
-    for t in existing:
-        refuse_folder_at_result(t, files[targets.index(t)])
     if skip_existing:
         done = set(existing)
         pairs = [(f, t) for f, t in zip(files, targets) if t not in done]

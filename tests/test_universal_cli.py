@@ -250,21 +250,25 @@ def test_sigterm_stops_train_universal_after_its_step_with_the_shells_code(setup
 
     root, common, text = setup
     log_file = root / "ck_term" / LOG_FILE
-    sent = threading.Event()
+    sent, returned = threading.Event(), threading.Event()
 
-    def terminate_after_the_first_logged_step():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (log_file.is_file() and log_file.stat().st_size):
+    def terminate_after_the_first_logged_step():  # never after main returned: the signal would end pytest itself
+        while not returned.is_set():
+            if log_file.is_file() and log_file.stat().st_size:
+                sent.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             time.sleep(0.05)
-        sent.set()
-        os.kill(os.getpid(), signal.SIGTERM)
 
     watcher = threading.Thread(target=terminate_after_the_first_logged_step, daemon=True)
     watcher.start()
-    code = main(["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images", str(root / "images"),
-                 "--config", str(root / "recipe.json"), "--epochs", "1000", "--out", str(root / "term.safetensors"),
-                 "--checkpoint-dir", str(root / "ck_term"), "--quiet"])
-    watcher.join()
+    try:
+        code = main(["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images",
+                     str(root / "images"), "--config", str(root / "recipe.json"), "--epochs", "1000", "--out",
+                     str(root / "term.safetensors"), "--checkpoint-dir", str(root / "ck_term"), "--quiet"])
+    finally:
+        returned.set()
+        watcher.join()
     err = capsys.readouterr().err
     assert sent.is_set() and code == 128 + signal.SIGTERM, err
     assert "SIGTERM: stopping after this step" in err and "continue with the same command and --resume" in err, err
