@@ -87,13 +87,14 @@ def stylize_video(src: str | Path, dst: str | Path, fn: Callable[[torch.Tensor],
             vout = _video_stream(out, fps, time_base, width, height, crf)
             aout, transcode = None, False
             if ain is not None:
-                if _copies_audio(ain.codec_context.name, dst):
+                codec = _audio_codec(ain)
+                if _copies_audio(codec, dst):
                     aout = out.add_stream_from_template(ain)
-                    audio_note = f"{ain.codec_context.name} (copied)"
+                    audio_note = f"{codec} (copied)"
                 else:
                     aout = out.add_stream("aac", rate=ain.codec_context.sample_rate or 48000)
                     transcode = True
-                    audio_note = f"{ain.codec_context.name} re-encoded to aac"
+                    audio_note = f"{codec} re-encoded to aac"
             batch: list = []
             last_pts = None
 
@@ -238,6 +239,13 @@ def _mux(out, packets, src: Path, dst: Path) -> None:
 
 def _container_format(dst: Path) -> str:
     return {".mkv": "matroska", ".mov": "mov"}.get(dst.suffix.lower(), "mp4")
+
+
+def _audio_codec(stream) -> str:
+    """The audio stream's codec (mp3), not FFmpeg's decoder for it (mp3float), which no container list names: MP3
+    soundtracks were re-encoded to AAC for want of 'mp3float' in the list of codecs copied as they are."""
+    codec = stream.codec_context.codec
+    return getattr(codec, "canonical_name", None) or codec.name
 
 
 def _copies_audio(codec: str, dst: Path) -> bool:

@@ -187,6 +187,19 @@ def test_opus_and_flac_audio_are_re_encoded_for_a_mov(tmp_path):
         assert stylize_video(clip, tmp_path / f"{audio}.mp4", lambda x: x)["audio"].endswith("(copied)")
 
 
+def test_mp3_audio_is_copied_into_an_mp4_as_it_is(tmp_path):
+    """FFmpeg decodes MP3 with 'mp3float': that decoder's name was checked against the codecs an .mp4 holds, so every
+    MP3 soundtrack was re-encoded to AAC (a generation lost) and the note said 'mp3float'."""
+    av = pytest.importorskip("av")
+    if "libmp3lame" not in av.codecs_available:
+        pytest.skip("this FFmpeg has no MP3 encoder to make the input")
+    clip = write_clip(tmp_path / "in.mkv", audio="libmp3lame")
+    info = stylize_video(clip, tmp_path / "out.mp4", lambda x: x)
+    assert info["audio"] == "mp3 (copied)", info
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        assert out.streams.audio[0].codec_context.codec.canonical_name == "mp3"
+
+
 def test_a_muxer_refusal_names_the_file_the_stream_and_a_fix(tmp_path, monkeypatch):
     from stylemamba import video
 
