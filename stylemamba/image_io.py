@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +16,10 @@ import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 ALPHA_SUFFIXES = IMAGE_SUFFIXES - {".jpg", ".jpeg"}  # formats that store an alpha channel
+NAME_MAX = 255  # bytes in one file name (ext4, APFS, NTFS in UTF-16 units)
+_PARTIAL_NAME = re.compile(r"^\..+\.partial\d*(\.[^.]+)?$")  # partial_file's names
+
+log = logging.getLogger("stylemamba")
 
 
 def check_finite(images: torch.Tensor, what: str = "image", first: int = 0, unit: str = "pixel value",
@@ -164,9 +171,13 @@ def partial_file(dst: Path, keep_suffix: bool = True) -> Path:
     """A new hidden file next to ``dst`` to write into, renamed over ``dst`` at the end: a failure never leaves a
     half ``dst``, and a file that already has the temporary name (the user's, or another run's) is never taken.
     ``keep_suffix``: end in ``dst``'s suffix (writers that pick the format by it); else the name ends in
-    ``.partialN``, so that a folder listing of ``dst``'s kind does not show it while it is written."""
+    ``.partialN``, so that a folder listing of ``dst``'s kind does not show it while it is written (images, which
+    keep theirs, are left out of folder inputs by :func:`is_unfinished_file`)."""
+    stem = dst.name
+    if len(f".{stem}.partial999{dst.suffix}".encode()) > NAME_MAX:  # a long name, legal itself, but not 13 bytes more
+        stem = hashlib.sha1(dst.name.encode()).hexdigest()[:16]
     for n in range(1000):
-        tmp = dst.with_name(f".{dst.name}.partial{n or ''}{dst.suffix if keep_suffix else ''}")
+        tmp = dst.with_name(f".{stem}.partial{n or ''}{dst.suffix if keep_suffix else ''}")
         try:
             tmp.touch(exist_ok=False)
             return tmp
@@ -292,12 +303,22 @@ def check_readable(files: list[Path], min_side: int = 8) -> None:
                          "them or move them out, then retry")
 
 
+def is_unfinished_file(path: Path) -> bool:
+    """A file :func:`partial_file` named (``.a_styled.png.partial.png``), left by a run killed while writing."""
+    return bool(_PARTIAL_NAME.match(path.name))
+
+
 def list_images(source: str | Path) -> list[Path]:
     """A file, or every image in a folder (sorted)."""
     source = Path(source)
     if source.is_dir():  # not sub-folders named like images, nor the ._x.png copies macOS leaves on shared disks
         files = sorted(p for p in source.iterdir()
                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("._"))
+        unfinished = [p for p in files if is_unfinished_file(p)]
+        if unfinished:  # not photos: stylised, they became results of results, or stopped the run when truncated
+            files = [p for p in files if p not in unfinished]
+            log.info("leaving out %d unfinished file(s) of a run that was killed while writing (e.g. %s): delete "
+                     "them", len(unfinished), unfinished[0].name)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {source}")
         return files

@@ -102,3 +102,32 @@ def test_a_report_rewritten_on_a_full_disk_keeps_the_previous_one(tmp_path):
     assert proc.stdout.startswith("failed"), (proc.stdout, proc.stderr[-2000:])
     assert report_path.read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.json"]  # no half temporary file left
+
+
+def test_an_output_name_near_the_limit_is_written_though_its_temporary_name_would_not_fit(tmp_path):
+    """'写真' x 40 + '_styled.png' is 251 bytes, a legal name; the temporary '.NAME.partial.png' was 264 and failed with
+    'File name too long' after the work, telling the user to shorten a name that was fine."""
+    out = tmp_path / ("写真" * 40 + "_styled.png")
+    assert len(out.name.encode()) == 251
+    save_image(torch.rand(3, 8, 8), out)
+    assert load_image(out).shape == (1, 3, 8, 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary file left behind
+
+
+def test_a_killed_runs_unfinished_image_is_not_taken_for_an_input(tmp_path, caplog):
+    """A run killed between writing '.a_styled.png.partial.png' and renaming it left a hidden .png: the next run on the
+    folder stylised it as a photo (or, truncated, stopped with an error about a file `ls` does not show)."""
+    import logging
+
+    from stylemamba.image_io import list_images, partial_file
+
+    for name in ("a.png", "b.png"):
+        save_image(torch.rand(3, 8, 8), tmp_path / name)
+    left = partial_file(tmp_path / "a_styled.png")  # what a kill leaves, here empty (truncated)
+    left.write_bytes(b"\x89PNG half")
+    with caplog.at_level(logging.INFO, logger="stylemamba"):
+        assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.png"]
+    assert f"leaving out 1 unfinished file(s) of a run that was killed while writing (e.g. {left.name})" in caplog.text
+    hidden = tmp_path / ".c.png"  # a user's own hidden picture is still an input
+    save_image(torch.rand(3, 8, 8), hidden)
+    assert [p.name for p in list_images(tmp_path)] == [".c.png", "a.png", "b.png"]
