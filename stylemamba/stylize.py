@@ -328,15 +328,18 @@ def encode_latents(images: torch.Tensor, vae: SDVAE, batch_size: int = 4) -> tor
 
     Sides are centre-cropped to a multiple of 8 (as ComfyUI's VAE Encode does); the posterior mean.
     """
-    h, w = (images.shape[-2] // 8) * 8, (images.shape[-1] // 8) * 8
-    if h < 8 or w < 8:
-        raise ValueError(f"images of {images.shape[-1]}x{images.shape[-2]} are too small: at least 8x8 pixels")
-    top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
-    rgb, _ = _as_rgb(images)  # gray as gray RGB, alpha dropped, as stylising takes them
+    rgb, _ = _as_rgb(images)  # gray as gray RGB, alpha dropped, as stylising takes them (a (B,H,W,C) tensor named)
     _check_not_empty(rgb.shape[0], "image")
+    h, w = (rgb.shape[-2] // 8) * 8, (rgb.shape[-1] // 8) * 8
+    if h < 8 or w < 8:
+        raise ValueError(f"images of {rgb.shape[-1]}x{rgb.shape[-2]} are too small: at least 8x8 pixels")
+    top, left = (rgb.shape[-2] - h) // 2, (rgb.shape[-1] - w) // 2
     x = rgb[:, :, top:top + h, left:left + w]
-    z = torch.cat([vae.encode(chunk.to(vae.device)).cpu() for chunk in x.split(max(1, batch_size))])
-    return z / vae.scaling_factor
+    step, z = max(1, batch_size), []
+    for start in range(0, x.shape[0], step):  # 0-255 or uint8 pixels, NaN: named, as stylize does, not encoded
+        check_pixels(x[start:start + step], "image", first=start)
+        z.append(vae.encode(x[start:start + step].to(vae.device)).cpu())
+    return torch.cat(z) / vae.scaling_factor
 
 
 @torch.no_grad()

@@ -273,3 +273,21 @@ def test_gray_nan_and_empty_inputs_are_taken_or_named(setup, photo):
                        (lambda: stylize_latents(z[:0], vae, a), "latent")):
         with pytest.raises(ValueError, match=f"the {what} batch is empty"):
             call()
+
+
+def test_encode_latents_names_bad_pixels_as_stylize_does(setup, photo):
+    """encode_latents took uint8 images, 0-255 floats and NaN pixels without a word (wrong or NaN latents), and said
+    a (B,H,W,C) tensor was 'too small' instead of naming its layout."""
+    from stylemamba.stylize import encode_latents
+
+    vae, _, _ = setup
+    with pytest.raises(ValueError, match=r"images are uint8 \(0-255 integers\?\): give floats in \[0, 1\]"):
+        encode_latents((photo * 255).to(torch.uint8), vae)
+    with pytest.raises(ValueError, match="image 0 has pixel values up to"):
+        encode_latents(photo * 255, vae)
+    nan = photo.repeat(3, 1, 1, 1)
+    nan[2, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="image 2 has 1 NaN or infinite pixel value"):
+        encode_latents(nan, vae, batch_size=2)
+    with pytest.raises(ValueError, match=r"\(B,H,W,C\) \(ComfyUI layout\), permute it"):
+        encode_latents(photo.permute(0, 2, 3, 1).contiguous(), vae)
