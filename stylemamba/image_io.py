@@ -75,6 +75,10 @@ def _open_upright(path: Path, what: str, fix: str):
 
     with _opened(path, what, fix) as im:
         im.load()
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:  # an animated GIF / WebP / PNG or a multi-page TIFF: cut to its first frame without a word
+            log.warning("%s%s has %d frames: only the first is used; to stylise every frame, make it a video first "
+                        "(e.g. ffmpeg -i %s %s.mp4) and give that", what, path.name, frames, path.name, path.stem)
         return ImageOps.exif_transpose(im)  # a copy, turned when the file says so
 
 

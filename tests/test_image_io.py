@@ -131,3 +131,23 @@ def test_a_killed_runs_unfinished_image_is_not_taken_for_an_input(tmp_path, capl
     hidden = tmp_path / ".c.png"  # a user's own hidden picture is still an input
     save_image(torch.rand(3, 8, 8), hidden)
     assert [p.name for p in list_images(tmp_path)] == [".c.png", "a.png", "b.png"]
+
+
+def test_an_animated_image_says_only_its_first_frame_is_used(tmp_path, caplog):
+    """An animated GIF or WebP was cut to its first frame without a word (exit 0, one still image)."""
+    import logging
+
+    frames = [Image.new("RGB", (16, 12), (40 * i, 90, 200)) for i in range(5)]
+    for name in ("anim.gif", "anim.webp"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stylemamba"):
+            image = load_image(tmp_path / name)
+        assert image.shape == (1, 3, 12, 16)
+        assert f"{name} has 5 frames: only the first is used; to stylise every frame, make it a video first (e.g. " \
+               f"ffmpeg -i {name} anim.mp4)" in caplog.text, caplog.text
+    caplog.clear()
+    frames[0].save(tmp_path / "still.png")
+    with caplog.at_level(logging.WARNING, logger="stylemamba"):
+        load_image(tmp_path / "still.png")
+    assert "frames" not in caplog.text, caplog.text
