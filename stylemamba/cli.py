@@ -568,7 +568,7 @@ def cmd_stylize(args) -> int:
             return 0
         if len(files) == 1:  # found before any model is loaded
             refuse_alpha_loss(files[0], targets[0], has_alpha(files[0]))
-        check_readable(files)
+        check_readable(files, targets=targets)
     device = pick_device(args.device)
     mask = load_mask(args.mask) if args.mask else None  # before the models: a bad mask fails fast
     styles = styles_from_args(args, device)  # before the VAE: a bad style file fails fast

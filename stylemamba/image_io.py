@@ -16,6 +16,7 @@ import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 ALPHA_SUFFIXES = IMAGE_SUFFIXES - {".jpg", ".jpeg"}  # formats that store an alpha channel
+MAX_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383}  # what these formats can store, in pixels
 NAME_MAX = 255  # bytes in one file name (ext4, APFS, NTFS in UTF-16 units)
 _PARTIAL_NAME = re.compile(r"^\..+\.partial\d*(\.[^.]+)?$")  # partial_file's names
 
@@ -149,6 +150,7 @@ def save_image(image: torch.Tensor, path: str | Path, note: dict | None = None) 
     if image.shape[0] == 4 and path.suffix.lower() not in ALPHA_SUFFIXES:
         raise ValueError(f"{path.name}: {path.suffix} cannot store the alpha channel (transparency) of this "
                          "image; save it as .png or .webp")
+    refuse_too_big_for(path, image.shape[-1], image.shape[-2])
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture, extra = Image.fromarray(arr if arr.shape[2] != 1 else arr[:, :, 0]), {}
@@ -157,6 +159,15 @@ def save_image(image: torch.Tensor, path: str | Path, note: dict | None = None) 
         extra["pnginfo"].add_text(NOTE_KEY, json.dumps(note, default=str))
     # written beside, then renamed: a Ctrl-C or a full disk never leaves a truncated file under the final name
     return write_whole(path, lambda tmp: picture.save(tmp, **extra), keep_suffix=True)
+
+
+def refuse_too_big_for(path: Path, width: int, height: int) -> None:
+    """A picture over its format's size limit (JPEG 65,500 pixels a side, WebP 16,383): Pillow failed on it with
+    'broken data stream', and only when the result was saved."""
+    limit = MAX_SIDE.get(path.suffix.lower())
+    if limit is not None and max(width, height) > limit:
+        raise ValueError(f"{path.name}: {path.suffix} stores at most {limit} pixels on a side, this picture is "
+                         f"{width}x{height}; write it as .png or .tif")
 
 
 def read_note(path: str | Path) -> dict | None:
@@ -284,12 +295,13 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def check_readable(files: list[Path], min_side: int = 8) -> None:
+def check_readable(files: list[Path], min_side: int = 8, targets: list[Path] | None = None) -> None:
     """Open every file's header (fast: no pixels are decoded), so that a bad file in a folder, or an image too small
     to use (under ``min_side`` pixels on a side), is named before any work starts rather than when its turn came,
-    after the models loaded and half the results were written (a size error then named no file)."""
+    after the models loaded and half the results were written (a size error then named no file). ``targets``: where
+    each result goes, refused when its format cannot hold a picture that size (:func:`refuse_too_big_for`)."""
     bad, small = [], []
-    for f in files:
+    for i, f in enumerate(files):
         try:
             with _opened(f) as im:
                 w, h = im.size
@@ -298,6 +310,8 @@ def check_readable(files: list[Path], min_side: int = 8) -> None:
             continue
         if min(w, h) < min_side:
             small.append(f"{f.name} ({w}x{h})")
+        if targets is not None:
+            refuse_too_big_for(targets[i], w, h)
     if bad:
         raise ValueError(f"{len(bad)} of the {len(files)} input file(s) are not readable images: "
                          f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; fix or move them out, then retry")

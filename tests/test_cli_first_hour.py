@@ -949,3 +949,23 @@ def test_a_folder_where_a_videos_result_goes_is_not_taken_for_its_result(tmp_pat
     for skip in (True, False):
         with pytest.raises(ValueError, match="clip_styled.mp4 is a folder, where the result of clip.mp4 goes"):
             plan_video_output(clip, tmp_path / "out", overwrite=not skip, skip_existing=skip)
+
+
+def test_a_picture_too_big_for_its_output_format_is_refused_before_the_work(tmp_path):
+    """A 65,536 px panorama to .jpg: Pillow's 'broken data stream' came as a traceback (exit 1), after the work."""
+    from PIL import Image
+
+    from stylemamba.image_io import save_image
+
+    pano = tmp_path / "pano.png"
+    Image.new("RGB", (65536, 8), (120, 60, 30)).save(pano)
+    style = tmp_path / "s.safetensors"
+    style.write_bytes(b"never read: refused before")
+    for out, limit in (("pano_s.jpg", 65500), ("pano_s.webp", 16383)):
+        proc = run("stylize", "--vae", tmp_path / "no-vae", "--style", style, "--input", pano, "--output",
+                   tmp_path / out)
+        one_line_error(proc, f"{out}: .{out.split('.')[1]} stores at most {limit} pixels on a side, this picture is "
+                             "65536x8; write it as .png or .tif")
+    with pytest.raises(ValueError, match="stores at most 16383 pixels on a side"):
+        save_image(torch.rand(3, 8, 16384), tmp_path / "wide.webp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.png", "s.safetensors"]
