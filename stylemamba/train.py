@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import functools
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,6 +182,11 @@ class TrainResult:
             return f"{self.steps} steps in {self.seconds:.2f} s"
         return (f"set-up {p.get('setup', 0.0):.2f} s, {self.steps} steps {p['steps']:.2f} s (median "
                 f"{p['median_step'] * 1e3:.0f} ms), packaging {p['package']:.2f} s")
+
+
+class TrainingDiverged(ValueError):
+    """The weights became NaN or infinite (a learning rate too high for the recipe): a style of them stylises every
+    picture black, so none is made."""
 
 
 class TrainingCancelled(Exception):
@@ -1156,6 +1162,7 @@ class StyleTrainer:
 
     def result(self, seconds: float, steps: int, cancelled: bool = False) -> TrainResult:
         """Package the current weights as a :class:`Style` (CPU tensors; consistent after any whole step)."""
+        self._refuse_diverged(steps)
         values = (torch.cat([torch.stack([torch.as_tensor(v).float().reshape(()) for v in h.values()])
                              for h in self.history]).tolist() if self.history else [])  # one device-to-host copy
         history, at = [], 0
@@ -1172,6 +1179,21 @@ class StyleTrainer:
         if self.start is not None:
             meta["started_from"] = self.start.metadata.get("universal_model") or self.start.name
         return TrainResult(self.model.to_style(meta), history, seconds, steps, cancelled)
+
+
+    def _refuse_diverged(self, steps: int) -> None:
+        """Raise :class:`TrainingDiverged` when a trained weight is NaN or infinite (one check of them all, on their
+        device: a diverged run saved a NaN style and said it succeeded)."""
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            return
+        totals = [float(h["total"]) for h in self.history if "total" in h]
+        first = next((i + 1 for i, t in enumerate(totals) if not math.isfinite(t)), None)
+        at = f"at step {first} of {steps}" if first else f"within its {steps} steps"
+        raise TrainingDiverged(f"training diverged {at}: the style's weights became NaN or infinite, so no style was "
+                               f"made; the learning rate {self.cfg.lr:g} is too high for this recipe (the default is "
+                               f"{TrainConfig.lr:g}): lower it (--lr, or the Train node's learning_rate) and train "
+                               "again")
 
 
 @runs_on_device_of("vae")

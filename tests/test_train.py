@@ -408,3 +408,17 @@ def test_numpy_and_torch_scalars_and_0_1_switches_still_train_as_plain_values():
     assert type(cfg.fusion.mlp_ratio) is float
     with pytest.raises(ValueError, match="channels_last must be true or false, got 2"):
         TrainConfig(channels_last=2)
+
+
+def test_a_diverged_run_makes_no_style_and_says_to_lower_the_learning_rate(parts, photo):
+    """At learning rate 1 the weights became NaN: the run returned (the CLI saved and said it succeeded) a style that
+    stylises every picture black, and printed its losses as bare NaN."""
+    from stylemamba.train import TrainingDiverged
+
+    vae, text, _, _ = parts
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+ of 6: the style's weights became NaN "
+                                               r"or infinite, so no style was made; the learning rate 1 is too high"):
+        train_style(vae, text, photo, "oil painting", small_config(epochs=6, lr=1.0))
+    assert issubclass(TrainingDiverged, ValueError)  # the CLI's one error line, exit 2
+    sane = train_style(vae, text, photo, "oil painting", small_config(epochs=6))
+    assert all(bool(torch.isfinite(d).all()) for d in sane.style.decoder_delta.values())
