@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import ImageTextModel, check_image_text_model, model_name
+from .image_io import check_pixels
 from .mixing import blend as blend_parts
 from .mixing import normalise_weights
 
@@ -175,6 +176,7 @@ def image_embedding(model: ImageTextModel, images: torch.Tensor, what: str = "im
     x = x[:, :3] if x.shape[1] != 1 else x.expand(-1, 3, -1, -1)
     if x.shape[-1] < 8 or x.shape[-2] < 8:
         raise ValueError(f"the {what} is {x.shape[-1]}x{x.shape[-2]} pixels; give at least 8x8")
+    check_pixels(x, what)  # 0-255 pixels were clamped to a white picture, NaN ones made a NaN style, without a word
     param = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     embs = torch.cat([model.encode_image(x[i:i + 8].to(model.device, dtype).clamp(0, 1)).float().cpu()

@@ -154,7 +154,17 @@ def safe_style_filename(name: str) -> str:
     base = re.sub(r"_{2,}", "_", base).strip(" .") or "style"
     if base.split(".")[0].upper() in _WINDOWS_RESERVED:
         base = "_" + base
-    return base[:120] + EXTENSION
+    return _cut_to_bytes(base[:120], NAME_BYTES) + EXTENSION
+
+
+NAME_BYTES = 180  # of a style's file name before the extension: file systems take 255 bytes, and a Japanese name
+# reaches that at 85 characters; room is left for the Save Style node's _00001 counter
+
+
+def _cut_to_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, at a character boundary."""
+    encoded = text.encode()
+    return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore").rstrip(" .") or "style"
 
 
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}

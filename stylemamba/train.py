@@ -97,6 +97,15 @@ class TrainConfig:
             self.loss = L.LossConfig.from_dict(self.loss)
         if isinstance(self.fusion, dict):
             self.fusion = FusionConfig.from_dict(self.fusion)
+        for name, kind, example in (("loss", L.LossConfig, '{"dir": 500}'), ("fusion", FusionConfig, '{"depth": 2}')):
+            if not isinstance(getattr(self, name), kind):  # a recipe's "loss": null failed after the models loaded
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: it must be the {name} "
+                                 f"settings, a JSON object such as {example}, or left out for the defaults")
+        if not any(getattr(self.loss, k) > 0 for k in STYLE_LOSSES):
+            raise ValueError(f"the recipe turns off every style loss ({', '.join('loss.' + k for k in STYLE_LOSSES)} "
+                             "are all 0): nothing would pull the picture toward the prompt, and the style would "
+                             "ignore it; set at least one above 0 (the defaults are "
+                             f"{', '.join(f'{k} {getattr(L.LossConfig, k):g}' for k in STYLE_LOSSES)})")
         check_kinds(self, type(self).__name__)
         self.precision = check_precision(self.precision)
         try:
@@ -184,6 +193,9 @@ class TrainResult:
                 f"{p['median_step'] * 1e3:.0f} ms), packaging {p['package']:.2f} s")
 
 
+STYLE_LOSSES = ("dir", "patch", "md", "so")  # the terms that pull toward the prompt (the others keep content)
+
+
 class TrainingDiverged(ValueError):
     """The weights became NaN or infinite (a learning rate too high for the recipe): a style of them stylises every
     picture black, so none is made."""
@@ -213,12 +225,17 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
                     names: Sequence[str] | None = None) -> torch.Tensor:
     """(B,3,H,W) or a list of (3,H,W)/(1,3,H,W) images in [0,1] -> (B,3,res,res): short side resized, centre crop.
     ``names``: what errors call the images (their files), else their positions."""
-    items = list(images) if isinstance(images, (list, tuple)) else list(images.unbind(0)) if images.dim() == 4 else [images]
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if len(items) == 1 and torch.is_tensor(items[0]) and items[0].dim() == 4:
+        items = list(items[0].unbind(0))
     if not items:
         raise ValueError("no content images: give at least one image to train the style on")
     out = []
     for i, im in enumerate(items):
         what = f"content image {names[i] if names else i}"
+        if not torch.is_tensor(im):  # a path, a PIL or numpy image: a bare AttributeError ('.dim') before
+            raise TypeError(f"{what} is a {type(im).__name__}: give image tensors (3,H,W) or (B,3,H,W), floats in "
+                            "[0, 1]; for a file or folder, stylemamba.train.load_content(path, resolution) reads it")
         if im.dim() == 4 and im.shape[0] == 1:
             im = im[0]
         if im.dim() != 3 or im.shape[0] not in (1, 3, 4):
@@ -572,6 +589,10 @@ def _check_length(direction: TextDirection) -> TextDirection:
     """Refuse a style that points nowhere: its prompt encodes as the source prompt (or its reference picture as
     the content photos), so the directional losses stay at 1 and give no gradient; the "style" would be noise."""
     length = float(direction.direction.norm())
+    if not math.isfinite(length):  # NaN embeddings (a broken text or image model): every loss would be NaN
+        raise ValueError(f"the style {', '.join(repr(p) for p in direction.prompts)} encodes as NaN or infinite "
+                         f"values: the text model {direction.text_model!r} (or, for a reference picture, its image "
+                         "tower) gives invalid embeddings; check that model's files")
     if length < 1e-4:
         styles = ", ".join(repr(p) for p in direction.prompts)
         raise ValueError(f"the style {styles} encodes the same as the source prompt {direction.source_prompt!r} "

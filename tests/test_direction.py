@@ -91,3 +91,17 @@ def test_training_takes_the_direction_as_it_is(siglip, tiny_models, photo, monke
     clip = load_text_image_encoder(tiny_models["clip"])
     with pytest.raises(ValueError, match="encoded with .* but training uses"):
         train_style(vae, clip, photo, direction, cfg)
+
+
+def test_a_reference_picture_is_checked_as_content_images_are(siglip):
+    """from_reference clamped 0-255 pixels to a white picture (a style of white) and took NaN pixels (a NaN style),
+    without a word; content images were refused the same values."""
+    photo = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"reference images are uint8 \(0-255 integers\?\)"):
+        TextDirection.from_reference(siglip, (photo * 255).to(torch.uint8), source_images=photo)
+    with pytest.raises(ValueError, match="reference image 0 has pixel values up to"):
+        TextDirection.from_reference(siglip, photo * 255, source_images=photo)
+    nan = photo.clone()
+    nan[0, 1, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="reference image 0 has 1 NaN or infinite pixel value"):
+        TextDirection.from_reference(siglip, nan, source_images=photo)

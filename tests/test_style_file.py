@@ -170,3 +170,12 @@ def test_file_names_are_sanitised():
     assert safe_style_filename('a<b>c:d"e|f?g*h') == "a_b_c_d_e_f_g_h.safetensors"
     assert safe_style_filename("tab\there\x00") == "tab_here_.safetensors"
     assert safe_style_filename("CON") == "_CON.safetensors"  # reserved on Windows
+
+
+def test_a_long_non_latin_style_name_fits_a_file_name_with_the_save_nodes_counter(tmp_path):
+    """'東京の夜景 ...' cut at 120 characters was 323 bytes: Save Style failed with 'File name too long' (Errno 36)."""
+    name = safe_style_filename("東京の夜景 油絵風のスタイル 印象派の筆" * 10)
+    stem = name[: -len(".safetensors")]
+    assert len(f"{stem}_00001.safetensors".encode()) <= 255 and stem.startswith("東京の夜景 油絵風のスタイル")
+    (tmp_path / f"{stem}_00001.safetensors").write_bytes(b"")  # the file system takes it
+    assert safe_style_filename("é" * 150) == "é" * 90 + ".safetensors"  # cut at a character, never inside one

@@ -422,3 +422,25 @@ def test_a_diverged_run_makes_no_style_and_says_to_lower_the_learning_rate(parts
     assert issubclass(TrainingDiverged, ValueError)  # the CLI's one error line, exit 2
     sane = train_style(vae, text, photo, "oil painting", small_config(epochs=6))
     assert all(bool(torch.isfinite(d).all()) for d in sane.style.decoder_delta.values())
+
+
+def test_recipes_and_contents_that_cannot_train_are_named_before_the_models_work(parts, tmp_path):
+    """A recipe with "loss": null or "fusion": "mamba" crashed with an AttributeError after the models loaded; one
+    with every style loss at 0 trained a style that ignored its prompt, without a word; a path, PIL or numpy image as
+    content raised a bare AttributeError ('str' object has no attribute 'dim')."""
+    import numpy
+    from PIL import Image
+
+    from stylemamba.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"TrainConfig.loss=None is invalid: it must be the loss settings"):
+        TrainConfig.from_dict({"loss": None})
+    with pytest.raises(ValueError, match=r"TrainConfig.fusion='mamba' is invalid: it must be the fusion settings"):
+        TrainConfig.from_dict({"fusion": "mamba"})
+    with pytest.raises(ValueError, match=r"turns off every style loss .* set at least one above 0"):
+        TrainConfig.from_dict({"loss": {"dir": 0, "patch": 0, "md": 0, "so": 0}})
+    TrainConfig.from_dict({"loss": {"dir": 0, "patch": 0, "md": 0, "so": 1}})  # one is enough
+    picture = Image.new("RGB", (32, 32))
+    for content in (str(tmp_path / "photo.png"), picture, numpy.zeros((32, 32, 3), numpy.uint8), [picture]):
+        with pytest.raises(TypeError, match=r"content image 0 is a \w+: give image tensors .*train.load_content"):
+            prepare_content(content, 64)
