@@ -585,6 +585,17 @@ def _as_direction(text: ImageTextModel, direction: Direction, prompt_weights: li
     return _check_length(direction)
 
 
+def _check_same_text_model_kind(start: Style, text: ImageTextModel) -> None:
+    """A style fine-tuned with another kind of text model of the same width (SigLIP-base and CLIP-L are both 768-d):
+    its fusion module reads another embedding space, and it trained on without a word."""
+    trained, now = start.metadata.get("text_model_kind"), getattr(text, "kind", "")
+    if trained and now and trained != now:
+        raise ValueError(f"style '{start.name}' was trained with a {trained} text model "
+                         f"({start.metadata.get('text_model', '?')}), this run encodes with a {now} one: its fusion "
+                         "module reads another embedding space; give the text model it was trained with (--text-model, "
+                         "or the Load Text Model node)")
+
+
 def _check_length(direction: TextDirection) -> TextDirection:
     """Refuse a style that points nowhere: its prompt encodes as the source prompt (or its reference picture as
     the content photos), so the directional losses stay at 1 and give no gradient; the "style" would be noise."""
@@ -672,6 +683,8 @@ class StyleTrainer:
             from .universal import style_from_universal  # checked to come from its text model (universal imports us)
 
             start = style_from_universal(start, self.direction)
+        elif start is not None:
+            _check_same_text_model_kind(start, self.text)
         self.start = start
         # the recipe recorded in the style names the source prompt the direction really used (and the
         # architecture of the starting style's fusion module, when there is one)

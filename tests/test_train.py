@@ -444,3 +444,15 @@ def test_recipes_and_contents_that_cannot_train_are_named_before_the_models_work
     for content in (str(tmp_path / "photo.png"), picture, numpy.zeros((32, 32, 3), numpy.uint8), [picture]):
         with pytest.raises(TypeError, match=r"content image 0 is a \w+: give image tensors .*train.load_content"):
             prepare_content(content, 64)
+
+
+def test_fine_tuning_a_style_of_another_kind_of_text_model_is_refused(parts, photo, tiny_models):
+    """Tiny CLIP and tiny SigLIP both give 768-d embeddings: a CLIP style started a SigLIP run without a word (only
+    the width was checked; a universal model's start checks its text model)."""
+    vae, siglip, _, _ = parts
+    clip = load_text_image_encoder(tiny_models["clip"])
+    clip_style = train_style(vae, clip, photo, "oil painting", small_config(epochs=1)).style
+    with pytest.raises(ValueError, match=r"style '.*' was trained with a clip text model .* this run encodes with a "
+                                         r"siglip one: its fusion module reads another embedding space"):
+        train_style(vae, siglip, photo, "watercolor", small_config(epochs=1), start=clip_style)
+    assert train_style(vae, clip, photo, "watercolor", small_config(epochs=1), start=clip_style).steps == 1
