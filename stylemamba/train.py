@@ -1214,7 +1214,6 @@ class StyleTrainer:
             meta["started_from"] = self.start.metadata.get("universal_model") or self.start.name
         return TrainResult(self.model.to_style(meta), history, seconds, steps, cancelled)
 
-
     def _refuse_diverged(self, steps: int) -> None:
         """Raise :class:`TrainingDiverged` when a trained weight is NaN or infinite (one check of them all, on their
         device: a diverged run saved a NaN style and said it succeeded)."""

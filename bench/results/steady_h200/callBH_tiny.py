@@ -19,7 +19,7 @@ if mode == "shared":
 if mode == "nocudnn":  # callBL: the probe stays fast when the trainer's captured backward uses no cuDNN
     torch.backends.cudnn.enabled = False
     torch.backends.cuda.enable_cudnn_sdp(False)
-if mode == "warmcudnn":  # callBL: cuDNN's conv and attention backward run once on the autograd thread before any trainer
+if mode == "warmcudnn":  # callBL: cuDNN's conv and attention backward once on the autograd thread, before any trainer
     bf = dict(device=dev, dtype=torch.bfloat16)
     c = torch.nn.Conv2d(32, 32, 3, padding=1).to(**bf)
     q = torch.randn(1, 2, 64, 32, **bf, requires_grad=True)

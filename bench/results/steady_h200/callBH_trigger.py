@@ -399,5 +399,6 @@ else:
 torch.cuda.synchronize()
 after = probe_us()
 after2 = probe_us()
-print("RESULT", json.dumps({"case": case + suffix + "".join(f" {k}" for k in ("NO_CUDNN", "NO_CUDNN_SDP") if os.environ.get(k)), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+suffix += "".join(f" {k}" for k in ("NO_CUDNN", "NO_CUDNN_SDP") if os.environ.get(k))
+print("RESULT", json.dumps({"case": case + suffix, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                             "before_us": before, "after_us": after, "again_us": after2}), flush=True)
