@@ -418,9 +418,7 @@ def plan_outputs(src: Path, files: list[Path], out: Path, overwrite: bool,
     else:
         targets = [out if looks_like_file else out / (files[0].stem + "_styled.png")]
     refuse_inputs(targets, files)
-    for f, t in zip(files, targets):
-        refuse_folder_at_result(t, f)
-    existing = [t for t in targets if t.exists()]
+    existing = [t for f, t in zip(files, targets) if has_result(t, f)]
     if skip_existing:
         done = set(existing)
         pairs = [(f, t) for f, t in zip(files, targets) if t not in done]
@@ -504,8 +502,8 @@ def plan_video_output(src: Path, out: Path, overwrite: bool, skip_existing: bool
     else:
         target = out / (src.stem + "_styled.mp4")
     refuse_inputs([target], [src])
-    refuse_folder_at_result(target, src)
-    if skip_existing and target.exists():
+    done = has_result(target, src)  # (a folder there is refused with or without the flag)
+    if skip_existing and done:
         said_already_done(src, target)
         return None
     refuse_existing(target, overwrite)
@@ -513,12 +511,16 @@ def plan_video_output(src: Path, out: Path, overwrite: bool, skip_existing: bool
     return target
 
 
-def refuse_folder_at_result(target: Path, src: Path) -> None:
-    """A folder where ``src``'s result goes is not a result: ``--skip-existing`` took it for one (and left the input
-    unstylised), ``--overwrite`` failed on it only when the result was saved, after the work."""
-    if target.exists() and not target.is_file():
+def has_result(target: Path, src: Path) -> bool:
+    """Whether ``src``'s result ``target`` is already there. A folder in its place is refused, not taken for a result:
+    ``--skip-existing`` took it for one (and left the input unstylised), ``--overwrite`` failed on it only when the
+    result was saved, after the work."""
+    if not target.exists():
+        return False
+    if not target.is_file():
         raise ValueError(f"{target} is a folder, where the result of {src.name} goes: rename or move that folder, or "
                          "choose another --output")
+    return True
 
 
 def said_already_done(src: Path, target: Path) -> None:

@@ -50,6 +50,9 @@ from .vae import SDVAE
 log = logging.getLogger("stylemamba")
 
 
+STYLE_LOSSES = ("dir", "patch", "md", "so")  # the terms that pull toward the prompt (the others keep content)
+
+
 @dataclass
 class TrainConfig:
     """The paper's recipe as defaults (with the loss changes measured in docs/METHOD_CHOICES.md: LossConfig);
@@ -191,9 +194,6 @@ class TrainResult:
             return f"{self.steps} steps in {self.seconds:.2f} s"
         return (f"set-up {p.get('setup', 0.0):.2f} s, {self.steps} steps {p['steps']:.2f} s (median "
                 f"{p['median_step'] * 1e3:.0f} ms), packaging {p['package']:.2f} s")
-
-
-STYLE_LOSSES = ("dir", "patch", "md", "so")  # the terms that pull toward the prompt (the others keep content)
 
 
 class TrainingDiverged(ValueError):
@@ -600,12 +600,12 @@ def _check_length(direction: TextDirection) -> TextDirection:
     """Refuse a style that points nowhere: its prompt encodes as the source prompt (or its reference picture as
     the content photos), so the directional losses stay at 1 and give no gradient; the "style" would be noise."""
     length = float(direction.direction.norm())
+    styles = ", ".join(repr(p) for p in direction.prompts)
     if not math.isfinite(length):  # NaN embeddings (a broken text or image model): every loss would be NaN
-        raise ValueError(f"the style {', '.join(repr(p) for p in direction.prompts)} encodes as NaN or infinite "
-                         f"values: the text model {direction.text_model!r} (or, for a reference picture, its image "
-                         "tower) gives invalid embeddings; check that model's files")
+        raise ValueError(f"the style {styles} encodes as NaN or infinite values: the text model "
+                         f"{direction.text_model!r} (or, for a reference picture, its image tower) gives invalid "
+                         "embeddings; check that model's files")
     if length < 1e-4:
-        styles = ", ".join(repr(p) for p in direction.prompts)
         raise ValueError(f"the style {styles} encodes the same as the source prompt {direction.source_prompt!r} "
                          f"(direction length {length:.1e}): there is nothing to learn; write a style prompt that "
                          "differs from the source prompt (for a reference picture: one that does not look like the "
