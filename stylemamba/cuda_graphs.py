@@ -160,9 +160,8 @@ class CapturedCalls:
     generators the body draws from (registered so each replay draws fresh numbers, as eager calls would).
     """
 
-    def __init__(self, generators: tuple[torch.Generator, ...] = (), backward: bool = False):
+    def __init__(self, generators: tuple[torch.Generator, ...] = ()):
         self.generators = tuple(g for g in generators if g is not None and g.device.type == "cuda")
-        self.backward = backward  # the body calls backward(): captured on autograd's thread (on_autograd_thread)
         self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, Any]] = {}
         self._pool = None  # the shared pool, from the first graph captured
 
@@ -200,8 +199,19 @@ class CapturedCalls:
         caller = torch.cuda.current_stream()
         side = capture_stream()
         side.wait_stream(caller)
-        record = lambda: _record(graph, body, side, self._pool)  # noqa: E731
-        outputs, failure = on_autograd_thread(record, caller.device) if self.backward else record()
+        failure: Exception | None = None
+        outputs = None
+        with torch.cuda.stream(side):
+            graph.capture_begin(pool=self._pool)
+            try:
+                outputs = body()
+            except Exception as exc:  # noqa: BLE001 - any failure to record means: run eagerly
+                failure = exc
+            finally:
+                try:
+                    graph.capture_end()
+                except Exception as exc:  # noqa: BLE001
+                    failure = failure or exc
         caller.wait_stream(side)
         if failure is not None:
             # the failure's traceback holds the body's frames, whose locals (activations) sit in the graph's pool
@@ -218,68 +228,6 @@ class CapturedCalls:
         if self._pool is None:
             self._pool = graph.pool()
         return graph, outputs
-
-
-def _record(graph: torch.cuda.CUDAGraph, body: Callable[[], Any], side: torch.cuda.Stream, pool
-            ) -> tuple[Any, Exception | None]:
-    """``body`` captured into ``graph`` on ``side`` -> (its outputs, the failure or None)."""
-    failure: Exception | None = None
-    outputs = None
-    with torch.cuda.stream(side):
-        graph.capture_begin(pool=pool)
-        try:
-            outputs = body()
-        except Exception as exc:  # noqa: BLE001 - any failure to record means: run eagerly
-            failure = exc
-        finally:
-            try:
-                graph.capture_end()
-            except Exception as exc:  # noqa: BLE001
-                failure = failure or exc
-    return outputs, failure
-
-
-class _CallInBackward(torch.autograd.Function):
-    """A node whose backward pass calls ``call()``: autograd runs it on its worker thread for the seed's device."""
-
-    @staticmethod
-    def forward(ctx, seed: torch.Tensor, call: Callable[[], None]) -> torch.Tensor:
-        ctx.call = call
-        return seed.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        ctx.call()
-        return grad, None
-
-
-def on_autograd_thread(fn: Callable[[], Any], device: torch.device) -> Any:
-    """``fn()`` run on autograd's worker thread for ``device``, with the caller's grad mode; its result or its
-    exception comes back to the caller.
-
-    Why: autograd runs every CUDA backward pass on that thread, so a captured training step is fed by two host
-    threads. Once a thread that has launched work eagerly launches into a capture begun by another thread,
-    every CUDA graph of the process replays ~0.35 us slower per node, for good: x1.17 on the tiny step
-    (1,858 nodes), kernels-only graphs too (callBO-BP3, H100, driver 580; a capture of one backward op is
-    enough). Begun here, the capture is one thread's: backward() called on autograd's own thread runs there
-    (reentrant, as checkpointing does)."""
-    grad_enabled = torch.is_grad_enabled()
-    result: list[Any] = []
-    failure: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            with torch.set_grad_enabled(grad_enabled):
-                result.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            failure.append(exc)
-
-    with torch.inference_mode(False), torch.enable_grad():
-        seed = torch.zeros((), device=device, requires_grad=True)
-        torch.autograd.backward(_CallInBackward.apply(seed, call))
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 class GraphedForward:

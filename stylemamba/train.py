@@ -782,7 +782,7 @@ class StyleTrainer:
         log.info("stylemamba: training steps %s (cuda_graphs=%r)", "replay as CUDA graphs after the first"
                  if self.cfg.cuda_graphs == "on" else "may replay as CUDA graphs (decided on the second)",
                  self.cfg.cuda_graphs)
-        return CapturedCalls((self.gen,), backward=True)
+        return CapturedCalls((self.gen,))
 
     def _splittable(self) -> bool:
         """Whether the recipe can run in micro-batches: CLIPstyler's TV form is one norm over the whole batch,
@@ -1111,7 +1111,7 @@ class StyleTrainer:
             if graphed:  # captured in turn after one eager step of the new plan (captured first, the recomputing
                 # plans failed with "a different number of tensors was saved": callL); "auto" decides for the new
                 # kind of step as for the first (remembered, timed, or a trial)
-                self.graphs, self._warm, self._graphs_decided = CapturedCalls((self.gen,), backward=True), False, False
+                self.graphs, self._warm, self._graphs_decided = CapturedCalls((self.gen,)), False, False
             if smaller.checkpointing and not self.plan.checkpointing:
                 enable_decoder_checkpointing(self.model.decoder)
             self.plan = smaller

@@ -71,7 +71,7 @@ class _CaptureOutOfMemory:
 class _CaptureRefused:
     """The smaller plan's graphs, on a CPU: their capture fails for another reason, so that step runs eagerly."""
 
-    def __init__(self, generators, backward=False):
+    def __init__(self, generators):
         self.asked = []
 
     def __len__(self):
@@ -237,53 +237,7 @@ def test_launch_bound_means_the_host_launched_for_nearly_the_whole_call():
     assert not cuda_graphs.is_launch_bound(0.0833, 0.1179)
 
 
-def test_on_autograd_thread_returns_the_result_raises_the_error_and_keeps_the_grad_mode():
-    device = torch.device("cpu")  # on a CPU autograd runs on the caller's thread; on a GPU see the test below
-    assert cuda_graphs.on_autograd_thread(lambda: 7, device) == 7
-    with torch.no_grad():
-        assert cuda_graphs.on_autograd_thread(torch.is_grad_enabled, device) is False
-    with torch.inference_mode():  # as ComfyUI runs its nodes: the node still works, grad mode the caller's (off)
-        assert cuda_graphs.on_autograd_thread(torch.is_grad_enabled, device) is False
-
-    def fails():
-        raise KeyError("in the capture")
-    with pytest.raises(KeyError, match="in the capture"):
-        cuda_graphs.on_autograd_thread(fails, device)
-
-    w = torch.ones(3, requires_grad=True)
-
-    def reentrant_backward():  # what a captured training step does inside
-        (w * 2).sum().backward()
-        return w.grad.clone()
-    torch.testing.assert_close(cuda_graphs.on_autograd_thread(reentrant_backward, device), torch.full((3,), 2.0))
-
-
 # ------------------------------------------------------------------------------------------------ GPU
-@needs_cuda
-def test_a_step_with_backward_is_captured_by_autograds_thread_alone_and_replays_as_eager():
-    """The capture is begun and fed by autograd's worker thread (not the caller's), and replays match eager."""
-    import threading
-    device = torch.device("cuda", 0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(device)
-    x = torch.randn(8, 16, device=device)
-    threads = []
-
-    def step():
-        threads.append(threading.get_ident())
-        model.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        return [p.grad for p in model.parameters()]
-    step()  # eager warm-up (autograd's thread launches eagerly first, as the trainer's first step)
-    expected = [g.clone() for g in step()]
-    calls = cuda_graphs.CapturedCalls(backward=True)
-    replayed = calls("step", step)
-    torch.cuda.synchronize()
-    assert threads[-1] != threading.get_ident()
-    for got, want in zip(replayed, expected):
-        torch.testing.assert_close(got, want)
-    assert len(calls) == 1
-
-
 def graphs_did_not_pay(monkeypatch) -> None:
     """"auto" as in a process that measured graphs not paying for these steps: eager from the second step, with
     the graph-ready optimizer (capturable Adam, learning rate and loss weights as device tensors)."""
