@@ -28,7 +28,7 @@ def capture_probe():
 
 
 late = bool(os.environ.get("PROBE_LATE"))  # callBP2: the case's capture first, then the probe's (timed after only)
-if os.environ.get("ON_AUTOGRAD"):  # callBR: every capture of the process begun on autograd's thread
+if os.environ.get("ON_AUTOGRAD"):  # callBR (on c392f2f): every capture of the process begun on autograd's thread
     from stylemamba.cuda_graphs import on_autograd_thread
     capture_probe = (lambda plain: lambda: on_autograd_thread(plain, dev))(capture_probe)
 probe = None if late else capture_probe()

@@ -1,7 +1,8 @@
 """call BQ: training-step captures begun on autograd's own thread (cuda_graphs.on_autograd_thread) against captures
 begun on the caller's thread (CONTROL=1, as before): fresh trainers, the workspace's restarts, and a 1,600-node
 kernels-only probe captured at process start, all in one process (callBO-BP3: a capture fed by a second thread that
-had launched eagerly slowed every graph ~0.35 us per node)."""
+had launched eagerly slowed every graph ~0.35 us per node). Ran on c392f2f, whose on_autograd_thread was reverted
+after this call measured no gain; CONTROL=1 is what main does."""
 import copy, json, os, statistics, torch
 import stylemamba.cuda_graphs as cuda_graphs
 from stylemamba.experiments import bench as B
