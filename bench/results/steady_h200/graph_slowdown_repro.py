@@ -1,7 +1,8 @@
-"""Plain PyTorch, no stylemamba: once a host thread that has launched work on a non-default stream launches into a
-capture, every CUDA graph of the process replays slower per node, for good: its kernels take as long as before, the
-GPU idles between them. PyTorch's documented whole-network recipe does exactly that: it warms up forward + backward
-on a side stream, and autograd's worker thread then launches the captured backward.
+"""Plain PyTorch, no stylemamba: after eager work on a non-default stream, every CUDA graph of the process replays
+slower per node, for good (callBB-BE: a few dozen eager operations on a side stream); its kernels take as long as
+before, the GPU idles between them. PyTorch's documented whole-network capture warms up forward + backward on a side
+stream, which is enough; the same warm-up on the default stream is not. A thread that launches only into a capture
+(`cold_thread`) does not set it off; one that first ran the same launches eagerly on the side stream does.
 
     python graph_slowdown_repro.py none | backward | backward_default_stream | warm_thread | cold_thread
 
