@@ -27,13 +27,48 @@ def _offline_message(hf_id: str, folder: Path, why: str) -> str:
             "and clear hf_id.")
 
 
+# Written into each folder a download fills: which repository it holds. A folder without it (an older version's
+# download, or the user's own copy) is never downloaded into.
+HF_ID_RECORD = ".stylemamba-hf-id"
+
+
+def download_folder(hf_id: str) -> Path:
+    """Where ``hf_id`` goes in models/siglip: the repository's name, as before, or ``owner--name`` when that folder
+    holds another repository or files that no download of ours put there (never downloaded into)."""
+    root = ch.save_folder("siglip")
+    owner, name = hf_id.split("/")
+    candidates = (root / name, root / f"{owner}--{name}")
+    for folder in candidates:
+        recorded = _recorded_id(folder)
+        if not folder.exists() or recorded == hf_id:
+            return folder
+        if recorded is None and _is_complete(folder):
+            log.warning("hf_id %s: using %s, whose files say nothing of the repository they came from (an earlier "
+                        "version's download); delete that folder if it holds another model", hf_id, folder)
+            return folder
+    raise RuntimeError(f"hf_id '{hf_id}': {candidates[0]} and {candidates[1]} hold files of another model or an "
+                       "unfinished copy, which a download would overwrite; move them, or pick the model in "
+                       "model_name and clear hf_id")
+
+
+def _recorded_id(folder: Path) -> str | None:
+    try:
+        return (folder / HF_ID_RECORD).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
 def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path:
     """Hugging Face id -> a folder in models/siglip (downloaded once; reused when already there)."""
     hf_id = hf_id.strip()
     if not _HF_ID.match(hf_id) or ".." in hf_id:
         raise ValueError(f"hf_id '{hf_id}' is not a Hugging Face model id like {DEFAULT_SIGLIP_ID}")
-    folder = ch.save_folder("siglip") / hf_id.split("/")[1]
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+    folder = download_folder(hf_id)
+    if _is_complete(folder):
         return folder
     try:
         from huggingface_hub import snapshot_download
@@ -42,8 +77,12 @@ def download_text_model(hf_id: str, progress: ch.Progress | None = None) -> Path
     tqdm_class = download_progress(progress) if progress is not None else None
     log.info("downloading %s into %s", hf_id, folder)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / HF_ID_RECORD).write_text(hf_id + "\n", encoding="utf-8")  # first: a stopped download is resumed
         snapshot_download(repo_id=hf_id, local_dir=str(folder), allow_patterns=_HF_PATTERNS, tqdm_class=tqdm_class)
     except Exception as exc:  # offline mode, no network, unknown repo, gated repo ...
+        if ch.is_interrupt(exc):  # Cancel pressed while downloading: ComfyUI shows it as cancelled
+            raise
         raise RuntimeError(_offline_message(hf_id, folder, f"{type(exc).__name__}: {exc}")) from exc
     if not (folder / "config.json").is_file():
         raise RuntimeError(_offline_message(hf_id, folder, "the download has no config.json"))
@@ -101,7 +140,8 @@ class StyleMambaLoadTextModel:
                 "hf_id": ("STRING", {
                     "default": "", "multiline": False,
                     "tooltip": "Optional Hugging Face id (e.g. google/siglip-base-patch16-224). When set it is used "
-                               "instead of model_name: downloaded once into models/siglip/<name> (needs internet)."}),
+                               "instead of model_name: downloaded once into models/siglip/<name> (<owner>--<name> "
+                               "when that folder holds another model; needs internet)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -274,6 +274,63 @@ def test_hf_id_offline_gives_a_clear_message(nodes, models_dir, monkeypatch):
     assert str(models_dir / "siglip" / "siglip-base-patch16-224") in message
 
 
+def test_cancel_while_downloading_stays_a_cancel(pack, monkeypatch):
+    """ComfyUI's progress hook raises its interrupt from inside the download's bar: it was reported as a failed
+    download with advice for offline machines."""
+    import huggingface_hub
+
+    loaders = importlib.import_module(PACK_NAME + ".nodes.loaders")
+    helpers = importlib.import_module(PACK_NAME + ".nodes.comfy_helpers")
+
+    def cancelled(**kwargs):
+        raise helpers.CancelledWithoutComfy()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cancelled)
+    with pytest.raises(helpers.CancelledWithoutComfy):
+        loaders.download_text_model("someone/cancelled-model")
+
+
+def test_hf_id_never_reuses_or_overwrites_another_repositorys_folder(pack, models_dir, monkeypatch):
+    """The download folder was the repository's name alone: another owner's model of that name was reused without a
+    word, and a user's unfinished copy there became the download's target."""
+    import huggingface_hub
+
+    loaders = importlib.import_module(PACK_NAME + ".nodes.loaders")
+    siglip = models_dir / "siglip"
+    downloads = []
+
+    def fake_download(repo_id, local_dir, **kwargs):
+        downloads.append((repo_id, Path(local_dir).name))
+        (Path(local_dir) / "config.json").write_text("{}")
+        (Path(local_dir) / "model.safetensors").write_bytes(b"weights of " + repo_id.encode())
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+
+    first = loaders.download_text_model("google/same-name")
+    assert first == siglip / "same-name" and downloads == [("google/same-name", "same-name")]
+    assert loaders.download_text_model("google/same-name") == first and len(downloads) == 1  # recorded: reused
+    other = loaders.download_text_model("HuggingFaceM4/same-name")  # same name, another owner: its own folder
+    assert other == siglip / "HuggingFaceM4--same-name" and downloads[-1] == ("HuggingFaceM4/same-name", other.name)
+    assert (first / "model.safetensors").read_bytes() == b"weights of google/same-name"
+
+    mine = siglip / "my-copy"  # the user's unfinished copy: never a download's target
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": 1}')
+    assert loaders.download_text_model("owner/my-copy") == siglip / "owner--my-copy"
+    assert (mine / "config.json").read_text() == '{"mine": 1}' and not (mine / "model.safetensors").exists()
+
+    legacy = siglip / "old-download"  # complete, from a version that recorded nothing: used as before
+    legacy.mkdir()
+    (legacy / "config.json").write_text("{}")
+    (legacy / "model.safetensors").write_bytes(b"old")
+    count = len(downloads)
+    assert loaders.download_text_model("owner/old-download") == legacy and len(downloads) == count
+
+    (siglip / "owner--my-copy" / loaders.HF_ID_RECORD).write_text("someone/else")  # both folders taken
+    with pytest.raises(RuntimeError, match="my-copy and .*owner--my-copy hold files of another model"):
+        loaders.download_text_model("owner/my-copy")
+    for folder in (first, other, mine, legacy, siglip / "owner--my-copy"):
+        shutil.rmtree(folder)
+
+
 def test_the_download_bar_takes_the_keywords_huggingface_hub_passes_and_moves_the_node_bar(pack):
     import io
 
