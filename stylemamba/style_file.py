@@ -360,6 +360,12 @@ def _read_weights(path: Path, kind: str, required: tuple[str, ...], meta: dict[s
     if meta.get("tensor_sha256") and tensor_digest(tensors) != meta["tensor_sha256"]:
         log.warning("stylemamba: %s: its weights are not the ones it was saved with (checksum differs): damaged in a "
                     "copy or download (get it again), or edited by another tool", path.name)
+    broken = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:  # one NaN in the decoder made every pixel NaN: pictures that came out black without a word
+        raise StyleFileError(f"{path.name}: NaN or infinite values in {len(broken)} of its {kind} tensors (e.g. "
+                             f"{broken[0]}), so every picture would come out black: the file was damaged (get it "
+                             "again) or saved from a training run that diverged (train it again with a lower "
+                             "learning rate)")
     fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")}
     delta = {k[len("decoder_delta."):]: v.float() for k, v in tensors.items() if k.startswith("decoder_delta.")}
     return tensors, fusion, delta

@@ -76,6 +76,24 @@ def test_weights_damaged_after_saving_are_said_when_loaded(tmp_path, trained, ca
     assert "starry.safetensors: its weights are not the ones it was saved with (checksum differs)" in caplog.text
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_style_with_nan_or_infinite_weights_is_refused_not_stylised_black(tmp_path, trained, bad):
+    """One inf in an fp16 decoder delta made every output pixel NaN (black once saved), with only the checksum's
+    warning in the console."""
+    from safetensors import safe_open
+
+    _, style = trained
+    path = Path(save_style(style, tmp_path / "starry")["path"])
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    name = next(k for k in tensors if k.startswith("decoder_delta."))
+    tensors[name].view(-1)[0] = bad
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(StyleFileError, match=r"starry.safetensors: NaN or infinite values in 1 of its style "
+                                             r"tensors \(e\.g\. decoder_delta\..*\(get it again\)"):
+        load_style(path)
+
+
 def test_fp16_delta_is_close_and_smaller(tmp_path, trained, photo):
     vae, style = trained
     full = save_style(style, tmp_path / "a", delta_dtype=torch.float32)
