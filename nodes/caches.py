@@ -161,5 +161,6 @@ def style_model(sdvae, vae, styles: list, weights: list[float], strength: float,
         entry = (model, ch.managed_model(model, sdvae.device))
         style_models.put(key, entry)
     model, patcher = entry
+    model.use_vae(sdvae)  # the key is the VAE's weights: a reloaded VAE file must not keep the dropped one alive
     ch.load_on_device([getattr(vae, "patcher", None), patcher], model, sdvae.device, memory_required)
     return model, reused

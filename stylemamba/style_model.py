@@ -119,6 +119,15 @@ class StyleModel(nn.Module):
             tensor.copy_(base[key])
         self.embedding_0.copy_(embedding.reshape(self.embedding_0.shape))
 
+    def use_vae(self, vae: SDVAE) -> None:
+        """Encode with ``vae``, the same weights in another wrapper (a front end that loaded the VAE file again):
+        a kept model otherwise holds the dropped one, its encoder and decoder, alive outside the front end's memory
+        accounting."""
+        if vae is not self.vae:
+            if (vae.identity, vae.scaling_factor) != (self.vae.identity, self.vae.scaling_factor):
+                raise ValueError(f"use_vae: {vae.name} is not the VAE this style model was built on ({self.vae.name})")
+            self.__dict__["vae"] = vae
+
     @classmethod
     def from_styles(cls, vae: SDVAE, styles: Sequence[Style], weights: Sequence[float] | None = None,
                     strength: float = 1.0, blend: str = "outputs") -> StyleModel:

@@ -760,6 +760,34 @@ def test_stylize_reuses_the_built_style_across_calls(nodes, pack, trained, vae, 
     assert len(built) == 4 and torch.equal(again, first)
 
 
+def test_a_kept_style_model_does_not_keep_a_dropped_vae_alive(nodes, trained, tiny_models, photo):
+    """The cache key is the VAE's weights, but the kept model held the VAE it was built with: ComfyUI dropping that
+    VAE and loading the same file again left the old encoder and decoder alive, outside its memory accounting."""
+    import gc
+    import weakref
+
+    from diffusers import AutoencoderKL
+
+    def load_vae_file():
+        with torch.inference_mode():
+            return FakeComfyVAE(AutoencoderKL.from_pretrained(str(tiny_models["vae"])).eval())
+    caches = sys.modules[PACK_NAME + ".nodes.caches"]
+    caches.style_models.clear()
+    images, node = comfy_images(photo), nodes["StyleMambaStylize"]()
+    first_vae = load_vae_file()
+    with torch.inference_mode():
+        first = node.stylize(trained["style"], first_vae, images, 0.8, 1024, 4)[0]
+    dropped = weakref.ref(first_vae.first_stage_model.encoder)
+    del first_vae
+    again = load_vae_file()
+    with torch.inference_mode():
+        second = node.stylize(trained["style"], again, images, 0.8, 1024, 4)[0]
+    gc.collect()
+    assert len(caches.style_models.entries) == 1 and torch.equal(first, second)  # the same model, reused
+    assert dropped() is None
+    caches.style_models.clear()
+
+
 def test_stylize_does_no_garbage_collection_per_call(nodes, trained, vae, photo, monkeypatch):
     """A cycle collection per Stylize call took ~256 ms in a process holding the models (2.4x the whole call on
     the CPU); ComfyUI's prompt loop collects between prompts itself."""

@@ -49,6 +49,21 @@ def test_weights_and_strength_are_built_into_a_model(trained, photo):
             stylize(photo, vae, half, **kwargs)
 
 
+def test_a_built_model_takes_the_same_vae_in_another_wrapper_only(trained, tiny_models, photo):
+    vae, _, style = trained
+    model = StyleModel.from_styles(vae, [style])
+    reloaded = load_vae(tiny_models["vae"])  # the same file loaded again (a front end's reload)
+    model.use_vae(reloaded)
+    assert model.vae is reloaded
+    torch.testing.assert_close(stylize(photo, reloaded, model), stylize(photo, vae, style))
+    other = load_vae(tiny_models["vae"])
+    with torch.no_grad():
+        next(other.decoder.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="is not the VAE this style model was built on"):
+        model.use_vae(other)
+    assert model.vae is reloaded
+
+
 def test_to_style_packages_a_single_style_only(trained):
     vae, trainer, style = trained
     again = trainer.model.to_style({"name": "again"})
