@@ -77,8 +77,8 @@ class StyleMambaStylize:
                                  on_batch=lambda done, total: progress.update(done))
         except Exception as exc:
             if ch.is_out_of_memory(exc):
-                raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", batch_size, tile_size, OOM_NAMES,
-                                              memory_kind(exc)) from exc
+                raise stylizing_out_of_memory(f"{b} image(s) of {w}x{h}", min(int(batch_size), b), tile_size,
+                                              OOM_NAMES, memory_kind(exc), largest_side=max(h, w)) from exc
             raise
         return (image_to_comfy(out),)
 

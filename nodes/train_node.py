@@ -157,6 +157,14 @@ class StyleMambaTrain:
                                          skipped_losses, train_style)
 
         conditioning.check_text_model(text_model)
+        style_weights = {"dir_weight": dir_weight, "patch_weight": patch_weight, "md_weight": md_weight,
+                         "so_weight": so_weight}
+        if not any(float(w) > 0 for w in style_weights.values()):  # the library's check, in the node's names
+            widgets = self.INPUT_TYPES()["required"]
+            defaults = ", ".join(f"{k} {widgets[k][1]['default']:g}" for k in style_weights)
+            raise ValueError(f"{', '.join(style_weights)} are all 0: nothing would pull the picture toward the "
+                             "prompt, and the style would ignore it; set at least one above 0 (the defaults are "
+                             f"{defaults})")
         total = int(epochs) * int(steps_per_epoch)
         loss = LossConfig(dir=dir_weight, patch=patch_weight, md=md_weight, so=so_weight, lpips=lpips_weight,
                           vgg_weight_start=vgg_weight_start, vgg_weight_end=vgg_weight_end,

@@ -53,11 +53,13 @@ def _training(n: Mapping[str, str | None], resolution: int, n_crops: int, n_imag
 
 
 def _stylizing(n: Mapping[str, str | None], what: str, batch_size: int, tile_size: int,
-               memory: str = "GPU memory") -> str:
-    # only what can still go lower: a batch above 1, a tile above the smallest without seams (256)
+               memory: str = "GPU memory", largest_side: int | None = None) -> str:
+    # only what can still go lower: a batch above 1, a tile above the smallest without seams (256) on a picture
+    # that smaller tiles would cut (a 64 px picture is one tile whatever tile_size says)
+    tiled = min(tile_size, largest_side or tile_size)
     lower = [f"{n['batch_size']} (now {batch_size})" if n["batch_size"] and batch_size > 1 else None,
-             f"{n['tile_size']} (now {tile_size}, e.g. {max(256, tile_size // 16 * 8)})"
-             if n["tile_size"] and tile_size > 256 else None]
+             f"{n['tile_size']} (now {tile_size}, e.g. {max(256, tiled // 16 * 8)})"
+             if n["tile_size"] and tiled > 256 else None]
     device = n["device"] and memory == "GPU memory" and f"use {n['device']}"
     text = f"out of {memory} while stylising {what}{_fixes([k for k in lower if k], device)}"
     return text + f"; {_close_others(memory)} and retry."
@@ -94,9 +96,12 @@ def training_out_of_memory(resolution: int, n_crops: int, n_images: int,
 
 
 def stylizing_out_of_memory(what: str, batch_size: int, tile_size: int,
-                            names: Mapping[str, str | None] | None = None, memory: str = "GPU memory") -> OutOfMemory:
+                            names: Mapping[str, str | None] | None = None, memory: str = "GPU memory",
+                            largest_side: int | None = None) -> OutOfMemory:
+    """``batch_size``: the batch that ran (at most the number of pictures); ``largest_side``: the pictures' longest
+    side, which says whether smaller tiles would cut them."""
     return OutOfMemory("stylizing", {"what": what, "batch_size": int(batch_size), "tile_size": int(tile_size),
-                                     "memory": memory}, names)
+                                     "memory": memory, "largest_side": largest_side}, names)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -209,7 +209,7 @@ def stylize(images: torch.Tensor, vae: SDVAE, styles: Styles, *args, **kwargs) -
         raise stylizing_out_of_memory(f"{count} image(s) of {images.shape[-1]}x{images.shape[-2]}",
                                       min(kwargs.get("batch_size", 4), count),  # a lower batch size than the
                                       kwargs.get("tile_size", 1024),            # images there are changes nothing
-                                      memory=memory_kind(exc)) from exc
+                                      memory=memory_kind(exc), largest_side=max(images.shape[-2:])) from exc
 
 
 def memory_estimate(batch_size: int, height: int, width: int, tile_size: int) -> float:

@@ -95,6 +95,19 @@ def test_stylising_out_of_memory_suggests_only_what_can_go_lower(batch, tile, ad
     assert advice in message and (". Lower" in message) == (batch > 1 or tile > 256), message
 
 
+@pytest.mark.parametrize("side, advice", [
+    (64, "while stylising 1 image(s) of 64x64. Use --device cpu"),  # one tile whatever --tile-size says
+    (300, "Lower --tile-size (now 1024, e.g. 256)"),
+    (800, "Lower --tile-size (now 1024, e.g. 400)"),
+])
+def test_smaller_tiles_are_suggested_only_for_pictures_they_would_cut(side, advice):
+    from stylemamba.cli import OOM_NAMES
+    from stylemamba.errors import stylizing_out_of_memory
+
+    message = str(stylizing_out_of_memory(f"1 image(s) of {side}x{side}", 1, 1024, OOM_NAMES, largest_side=side))
+    assert advice in message, message
+
+
 def test_stylize_mixes_by_pictures_unless_told_otherwise():
     from stylemamba.cli import build_parser
 

@@ -507,6 +507,17 @@ def test_train_node_refuses_a_conditioning_of_another_text_model(nodes, vae, tex
             nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo), **train_args())
 
 
+def test_train_node_names_its_own_inputs_when_every_style_weight_is_0(nodes, vae, text_model, photo):
+    """The library's refusal named its recipe fields (loss.dir, ...), which the node does not show."""
+    with torch.inference_mode():
+        cond = nodes["StyleMambaTextConditioning"]().encode(text_model, "pop art", "a plain photo")[0]
+        with pytest.raises(ValueError, match=r"^dir_weight, patch_weight, md_weight, so_weight are all 0: .*the "
+                                             r"defaults are dir_weight 500, patch_weight 500"):
+            nodes["StyleMambaTrain"]().train(vae, text_model, cond, comfy_images(photo),
+                                             **train_args(dir_weight=0.0, patch_weight=0.0, md_weight=0.0,
+                                                          so_weight=0.0))
+
+
 def test_train_node_cancel_raises_the_interrupt(nodes, pack, vae, text_model, photo, small_fusion, monkeypatch):
     ch = sys.modules[PACK_NAME + ".nodes.comfy_helpers"]
     calls = []
@@ -630,6 +641,21 @@ def test_node_errors_reach_comfyui_as_builtin_types_and_oom_stays_oom(pack):
     assert type(oom) is torch.cuda.OutOfMemoryError and str(oom) == str(ours)  # ComfyUI unloads on it
     for foreign in (RuntimeError("torch says"), ch.CancelledWithoutComfy("cancelled"), KeyError("k")):
         assert nodes_pkg.shown_as_builtin(foreign) is foreign  # not ours, or ComfyUI's interrupt: unchanged
+
+
+def test_stylize_out_of_memory_suggests_only_what_would_help(nodes, pack, trained, vae, photo, monkeypatch):
+    """One 64 px picture with batch_size 4 and tile_size 1024: lowering either changes nothing, yet both were
+    advised."""
+    stylize_mod = importlib.import_module(PACK_NAME + ".stylemamba.stylize")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(stylize_mod, "stylize_images", out_of_memory)
+    with torch.inference_mode(), pytest.raises(torch.cuda.OutOfMemoryError) as info:
+        nodes["StyleMambaStylize"]().stylize(trained["style"], vae, comfy_images(photo), 1.0, 1024, 4)
+    message = str(info.value)
+    assert "while stylising 1 image(s) of 64x64" in message, message
+    assert "batch_size" not in message and "tile_size" not in message, message
 
 
 # ---------------------------------------------------------------------------------------------------- stylise
