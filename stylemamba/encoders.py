@@ -198,6 +198,23 @@ def _read_preprocessor(folder: Path, kind: str) -> tuple[int | None, list[float]
     return (int(size) if size else None), cfg.get("image_mean", mean), cfg.get("image_std", std)
 
 
+# The tokenizer files each kind needs: any one of these sets (a fast tokenizer.json, or the slow files).
+_TOKENIZER_FILES = {"siglip": (("tokenizer.json",), ("spiece.model",)),
+                    "clip": (("tokenizer.json",), ("vocab.json", "merges.txt"))}
+
+
+def _check_model_folder(path: Path, kind: str) -> None:
+    """Refuse a folder without weights or tokenizer: without spiece.model SigLIP failed inside sentencepiece
+    ("Either model_file or model_proto must be specified"), and CLIP loaded a tokenizer that knows no word."""
+    if not any(path.glob("*.safetensors")):
+        raise ModelFileError(f"model folder {path} has no weights (model.safetensors; only safetensors are read): "
+                             "download every file of the model's repository into that folder")
+    if not any(all((path / f).is_file() for f in files) for files in _TOKENIZER_FILES[kind]):
+        wanted = " or ".join(" + ".join(files) for files in _TOKENIZER_FILES[kind])
+        raise ModelFileError(f"model folder {path} has no {kind} tokenizer files ({wanted}): download every file "
+                             "of the model's repository into that folder, tokenizer files included")
+
+
 def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None) -> TextImageEncoder:
     """Load SigLIP or CLIP (chosen by the folder's config) from a local folder or a Hugging Face id.
@@ -231,8 +248,16 @@ def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: s
         if kind not in ("siglip", "clip"):
             raise ValueError(f"{src} is a '{kind}' model; StyleMamba needs a SigLIP or CLIP model (e.g. {DEFAULT_SIGLIP})")
         cls = SiglipModel if kind == "siglip" else CLIPModel
+        if path.is_dir():
+            _check_model_folder(path, kind)
         with quiet_loading():
-            model, loading = cls.from_pretrained(src, use_safetensors=True, output_loading_info=True)
+            try:
+                model, loading = cls.from_pretrained(src, use_safetensors=True, output_loading_info=True)
+            except Exception as exc:
+                if type(exc).__name__ != "SafetensorError":  # safetensors' own: the file, not the model, is bad
+                    raise
+                raise ModelFileError(f"{src}: its weights could not be read ({exc}): the file is damaged; download "
+                                     "it again") from None
         missing = sorted(k for k in loading.get("missing_keys", ()) if not k.endswith("position_ids"))
         if missing or loading.get("mismatched_keys"):
             # an error, not a warning: randomly initialised weights would train a meaningless style
@@ -241,6 +266,9 @@ def load_text_image_encoder(name_or_path: str | Path = DEFAULT_SIGLIP, device: s
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(src)
     except OSError as exc:
+        if path.is_dir():  # a folder here: there is no repository of that name to point to
+            raise ModelFileError(f"could not load the text-image model in {src} ({exc}): download every file of "
+                                 "the model's repository into that folder") from exc
         raise ModelFileError(
             f"could not load the text-image model '{src}' ({exc}). Offline? Download https://huggingface.co/{src} "
             "(all files) into ComfyUI/models/siglip/<name>/ or any folder, and pass that folder."

@@ -62,6 +62,29 @@ def test_a_vae_folder_given_as_the_text_model_says_what_to_give(tiny_models):
         load_text_image_encoder(tiny_models["vae"])
 
 
+@pytest.mark.parametrize("kind, remove, corrupt, message", [
+    ("siglip", ("spiece.model",), None, r"has no siglip tokenizer files \(tokenizer.json or spiece.model\): download"),
+    ("clip", ("vocab.json", "tokenizer.json"), None, r"has no clip tokenizer files \(tokenizer.json or vocab.json \+ merges.txt\)"),
+    ("siglip", ("model.safetensors",), None, r"has no weights \(model.safetensors; only safetensors are read\)"),
+    ("siglip", (), "model.safetensors", r"its weights could not be read \(.*\): the file is damaged; download"),
+])
+def test_an_incomplete_or_damaged_model_folder_names_the_file_and_the_fix(tiny_models, tmp_path, kind, remove,
+                                                                           corrupt, message):
+    """Before: sentencepiece's 'Either model_file or model_proto must be specified', a CLIP that loaded a tokenizer
+    knowing no word (then blamed the prompt), a hub address made of a local path, safetensors' bare error."""
+    import shutil
+
+    folder = tmp_path / kind
+    shutil.copytree(tiny_models[kind], folder)
+    for name in remove:
+        (folder / name).unlink()
+    if corrupt:
+        (folder / corrupt).write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match=message) as info:
+        load_text_image_encoder(folder)
+    assert "huggingface.co/" + str(folder) not in str(info.value)
+
+
 class MeanColour(torch.nn.Module):
     """An image-text model that is neither SigLIP nor CLIP, written only against the ImageTextModel protocol:
     an image's embedding is its mean colour (plus a constant), a word's is the colour it names."""
