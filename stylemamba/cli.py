@@ -793,6 +793,15 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     refuse_unwritable(out / "demo-style.safetensors", "--out")
     at_least("--epochs", args.epochs, 1)
+    if args.prompt is not None and not args.prompt.strip():  # it trained the default prompt without a word
+        raise ValueError("--prompt is empty: give the style in words (e.g. --prompt red), or leave --prompt out "
+                         "for the default")
+    taken = [p for p in [out / "demo-style.safetensors"] + [out / f"{kind}-{name}.png" for name in HELD_OUT_PHOTOS
+                                                             for kind in ("stylized", "compare")] if p.exists()]
+    if taken and not args.overwrite:
+        raise ValueError(f"{out} already holds {', '.join(p.name for p in taken[:3])}"
+                         f"{' and more' if len(taken) > 3 else ''} (an earlier demo's results?): pass --overwrite to "
+                         "replace them, or choose another --out")
     device = pick_device(args.device)
     text_name = args.text_model or KNOWN_DEMO_MODELS[0]
     known = text_name in KNOWN_DEMO_MODELS
@@ -987,6 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a style on two photos and stylise three held-out ones (offline, CPU: the "
                                     "project's small VAE and a known-meaning image-text model by default)")
     p.add_argument("--out", default="out/demo", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out "
+                                                            "(default: refuse)")
     p.add_argument("--prompt", help="style prompt (default: 'red' with the known-meaning models, whose vocabulary is "
                                     "listed in docs/KNOWN_MODELS.md; \"Van Gogh's starry night\" with SigLIP/CLIP)")
     p.add_argument("--device", default="auto")

@@ -604,6 +604,20 @@ def test_train_checks_its_weights_against_the_prompts_before_the_models_load(pho
     one_line_error(proc, "--weights: prompt weights", needle, "one per --prompt")
 
 
+def test_the_demo_never_replaces_an_earlier_demos_results_without_overwrite(tmp_path):
+    """Before: a second demo into the same --out replaced the style and every picture without a word, and an empty
+    --prompt trained 'red'."""
+    from stylemamba.testing.photos import HELD_OUT_PHOTOS
+
+    earlier = tmp_path / "demo" / f"compare-{HELD_OUT_PHOTOS[0]}.png"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier demo's picture")
+    proc = run("demo", "--device", "cpu", "--out", tmp_path / "demo")
+    one_line_error(proc, f"{tmp_path / 'demo'} already holds {earlier.name}", "pass --overwrite to replace them")
+    assert earlier.read_bytes() == b"an earlier demo's picture" and "demo: prompt" not in proc.stdout
+    one_line_error(run("demo", "--device", "cpu", "--out", tmp_path / "new", "--prompt", " "), "--prompt is empty")
+
+
 def test_the_demo_checks_its_out_and_epochs_before_it_trains(tmp_path):
     """Before: a file in the way of --out was a NotADirectoryError traceback after the training; --epochs 0 was
     named 'TrainConfig.epochs'."""
