@@ -101,6 +101,12 @@ def flags_at_least(args: argparse.Namespace, flags: tuple[str, ...], low: int) -
         at_least(flag, getattr(args, flag[2:].replace("-", "_")), low)
 
 
+def check_resolution_flag(value: int | None, default: str) -> None:
+    """--resolution by the recipe's rule, before any model loads, named as typed (not TrainConfig.resolution)."""
+    if value is not None and (value < 64 or value % 8):
+        raise ValueError(f"--resolution {value} is invalid: a multiple of 8, at least 64 (default {default})")
+
+
 MIN_TILE = 256  # smaller tiles show seams with real SD VAEs (the overlap can no longer hide them)
 
 
@@ -793,6 +799,7 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     refuse_unwritable(out / "demo-style.safetensors", "--out")
     at_least("--epochs", args.epochs, 1)
+    check_resolution_flag(args.resolution, "128 with the known-meaning models, else 512")
     if args.prompt is not None and not args.prompt.strip():  # it trained the default prompt without a word
         raise ValueError("--prompt is empty: give the style in words (e.g. --prompt red), or leave --prompt out "
                          "for the default")

@@ -616,6 +616,10 @@ def test_the_demo_never_replaces_an_earlier_demos_results_without_overwrite(tmp_
     one_line_error(proc, f"{tmp_path / 'demo'} already holds {earlier.name}", "pass --overwrite to replace them")
     assert earlier.read_bytes() == b"an earlier demo's picture" and "demo: prompt" not in proc.stdout
     one_line_error(run("demo", "--device", "cpu", "--out", tmp_path / "new", "--prompt", " "), "--prompt is empty")
+    (tmp_path / "prompts.txt").write_text("red\n")
+    for command, required in (("demo", ()), ("eval", ("--content", tmp_path, "--prompts", tmp_path / "prompts.txt"))):
+        proc = run(command, *required, "--device", "cpu", "--out", tmp_path / command, "--resolution", "60")
+        one_line_error(proc, "--resolution 60 is invalid: a multiple of 8, at least 64")  # not TrainConfig.resolution
 
 
 def test_the_demo_checks_its_out_and_epochs_before_it_trains(tmp_path):

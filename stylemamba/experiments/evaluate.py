@@ -747,10 +747,11 @@ def add_parser(subparsers) -> None:
 def build_configs(args):
     """TrainConfig and ClipStylerConfig from the CLI arguments (JSON files, then overrides and ablations)."""
     from .baselines.clipstyler import ClipStylerConfig
-    from ..cli import flags_at_least, read_recipe
+    from ..cli import check_resolution_flag, flags_at_least, read_recipe
     from ..train import TrainConfig
 
     flags_at_least(args, ("--epochs", "--clipstyler-steps"), 1)  # named by flag, not as TrainConfig.epochs
+    check_resolution_flag(args.resolution, "the --config recipe's, else 512")
     cfg = TrainConfig.from_dict(read_recipe(args.config)) if args.config else TrainConfig()
     if args.epochs is not None:
         cfg.epochs = args.epochs

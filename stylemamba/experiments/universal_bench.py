@@ -196,14 +196,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def check_options(args) -> None:
     """Every flag, before any model is built: a mistake found after the timing would lose the whole run."""
-    from ..cli import at_least, refuse_existing, refuse_unwritable
+    from ..cli import at_least, check_resolution_flag, refuse_existing, refuse_unwritable
 
     at_least("--steps", args.steps, 1)
     at_least("--warmup", args.warmup, 0)
     for b in args.batch_size:
         at_least("--batch-size", b, 1)
-    if args.resolution < 64 or args.resolution % 8:  # the recipe's rule, found after the full models were built
-        raise ValueError(f"--resolution {args.resolution} is invalid: a multiple of 8, at least 64 (default 512)")
+    check_resolution_flag(args.resolution, "512")  # the recipe's rule, found after the full models were built
     if not args.bus_gbps > 0:
         raise ValueError(f"--bus-gbps {args.bus_gbps} is invalid: the all-reduce bandwidth is a number of GB/s above "
                          "0 (default 350)")
