@@ -91,6 +91,25 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, names: Sequence[str], ten
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def weights_from_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Load checkpoint ``path``'s weights into ``module``, every tensor checked first: torch's own error for a tensor
+    missing or of another shape was a traceback that named neither the checkpoint nor what to do."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    reshaped = [f"{k} ({'x'.join(map(str, tensors[k].shape))} in the file, {'x'.join(map(str, v.shape))} here)"
+                for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    problems = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+                if names]
+    if problems:
+        raise CheckpointError(f"checkpoint {path}: its {MODEL_FILE} does not fit this model ({'; '.join(problems)}): "
+                              "it is damaged, edited or written for another fusion/decoder configuration; delete that "
+                              "folder to resume from the one before it, or start a new run in an empty checkpoint "
+                              "directory")
+    module.load_state_dict(dict(tensors))
+
+
 def step_dir(folder: Path, step: int) -> Path:
     return Path(folder) / f"step-{step:08d}"
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from . import losses as L
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, optimizer_from_tensors,
-                         save_checkpoint)
+                         save_checkpoint, weights_from_tensors)
 from .current_device import indexed, runs_on_device_of, same_device
 from .direction import TextDirection
 from .distributed import Dist, StopRequest, naming_a_stopped_rank
@@ -635,7 +635,7 @@ class UniversalTrainer:
                                   f"{self.cfg.total_steps} steps ({self.cfg.epochs} epochs): resume with at least "
                                   f"{need} epochs (--epochs {need}), or start in an empty checkpoint directory")
         weights = {k: v for k, v in ck.tensors.items() if not k.startswith(tuple(_SNAPSHOTS))}
-        self.net.load_state_dict(weights)
+        weights_from_tensors(self.net, weights, ck.path)
         for prefix, snap in _SNAPSHOTS.items():
             found = {k[len(prefix):]: v.to(self.device) for k, v in ck.tensors.items() if k.startswith(prefix)}
             setattr(self, snap, found or None)

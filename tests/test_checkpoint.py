@@ -166,3 +166,23 @@ def test_a_kill_while_the_same_step_is_written_again_keeps_a_checkpoint_of_it(tm
     assert load_checkpoint(latest_checkpoint(tmp_path)).state["run"] == "third"
     save_checkpoint(tmp_path, 3, net.state_dict(), opt, names, {"run": "fourth"}, keep=1)  # replaced when all goes well
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000003"]
+
+
+def test_weights_that_do_not_fit_the_model_are_named_with_the_checkpoint(tmp_path):
+    """A tensor missing or of another shape in model.safetensors was torch's RuntimeError traceback from
+    load_state_dict, naming neither the checkpoint nor the fix; the model is left as it was."""
+    from stylemamba.checkpoint import weights_from_tensors
+
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    tensors = {k: v.clone() + 1 for k, v in net.state_dict().items()}
+    tensors.pop("2.bias")
+    tensors["0.weight"] = torch.zeros(3, 4)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*step-00000001: its model.safetensors does not fit this "
+                                              r"model \(missing 2.bias; of another shape 0.weight \(3x4 in the file, "
+                                              r"8x4 here\)\).*delete that folder to resume from the one before it"):
+        weights_from_tensors(net, tensors, tmp_path / "step-00000001")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    good = {k: v.clone() + 1 for k, v in net.state_dict().items()}
+    weights_from_tensors(net, good, tmp_path / "step-00000001")
+    assert all(torch.equal(good[k], v) for k, v in net.state_dict().items())

@@ -411,3 +411,22 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_is_refused(models, image
                          resume=True)
     same = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck", resume=True)
     assert same.step_index == 4  # as many epochs as the checkpoint: nothing left to train, accepted
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_named_not_a_traceback(models, images, tmp_path):
+    """A tensor of another shape in a checkpoint's model.safetensors (edited, or a damaged copy) gave torch's
+    RuntimeError from load_state_dict: now the project's CheckpointError, naming the folder and the fix."""
+    from safetensors.torch import load_file, save_file
+
+    vae, text = models
+    first = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path,
+                            should_stop=lambda: True)
+    weights = first.checkpoint / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = next(k for k in tensors if k.startswith("model.decoder."))
+    tensors[key] = tensors[key].flatten()[:1]
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(first.checkpoint))}: its "
+                                              rf"model.safetensors does not fit this model \(of another shape "
+                                              rf"{re.escape(key)} \(1 in the file"):
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
