@@ -379,6 +379,8 @@ def cmd_train_universal(args) -> int:
         stopped_code = 128 + (result.signum or signal.SIGINT)  # what a shell reports: 130 Ctrl-C, 143 SIGTERM ...
         if not dist.is_main:
             return stopped_code if result.cancelled else 0
+        if args.name:
+            result.model.metadata["name"] = args.name
         if result.cancelled:
             partial = free_path(out.with_name(out.stem + "-partial.safetensors"))  # never over an earlier one
             save_universal(result.model, partial)
@@ -386,8 +388,6 @@ def cmd_train_universal(args) -> int:
             print(f"stopped after step {result.steps}: {written}, partial model {partial}; "
                   "continue with the same command and --resume", file=sys.stderr)
             return stopped_code
-        if args.name:
-            result.model.metadata["name"] = args.name
         info = save_universal(result.model, out)
         print(json.dumps({"universal_model": info["path"], "bytes": info["bytes"], "steps": result.steps,
                           "seconds": round(result.seconds, 3), "processes": dist.world_size,

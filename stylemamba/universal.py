@@ -212,6 +212,23 @@ class ImageSet:
         return h.hexdigest()[:16]
 
 
+# the per-style trainer's speed options that universal training does not apply (its steps run eagerly, in the
+# decoder's own GroupNorm and attention), with what it does instead
+UNUSED_SPEED_OPTIONS = {"cuda_graphs": "its steps run eagerly",
+                        "matmul_attention": "the decoder keeps its own attention",
+                        "autocast_groupnorm": "the decoder's GroupNorms run as autocast runs them"}
+
+
+def warn_unused_speed_options(cfg: UniversalConfig) -> None:
+    """A recipe that sets a per-style speed option universal training does not apply is told so (it was followed by
+    nothing, without a word); left at its default, nothing is said."""
+    for name, instead in UNUSED_SPEED_OPTIONS.items():
+        value = getattr(cfg, name)
+        if value != getattr(UniversalConfig, name):
+            log.warning("UniversalConfig.%s %s is not used: %s in universal training (the option is the per-style "
+                        "trainer's)", name, json.dumps(value), instead)
+
+
 def refuse_wordless_prompts(text, bank: PromptBank) -> None:
     """A bank prompt the text model reads as no words (emoji, punctuation), named by its line: encode_text names
     only the prompt, and a bank may hold thousands."""
@@ -340,6 +357,7 @@ class UniversalTrainer:
             log.warning("UniversalConfig.memory_plan %s is not used: universal training runs each process's rows "
                         "at once (gradient_checkpointing saves the decoder's memory; more processes, each its "
                         "share of the batch)", json.dumps(self.cfg.memory_plan))
+        warn_unused_speed_options(self.cfg)
         self.sampler = PairSampler(len(self.images), self.bank.weights, self.cfg.batch_size, self.cfg.seed)
         self.rows = self.sampler.rows(self.dist.rank, self.dist.world_size)
 
@@ -540,9 +558,9 @@ class UniversalTrainer:
         """What must match for a checkpoint to be resumed (anything else would train a different model)."""
         recipe = self.cfg.to_dict()
         for free in ("epochs", "checkpoint_every", "keep_checkpoints", "log_every", "cache_images", "compile",
-                     "preview_every", "gradient_checkpointing", "memory_plan"):
+                     "preview_every", "gradient_checkpointing", "memory_plan", *UNUSED_SPEED_OPTIONS):
             recipe.pop(free)  # extending a run, its bookkeeping, or recomputing activations (same steps) is fine;
-            # memory_plan is not used by universal training (it says so)
+            # memory_plan and the unused speed options are not used by universal training (it says so)
         bank = hashlib.sha256(json.dumps([self.bank.texts, self.bank.weights]).encode()).hexdigest()[:16]
         return {"recipe": recipe, "bank": bank, "images": self.images.fingerprint(),
                 "text_model": model_name(self.text), "base_vae": self.vae.identity.get("arch")}

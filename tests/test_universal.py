@@ -430,3 +430,23 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_named_not_a_traceback(models, 
                                               rf"model.safetensors does not fit this model \(of another shape "
                                               rf"{re.escape(key)} \(1 in the file"):
         UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_speed_options_universal_training_does_not_apply_are_said_and_free_on_resume(models, images, tmp_path,
+                                                                                   caplog):
+    """cuda_graphs, matmul_attention and autocast_groupnorm in a universal recipe were followed by nothing without a
+    word, yet part of the resume identity: changing an option that did nothing refused the resume."""
+    vae, text = models
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        first = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path,
+                                should_stop=lambda: True)
+    assert "is not used" not in caplog.text
+    caplog.clear()
+    changed = dict(cuda_graphs="on", matmul_attention=False, autocast_groupnorm=False)
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        trainer = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(**changed), checkpoint_dir=tmp_path,
+                                   resume=True)
+    assert trainer.step_index == first.steps > 0
+    for said in ('cuda_graphs "on" is not used: its steps run eagerly',
+                 "matmul_attention false is not used", "autocast_groupnorm false is not used"):
+        assert said in caplog.text, caplog.text

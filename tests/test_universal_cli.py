@@ -265,7 +265,8 @@ def test_sigterm_stops_train_universal_after_its_step_with_the_shells_code(setup
     try:
         code = main(["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images",
                      str(root / "images"), "--config", str(root / "recipe.json"), "--epochs", "1000", "--out",
-                     str(root / "term.safetensors"), "--checkpoint-dir", str(root / "ck_term"), "--quiet"])
+                     str(root / "term.safetensors"), "--checkpoint-dir", str(root / "ck_term"), "--quiet",
+                     "--name", "my run"])
     finally:
         returned.set()
         watcher.join()
@@ -274,3 +275,4 @@ def test_sigterm_stops_train_universal_after_its_step_with_the_shells_code(setup
     assert "SIGTERM: stopping after this step" in err and "continue with the same command and --resume" in err, err
     partial = load_universal(root / "term-partial.safetensors")
     assert partial.metadata["cancelled"] and not (root / "term.safetensors").exists()
+    assert partial.name == "my run"  # --name was dropped from the partial model (train keeps it on its own)
