@@ -48,10 +48,11 @@ from .image_io import write_text_whole
 from .options import from_options
 from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank, PromptBankError
-from .style_file import Style, UniversalModel
+from .style_file import Style, UniversalModel, describe_vae
 from .style_model import StyleModel
 from .train import (TrainConfig, content_terms, enable_decoder_checkpointing, prepare_content, resize_for_tower,
                     seen_output, skipped_losses, step_views, warn_skipped_losses)
+from .vae import fingerprints_match
 
 log = logging.getLogger("stylemamba")
 
@@ -563,7 +564,45 @@ class UniversalTrainer:
             # memory_plan and the unused speed options are not used by universal training (it says so)
         bank = hashlib.sha256(json.dumps([self.bank.texts, self.bank.weights]).encode()).hexdigest()[:16]
         return {"recipe": recipe, "bank": bank, "images": self.images.fingerprint(),
-                "text_model": model_name(self.text), "base_vae": self.vae.identity.get("arch")}
+                "text_model": model_name(self.text), "base_vae": self.vae.identity.get("arch"),
+                # the models' weights, not only their layout and folder name (compared by _model_differences)
+                "base_vae_weights": self.vae.identity, "base_vae_name": self.vae.name,
+                "source_embedding": [float(f"{x:.6g}") for x in self.e_src.tolist()]}
+
+    def _resume_differences(self, ck) -> list[str]:
+        """What differs between this run and checkpoint ``ck``'s, in words (empty: it can be resumed)."""
+        mine, theirs = dict(self._identity()), dict(ck.state.get("identity") or {})
+        models = self._model_differences(mine, theirs)
+        return _differences(mine, theirs) + models
+
+    def _model_differences(self, mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+        """The VAE and the text model, compared by their weights where the checkpoint records them (an older one
+        holds the VAE's layout and the text model's folder name only). Their fields are taken out of both."""
+        for key in ("base_vae", "base_vae_weights", "base_vae_name", "text_model", "source_embedding"):
+            mine.pop(key)
+        vae_then, arch_then = theirs.pop("base_vae_weights", None), theirs.pop("base_vae", None)
+        vae_name_then = theirs.pop("base_vae_name", None)
+        out = []
+        if (not fingerprints_match(vae_then, self.vae.identity) if isinstance(vae_then, dict)
+                else arch_then is not None and arch_then != self.vae.identity.get("arch")):
+            then = (describe_vae(vae_name_then, vae_then) if isinstance(vae_then, dict)
+                    else f"of another layout ({arch_then})")
+            out.append(f"the VAE: trained on the VAE {then}, but the VAE given now (--vae) is "
+                       f"{describe_vae(self.vae.name, self.vae.identity)}")
+        text_then, emb_then = theirs.pop("text_model", None), theirs.pop("source_embedding", None)
+        text_now = model_name(self.text)
+        if isinstance(emb_then, list):  # the same weights encode the source prompt the same way, whatever the name
+            stored = torch.tensor(emb_then, dtype=torch.float32)
+            same = stored.numel() == self.e_src.numel() and float(
+                F.cosine_similarity(stored, self.e_src.float().cpu().reshape(-1), dim=0)) > 0.999
+        else:
+            same = text_then is None or text_then == text_now
+        if not same:
+            other = (f"'{text_now}', of the same name but other weights (it encodes the source prompt "
+                     f"'{self.cfg.loss.source_prompt}' otherwise)" if text_then == text_now else f"'{text_now}'")
+            out.append(f"the text model: trained with '{text_then}', but the text model given now (--text-model) is "
+                       f"{other}")
+        return out
 
     def _prepare_checkpoints(self, resume: bool) -> None:
         if self.checkpoint_dir is None:
@@ -642,11 +681,11 @@ class UniversalTrainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         ck = load_checkpoint(path)
-        diff = _differences(self._identity(), ck.state.get("identity", {}))
+        diff = self._resume_differences(ck)
         if diff:
             raise CheckpointError(f"checkpoint {ck.path} belongs to another run: {'; '.join(diff)}. Resume with the "
                                   "same prompt bank, images, models and recipe (only the number of epochs may grow), "
-                                  "or start in an empty checkpoint directory")
+                                  "or start a new run without --resume, in an empty checkpoint directory")
         if ck.step > self.cfg.total_steps:  # its model would be written as this shorter recipe's, trained longer
             need = -(-ck.step // self.cfg.steps_per_epoch)
             raise CheckpointError(f"checkpoint {ck.path} is at step {ck.step}, past this recipe's "

@@ -450,3 +450,47 @@ def test_speed_options_universal_training_does_not_apply_are_said_and_free_on_re
     for said in ('cuda_graphs "on" is not used: its steps run eagerly',
                  "matmul_attention false is not used", "autocast_groupnorm false is not used"):
         assert said in caplog.text, caplog.text
+
+
+def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """The same layout and name, other weights (a fine-tune, or another model's copy in a folder of that name)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(1.25).add_(0.01)
+    return module
+
+
+def _forget(checkpoint, *fields: str) -> None:
+    """Make ``checkpoint`` look written by an older version: its identity without ``fields``."""
+    import json
+
+    state_file = checkpoint / "trainer.json"
+    state = json.loads(state_file.read_text())
+    for field in fields:
+        state["identity"].pop(field)
+    state_file.write_text(json.dumps(state))
+
+
+def test_resuming_with_other_vae_or_text_model_weights_of_the_same_layout_is_refused(models, images, tiny_models,
+                                                                                     tmp_path):
+    """The resume compared only the VAE's layout and the text model's folder name: a run resumed with other weights
+    of the same layout went on silently, training a model for neither. An older checkpoint (without the weights'
+    record) still resumes."""
+    vae, text = models
+    first = train_universal(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path,
+                            should_stop=lambda: True)
+    other_vae = load_vae(tiny_models["vae"])
+    _perturbed(other_vae.decoder)
+    with pytest.raises(CheckpointError, match=r"belongs to another run: the VAE: trained on the VAE .*\(weights "
+                                              r"[0-9a-f]{12}\), but the VAE given now \(--vae\) is .*\(weights "
+                                              r"[0-9a-f]{12}\)\. Resume with the same .*without --resume"):
+        UniversalTrainer(other_vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
+    other_text = _perturbed(load_text_image_encoder(tiny_models["siglip"]))
+    with pytest.raises(CheckpointError, match=r"the text model: trained with 'siglip', but the text model given now "
+                                              r"\(--text-model\) is 'siglip', of the same name but other weights"):
+        UniversalTrainer(vae, other_text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
+    assert UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path,
+                            resume=True).step_index == first.steps
+    _forget(first.checkpoint, "base_vae_weights", "base_vae_name", "source_embedding")
+    older = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
+    assert older.step_index == first.steps
