@@ -25,6 +25,7 @@ per-style trainer's rule).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -46,6 +47,8 @@ from .distributed import Dist, StopRequest, naming_a_stopped_rank
 from .encoders import check_image_text_model, model_name, wordless_error
 from .image_io import write_text_whole
 from .options import from_options
+from .photo_set import (paths_as_typed_fingerprint, photo_changes, photo_entries, photos_fingerprint, photos_record,
+                        resized_photos)
 from .precision import autocast, grad_scaler
 from .prompt_bank import BankPrompt, PromptBank, PromptBankError
 from .style_file import Style, UniversalModel, describe_vae
@@ -204,13 +207,16 @@ class ImageSet:
             item = load_image(item)
         return prepare_content(item, self.resolution)[0]
 
+    @functools.cached_property
+    def entries(self) -> list[list[Any]]:
+        """[name, size] of each photo (:func:`~stylemamba.photo_set.photo_entries`), read once: a checkpoint records
+        them, and a large set's files are not stat'ed again at every checkpoint."""
+        return photo_entries(self.items)
+
     def fingerprint(self) -> str:
-        """Identifies the set for resuming (file names, or tensor shapes and sums)."""
-        h = hashlib.sha256()
-        for item in self.items:
-            h.update((str(item) if not torch.is_tensor(item) else f"{tuple(item.shape)}:{float(item.double().sum()):.6e}")
-                     .encode())
-        return h.hexdigest()[:16]
+        """Identifies the set for resuming: the files' names relative to their folder (however it was typed), or
+        the tensors' shapes and sums."""
+        return photos_fingerprint(self.entries)
 
 
 # the per-style trainer's speed options that universal training does not apply (its steps run eagerly, in the
@@ -572,8 +578,25 @@ class UniversalTrainer:
     def _resume_differences(self, ck) -> list[str]:
         """What differs between this run and checkpoint ``ck``'s, in words (empty: it can be resumed)."""
         mine, theirs = dict(self._identity()), dict(ck.state.get("identity") or {})
+        photos = self._photo_difference(mine.pop("images"), theirs.pop("images", None), ck.state.get("photos"))
         models = self._model_differences(mine, theirs)
-        return _differences(mine, theirs) + models
+        return _differences(mine, theirs) + ([photos] if photos else []) + models
+
+    def _photo_difference(self, mine: str, theirs: str | None, record: dict[str, Any] | None) -> str | None:
+        """The photos' difference in words, or None. A checkpoint without a record of its photos (an older
+        version's) identified them by their paths as typed: those paths still resume."""
+        if theirs is None or theirs == mine or (record is None and
+                                                theirs == paths_as_typed_fingerprint(self.images.items)):
+            resized = resized_photos(record or {}, self.images.entries) if theirs == mine else []
+            if resized and self.dist.is_main:
+                log.warning("%d photo(s) changed size since the checkpoint (%s): the run goes on with them as they are "
+                            "now", len(resized), ", ".join(resized[:3]) + (" ..." if len(resized) > 3 else ""))
+            return None
+        if record is None:
+            return ("images: the checkpoint, written by an older version, identifies its photos by their paths as "
+                    "typed, and these are typed otherwise: give --images exactly as when the run started (the same "
+                    "relative or absolute path)")
+        return f"images: {photo_changes(record, self.images.entries)}"
 
     def _model_differences(self, mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
         """The VAE and the text model, compared by their weights where the checkpoint records them (an older one
@@ -664,7 +687,8 @@ class UniversalTrainer:
             tensors = dict(self.net.state_dict())
             for prefix, snap in _SNAPSHOTS.items():
                 tensors.update({prefix + k: v for k, v in (getattr(self, snap) or {}).items()})
-            state = {"identity": self._identity(), "history": self.history,
+            state = {"identity": self._identity(), "photos": photos_record(self.images.entries),
+                     "history": self.history,
                      "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                      "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
                      "log_window": {"steps": steps, "sums": dict(zip(keys, means))}}

@@ -81,7 +81,7 @@ LAYERS = [
                "stylemamba.vae_layout", "stylemamba.decoder_attention"}),
     ("policy", {"stylemamba.errors", "stylemamba.precision", "stylemamba.options", "stylemamba.mixing",
                 "stylemamba.speed", "stylemamba.cuda_graphs", "stylemamba.memory_plan", "stylemamba.image_io", "stylemamba.video", "stylemamba.logs",
-                "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.checkpoint", "stylemamba.distributed",
+                "stylemamba.plots", "stylemamba.prompt_bank", "stylemamba.photo_set", "stylemamba.checkpoint", "stylemamba.distributed",
                 "stylemamba.group_norm", "stylemamba.group_norm_triton", "stylemamba.triton_addresses",
                 "stylemamba.stop_signals",
                 "stylemamba.current_device"}),

@@ -460,14 +460,16 @@ def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _forget(checkpoint, *fields: str) -> None:
-    """Make ``checkpoint`` look written by an older version: its identity without ``fields``."""
+def _forget(checkpoint, *fields: str, photos: bool = False) -> None:
+    """Make ``checkpoint`` look written by an older version: its identity without ``fields`` (and no photo list)."""
     import json
 
     state_file = checkpoint / "trainer.json"
     state = json.loads(state_file.read_text())
     for field in fields:
         state["identity"].pop(field)
+    if photos:
+        state.pop("photos")
     state_file.write_text(json.dumps(state))
 
 
@@ -494,3 +496,71 @@ def test_resuming_with_other_vae_or_text_model_weights_of_the_same_layout_is_ref
     _forget(first.checkpoint, "base_vae_weights", "base_vae_name", "source_embedding")
     older = UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
     assert older.step_index == first.steps
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    from stylemamba.image_io import save_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        save_image(load_photo(name, 64)[0], folder / f"{name}.png")
+    return folder
+
+
+def test_the_same_photos_typed_another_way_resume_and_other_photos_are_told_in_words(models, photo_folder, tmp_path,
+                                                                                     monkeypatch, caplog):
+    """The photos were identified by their paths as typed: `--images photos` and `--images $PWD/photos` were
+    different runs, and the error showed two hashes."""
+    from stylemamba.image_io import list_images, save_image
+
+    vae, text = models
+    monkeypatch.chdir(photo_folder.parent)
+    first = train_universal(vae, text, list_images("photos"), PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck",
+                            should_stop=lambda: True)
+    again = UniversalTrainer(vae, text, list_images(photo_folder.resolve()), PROMPTS, tiny_config(),
+                             checkpoint_dir=tmp_path / "ck", resume=True)
+    assert again.step_index == first.steps
+    (photo_folder / "coffee.png").unlink()
+    save_image(load_photo("rocket", 64)[0], photo_folder / "rocket.png")
+    with pytest.raises(CheckpointError, match=r"belongs to another run: images: the photos differ: 1 added "
+                                              r"\(rocket.png\); 1 removed \(coffee.png\)"):
+        UniversalTrainer(vae, text, list_images("photos"), PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck",
+                         resume=True)
+    (photo_folder / "rocket.png").unlink()
+    with pytest.raises(CheckpointError, match=r"images: the photos differ: 3 photos in the checkpoint, 2 now; 1 "
+                                              r"removed \(coffee.png\)"):
+        UniversalTrainer(vae, text, list_images("photos"), PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck",
+                         resume=True)
+    save_image(load_photo("coffee", 96)[0], photo_folder / "coffee.png")  # re-saved under its name: resumes
+    with caplog.at_level("WARNING", logger="stylemamba"):
+        resaved = UniversalTrainer(vae, text, list_images("photos"), PROMPTS, tiny_config(),
+                                   checkpoint_dir=tmp_path / "ck", resume=True)
+    assert resaved.step_index == first.steps
+    assert "1 photo(s) changed size since the checkpoint (coffee.png)" in caplog.text
+
+
+def test_an_older_checkpoint_resumes_with_its_photos_typed_as_before_and_says_how_otherwise(models, photo_folder,
+                                                                                           tmp_path, monkeypatch):
+    import json
+
+    from stylemamba.image_io import list_images
+    from stylemamba.photo_set import paths_as_typed_fingerprint
+
+    vae, text = models
+    monkeypatch.chdir(photo_folder.parent)
+    typed = list_images("photos")
+    first = train_universal(vae, text, typed, PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck",
+                            should_stop=lambda: True)
+    _forget(first.checkpoint, photos=True)
+    state = json.loads((first.checkpoint / "trainer.json").read_text())
+    state["identity"]["images"] = paths_as_typed_fingerprint(typed)  # what an older version recorded
+    (first.checkpoint / "trainer.json").write_text(json.dumps(state))
+    assert UniversalTrainer(vae, text, list_images("photos"), PROMPTS, tiny_config(), checkpoint_dir=tmp_path / "ck",
+                            resume=True).step_index == first.steps
+    with pytest.raises(CheckpointError, match=r"images: the checkpoint, written by an older version, identifies its "
+                                              r"photos by their paths as typed.*give --images exactly as when the "
+                                              r"run started"):
+        UniversalTrainer(vae, text, list_images(photo_folder.resolve()), PROMPTS, tiny_config(),
+                         checkpoint_dir=tmp_path / "ck", resume=True)
