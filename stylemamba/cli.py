@@ -332,7 +332,8 @@ def cmd_train_universal(args) -> int:
     from .image_io import check_readable, list_images
     from .prompt_bank import load_prompt_bank
     from .style_file import free_path, save_universal, style_path
-    from .universal import LOG_FILE, UniversalConfig, check_batch_split, check_checkpoint_dir, train_universal
+    from .universal import (LOG_FILE, PhotoUnreadable, UniversalConfig, check_batch_split, check_checkpoint_dir,
+                            train_universal)
     from .vae import load_vae
 
     # one process: the flag checked (and cuda:N made current) as the other commands do; torchrun: LOCAL_RANK's GPU
@@ -373,21 +374,34 @@ def cmd_train_universal(args) -> int:
                 print(f"step {line.step}/{line.total_steps} epoch {line.epoch} | {shown} | "
                       f"{line.pairs_per_second:.2f} pairs/s", file=sys.stderr, flush=True)
 
+        def keep_partial(result) -> Path:
+            """The model of a stopped run beside --out, never over an earlier one."""
+            if args.name:
+                result.model.metadata["name"] = args.name
+            partial = free_path(out.with_name(out.stem + "-partial.safetensors"))
+            save_universal(result.model, partial)
+            return partial
+
         # Ctrl-C / SIGTERM / SIGHUP: a checkpoint after this step; another process gone: named, not a socket error
-        result = train_universal(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
-                                 checkpoint_dir=args.checkpoint_dir, resume=args.resume, on_log=on_log)
+        try:
+            result = train_universal(vae, text, files, bank, cfg, vgg=vgg, lpips=lp, dist=dist,
+                                     checkpoint_dir=args.checkpoint_dir, resume=args.resume, on_log=on_log)
+        except PhotoUnreadable as exc:  # it stopped as a Ctrl-C stops it: its message says where the run is kept
+            if dist.is_main and exc.partial is not None and exc.partial.steps:
+                print(f"stopped after step {exc.partial.steps}: partial model {keep_partial(exc.partial)}",
+                      file=sys.stderr)
+            raise
         stopped_code = 128 + (result.signum or signal.SIGINT)  # what a shell reports: 130 Ctrl-C, 143 SIGTERM ...
         if not dist.is_main:
             return stopped_code if result.cancelled else 0
-        if args.name:
-            result.model.metadata["name"] = args.name
         if result.cancelled:
-            partial = free_path(out.with_name(out.stem + "-partial.safetensors"))  # never over an earlier one
-            save_universal(result.model, partial)
+            partial = keep_partial(result)
             written = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint written (see above)"
             print(f"stopped after step {result.steps}: {written}, partial model {partial}; "
                   "continue with the same command and --resume", file=sys.stderr)
             return stopped_code
+        if args.name:
+            result.model.metadata["name"] = args.name
         info = save_universal(result.model, out)
         print(json.dumps({"universal_model": info["path"], "bytes": info["bytes"], "steps": result.steps,
                           "seconds": round(result.seconds, 3), "processes": dist.world_size,

@@ -72,6 +72,15 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def first_message(self, message: str | None) -> str | None:
+        """The message of the lowest rank that has one, on every rank (each calls it: a collective); for a rare
+        event that :meth:`any` found (another rank may be the one that knows what happened)."""
+        if not self.active:
+            return message
+        found: list[str | None] = [None] * self.world_size
+        tdist.all_gather_object(found, message)
+        return next((m for m in found if m is not None), None)
+
     def broadcast_object(self, obj):
         """Rank 0's ``obj`` on every rank (small JSON-able values only: it goes through pickle between OUR ranks)."""
         if not self.active:

@@ -222,9 +222,10 @@ def load_content(path: str | Path, resolution: int) -> torch.Tensor:
 
 
 def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
-                    names: Sequence[str] | None = None) -> torch.Tensor:
+                    names: Sequence[str] | None = None, first: int = 0) -> torch.Tensor:
     """(B,3,H,W) or a list of (3,H,W)/(1,3,H,W) images in [0,1] -> (B,3,res,res): short side resized, centre crop.
-    ``names``: what errors call the images (their files), else their positions."""
+    ``names``: what errors call the images (their files), else their positions, counted from ``first`` (the
+    position of the first one in a larger set, prepared one at a time)."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if len(items) == 1 and torch.is_tensor(items[0]) and items[0].dim() == 4:
         items = list(items[0].unbind(0))
@@ -232,7 +233,7 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
         raise ValueError("no content images: give at least one image to train the style on")
     out = []
     for i, im in enumerate(items):
-        what = f"content image {names[i] if names else i}"
+        what = f"content image {names[i] if names else first + i}"
         if not torch.is_tensor(im):  # a path, a PIL or numpy image: a bare AttributeError ('.dim') before
             raise TypeError(f"{what} is a {type(im).__name__}: give image tensors (3,H,W) or (B,3,H,W), floats in "
                             "[0, 1]; for a file or folder, stylemamba.train.load_content(path, resolution) reads it")
@@ -240,7 +241,7 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
             im = im[0]
         if im.dim() != 3 or im.shape[0] not in (1, 3, 4):
             raise ValueError(f"{what} has shape {tuple(im.shape)}; expected (3,H,W) RGB in [0,1]")
-        check_pixels(im[None], "content image", first=i)
+        check_pixels(im[None], "content image", first=first + i)
         im = im.float()
         if im.shape[0] == 1:
             im = im.expand(3, -1, -1)

@@ -201,11 +201,9 @@ class ImageSet:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         item = self.items[i]
-        if not torch.is_tensor(item):
-            from .image_io import load_image
-
-            item = load_image(item)
-        return prepare_content(item, self.resolution)[0]
+        if torch.is_tensor(item):
+            return prepare_content(item, self.resolution, first=i)[0]  # named by its place in the set, not 0
+        return prepare_content(read_photo(item), self.resolution, names=[Path(item).name])[0]
 
     @functools.cached_property
     def entries(self) -> list[list[Any]]:
@@ -217,6 +215,33 @@ class ImageSet:
         """Identifies the set for resuming: the files' names relative to their folder (however it was typed), or
         the tensors' shapes and sums."""
         return photos_fingerprint(self.entries)
+
+
+def read_photo(path: str | Path) -> torch.Tensor:
+    """A training photo's pixels. Read when drawn, so a file whose header was fine but whose data is cut short (a
+    download stopped, a disk error) fails here: named with its path and the fix, not as a format to change."""
+    from .image_io import load_image
+
+    try:
+        return load_image(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"training photo {path} is gone (moved or deleted since the run started): put it "
+                                "back") from None
+    except ValueError as exc:
+        if not isinstance(exc.__cause__, OSError):  # too large to open: its own message names the file and the fix
+            raise
+        cause = " ".join(str(exc.__cause__).split())
+        raise ValueError(f"training photo {path} cannot be read ({cause}): the file is damaged or truncated; re-save "
+                         "it under the same name, or put a good copy in its place") from exc
+
+
+class PhotoUnreadable(ValueError):
+    """A training photo that could not be used when its turn came. Raised by the run after it stopped as a Ctrl-C
+    stops it (a checkpoint written): ``partial`` is the run so far, for the caller to keep."""
+
+    def __init__(self, message: str, partial: UniversalResult | None = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 # the per-style trainer's speed options that universal training does not apply (its steps run eagerly, in the
@@ -302,6 +327,7 @@ def step_views_per_row(y: torch.Tensor, lc: L.LossConfig, size: int, generators:
             split_references)
 
 
+SOURCE_PHOTOS = 256  # training photos whose mean image embedding is stored (read before the first step)
 _SNAPSHOTS = {"so_snapshot.": "snapshot", "so_next_snapshot.": "next_snapshot"}  # checkpoint key prefixes
 LOG_FILE = "log.jsonl"  # rank 0's log lines, in the checkpoint directory
 
@@ -410,7 +436,10 @@ class UniversalTrainer:
     # ------------------------------------------------------------------ frozen inputs
     def _frozen(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image i: pixels, its latent z and its image embedding F_I(X) (the last two cached)."""
-        x = self.images[i].to(self.device)[None]
+        try:
+            x = self.images[i].to(self.device)[None]
+        except (ValueError, TypeError, OSError) as exc:
+            raise PhotoUnreadable(" ".join(str(exc).split())) from exc
         if i not in self._cache:
             with torch.no_grad(), autocast(self.device, self.cfg.precision):
                 z, emb = self.vae.encode(x), self.text.encode_image(x).float()
@@ -419,9 +448,10 @@ class UniversalTrainer:
             return x, z, emb
         return (x, *self._cache[i])
 
-    def _source_image_embedding(self, limit: int = 256) -> torch.Tensor:
-        """Mean image embedding of (up to ``limit``) training photos: where reference-image directions start."""
-        embs = [self._frozen(i)[2] for i in range(min(limit, len(self.images)))]
+    def _source_image_embedding(self) -> torch.Tensor:
+        """Mean image embedding of the first :data:`SOURCE_PHOTOS` training photos: where reference-image directions
+        start."""
+        embs = [self._frozen(i)[2] for i in range(min(SOURCE_PHOTOS, len(self.images)))]
         return F.normalize(torch.cat(embs).mean(0), dim=-1)
 
     # ------------------------------------------------------------------ schedule
@@ -449,7 +479,14 @@ class UniversalTrainer:
             group["lr"] = self.lr_at(epoch) * group["lr_scale"]
         img_idx, prompt_idx = self.sampler.global_batch(s)
         rows = list(self.rows)
-        frozen = [self._frozen(int(img_idx[r])) for r in rows]
+        try:
+            frozen, unreadable = [self._frozen(int(img_idx[r])) for r in rows], None
+        except PhotoUnreadable as exc:
+            frozen, unreadable = [], str(exc)
+        # every rank stops before this step when one cannot read its photos (DDP would wait for it); one small
+        # collective, where the GPU is idle already (the previous step ended with one)
+        if self.dist.any(unreadable is not None):
+            raise PhotoUnreadable(self.dist.first_message(unreadable))
         x = torch.cat([f[0] for f in frozen])
         z = torch.cat([f[1] for f in frozen])
         emb_x = torch.cat([f[2] for f in frozen])
@@ -514,9 +551,13 @@ class UniversalTrainer:
         first = self.step_index
         acc, n_acc = self._window  # the loss sums of a log interval begun before the checkpoint resumed from
         timed, t_log = 0, time.perf_counter()
-        cancelled = False
+        cancelled, unreadable = False, None
         while self.step_index < cfg.total_steps:
-            terms = self.step()
+            try:
+                terms = self.step()
+            except PhotoUnreadable as exc:  # stopped as a Ctrl-C stops it: the steps since the last checkpoint kept
+                cancelled, unreadable = True, exc
+                break
             acc = {**acc, **{k: acc.get(k, torch.zeros((), device=v.device)) + v for k, v in terms.items()}}
             n_acc, timed = n_acc + 1, timed + 1
             s = self.step_index
@@ -539,8 +580,23 @@ class UniversalTrainer:
         if n_acc:  # stopped in mid-interval: said now, after the checkpoint (it keeps the interval's sums instead, so
             # a resumed run logs the lines of an uninterrupted one)
             self._log(acc, n_acc, time.perf_counter() - t_log, on_log, time.perf_counter() - t0, timed)
-        return UniversalResult(self.result(seconds, cancelled), list(self.history), self.step_index, seconds,
-                               cancelled, path)
+        result = UniversalResult(self.result(seconds, cancelled), list(self.history), self.step_index, seconds,
+                                 cancelled, path)
+        if unreadable is not None:
+            raise PhotoUnreadable(f"{unreadable}. Training stopped before step {self.step_index + 1} of "
+                                  f"{cfg.total_steps}: {self._kept(path, first)}", result) from unreadable
+        return result
+
+    def _kept(self, path: Path | None, first: int) -> str:
+        """Where a run stopped by a photo is kept, and how it goes on."""
+        if self.checkpoint_dir is None:
+            return "the error's partial result holds the model trained so far"
+        if path is not None:
+            return f"checkpoint {path} keeps the run; continue it with the same command and --resume"
+        if self.step_index == first:
+            return ("nothing was trained since the checkpoint it resumed from; continue with the same command and "
+                    "--resume" if first else "nothing was trained yet; start it again")
+        return "its checkpoint could not be written (see above); the error's partial result holds the model"
 
     def _log(self, acc, n, seconds, on_log, elapsed, timed) -> None:
         keys = sorted(acc)

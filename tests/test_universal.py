@@ -564,3 +564,25 @@ def test_an_older_checkpoint_resumes_with_its_photos_typed_as_before_and_says_ho
                                               r"run started"):
         UniversalTrainer(vae, text, list_images(photo_folder.resolve()), PROMPTS, tiny_config(),
                          checkpoint_dir=tmp_path / "ck", resume=True)
+
+
+def test_a_bad_image_tensor_drawn_in_mid_run_is_named_by_its_place_and_the_run_kept(models, images, tmp_path,
+                                                                                   monkeypatch):
+    """A NaN tensor at place 3 of the set was reported as 'content image 0' (each is prepared alone), and the run
+    it stopped when drawn kept nothing since its last checkpoint; now it is named by its place, the run stops as a
+    Ctrl-C stops it, and the error carries the model trained so far."""
+    from stylemamba.universal import ImageSet, PhotoUnreadable
+
+    vae, text = models
+    bad = images[0].clone()
+    bad[0, 0, 0] = float("nan")
+    photos = [*images.unbind(0), bad]
+    with pytest.raises(ValueError, match="content image 3 has 1 NaN"):
+        ImageSet(photos, 64)[3]
+    monkeypatch.setattr(universal_module, "SOURCE_PHOTOS", 2)  # read before training: the first 2 (256 in real runs)
+    with pytest.raises(PhotoUnreadable, match=r"content image 3 has 1 NaN .*\. Training stopped before step 2 of 4: "
+                                              r"checkpoint .*step-00000001 keeps the run; continue it") as stopped:
+        train_universal(vae, text, photos, PROMPTS, tiny_config(checkpoint_every=0), checkpoint_dir=tmp_path)
+    partial = stopped.value.partial  # the seed's step 0 draws images 1 and 0, step 1 images 3 and 2
+    assert partial.cancelled and partial.steps == 1 and partial.model.metadata["steps"] == 1
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001"]

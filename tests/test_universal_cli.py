@@ -11,7 +11,7 @@ from conftest import load_photo
 from stylemamba.cli import main
 from stylemamba.direction import TextDirection
 from stylemamba.image_io import load_image, save_image
-from stylemamba.style_file import load_style
+from stylemamba.style_file import load_style, load_universal
 
 RECIPE = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "resolution": 64, "log_every": 1,
           "loss": {"n_crops": 2, "crop_fraction": 0.5}, "fusion": {"width": 16, "depth": 1, "d_state": 4}}
@@ -276,3 +276,37 @@ def test_sigterm_stops_train_universal_after_its_step_with_the_shells_code(setup
     partial = load_universal(root / "term-partial.safetensors")
     assert partial.metadata["cancelled"] and not (root / "term.safetensors").exists()
     assert partial.name == "my run"  # --name was dropped from the partial model (train keeps it on its own)
+
+
+def test_a_photo_found_damaged_in_mid_run_stops_it_as_ctrl_c_does_and_names_the_file(setup, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Only headers are checked before training: a truncated JPEG drawn in mid-run ended the run with exit 2,
+    keeping nothing since the last checkpoint, and told to 'use PNG, JPEG or WebP'. It now stops as a Ctrl-C
+    stops it (a checkpoint, the partial model) and names the file, damaged, and the fix; re-saved, it resumes."""
+    from stylemamba import universal
+
+    root, common, text = setup
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        (folder / f"{name}.png").write_bytes((root / "images" / f"{name}.png").read_bytes())
+    save_image(load_photo("rocket", 64)[0], tmp_path / "rocket.jpg")
+    whole = (tmp_path / "rocket.jpg").read_bytes()
+    (folder / "zz_trunc.jpg").write_bytes(whole[:len(whole) * 4 // 5])  # a download cut short: its header is fine
+    monkeypatch.setattr(universal, "SOURCE_PHOTOS", 2)  # read before training: the first 2 (of 256 in real runs)
+    args = ["train-universal", *common, *text, "--bank", str(root / "bank.txt"), "--images", str(folder), "--config",
+            str(root / "recipe.json"), "--out", str(tmp_path / "u.safetensors"), "--checkpoint-dir",
+            str(tmp_path / "ck"), "--name", "my run", "--quiet"]
+    assert main(args) == 2  # the seed's step 0 draws photos 1 and 0, step 1 photos 3 and 2: zz_trunc.jpg is 3
+    err = capsys.readouterr().err
+    assert f"training photo {folder / 'zz_trunc.jpg'} cannot be read (image file is truncated" in err, err
+    assert "the file is damaged or truncated; re-save it under the same name" in err and "use PNG" not in err, err
+    checkpoint = tmp_path / "ck" / "step-00000001"
+    assert (f"Training stopped before step 2 of 2: checkpoint {checkpoint} keeps the run; continue it with the same "
+            "command and --resume") in err, err
+    assert f"stopped after step 1: partial model {tmp_path / 'u-partial.safetensors'}" in err, err
+    partial = load_universal(tmp_path / "u-partial.safetensors")
+    assert partial.metadata["steps"] == 1 and partial.metadata["cancelled"] and partial.name == "my run"
+    (folder / "zz_trunc.jpg").write_bytes(whole)  # re-saved: the same name, another size
+    assert main(args + ["--resume"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
