@@ -279,3 +279,48 @@ def test_a_process_started_by_hand_that_stops_is_named_within_the_stated_wait(tm
     assert f"rank {1 - gone} of 2: not all 2 processes joined within 4 s" in err, err[-3000:]
     assert "STYLEMAMBA_DIST_TIMEOUT" in err and "start all of them again" in err, err[-3000:]
     assert waited < 40, f"it waited {waited:.0f} s"
+
+
+ONE_RANK_DRAWS_A_BAD_PHOTO = """
+import json, sys
+from pathlib import Path
+from stylemamba import distributed, universal
+from stylemamba.encoders import load_text_image_encoder
+from stylemamba.image_io import load_image
+from stylemamba.prompt_bank import load_prompt_bank
+from stylemamba.universal import PhotoUnreadable, UniversalConfig, train_universal
+from stylemamba.vae import load_vae
+
+root, vae, siglip, out = map(Path, sys.argv[1:5])
+dist = distributed.setup("cpu", timeout_s=60)
+try:
+    photos = [load_image(p) for p in sorted((root / "images").iterdir())] * 2
+    photos[4] = photos[4].clone()
+    photos[4][0, 0, 0, 0] = float("nan")
+    universal.SOURCE_PHOTOS = 1  # read before training: photo 0 only (256 in real runs)
+    cfg = UniversalConfig.from_dict({**json.loads((root / "recipe.json").read_text()), "epochs": 4})
+    try:
+        train_universal(load_vae(vae), load_text_image_encoder(siglip), photos, load_prompt_bank(root / "bank.txt"),
+                        cfg, dist=dist, checkpoint_dir=out)
+    except PhotoUnreadable as exc:
+        print(f"rank {dist.rank} stopped after step {exc.partial.steps}: {exc}")
+finally:
+    distributed.shutdown(dist)
+"""
+
+
+def test_a_bad_photo_that_one_rank_draws_stops_every_rank_at_the_same_step_and_rank_0_names_it(job, tmp_path):
+    """The seed's step 1 draws photo 4 into rows 2-3 of its batch of 4: rank 1's alone. Rank 1 alone raising would
+    leave rank 0 waiting in DDP's all-reduce; every rank stops before that step, the checkpoint of step 1 is
+    written and rank 0, which never read the photo, names it."""
+    (tmp_path / "one_rank.py").write_text(ONE_RANK_DRAWS_A_BAD_PHOTO)
+    models = job["models"]
+    proc = _start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(_free_port()), str(tmp_path / "one_rank.py"), str(job["root"]), str(models["vae"]),
+                   str(models["siglip"]), str(tmp_path / "ck")])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped after step 1: content image 4 has 1 NaN" in out, out + err[-3000:]
+    assert "Training stopped before step 2 of 8: checkpoint" in out, out
+    assert [p.name for p in list_checkpoints(tmp_path / "ck")] == ["step-00000001"]
