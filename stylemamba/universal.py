@@ -670,7 +670,9 @@ class UniversalTrainer:
                        f"{describe_vae(self.vae.name, self.vae.identity)}")
         text_then, emb_then = theirs.pop("text_model", None), theirs.pop("source_embedding", None)
         text_now = model_name(self.text)
-        if isinstance(emb_then, list):  # the same weights encode the source prompt the same way, whatever the name
+        prompt_then = ((theirs.get("recipe") or {}).get("loss") or {}).get("source_prompt")
+        if isinstance(emb_then, list) and prompt_then == self.cfg.loss.source_prompt:  # (another prompt: told apart)
+            # the same weights encode the source prompt the same way, whatever the name
             stored = torch.tensor(emb_then, dtype=torch.float32)
             same = stored.numel() == self.e_src.numel() and float(
                 F.cosine_similarity(stored, self.e_src.float().cpu().reshape(-1), dim=0)) > 0.999

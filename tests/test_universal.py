@@ -491,6 +491,11 @@ def test_resuming_with_other_vae_or_text_model_weights_of_the_same_layout_is_ref
     with pytest.raises(CheckpointError, match=r"the text model: trained with 'siglip', but the text model given now "
                                               r"\(--text-model\) is 'siglip', of the same name but other weights"):
         UniversalTrainer(vae, other_text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(CheckpointError) as other_prompt:  # another source prompt is not another text model
+        UniversalTrainer(vae, text, images, PROMPTS, tiny_config(loss={"source_prompt": "a photo"}),
+                         checkpoint_dir=tmp_path, resume=True)
+    assert "source_prompt 'a plain photo' in the checkpoint" in str(other_prompt.value)
+    assert "text model" not in str(other_prompt.value)
     assert UniversalTrainer(vae, text, images, PROMPTS, tiny_config(), checkpoint_dir=tmp_path,
                             resume=True).step_index == first.steps
     _forget(first.checkpoint, "base_vae_weights", "base_vae_name", "source_embedding")
