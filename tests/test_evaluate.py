@@ -270,6 +270,26 @@ def test_another_configuration_in_the_same_folder_keeps_this_ones_images(setup, 
     assert again == first and (tmp_path / "out" / again["output"]).read_bytes() == first_image
 
 
+def test_a_resumed_run_given_another_picture_of_the_same_name_measures_it_anew(setup, tiny_models, tmp_path):
+    """Rows were matched by the picture's file name: a resumed run on another folder whose picture had the same
+    name showed the earlier picture's numbers under the new one."""
+    from conftest import load_photo
+
+    for folder, photo in (("A", "astronaut"), ("B", "chelsea")):
+        save_image(load_photo(photo, (64, 80))[0], tmp_path / folder / "photo.png")
+
+    def run(folder):
+        return run_evaluation([tmp_path / folder / "photo.png"], ["pop art"], tmp_path / "out", "stylemamba",
+                              vae=tiny_models["vae"], train_config=small_config(epochs=1),
+                              train_text_model=tiny_models["siglip"], styles_dir=None, train_content=[
+                                  tmp_path / "A" / "photo.png"], resolution=64, device="cpu", progress=False,
+                              print_table=False)["rows"][0]
+
+    first, other = run("A"), run("B")
+    assert other["content_id"] != first["content_id"] and other["ssim_lum"] != first["ssim_lum"]
+    assert run("A") == first  # the same picture again: resumed
+
+
 def test_clipstyler_without_a_clip_model_is_named_before_the_stylemamba_work(setup, tiny_models, tmp_path):
     """Before: --method both trained and measured every StyleMamba pair, then stopped: 'CLIPstyler needs a CLIP
     model'."""

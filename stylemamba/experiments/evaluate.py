@@ -249,6 +249,9 @@ class _Session:
     def __init__(self, out: Path, device: torch.device, files: list[Path], resolution: int, progress: bool):
         self.out, self.device, self.files, self.resolution = out, device, files, resolution
         self.names = [f.name for f in files]
+        # what each content picture is, not only its name: a resumed run given another folder with the same file
+        # names showed the earlier pictures' numbers under the new ones
+        self.content_ids = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files}
         self.jsonl = out / RESULTS_JSONL
         self.done: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.skipped: list[dict[str, Any]] = []
@@ -290,7 +293,7 @@ class _Session:
         rel = Path("images") / method / f"{Path(name).stem}__{prompt_stem(prompt)}-{fields['config_key'][:6]}.png"
         save_image(y, self.out / rel)
         row = {"method": method, "image": name, "prompt": prompt, **self.suite.measure(x, y, prompt), **fields,
-               "output": rel.as_posix()}
+               "content_id": self.content_ids[name], "output": rel.as_posix()}
         self.done[(method, name, prompt)] = row
         with self.jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -425,13 +428,15 @@ def run_evaluation(
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by an interruption
-            if row.get("method") in keys and row.get("config_key") == keys[row["method"]]:
+            if (row.get("method") in keys and row.get("config_key") == keys[row["method"]]
+                    and row.get("content_id") == session.content_ids.get(row.get("image"))):
                 done[(row["method"], row["image"], row["prompt"])] = row
             else:
                 stale += 1
         if stale:
             skipped.append({"what": f"{stale} earlier row(s) of {RESULTS_JSONL}",
-                            "why": "made with another configuration (or method): ignored and recomputed"})
+                            "why": "made with another configuration, method or content picture of that name: "
+                                   "ignored and recomputed"})
     elif not resume and jsonl.exists():
         jsonl.unlink()
 
