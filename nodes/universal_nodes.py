@@ -26,7 +26,9 @@ class StyleMambaUniversalStyle:
             },
             "optional": {
                 "conditioning": (CONDITIONING, {"tooltip": "The style: Text Conditioning (any prompt) or Reference "
-                                                           "Conditioning, encoded with the model it was trained with."}),
+                                                           "Conditioning, encoded with the model it was trained with "
+                                                           "and its source prompt (the default 'a plain photo' "
+                                                           "unless it was trained otherwise)."}),
                 "text_model": (TEXT_MODEL, {"tooltip": "With reference_image: the SigLIP/CLIP the universal model "
                                                        "was trained with."}),
                 "reference_image": ("IMAGE", {"tooltip": "Instead of a conditioning: a picture whose style to take "

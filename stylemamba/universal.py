@@ -895,6 +895,13 @@ def _check_text_model(universal: UniversalModel, direction: TextDirection) -> No
     source = str(universal.metadata.get("source_prompt") or "")
     stored = universal.source_embedding.float().reshape(-1)
     same = direction.embeddings.shape[1] == stored.numel()
+    if same and source and direction.source_prompt != source:
+        # only the source prompt's embedding tells the weights apart (names agree for a fine-tune, or another
+        # model in a folder of that name): with another source prompt nothing could be checked
+        raise ValueError(f"the conditioning's source prompt '{direction.source_prompt}' is not the one universal "
+                         f"model '{universal.name}' was trained against ('{source}'), whose embedding shows that the "
+                         f"prompt was encoded by the right text model: set source_prompt to '{source}' in Text "
+                         "Conditioning")
     if same and direction.source_prompt == source:
         same = float(F.cosine_similarity(direction.e_src.float(), stored, dim=0)) > 0.999
     elif same and universal.text_model:

@@ -151,6 +151,12 @@ def test_another_text_model_of_the_same_name_is_told_apart(setup, tiny_models):
     other = dataclasses.replace(direction, source_embedding=-direction.source_embedding)  # another model's space
     with pytest.raises(ValueError, match="another model named 'siglip'.*source prompt 'a plain photo'"):
         style_from_universal(universal, other)
+    # another source prompt: nothing would tell the weights apart, and it was taken (only the names were compared)
+    other_source = TextDirection.encode(load_text_image_encoder(tiny_models["siglip"]), "watercolor",
+                                        source_prompt="a photo")
+    with pytest.raises(ValueError, match="source prompt 'a photo' is not the one .* trained against \\('a plain "
+                                         "photo'\\).*set source_prompt to 'a plain photo' in Text Conditioning"):
+        style_from_universal(universal, other_source)
 
 
 def test_an_unreadable_photo_is_named_before_any_model_loads(setup, tmp_path, capsys):
