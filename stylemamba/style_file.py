@@ -78,9 +78,9 @@ def _check_vae(meta: dict[str, Any], vae: SDVAE, kind: str, name: str) -> None:
     if base and not fingerprints_match(base, vae.identity):
         trained_on = describe_vae(meta.get("base_vae_name"), base)
         connected = describe_vae(vae.name, vae.identity)
-        raise StyleFileError(f"{kind} '{name}' was trained on the VAE {trained_on}, but the connected VAE is "
-                             f"{connected}. Connect the VAE the {kind} was trained with, or train the {kind} again "
-                             "with this VAE.")
+        raise StyleFileError(f"{kind} '{name}' was trained on the VAE {trained_on}, but the VAE given is {connected}. "
+                             f"Use the VAE the {kind} was trained with (--vae on the command line, the vae input of a "
+                             f"ComfyUI node), or train the {kind} again with this VAE.")
 
 
 @dataclass

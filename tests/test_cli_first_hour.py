@@ -158,7 +158,7 @@ def test_an_error_during_training_is_its_own_line_after_the_progress_bar(tiny_mo
     proc = run("train", "--device", "cpu", "--vae", small_vae, "--text-model", tiny_models["siglip"],
                "--prompt", "pop art", "--content", photo, "--start-from", style_file, "--out", tmp_path / "s",
                "--epochs", "1", "--resolution", "64")
-    one_line_error(proc, "was trained on the VAE", "Connect the VAE the style was trained with")
+    one_line_error(proc, "was trained on the VAE", "Use the VAE the style was trained with (--vae on the command line")
     assert proc.stderr.rstrip().splitlines()[-1].startswith("error:"), proc.stderr[-1000:]
 
 

@@ -157,11 +157,11 @@ def test_foreign_truncated_and_other_vae_files_are_refused(tmp_path, trained, ti
     assert trained_id != connected_id and vae.identity["arch"] == other.identity["arch"]
     assert f"'{vae.name}' (weights {trained_id})" in message
     assert f"'other-vae.safetensors' (weights {connected_id})" in message
-    assert "Connect the VAE the style was trained with" in message
+    assert "Use the VAE the style was trained with" in message
     # a universal model's style of a prompt: the error names the model, which is what was trained on a VAE
     from_universal = dataclasses.replace(load_style(good), metadata={**load_style(good).metadata,
                                                                     "universal_model": "zero-shot", "steps": 0})
-    with pytest.raises(StyleFileError, match="universal model 'zero-shot' was trained on the VAE .*Connect the VAE "
+    with pytest.raises(StyleFileError, match="universal model 'zero-shot' was trained on the VAE .*Use the VAE "
                                              "the universal model was trained with"):
         stylize(photo, other, from_universal)
 
