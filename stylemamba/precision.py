@@ -24,11 +24,14 @@ _OLD_SPELLINGS = {"off": "fp32"}
 _TOLD_NO_FP16: set[str] = set()  # device types already told that fp16 runs there in fp32 (asked at every step)
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` in the current vocabulary ("off" becomes "fp32"); anything else is an error."""
+def check_precision(precision: str, what: str = "precision") -> str:
+    """``precision`` in the current vocabulary, in any case ("BF16" is bf16; "off" becomes "fp32"); anything else is
+    an error naming ``what`` (a recipe's field, a flag)."""
+    if isinstance(precision, str):
+        precision = precision.strip().lower()
     precision = _OLD_SPELLINGS.get(precision, precision)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"{what} {precision!r} is not one of {', '.join(PRECISIONS)}")
     return precision
 
 

@@ -110,7 +110,7 @@ class TrainConfig:
                              "ignore it; set at least one above 0 (the defaults are "
                              f"{', '.join(f'{k} {getattr(L.LossConfig, k):g}' for k in STYLE_LOSSES)})")
         check_kinds(self, type(self).__name__)
-        self.precision = check_precision(self.precision)
+        self.precision = check_precision(self.precision, f"{type(self).__name__}.precision")
         try:
             check_cuda_graph_option(self.cuda_graphs)
         except ValueError as exc:

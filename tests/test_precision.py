@@ -41,6 +41,11 @@ def test_one_vocabulary_and_the_0_1_0_spellings_still_read():
         TrainConfig.from_dict({"amp": "off", "precision": "fp32"})
     with pytest.raises(ValueError, match="not one of"):
         TrainConfig(precision="half")
+    # a recipe's field named as such (it said "precision 'BF16' ...", naming neither); any case is the same value
+    assert TrainConfig.from_dict({"precision": " BF16"}).precision == "bf16"
+    for bad in ("half", None):
+        with pytest.raises(ValueError, match=r"^TrainConfig\.precision .* is not one of auto, bf16, fp16, fp32"):
+            TrainConfig.from_dict({"precision": bad})
     for flag in ("--precision", "--dtype"):  # --dtype: the 0.1.0 flag
         args = build_parser().parse_args(["stylize", flag, "fp32", "--style", "s", "--input", "i", "--output", "o"])
         assert args.precision == "fp32"

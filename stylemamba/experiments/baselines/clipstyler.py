@@ -76,7 +76,7 @@ class ClipStylerConfig:
 
     def __post_init__(self):
         self.templates = tuple(self.templates) if self.templates else ("{}",)
-        self.precision = check_precision(self.precision)
+        self.precision = check_precision(self.precision, f"{type(self).__name__}.precision")
         checks = [
             ("steps", self.steps >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
             ("lr_decay_step", self.lr_decay_step >= 0, ">= 0"), ("lr_decay", self.lr_decay > 0, "> 0"),
