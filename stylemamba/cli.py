@@ -225,8 +225,10 @@ def cmd_train(args) -> int:
 
     from .encoders import EMPTY_PROMPT, load_text_image_encoder
     from .image_io import list_images
+    from .memory_plan import parse_plan
     from .style_file import free_path, save_style, style_path
-    from .train import TrainConfig, TrainingCancelled, apply_preset, load_content, train_style
+    from .train import (TrainConfig, TrainingCancelled, apply_preset, load_content, micro_batches_refused,
+                        train_style)
     from .vae import load_vae
 
     if bool(args.prompt) == bool(args.reference):
@@ -260,14 +262,18 @@ def cmd_train(args) -> int:
     if args.cuda_graphs:
         cfg.cuda_graphs = args.cuda_graphs
     if args.memory_plan:
-        from .memory_plan import parse_plan
-
         try:
             parse_plan(args.memory_plan)
         except ValueError as exc:  # name the flag the user typed, not the library's field
             raise ValueError(f"--memory-plan: {exc}") from None
         cfg.memory_plan = args.memory_plan
     cfg.__post_init__()
+    if micro_batches_refused(parse_plan(cfg.memory_plan), len(files), cfg):  # the trainer found it after the loads
+        where = (f"--memory-plan {args.memory_plan}" if args.memory_plan
+                 else f"the recipe's memory_plan {json.dumps(cfg.memory_plan)}")
+        raise ValueError(f"{where} splits the {len(files)} content images into micro-batches, which the recipe's "
+                         "'clipstyler' total variation cannot (one norm over the whole batch): use micro_batch=0, "
+                         'or set "loss": {"tv_form": "l1"} in the --config recipe')
     content = [load_content(f, cfg.resolution) for f in files]
     vgg, lp = load_perceptual(args, device)  # first: its flag mistakes are named before the big models load
     warn_unused_vgg(vgg, cfg.loss)

@@ -261,6 +261,19 @@ def prepare_content(images: torch.Tensor | list[torch.Tensor], resolution: int,
 Direction = TextDirection | str | Sequence[str]
 
 
+def splittable_recipe(cfg: TrainConfig) -> bool:
+    """Whether the recipe can run in micro-batches: CLIPstyler's TV form is one norm over the whole batch, which
+    micro-batches cannot reproduce."""
+    return not (cfg.loss.tv > 0 and cfg.loss.tv_form == "clipstyler")
+
+
+def micro_batches_refused(option: str | MemoryPlan, batch: int, cfg: TrainConfig) -> bool:
+    """Whether an explicit memory plan splits a batch the recipe cannot split (a front end asks before any model
+    loads, to name its own flags)."""
+    return (isinstance(option, MemoryPlan) and min(option.micro_batch or batch, batch) < batch
+            and not splittable_recipe(cfg))
+
+
 def skipped_losses(loss: L.LossConfig, vgg: torch.nn.Module | None, lpips: torch.nn.Module | None) -> list[str]:
     """The content losses that are weighted but cannot run for want of their network: "vgg", "lpips".
 
@@ -762,7 +775,7 @@ class StyleTrainer:
             return choose_plan(free, Recipe.of(b, cfg, self.lpips is not None), splittable, True if forced else None,
                                bool(self.tower_layers))
         micro = min(option.micro_batch or b, b)
-        if micro < b and not splittable:
+        if micro_batches_refused(option, b, cfg):
             raise ValueError(f"memory_plan micro_batch={micro} cannot be used with the 'clipstyler' total variation "
                              "(one norm over the whole batch): set micro_batch to 0 (whole batch) or "
                              "LossConfig.tv_form='l1'")
@@ -786,9 +799,7 @@ class StyleTrainer:
         return CapturedCalls((self.gen,))
 
     def _splittable(self) -> bool:
-        """Whether the recipe can run in micro-batches: CLIPstyler's TV form is one norm over the whole batch,
-        which micro-batches cannot reproduce."""
-        return not (self.cfg.loss.tv > 0 and self.cfg.loss.tv_form == "clipstyler")
+        return splittable_recipe(self.cfg)
 
     # ------------------------------------------------------------------ one step
     def lr_at(self, epoch: int) -> float:

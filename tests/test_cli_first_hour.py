@@ -208,6 +208,20 @@ def test_train_names_a_bad_memory_plan_by_its_flag(tiny_models, photos, tmp_path
     assert not (tmp_path / "s.safetensors").exists()
 
 
+def test_micro_batches_the_recipe_cannot_split_are_refused_before_any_model_loads(photos, tmp_path):
+    """Found by the trainer after the VAE and text model had loaded, in the library's words (LossConfig.tv_form)."""
+    import json
+
+    _, (photo, other) = photos
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"loss": {"tv": 1.0, "tv_form": "clipstyler"}}))
+    proc = run("train", "--device", "cpu", "--vae", tmp_path / "no-vae", "--text-model", tmp_path / "no-model",
+               "--prompt", "pop art", "--content", photo, other, "--config", recipe, "--out", tmp_path / "s",
+               "--memory-plan", "micro_batch=1")
+    one_line_error(proc, "--memory-plan micro_batch=1 splits the 2 content images into micro-batches",
+                   '"loss": {"tv_form": "l1"} in the --config recipe')
+
+
 # ------------------------------------------------------------------------------------------ one-line errors
 def test_rgba_result_to_jpeg_is_refused_before_work(tiny_models, style_file, tmp_path, photo_loader):
     rgba = torch.cat([photo_loader()[0], torch.rand(1, 64, 64)])
