@@ -153,18 +153,10 @@ class StyleMambaTrain:
         from ..stylemamba.logs import said_already
         from ..stylemamba.losses import LossConfig
         from ..stylemamba.plots import loss_curve_image
-        from ..stylemamba.train import (TrainConfig, TrainingCancelled, apply_preset, memory_estimate,
-                                         skipped_losses, train_style)
+        from ..stylemamba.train import (STYLE_LOSSES, TrainConfig, TrainingCancelled, apply_preset,
+                                         memory_estimate, skipped_losses, train_style)
 
         conditioning.check_text_model(text_model)
-        style_weights = {"dir_weight": dir_weight, "patch_weight": patch_weight, "md_weight": md_weight,
-                         "so_weight": so_weight}
-        if not any(float(w) > 0 for w in style_weights.values()):  # the library's check, in the node's names
-            widgets = self.INPUT_TYPES()["required"]
-            defaults = ", ".join(f"{k} {widgets[k][1]['default']:g}" for k in style_weights)
-            raise ValueError(f"{', '.join(style_weights)} are all 0: nothing would pull the picture toward the "
-                             "prompt, and the style would ignore it; set at least one above 0 (the defaults are "
-                             f"{defaults})")
         total = int(epochs) * int(steps_per_epoch)
         loss = LossConfig(dir=dir_weight, patch=patch_weight, md=md_weight, so=so_weight, lpips=lpips_weight,
                           vgg_weight_start=vgg_weight_start, vgg_weight_end=vgg_weight_end,
@@ -172,6 +164,11 @@ class StyleMambaTrain:
                           crop_fraction=float(crop_fraction), mask_ratio=float(mask_ratio),
                           so_interval=int(so_interval), so_theta=float(so_theta),
                           **({"vgg_reduction": vgg_reduction} if vgg_reduction else {}))
+        if not any(getattr(loss, k) > 0 for k in STYLE_LOSSES):  # TrainConfig's refusal, in the node's input names
+            widgets = [f"{k}_weight" for k in STYLE_LOSSES]
+            defaults = ", ".join(f"{w} {self.INPUT_TYPES()['required'][w][1]['default']:g}" for w in widgets)
+            raise ValueError(f"{', '.join(widgets)} are all 0: nothing would pull the picture toward the prompt, and "
+                             f"the style would ignore it; set at least one above 0 (the defaults are {defaults})")
         config = TrainConfig(epochs=int(epochs), steps_per_epoch=int(steps_per_epoch), lr=float(learning_rate),
                              lr_decay_epoch=int(lr_decay_epoch), resolution=int(resolution), seed=int(seed),
                              precision=precision, preview_every=max(1, total // PREVIEWS_PER_RUN), loss=loss)
