@@ -673,9 +673,7 @@ class UniversalTrainer:
         prompt_then = ((theirs.get("recipe") or {}).get("loss") or {}).get("source_prompt")
         if isinstance(emb_then, list) and prompt_then == self.cfg.loss.source_prompt:  # (another prompt: told apart)
             # the same weights encode the source prompt the same way, whatever the name
-            stored = torch.tensor(emb_then, dtype=torch.float32)
-            same = stored.numel() == self.e_src.numel() and float(
-                F.cosine_similarity(stored, self.e_src.float().cpu().reshape(-1), dim=0)) > 0.999
+            same = encodes_alike(emb_then, self.e_src)
         else:
             same = text_then is None or text_then == text_now
         if not same:
@@ -886,6 +884,15 @@ def style_from_universal(universal: UniversalModel, direction: TextDirection) ->
     return universal.style(direction.e_t, {**direction.metadata(), "name": f"{direction.prompts[0]} (universal)"})
 
 
+def encodes_alike(stored: torch.Tensor | Sequence[float], e_src: torch.Tensor) -> bool:
+    """Whether two embeddings of the same source prompt come from the same text model's weights: its name cannot
+    tell (a Hugging Face id and a local folder of one model differ; a fine-tune, or another model in a folder of
+    that name, agree)."""
+    a = torch.as_tensor(stored, dtype=torch.float32).reshape(-1)
+    b = e_src.detach().float().cpu().reshape(-1)
+    return a.numel() == b.numel() and float(F.cosine_similarity(a, b, dim=0)) > 0.999
+
+
 def _check_text_model(universal: UniversalModel, direction: TextDirection) -> None:
     """Refuse a conditioning from another image-text model (its embedding space is not the one trained on).
 
@@ -903,7 +910,7 @@ def _check_text_model(universal: UniversalModel, direction: TextDirection) -> No
                          f"prompt was encoded by the right text model: set source_prompt to '{source}' in Text "
                          "Conditioning")
     if same and direction.source_prompt == source:
-        same = float(F.cosine_similarity(direction.e_src.float(), stored, dim=0)) > 0.999
+        same = encodes_alike(stored, direction.e_src)
     elif same and universal.text_model:
         same = direction.text_model.rstrip("/").split("/")[-1] == universal.text_model.rstrip("/").split("/")[-1]
     if not same:
