@@ -103,7 +103,9 @@ def flags_at_least(args: argparse.Namespace, flags: tuple[str, ...], low: int) -
 
 def check_resolution_flag(value: int | None, default: str) -> None:
     """--resolution by the recipe's rule, before any model loads, named as typed (not TrainConfig.resolution)."""
-    if value is not None and (value < 64 or value % 8):
+    from .train import resolution_ok
+
+    if value is not None and not resolution_ok(value):
         raise ValueError(f"--resolution {value} is invalid: a multiple of 8, at least 64 (default {default})")
 
 

@@ -53,6 +53,11 @@ log = logging.getLogger("stylemamba")
 STYLE_LOSSES = ("dir", "patch", "md", "so")  # the terms that pull toward the prompt (the others keep content)
 
 
+def resolution_ok(resolution: int) -> bool:
+    """The recipe's rule for the training size: a multiple of 8 (the VAE's latent is 1/8 of the picture), >= 64."""
+    return resolution >= 64 and resolution % 8 == 0
+
+
 @dataclass
 class TrainConfig:
     """The paper's recipe as defaults (with the loss changes measured in docs/METHOD_CHOICES.md: LossConfig);
@@ -123,8 +128,7 @@ class TrainConfig:
                   ("lr", self.lr > 0, "> 0"), ("lr_decay", self.lr_decay > 0, "> 0"),
                   ("lr_decay_epoch", self.lr_decay_epoch >= 0, ">= 0"),
                   ("preview_every", self.preview_every >= 0, ">= 0"),
-                  ("resolution", self.resolution >= 64 and self.resolution % 8 == 0,
-                  "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
+                  ("resolution", resolution_ok(self.resolution), "a multiple of 8, >= 64"), ("compile", self.compile in COMPILE_MODES,
                   f"one of {', '.join(COMPILE_MODES)}"),
                   ("seed", in_seed_range(self.seed), SEED_RULE)]
         for name, ok, rule in checks:
